@@ -1,0 +1,148 @@
+"""`WarmKernelEngine`: a papermill engine that reuses a warm kernel and intercepts progress.
+
+Registered as the papermill engine ``animenb`` (entry point ``papermill.engine``), so
+``papermill --engine animenb in.ipynb out.ipynb`` works from the command line, where it
+behaves like papermill's own nbclient engine (a fresh kernel per run) plus progress
+interception. The job runner passes engine keyword arguments through
+``papermill.execute_notebook(..., engine_name="animenb", **engine_kwargs)``:
+
+``warm_kernel``
+    a started :class:`animenb.runner.kernels.WarmKernel`; its kernel manager and its
+    long-lived kernel client are handed to nbclient, which then neither starts nor stops
+    anything (a new client per job costs ~260 ms; reusing both costs ~25 ms a job).
+``progress_callback(event: dict)``
+    called, on the executing thread, with every ``PROGRESS_MIME`` payload the notebook
+    displays; the bundle is consumed and never reaches the saved notebook.
+``cancel_event``
+    a ``threading.Event``; once set no further cell is started (the runner also
+    interrupts the kernel, which stops the running cell).
+``failure_output_path``
+    where to save the partly executed notebook when execution ends in an exception that
+    papermill itself does not save for (dead kernel, cancel between cells).
+
+Why the classes are built lazily: papermill imports this module through its entry point
+while ``papermill.engines`` is still being imported. If this module is imported first,
+its own ``import papermill`` re-enters it through the entry point before the classes
+exist; the module-level ``__getattr__`` builds them on demand from the (by then
+defined) ``NBClientEngine``, whichever import comes first.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from animenb.progress import PROGRESS_MIME
+
+log = logging.getLogger(__name__)
+
+__all__ = ["WarmKernelEngine", "AnimenbNotebookClient", "JobCancelled", "PROGRESS_MIME"]
+
+
+class JobCancelled(Exception):
+    """Raised by the engine's client when cancellation was requested before a cell started."""
+
+
+_lock = threading.RLock()
+
+
+def _define() -> None:
+    with _lock:
+        if "WarmKernelEngine" in globals():
+            return
+        from jupyter_core.utils import run_sync
+        from papermill.clientwrap import PapermillNotebookClient
+        from papermill.engines import NBClientEngine
+        from papermill.iorw import write_ipynb
+        from papermill.utils import merge_kwargs, remove_args
+        from traitlets import Any
+
+        if "WarmKernelEngine" in globals():  # defined by the nested import through the entry point
+            return
+
+        class AnimenbNotebookClient(PapermillNotebookClient):
+            """Papermill's client, plus progress interception and a between-cells cancel check."""
+
+            progress_callback = Any(None, allow_none=True)
+            cancel_event = Any(None, allow_none=True)
+
+            def process_message(self, msg, cell, cell_index):
+                if msg.get("msg_type") in ("display_data", "update_display_data"):
+                    data = msg.get("content", {}).get("data") or {}
+                    if PROGRESS_MIME in data:
+                        if self.progress_callback is not None:
+                            try:
+                                self.progress_callback(data[PROGRESS_MIME])
+                            except Exception:  # a broken listener must not fail the job
+                                log.exception("progress callback failed")
+                        return None
+                return super().process_message(msg, cell, cell_index)
+
+            async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+                if self.cancel_event is not None and self.cancel_event.is_set():
+                    raise JobCancelled(f"cancelled before cell {cell_index}")
+                return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+
+            execute_cell = run_sync(async_execute_cell)
+
+        class WarmKernelEngine(NBClientEngine):
+            """NBClientEngine that runs on a warm kernel when one is passed (see module docstring)."""
+
+            @classmethod
+            def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True, log_output=False,
+                                 autosave_cell_every=30, failure_output_path=None, **kwargs):
+                try:
+                    return super().execute_notebook(nb, kernel_name, output_path=output_path,
+                                                    progress_bar=progress_bar, log_output=log_output,
+                                                    autosave_cell_every=autosave_cell_every, **kwargs)
+                except BaseException:
+                    if failure_output_path:
+                        try:
+                            write_ipynb(nb, str(failure_output_path))
+                        except Exception:
+                            log.exception("could not save the failed notebook to %s", failure_output_path)
+                    raise
+
+            @classmethod
+            def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None,
+                                         stderr_file=None, start_timeout=60, execution_timeout=None,
+                                         warm_kernel=None, progress_callback=None, cancel_event=None,
+                                         **kwargs):
+                kwargs = remove_args(["input_path"], **kwargs)
+                safe_kwargs = remove_args(["timeout", "startup_timeout"], **kwargs)
+                final_kwargs = merge_kwargs(
+                    safe_kwargs,
+                    timeout=execution_timeout if execution_timeout else kwargs.get("timeout"),
+                    startup_timeout=start_timeout,
+                    kernel_name=kernel_name,
+                    log=logging.getLogger("papermill"),
+                    log_output=log_output,
+                    stdout_file=stdout_file,
+                    stderr_file=stderr_file,
+                    progress_callback=progress_callback or (_log_progress if log_output else None),
+                    cancel_event=cancel_event,
+                )
+                if warm_kernel is None:
+                    return AnimenbNotebookClient(nb_man, **final_kwargs).execute()
+                client = AnimenbNotebookClient(nb_man, km=warm_kernel.km, **final_kwargs)
+                client.kc = warm_kernel.kc  # skips start_new_kernel_client: no new channels, no ready wait
+                return client.execute(cleanup_kc=False)
+
+        for klass in (AnimenbNotebookClient, WarmKernelEngine):
+            klass.__qualname__ = klass.__name__
+        globals()["AnimenbNotebookClient"] = AnimenbNotebookClient
+        globals()["WarmKernelEngine"] = WarmKernelEngine
+
+
+def _log_progress(event: dict) -> None:
+    log.info("progress %s [%s] %s/%s %.1f%%", event.get("phase"), event.get("stage"), event.get("step"),
+             event.get("total_steps"), float(event.get("percent") or 0))
+
+
+def __getattr__(name: str):
+    if name in ("WarmKernelEngine", "AnimenbNotebookClient"):
+        _define()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_define()
