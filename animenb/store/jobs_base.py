@@ -1,0 +1,70 @@
+"""The job store interface. Implementations: `jobs_sqlite.SqliteJobStore` (embedded default).
+
+Contract every implementation keeps:
+- `create()` is durable when it returns (the server answers 202 only after it).
+- Status changes go through `transition()`/`claim_next()`, which check the current state
+  inside the same transaction: terminal states (succeeded, failed, cancelled, lost) are
+  final, and every change bumps the job's `status_sequence`.
+- `recover()` runs once at start-up, before any worker, for jobs a dead process left
+  `running` (policy in `jobs_sqlite`'s docstring); nothing is ever marked succeeded there.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Iterable
+
+from .jobs_common import JobError, JobRecord, JobStatus
+
+
+class JobStoreBase(ABC):
+    @abstractmethod
+    def create(self, *, phase: int | None, parameters: dict[str, Any], kind: str = "phase",
+               owner: str = "anonymous", visibility: str = "public", parent_id: str | None = None,
+               job_id: str | None = None, extra: dict[str, Any] | None = None) -> JobRecord:
+        """Insert a queued job and commit; returns the stored record."""
+
+    @abstractmethod
+    def get(self, job_id: str) -> JobRecord:
+        """The job, or `JobNotFoundError`."""
+
+    @abstractmethod
+    def list(self, *, status: str | Iterable[str] | None = None, owner: str | None = None,
+             visibility: str | None = None, limit: int = 50,
+             cursor: str | None = None) -> tuple[list[JobRecord], str | None]:
+        """Newest first. Returns (page, next_cursor); pass next_cursor back for the next page."""
+
+    @abstractmethod
+    def count(self, *, status: str | Iterable[str] | None = None, owner: str | None = None,
+              visibility: str | None = None) -> int:
+        """How many jobs match."""
+
+    @abstractmethod
+    def counts_by_status(self) -> dict[str, int]:
+        """{status: count} for every status (zeros included)."""
+
+    @abstractmethod
+    def claim_next(self, worker: str) -> JobRecord | None:
+        """Atomically move the oldest queued job to running (attempts + 1) and return it."""
+
+    @abstractmethod
+    def transition(self, job_id: str, status: JobStatus | str, *, error: JobError | None = None,
+                   outputs: dict[str, Any] | None = None, progress: dict[str, Any] | None = None,
+                   expected: Iterable[JobStatus | str] | None = None) -> JobRecord:
+        """Change the status (guarded: `InvalidTransitionError` out of terminal states or, when
+        `expected` is given, out of any state not in it)."""
+
+    @abstractmethod
+    def update_progress(self, job_id: str, progress: dict[str, Any]) -> bool:
+        """Store the latest progress of a running job; False if it is no longer running."""
+
+    @abstractmethod
+    def queue_position(self, job_id: str) -> int | None:
+        """1 for the next job to start, None when the job is not queued."""
+
+    @abstractmethod
+    def recover(self, has_output: Callable[[JobRecord], bool]) -> list[JobRecord]:
+        """Deal with jobs left `running` by a dead process; returns the changed records."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the database."""

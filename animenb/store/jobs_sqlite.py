@@ -1,0 +1,210 @@
+"""SQLite job store (WAL), the embedded default.
+
+Restart policy (`recover()`, run once at start-up before any worker): a job found
+`running` was left by a process that died (one server process owns a database).
+- It is re-queued, once, when it never produced output: its output directory holds
+  nothing but the executed notebook and its record has no outputs. Re-running it is then
+  equivalent to running it the first time.
+- Otherwise (it wrote files, or it was already re-queued once) it becomes `lost`, with
+  error {"type": "Lost", ...}: partial files are kept for inspection, and the job is
+  never reported as succeeded, since nothing checked its outputs.
+Queued jobs stay queued and run in their original order.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .jobs_base import JobStoreBase
+from .jobs_common import (TERMINAL_STATES, TRANSITIONS, InvalidTransitionError, JobError, JobNotFoundError,
+                          JobRecord, JobStatus)
+from .migrations import Migrator
+from .sqlite_database import SqliteDatabase
+
+# Oldest queued job first; kept as a constant so tests can EXPLAIN QUERY PLAN the production SQL.
+CLAIM_NEXT_QUERY = """--sql
+    SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq ASC LIMIT 1
+"""
+QUEUE_POSITION_QUERY = """--sql
+    SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= ?
+"""
+MAX_PAGE = 500
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def worker_name(device: str = "") -> str:
+    return f"{socket.gethostname()}:{os.getpid()}" + (f"/{device}" if device else "")
+
+
+class SqliteJobStore(JobStoreBase):
+    def __init__(self, path: str | Path = ":memory:"):
+        self.db = SqliteDatabase(path)
+        self.schema_version = Migrator(self.db).run()
+
+    # -- helpers -------------------------------------------------------------------
+    @staticmethod
+    def _record(row) -> JobRecord:
+        error = JobError(row["error_type"], row["error_message"] or "") if row["error_type"] else None
+        return JobRecord(
+            id=row["id"], seq=row["seq"], kind=row["kind"], phase=row["phase"], status=JobStatus(row["status"]),
+            status_sequence=row["status_sequence"], parameters=json.loads(row["parameters"]),
+            progress=json.loads(row["progress"]), outputs=json.loads(row["outputs"]), error=error,
+            owner=row["owner"], visibility=row["visibility"], parent_id=row["parent_id"],
+            attempts=row["attempts"], requeues=row["requeues"], worker=row["worker"],
+            created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
+            updated_at=row["updated_at"], extra=json.loads(row["extra"]))
+
+    @staticmethod
+    def _where(status=None, owner=None, visibility=None) -> tuple[list[str], list[Any]]:
+        clauses, args = [], []
+        if status is not None:
+            statuses = [status] if isinstance(status, (str, JobStatus)) else list(status)
+            statuses = [JobStatus(s).value for s in statuses]
+            clauses.append(f"status IN ({','.join('?' * len(statuses))})")
+            args.extend(statuses)
+        if owner is not None:
+            clauses.append("owner = ?")
+            args.append(owner)
+        if visibility is not None:
+            clauses.append("visibility = ?")
+            args.append(visibility)
+        return clauses, args
+
+    def _get(self, cur, job_id: str) -> JobRecord:
+        row = cur.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFoundError(job_id)
+        return self._record(row)
+
+    # -- interface -------------------------------------------------------------------
+    def create(self, *, phase, parameters, kind="phase", owner="anonymous", visibility="public", parent_id=None,
+               job_id=None, extra=None) -> JobRecord:
+        job_id = job_id or uuid.uuid4().hex
+        now = time.time()
+        with self.db.transaction() as cur:
+            cur.execute(
+                """--sql
+                INSERT INTO jobs (id, kind, phase, status, status_sequence, parameters, owner, visibility,
+                                  parent_id, extra, created_at, updated_at)
+                VALUES (?, ?, ?, 'queued', 1, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                (job_id, kind, phase, _dumps(parameters), owner, visibility, parent_id, _dumps(extra or {}),
+                 now, now))
+            return self._get(cur, job_id)
+
+    def get(self, job_id: str) -> JobRecord:
+        with self.db.transaction() as cur:
+            return self._get(cur, job_id)
+
+    def list(self, *, status=None, owner=None, visibility=None, limit=50, cursor=None):
+        limit = max(1, min(int(limit), MAX_PAGE))
+        clauses, args = self._where(status, owner, visibility)
+        if cursor is not None:
+            try:
+                clauses.append("seq < ?")
+                args.append(int(cursor))
+            except (TypeError, ValueError):
+                raise ValueError(f"`cursor` must be a cursor returned by a previous page, got {cursor!r}.")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self.db.transaction() as cur:
+            rows = cur.execute(f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*args, limit + 1)).fetchall()
+        records = [self._record(r) for r in rows[:limit]]
+        next_cursor = str(records[-1].seq) if len(rows) > limit else None
+        return records, next_cursor
+
+    def count(self, *, status=None, owner=None, visibility=None) -> int:
+        clauses, args = self._where(status, owner, visibility)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self.db.transaction() as cur:
+            return cur.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
+
+    def counts_by_status(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in JobStatus}
+        with self.db.transaction() as cur:
+            for status, n in cur.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
+                counts[status] = n
+        return counts
+
+    def claim_next(self, worker: str) -> JobRecord | None:
+        now = time.time()
+        with self.db.transaction() as cur:
+            row = cur.execute(CLAIM_NEXT_QUERY).fetchone()
+            if row is None:
+                return None
+            cur.execute(
+                """--sql
+                UPDATE jobs SET status = 'running', status_sequence = status_sequence + 1, attempts = attempts + 1,
+                                worker = ?, started_at = ?, updated_at = ?, progress = '{}'
+                WHERE id = ? AND status = 'queued'
+                """, (worker, now, now, row["id"]))
+            return self._get(cur, row["id"])
+
+    def transition(self, job_id, status, *, error=None, outputs=None, progress=None, expected=None) -> JobRecord:
+        status = JobStatus(status)
+        now = time.time()
+        with self.db.transaction() as cur:
+            current = self._get(cur, job_id)
+            allowed = TRANSITIONS.get(current.status, frozenset())
+            if expected is not None and current.status not in {JobStatus(s) for s in expected}:
+                raise InvalidTransitionError(job_id, current.status, status)
+            if current.status in TERMINAL_STATES or status not in allowed:
+                raise InvalidTransitionError(job_id, current.status, status)
+            sets = ["status = ?", "status_sequence = status_sequence + 1", "updated_at = ?"]
+            args: list[Any] = [status.value, now]
+            if status in TERMINAL_STATES:
+                sets.append("finished_at = ?")
+                args.append(now)
+            if status is JobStatus.RUNNING:
+                sets += ["started_at = ?", "attempts = attempts + 1"]
+                args.append(now)
+            if status is JobStatus.QUEUED:  # re-queued after a crash
+                sets += ["started_at = NULL", "requeues = requeues + 1", "progress = '{}'"]
+            if error is not None:
+                sets += ["error_type = ?", "error_message = ?"]
+                args += [error.type, error.message]
+            if outputs is not None:
+                sets.append("outputs = ?")
+                args.append(_dumps(outputs))
+            if progress is not None:
+                sets.append("progress = ?")
+                args.append(_dumps(progress))
+            cur.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
+            return self._get(cur, job_id)
+
+    def update_progress(self, job_id: str, progress: dict) -> bool:
+        with self.db.transaction() as cur:
+            cur.execute("UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ? AND status = 'running'",
+                        (_dumps(progress), time.time(), job_id))
+            return cur.rowcount == 1
+
+    def queue_position(self, job_id: str) -> int | None:
+        with self.db.transaction() as cur:
+            job = self._get(cur, job_id)
+            if job.status is not JobStatus.QUEUED:
+                return None
+            return cur.execute(QUEUE_POSITION_QUERY, (job.seq,)).fetchone()[0]
+
+    def recover(self, has_output: Callable[[JobRecord], bool]) -> list[JobRecord]:
+        changed = []
+        with self.db.transaction() as cur:
+            rows = cur.execute("SELECT * FROM jobs WHERE status = 'running' ORDER BY seq").fetchall()
+            for job in map(self._record, rows):
+                if job.requeues == 0 and not job.outputs and not has_output(job):
+                    changed.append(self.transition(job.id, JobStatus.QUEUED))
+                else:
+                    why = "it had already been re-queued once" if job.requeues else "it had written output files"
+                    changed.append(self.transition(job.id, JobStatus.LOST, error=JobError(
+                        "Lost", f"The server stopped while this job was running (worker {job.worker}); "
+                                f"not re-run because {why}. Partial files, if any, are kept.")))
+        return changed
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,65 @@
+"""The one place that opens SQLite connections and transactions.
+
+WAL journal (readers never block the writer), `busy_timeout` 5 s, foreign keys on,
+`synchronous=FULL` so a commit survives power loss before the server answers 202.
+One connection per database, shared across threads behind an RLock; every read and
+write goes through `transaction()`, which commits or rolls back.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+class SqliteDatabase:
+    def __init__(self, path: str | Path = ":memory:"):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA busy_timeout = 5000")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        if self.path != ":memory:":
+            self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = FULL")
+
+    @property
+    def journal_mode(self) -> str:
+        with self.transaction() as cur:
+            return cur.execute("PRAGMA journal_mode").fetchone()[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        """Yield a cursor inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any exception).
+
+        Re-entrant on one thread: a nested call joins the outer transaction.
+        """
+        with self._lock:
+            if self._conn.in_transaction:
+                yield self._conn.cursor()
+                return
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                self._conn.rollback()
+                raise
+            else:
+                self._conn.commit()
+            finally:
+                cur.close()
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the main file (before copying it as a backup)."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
