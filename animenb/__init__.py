@@ -1,0 +1,2 @@
+"""animenb: Jupyter-first anime production research toolkit."""
+__version__ = "0.1.0"

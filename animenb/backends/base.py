@@ -1,0 +1,133 @@
+"""The backend interface: three generation primitives every backend implements.
+
+Phase functions (animenb.phases) are backend-agnostic: they derive pose prompts,
+compose sheets, close loops, re-time videos and write files; a backend only turns a
+request into PIL images. Requests are validated here, before any model is touched.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+from PIL import Image
+
+# Called after every denoising step; may raise to stop generation (see animenb.progress).
+StepCallback = Callable[..., None]
+
+SCHEDULERS = ("dpmpp_2m", "dpmpp_2m_karras", "ddim", "euler", "euler_a")
+
+
+class BackendError(RuntimeError):
+    """A backend could not do what was asked (missing node pack, server gone, out of memory...)."""
+
+
+class OutOfMemoryError(BackendError):
+    """The device ran out of memory; the model cache has been freed."""
+
+
+def _check_common(prompt: str, width: int, height: int, steps: int, seed: int, guidance_scale: float,
+                  scheduler: str) -> None:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"`prompt` must be a non-empty string, got {prompt!r}.")
+    for name, value in (("width", width), ("height", height)):
+        if not isinstance(value, int) or value < 64 or value % 8:
+            raise ValueError(f"`{name}` must be an integer >= 64 and divisible by 8, got {value!r}.")
+    if not isinstance(steps, int) or not 1 <= steps <= 150:
+        raise ValueError(f"`steps` must be an integer in [1, 150], got {steps!r}.")
+    if not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"`seed` must be an integer in [0, 2**63), got {seed!r}.")
+    if not 0.0 <= float(guidance_scale) <= 30.0:
+        raise ValueError(f"`guidance_scale` must be in [0, 30], got {guidance_scale!r}.")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"`scheduler` must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}.")
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """Text (+ optional IP-Adapter reference) to one image."""
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    steps: int = 15
+    guidance_scale: float = 7.0
+    seed: int = 0
+    scheduler: str = "dpmpp_2m"
+    ip_adapter_image: Image.Image | None = None
+    ip_adapter_scale: float = 0.6
+
+    def __post_init__(self):
+        _check_common(self.prompt, self.width, self.height, self.steps, self.seed, self.guidance_scale,
+                      self.scheduler)
+
+
+@dataclass(frozen=True)
+class VideoRequest:
+    """Text (+ optional IP-Adapter reference) to `frames` frames (AnimateDiff)."""
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    steps: int = 15
+    guidance_scale: float = 7.5
+    seed: int = 0
+    scheduler: str = "dpmpp_2m"
+    frames: int = 16
+    ip_adapter_image: Image.Image | None = None
+    ip_adapter_scale: float = 0.6
+
+    def __post_init__(self):
+        _check_common(self.prompt, self.width, self.height, self.steps, self.seed, self.guidance_scale,
+                      self.scheduler)
+        if not isinstance(self.frames, int) or not 2 <= self.frames <= 64:
+            raise ValueError(f"`frames` must be an integer in [2, 64], got {self.frames!r}.")
+
+
+@dataclass(frozen=True)
+class ImageToVideoRequest:
+    """One image to `frames` frames (Stable Video Diffusion)."""
+    image: Image.Image
+    width: int = 512
+    height: int = 512
+    steps: int = 15
+    seed: int = 0
+    frames: int = 25
+    fps: int = 7
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    min_guidance_scale: float = 1.0
+    max_guidance_scale: float = 3.0
+
+    def __post_init__(self):
+        if not isinstance(self.image, Image.Image):
+            raise ValueError(f"`image` must be a PIL image, got {type(self.image).__name__}.")
+        _check_common("image", self.width, self.height, self.steps, self.seed, 1.0, "dpmpp_2m")
+        if not isinstance(self.frames, int) or not 2 <= self.frames <= 64:
+            raise ValueError(f"`frames` must be an integer in [2, 64], got {self.frames!r}.")
+
+
+class Backend(ABC):
+    """Generation primitives. `on_step()` is called once per denoising step and may raise to stop."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def text_to_image(self, request: ImageRequest, on_step: StepCallback | None = None) -> Image.Image:
+        """One image for `request`; same request and seed give the same pixels."""
+
+    @abstractmethod
+    def text_to_video(self, request: VideoRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
+        """`request.frames` frames of one animated shot (AnimateDiff)."""
+
+    @abstractmethod
+    def image_to_video(self, request: ImageToVideoRequest,
+                       on_step: StepCallback | None = None) -> list[Image.Image]:
+        """`request.frames` frames animating `request.image` (SVD)."""
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """What produced the output, for manifests: backend, device, dtype, models profile and label."""
+
+    def close(self) -> None:
+        """Release resources (connections, cached models)."""

@@ -1,0 +1,130 @@
+"""The default backend: diffusers pipelines in this process (the notebook's own kernel).
+
+Pipelines come from animenb.models' cache. Seeds drive a CPU `torch.Generator`, so the
+same request gives the same pixels on every run (pin `torch.set_num_threads` to compare
+bytes across machines). `on_step` runs in `callback_on_step_end`; whatever it raises
+(cancellation, a kernel interrupt) stops the pipeline at that step.
+"""
+from __future__ import annotations
+
+from PIL import Image
+
+from ..profiles import ModelProfile, load_profile
+from .base import (Backend, ImageRequest, ImageToVideoRequest, OutOfMemoryError, StepCallback,
+                   VideoRequest)
+
+# IP-Adapter weights stay loaded; a request without a reference uses this image at scale 0,
+# which is bit-identical to no adapter (checked in tests).
+_NEUTRAL_REFERENCE = Image.new("RGB", (224, 224), (127, 127, 127))
+
+
+def make_scheduler(name: str, config):
+    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                           EulerDiscreteScheduler)
+
+    if name == "dpmpp_2m":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    if name == "dpmpp_2m_karras":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
+                                                       use_karras_sigmas=True)
+    if name == "ddim":
+        return DDIMScheduler.from_config(config)
+    if name == "euler":
+        return EulerDiscreteScheduler.from_config(config)
+    if name == "euler_a":
+        return EulerAncestralDiscreteScheduler.from_config(config)
+    raise ValueError(f"Unknown scheduler {name!r}.")
+
+
+def _step_callback(on_step: StepCallback | None):
+    if on_step is None:
+        return None
+
+    def callback(pipe, i, t, callback_kwargs):
+        on_step()
+        return callback_kwargs
+
+    return callback
+
+
+class DiffusersBackend(Backend):
+    name = "diffusers"
+
+    def __init__(self, models: str | ModelProfile | None = None, device: str | None = None,
+                 dtype: str | None = None):
+        from ..models import apply_thread_limit, resolve_placement
+
+        apply_thread_limit()
+        self.profile = models if isinstance(models, ModelProfile) else load_profile(models)
+        self.placement = resolve_placement(self.profile, device, dtype)
+
+    def _pipeline(self, kind: str):
+        from ..models import pipeline
+
+        return pipeline(kind, self.profile, self.placement)
+
+    def _generator(self, seed: int):
+        import torch
+
+        return torch.Generator("cpu").manual_seed(seed)
+
+    def _run(self, call):
+        import torch
+
+        try:
+            return call()
+        except torch.OutOfMemoryError as exc:
+            from ..models import clear_cache
+
+            clear_cache()
+            raise OutOfMemoryError(f"out of GPU memory on {self.placement.device}; the model cache was freed "
+                                   f"({str(exc).splitlines()[0][:160]})") from exc
+
+    def text_to_image(self, request: ImageRequest, on_step: StepCallback | None = None) -> Image.Image:
+        pipe = self._pipeline("sd")
+        pipe.scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
+        reference = request.ip_adapter_image
+        pipe.set_ip_adapter_scale(request.ip_adapter_scale if reference is not None else 0.0)
+        return self._run(lambda: pipe(
+            prompt=request.prompt, negative_prompt=request.negative_prompt or None,
+            width=request.width, height=request.height, num_inference_steps=request.steps,
+            guidance_scale=request.guidance_scale, generator=self._generator(request.seed),
+            ip_adapter_image=reference if reference is not None else _NEUTRAL_REFERENCE,
+            callback_on_step_end=_step_callback(on_step), output_type="pil",
+        ).images[0])
+
+    def text_to_video(self, request: VideoRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
+        pipe = self._pipeline("animatediff")
+        pipe.scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
+        reference = request.ip_adapter_image
+        pipe.set_ip_adapter_scale(request.ip_adapter_scale if reference is not None else 0.0)
+        return self._run(lambda: list(pipe(
+            prompt=request.prompt, negative_prompt=request.negative_prompt or None,
+            num_frames=request.frames, width=request.width, height=request.height,
+            num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
+            generator=self._generator(request.seed),
+            ip_adapter_image=reference if reference is not None else _NEUTRAL_REFERENCE,
+            callback_on_step_end=_step_callback(on_step), output_type="pil",
+        ).frames[0]))
+
+    def image_to_video(self, request: ImageToVideoRequest,
+                       on_step: StepCallback | None = None) -> list[Image.Image]:
+        pipe = self._pipeline("svd")
+        image = request.image.convert("RGB").resize((request.width, request.height), Image.LANCZOS)
+        return self._run(lambda: list(pipe(
+            image=image, width=request.width, height=request.height, num_frames=request.frames,
+            num_inference_steps=request.steps, fps=request.fps, motion_bucket_id=request.motion_bucket_id,
+            noise_aug_strength=request.noise_aug_strength, min_guidance_scale=request.min_guidance_scale,
+            max_guidance_scale=request.max_guidance_scale, decode_chunk_size=8,
+            generator=self._generator(request.seed),
+            callback_on_step_end=_step_callback(on_step), output_type="pil",
+        ).frames[0]))
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": self.placement.device, "dtype": self.placement.dtype,
+                "models": self.profile.as_dict()}
+
+    def close(self) -> None:
+        from ..models import clear_cache
+
+        clear_cache()

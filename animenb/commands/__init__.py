@@ -1,0 +1,1 @@
+"""Subcommands of the `animenb` CLI, discovered by animenb.cli (one module each)."""

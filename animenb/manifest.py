@@ -1,0 +1,80 @@
+"""`manifest.json`: the provenance record every run writes into its output directory.
+
+Shape (phase functions write it; the quality notebook adds "quality"; the job runner adds "job"):
+
+    {"animenb_version", "created_at", "phase": {"id", "name"},
+     "parameters": {...validated inputs...}, "seed", "models": {"profile", "label", ...},
+     "backend": {...}, "versions": {...}, "timings": {"load_seconds", "generate_seconds", ...},
+     "outputs": {phase-specific names -> relative paths, fps, frame_count, duration_seconds},
+     "files": [{"path", "kind", "media_type", "bytes", "sha256"}],
+     "quality": {"score", "passed", "threshold", "metrics": {...}}}
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+_VERSIONED = ("animenb", "torch", "diffusers", "transformers", "papermill", "pillow", "numpy")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write to a temp name in the same directory and rename, so readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_entry(root: Path, path: Path, kind: str) -> dict:
+    data = Path(path).read_bytes()
+    rel = Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    return {"path": rel, "kind": kind, "media_type": mimetypes.guess_type(rel)[0] or "application/octet-stream",
+            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def read_manifest(output_dir: str | Path) -> dict:
+    path = Path(output_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"No {MANIFEST_NAME} in {output_dir}: is it a run's output directory?")
+    return json.loads(path.read_text())
+
+
+def write_manifest(output_dir: str | Path, manifest: dict) -> Path:
+    path = Path(output_dir) / MANIFEST_NAME
+    write_json_atomic(path, manifest)
+    return path
+
+
+def update_manifest(output_dir: str | Path, **fields) -> dict:
+    """Merge top-level `fields` into an existing manifest (atomically)."""
+    manifest = read_manifest(output_dir)
+    manifest.update(fields)
+    write_manifest(output_dir, manifest)
+    return manifest

@@ -1,0 +1,184 @@
+"""Files a run writes: PNGs with their generation parameters, sheets, GIF/WebP/MP4, re-timed frames.
+
+Every file is written to a temporary name in its directory and renamed into place, so a
+reader (the gallery, a crash) never sees half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside `path`; rename it to `path` when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def parameters_text(params: dict) -> str:
+    """A1111-style `parameters` text: prompt, negative prompt, then `Key: value` pairs."""
+    lines = [params.get("prompt", "")]
+    if params.get("negative_prompt"):
+        lines.append(f"Negative prompt: {params['negative_prompt']}")
+    rest = {k: v for k, v in params.items() if k not in ("prompt", "negative_prompt")}
+    lines.append(", ".join(f"{k.replace('_', ' ').capitalize()}: {v}" for k, v in rest.items()))
+    return "\n".join(lines)
+
+
+def save_png(image: Image.Image, path: Path, params: dict) -> Path:
+    """PNG with `parameters` (A1111 text) and `animenb` (JSON) text chunks."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", parameters_text(params))
+    info.add_text("animenb", json.dumps(params, sort_keys=True, default=str))
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+    return Path(path)
+
+
+def read_png_parameters(path: Path) -> dict:
+    with Image.open(path) as im:
+        return json.loads(im.text["animenb"])
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no sized default font
+        return ImageFont.load_default()
+
+
+def compose_sheet(images: list[Image.Image], labels: list[str], title: str, columns: int = 4,
+                  footer: str = "") -> Image.Image:
+    """A labelled grid: title bar, one captioned cell per image, optional footer (e.g. the models label)."""
+    width, height = images[0].size
+    rows = -(-len(images) // columns)
+    label_h = max(14, height // 8)
+    title_h = max(20, height // 5)
+    footer_h = label_h if footer else 0
+    sheet = Image.new("RGB", (columns * width, title_h + rows * (height + label_h) + footer_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((6, 4), title, fill="black", font=_font(max(10, title_h // 2)))
+    for i, (image, label) in enumerate(zip(images, labels)):
+        x, y = (i % columns) * width, title_h + (i // columns) * (height + label_h)
+        sheet.paste(image.convert("RGB"), (x, y))
+        draw.text((x + 4, y + height + 1), label, fill="black", font=_font(max(9, label_h - 4)))
+    if footer:
+        draw.text((6, sheet.height - footer_h + 1), footer, fill="gray", font=_font(max(9, footer_h - 4)))
+    return sheet
+
+
+def close_loop(frames: list[Image.Image], length: int) -> list[Image.Image]:
+    """Cross-fade the generated tail into the head so frame `length-1` leads back to frame 0.
+
+    `frames` holds `length + overlap` frames of one continuous motion. Output frame i < overlap
+    is a blend of frames[length + i] (the motion's natural continuation after the last kept
+    frame) and frames[i], weighted linearly towards frames[i]; frames overlap..length-1 stay as
+    generated. So the step from the last output frame to the first is an ordinary motion step.
+    """
+    overlap = len(frames) - length
+    if overlap < 0:
+        raise ValueError(f"`frames` must hold at least {length} frames, got {len(frames)}.")
+    out = []
+    for i in range(length):
+        if i < overlap:
+            weight = (i + 1) / (overlap + 1)  # share of the head frame
+            tail = np.asarray(frames[length + i].convert("RGB"), dtype=np.float32)
+            head = np.asarray(frames[i].convert("RGB"), dtype=np.float32)
+            out.append(Image.fromarray(np.rint(weight * head + (1 - weight) * tail).astype(np.uint8)))
+        else:
+            out.append(frames[i].convert("RGB"))
+    return out
+
+
+def retime(frames: list[Image.Image], seconds: float, fps: int) -> list[Image.Image]:
+    """Resample a clip to exactly round(seconds * fps) frames by linear blending of neighbours."""
+    count = round(seconds * fps)
+    if count < 2 or len(frames) < 2:
+        raise ValueError(f"`retime` needs >= 2 input and output frames, got {len(frames)} -> {count}.")
+    arrays = [np.asarray(f.convert("RGB"), dtype=np.float32) for f in frames]
+    positions = np.linspace(0, len(arrays) - 1, count)
+    out = []
+    for p in positions:
+        lo = int(np.floor(p))
+        hi = min(lo + 1, len(arrays) - 1)
+        t = p - lo
+        out.append(Image.fromarray(np.rint((1 - t) * arrays[lo] + t * arrays[hi]).astype(np.uint8)))
+    return out
+
+
+def frame_durations_ms(count: int, fps: int, tick_ms: int) -> list[int]:
+    """Per-frame durations in multiples of `tick_ms` that add up to exactly count / fps seconds.
+
+    GIF stores durations in 10 ms ticks, so 8 fps (125 ms) alternates 130/120 ms.
+    """
+    total = round(1000 * count / fps)
+    if total % tick_ms:
+        raise ValueError(f"{count} frames at {fps} fps ({total} ms) is not a multiple of {tick_ms} ms.")
+    bounds = [round(i * total / count / tick_ms) * tick_ms for i in range(count + 1)]
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+def save_gif(frames: list[Image.Image], path: Path, fps: int) -> Path:
+    durations = frame_durations_ms(len(frames), fps, tick_ms=10)
+    with atomic_path(path) as tmp:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=durations,
+                       loop=0, disposal=1, optimize=False)
+    return Path(path)
+
+
+def save_webp(frames: list[Image.Image], path: Path, fps: int) -> Path:
+    durations = frame_durations_ms(len(frames), fps, tick_ms=1)
+    with atomic_path(path) as tmp:
+        frames[0].save(tmp, format="WEBP", save_all=True, append_images=frames[1:], duration=durations,
+                       loop=0, lossless=False, quality=90, method=4)
+    return Path(path)
+
+
+def save_mp4(frames: list[Image.Image], path: Path, fps: int) -> Path:
+    """H.264 MP4 (yuv420p, so any player plays it) at `fps`: duration = len(frames) / fps exactly."""
+    import imageio_ffmpeg
+
+    width, height = frames[0].size
+    if width % 2 or height % 2:
+        raise ValueError(f"MP4 (yuv420p) needs even width and height, got {width}x{height}.")
+    with atomic_path(path) as tmp:
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=2,
+            output_params=["-movflags", "+faststart", "-crf", "18"], ffmpeg_log_level="error")
+        writer.send(None)
+        for frame in frames:
+            writer.send(np.ascontiguousarray(np.asarray(frame.convert("RGB"))))
+        writer.close()
+    return Path(path)
+
+
+def video_frames_and_seconds(path: Path) -> tuple[int, float]:
+    """(frame count, duration in seconds) read back from a video file by ffmpeg."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.count_frames_and_secs(str(path))
+
+
+def animation_frames_and_seconds(path: Path) -> tuple[int, float]:
+    """(frame count, duration in seconds) of an animated GIF or WebP."""
+    with Image.open(path) as im:
+        total_ms = 0
+        for index in range(im.n_frames):
+            im.seek(index)
+            im.load()  # WebP reports a frame's duration only once it is decoded
+            total_ms += im.info["duration"]
+        return im.n_frames, total_ms / 1000

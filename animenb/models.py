@@ -1,0 +1,163 @@
+"""Pipeline loading and the per-process model cache.
+
+Each pipeline is loaded once per process (key: kind, profile, device, dtype) and kept in
+a module-level dict, which survives the job runner's namespace reset because it lives in
+`sys.modules`. AnimateDiff is built from the cached SD pipeline with `from_pipe`, so the
+text encoder, tokenizer and VAE are shared rather than loaded twice.
+
+Device and dtype are explicit: "auto" means CUDA + float16 when a GPU is present, else
+CPU + float32; a profile, an environment variable (ANIMENB_DEVICE, ANIMENB_DTYPE) or an
+argument overrides it. ANIMENB_THREADS pins torch's CPU threads.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from .profiles import ModelNotAvailableError, ModelProfile, load_profile
+
+KINDS = ("sd", "animatediff", "svd")
+_CACHE: dict[tuple, Any] = {}
+_LOCK = threading.RLock()
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str
+    dtype: str  # "float16" | "float32" | "bfloat16"
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
+
+def resolve_placement(profile: ModelProfile, device: str | None = None, dtype: str | None = None) -> Placement:
+    import torch
+
+    device = device or os.environ.get("ANIMENB_DEVICE") or profile.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = dtype or os.environ.get("ANIMENB_DTYPE") or profile.dtype
+    if dtype == "auto":
+        dtype = "float16" if device.startswith("cuda") else "float32"
+    if dtype not in ("float16", "float32", "bfloat16"):
+        raise ValueError(f"`dtype` must be float16, float32, bfloat16 or auto, got {dtype!r}.")
+    return Placement(device, dtype)
+
+
+def apply_thread_limit() -> None:
+    """Honour ANIMENB_THREADS (CPU threads for torch): on a shared 2-core box 1 thread is steadier."""
+    threads = os.environ.get("ANIMENB_THREADS")
+    if threads:
+        import torch
+
+        if not threads.isdigit() or int(threads) < 1:
+            raise ValueError(f"ANIMENB_THREADS must be a positive integer, got {threads!r}.")
+        if torch.get_num_threads() != int(threads):
+            torch.set_num_threads(int(threads))
+
+
+def _quiet() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def _from_pretrained(cls, profile: ModelProfile, role: str, **kwargs):
+    """`cls.from_pretrained` for a role, turning "not on disk and not downloadable" into one clear error."""
+    source = profile.resolve(role)
+    spec = profile.role(role)
+    if spec.variant:
+        kwargs["variant"] = spec.variant
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise ModelNotAvailableError(
+            f"Model role `{role}` of profile `{profile.name}`: cannot load {source!r} "
+            f"({str(exc).splitlines()[0][:200]}). Fix: run once with network access so huggingface_hub can "
+            f"cache it, download it with `huggingface-cli download {source}`, or point `roles.{role}.source` "
+            f"in {profile.path} at a local folder. For offline work use `--models tiny`.") from exc
+
+
+def _load_ip_adapter(pipe, profile: ModelProfile) -> None:
+    spec = profile.role("ip_adapter")
+    source = profile.resolve("ip_adapter")
+    try:
+        pipe.load_ip_adapter(source, subfolder=spec.subfolder or "models",
+                             weight_name=spec.weight_name or "ip-adapter_sd15.safetensors")
+    except OSError as exc:
+        raise ModelNotAvailableError(
+            f"Model role `ip_adapter` of profile `{profile.name}`: cannot load {source!r} "
+            f"({str(exc).splitlines()[0][:200]}). Fix: cache it with network access or point "
+            f"`roles.ip_adapter.source` in {profile.path} at a local folder.") from exc
+
+
+def _load(kind: str, profile: ModelProfile, placement: Placement):
+    import diffusers
+
+    _quiet()
+    dtype = placement.torch_dtype
+    if kind == "sd":
+        pipe = _from_pretrained(diffusers.StableDiffusionPipeline, profile, "sd", dtype=dtype,
+                                safety_checker=None, requires_safety_checker=False)
+        _load_ip_adapter(pipe, profile)
+    elif kind == "animatediff":
+        adapter = _from_pretrained(diffusers.MotionAdapter, profile, "motion_adapter", dtype=dtype)
+        sd = pipeline("sd", profile, placement)
+        pipe = diffusers.AnimateDiffPipeline.from_pipe(sd, motion_adapter=adapter, dtype=dtype)
+    elif kind == "svd":
+        pipe = _from_pretrained(diffusers.StableVideoDiffusionPipeline, profile, "svd", dtype=dtype)
+    else:
+        raise ValueError(f"`kind` must be one of {', '.join(KINDS)}, got {kind!r}.")
+    pipe.to(placement.device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pipeline(kind: str, profile: ModelProfile | str | None = None, placement: Placement | None = None):
+    """The cached pipeline of `kind` for `profile`, loading it on first use."""
+    if not isinstance(profile, ModelProfile):
+        profile = load_profile(profile)
+    placement = placement or resolve_placement(profile)
+    key = (kind, profile.name, profile.path, placement.device, placement.dtype)
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = _load(kind, profile, placement)
+        return _CACHE[key]
+
+
+def cache_info() -> list[dict]:
+    """What is loaded: kind, profile, device, dtype and parameter bytes per pipeline."""
+    info = []
+    with _LOCK:
+        for (kind, name, _path, device, dtype), pipe in _CACHE.items():
+            total = 0
+            for component in pipe.components.values():
+                if hasattr(component, "parameters"):
+                    total += sum(p.numel() * p.element_size() for p in component.parameters())
+            info.append({"kind": kind, "profile": name, "device": device, "dtype": dtype, "bytes": total})
+    return info
+
+
+def clear_cache() -> None:
+    """Drop every cached pipeline and release accelerator memory (after an out-of-memory error)."""
+    import gc
+
+    with _LOCK:
+        _CACHE.clear()
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass

@@ -1,0 +1,103 @@
+"""Phase 2, ANIMATION_LOOP: a seamless loop (default 16 frames at 8 fps = 2.0 s) with AnimateDiff."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from ..backends import Backend, VideoRequest
+from ..media import close_loop, save_gif, save_mp4, save_png, save_webp
+from ..progress import ProgressEvent, ProgressReporter
+from .catalog import get_phase
+from .common import (PhaseResult, check_prompt, Timer, default_size, load_image, models_label, png_parameters,
+                     prepare_output_dir, resolve_backend, resolve_seed, write_phase_manifest)
+
+PHASE = get_phase("ANIMATION_LOOP")
+LOOP_SUFFIX = "seamless loop animation, smooth motion"
+
+
+def animation_loop(
+    prompt: str,
+    *,
+    negative_prompt: str = "lowres, bad anatomy, blurry, flicker, text, watermark",
+    seed: int | None = None,
+    steps: int = 15,
+    width: int | None = None,
+    height: int | None = None,
+    guidance_scale: float = 7.5,
+    scheduler: str = "dpmpp_2m",
+    frames: int = 16,
+    fps: int = 8,
+    loop_overlap: int = 4,
+    reference_image: str | Path | Image.Image | None = None,
+    ip_adapter_scale: float = 0.6,
+    models: str | None = None,
+    backend: str | Backend = "diffusers",
+    backend_options: dict | None = None,
+    output_dir: str | Path | None = None,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+    display: str | None = "auto",
+) -> PhaseResult:
+    """Generate a `frames / fps`-second loop and write loop.gif/.mp4/.webp, frames/*.png, manifest.json.
+
+    Loop closure: AnimateDiff renders `frames + loop_overlap` frames of one motion; the extra
+    tail is cross-faded into the head (animenb.media.close_loop), so the step from the last
+    frame back to the first continues the motion instead of jumping. `reference_image` (an
+    image, a path, or a phase-1 output directory, whose reference pose is used) conditions
+    every frame through IP-Adapter.
+    """
+    # 0. check inputs
+    check_prompt(prompt)
+    seed = resolve_seed(seed)
+    engine = resolve_backend(backend, models, backend_options)
+    width, height = default_size(engine, width, height)
+    if not isinstance(fps, int) or not 1 <= fps <= 60:
+        raise ValueError(f"`fps` must be an integer in [1, 60], got {fps!r}.")
+    if not isinstance(loop_overlap, int) or not 0 <= loop_overlap <= frames // 2:
+        raise ValueError(f"`loop_overlap` must be an integer in [0, frames // 2 = {frames // 2}], got {loop_overlap!r}.")
+    reference = load_image(reference_image, "reference_image") if reference_image is not None else None
+    request = VideoRequest(prompt=f"{prompt.strip()}, {LOOP_SUFFIX}",
+                           negative_prompt=negative_prompt, width=width, height=height, steps=steps,
+                           guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,
+                           frames=frames + loop_overlap, ip_adapter_image=reference,
+                           ip_adapter_scale=ip_adapter_scale)
+    out = prepare_output_dir(output_dir, PHASE)
+    parameters = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
+                  "width": width, "height": height, "guidance_scale": guidance_scale, "scheduler": scheduler,
+                  "frames": frames, "fps": fps, "loop_overlap": loop_overlap, "ip_adapter_scale": ip_adapter_scale,
+                  "reference_image": None if reference_image is None or isinstance(reference_image, Image.Image)
+                  else str(reference_image)}
+    label = models_label(engine.describe())
+    timer = Timer()
+    progress = ProgressReporter(PHASE.name, total_steps=steps, stage_count=2, publish=on_progress, display=display)
+
+    # 1. denoise all frames together, then close the loop
+    progress.start_stage(f"animating {frames + loop_overlap} frames")
+    raw = engine.text_to_video(request, on_step=progress.on_step)
+    loop = close_loop(raw, frames)
+    timer.mark("generate")
+
+    # 2. files
+    progress.start_stage("encoding")
+    files: list[tuple[Path, str]] = []
+    frame_paths = []
+    for index, frame in enumerate(loop):
+        path = out / "frames" / f"frame_{index:03d}.png"
+        save_png(frame, path, png_parameters(PHASE, parameters, seed, label, frame=index))
+        files.append((path, "frame"))
+        frame_paths.append(path.relative_to(out).as_posix())
+    save_gif(loop, out / "loop.gif", fps)
+    save_mp4(loop, out / "loop.mp4", fps)
+    save_webp(loop, out / "loop.webp", fps)
+    files += [(out / "loop.gif", "gif"), (out / "loop.mp4", "mp4"), (out / "loop.webp", "webp")]
+    outputs = {"gif": "loop.gif", "mp4": "loop.mp4", "webp": "loop.webp", "frames": frame_paths, "fps": fps,
+               "frame_count": frames, "duration_seconds": frames / fps, "reference": None}
+    if reference is not None:
+        save_png(reference, out / "reference.png", png_parameters(PHASE, parameters, seed, label, kind="reference"))
+        files.append((out / "reference.png", "reference"))
+        outputs["reference"] = "reference.png"
+    timer.mark("write")
+    manifest = write_phase_manifest(PHASE, out, parameters, seed, engine, timer, outputs, files)
+    progress.finish()
+    return PhaseResult(PHASE, out, manifest, loop)

@@ -1,0 +1,116 @@
+"""Phase 1, CHARACTER_SHEET: one character in 8 poses, kept consistent with IP-Adapter."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from ..backends import Backend, ImageRequest
+from ..media import compose_sheet, save_png
+from ..progress import ProgressEvent, ProgressReporter
+from .catalog import get_phase
+from .common import (PhaseResult, check_prompt, Timer, default_size, load_image, models_label, png_parameters,
+                     prepare_output_dir, resolve_backend, resolve_seed, write_phase_manifest)
+
+PHASE = get_phase("CHARACTER_SHEET")
+
+# (file key, caption, prompt suffix). The first pose is the reference for the other seven
+# when no reference image is given, so it is the most informative view: full body, front.
+POSES: tuple[tuple[str, str, str], ...] = (
+    ("front", "front", "full body, front view, standing, neutral expression"),
+    ("back", "back", "full body, back view, standing"),
+    ("left", "left side", "full body, side view from the left, profile"),
+    ("right", "right side", "full body, side view from the right, profile"),
+    ("three_quarter", "3/4 view", "full body, three-quarter view, dynamic pose"),
+    ("smile", "smile", "upper body, front view, smiling, happy expression"),
+    ("angry", "angry", "upper body, front view, angry expression"),
+    ("surprised", "surprised", "upper body, front view, surprised expression"),
+)
+SHEET_SUFFIX = "character sheet, simple white background, consistent character design"
+
+
+def pose_prompts(prompt: str) -> list[str]:
+    """The 8 prompts of a sheet: the character prompt, the pose, a sheet style suffix."""
+    return [f"{prompt.strip()}, {suffix}, {SHEET_SUFFIX}" for _key, _caption, suffix in POSES]
+
+
+def character_sheet(
+    prompt: str,
+    *,
+    negative_prompt: str = "lowres, bad anatomy, blurry, extra limbs, text, watermark",
+    seed: int | None = None,
+    steps: int = 15,
+    width: int | None = None,
+    height: int | None = None,
+    guidance_scale: float = 7.0,
+    scheduler: str = "dpmpp_2m",
+    reference_image: str | Path | Image.Image | None = None,
+    ip_adapter_scale: float = 0.6,
+    models: str | None = None,
+    backend: str | Backend = "diffusers",
+    backend_options: dict | None = None,
+    output_dir: str | Path | None = None,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+    display: str | None = "auto",
+) -> PhaseResult:
+    """Generate an 8-pose character sheet and write sheet.png, poses/*.png, reference.png, manifest.json.
+
+    Every pose uses the same seed (shared initial noise keeps proportions and palette aligned)
+    and an IP-Adapter reference: `reference_image` if given (an image, a path, or a run's
+    output directory), else the first (front) pose for the other seven.
+    """
+    # 0. check inputs before any model is touched
+    check_prompt(prompt)
+    seed = resolve_seed(seed)
+    engine = resolve_backend(backend, models, backend_options)
+    width, height = default_size(engine, width, height)
+    if not 0.0 <= ip_adapter_scale <= 2.0:
+        raise ValueError(f"`ip_adapter_scale` must be in [0, 2], got {ip_adapter_scale!r}.")
+    prompts = pose_prompts(prompt)
+    requests = [ImageRequest(prompt=p, negative_prompt=negative_prompt, width=width, height=height, steps=steps,
+                             guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,
+                             ip_adapter_scale=ip_adapter_scale) for p in prompts]
+    reference = load_image(reference_image, "reference_image") if reference_image is not None else None
+    out = prepare_output_dir(output_dir, PHASE)
+    parameters = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
+                  "width": width, "height": height, "guidance_scale": guidance_scale, "scheduler": scheduler,
+                  "ip_adapter_scale": ip_adapter_scale,
+                  "reference_image": None if reference_image is None or isinstance(reference_image, Image.Image)
+                  else str(reference_image)}
+    label = models_label(engine.describe())
+    timer = Timer()
+    progress = ProgressReporter(PHASE.name, total_steps=len(POSES) * steps, stage_count=len(POSES),
+                                publish=on_progress, display=display)
+
+    # 1. one image per pose; the reference is fixed before the first pose that needs it
+    poses: list[Image.Image] = []
+    for index, ((key, caption, _suffix), request) in enumerate(zip(POSES, requests)):
+        progress.start_stage(f"pose {index + 1}/{len(POSES)}: {caption}")
+        if reference is not None:
+            request = replace(request, ip_adapter_image=reference)
+        poses.append(engine.text_to_image(request, on_step=progress.on_step))
+        if reference is None:
+            reference = poses[0]
+    timer.mark("generate")
+
+    # 2. files: single poses, the labelled sheet, the reference the poses followed
+    progress.start_stage("writing files")
+    files: list[tuple[Path, str]] = []
+    pose_paths = []
+    for index, ((key, caption, _suffix), image, p) in enumerate(zip(POSES, poses, prompts)):
+        path = out / "poses" / f"pose_{index + 1:02d}_{key}.png"
+        save_png(image, path, png_parameters(PHASE, {**parameters, "prompt": p}, seed, label, pose=key))
+        files.append((path, "pose"))
+        pose_paths.append(path.relative_to(out).as_posix())
+    sheet = compose_sheet(poses, [f"{i + 1}. {c}" for i, (_k, c, _s) in enumerate(POSES)],
+                          title=prompt[:80], footer=f"seed {seed} · {label}")
+    save_png(sheet, out / "sheet.png", png_parameters(PHASE, parameters, seed, label, kind="sheet"))
+    save_png(reference, out / "reference.png", png_parameters(PHASE, parameters, seed, label, kind="reference"))
+    files += [(out / "sheet.png", "sheet"), (out / "reference.png", "reference")]
+    timer.mark("write")
+    outputs = {"sheet": "sheet.png", "poses": pose_paths, "reference": "reference.png"}
+    manifest = write_phase_manifest(PHASE, out, parameters, seed, engine, timer, outputs, files)
+    progress.finish()
+    return PhaseResult(PHASE, out, manifest, poses)

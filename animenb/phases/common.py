@@ -1,0 +1,144 @@
+"""What every phase function shares: inputs, output directory, backend, manifest, result."""
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from PIL import Image
+
+from .. import __version__
+from ..backends import Backend, get_backend
+from ..config import outputs_dir
+from ..manifest import file_entry, read_manifest, utc_now, versions, write_manifest
+from .catalog import Phase
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """What a phase function returns: where its files are, its manifest, and the images it made."""
+    phase: Phase
+    output_dir: Path
+    manifest: dict
+    images: list[Image.Image] = field(repr=False)
+
+    def path(self, key: str) -> Path:
+        """Absolute path of a named output (e.g. "sheet", "gif", "mp4")."""
+        return self.output_dir / self.manifest["outputs"][key]
+
+    def _repr_html_(self) -> str:
+        m = self.manifest
+        return (f"<b>{self.phase.name}</b> seed {m['seed']} · {m['models']} · "
+                f"{m['timings']['total_seconds']:.2f} s · <code>{self.output_dir}</code>")
+
+
+def check_prompt(prompt) -> str:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"`prompt` must be a non-empty string, got {prompt!r}.")
+    return prompt
+
+
+def resolve_seed(seed: int | None) -> int:
+    if seed is None or seed == -1:
+        return secrets.randbelow(2**32)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"`seed` must be an integer in [0, 2**63) (or None/-1 for a random one), got {seed!r}.")
+    return seed
+
+
+def resolve_backend(backend: str | Backend, models: str | None, backend_options: dict | None) -> Backend:
+    if isinstance(backend, Backend):
+        return backend
+    options = dict(backend_options or {})
+    if backend == "diffusers":
+        options.setdefault("models", models)
+    return get_backend(backend, **options)
+
+
+def default_size(backend: Backend, width: int | None, height: int | None) -> tuple[int, int]:
+    """None means the model profile's native size (512 for SD 1.5, 64 for the tiny profile)."""
+    profile = getattr(backend, "profile", None)
+    native = profile.default_size if profile is not None else 512
+    return width or native, height or native
+
+
+def models_label(description: dict) -> str:
+    models = description.get("models")
+    if isinstance(models, dict) and models.get("label"):
+        return models["label"]
+    return str(description.get("models_label") or description.get("checkpoint") or description["backend"])
+
+
+def prepare_output_dir(output_dir: str | Path | None, phase: Phase) -> Path:
+    if not output_dir:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        output_dir = outputs_dir() / f"{stamp}-{phase.name.lower()}-{secrets.token_hex(3)}"
+    path = Path(output_dir).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load_image(source: str | Path | Image.Image, role: str) -> Image.Image:
+    """An image from a PIL image, an image file, or a run's output directory (its reference/first frame)."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        outputs = read_manifest(path)["outputs"]
+        for key in ("reference", "source_image"):
+            if outputs.get(key):
+                path = path / outputs[key]
+                break
+        else:
+            if not outputs.get("frames"):
+                raise ValueError(f"`{role}`: run directory {source} has no reference image or frames.")
+            path = path / outputs["frames"][0]
+    if not path.is_file():
+        raise FileNotFoundError(f"`{role}`: no image at {path}.")
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+class Timer:
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.marks: dict[str, float] = {}
+        self._last = self.started
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.marks[f"{name}_seconds"] = round(now - self._last, 4)
+        self._last = now
+
+    def as_dict(self) -> dict:
+        return {**self.marks, "total_seconds": round(time.perf_counter() - self.started, 4)}
+
+
+def png_parameters(phase: Phase, parameters: dict, seed: int, label: str, **extra) -> dict:
+    return {"prompt": parameters.get("prompt", ""), "negative_prompt": parameters.get("negative_prompt", ""),
+            "steps": parameters.get("steps"), "sampler": parameters.get("scheduler"),
+            "cfg_scale": parameters.get("guidance_scale"), "seed": seed,
+            "size": f"{parameters.get('width')}x{parameters.get('height')}", "models": label,
+            "phase": phase.name, **extra, "animenb": __version__}
+
+
+def write_phase_manifest(phase: Phase, output_dir: Path, parameters: dict, seed: int, backend: Backend,
+                         timer: Timer, outputs: dict, files: list[tuple[Path, str]]) -> dict:
+    description = backend.describe()
+    manifest = {
+        "animenb_version": __version__,
+        "created_at": utc_now(),
+        "phase": {"id": phase.id, "name": phase.name},
+        "parameters": parameters,
+        "seed": seed,
+        "models": models_label(description),
+        "backend": description,
+        "versions": versions(),
+        "timings": timer.as_dict(),
+        "outputs": outputs,
+        "files": [file_entry(output_dir, path, kind) for path, kind in files],
+    }
+    write_manifest(output_dir, manifest)
+    return manifest

@@ -1,0 +1,108 @@
+"""Phase 3, FULL_VIDEO: Stable Video Diffusion from one image, re-timed to exactly `seconds` (5.0 s)."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from ..backends import Backend, ImageRequest, ImageToVideoRequest
+from ..media import retime, save_mp4, save_png
+from ..progress import ProgressEvent, ProgressReporter
+from .catalog import get_phase
+from .common import (PhaseResult, Timer, default_size, load_image, models_label, png_parameters,
+                     prepare_output_dir, resolve_backend, resolve_seed, write_phase_manifest)
+
+PHASE = get_phase("FULL_VIDEO")
+
+
+def full_video(
+    prompt: str = "",
+    *,
+    image: str | Path | Image.Image | None = None,
+    negative_prompt: str = "lowres, bad anatomy, blurry, text, watermark",
+    seed: int | None = None,
+    steps: int = 15,
+    width: int | None = None,
+    height: int | None = None,
+    guidance_scale: float = 7.0,
+    scheduler: str = "dpmpp_2m",
+    frames: int = 25,
+    svd_fps: int = 7,
+    motion_bucket_id: int = 127,
+    noise_aug_strength: float = 0.02,
+    seconds: float = 5.0,
+    fps: int = 24,
+    models: str | None = None,
+    backend: str | Backend = "diffusers",
+    backend_options: dict | None = None,
+    output_dir: str | Path | None = None,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+    display: str | None = "auto",
+) -> PhaseResult:
+    """Animate `image` with SVD and write video.mp4 (exactly `seconds` at `fps`), source.png, frames/*.png.
+
+    `image` is an image, a path, or a run's output directory (phase 1: its reference pose;
+    phase 2: its first loop frame). Without one, the source image is generated from `prompt`
+    first. SVD's `frames` are re-timed to round(seconds * fps) frames by blending neighbours
+    (animenb.media.retime), so the MP4 lasts exactly `seconds`.
+    """
+    # 0. check inputs
+    seed = resolve_seed(seed)
+    engine = resolve_backend(backend, models, backend_options)
+    width, height = default_size(engine, width, height)
+    if not isinstance(fps, int) or not 1 <= fps <= 60:
+        raise ValueError(f"`fps` must be an integer in [1, 60], got {fps!r}.")
+    if not 1.0 <= float(seconds) <= 30.0:
+        raise ValueError(f"`seconds` must be in [1, 30], got {seconds!r}.")
+    if image is None and not (isinstance(prompt, str) and prompt.strip()):
+        raise ValueError("`image` or `prompt` is required: phase 3 animates an image, generated from the prompt "
+                         "when none is given.")
+    source = load_image(image, "image") if image is not None else None
+    source_request = None if source is not None else ImageRequest(
+        prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, steps=steps,
+        guidance_scale=guidance_scale, seed=seed, scheduler=scheduler)
+    placeholder = source or Image.new("RGB", (width, height))
+    video_request = ImageToVideoRequest(image=placeholder, width=width, height=height, steps=steps, seed=seed,
+                                        frames=frames, fps=svd_fps, motion_bucket_id=motion_bucket_id,
+                                        noise_aug_strength=noise_aug_strength)
+    out = prepare_output_dir(output_dir, PHASE)
+    parameters = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
+                  "width": width, "height": height, "guidance_scale": guidance_scale, "scheduler": scheduler,
+                  "frames": frames, "svd_fps": svd_fps, "motion_bucket_id": motion_bucket_id,
+                  "noise_aug_strength": noise_aug_strength, "seconds": seconds, "fps": fps,
+                  "image": None if image is None or isinstance(image, Image.Image) else str(image)}
+    label = models_label(engine.describe())
+    timer = Timer()
+    stages = 2 if source is not None else 3
+    total = steps * (stages - 1)
+    progress = ProgressReporter(PHASE.name, total_steps=total, stage_count=stages, publish=on_progress,
+                                display=display)
+
+    # 1. the source image (generated when not given), 2. SVD, 3. re-time to exactly `seconds`
+    if source is None:
+        progress.start_stage("source image")
+        source = engine.text_to_image(source_request, on_step=progress.on_step)
+    progress.start_stage(f"animating {frames} frames")
+    raw = engine.image_to_video(replace(video_request, image=source), on_step=progress.on_step)
+    timer.mark("generate")
+    progress.start_stage("re-timing and encoding")
+    video = retime(raw, seconds, fps)
+    files: list[tuple[Path, str]] = []
+    save_png(source, out / "source.png", png_parameters(PHASE, parameters, seed, label, kind="source"))
+    files.append((out / "source.png", "source"))
+    frame_paths = []
+    for index, frame in enumerate(raw):
+        path = out / "frames" / f"frame_{index:03d}.png"
+        save_png(frame, path, png_parameters(PHASE, parameters, seed, label, frame=index))
+        files.append((path, "frame"))
+        frame_paths.append(path.relative_to(out).as_posix())
+    save_mp4(video, out / "video.mp4", fps)
+    files.append((out / "video.mp4", "mp4"))
+    timer.mark("write")
+    outputs = {"mp4": "video.mp4", "source_image": "source.png", "frames": frame_paths, "fps": fps,
+               "frame_count": len(video), "duration_seconds": len(video) / fps}
+    manifest = write_phase_manifest(PHASE, out, parameters, seed, engine, timer, outputs, files)
+    progress.finish()
+    return PhaseResult(PHASE, out, manifest, video)

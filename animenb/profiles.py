@@ -1,0 +1,103 @@
+"""Model profiles: which weights play which role, read from parameters/models/<profile>.yaml.
+
+A role's `source` is a hub id, a local folder, or `tiny:<role>` (built by animenb.tiny).
+Real ids and paths are one setting away: copy a profile, change the sources.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .config import default_profile, parameters_dir
+
+ROLES = ("sd", "motion_adapter", "svd", "ip_adapter")
+TINY_LABEL = "tiny (random weights)"
+
+
+class ModelNotAvailableError(RuntimeError):
+    """A role's weights are neither on disk nor downloadable; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class RoleSource:
+    source: str
+    subfolder: str | None = None
+    weight_name: str | None = None
+    variant: str | None = None
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.source.startswith("tiny:")
+
+    @property
+    def is_local_path(self) -> bool:
+        return self.source.startswith(("/", ".", "~")) or Path(self.source).expanduser().exists()
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    name: str
+    label: str
+    default_size: int
+    roles: dict[str, RoleSource]
+    device: str = "auto"
+    dtype: str = "auto"
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def is_tiny(self) -> bool:
+        return all(r.is_tiny for r in self.roles.values())
+
+    def role(self, role: str) -> RoleSource:
+        if role not in self.roles:
+            raise ModelNotAvailableError(
+                f"Model profile `{self.name}` has no `{role}` role; add `roles.{role}.source` to {self.path}.")
+        return self.roles[role]
+
+    def resolve(self, role: str) -> str:
+        """Where `from_pretrained` should load `role` from: a local folder or a hub id."""
+        spec = self.role(role)
+        if spec.is_tiny:
+            from .tiny import ensure_tiny_models
+
+            return str(ensure_tiny_models()[spec.source.removeprefix("tiny:")])
+        if spec.is_local_path:
+            folder = Path(spec.source).expanduser()
+            if not folder.exists():
+                raise ModelNotAvailableError(
+                    f"Model role `{role}` of profile `{self.name}`: folder {folder} does not exist. "
+                    f"Fix: put the weights there or change `roles.{role}.source` in {self.path}.")
+            return str(folder)
+        return spec.source
+
+    def as_dict(self) -> dict:
+        return {"profile": self.name, "label": self.label, "tiny": self.is_tiny,
+                "roles": {k: v.source for k, v in self.roles.items()}}
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in (parameters_dir() / "models").glob("*.yaml"))
+
+
+def load_profile(name_or_path: str | Path | None = None) -> ModelProfile:
+    """Load a profile by name (parameters/models/<name>.yaml) or from a YAML path."""
+    key = str(name_or_path or default_profile())
+    path = Path(key).expanduser()
+    if path.suffix not in (".yaml", ".yml"):
+        path = parameters_dir() / "models" / f"{key}.yaml"
+    if not path.is_file():
+        raise ValueError(f"`models` must be one of {', '.join(available_profiles())} or a profile YAML path, "
+                         f"got {key!r}.")
+    data = yaml.safe_load(path.read_text()) or {}
+    roles = {}
+    for role, spec in (data.get("roles") or {}).items():
+        if role not in ROLES:
+            raise ValueError(f"Profile {path}: unknown role `{role}`; roles are {', '.join(ROLES)}.")
+        roles[role] = RoleSource(source=spec) if isinstance(spec, str) else RoleSource(**spec)
+    name = data.get("name", path.stem)
+    tiny = bool(roles) and all(r.is_tiny for r in roles.values())
+    return ModelProfile(name=name, label=TINY_LABEL if tiny else data.get("label", name),
+                        default_size=int(data.get("default_size", 512)), roles=roles,
+                        device=str(data.get("device", "auto")), dtype=str(data.get("dtype", "auto")), path=path)

@@ -1,0 +1,169 @@
+"""Per-step progress for phase functions: published as display data in a kernel, a tqdm bar elsewhere.
+
+The job runner intercepts the custom MIME bundle (`PROGRESS_MIME`) from the kernel's
+iopub stream and fans it out over WebSocket; JupyterLab renders the HTML fallback as a
+progress bar updated in place; plain Python gets a tqdm bar. One event carries:
+
+    {"phase", "stage", "stage_index", "stage_count", "step", "total_steps",
+     "percent", "eta_seconds", "elapsed_seconds", "time", "preview"?}
+
+`step`/`total_steps` count denoising steps over the whole phase (e.g. 8 poses x 15
+steps), so `percent` never goes backwards across stages. The ETA comes from the
+measured step rate since the first completed step (the first step includes warm-up),
+never from a straight line from zero.
+"""
+from __future__ import annotations
+
+import html
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+PROGRESS_MIME = "application/vnd.animenb.progress+json"
+
+_cancel_requested = threading.Event()
+
+
+class Cancelled(Exception):
+    """Raised inside a step callback when cancellation was requested in-process."""
+
+
+def request_cancel() -> None:
+    """Ask the running phase to stop at its next step (in-process; jobs use a kernel interrupt)."""
+    _cancel_requested.set()
+
+
+def clear_cancel() -> None:
+    _cancel_requested.clear()
+
+
+@dataclass
+class ProgressEvent:
+    phase: str
+    stage: str
+    stage_index: int
+    stage_count: int
+    step: int
+    total_steps: int
+    percent: float
+    eta_seconds: float | None
+    elapsed_seconds: float
+    time: float = field(default_factory=time.time)
+    preview: str | None = None  # data:image/png;base64,... when the backend offers one
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        if data["preview"] is None:
+            del data["preview"]
+        return data
+
+    def text(self) -> str:
+        eta = "?" if self.eta_seconds is None else f"{self.eta_seconds:.1f}s"
+        return (f"{self.phase} [{self.stage}] step {self.step}/{self.total_steps} "
+                f"{self.percent:5.1f}% eta {eta}")
+
+    def html(self) -> str:
+        return (f'<div class="animenb-progress"><progress value="{self.percent:.1f}" max="100" '
+                f'style="width:60%"></progress> <code>{html.escape(self.text())}</code></div>')
+
+
+def _in_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+class ProgressReporter:
+    """Counts steps across the stages of one phase and publishes `ProgressEvent`s.
+
+    `publish` receives every event (the widgets and tests use it); `display` chooses
+    the built-in sink: "auto" (display data in a kernel, tqdm otherwise), "kernel",
+    "tqdm" or None.
+    """
+
+    def __init__(self, phase: str, total_steps: int, stage_count: int = 1, *,
+                 publish: Callable[[ProgressEvent], None] | None = None, display: str | None = "auto"):
+        if total_steps < 1:
+            raise ValueError(f"`total_steps` must be >= 1, got {total_steps}.")
+        self.phase = phase
+        self.total_steps = total_steps
+        self.stage_count = stage_count
+        self.publish = publish
+        self.display = ("kernel" if _in_kernel() else "tqdm") if display == "auto" else display
+        self.step = 0
+        self.stage = "starting"
+        self.stage_index = 0
+        self.last_event: ProgressEvent | None = None
+        self._started = time.perf_counter()
+        self._rate_origin: tuple[float, int] | None = None  # (time, step) of the first completed step
+        self._display_id = uuid.uuid4().hex
+        self._displayed = False
+        self._bar = None
+        clear_cancel()
+
+    def start_stage(self, name: str) -> None:
+        self.stage = name
+        self.stage_index += 1
+        self._emit()
+
+    def on_step(self, preview: str | None = None) -> None:
+        """One denoising step finished; raises `Cancelled` if cancellation was requested."""
+        self.step = min(self.step + 1, self.total_steps)
+        now = time.perf_counter()
+        if self._rate_origin is None:
+            self._rate_origin = (now, self.step)
+        self._emit(preview)
+        if _cancel_requested.is_set():
+            raise Cancelled(f"{self.phase} cancelled at step {self.step}/{self.total_steps}")
+
+    def finish(self, stage: str = "done") -> None:
+        self.step = self.total_steps
+        self.stage = stage
+        self._emit()
+        if self._bar is not None:
+            self._bar.close()
+
+    def eta_seconds(self) -> float | None:
+        if self._rate_origin is None:
+            return None
+        t0, s0 = self._rate_origin
+        done = self.step - s0
+        if done < 1:
+            return None
+        rate = done / max(time.perf_counter() - t0, 1e-9)
+        return (self.total_steps - self.step) / rate
+
+    def _emit(self, preview: str | None = None) -> None:
+        event = ProgressEvent(
+            phase=self.phase, stage=self.stage, stage_index=self.stage_index, stage_count=self.stage_count,
+            step=self.step, total_steps=self.total_steps,
+            percent=round(100.0 * self.step / self.total_steps, 2),
+            eta_seconds=None if (eta := self.eta_seconds()) is None else round(eta, 3),
+            elapsed_seconds=round(time.perf_counter() - self._started, 3), preview=preview)
+        self.last_event = event
+        if self.publish is not None:
+            self.publish(event)
+        if self.display == "kernel":
+            self._display_in_kernel(event)
+        elif self.display == "tqdm":
+            self._display_tqdm(event)
+
+    def _display_in_kernel(self, event: ProgressEvent) -> None:
+        from IPython.display import display
+
+        bundle = {PROGRESS_MIME: event.as_dict(), "text/html": event.html(), "text/plain": event.text()}
+        display(bundle, raw=True, display_id=self._display_id, update=self._displayed)
+        self._displayed = True
+
+    def _display_tqdm(self, event: ProgressEvent) -> None:
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total_steps, desc=self.phase, unit="step", leave=False)
+        self._bar.set_postfix_str(event.stage, refresh=False)
+        self._bar.update(event.step - self._bar.n)

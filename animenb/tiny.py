@@ -1,0 +1,200 @@
+"""Random-weight tiny models, built locally in seconds, for offline tests and demos.
+
+Each role gets a folder saved with `save_pretrained`, so it loads back through exactly
+the code real weights use (`from_pretrained`, `load_ip_adapter`). Shapes follow SD 1.5
+at a small scale (see FACTS.md): 8x8 latents for a 64 px image from a 4-block VAE, a
+byte-level CLIP tokenizer that needs no download, an AnimateDiff MotionAdapter matching
+the UNet, an SVD pipeline whose image encoder takes 224 px inputs, and an IP-Adapter
+folder in h94/IP-Adapter's layout. Outputs of these models are noise by construction.
+
+Folders live under `<ANIMENB_HOME>/tiny/<TINY_VERSION>/<role>` and are rebuilt when missing.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .config import home_dir
+
+TINY_VERSION = "v1"
+ROLES = ("sd", "motion_adapter", "svd", "ip_adapter")
+IP_ADAPTER_WEIGHT = "ip-adapter_tiny.safetensors"
+_SEED = 0
+_CROSS_DIM = 32
+_COMPLETE = ".complete"
+
+
+def tiny_dir(home: Path | None = None) -> Path:
+    return (home or home_dir()) / "tiny" / TINY_VERSION
+
+
+def ensure_tiny_models(home: Path | None = None) -> dict[str, Path]:
+    """Return {role: folder}, building any role whose folder is missing or incomplete."""
+    root = tiny_dir(home)
+    return {role: _ensure(root / role, _BUILDERS[role]) for role in ROLES}
+
+
+def _ensure(folder: Path, build) -> Path:
+    if (folder / _COMPLETE).exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: concurrent builders (kernels, tests) never see half a folder.
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        build(staging)
+        (staging / _COMPLETE).write_text(TINY_VERSION)
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            if not (folder / _COMPLETE).exists():  # lost a race to an incomplete folder: surface it
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _byte_tokenizer():
+    """A CLIP tokenizer over the 256 byte symbols (plus their `</w>` forms) with no merges."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({f"{s}</w>": len(symbols) + i for i, s in enumerate(symbols)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def _text_encoder(vocab_size: int):
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(_SEED)
+    config = CLIPTextConfig(hidden_size=_CROSS_DIM, intermediate_size=37, num_attention_heads=4,
+                            num_hidden_layers=5, vocab_size=vocab_size, max_position_embeddings=77,
+                            bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+                            pad_token_id=vocab_size - 1, projection_dim=_CROSS_DIM)
+    return CLIPTextModel(config)
+
+
+def _vision_encoder():
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(_SEED + 1)
+    # 224 px / patch 32: PIL inputs go through the standard 224 px CLIP preprocessing.
+    config = CLIPVisionConfig(hidden_size=_CROSS_DIM, projection_dim=_CROSS_DIM, num_hidden_layers=5,
+                              num_attention_heads=4, intermediate_size=37, image_size=224, patch_size=32)
+    return CLIPVisionModelWithProjection(config)
+
+
+def _image_processor():
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+
+
+def _unet():
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(_SEED + 2)
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=_CROSS_DIM)
+
+
+def _vae():
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(_SEED + 3)
+    # 4 blocks = 8x down-sampling like real SD; 2 blocks made SD 20x slower (FACTS.md).
+    return AutoencoderKL(block_out_channels=(32, 32, 64, 64), in_channels=3, out_channels=3,
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                         latent_channels=4, layers_per_block=1, sample_size=64)
+
+
+def build_sd(folder: Path) -> None:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    tokenizer = _byte_tokenizer()
+    pipe = StableDiffusionPipeline(
+        vae=_vae(), text_encoder=_text_encoder(len(tokenizer)), tokenizer=tokenizer, unet=_unet(),
+        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+
+
+def build_motion_adapter(folder: Path) -> None:
+    import torch
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(_SEED + 4)
+    MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2, motion_num_attention_heads=4,
+                  motion_norm_num_groups=32, motion_max_seq_length=32).save_pretrained(folder)
+
+
+def build_svd(folder: Path) -> None:
+    import torch
+    from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler,
+                           StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel)
+
+    torch.manual_seed(_SEED + 5)
+    unet = UNetSpatioTemporalConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=8, out_channels=4,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+        cross_attention_dim=_CROSS_DIM, num_attention_heads=8,
+        projection_class_embeddings_input_dim=96, addition_time_embed_dim=32)
+    torch.manual_seed(_SEED + 6)
+    vae = AutoencoderKLTemporalDecoder(block_out_channels=(32, 32, 64, 64), in_channels=3, out_channels=3,
+                                       down_block_types=("DownEncoderBlock2D",) * 4, latent_channels=4,
+                                       layers_per_block=1)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
+        num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002,
+        steps_offset=1, timestep_spacing="leading", timestep_type="continuous", use_karras_sigmas=True)
+    pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=_vision_encoder(), unet=unet,
+                                        scheduler=scheduler, feature_extractor=_image_processor())
+    pipe.save_pretrained(folder)
+
+
+def build_ip_adapter(folder: Path) -> None:
+    """h94/IP-Adapter layout: models/<weight>.safetensors + models/image_encoder/."""
+    import torch
+    from safetensors.torch import save_file
+
+    models = folder / "models"
+    _vision_encoder().save_pretrained(models / "image_encoder")
+    unet = _unet()
+    generator = torch.Generator().manual_seed(_SEED + 7)
+    tokens = 4
+    state = {
+        "image_proj.proj.weight": torch.randn(tokens * _CROSS_DIM, _CROSS_DIM, generator=generator) * 0.02,
+        "image_proj.proj.bias": torch.zeros(tokens * _CROSS_DIM),
+        "image_proj.norm.weight": torch.ones(_CROSS_DIM),
+        "image_proj.norm.bias": torch.zeros(_CROSS_DIM),
+    }
+    # One to_k_ip/to_v_ip pair per cross-attention layer, numbered 1, 3, 5... in attn_processors
+    # order, which is how diffusers' loader indexes them.
+    key = 1
+    for name in unet.attn_processors:
+        if not name.endswith("attn2.processor"):
+            continue
+        hidden = unet.get_submodule(name.removesuffix(".processor")).to_k.out_features
+        for proj in ("to_k_ip", "to_v_ip"):
+            state[f"ip_adapter.{key}.{proj}.weight"] = torch.randn(hidden, _CROSS_DIM, generator=generator) * 0.1
+        key += 2
+    save_file({k: v.contiguous() for k, v in state.items()}, str(models / IP_ADAPTER_WEIGHT))
+
+
+_BUILDERS = {"sd": build_sd, "motion_adapter": build_motion_adapter, "svd": build_svd,
+             "ip_adapter": build_ip_adapter}

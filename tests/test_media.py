@@ -1,0 +1,65 @@
+"""Files: PNG parameters, exact durations, loop closure and re-timing arithmetic."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from animenb import media
+
+
+def _frames(n, size=32):
+    return [Image.fromarray(np.full((size, size, 3), i * 10, np.uint8)) for i in range(n)]
+
+
+@pytest.mark.parametrize("count,fps,tick", [(16, 8, 10), (16, 8, 1), (24, 12, 10), (120, 24, 1)])
+def test_frame_durations_sum_exactly(count, fps, tick):
+    durations = media.frame_durations_ms(count, fps, tick)
+    assert len(durations) == count and sum(durations) == round(1000 * count / fps)
+    assert all(d % tick == 0 for d in durations)
+    assert max(durations) - min(durations) <= tick
+
+
+def test_gif_webp_mp4_durations_read_back(tmp_path):
+    frames = _frames(16)
+    assert media.animation_frames_and_seconds(media.save_gif(frames, tmp_path / "a.gif", 8)) == (16, 2.0)
+    assert media.animation_frames_and_seconds(media.save_webp(frames, tmp_path / "a.webp", 8)) == (16, 2.0)
+    assert media.video_frames_and_seconds(media.save_mp4(frames, tmp_path / "a.mp4", 8)) == (16, 2.0)
+
+
+def test_mp4_rejects_odd_sizes(tmp_path):
+    with pytest.raises(ValueError, match="even width and height"):
+        media.save_mp4(_frames(2, size=33), tmp_path / "odd.mp4", 8)
+    assert not list(tmp_path.iterdir())  # no half-written file left behind
+
+
+def test_png_carries_parameters(tmp_path):
+    params = {"prompt": 'a "quoted"\nprompt', "negative_prompt": "blurry", "steps": 15, "seed": 3}
+    path = media.save_png(_frames(1)[0], tmp_path / "p.png", params)
+    assert media.read_png_parameters(path) == params
+    with Image.open(path) as im:
+        assert im.text["parameters"].startswith('a "quoted"\nprompt\nNegative prompt: blurry\n')
+        assert "Steps: 15, Seed: 3" in im.text["parameters"]
+
+
+def test_close_loop_makes_wraparound_an_ordinary_step():
+    # A linear ramp generated past the loop length: 0, 10, ..., 190 (16 + 4 frames).
+    raw = _frames(20)
+    loop = media.close_loop(raw, 16)
+    values = [int(np.asarray(f)[0, 0, 0]) for f in loop]
+    assert len(loop) == 16
+    assert values[4:] == [i * 10 for i in range(4, 16)]  # untouched after the overlap
+    assert values[0] == round(0.2 * 0 + 0.8 * 160)  # mostly the natural continuation of frame 15
+    with pytest.raises(ValueError, match="at least 16"):
+        media.close_loop(raw[:10], 16)
+
+
+def test_retime_hits_exact_count_and_endpoints():
+    out = media.retime(_frames(25), seconds=5.0, fps=24)
+    assert len(out) == 120
+    assert np.asarray(out[0])[0, 0, 0] == 0 and np.asarray(out[-1])[0, 0, 0] == 240
+    means = [np.asarray(f).mean() for f in out]
+    assert all(b >= a for a, b in zip(means, means[1:]))  # monotone blend, no jumps back
+
+
+def test_sheet_layout():
+    sheet = media.compose_sheet(_frames(8, 64), [str(i) for i in range(8)], "title", footer="tiny")
+    assert sheet.width == 4 * 64 and sheet.height > 2 * 64
