@@ -1,0 +1,63 @@
+"""`animenb serve`: the REST + WebSocket job service (see animenb.server)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+
+HELP = "serve the anime production API (REST + WebSocket) on 127.0.0.1:8328"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8328, help="port (default 8328)")
+    parser.add_argument("--models", default=None, help="model profile name or YAML (default $ANIMENB_MODELS or tiny)")
+    parser.add_argument("--home", default=None, help="job store and caches (default $ANIMENB_HOME or ~/.cache/animenb)")
+    parser.add_argument("--outputs", default=None, help="where jobs write outputs/<job_id>/ (default ./outputs)")
+    parser.add_argument("--backend", default=None, choices=["diffusers", "comfyui"], help="generation backend")
+    parser.add_argument("--comfyui-url", default=None, help="ComfyUI server, e.g. http://127.0.0.1:8188")
+    parser.add_argument("--cold-kernels", action="store_true",
+                        help="start a fresh kernel for every job (for comparison; warm kernels are the default)")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+
+
+def run(args: argparse.Namespace) -> int:
+    # The notebooks' kernels read these too: set them before anything starts.
+    if args.home:
+        os.environ["ANIMENB_HOME"] = os.path.abspath(os.path.expanduser(args.home))
+    if args.models:
+        os.environ["ANIMENB_MODELS"] = args.models
+    if args.outputs:
+        os.environ["ANIMENB_OUTPUTS"] = os.path.abspath(os.path.expanduser(args.outputs))
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("papermill").setLevel(logging.WARNING)
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+
+    from animenb.server.app import ServerConfig, serve
+
+    cfg = ServerConfig(host=args.host, port=args.port, models=args.models, home=args.home, outputs=args.outputs,
+                       backend=args.backend, comfyui_url=args.comfyui_url, warm=not args.cold_kernels)
+
+    def ready(service) -> None:
+        models = service.models
+        print(f"animenb serving http://{cfg.host}:{cfg.port}/api/anime  (ws://{cfg.host}:{cfg.port}/ws/job/<id>)")
+        print(f"  models:  {models['label']}" + ("  -- random weights: images are noise (offline tests/demos)"
+                                                 if models.get("tiny") else ""))
+        print(f"  store:   {service.home / 'jobs.sqlite'}")
+        print(f"  outputs: {service.outputs_dir}")
+        print(f"  kernels: {', '.join(k.device for k in service.runner.kernels)} "
+              f"({'warm' if cfg.warm else 'cold'}); ComfyUI: {cfg.comfyui_url or 'not configured'}")
+        for job in service.runner.recovered:
+            print(f"  recovered job {job.id}: {job.status.value}")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(cfg, ready=ready, stop_event=stop)
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,1 @@
+"""Tornado server: the /api/anime REST endpoints and the job WebSocket (see app.make_app)."""

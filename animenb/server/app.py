@@ -1,0 +1,206 @@
+"""The Tornado application: `ServerConfig`, the `AnimeService` it serves, and `make_app`.
+
+    service = AnimeService(ServerConfig(models="tiny", home=..., outputs=...))
+    app = make_app(service)            # extra keyword arguments become tornado settings
+    await service.start()              # restart policy, then warm kernels and workers
+    app.listen(8328, "127.0.0.1")
+    ...
+    await service.stop()
+
+Settings read by handlers: `animenb` (the service). Defaults set here:
+`websocket_ping_interval` 20 s (tornado's default is off), `websocket_ping_timeout` 30 s,
+`websocket_max_message_size` 64 KiB (clients only listen), `serve_traceback` False.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import tornado.web
+
+from animenb import __version__, config
+from animenb.runner.events import EventBus
+from animenb.runner.runner import JobRunner
+from animenb.store import JobRecord, SqliteJobStore
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "3.0.0-bulletproof"
+SERVICE_NAME = "animenb-anime-production"
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8328
+STORE_NAME = "jobs.sqlite"
+
+
+@dataclass
+class ServerConfig:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    models: str | None = None          # profile name or YAML path; None: $ANIMENB_MODELS or "tiny"
+    home: str | Path | None = None     # store, thumbnails; None: $ANIMENB_HOME or ~/.cache/animenb
+    outputs: str | Path | None = None  # outputs/<job_id>/; None: $ANIMENB_OUTPUTS or ./outputs
+    backend: str | None = None         # "diffusers" (default in the notebooks) or "comfyui"
+    comfyui_url: str | None = None
+    devices: list[str] | None = None   # None: one warm kernel per GPU, or one "cpu"
+    warm: bool = True                  # False: a fresh kernel per job (benchmarks)
+    notebook_for: Callable[[JobRecord], Path] | None = None  # tests: which notebook runs a job
+    quality_notebook: str | Path | bool | None = True
+    cancel_grace: float = 1.0
+
+    def resolved(self) -> "ServerConfig":
+        home = Path(self.home or config.home_dir()).expanduser().resolve()
+        outputs = Path(self.outputs or config.outputs_dir()).expanduser().resolve()
+        return ServerConfig(**{**self.__dict__, "home": home, "outputs": outputs,
+                               "models": self.models or config.default_profile()})
+
+
+def model_label(profile: str) -> dict:
+    """`components.models` for /health; never fails (profiles are another module's concern)."""
+    info: dict[str, Any] = {"profile": profile, "label": profile, "tiny": profile == "tiny"}
+    try:
+        from animenb.profiles import load_profile
+
+        loaded = load_profile(profile)
+        info.update(profile=loaded.name, label=loaded.label, tiny=loaded.is_tiny)
+    except Exception as exc:  # unknown profile: say so rather than fail health
+        info["error"] = str(exc)
+    if info["tiny"]:
+        info["label"] = "tiny (random weights)"
+        info["note"] = "random-weight models built locally: outputs are noise, for tests and demos"
+    return info
+
+
+class GpuProbe:
+    """GPU facts for /health: torch.cuda (imported lazily, in a thread: it takes seconds) for
+    availability and names; memory from nvidia-smi so the server never creates a CUDA context."""
+
+    def __init__(self):
+        self._static: dict | None = None
+        self._future: asyncio.Future | None = None
+
+    @staticmethod
+    def _probe_torch() -> dict:
+        if importlib.util.find_spec("torch") is None:
+            return {"available": False, "device": "cpu", "reason": "torch is not installed"}
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                return {"available": False, "device": "cpu", "torch": torch.__version__}
+            return {"available": True, "device": "cuda", "torch": torch.__version__, "count": torch.cuda.device_count(),
+                    "names": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+        except Exception as exc:
+            return {"available": False, "device": "cpu", "reason": f"torch.cuda failed: {exc}"}
+
+    @staticmethod
+    def _memory() -> list[dict]:
+        smi = shutil.which("nvidia-smi")
+        if not smi:
+            return []
+        try:
+            out = subprocess.run([smi, "--query-gpu=index,name,memory.total,memory.used", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=5).stdout
+        except (OSError, subprocess.SubprocessError):
+            return []
+        gpus = []
+        for line in out.strip().splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) == 4:
+                gpus.append({"index": int(parts[0]), "name": parts[1], "memory_total_mb": int(parts[2]),
+                             "memory_used_mb": int(parts[3])})
+        return gpus
+
+    def start(self) -> None:
+        if self._future is None:
+            self._future = asyncio.get_running_loop().run_in_executor(None, self._probe_torch)
+
+    async def info(self) -> dict:
+        self.start()
+        if self._static is None:
+            self._static = await self._future
+        info = dict(self._static)
+        if info.get("available"):
+            info["gpus"] = await asyncio.get_running_loop().run_in_executor(None, self._memory)
+        return info
+
+
+class AnimeService:
+    """What the handlers talk to: the store, the event bus, the runner and static facts."""
+
+    def __init__(self, cfg: ServerConfig | None = None, *, store: SqliteJobStore | None = None):
+        self.config = (cfg or ServerConfig()).resolved()
+        self.home = Path(self.config.home)
+        self.outputs_dir = Path(self.config.outputs)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        self.thumbnails_dir = self.home / "thumbnails"
+        self.store = store or SqliteJobStore(self.home / STORE_NAME)
+        self.bus = EventBus()
+        kernel_env = {"ANIMENB_HOME": str(self.home)}
+        self.runner = JobRunner(
+            self.store, self.bus, outputs_dir=self.outputs_dir, devices=self.config.devices, models=self.config.models,
+            backend=self.config.backend, notebook_for=self.config.notebook_for,
+            quality_notebook=self.config.quality_notebook, warm=self.config.warm,
+            cancel_grace=self.config.cancel_grace, kernel_env=kernel_env)
+        self.models = model_label(self.config.models)
+        self.gpu = GpuProbe()
+        self.started_at = time.time()
+
+    async def start(self) -> None:
+        await self.runner.start()
+        self.gpu.start()
+
+    async def stop(self) -> None:
+        await self.runner.stop()
+        self.store.close()
+
+    async def comfyui_health(self) -> dict:
+        url = self.config.comfyui_url
+        if not url:
+            return {"status": "not configured", "url": None, "queue_running": None}
+        try:
+            from animenb.backends.comfyui import comfyui_health
+        except ImportError:
+            comfyui_health = None
+        if comfyui_health is not None:
+            result = await asyncio.get_running_loop().run_in_executor(None, comfyui_health, url)
+            return result
+        from tornado.httpclient import AsyncHTTPClient
+
+        try:
+            await AsyncHTTPClient().fetch(url.rstrip("/") + "/system_stats", request_timeout=2.0)
+            return {"status": "healthy", "url": url, "queue_running": None}
+        except Exception as exc:
+            return {"status": "unreachable", "url": url, "queue_running": None, "error": str(exc)}
+
+
+def make_app(service: AnimeService, **settings: Any) -> tornado.web.Application:
+    from .handlers import NotFoundHandler, default_handlers
+
+    defaults = {"websocket_ping_interval": 20, "websocket_ping_timeout": 30,
+                "websocket_max_message_size": 64 * 1024, "serve_traceback": False,
+                "default_handler_class": NotFoundHandler}
+    return tornado.web.Application(default_handlers, animenb=service, **{**defaults, **settings})
+
+
+async def serve(cfg: ServerConfig, *, ready: Callable[[AnimeService], None] | None = None,
+                stop_event: asyncio.Event | None = None) -> None:
+    """Run until `stop_event` is set (or forever); stops kernels cleanly."""
+    service = AnimeService(cfg)
+    app = make_app(service)
+    server = app.listen(service.config.port, service.config.host, xheaders=False)
+    await service.start()
+    if ready:
+        ready(service)
+    try:
+        await (stop_event or asyncio.Event()).wait()
+    finally:
+        server.stop()
+        await service.stop()

@@ -1,0 +1,183 @@
+"""Request schemas: turn a POST /generate body into (phase id, validated values) or an `APIError`.
+
+Every bad input gets a 4xx with `{"error": {"code", "message", "field"}}`; nothing
+reaches a notebook except through `animenb.runner.parameters` (plain JSON types).
+Messages name the field and echo the bad value, like diffusers' `check_inputs`.
+"""
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tornado.web import HTTPError
+
+from animenb.backends.base import SCHEDULERS
+from animenb.phases.catalog import get_phase
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_PROMPT_CHARS = 2000
+MIN_SIZE, MAX_SIZE = 64, 2048
+MAX_STEPS = 150
+SEED_LIMIT = 2**63
+JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+OUTPUT_REF_RE = re.compile(r"^(?:/api/anime/outputs/)?(?P<job_id>[0-9a-f]{32})(?:/(?P<path>[^?#]*))?$")
+
+
+class APIError(HTTPError):
+    """An HTTPError with a machine-readable code and the offending field."""
+
+    def __init__(self, status_code: int, code: str, message: str, field: str | None = None, **kwargs):
+        super().__init__(status_code, "%s", message, **kwargs)
+        self.code, self.message, self.field = code, message, field
+
+
+def invalid(field: str, message: str, code: str = "invalid_value") -> APIError:
+    return APIError(422, code, message, field)
+
+
+# -- field checkers --------------------------------------------------------------------------
+def _int(field: str, value: Any, lo: int, hi: int, multiple: int = 1) -> int:
+    if type(value) is float and value.is_integer():
+        value = int(value)
+    if type(value) is not int:
+        raise invalid(field, f"`{field}` must be an integer, got {value!r}.")
+    if not lo <= value <= hi:
+        raise invalid(field, f"`{field}` must be in [{lo}, {hi}], got {value}.")
+    if value % multiple:
+        raise invalid(field, f"`{field}` must be a multiple of {multiple}, got {value}.")
+    return value
+
+
+def _float(field: str, value: Any, lo: float, hi: float, *, open_low: bool = False) -> float:
+    if type(value) not in (int, float) or value != value:
+        raise invalid(field, f"`{field}` must be a number, got {value!r}.")
+    if value > hi or value < lo or (open_low and value == lo):
+        raise invalid(field, f"`{field}` must be in {'(' if open_low else '['}{lo}, {hi}], got {value}.")
+    return float(value)
+
+
+def _text(field: str, value: Any, *, required: bool) -> str:
+    if type(value) is not str:
+        raise invalid(field, f"`{field}` must be a string, got {type(value).__name__}.")
+    if required and not value.strip():
+        raise invalid(field, f"`{field}` must not be empty.")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise invalid(field, f"`{field}` must be at most {MAX_PROMPT_CHARS} characters, got {len(value)}.")
+    if "\x00" in value:
+        raise invalid(field, f"`{field}` must not contain NUL characters.")
+    return value
+
+
+def _choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise invalid(field, f"`{field}` must be one of {', '.join(choices)}, got {value!r}.")
+    return value
+
+
+@dataclass(frozen=True)
+class Field:
+    check: Callable[[str, Any], Any]
+    phases: frozenset[int] = frozenset({1, 2, 3})
+    default: Callable[[], Any] | None = None
+
+
+FIELDS: dict[str, Field] = {
+    "prompt": Field(lambda f, v: _text(f, v, required=True)),
+    "negative_prompt": Field(lambda f, v: _text(f, v, required=False), default=lambda: ""),
+    # width/height default to the model profile's size (512 for SD 1.5, 64 for tiny), in the notebook
+    "width": Field(lambda f, v: _int(f, v, MIN_SIZE, MAX_SIZE, 8)),
+    "height": Field(lambda f, v: _int(f, v, MIN_SIZE, MAX_SIZE, 8)),
+    "steps": Field(lambda f, v: _int(f, v, 1, MAX_STEPS), default=lambda: 15),
+    "seed": Field(lambda f, v: _int(f, v, 0, SEED_LIMIT - 1), default=lambda: secrets.randbelow(2**32)),
+    "guidance_scale": Field(lambda f, v: _float(f, v, 0.0, 30.0)),
+    "scheduler": Field(lambda f, v: _choice(f, v, SCHEDULERS)),
+    "reference_image": Field(lambda f, v: v, phases=frozenset({1, 2})),  # resolved against outputs
+    "frames": Field(lambda f, v: _int(f, v, 2, 64), phases=frozenset({2, 3})),
+    "fps": Field(lambda f, v: _int(f, v, 1, 60), phases=frozenset({2, 3})),
+    "image": Field(lambda f, v: v, phases=frozenset({3})),  # resolved against outputs
+    "seconds": Field(lambda f, v: _float(f, v, 0.0, 30.0, open_low=True), phases=frozenset({3})),
+}
+META_FIELDS = ("phase", "visibility")
+PATH_FIELDS = ("reference_image", "image")
+
+
+def parse_json_body(body: bytes) -> dict:
+    if len(body) > MAX_BODY_BYTES:
+        raise APIError(413, "body_too_large", f"The request body must be at most {MAX_BODY_BYTES} bytes.")
+    if not body.strip():
+        raise APIError(400, "invalid_json", "The request body must be a JSON object, got nothing.")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise APIError(400, "invalid_json", f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "invalid_json", f"The request body must be a JSON object, got {type(data).__name__}.")
+    return data
+
+
+def resolve_output_ref(field: str, value: Any, outputs_dir: Path) -> str:
+    """`<job_id>` (its output directory), `<job_id>/<file>` or `/api/anime/outputs/<job_id>/<file>`
+    -> an absolute path inside the outputs directory."""
+    if type(value) is not str or not (m := OUTPUT_REF_RE.match(value)):
+        raise invalid(field, f"`{field}` must name a previous job's output as `<job_id>`, `<job_id>/<file>` or "
+                             f"its /api/anime/outputs/ URL, got {value!r}.")
+    root = (outputs_dir / m["job_id"]).resolve()
+    if not m["path"]:
+        if not (root / "manifest.json").is_file():
+            raise invalid(field, f"`{field}`: job {m['job_id']} has no finished outputs.")
+        return str(root)
+    target = (root / m["path"]).resolve()
+    if root not in target.parents or not target.is_file():
+        raise invalid(field, f"`{field}` does not name an existing output file: {value!r}.")
+    return str(target)
+
+
+def validate_generate(data: dict, outputs_dir: Path) -> tuple[int, dict[str, Any], str]:
+    """Returns (phase id, values for the notebook, visibility)."""
+    try:
+        phase = get_phase(data.get("phase", 1)).id
+    except ValueError as exc:
+        raise invalid("phase", str(exc)) from None
+    if type(data.get("phase", 1)) not in (int, str):
+        raise invalid("phase", f"`phase` must be 1, 2, 3 or a phase name, got {data['phase']!r}.")
+    unknown = sorted(set(data) - set(FIELDS) - set(META_FIELDS))
+    if unknown:
+        raise invalid(unknown[0], f"Unknown field `{unknown[0]}`; accepted: {', '.join(list(FIELDS) + list(META_FIELDS))}.",
+                      code="unknown_field")
+    if "prompt" not in data:
+        raise invalid("prompt", "`prompt` is required.", code="missing_field")
+    visibility = _choice("visibility", data.get("visibility", "public"), ("public", "private"))
+    values: dict[str, Any] = {}
+    for name, spec in FIELDS.items():
+        if name in data and data[name] is not None:
+            if phase not in spec.phases:
+                raise invalid(name, f"`{name}` does not apply to phase {phase}.", code="unknown_field")
+            value = spec.check(name, data[name])
+            values[name] = resolve_output_ref(name, value, outputs_dir) if name in PATH_FIELDS else value
+        elif spec.default is not None:
+            values[name] = spec.default()
+    return phase, values, visibility
+
+
+def parse_limit(value: str | None, default: int = 50, maximum: int = 200) -> int:
+    if value is None:
+        return default
+    try:
+        limit = int(value)
+    except ValueError:
+        raise invalid("limit", f"`limit` must be an integer, got {value!r}.") from None
+    if not 1 <= limit <= maximum:
+        raise invalid("limit", f"`limit` must be in [1, {maximum}], got {limit}.")
+    return limit
+
+
+def parse_cursor(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise invalid("cursor", f"`cursor` must be a value returned as `next_cursor`, got {value!r}.")
+    return value

@@ -1,0 +1,171 @@
+"""JSON bodies of the API, built from store records (handlers stay thin)."""
+from __future__ import annotations
+
+import time
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import quote
+
+from animenb import __version__
+from animenb.phases.catalog import DEFAULT_GATE, PHASES, QUALITY_GATES, WORKFLOW, get_phase
+from animenb.store import JobRecord, JobStatus
+from animenb.store.jobs_common import iso
+
+API = "/api/anime"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".webm"}
+# Which listed output represents a job in the gallery, best first (manifest "kind" values).
+PRIMARY_KINDS = ("sheet", "loop", "gif", "video", "mp4", "image")
+
+
+def output_url(job_id: str, path: str) -> str:
+    return f"{API}/outputs/{job_id}/{quote(path)}"
+
+
+def thumbnail_url(job_id: str, path: str) -> str:
+    return f"{API}/thumbnails/{job_id}/{quote(path)}"
+
+
+def phase_name(phase: int | None) -> str | None:
+    try:
+        return get_phase(phase).name if phase is not None else None
+    except ValueError:
+        return None
+
+
+def _progress(job: JobRecord, live: dict | None) -> dict:
+    base = {"percent": 0.0, "stage": job.status.value, "step": 0, "total_steps": None, "eta_seconds": None}
+    stored = live or job.progress or {}
+    base.update({k: stored[k] for k in ("percent", "stage", "step", "total_steps", "eta_seconds",
+                                        "elapsed_seconds", "updated_at") if k in stored})
+    if job.status is JobStatus.SUCCEEDED:
+        base.update(percent=100.0, eta_seconds=0.0)
+    return base
+
+
+def _quality(job: JobRecord) -> dict | None:
+    quality = job.outputs.get("quality") if isinstance(job.outputs, dict) else None
+    if not isinstance(quality, dict):
+        return None
+    return {k: quality.get(k) for k in ("score", "passed", "threshold", "error") if k in quality}
+
+
+def job_status(job: JobRecord, *, live_progress: dict | None = None, queue_position: int | None = None,
+               ws_base: str = "") -> dict:
+    files = job.outputs.get("files", []) if isinstance(job.outputs, dict) else []
+    return {
+        "job_id": job.id,
+        "status": job.status.value,
+        "phase": job.phase,
+        "phase_name": phase_name(job.phase),
+        "progress": _progress(job, live_progress),
+        "queue_position": queue_position,
+        "outputs": [output_url(job.id, f) for f in files],
+        "notebook_url": output_url(job.id, "notebook.ipynb") if job.started_at else None,
+        "quality": _quality(job),
+        "error": job.error.as_dict() if job.error else None,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "status_sequence": job.status_sequence,
+        "attempts": job.attempts,
+        "prompt": job.parameters.get("prompt"),
+        "seed": job.parameters.get("seed"),
+        "owner": job.owner,
+        "visibility": job.visibility,
+        "parent_id": job.parent_id,
+        "status_url": f"{API}/generation/{job.id}/status",
+        "ws_url": f"{ws_base}/ws/job/{job.id}",
+    }
+
+
+def primary_output(job: JobRecord) -> tuple[str | None, str | None]:
+    """(the file that represents the job, an image to thumbnail) from the manifest's file list."""
+    listed = [f for f in job.outputs.get("listed", []) if isinstance(f, dict) and f.get("path")]
+    media = [f for f in listed if PurePosixPath(f["path"]).suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+    if not media:
+        media = [{"path": p, "kind": ""} for p in job.outputs.get("files", [])
+                 if PurePosixPath(p).suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+    if not media:
+        return None, None
+    rank = {kind: i for i, kind in enumerate(PRIMARY_KINDS)}
+    media.sort(key=lambda f: rank.get(str(f.get("kind", "")).lower(), len(rank)))
+    primary = media[0]["path"]
+    images = [f["path"] for f in media if PurePosixPath(f["path"]).suffix.lower() in IMAGE_SUFFIXES]
+    return primary, (images[0] if images else primary)
+
+
+def gallery_item(job: JobRecord) -> dict:
+    primary, thumb = primary_output(job)
+    listed = {f.get("path"): f for f in job.outputs.get("listed", []) if isinstance(f, dict)}
+    files = []
+    for path in job.outputs.get("files", []):
+        entry = listed.get(path, {})
+        files.append({"path": path, "url": output_url(job.id, path), "kind": entry.get("kind"),
+                      "media_type": entry.get("media_type"), "bytes": entry.get("bytes")})
+    return {
+        "job_id": job.id, "phase": job.phase, "phase_name": phase_name(job.phase),
+        "prompt": job.parameters.get("prompt"), "seed": job.outputs.get("seed", job.parameters.get("seed")),
+        "created_at": iso(job.created_at), "finished_at": iso(job.finished_at),
+        "url": output_url(job.id, primary) if primary else None,
+        "thumbnail_url": thumbnail_url(job.id, thumb) if thumb else None,
+        "notebook_url": output_url(job.id, "notebook.ipynb"),
+        "quality": _quality(job), "files": files,
+    }
+
+
+def phases_body(notebooks_dir) -> dict:
+    phases = []
+    for phase in PHASES:
+        phases.append({**phase.as_dict(), "notebook": phase.notebook,
+                       "available": (notebooks_dir / phase.notebook).is_file(),
+                       "parameters_file": f"parameters/{phase.parameters_file}"})
+    return {"phases": phases, "workflow": WORKFLOW, "quality_gates": QUALITY_GATES, "quality_threshold": DEFAULT_GATE}
+
+
+def features(service) -> list[str]:
+    """Only what exists in this process."""
+    found = ["Real-time job status tracking", "WebSocket progress updates",
+             "Structured file organization (outputs/<job_id>/ with manifest.json and the executed notebook)",
+             "GPU resource management (one warm kernel and one job at a time per device)",
+             "Error handling and recovery (durable SQLite queue, dead-kernel restart, restart recovery)",
+             "Performance optimization (15 steps by default, warm kernels with a model cache)"]
+    q = service.runner.quality_notebook
+    if q is not None and q.is_file():
+        found.insert(4, "Character consistency checking (quality scoring after every phase)")
+    return found
+
+
+async def health_body(service) -> dict:
+    from .app import API_VERSION, SERVICE_NAME
+
+    counts = service.store.counts_by_status()
+    comfyui = await service.comfyui_health()
+    gpu = await service.gpu.info()
+    kernels = service.runner.kernels.describe()
+    degraded = []
+    if comfyui.get("status") not in ("healthy", "not configured"):
+        degraded.append("comfyui")
+    if service.runner.started_at and time.time() - service.runner.started_at > 120 and not any(k["ready"] for k in kernels):
+        degraded.append("kernels")
+    return {
+        "status": "degraded" if degraded else "healthy",
+        "service": SERVICE_NAME,
+        "version": API_VERSION,
+        "animenb_version": __version__,
+        "uptime_seconds": round(time.time() - service.started_at, 1),
+        "components": {
+            "comfyui": comfyui,
+            "gpu": {**gpu, "active_generation": bool(service.runner.running)},
+            "jobs": {"active_count": counts["queued"] + counts["running"],
+                     "total_tracked": sum(counts.values()), "queued": counts["queued"],
+                     "running": counts["running"], "by_status": counts},
+            "models": service.models,
+            "backend": service.config.backend or "diffusers",
+            "kernels": {"warm": service.runner.warm, "ready": sum(k["ready"] for k in kernels), "total": len(kernels),
+                        "devices": kernels},
+        },
+        "degraded_components": degraded,
+        "bulletproof_features": features(service),
+    }
+

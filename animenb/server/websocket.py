@@ -1,0 +1,96 @@
+"""`ws://host/ws/job/{job_id}`: a job's live events.
+
+On connect the client gets {"event": "state", "seq", "state": <status body>}; with
+`?after=N` the events it missed (seq > N, from a short per-job history) come first.
+Then every event as it happens ("started", "progress", "finished"); after the terminal
+"finished" event the server closes with 1000. A job that has already finished gets its
+state and its "finished" event, then the close. An unknown job id is accepted and closed
+at once with code 4404 and reason "Job not found: <id>" (a browser sees the reason;
+a failed handshake would hide it). Tornado's default `check_origin` (same origin) stays.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from animenb.runner.events import JobEvent, JobFinishedEvent, JobStateEvent
+from animenb.store import JobNotFoundError
+
+from . import views
+
+log = logging.getLogger(__name__)
+
+CLOSE_JOB_NOT_FOUND = 4404
+CLOSE_BAD_REQUEST = 4400
+
+
+class JobSocketHandler(WebSocketHandler):
+    subscription = None
+    job_id: str | None = None
+
+    @property
+    def service(self):
+        return self.settings["animenb"]
+
+    def ws_base(self) -> str:
+        scheme = "wss" if self.request.protocol == "https" else "ws"
+        return f"{scheme}://{self.request.host}"
+
+    def _dump(self, event: JobEvent) -> str:
+        data = event.as_dict()
+        if isinstance(event, JobFinishedEvent):
+            data["outputs"] = [views.output_url(event.job_id, f) for f in event.outputs]
+        return json.dumps(data, default=str)
+
+    def send(self, event: JobEvent) -> None:
+        try:
+            self.write_message(self._dump(event))
+        except WebSocketClosedError:
+            self._unsubscribe()
+            return
+        if event.terminal:
+            self._unsubscribe()
+            self.close(1000, "job finished")
+
+    def open(self, job_id: str) -> None:
+        self.job_id = job_id
+        store, bus, runner = self.service.store, self.service.bus, self.service.runner
+        try:
+            job = store.get(job_id)
+        except JobNotFoundError:
+            self.close(CLOSE_JOB_NOT_FOUND, f"Job not found: {job_id}")
+            return
+        try:
+            after = int(self.get_query_argument("after", "0") or 0)
+        except ValueError:
+            self.close(CLOSE_BAD_REQUEST, "`after` must be an integer event seq")
+            return
+        # Subscribing and reading the state happen on the loop thread with no await between:
+        # no event can fall in the gap.
+        if not job.terminal:
+            self.subscription = bus.subscribe(job_id, self.send)
+        for event in bus.history(job_id, after) if after else ():
+            if not event.terminal:
+                self.write_message(self._dump(event))
+        state = views.job_status(job, live_progress=runner.live_progress(job_id),
+                                 queue_position=store.queue_position(job_id), ws_base=self.ws_base())
+        snapshot = JobStateEvent(job_id=job_id, state=state, seq=bus.last_seq(job_id))
+        self.write_message(self._dump(snapshot))
+        if job.terminal:
+            self.send(JobFinishedEvent(
+                job_id=job_id, seq=bus.last_seq(job_id), status=job.status.value,
+                error=job.error.as_dict() if job.error else None,
+                outputs=list(job.outputs.get("files", [])) if isinstance(job.outputs, dict) else []))
+
+    def on_message(self, message) -> None:
+        pass  # clients only listen
+
+    def _unsubscribe(self) -> None:
+        if self.subscription is not None:
+            self.service.bus.unsubscribe(self.subscription)
+            self.subscription = None
+
+    def on_close(self) -> None:
+        self._unsubscribe()
