@@ -1,0 +1,317 @@
+"""Quality metrics that need no downloaded weights: small pure functions on RGB uint8 arrays.
+
+Each *raw* measure is documented with its formula and a reference; the functions that return a
+score in [0, 1] say which mapping they use (the mapping constants live in parameters/quality.yaml,
+section `mappings`, and are passed in as keyword arguments here).
+
+Images are HxWx3 uint8 arrays (``as_array`` accepts PIL images too). The phase scorers downscale to
+the working size (`work_size`, 256 px by default) before calling these, so that flow and SSIM stay
+cheap at 512 px and the pixel-scale constants mean the same thing at every resolution.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+ImageLike = Image.Image | np.ndarray
+EPS = 1e-8
+
+
+# ----------------------------------------------------------------------------- preparation
+
+def as_array(image: ImageLike) -> np.ndarray:
+    """PIL image or HxWx3 / HxW uint8 array -> HxWx3 uint8 RGB array."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    a = np.asarray(image)
+    if a.dtype != np.uint8:
+        raise ValueError(f"`image` arrays must be uint8, got dtype {a.dtype}.")
+    if a.ndim == 2:
+        return np.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim == 3 and a.shape[2] == 4:
+        return a[:, :, :3]
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"`image` must be HxWx3 (or HxW) uint8, got shape {a.shape}.")
+    return a
+
+
+def downscale(image: np.ndarray, work_size: int) -> np.ndarray:
+    """Shrink (never enlarge) so the longer side is at most `work_size`, with area interpolation."""
+    h, w = image.shape[:2]
+    s = work_size / max(h, w)
+    if s >= 1:
+        return image
+    return cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+
+
+def prepare(images: Sequence[ImageLike], work_size: int = 256, size: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """Convert to RGB arrays at the working size; with `size` (w, h) resize all to that exact size."""
+    out = []
+    for im in images:
+        a = downscale(as_array(im), work_size)
+        if size is not None and (a.shape[1], a.shape[0]) != tuple(size):
+            a = cv2.resize(a, tuple(size), interpolation=cv2.INTER_AREA)
+        out.append(a)
+    return out
+
+
+def gray(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+def map_ratio(value: float, scale: float) -> float:
+    """Saturating map of a non-negative raw value to [0, 1): ``v / (v + scale)`` (0.5 at v = scale)."""
+    return float(value / (value + scale)) if value > 0 else 0.0
+
+
+def map_linear(value: float, low: float, high: float) -> float:
+    """Linear map of `value` from [low, high] to [0, 1], clipped."""
+    return float(np.clip((value - low) / (high - low), 0.0, 1.0))
+
+
+# ----------------------------------------------------------------------------- single images
+
+def laplacian_variance(image: np.ndarray) -> float:
+    """Sharpness, raw: ``Var(∇²I)`` of the grey image (3x3 Laplacian, float).
+
+    Pech-Pacheco et al., "Diatom autofocusing in brightfield microscopy: a comparative study", ICPR 2000.
+    Blur removes high frequencies and drives it towards 0; it grows with contrast and edge density.
+    """
+    return float(cv2.Laplacian(gray(image).astype(np.float32), cv2.CV_32F, ksize=1).var())
+
+
+def sharpness(image: np.ndarray, scale: float = 200.0) -> float:
+    """Sharpness score: ``v / (v + scale)`` with ``v = laplacian_variance`` at the working size."""
+    return map_ratio(laplacian_variance(image), scale)
+
+
+def not_blank(image: np.ndarray, std_floor: float = 12.0) -> float:
+    """Not-blank score: ``min(1, std(grey) / std_floor)``; a constant image (black NSFW-filter frames,
+    an empty canvas) scores 0, anything with `std_floor` grey levels of contrast scores 1."""
+    return float(min(1.0, gray(image).astype(np.float32).std() / std_floor))
+
+
+def border_colour(image: np.ndarray, width: int = 2) -> np.ndarray:
+    """Median colour of a `width`-pixel frame around the image: the background estimate."""
+    b = np.concatenate([image[:width].reshape(-1, 3), image[-width:].reshape(-1, 3),
+                        image[:, :width].reshape(-1, 3), image[:, -width:].reshape(-1, 3)])
+    return np.median(b, axis=0)
+
+
+def foreground_mask(image: np.ndarray, tolerance: float = 30.0, min_fraction: float = 0.005) -> np.ndarray:
+    """The character region: pixels whose max channel distance to the border colour exceeds
+    `tolerance`. Falls back to the whole image when under `min_fraction` of it is foreground
+    (busy or empty backgrounds), so the metrics degrade to whole-image versions rather than fail."""
+    dist = np.abs(image.astype(np.float32) - border_colour(image)).max(axis=2)
+    mask = dist > tolerance
+    if mask.mean() < min_fraction:
+        return np.ones(mask.shape, dtype=bool)
+    return mask
+
+
+def colour_histogram(image: np.ndarray, mask: np.ndarray | None = None, bins: int = 8) -> np.ndarray:
+    """Normalised 3-D RGB histogram (`bins`³ cells) of the pixels in `mask`: the palette."""
+    if mask is None:
+        mask = np.ones(image.shape[:2], dtype=bool)
+    q = (image[mask].astype(np.int32) * bins) // 256
+    idx = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]
+    h = np.bincount(idx, minlength=bins ** 3).astype(np.float64)
+    return h / max(h.sum(), EPS)
+
+
+def palette(image: np.ndarray, tolerance: float = 30.0, bins: int = 8) -> np.ndarray:
+    """Colour histogram of the foreground (character) region."""
+    return colour_histogram(image, foreground_mask(image, tolerance), bins)
+
+
+def bhattacharyya(p: np.ndarray, q: np.ndarray) -> float:
+    """Bhattacharyya coefficient ``BC(p, q) = Σ sqrt(p_i q_i)`` of two normalised histograms, in
+    [0, 1]; 1 for identical palettes, 0 for disjoint ones (Bhattacharyya 1943; Comaniciu et al. 2003)."""
+    return float(np.sqrt(p * q).sum())
+
+
+def similarity_matrix(items: Sequence, sim: Callable[[object, object], float]) -> np.ndarray:
+    """Symmetric NxN matrix of ``sim(items[i], items[j])`` with 1 on the diagonal."""
+    n = len(items)
+    m = np.eye(n)
+    for i in range(n):
+        for j in range(i + 1, n):
+            m[i, j] = m[j, i] = sim(items[i], items[j])
+    return m
+
+
+def mean_off_diagonal(m: np.ndarray) -> float:
+    n = m.shape[0]
+    return float((m.sum() - np.trace(m)) / (n * (n - 1))) if n > 1 else 1.0
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean structural similarity of two images' grey levels (same size), Gaussian window σ = 1.5:
+
+    ``SSIM = ((2 μa μb + C1)(2 σab + C2)) / ((μa² + μb² + C1)(σa² + σb² + C2))``, C1 = (0.01·255)²,
+    C2 = (0.03·255)², averaged over the image. Wang, Bovik, Sheikh, Simoncelli, "Image quality
+    assessment: from error visibility to structural similarity", IEEE TIP 13(4), 2004.
+    """
+    x = (gray(a) if a.ndim == 3 else a).astype(np.float64)
+    y = (gray(b) if b.ndim == 3 else b).astype(np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"`ssim` needs images of one size, got {x.shape} and {y.shape}.")
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+
+    def blur(z: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(z, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return float(s.mean())
+
+
+def aligned_crop(image: np.ndarray, size: int = 64, tolerance: float = 30.0) -> np.ndarray:
+    """The foreground's bounding box, padded to a square with the border colour and resized to
+    `size`², so poses drawn at different offsets and scales become comparable for SSIM."""
+    mask = foreground_mask(image, tolerance)
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    crop = image[y0:y1, x0:x1]
+    side = max(crop.shape[:2])
+    canvas = np.empty((side, side, 3), dtype=np.uint8)
+    canvas[:] = border_colour(image).astype(np.uint8)
+    oy, ox = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
+    canvas[oy:oy + crop.shape[0], ox:ox + crop.shape[1]] = crop
+    return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two same-size uint8 images, in grey levels (0..255)."""
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def cosine_matrix(features: np.ndarray) -> np.ndarray:
+    """Pairwise cosine similarity of row vectors (CLIP-I uses it on image-encoder embeddings:
+    Ruiz et al., "DreamBooth", CVPR 2023)."""
+    f = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), EPS)
+    return f @ f.T
+
+
+# ----------------------------------------------------------------------------- sequences
+
+def adjacent_diffs(frames: Sequence[np.ndarray]) -> np.ndarray:
+    """``d_t = mean |f_{t+1} - f_t|`` for t = 0..T-2, in grey levels."""
+    return np.array([mean_abs_diff(frames[t], frames[t + 1]) for t in range(len(frames) - 1)])
+
+
+def vbench_temporal_flickering(frames: Sequence[np.ndarray]) -> float:
+    """VBench temporal flickering, raw: ``(255 - mean_t d_t) / 255`` with d_t the mean absolute
+    difference of adjacent frames (Huang et al., "VBench", CVPR 2024). Near 1 for almost any video."""
+    return float((255.0 - adjacent_diffs(frames).mean()) / 255.0)
+
+
+def temporal_flicker(frames: Sequence[np.ndarray], low: float = 0.85) -> float:
+    """Temporal-flicker score: the VBench value mapped linearly from [low, 1] to [0, 1], i.e.
+    ``clip(1 - mean_t d_t / (255 (1 - low)), 0, 1)``: 0 once adjacent frames differ by
+    255·(1 - low) grey levels on average (38 for low = 0.85)."""
+    return map_linear(vbench_temporal_flickering(frames), low, 1.0)
+
+
+def loop_seam_ratio(frames: Sequence[np.ndarray], flow_frames: Sequence[np.ndarray] | None = None,
+                    step_errors: np.ndarray | None = None) -> float:
+    """Loop seam, raw: how the wrap-around step f_{T-1} -> f_0 compares with an ordinary step (no
+    standard metric exists, see FACTS.md). 1 for a seamless loop, >> 1 for a jump.
+
+    ``r_mad = MAD(f_{T-1}, f_0) / median_t d_t`` (mean absolute differences); it saturates once the
+    subject no longer overlaps itself, so when `flow_frames` (the frames at flow size) are given the
+    result is ``sqrt(r_mad · r_warp)`` with ``r_warp = E_seam / max(median_t E_t, 0.002)``, E the flow
+    warping error (``warping_errors``; pass `step_errors` to reuse them): a step the flow can follow
+    leaves little residual, a jump leaves it all. Returns 1 when the frames do not move at all.
+    """
+    d = adjacent_diffs(frames)
+    med = float(np.median(d))
+    seam = mean_abs_diff(frames[-1], frames[0])
+    if med < 0.05:
+        return 1.0 if seam < 0.05 else float("inf")
+    r = seam / med
+    if flow_frames is not None:
+        errors = warping_errors(flow_frames) if step_errors is None else np.asarray(step_errors)
+        seam_err = warping_errors([flow_frames[-1], flow_frames[0]])[0]
+        r = float(np.sqrt(r * seam_err / max(float(np.median(errors)), 0.002)))
+    return float(r)
+
+
+def loop_seam(frames: Sequence[np.ndarray], tolerance: float = 1.0, flow_frames: Sequence[np.ndarray] | None = None,
+              step_errors: np.ndarray | None = None) -> float:
+    """Loop-seam score: ``1 / (1 + (max(r, 1) - 1)² / tolerance²)`` with r = ``loop_seam_ratio``:
+    1 when the seam is no bigger than a median step, 0.5 at r = 1 + tolerance, 0.2 at 1 + 2·tolerance.
+    A seam smaller than a step (a held last frame) is not penalised here."""
+    r = loop_seam_ratio(frames, flow_frames, step_errors)
+    if not np.isfinite(r):
+        return 0.0
+    return float(1.0 / (1.0 + (max(r, 1.0) - 1.0) ** 2 / tolerance ** 2))
+
+
+def farneback(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    """Dense optical flow prev -> next (HxWx2, pixels), OpenCV Farnebäck (Farnebäck, "Two-frame motion
+    estimation based on polynomial expansion", SCIA 2003) with OpenCV's documented example settings."""
+    return cv2.calcOpticalFlowFarneback(gray(prev), gray(nxt), None, 0.5, 4, 15, 3, 5, 1.2, 0)
+
+
+def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """Backward warp: ``out(x) = image(x + flow(x))`` (bilinear, border replicated)."""
+    h, w = flow.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(image, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def flows(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Farnebäck flow for each adjacent pair (t -> t+1)."""
+    return [farneback(frames[t], frames[t + 1]) for t in range(len(frames) - 1)]
+
+
+def warping_errors(frames: Sequence[np.ndarray], flow_list: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """Flow warping error per pair: ``E_t = mean |f_t - warp(f_{t+1}, F_{t→t+1})| / 255`` (Lai et al.,
+    "Learning blind video temporal consistency", ECCV 2018, without the occlusion mask). What the
+    flow cannot explain (flicker, jumps, things popping in) stays in the residual."""
+    flow_list = flows(frames) if flow_list is None else flow_list
+    return np.array([np.abs(frames[t].astype(np.float32) - warp(frames[t + 1], f).astype(np.float32)).mean() / 255.0
+                     for t, f in enumerate(flow_list)])
+
+
+def motion_smoothness(frames: Sequence[np.ndarray], flow_list: Sequence[np.ndarray] | None = None,
+                      scale: float = 0.04) -> float:
+    """Motion-smoothness score: ``clip(1 - mean_t E_t / scale, 0, 1)`` with E_t the flow warping error;
+    0 once the unexplained residual averages `scale`·255 grey levels (10 for 0.04)."""
+    return float(np.clip(1.0 - warping_errors(frames, flow_list).mean() / scale, 0.0, 1.0))
+
+
+def flow_magnitudes(flow_list: Sequence[np.ndarray], top: float = 0.05) -> np.ndarray:
+    """Per pair, the mean of the top `top` fraction of flow magnitudes, in pixels per 256 px of the
+    shorter side (VBench's dynamic degree uses the top 5% of RAFT magnitudes)."""
+    out = []
+    for f in flow_list:
+        mag = np.sqrt((f.astype(np.float32) ** 2).sum(axis=2)).ravel() * (256.0 / min(f.shape[:2]))
+        k = max(1, int(len(mag) * top))
+        out.append(float(np.partition(mag, len(mag) - k)[-k:].mean()))
+    return np.array(out)
+
+
+def dynamic_degree(flow_list: Sequence[np.ndarray], threshold: float = 1.0) -> float:
+    """Dynamic degree: the fraction of adjacent pairs whose top-5% flow magnitude exceeds `threshold`
+    pixels (per 256 px), after VBench (Huang et al. 2024), with Farnebäck flow in place of RAFT.
+    0 for a frozen video, 1 when every step moves."""
+    if len(flow_list) == 0:
+        return 0.0
+    return float((flow_magnitudes(flow_list) > threshold).mean())
+
+
+def subject_consistency(features: Sequence, sim: Callable[[object, object], float]) -> tuple[float, np.ndarray]:
+    """VBench subject consistency with any feature similarity `sim`:
+    ``mean_{t>=1} (sim(f_t, f_{t-1}) + sim(f_t, f_0)) / 2`` (Huang et al. 2024; VBench uses DINO
+    features and cosine, we use foreground palettes and Bhattacharyya unless an encoder is given).
+    Returns the score and the per-frame curve (frame 0 counts as 1)."""
+    curve = [1.0] + [(sim(features[t], features[t - 1]) + sim(features[t], features[0])) / 2
+                     for t in range(1, len(features))]
+    return float(np.mean(curve[1:])) if len(features) > 1 else 1.0, np.array(curve)

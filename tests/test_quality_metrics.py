@@ -1,0 +1,147 @@
+"""Validity: each metric ranks a good input above a bad one that the test constructs."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from animenb.quality import metrics as M
+from animenb.quality import synthetic as S
+
+try:
+    from quality_fixtures import arrays, different_characters, good_loop, loop_variants, same_character
+except ImportError:  # tests/ imported as a package
+    from tests.quality_fixtures import arrays, different_characters, good_loop, loop_variants, same_character
+
+
+def frames(name):
+    return arrays(good_loop() if name == "good" else loop_variants()[name])
+
+
+def small(images):
+    return M.prepare(images, 128)
+
+
+@pytest.mark.parametrize("bad", ["broken_seam", "open_arc"])
+def test_loop_seam_ranks_closed_loop_above_a_jump(bad):
+    good, worse = frames("good"), frames(bad)
+    assert M.loop_seam_ratio(good, small(good)) < 1.5
+    assert M.loop_seam_ratio(worse, small(worse)) > 3.0
+    assert M.loop_seam(good, 1.0, small(good)) > 0.9 > 0.2 > M.loop_seam(worse, 1.0, small(worse))
+
+
+def test_loop_seam_raw_mad_ratio_alone_still_ranks():
+    assert M.loop_seam_ratio(frames("good")) < 1.2 < 1.8 < M.loop_seam_ratio(frames("broken_seam"))
+
+
+def test_temporal_flicker_ranks_steady_above_flickering():
+    good, bad = frames("good"), frames("flicker")
+    assert M.vbench_temporal_flickering(good) > M.vbench_temporal_flickering(bad)
+    assert M.temporal_flicker(good) > 0.7 > 0.1 > M.temporal_flicker(bad)
+    assert M.temporal_flicker(frames("frozen")) == 1.0
+
+
+def test_vbench_raw_value_is_near_one_for_everything_hence_the_mapping():
+    raw = [M.vbench_temporal_flickering(frames(n)) for n in ("good", "shuffled", "flicker")]
+    assert all(r > 0.7 for r in raw)
+    assert M.temporal_flicker(frames("good"), low=0.8) == pytest.approx((raw[0] - 0.8) / 0.2)
+
+
+@pytest.mark.parametrize("bad", ["shuffled", "flicker"])
+def test_motion_smoothness_ranks_smooth_above_shuffled_and_flicker(bad):
+    good, worse = small(frames("good")), small(frames(bad))
+    assert M.warping_errors(good).mean() * 3 < M.warping_errors(worse).mean()
+    assert M.motion_smoothness(good, scale=0.05) > 0.8 > 0.3 > M.motion_smoothness(worse, scale=0.05)
+
+
+def test_warp_follows_the_flow():
+    a = np.zeros((32, 32, 3), np.uint8)
+    a[10:20, 10:20] = 255
+    b = np.roll(a, 3, axis=1)
+    flow = np.zeros((32, 32, 2), np.float32)
+    flow[..., 0] = 3.0
+    assert M.mean_abs_diff(M.warp(b, flow), a) == 0
+
+
+def test_dynamic_degree_ranks_moving_above_frozen():
+    good = small(frames("good"))
+    frozen = small(frames("frozen"))
+    half = good[:8] + [good[8]] * 8
+    dd = [M.dynamic_degree(M.flows(x)) for x in (good, half, frozen)]
+    assert dd[0] == 1.0 and dd[2] == 0.0
+    assert 0.4 < dd[1] < 0.6
+
+
+def test_sharpness_ranks_crisp_above_blurred():
+    crisp, soft = frames("good")[0], frames("blurred")[0]
+    assert M.laplacian_variance(crisp) > 10 * M.laplacian_variance(soft)
+    assert M.sharpness(crisp, 50) > 0.8 > 0.2 > M.sharpness(soft, 50)
+
+
+def test_not_blank_ranks_drawing_above_constant_images():
+    assert M.not_blank(frames("good")[0]) == 1.0
+    for colour in ((0, 0, 0), (255, 255, 255), (120, 30, 200)):
+        assert M.not_blank(np.full((64, 64, 3), colour, np.uint8)) == 0.0
+
+
+def test_palette_similarity_ranks_same_character_above_different_characters():
+    same = [M.palette(a) for a in arrays(same_character())]
+    diff = [M.palette(a) for a in arrays(different_characters())]
+    s = M.mean_off_diagonal(M.similarity_matrix(same, M.bhattacharyya))
+    d = M.mean_off_diagonal(M.similarity_matrix(diff, M.bhattacharyya))
+    assert s > 0.95 and d < 0.3
+
+
+def test_foreground_mask_finds_the_character_and_falls_back_on_blank():
+    img = frames("good")[0]
+    mask = M.foreground_mask(img)
+    assert 0.05 < mask.mean() < 0.5
+    assert M.foreground_mask(np.full((32, 32, 3), 7, np.uint8)).all()
+
+
+def test_structure_ssim_of_aligned_crops_ranks_same_character_above_different():
+    same = [M.aligned_crop(a, 32) for a in arrays(same_character())]
+    diff = [M.aligned_crop(a, 32) for a in arrays(different_characters())]
+    assert M.mean_off_diagonal(M.similarity_matrix(same, M.ssim)) > \
+        M.mean_off_diagonal(M.similarity_matrix(diff, M.ssim)) + 0.1
+
+
+def test_ssim_matches_known_values():
+    rng = np.random.default_rng(0)
+    a = np.repeat(np.tile(np.linspace(0, 255, 64), (64, 1))[:, :, None], 3, axis=2).astype(np.uint8)
+    assert M.ssim(a, a) == pytest.approx(1.0)
+    noisy = np.clip(a.astype(int) + rng.normal(0, 40, a.shape[:2])[:, :, None], 0, 255).astype(np.uint8)
+    assert M.ssim(a, noisy) < 0.5
+    # two flat images: only the luminance term remains, (2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1)
+    c1 = (0.01 * 255) ** 2
+    flat_a, flat_b = np.full((32, 32, 3), 100, np.uint8), np.full((32, 32, 3), 150, np.uint8)
+    assert M.ssim(flat_a, flat_b) == pytest.approx((2 * 100 * 150 + c1) / (100 ** 2 + 150 ** 2 + c1), rel=1e-6)
+    with pytest.raises(ValueError, match="one size"):
+        M.ssim(a, a[:32])
+
+
+def test_subject_consistency_ranks_one_character_above_a_character_swap():
+    good = arrays(good_loop())
+    swapped = good[:8] + arrays(S.loop_frames(16, 128, palette=S.PALETTES[3])[8:])
+    sc = [M.subject_consistency([M.palette(a) for a in x], M.bhattacharyya)[0] for x in (good, swapped)]
+    assert sc[0] > 0.95 > 0.8 > sc[1]
+
+
+def test_cosine_matrix_is_clip_i_style():
+    f = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+    m = M.cosine_matrix(f)
+    assert m[0, 1] == pytest.approx(1.0) and m[0, 2] == pytest.approx(0.0)
+
+
+def test_inputs_accept_pil_and_arrays_and_reject_other_dtypes():
+    img = good_loop()[0]
+    assert np.array_equal(M.as_array(img), M.as_array(np.asarray(img)))
+    assert M.as_array(Image.new("L", (4, 4))).shape == (4, 4, 3)
+    with pytest.raises(ValueError, match="uint8"):
+        M.as_array(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="HxWx3"):
+        M.as_array(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_downscale_never_enlarges():
+    a = np.zeros((512, 256, 3), np.uint8)
+    assert M.downscale(a, 256).shape == (256, 128, 3)
+    assert M.downscale(a, 1024) is a
