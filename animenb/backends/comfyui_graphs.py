@@ -1,0 +1,145 @@
+"""ComfyUI API-format graphs for animenb's three generation primitives.
+
+A graph is the JSON that ComfyUI's `POST /prompt` takes: `{node_id: {"class_type", "inputs"}}`,
+where an input is a literal or a link `[node_id, output_index]`. Each builder returns a
+`Graph`: the node dict plus the ids the backend reads back (the sampler whose `progress`
+messages become `on_step()` calls, and the output node whose images are fetched).
+
+Only built-in nodes are used for text-to-image and SVD; IP-Adapter and AnimateDiff use the
+community node packs below, and `missing_nodes` says which of their nodes a server lacks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .base import ImageRequest, ImageToVideoRequest, VideoRequest
+
+# animenb scheduler name -> ComfyUI (sampler_name, scheduler), as KSampler takes them.
+SAMPLERS: dict[str, tuple[str, str]] = {
+    "dpmpp_2m": ("dpmpp_2m", "normal"),
+    "dpmpp_2m_karras": ("dpmpp_2m", "karras"),
+    "ddim": ("ddim", "ddim_uniform"),
+    "euler": ("euler", "normal"),
+    "euler_a": ("euler_ancestral", "normal"),
+}
+
+
+@dataclass(frozen=True)
+class NodePack:
+    """A community node pack: what to install, and the node classes animenb's graphs use from it."""
+    name: str
+    nodes: tuple[str, ...]
+    feature: str
+
+    def missing(self, available) -> list[str]:
+        return [node for node in self.nodes if node not in available]
+
+
+IPADAPTER_PACK = NodePack(
+    name="ComfyUI_IPAdapter_plus (cubiq)",
+    nodes=("IPAdapterModelLoader", "IPAdapterAdvanced"),
+    feature="IP-Adapter (`ip_adapter_image`)",
+)
+ANIMATEDIFF_PACK = NodePack(
+    name="ComfyUI-AnimateDiff-Evolved (Kosinkadink)",
+    nodes=("ADE_LoadAnimateDiffModel", "ADE_ApplyAnimateDiffModelSimple", "ADE_UseEvolvedSampling"),
+    feature="text-to-video (AnimateDiff)",
+)
+# Built-in nodes the graphs rely on (present in every ComfyUI since SVD support, 2023-11).
+SVD_NODES = ("ImageOnlyCheckpointLoader", "SVD_img2vid_Conditioning", "VideoLinearCFGGuidance")
+
+
+@dataclass
+class Graph:
+    nodes: dict = field(default_factory=dict)
+    sampler: str = ""
+    output: str = ""
+    _next: int = 1
+
+    def add(self, class_type: str, **inputs) -> str:
+        node_id = str(self._next)
+        self._next += 1
+        self.nodes[node_id] = {"class_type": class_type, "inputs": inputs}
+        return node_id
+
+
+def _sampler(graph: Graph, model, positive, negative, latent, *, seed: int, steps: int, cfg: float,
+             scheduler: str) -> str:
+    sampler_name, comfy_scheduler = SAMPLERS[scheduler]
+    graph.sampler = graph.add("KSampler", model=model, seed=seed, steps=steps, cfg=float(cfg),
+                              sampler_name=sampler_name, scheduler=comfy_scheduler, positive=positive,
+                              negative=negative, latent_image=latent, denoise=1.0)
+    return graph.sampler
+
+
+def _ip_adapter(graph: Graph, model, *, image_name: str, scale: float, ipadapter_model: str,
+                clip_vision_model: str):
+    """Patch `model` with IPAdapterAdvanced (ComfyUI_IPAdapter_plus) for the uploaded reference."""
+    ipadapter = graph.add("IPAdapterModelLoader", ipadapter_file=ipadapter_model)
+    clip_vision = graph.add("CLIPVisionLoader", clip_name=clip_vision_model)
+    reference = graph.add("LoadImage", image=image_name)
+    patched = graph.add("IPAdapterAdvanced", model=model, ipadapter=[ipadapter, 0], image=[reference, 0],
+                        weight=float(scale), weight_type="linear", combine_embeds="concat", start_at=0.0,
+                        end_at=1.0, embeds_scaling="V only", clip_vision=[clip_vision, 0])
+    return [patched, 0]
+
+
+def text_to_image(request: ImageRequest, *, checkpoint: str, ip_adapter: dict | None = None,
+                  batch_size: int = 1) -> Graph:
+    """CheckpointLoaderSimple -> CLIPTextEncode x2 -> EmptyLatentImage -> KSampler -> VAEDecode -> PreviewImage.
+
+    `ip_adapter` = {"image_name", "ipadapter_model", "clip_vision_model"} inserts IPAdapterAdvanced
+    between the checkpoint and the sampler. `batch_size` > 1 is the AnimateDiff frame count.
+    """
+    graph = Graph()
+    # 1. Models and conditioning.
+    loader = graph.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
+    model = [loader, 0]
+    positive = graph.add("CLIPTextEncode", text=request.prompt, clip=[loader, 1])
+    negative = graph.add("CLIPTextEncode", text=request.negative_prompt, clip=[loader, 1])
+    if ip_adapter is not None:
+        model = _ip_adapter(graph, model, scale=request.ip_adapter_scale, **ip_adapter)
+    # 2. Latents, denoising, decode.
+    latent = graph.add("EmptyLatentImage", width=request.width, height=request.height, batch_size=batch_size)
+    sampler = _sampler(graph, model, [positive, 0], [negative, 0], [latent, 0], seed=request.seed,
+                       steps=request.steps, cfg=request.guidance_scale, scheduler=request.scheduler)
+    decoded = graph.add("VAEDecode", samples=[sampler, 0], vae=[loader, 2])
+    # 3. PreviewImage writes a lossless PNG to ComfyUI's temp dir (cleared on restart), not its outputs.
+    graph.output = graph.add("PreviewImage", images=[decoded, 0])
+    return graph
+
+
+def text_to_video(request: VideoRequest, *, checkpoint: str, motion_model: str,
+                  ip_adapter: dict | None = None) -> Graph:
+    """AnimateDiff-Evolved (Gen2 nodes) on the text-to-image graph: one latent per frame."""
+    image_request = ImageRequest(prompt=request.prompt, negative_prompt=request.negative_prompt,
+                                 width=request.width, height=request.height, steps=request.steps,
+                                 guidance_scale=request.guidance_scale, seed=request.seed,
+                                 scheduler=request.scheduler, ip_adapter_scale=request.ip_adapter_scale)
+    graph = text_to_image(image_request, checkpoint=checkpoint, ip_adapter=ip_adapter, batch_size=request.frames)
+    sampler = graph.nodes[graph.sampler]["inputs"]
+    motion = graph.add("ADE_LoadAnimateDiffModel", model_name=motion_model)
+    applied = graph.add("ADE_ApplyAnimateDiffModelSimple", motion_model=[motion, 0])
+    evolved = graph.add("ADE_UseEvolvedSampling", model=sampler["model"], beta_schedule="autoselect",
+                        m_models=[applied, 0])
+    sampler["model"] = [evolved, 0]
+    return graph
+
+
+def image_to_video(request: ImageToVideoRequest, *, checkpoint: str, image_name: str) -> Graph:
+    """ComfyUI's built-in SVD nodes: ImageOnlyCheckpointLoader -> SVD_img2vid_Conditioning -> KSampler."""
+    graph = Graph()
+    loader = graph.add("ImageOnlyCheckpointLoader", ckpt_name=checkpoint)
+    image = graph.add("LoadImage", image=image_name)
+    conditioning = graph.add("SVD_img2vid_Conditioning", clip_vision=[loader, 1], init_image=[image, 0],
+                             vae=[loader, 2], width=request.width, height=request.height,
+                             video_frames=request.frames, motion_bucket_id=request.motion_bucket_id,
+                             fps=request.fps, augmentation_level=float(request.noise_aug_strength))
+    guided = graph.add("VideoLinearCFGGuidance", model=[loader, 0], min_cfg=float(request.min_guidance_scale))
+    graph.sampler = graph.add("KSampler", model=[guided, 0], seed=request.seed, steps=request.steps,
+                              cfg=float(request.max_guidance_scale), sampler_name="euler", scheduler="karras",
+                              positive=[conditioning, 0], negative=[conditioning, 1],
+                              latent_image=[conditioning, 2], denoise=1.0)
+    decoded = graph.add("VAEDecode", samples=[graph.sampler, 0], vae=[loader, 2])
+    graph.output = graph.add("PreviewImage", images=[decoded, 0])
+    return graph
