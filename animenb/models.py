@@ -161,3 +161,24 @@ def clear_cache() -> None:
             torch.cuda.empty_cache()
     except ImportError:
         pass
+
+
+def image_embedder(profile: ModelProfile | str | None = None, placement: Placement | None = None):
+    """`embed(images) -> (N, D) float32 array`: the IP-Adapter's CLIP vision encoder, for quality scoring.
+
+    Reuses the cached SD pipeline's `image_encoder` and `feature_extractor` (loaded with the
+    IP-Adapter), so scoring loads nothing new.
+    """
+    import numpy as np
+    import torch
+
+    pipe = pipeline("sd", profile, placement)
+    encoder, processor = pipe.image_encoder, pipe.feature_extractor
+
+    def embed(images) -> np.ndarray:
+        pixels = processor(images=[im.convert("RGB") for im in images], return_tensors="pt").pixel_values
+        with torch.no_grad():
+            out = encoder(pixels.to(encoder.device, encoder.dtype)).image_embeds
+        return out.float().cpu().numpy()
+
+    return embed
