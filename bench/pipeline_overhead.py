@@ -23,7 +23,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from animenb.backends.diffusers_backend import _NEUTRAL_REFERENCE, DiffusersBackend, make_scheduler
+    from animenb.backends.diffusers_backend import _NEUTRAL_REFERENCE, DiffusersBackend, use_scheduler
     from animenb.models import pipeline
     from animenb.phases import animation_loop, character_sheet, full_video, pose_prompts
     from animenb.phases.animation_loop import LOOP_SUFFIX
@@ -40,7 +40,7 @@ def main() -> None:
                                 output_dir=f"{work}/ref", display=None).images[0]
 
     def bare_sheet():
-        sd.scheduler = make_scheduler("dpmpp_2m", sd.scheduler.config)
+        use_scheduler(sd, "dpmpp_2m")
         ref = None
         for p in pose_prompts(prompt):
             sd.set_ip_adapter_scale(0.6 if ref is not None else 0.0)
@@ -49,7 +49,7 @@ def main() -> None:
             ref = ref or image
 
     def bare_loop():
-        ad.scheduler = make_scheduler("dpmpp_2m", ad.scheduler.config)
+        use_scheduler(ad, "dpmpp_2m")
         ad.set_ip_adapter_scale(0.6)
         ad(prompt=f"{prompt}, {LOOP_SUFFIX}", negative_prompt="blurry", num_frames=20, guidance_scale=7.5,
            generator=gen(), ip_adapter_image=reference, **common)
