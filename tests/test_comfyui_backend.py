@@ -90,7 +90,7 @@ def test_cancel_interrupts_quickly_and_next_job_works(backend, comfyui_server):
     long = ImageRequest("a long job", width=128, height=128, steps=150, seed=3)
     with pytest.raises(Cancel):
         backend.text_to_image(long, on_step=on_step)
-    assert time.monotonic() - raised_at[0] < 5  # interrupt posted and acknowledged
+    assert time.monotonic() - raised_at[0] < 8  # interrupt posted, ComfyUI let go of the job
     assert len(seen) == 2
     state = _queue(comfyui_server.url)
     assert state["queue_running"] == [] and state["queue_pending"] == []

@@ -318,6 +318,7 @@ class ComfyUIBackend(Backend):
         with self._lock:
             prompt_id = uuid.uuid4().hex
             events = self._events()
+            _drain(events)  # broadcasts and leftovers of earlier jobs; a close sentinel is kept
             self._submit(graph.nodes, prompt_id)
             try:
                 self._follow(events, prompt_id, graph.sampler, on_step)
@@ -397,8 +398,8 @@ class ComfyUIBackend(Backend):
                 raise BackendError(f"ComfyUI job {prompt_id} was interrupted at {self.url} "
                                    f"(node {data.get('node_id')}), not by this backend.")
 
-    def _cancel(self, events: queue.Queue, prompt_id: str, wait: float = 5.0) -> None:
-        """Interrupt `prompt_id` and wait (briefly) until ComfyUI says it stopped."""
+    def _cancel(self, events: queue.Queue, prompt_id: str, wait: float = 10.0) -> None:
+        """Interrupt `prompt_id` and wait (at most `wait` s) until ComfyUI has let go of it."""
         try:
             self.interrupt(prompt_id)
         except BackendError as exc:
@@ -415,9 +416,8 @@ class ComfyUIBackend(Backend):
             if isinstance(message, bytes):
                 continue
             kind, data = message.get("type"), message.get("data") or {}
-            if data.get("prompt_id") == prompt_id and (
-                    kind in ("execution_interrupted", "execution_error", "execution_success")
-                    or (kind == "executing" and data.get("node") is None)):
+            # `executing {node: null}` follows execution_interrupted once ComfyUI has dropped the job.
+            if kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
                 return
             if kind == "status" and not _queue_has(self.url, prompt_id, self.http_timeout):
                 return  # it was still pending and has been deleted
@@ -508,6 +508,19 @@ def _validation_message(answer: dict, nodes: dict) -> str:
         for item in node_error.get("errors", []):
             parts.append(f"node {node_id} ({class_type}): {item.get('message')}: {item.get('details')}")
     return "; ".join(parts)
+
+
+def _drain(events: queue.Queue) -> None:
+    closed = None
+    while True:
+        try:
+            message = events.get_nowait()
+        except queue.Empty:
+            break
+        if isinstance(message, _Closed):
+            closed = message
+    if closed is not None:
+        events.put(closed)
 
 
 def _queue_has(url: str, prompt_id: str, timeout: float) -> bool:

@@ -12,6 +12,7 @@ ANIMENB_SKIP_COMFYUI=1 to skip them on purpose (ignored under CI=true).
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -121,6 +122,7 @@ class ComfyUIProcess:
         self.proc = subprocess.Popen(command, cwd=self.root / "src", env=_server_env(self.root), stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
+        atexit.register(self.stop)  # also when a test run is interrupted before fixture teardown
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
