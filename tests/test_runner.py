@@ -1,0 +1,88 @@
+"""Runner pieces without the server: parameter safety, the event bus, the engine on its own."""
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from animenb.progress import PROGRESS_MIME
+from animenb.runner.events import EventBus, JobFinishedEvent, JobProgressEvent, JobStartedEvent
+from animenb.runner.parameters import ParameterError, phase_parameters, to_papermill
+
+NOTEBOOKS = Path(__file__).parent / "notebooks"
+NASTY = ['plain', 'quote " inside', "single ' quote", '"""triple"""', "back\\slash\\", "new\nline\r\n",
+         '"; import os; os.system("echo PWNED"); "', "\\\"", "unicode ✓ 日本", "\x01\x7f", "tab\there"]
+
+
+@pytest.mark.parametrize("prompt", NASTY)
+def test_prompts_reach_the_notebook_verbatim_as_one_assignment(prompt):
+    from papermill.translators import translate_parameters
+
+    params = to_papermill({"prompt": prompt, "tags": [prompt], "extra": {"k": prompt}})
+    code = translate_parameters("python3", "python", params, "injected")
+    tree = ast.parse(code)
+    assigns = [n for n in tree.body if isinstance(n, ast.Assign)]
+    assert len(assigns) == len(tree.body) == 3
+    values = {a.targets[0].id: ast.literal_eval(a.value) for a in assigns}
+    assert values == {"prompt": prompt, "tags": [prompt], "extra": {"k": prompt}}
+
+
+@pytest.mark.parametrize("bad", [
+    {"x; import os": 1}, {"class": 1}, {"_private": 1}, {"": 1}, {"p": ("tuple",)}, {"p": Path("/tmp")},
+    {"p": math.nan}, {"p": math.inf}, {"p": {1: "int key"}}, {"p": object()}, {"p": b"bytes"},
+])
+def test_unsafe_parameters_are_refused(bad):
+    with pytest.raises(ParameterError):
+        to_papermill(bad)
+
+
+def test_phase_parameters_add_output_dir_models_backend(tmp_path):
+    params = phase_parameters({"prompt": "a", "seed": 3, "phase": 1}, output_dir=tmp_path, models="tiny",
+                              backend="diffusers")
+    assert params == {"prompt": "a", "seed": 3, "output_dir": str(tmp_path.resolve()), "models": "tiny",
+                      "backend": "diffusers"}
+
+
+def test_event_bus_seq_history_and_subscribers():
+    bus = EventBus(history=3)
+    got_a, got_all = [], []
+    sub = bus.subscribe("a", got_a.append)
+    bus.subscribe(None, got_all.append)
+    bus.subscribe("a", lambda e: 1 / 0)  # a broken subscriber is dropped, the others go on
+    for i in range(5):
+        bus.publish(JobProgressEvent.build("a", {"percent": 10 * i, "step": i, "total_steps": 5, "stage": "s"}))
+    bus.publish(JobStartedEvent(job_id="b", phase=1, device="cpu", attempt=1))
+    assert [e.seq for e in got_a] == [1, 2, 3, 4, 5] and bus.last_seq("b") == 1 and len(got_all) == 6
+    assert bus.subscriber_count("a") == 1
+    assert [e.seq for e in bus.history("a", after=3)] == [4, 5] and len(bus.history("a")) == 3
+    bus.unsubscribe(sub)
+    bus.publish(JobFinishedEvent(job_id="a", status="succeeded"))
+    assert len(got_a) == 5 and got_all[-1].as_dict()["event"] == "finished"
+
+
+def test_progress_event_percent_never_decreases():
+    event = JobProgressEvent.build("j", {"percent": 30, "step": 3, "total_steps": 10, "eta_seconds": 2.5}, floor=40.0)
+    assert event.percent == 40.0 and event.eta_seconds == 2.5
+    assert JobProgressEvent.build("j", {"percent": "junk"}).percent == 0.0
+
+
+def test_engine_registered_and_runs_cold_dropping_progress(tmp_path):
+    """`papermill --engine animenb` without a warm kernel: a normal run, progress consumed."""
+    import papermill as pm
+    from papermill.engines import papermill_engines
+
+    from animenb.runner.engine import WarmKernelEngine
+
+    assert papermill_engines.get_engine("animenb") is WarmKernelEngine
+    seen = []
+    out = tmp_path / "out.ipynb"
+    pm.execute_notebook(str(NOTEBOOKS / "progress.ipynb"), str(out), engine_name="animenb", progress_bar=False,
+                        parameters={"output_dir": str(tmp_path / "o"), "steps": 3, "delay": 0.0},
+                        progress_callback=seen.append)
+    assert [e["step"] for e in seen if e["stage"] == "denoise"][-1] == 3
+    nb = nbformat.read(out, as_version=4)
+    assert not any(PROGRESS_MIME in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    assert (tmp_path / "o" / "manifest.json").is_file()
