@@ -15,8 +15,11 @@ Layout of `output_dir` (default: outputs/<UTC stamp>-orchestration-<id>/):
     3_full_video/attempt_1/
 
 The chain policy lives in small pure functions, so the job server can run the same chain as a parent
-job with one child job per attempt:
+job with one child job per attempt (`orchestrate` itself is driven by them):
 
+    next_step(history, max_retries)  what to do after the scored attempts so far: run (phase, attempt),
+                                  or stop with "succeeded" / "failed" and the reason
+    attempt_parameters(...)       plain-JSON parameters of one attempt = the phase notebook's parameters
     CHAIN / chain_inputs(...)     which phase feeds which (phase 2's IP-Adapter reference = phase 1's
                                   run directory; phase 3's image = phase 2's first loop frame)
     attempt_seed(...)             attempt 1 uses the base seed, retries a seed derived from it
@@ -41,7 +44,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from . import __version__
 from .config import outputs_dir
@@ -153,6 +156,55 @@ def gate_failure_reason(phase: str, attempts: list[Mapping[str, Any]]) -> str:
                       else f"seed {a['seed']} -> not scored" for a in attempts)
     n = len(attempts)
     return f"{phase} failed its quality gate (threshold {gate}) after {n} attempt{'s' * (n != 1)}: {tries}"
+
+
+def success_reason(history: Sequence[Mapping[str, Any]]) -> str:
+    passed = [h for h in history if h["passed"]]
+    n = len(history)
+    return (f"all {len(CHAIN)} gates passed in {n} attempt{'s' * (n != 1)} ("
+            + ", ".join(f"{h['phase']} {h['score']:.3f}" for h in passed) + ")")
+
+
+@dataclass(frozen=True)
+class NextStep:
+    """What the chain does next: run `phase` attempt `attempt`, or stop ("succeeded" / "failed", with reason)."""
+    action: str                 # run | succeeded | failed
+    phase: str | None = None
+    attempt: int | None = None
+    reason: str = ""
+
+
+def next_step(history: Sequence[Mapping[str, Any]], max_retries: int) -> NextStep:
+    """The whole chain policy as a function of the scored attempts so far (each a mapping with at least
+    "phase", "seed", "score", "threshold", "passed", in order). The job server's parent job calls it
+    after every child; `orchestrate` drives its own loop with it."""
+    if not history:
+        return NextStep("run", CHAIN[0].phase, 1)
+    last = history[-1]
+    tries = [h for h in history if h["phase"] == last["phase"]]
+    decision = gate_decision(bool(last["passed"]), len(tries), max_retries)
+    if decision == "retry":
+        return NextStep("run", last["phase"], len(tries) + 1)
+    if decision == "fail":
+        return NextStep("failed", last["phase"], len(tries), gate_failure_reason(last["phase"], tries))
+    index = [link.phase for link in CHAIN].index(last["phase"])
+    if index + 1 == len(CHAIN):
+        return NextStep("succeeded", reason=success_reason(history))
+    return NextStep("run", CHAIN[index + 1].phase, 1)
+
+
+def attempt_parameters(phase: str, attempt: int, *, prompt: str, seed: int, root: str | Path,
+                       passed: Mapping[str, str | Path], steps: int = 15, width: int | None = None,
+                       height: int | None = None, models: str | None = None, reference_image: str | None = None,
+                       phase_options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Plain-JSON parameters of one attempt: the phase function's keyword arguments, which are also
+    the parameter names of the phase notebook (papermill `parameters=` for a child job).
+    `seed` is the base seed; `passed` maps phase name -> passing run directory."""
+    name = get_phase(phase).name
+    return {"prompt": prompt, "seed": attempt_seed(seed, get_phase(phase).id, attempt), "steps": steps,
+            "width": width, "height": height, "models": models or "",
+            "output_dir": str(attempt_dir(root, name, attempt)),
+            **chain_inputs(name, passed, reference_image), **dict((phase_options or {}).get(name, {}))}
 
 
 @dataclass(frozen=True)
@@ -478,8 +530,6 @@ def orchestrate(
     attempts: list[AttemptRecord] = []
     results: dict[str, PhaseResult] = {}
     passed_dirs: dict[str, Path] = {}
-    status, reason = "succeeded", ""
-    common = dict(steps=steps, width=width, height=height, backend=engine, display=None)
 
     def save_record() -> None:
         record["timings"]["total_seconds"] = round(time.perf_counter() - started, 4)
@@ -488,54 +538,47 @@ def orchestrate(
     save_record()
     try:
         # 1-3. each phase, attempt after attempt, until its gate passes or the retries run out
-        for index, link in enumerate(CHAIN):
-            phase = get_phase(link.phase)
-            entry = record["phases"][index]
-            inputs = chain_inputs(link.phase, passed_dirs, parameters["reference_image"])
-            entry.update(status="running", inputs=inputs)
-            attempt = 1
-            while True:
-                run_seed = attempt_seed(seed, phase.id, attempt)
-                out = attempt_dir(root, link.phase, attempt)
-                progress.begin_attempt(link.phase, attempt)
-                t0 = time.perf_counter()
-                result = PHASE_FUNCTIONS[link.phase](prompt, seed=run_seed, output_dir=out,
-                                                     on_progress=progress.on_phase_event,
-                                                     **common, **inputs, **options.get(link.phase, {}))
-                t1 = time.perf_counter()
-                progress.scoring()
-                report = score_output_dir(out, threshold=gates[link.phase],
-                                          embed=embed if _has_embedder(engine) else None)
-                record_quality(out, report)
-                decision = gate_decision(report.passed, attempt, max_retries)
-                row = AttemptRecord(
-                    phase=link.phase, phase_id=phase.id, attempt=attempt, seed=run_seed,
-                    seed_source="base" if attempt == 1 else "sha256(base:phase:attempt)",
-                    output_dir=out.relative_to(root).as_posix(), score=report.score, threshold=report.threshold,
-                    passed=report.passed, decision=decision, generate_seconds=round(t1 - t0, 4),
-                    score_seconds=round(time.perf_counter() - t1, 4), metrics=dict(report.metrics))
-                attempts.append(row)
-                results[link.phase] = result
-                entry["attempts"].append(row.as_dict())
-                progress.end_attempt(decision, report.score)
-                if decision == "advance":
-                    entry.update(status="passed", output_dir=row.output_dir)
-                    passed_dirs[link.phase] = out
-                    save_record()
-                    break
-                if decision == "fail":
-                    entry["status"] = "failed"
-                    status, reason = "failed", gate_failure_reason(link.phase, entry["attempts"])
-                    break
-                save_record()
-                attempt += 1
-            if status == "failed":
-                for later in record["phases"][index + 1:]:
-                    later["status"] = "skipped"
-                break
-        if status == "succeeded":
-            reason = (f"all {len(CHAIN)} gates passed in {len(attempts)} attempt{'s' * (len(attempts) != 1)} ("
-                      + ", ".join(f"{a.phase} {a.score:.3f}" for a in attempts if a.passed) + ")")
+        history: list[dict] = []
+        while (step := next_step(history, max_retries)).action == "run":
+            phase, attempt = get_phase(step.phase), step.attempt
+            entry = record["phases"][phase.id - 1]
+            kwargs = attempt_parameters(phase.name, attempt, prompt=prompt, seed=seed, root=root, passed=passed_dirs,
+                                        steps=steps, width=width, height=height, models=models,
+                                        reference_image=parameters["reference_image"], phase_options=options)
+            out = Path(kwargs.pop("output_dir"))
+            kwargs.pop("models")
+            entry.update(status="running",
+                         inputs={k: kwargs[k] for k in ("reference_image", "image") if k in kwargs})
+            progress.begin_attempt(phase.name, attempt)
+            t0 = time.perf_counter()
+            result = PHASE_FUNCTIONS[phase.name](**kwargs, output_dir=out, backend=engine, display=None,
+                                                 on_progress=progress.on_phase_event)
+            t1 = time.perf_counter()
+            progress.scoring()
+            report = score_output_dir(out, threshold=gates[phase.name], embed=embed if _has_embedder(engine) else None)
+            record_quality(out, report)
+            decision = gate_decision(report.passed, attempt, max_retries)
+            row = AttemptRecord(
+                phase=phase.name, phase_id=phase.id, attempt=attempt, seed=kwargs["seed"],
+                seed_source="base" if attempt == 1 else "sha256(base:phase:attempt)",
+                output_dir=out.relative_to(root).as_posix(), score=report.score, threshold=report.threshold,
+                passed=report.passed, decision=decision, generate_seconds=round(t1 - t0, 4),
+                score_seconds=round(time.perf_counter() - t1, 4), metrics=dict(report.metrics))
+            attempts.append(row)
+            history.append(row.as_dict())
+            results[phase.name] = result
+            entry["attempts"].append(row.as_dict())
+            progress.end_attempt(decision, report.score)
+            if report.passed:
+                entry.update(status="passed", output_dir=row.output_dir)
+                passed_dirs[phase.name] = out
+            elif decision == "fail":
+                entry["status"] = "failed"
+            save_record()
+        status, reason = step.action, step.reason
+        for entry in record["phases"]:
+            if entry["status"] == "pending":
+                entry["status"] = "skipped"
     except BaseException as exc:
         record.update(status="cancelled" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else "error",
                       reason=f"{type(exc).__name__}: {exc}", finished_at=utc_now())

@@ -17,9 +17,9 @@ import pytest
 
 from animenb import cli
 from animenb.manifest import read_manifest
-from animenb.orchestrate import (CHAIN, ORCHESTRATION, RECORD_NAME, ProgressPlan, attempt_dir, attempt_seed,
-                                 chain_inputs, eta_seconds, gate_decision, gate_failure_reason, orchestrate,
-                                 resolve_thresholds)
+from animenb.orchestrate import (CHAIN, ORCHESTRATION, RECORD_NAME, NextStep, ProgressPlan, attempt_dir,
+                                 attempt_parameters, attempt_seed, chain_inputs, eta_seconds, gate_decision,
+                                 gate_failure_reason, next_step, orchestrate, resolve_thresholds)
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_orchestrate.ipynb"
 FAST = dict(models="tiny", steps=2, width=64, height=64, display=None,
@@ -122,6 +122,35 @@ def test_gate_failure_reason_names_phase_attempts_seeds_and_scores():
                                                     {"seed": 99, "score": 0.7123, "threshold": 0.8}])
     assert reason == ("ANIMATION_LOOP failed its quality gate (threshold 0.80) after 2 attempts: "
                       "seed 1 -> 0.500, seed 99 -> 0.712")
+
+
+def _h(phase, passed, seed=1, score=0.5):
+    return {"phase": phase, "passed": passed, "seed": seed, "score": score, "threshold": 0.8}
+
+
+@pytest.mark.parametrize("history, expected", [
+    ([], NextStep("run", "CHARACTER_SHEET", 1)),
+    ([_h("CHARACTER_SHEET", False)], NextStep("run", "CHARACTER_SHEET", 2)),
+    ([_h("CHARACTER_SHEET", False), _h("CHARACTER_SHEET", True)], NextStep("run", "ANIMATION_LOOP", 1)),
+    ([_h("CHARACTER_SHEET", True), _h("ANIMATION_LOOP", False), _h("ANIMATION_LOOP", False)],
+     NextStep("failed", "ANIMATION_LOOP", 2, "ANIMATION_LOOP failed its quality gate (threshold 0.80) after 2 "
+                                            "attempts: seed 1 -> 0.500, seed 1 -> 0.500")),
+    ([_h("CHARACTER_SHEET", True, score=0.9), _h("ANIMATION_LOOP", True, score=0.85), _h("FULL_VIDEO", True, score=0.8)],
+     NextStep("succeeded", reason="all 3 gates passed in 3 attempts (CHARACTER_SHEET 0.900, ANIMATION_LOOP 0.850, "
+                                  "FULL_VIDEO 0.800)")),
+])
+def test_next_step_is_the_chain_policy(history, expected):
+    assert next_step(history, max_retries=1) == expected
+
+
+def test_attempt_parameters_are_plain_json_notebook_parameters(tmp_path):
+    params = attempt_parameters("ANIMATION_LOOP", 2, prompt="p", seed=42, root=tmp_path, steps=2,
+                                passed={"CHARACTER_SHEET": tmp_path / "1_character_sheet" / "attempt_1"},
+                                phase_options={"ANIMATION_LOOP": {"frames": 8}})
+    assert params == {"prompt": "p", "seed": attempt_seed(42, 2, 2), "steps": 2, "width": None, "height": None,
+                      "models": "", "output_dir": str(tmp_path / "2_animation_loop" / "attempt_2"),
+                      "reference_image": str(tmp_path / "1_character_sheet" / "attempt_1"), "frames": 8}
+    assert json.loads(json.dumps(params)) == params
 
 
 def test_progress_plan_re_budgets_a_retry_without_going_back():
