@@ -49,7 +49,7 @@ from typing import Any, Callable, Mapping, Sequence
 from . import __version__
 from .config import outputs_dir
 from .manifest import file_entry, read_manifest, utc_now, versions, write_json_atomic, write_manifest
-from .phases import PHASE_FUNCTIONS, PHASES, PhaseResult, get_phase
+from .phases import PHASE_FUNCTIONS, PhaseResult, get_phase
 from .phases.common import check_prompt, load_image, models_label, resolve_backend, resolve_seed
 from .progress import PROGRESS_MIME, Cancelled, ProgressEvent, _in_kernel
 
