@@ -6,7 +6,8 @@
     df = to_dataframe([store, "outputs"])                # job store rows joined with their manifests
 
 Sources: a directory (every `manifest.json` below it, orchestration sub-runs included:
-`parent` names the enclosing run), a job store (any `animenb.store.JobStoreBase`, read
+`parent` names the enclosing run; an orchestration's own row has phase "ORCHESTRATION"
+and its `status`), a job store (any `animenb.store.JobStoreBase`, read
 only: `list()` paged to the end; a job's files are `outputs_dir/<job_id>/`), or a list
 of those. A run found both in a store and under a directory is one row (the store adds
 `status`). One row per run, columns `COLUMNS`:
@@ -49,7 +50,9 @@ def denoising_steps(phase: str, parameters: dict) -> int | None:
         return steps * len(POSES)
     if phase == "FULL_VIDEO" and not parameters.get("image"):
         return steps * 2  # the source image from the prompt, then SVD
-    return steps
+    if phase == "ANIMATION_LOOP" or phase == "FULL_VIDEO":
+        return steps
+    return None  # an orchestration: its sub-runs are rows of their own
 
 
 def _phase_name(value: Any) -> str | None:
@@ -90,7 +93,7 @@ def row_from_manifest(manifest: dict, output_dir: Path, root: Path | None = None
     rel = output_dir.relative_to(root).as_posix() if root is not None and output_dir != root else output_dir.name
     notebook = output_dir / "notebook.ipynb"
     return {
-        "run": rel, "job_id": output_dir.name, "status": None,
+        "run": rel, "job_id": output_dir.name, "status": manifest.get("status"),
         "phase_id": get_phase(phase).id if phase in {p.name for p in PHASES} else None, "phase": phase,
         "prompt": params.get("prompt"), "seed": manifest.get("seed", params.get("seed")),
         "steps": params.get("steps"), "scheduler": params.get("scheduler"),
@@ -206,7 +209,7 @@ def to_dataframe(source: Any = None, *, phase: int | str | Iterable[int | str] |
 
     `source`: None (the outputs directory, `$ANIMENB_OUTPUTS` or ./outputs), a directory, a
     job store, or a list of those. `outputs_dir` is where a store's jobs wrote their files
-    (default: the outputs directory). `phase`: 1/2/3, a name, or a list of them.
+    (default: the outputs directory). `phase`: 1/2/3, a name ("ORCHESTRATION" too), or a list of them.
     """
     import pandas as pd
 
@@ -238,7 +241,7 @@ def to_dataframe(source: Any = None, *, phase: int | str | Iterable[int | str] |
 
     if phase is not None:
         wanted = [phase] if isinstance(phase, (int, str)) else list(phase)
-        names = {get_phase(p).name for p in wanted}
+        names = {"ORCHESTRATION" if str(p).upper() == "ORCHESTRATION" else get_phase(p).name for p in wanted}
         df = df[df["phase"].isin(names)]
     lower, upper = _bound(since, False), _bound(until, True)
     if lower is not None:

@@ -41,8 +41,9 @@ def outputs(tmp_path):
                                    created="2025-03-02T23:59:00+00:00"))
     write(root, "c-video", manifest(3, "FULL_VIDEO", steps=5, generate=2.0, created="2025-03-03T08:00:00+00:00"))
     # an orchestration: its own manifest plus sub-runs below it
-    write(root, "orch", {"phase": {"id": 1, "name": "CHARACTER_SHEET"}, "created_at": "2025-03-04T00:00:00+00:00",
-                         "parameters": {"prompt": "girl", "steps": 8}})
+    write(root, "orch", {"phase": {"id": None, "name": "ORCHESTRATION"}, "created_at": "2025-03-04T00:00:00+00:00",
+                         "status": "succeeded", "parameters": {"prompt": "girl", "steps": 8},
+                         "timings": {"total_seconds": 9.0}, "quality": {"score": 0.81, "passed": True}})
     write(root, "orch/1_character_sheet", manifest(1, "CHARACTER_SHEET", steps=8, created="2025-03-04T00:01:00+00:00"))
     write(root, "broken", "{not json")
     write(root, "not-a-run", {"hello": "world"})
@@ -62,14 +63,19 @@ def test_rows_from_manifests(outputs):
     video = df.set_index("run").loc["c-video"]
     assert video["denoising_steps"] == 10 and math.isnan(video["quality_score"])  # source image + SVD; unscored
     assert df.set_index("run").loc["orch/1_character_sheet", "parent"] == "orch"
+    orch = df.set_index("run").loc["orch"]
+    assert (orch["phase"], orch["status"], orch["duration_seconds"], orch["quality_score"]) == (
+        "ORCHESTRATION", "succeeded", 9.0, 0.81)
+    assert pd.isna(orch["phase_id"]) and pd.isna(orch["denoising_steps"]) and math.isnan(orch["step_rate"])
     assert pd.isna(df.set_index("run").loc["a-sheet", "parent"])
     assert str(df["created_at"].dt.tz) == "UTC" and str(df["steps"].dtype) == "Int64"
 
 
 @pytest.mark.parametrize("phase, runs", [
-    (1, {"a-sheet", "orch", "orch/1_character_sheet"}),
+    (1, {"a-sheet", "orch/1_character_sheet"}),
     ("animation_loop", {"b-loop"}),
     ([2, "FULL_VIDEO"], {"b-loop", "c-video"}),
+    ("orchestration", {"orch"}),
 ])
 def test_phase_filter(outputs, phase, runs):
     assert set(to_dataframe(outputs, phase=phase)["run"]) == runs

@@ -117,6 +117,26 @@ def test_cancel_stops_the_running_phase(tmp_path, monkeypatch, used_panel):
     assert not panel.generate_button.disabled and panel.cancel_button.disabled
 
 
+def test_step_previews_are_shown(tmp_path, monkeypatch):
+    import base64
+
+    from animenb.progress import Cancelled, ProgressEvent
+
+    panel = tiny_panel(tmp_path)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+    def previewing(prompt, on_progress, **kwargs):  # a backend with sampler previews (e.g. ComfyUI)
+        on_progress(ProgressEvent("CHARACTER_SHEET", "pose 1/8: front", 1, 8, 1, 16, 6.25, 3.0, 0.2, preview=url))
+        raise Cancelled("stop here")
+
+    monkeypatch.setitem(widgets.PHASE_FUNCTIONS, "CHARACTER_SHEET", previewing)
+    panel.generate()
+    assert panel.preview.value == buf.getvalue() and panel.preview.format == "png"
+    assert panel.progress.value == 6.25 and panel.status == "cancelled"
+
+
 def fake_record(panel, steps, output_dir, label):
     panel.progress.value = 100.0
     return RunRecord(phase=panel.phase.value, prompt=panel.prompt.value, seed=panel.seed.value,
