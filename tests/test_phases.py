@@ -10,6 +10,7 @@ from PIL import Image
 from animenb.backends import ImageRequest, get_backend
 from animenb.media import animation_frames_and_seconds, read_png_parameters, video_frames_and_seconds
 from animenb.phases import POSES, animation_loop, character_sheet, full_video
+from animenb.phases.common import load_image
 from animenb.progress import Cancelled, request_cancel
 
 FAST = dict(models="tiny", steps=2, width=64, height=64, display=None)
@@ -101,6 +102,11 @@ def test_animation_loop_is_exactly_two_seconds_and_closed(sheet, tmp_path):
     steps = [np.abs(b - a).mean() for a, b in zip(frames, frames[1:])]
     seam = np.abs(frames[0] - frames[-1]).mean()
     assert seam <= 2 * np.median(steps)  # wrap-around is an ordinary step, not a jump
+    # A loop's directory feeds phase 3 its first frame, not the reference it copied from phase 1.
+    with Image.open(result.output_dir / outputs["frames"][0]) as first:
+        assert np.array_equal(np.asarray(load_image(result.output_dir, "image")), np.asarray(first.convert("RGB")))
+    with Image.open(sheet[0].output_dir / "reference.png") as ref:
+        assert np.array_equal(np.asarray(load_image(sheet[0].output_dir, "image")), np.asarray(ref.convert("RGB")))
 
 
 def test_full_video_is_exactly_five_seconds(sheet, tmp_path):

@@ -80,21 +80,25 @@ def prepare_output_dir(output_dir: str | Path | None, phase: Phase) -> Path:
     return path
 
 
+# Which image of a previous run feeds the next phase: a sheet's reference pose, a loop's first
+# frame, a video's source image.
+_RUN_IMAGE = {"CHARACTER_SHEET": "reference", "ANIMATION_LOOP": "frames", "FULL_VIDEO": "source_image"}
+
+
 def load_image(source: str | Path | Image.Image, role: str) -> Image.Image:
-    """An image from a PIL image, an image file, or a run's output directory (its reference/first frame)."""
+    """An image from a PIL image, an image file, or a run's output directory (see `_RUN_IMAGE`)."""
     if isinstance(source, Image.Image):
         return source.convert("RGB")
     path = Path(source).expanduser()
     if path.is_dir():
-        outputs = read_manifest(path)["outputs"]
-        for key in ("reference", "source_image"):
-            if outputs.get(key):
-                path = path / outputs[key]
-                break
-        else:
-            if not outputs.get("frames"):
-                raise ValueError(f"`{role}`: run directory {source} has no reference image or frames.")
-            path = path / outputs["frames"][0]
+        manifest = read_manifest(path)
+        key = _RUN_IMAGE.get((manifest.get("phase") or {}).get("name"), "reference")
+        chosen = manifest.get("outputs", {}).get(key)
+        if isinstance(chosen, list):
+            chosen = chosen[0] if chosen else None
+        if not chosen:
+            raise ValueError(f"`{role}`: run directory {source} has no `{key}` output to use as an image.")
+        path = path / chosen
     if not path.is_file():
         raise FileNotFoundError(f"`{role}`: no image at {path}.")
     with Image.open(path) as im:

@@ -268,13 +268,35 @@ def _open(root: Path, rel: str | None) -> Image.Image | None:
         return im.convert("RGB")
 
 
+def run_embedder(manifest: dict) -> Embed | None:
+    """The image encoder of the run's own models, for `embed="auto"`: the IP-Adapter CLIP encoder of a
+    diffusers run's profile (cached with its pipeline), None for other backends or unknown profiles."""
+    backend = manifest.get("backend") or {}
+    profile = (backend.get("models") or {}).get("profile")
+    if backend.get("backend") != "diffusers" or not profile:
+        return None
+    from ..models import image_embedder
+    from ..profiles import load_profile
+
+    try:
+        loaded = load_profile(profile)
+    except ValueError:
+        return None
+    return image_embedder(loaded)
+
+
 def score_output_dir(output_dir: str | Path, phase: int | str | None = None, *, threshold: float | None = None,
-                     embed: Embed | None = None, config: str | Path | dict | None = None) -> QualityReport:
-    """Score a run directory from its manifest.json (phase from the manifest unless given)."""
+                     embed: Embed | str | None = None, config: str | Path | dict | None = None) -> QualityReport:
+    """Score a run directory from its manifest.json (phase from the manifest unless given).
+
+    `embed="auto"` uses the run's own image encoder (see `run_embedder`) when there is one.
+    """
     from ..manifest import read_manifest
 
     root = Path(output_dir)
     manifest = read_manifest(root)
+    if embed == "auto":
+        embed = run_embedder(manifest)
     if phase is None:
         phase = (manifest.get("phase") or {}).get("id") or (manifest.get("phase") or {}).get("name")
         if phase is None:
