@@ -46,7 +46,9 @@ async def server_ms(n: int, root: Path, warm: bool, args) -> list[float]:
     from animenb.server.app import AnimeService, ServerConfig, make_app
 
     service = AnimeService(ServerConfig(home=root / "home", outputs=root / "outputs", models="tiny", warm=warm,
-                                        quality_notebook=False))
+                                        quality_notebook=False,
+                                        kernel_env={"OMP_NUM_THREADS": str(args.threads),
+                                                    "MKL_NUM_THREADS": str(args.threads)}))
     sock, port = bind_unused_port()
     server = HTTPServer(make_app(service))
     server.add_sockets([sock])

@@ -8,7 +8,7 @@
     await service.stop()
 
 Settings read by handlers: `animenb` (the service). Defaults set here:
-`websocket_ping_interval` 20 s (tornado's default is off), `websocket_ping_timeout` 30 s,
+`websocket_ping_interval` 20 s (tornado's default is off), `websocket_ping_timeout` 20 s,
 `websocket_max_message_size` 64 KiB (clients only listen), `serve_traceback` False.
 """
 from __future__ import annotations
@@ -53,6 +53,7 @@ class ServerConfig:
     notebook_for: Callable[[JobRecord], Path] | None = None  # tests: which notebook runs a job
     quality_notebook: str | Path | bool | None = True
     cancel_grace: float = 1.0
+    kernel_env: dict | None = None     # extra environment of the kernels, e.g. {"OMP_NUM_THREADS": "1"}
 
     def resolved(self) -> "ServerConfig":
         home = Path(self.home or config.home_dir()).expanduser().resolve()
@@ -143,7 +144,7 @@ class AnimeService:
         self.thumbnails_dir = self.home / "thumbnails"
         self.store = store or SqliteJobStore(self.home / STORE_NAME)
         self.bus = EventBus()
-        kernel_env = {"ANIMENB_HOME": str(self.home)}
+        kernel_env = {"ANIMENB_HOME": str(self.home), **(self.config.kernel_env or {})}
         self.runner = JobRunner(
             self.store, self.bus, outputs_dir=self.outputs_dir, devices=self.config.devices, models=self.config.models,
             backend=self.config.backend, notebook_for=self.config.notebook_for,
@@ -184,7 +185,7 @@ class AnimeService:
 def make_app(service: AnimeService, **settings: Any) -> tornado.web.Application:
     from .handlers import NotFoundHandler, default_handlers
 
-    defaults = {"websocket_ping_interval": 20, "websocket_ping_timeout": 30,
+    defaults = {"websocket_ping_interval": 20, "websocket_ping_timeout": 20,
                 "websocket_max_message_size": 64 * 1024, "serve_traceback": False,
                 "default_handler_class": NotFoundHandler}
     return tornado.web.Application(default_handlers, animenb=service, **{**defaults, **settings})
