@@ -62,6 +62,13 @@ def test_character_sheet_progress_is_monotone_with_eta(sheet):
     assert all(b.percent >= a.percent for a, b in zip(events, events[1:]))
     assert any(e.eta_seconds is not None for e in steps)
     assert {e.stage for e in events} >= {"pose 1/8: front", "pose 8/8: surprised"}
+    previews = [e.preview for e in events if e.preview]
+    assert len(previews) == 8  # each pose's last step carries a latent preview
+    import base64
+    import io
+
+    with Image.open(io.BytesIO(base64.b64decode(previews[0].split(",", 1)[1]))) as im:
+        assert im.format == "PNG" and im.size == (64, 64)
 
 
 def test_same_seed_same_bytes(sheet, tmp_path):

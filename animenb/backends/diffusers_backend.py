@@ -43,12 +43,45 @@ def use_scheduler(pipe, name: str) -> None:
         pipe._animenb_scheduler = name
 
 
-def _step_callback(on_step: StepCallback | None):
+PREVIEW_EVERY = 5  # steps between latent previews (and always the last step)
+
+
+def latent_preview(latents, layout: str) -> str:
+    """A small PNG data URL of the current latents: 3 of the 4 latent channels, min-max scaled.
+
+    Not a decode (that costs a VAE pass); it shows composition and colour blocks forming, like
+    a sampler preview. `layout` is "bchw" (SD), "bcfhw" (AnimateDiff) or "bfchw" (SVD); for
+    videos the middle frame is shown.
+    """
+    import base64
+    import io
+
+    import numpy as np
+
+    x = latents[0].detach().float().cpu()
+    if layout == "bcfhw":
+        x = x[:, x.shape[1] // 2]
+    elif layout == "bfchw":
+        x = x[x.shape[0] // 2]
+    x = x[:3].numpy()
+    lo, hi = x.min(axis=(1, 2), keepdims=True), x.max(axis=(1, 2), keepdims=True)
+    rgb = ((x - lo) / np.maximum(hi - lo, 1e-6) * 255).astype(np.uint8).transpose(1, 2, 0)
+    image = Image.fromarray(rgb).resize((rgb.shape[1] * 8, rgb.shape[0] * 8), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _step_callback(on_step: StepCallback | None, layout: str, total: int):
     if on_step is None:
         return None
 
     def callback(pipe, i, t, callback_kwargs):
-        on_step()
+        done = i + 1
+        if done % PREVIEW_EVERY == 0 or done == total:
+            on_step(preview=latent_preview(callback_kwargs["latents"], layout))
+        else:
+            on_step()
         return callback_kwargs
 
     return callback
@@ -97,7 +130,7 @@ class DiffusersBackend(Backend):
             width=request.width, height=request.height, num_inference_steps=request.steps,
             guidance_scale=request.guidance_scale, generator=self._generator(request.seed),
             ip_adapter_image=reference if reference is not None else _NEUTRAL_REFERENCE,
-            callback_on_step_end=_step_callback(on_step), output_type="pil",
+            callback_on_step_end=_step_callback(on_step, "bchw", request.steps), output_type="pil",
         ).images[0])
 
     def text_to_video(self, request: VideoRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
@@ -111,7 +144,7 @@ class DiffusersBackend(Backend):
             num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
             generator=self._generator(request.seed),
             ip_adapter_image=reference if reference is not None else _NEUTRAL_REFERENCE,
-            callback_on_step_end=_step_callback(on_step), output_type="pil",
+            callback_on_step_end=_step_callback(on_step, "bcfhw", request.steps), output_type="pil",
         ).frames[0]))
 
     def image_to_video(self, request: ImageToVideoRequest,
@@ -124,7 +157,7 @@ class DiffusersBackend(Backend):
             noise_aug_strength=request.noise_aug_strength, min_guidance_scale=request.min_guidance_scale,
             max_guidance_scale=request.max_guidance_scale, decode_chunk_size=8,
             generator=self._generator(request.seed),
-            callback_on_step_end=_step_callback(on_step), output_type="pil",
+            callback_on_step_end=_step_callback(on_step, "bfchw", request.steps), output_type="pil",
         ).frames[0]))
 
     def describe(self) -> dict:
