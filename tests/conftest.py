@@ -50,6 +50,7 @@ class LiveServer:
 async def live_server(tmp_path: Path, **config):
     from animenb.server.app import AnimeService, ServerConfig, make_app
 
+    config.setdefault("kernel_env", {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})  # 2-core CI: no oversubscription
     cfg = ServerConfig(home=tmp_path / "home", outputs=tmp_path / "outputs",
                        notebook_for=config.pop("notebook_for", notebook_for_tests), **config)
     service = AnimeService(cfg)
