@@ -40,7 +40,6 @@ import hashlib
 import html
 import secrets
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,7 +50,7 @@ from .config import outputs_dir
 from .manifest import file_entry, read_manifest, utc_now, versions, write_json_atomic, write_manifest
 from .phases import PHASE_FUNCTIONS, PhaseResult, get_phase
 from .phases.common import check_prompt, load_image, models_label, resolve_backend, resolve_seed
-from .progress import PROGRESS_MIME, Cancelled, ProgressEvent, _in_kernel
+from .progress import Cancelled, ProgressDisplay, ProgressEvent
 
 ORCHESTRATION = "ORCHESTRATION"
 RECORD_NAME = "orchestration.json"
@@ -272,7 +271,7 @@ class ChainProgress:
                  display: str | None = "auto", attempts_allowed: int = 1):
         self.plan = plan
         self.publish = publish
-        self.display = ("kernel" if _in_kernel() else "tqdm") if display == "auto" else display
+        self.sink = ProgressDisplay(display, desc=ORCHESTRATION)
         self.attempts_allowed = attempts_allowed
         self.phase = get_phase(CHAIN[0].phase)
         self.attempt = 1
@@ -283,9 +282,6 @@ class ChainProgress:
         self._step, self._total, self._inner_stage = 0, 1, "starting"
         self._started = time.perf_counter()
         self._origin: tuple[float, float] | None = None  # (time, units) at the first completed step
-        self._display_id = uuid.uuid4().hex
-        self._displayed = False
-        self._bar = None
 
     # -- driven by the orchestrator
     def begin_attempt(self, phase: str, attempt: int) -> None:
@@ -316,8 +312,7 @@ class ChainProgress:
     def finish(self, stage: str) -> None:
         self._inner_stage = stage
         self._emit(final=True)
-        if self._bar is not None:
-            self._bar.close()
+        self.sink.close()
 
     # -- internals
     def _units_now(self) -> float:
@@ -347,27 +342,7 @@ class ChainProgress:
         self.last_event = event
         if self.publish is not None:
             self.publish(event)
-        if self.display == "kernel":
-            self._display_in_kernel(event)
-        elif self.display == "tqdm":
-            self._display_tqdm(event)
-
-    # Copied from animenb.progress.ProgressReporter._display_in_kernel
-    def _display_in_kernel(self, event: ProgressEvent) -> None:
-        from IPython.display import display
-
-        bundle = {PROGRESS_MIME: event.as_dict(), "text/html": event.html(), "text/plain": event.text()}
-        display(bundle, raw=True, display_id=self._display_id, update=self._displayed)
-        self._displayed = True
-
-    def _display_tqdm(self, event: ProgressEvent) -> None:
-        if self._bar is None:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=100.0, desc=ORCHESTRATION, unit="%", leave=False,
-                             bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}{postfix}]")
-        self._bar.set_postfix_str(event.stage, refresh=False)
-        self._bar.update(event.percent - self._bar.n)
+        self.sink.show(event)
 
 
 # ----------------------------------------------------------------------------- records and result

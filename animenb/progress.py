@@ -2,7 +2,7 @@
 
 The job runner intercepts the custom MIME bundle (`PROGRESS_MIME`) from the kernel's
 iopub stream and fans it out over WebSocket; JupyterLab renders the HTML fallback as a
-progress bar updated in place; plain Python gets a tqdm bar. One event carries:
+progress bar updated in place; plain Python gets a tqdm bar (`ProgressDisplay`). One event carries:
 
     {"phase", "stage", "stage_index", "stage_count", "step", "total_steps",
      "percent", "eta_seconds", "elapsed_seconds", "time", "preview"?}
@@ -69,7 +69,7 @@ class ProgressEvent:
                 f'style="width:60%"></progress> <code>{html.escape(self.text())}</code></div>')
 
 
-def _in_kernel() -> bool:
+def in_kernel() -> bool:
     try:
         from IPython import get_ipython
     except ImportError:
@@ -94,16 +94,13 @@ class ProgressReporter:
         self.total_steps = total_steps
         self.stage_count = stage_count
         self.publish = publish
-        self.display = ("kernel" if _in_kernel() else "tqdm") if display == "auto" else display
+        self.sink = ProgressDisplay(display, desc=phase)
         self.step = 0
         self.stage = "starting"
         self.stage_index = 0
         self.last_event: ProgressEvent | None = None
         self._started = time.perf_counter()
         self._rate_origin: tuple[float, int] | None = None  # (time, step) of the first completed step
-        self._display_id = uuid.uuid4().hex
-        self._displayed = False
-        self._bar = None
         clear_cancel()
 
     def start_stage(self, name: str) -> None:
@@ -125,8 +122,7 @@ class ProgressReporter:
         self.step = self.total_steps
         self.stage = stage
         self._emit()
-        if self._bar is not None:
-            self._bar.close()
+        self.sink.close()
 
     def eta_seconds(self) -> float | None:
         if self._rate_origin is None:
@@ -148,22 +144,40 @@ class ProgressReporter:
         self.last_event = event
         if self.publish is not None:
             self.publish(event)
-        if self.display == "kernel":
-            self._display_in_kernel(event)
-        elif self.display == "tqdm":
-            self._display_tqdm(event)
+        self.sink.show(event)
 
-    def _display_in_kernel(self, event: ProgressEvent) -> None:
-        from IPython.display import display
 
-        bundle = {PROGRESS_MIME: event.as_dict(), "text/html": event.html(), "text/plain": event.text()}
-        display(bundle, raw=True, display_id=self._display_id, update=self._displayed)
-        self._displayed = True
+class ProgressDisplay:
+    """Where progress is shown: display data updated in place in a kernel (the job runner reads its
+    `PROGRESS_MIME` part; JupyterLab renders the HTML bar), a tqdm bar in percent elsewhere, or nothing.
 
-    def _display_tqdm(self, event: ProgressEvent) -> None:
-        if self._bar is None:
-            from tqdm.auto import tqdm
+    `mode` is "auto" (kernel when inside one, else tqdm), "kernel", "tqdm" or None.
+    """
 
-            self._bar = tqdm(total=self.total_steps, desc=self.phase, unit="step", leave=False)
-        self._bar.set_postfix_str(event.stage, refresh=False)
-        self._bar.update(event.step - self._bar.n)
+    def __init__(self, mode: str | None = "auto", desc: str = ""):
+        self.mode = ("kernel" if in_kernel() else "tqdm") if mode == "auto" else mode
+        self.desc = desc
+        self._display_id = uuid.uuid4().hex
+        self._displayed = False
+        self._bar = None
+
+    def show(self, event: ProgressEvent) -> None:
+        if self.mode == "kernel":
+            from IPython.display import display
+
+            bundle = {PROGRESS_MIME: event.as_dict(), "text/html": event.html(), "text/plain": event.text()}
+            display(bundle, raw=True, display_id=self._display_id, update=self._displayed)
+            self._displayed = True
+        elif self.mode == "tqdm":
+            if self._bar is None:
+                from tqdm.auto import tqdm
+
+                self._bar = tqdm(total=100.0, desc=self.desc, unit="%", leave=False,
+                                 bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}{postfix}]")
+            self._bar.set_postfix_str(event.stage, refresh=False)
+            self._bar.update(event.percent - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -113,10 +113,6 @@ def _thumbnail(result: PhaseResult, size: int = THUMB_PX) -> tuple[bytes, str]:
     return buf.getvalue(), "png"
 
 
-def _in_kernel() -> bool:
-    return _progress._in_kernel()
-
-
 class ExplorerPanel:
     """Prompt, phase, steps, guidance, scheduler, seed and size controls; Generate / Cancel / Compare.
 
@@ -144,7 +140,7 @@ class ExplorerPanel:
         self.output_dir = Path(output_dir).expanduser().resolve() if output_dir else None
         self.history_size = history_size
         self.phase_options = {k.upper(): dict(v) for k, v in (phase_options or {}).items()}
-        self.background = _in_kernel() if background is None else background
+        self.background = _progress.in_kernel() if background is None else background
 
         self.history: list[RunRecord] = []
         self.last: RunRecord | None = None
