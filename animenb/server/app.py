@@ -184,11 +184,12 @@ class AnimeService:
 
 def make_app(service: AnimeService, **settings: Any) -> tornado.web.Application:
     from .handlers import NotFoundHandler, default_handlers
+    from .pages import page_handlers  # the gallery page at / and /gallery
 
     defaults = {"websocket_ping_interval": 20, "websocket_ping_timeout": 20,
                 "websocket_max_message_size": 64 * 1024, "serve_traceback": False,
                 "default_handler_class": NotFoundHandler}
-    return tornado.web.Application(default_handlers, animenb=service, **{**defaults, **settings})
+    return tornado.web.Application(default_handlers + page_handlers, animenb=service, **{**defaults, **settings})
 
 
 async def serve(cfg: ServerConfig, *, ready: Callable[[AnimeService], None] | None = None,
