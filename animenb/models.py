@@ -7,7 +7,7 @@ text encoder, tokenizer and VAE are shared rather than loaded twice.
 
 Device and dtype are explicit: "auto" means CUDA + float16 when a GPU is present, else
 CPU + float32; a profile, an environment variable (ANIMENB_DEVICE, ANIMENB_DTYPE) or an
-argument overrides it. ANIMENB_THREADS pins torch's CPU threads.
+argument overrides it. ANIMENB_THREADS sets torch's CPU threads (default: half the cores).
 """
 from __future__ import annotations
 
@@ -49,16 +49,32 @@ def resolve_placement(profile: ModelProfile, device: str | None = None, dtype: s
     return Placement(device, dtype)
 
 
-def apply_thread_limit() -> None:
-    """Honour ANIMENB_THREADS (CPU threads for torch): on a shared 2-core box 1 thread is steadier."""
-    threads = os.environ.get("ANIMENB_THREADS")
-    if threads:
-        import torch
+_threads_applied = False
 
-        if not threads.isdigit() or int(threads) < 1:
-            raise ValueError(f"ANIMENB_THREADS must be a positive integer, got {threads!r}.")
-        if torch.get_num_threads() != int(threads):
-            torch.set_num_threads(int(threads))
+
+def apply_thread_limit() -> None:
+    """Set torch's CPU threads once per process: ANIMENB_THREADS, else half the cores (at least 1).
+
+    Measured on a 2-core box with other work running: 2 threads made a tiny character sheet
+    8x slower than 1 (OpenMP threads spin while waiting for a busy core), so by default
+    animenb leaves half the cores to the server, ffmpeg and the rest. Applied once, so a later
+    `torch.set_num_threads` in a notebook stays in force.
+    """
+    global _threads_applied
+    if _threads_applied:
+        return
+    import torch
+
+    threads = os.environ.get("ANIMENB_THREADS")
+    if threads is None:
+        wanted = max(1, (os.cpu_count() or 2) // 2)
+    elif threads.isdigit() and int(threads) >= 1:
+        wanted = int(threads)
+    else:
+        raise ValueError(f"ANIMENB_THREADS must be a positive integer, got {threads!r}.")
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
+    _threads_applied = True
 
 
 def _quiet() -> None:
