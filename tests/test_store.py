@@ -18,7 +18,7 @@ def store(tmp_path):
 
 def test_wal_and_schema(store):
     assert store.db.journal_mode == "wal"
-    assert store.schema_version == Migrator(store.db).latest == 1
+    assert store.schema_version == Migrator(store.db).latest >= 2
     with store.db.transaction() as cur:
         assert cur.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
 
@@ -139,8 +139,9 @@ def test_migration_backup_and_rollback(tmp_path):
         cur.execute("ALTER TABLE jobs ADD COLUMN note TEXT")
         raise RuntimeError("boom")
 
+    latest = Migrator(db).latest
     with pytest.raises(MigrationError):
-        Migrator(db, discover() + [Migration(1, 2, broken)]).run()
-    assert (tmp_path / "jobs.db.v1.bak").exists()
+        Migrator(db, discover() + [Migration(latest, latest + 1, broken)]).run()
+    assert (tmp_path / f"jobs.db.v{latest}.bak").exists()
     cols = [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(jobs)")]
-    assert "note" not in cols and Migrator(db).version() == 1
+    assert "note" not in cols and Migrator(db).version() == latest

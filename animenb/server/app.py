@@ -30,6 +30,7 @@ from animenb import __version__, config
 from animenb.runner.events import EventBus
 from animenb.runner.runner import JobRunner
 from animenb.store import JobRecord, SqliteJobStore
+from animenb.store.tokens_sqlite import SqliteTokenStore
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class ServerConfig:
     quality_notebook: str | Path | bool | None = True
     cancel_grace: float = 1.0
     kernel_env: dict | None = None     # extra environment of the kernels, e.g. {"OMP_NUM_THREADS": "1"}
+    max_queue: int = 512               # queued jobs in all; beyond it POST /generate answers 429 + Retry-After
+    max_queued_per_user: int = 64      # queued jobs per owner ("anonymous" callers share one allowance)
 
     def resolved(self) -> "ServerConfig":
         home = Path(self.home or config.home_dir()).expanduser().resolve()
@@ -143,6 +146,7 @@ class AnimeService:
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
         self.thumbnails_dir = self.home / "thumbnails"
         self.store = store or SqliteJobStore(self.home / STORE_NAME)
+        self.tokens = SqliteTokenStore(self.store.db)  # same database: `animenb token` writes, we read
         self.bus = EventBus()
         kernel_env = {"ANIMENB_HOME": str(self.home), **(self.config.kernel_env or {})}
         self.runner = JobRunner(

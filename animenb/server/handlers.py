@@ -1,12 +1,13 @@
 """Thin REST handlers under /api/anime; routes at the bottom (`default_handlers`).
 
 Every error is JSON, `{"error": {"code", "message", "field"}}`, from one `write_error`;
-tracebacks go to the log, never to clients.
+tracebacks go to the log, never to clients. Who may see what: `animenb.server.auth`.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import mimetypes
 import os
 from pathlib import Path
@@ -18,7 +19,9 @@ from tornado.web import HTTPError
 from animenb.store import JobNotFoundError, JobStatus
 
 from . import views
-from .validation import (JOB_ID_RE, APIError, parse_cursor, parse_json_body, parse_limit, validate_generate)
+from .auth import AuthMixin, can_cancel, can_read, require_role
+from .validation import (JOB_ID_RE, APIError, invalid, parse_cursor, parse_json_body, parse_limit,
+                         validate_generate)
 from .websocket import JobSocketHandler
 
 API = views.API
@@ -38,18 +41,19 @@ class JSONErrorMixin:
             error = {"code": "internal_error", "message": "Internal server error (details are in the server log).",
                      "field": None}
         self.clear_header("Content-Disposition")
+        for name, value in getattr(exc, "headers", {}).items():  # Retry-After, WWW-Authenticate
+            self.set_header(name, value)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps({"error": error}))
 
 
-class BaseHandler(JSONErrorMixin, tornado.web.RequestHandler):
+class BaseHandler(JSONErrorMixin, AuthMixin, tornado.web.RequestHandler):
     @property
     def service(self):
         return self.settings["animenb"]
 
-    @property
-    def user(self) -> str:
-        return "anonymous"  # auth (bearer tokens) comes with the hardening issue
+    def prepare(self):
+        self.current_user  # a bad or revoked token is a 401 everywhere, never a quiet anonymous
 
     def ws_base(self) -> str:
         scheme = "wss" if self.request.protocol == "https" else "ws"
@@ -61,10 +65,14 @@ class BaseHandler(JSONErrorMixin, tornado.web.RequestHandler):
         self.finish(json.dumps(data, default=str))
 
     def get_job(self, job_id: str):
+        """The job if the caller may read it; a private job of someone else is "not found" too."""
         try:
-            return self.service.store.get(job_id)
+            job = self.service.store.get(job_id)
         except JobNotFoundError:
-            raise APIError(404, "job_not_found", f"Job not found: {job_id}", "job_id") from None
+            job = None
+        if job is None or not can_read(self.current_user, job):
+            raise APIError(404, "job_not_found", f"Job not found: {job_id}", "job_id")
+        return job
 
     def status_body(self, job) -> dict:
         runner = self.service.runner
@@ -95,13 +103,29 @@ class HealthHandler(BaseHandler):
 
 
 class JobsHandler(BaseHandler):
+    """Anonymous: public jobs. A token: its own jobs (public and private). Admins: `?owner=NAME` or `?owner=*`."""
+
+    def scope(self) -> dict:
+        identity = self.current_user
+        owner = self.get_query_argument("owner", None)
+        if identity is None:
+            if owner is not None:
+                raise APIError(401, "auth_required", "`owner` needs an admin token.", "owner")
+            return {"visibility": "public"}
+        if owner is None or owner == identity.name:
+            return {"owner": identity.name}
+        if not identity.is_admin:
+            raise APIError(403, "forbidden", "Only admins may list other users' jobs.", "owner")
+        return {} if owner == "*" else {"owner": owner}
+
     def get(self) -> None:
         store = self.service.store
         limit = parse_limit(self.get_query_argument("limit", None))
         cursor = parse_cursor(self.get_query_argument("cursor", None))
         status = self.status_filter()
-        jobs, next_cursor = store.list(status=status, limit=limit, cursor=cursor)
-        self.write_json({"jobs": [self.status_body(j) for j in jobs], "count": store.count(status=status),
+        scope = self.scope()
+        jobs, next_cursor = store.list(status=status, limit=limit, cursor=cursor, **scope)
+        self.write_json({"jobs": [self.status_body(j) for j in jobs], "count": store.count(status=status, **scope),
                          "user": self.user, "limit": limit, "next_cursor": next_cursor})
 
 
@@ -111,11 +135,12 @@ class GalleryHandler(BaseHandler):
         limit = parse_limit(self.get_query_argument("limit", None), default=24)
         cursor = parse_cursor(self.get_query_argument("cursor", None))
         phase = self.get_query_argument("phase", None)
-        jobs, next_cursor = store.list(status="succeeded", limit=limit, cursor=cursor)
+        jobs, next_cursor = store.list(status="succeeded", visibility="public", limit=limit, cursor=cursor)
         items = [views.gallery_item(j) for j in jobs]
         if phase:
             items = [i for i in items if str(i["phase"]) == phase or i["phase_name"] == phase.upper()]
-        self.write_json({"message": "Public gallery", "gallery": items, "count": store.count(status="succeeded"),
+        self.write_json({"message": "Public gallery", "gallery": items,
+                         "count": store.count(status="succeeded", visibility="public"),
                          "limit": limit, "next_cursor": next_cursor})
 
 
@@ -124,10 +149,38 @@ class PhasesHandler(BaseHandler):
         self.write_json(views.phases_body(self.service.runner.notebooks_dir))
 
 
+def check_queue_room(service, owner: str, *, exempt_from_user_limit: bool = False) -> None:
+    """429 + Retry-After when the queue (or this owner's share of it) is full. Handlers run on the
+    loop thread, so the check and the insert that follows it are not interleaved with another request's."""
+    cfg, store = service.config, service.store
+    queued = store.count(status=JobStatus.QUEUED)
+    user_full = (not exempt_from_user_limit and cfg.max_queued_per_user is not None
+                 and store.count(status=JobStatus.QUEUED, owner=owner) >= cfg.max_queued_per_user)
+    if queued < cfg.max_queue and not user_full:
+        return
+    from .stats import typical_duration
+
+    kernels = max(1, len(service.runner.kernels))
+    wait = typical_duration(store) * (min(queued, cfg.max_queue) if not user_full else 1) / kernels
+    retry = str(max(1, min(600, math.ceil(wait))))
+    if user_full:
+        raise APIError(429, "too_many_queued", f"`{owner}` already has {cfg.max_queued_per_user} queued jobs "
+                       f"(the per-user limit); retry after {retry} s.", headers={"Retry-After": retry})
+    raise APIError(429, "queue_full", f"The queue is full ({cfg.max_queue} jobs); retry after {retry} s.",
+                   headers={"Retry-After": retry})
+
+
 class GenerateHandler(BaseHandler):
     def post(self) -> None:
-        data = parse_json_body(self.request.body)
+        data = parse_json_body(self.request.body, self.request.headers.get("Content-Type"))
         phase, values, visibility = validate_generate(data, self.service.outputs_dir)
+        identity = self.current_user
+        if "visibility" not in data and identity is not None:
+            visibility = "private"  # a token's jobs are its own unless it says "public"
+        if visibility == "private" and identity is None:
+            raise APIError(401, "auth_required", "A private job needs a token (only its owner could see it).",
+                           "visibility")
+        check_queue_room(self.service, self.user, exempt_from_user_limit=bool(identity and identity.is_admin))
         job = self.service.runner.submit(values, phase=phase, owner=self.user, visibility=visibility)
         status_url = f"{API}/generation/{job.id}/status"
         self.set_header("Location", status_url)
@@ -147,6 +200,9 @@ class GenerationHandler(BaseHandler):
 
     async def delete(self, job_id: str) -> None:
         job = self.get_job(job_id)
+        if not can_cancel(self.current_user, job):
+            raise APIError(403, "forbidden", f"Job {job_id} belongs to `{job.owner}`; only its owner or an admin "
+                                             f"may cancel it.", "job_id")
         if job.terminal:
             raise APIError(409, "job_finished", f"Job {job_id} already finished ({job.status.value}); nothing to cancel.",
                            "job_id")
@@ -159,7 +215,7 @@ def _safe_relative(path: str) -> bool:
     return bool(path) and "\\" not in path and all(p and not p.startswith(".") for p in parts)
 
 
-class OutputHandler(JSONErrorMixin, tornado.web.StaticFileHandler):
+class OutputHandler(JSONErrorMixin, AuthMixin, tornado.web.StaticFileHandler):
     """GET /api/anime/outputs/<job_id>/<file>: a job's files, the executed notebook included."""
 
     @property
@@ -174,9 +230,11 @@ class OutputHandler(JSONErrorMixin, tornado.web.StaticFileHandler):
         if not JOB_ID_RE.match(job_id) or not _safe_relative(rel):
             raise APIError(404, "file_not_found", "No such output file.", "file")
         try:
-            self.service.store.get(job_id)
+            job = self.service.store.get(job_id)
         except JobNotFoundError:
-            raise APIError(404, "job_not_found", f"Job not found: {job_id}", "job_id") from None
+            job = None
+        if job is None or not can_read(self.current_user, job):
+            raise APIError(404, "job_not_found", f"Job not found: {job_id}", "job_id")
         await super().get(path, include_body)
 
     def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
@@ -239,6 +297,45 @@ class ThumbnailHandler(BaseHandler):
         self.finish(target.read_bytes())
 
 
+class AdminStatsHandler(BaseHandler):
+    """GET /api/anime/admin/stats (admin token): see animenb.server.stats."""
+
+    async def get(self) -> None:
+        require_role(self, "admin")
+        from .stats import admin_stats
+
+        self.write_json(await admin_stats(self.service))
+
+
+class AdminGcHandler(BaseHandler):
+    """POST /api/anime/admin/gc {"older_than": "7d", "dry_run": false} (admin token): animenb.retention."""
+
+    async def post(self) -> None:
+        require_role(self, "admin")
+        from animenb.retention import collect_garbage, parse_age
+
+        data = parse_json_body(self.request.body, self.request.headers.get("Content-Type"))
+        unknown = sorted(set(data) - {"older_than", "dry_run"})
+        if unknown:
+            raise invalid(unknown[0], f"Unknown field `{unknown[0]}`; accepted: older_than, dry_run.", "unknown_field")
+        if "older_than" not in data:
+            raise invalid("older_than", "`older_than` is required, e.g. \"7d\".", "missing_field")
+        if type(data["older_than"]) not in (str, int, float):
+            raise invalid("older_than", f"`older_than` must be a string like 7d, got {data['older_than']!r}.")
+        try:
+            older_than = parse_age(data["older_than"])
+        except ValueError as exc:
+            raise invalid("older_than", str(exc)) from None
+        dry_run = data.get("dry_run", False)
+        if type(dry_run) is not bool:
+            raise invalid("dry_run", f"`dry_run` must be true or false, got {dry_run!r}.")
+        service = self.service
+        report = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: collect_garbage(service.store, service.outputs_dir, older_than=older_than,
+                                          thumbnails_dir=service.thumbnails_dir, dry_run=dry_run))
+        self.write_json(report.as_dict())
+
+
 JOB_ID = r"(?P<job_id>[0-9a-f]{32})"
 default_handlers = [
     (rf"{API}/health/?", HealthHandler),
@@ -250,6 +347,8 @@ default_handlers = [
     (rf"{API}/generation/{JOB_ID}/?", GenerationHandler),
     (rf"{API}/outputs/(.+)", OutputHandler),
     (rf"{API}/thumbnails/{JOB_ID}/(?P<rel>.+)", ThumbnailHandler),
+    (rf"{API}/admin/stats/?", AdminStatsHandler),
+    (rf"{API}/admin/gc/?", AdminGcHandler),
     (r"/ws/job/(?P<job_id>[^/]+)", JobSocketHandler),
     (rf"{API}/ws/job/(?P<job_id>[^/]+)", JobSocketHandler),
 ]

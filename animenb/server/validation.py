@@ -30,9 +30,11 @@ OUTPUT_REF_RE = re.compile(r"^(?:/api/anime/outputs/)?(?P<job_id>[0-9a-f]{32})(?
 class APIError(HTTPError):
     """An HTTPError with a machine-readable code and the offending field."""
 
-    def __init__(self, status_code: int, code: str, message: str, field: str | None = None, **kwargs):
+    def __init__(self, status_code: int, code: str, message: str, field: str | None = None, *,
+                 headers: dict[str, str] | None = None, **kwargs):
         super().__init__(status_code, "%s", message, **kwargs)
         self.code, self.message, self.field = code, message, field
+        self.headers = dict(headers or {})  # e.g. Retry-After, WWW-Authenticate (set by write_error)
 
 
 def invalid(field: str, message: str, code: str = "invalid_value") -> APIError:
@@ -69,6 +71,10 @@ def _text(field: str, value: Any, *, required: bool) -> str:
         raise invalid(field, f"`{field}` must be at most {MAX_PROMPT_CHARS} characters, got {len(value)}.")
     if "\x00" in value:
         raise invalid(field, f"`{field}` must not contain NUL characters.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid(field, f"`{field}` must be valid Unicode text (it holds a lone surrogate).") from None
     return value
 
 
@@ -105,15 +111,38 @@ META_FIELDS = ("phase", "visibility")
 PATH_FIELDS = ("reference_image", "image")
 
 
-def parse_json_body(body: bytes) -> dict:
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    data = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"duplicate key {key!r}")
+        data[key] = value
+    return data
+
+
+def check_content_type(content_type: str | None) -> None:
+    """A body must be JSON: no Content-Type (curl -d without -H) or application/json (or *+json)."""
+    if not content_type:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise APIError(415, "unsupported_media_type",
+                       f"The request body must be JSON (Content-Type: application/json), got {media!r}.",
+                       "Content-Type")
+
+
+def parse_json_body(body: bytes, content_type: str | None = None) -> dict:
     if len(body) > MAX_BODY_BYTES:
         raise APIError(413, "body_too_large", f"The request body must be at most {MAX_BODY_BYTES} bytes.")
+    check_content_type(content_type)
     if not body.strip():
         raise APIError(400, "invalid_json", "The request body must be a JSON object, got nothing.")
     try:
-        data = json.loads(body)
+        data = json.loads(body, object_pairs_hook=_no_duplicate_keys)
     except (ValueError, UnicodeDecodeError) as exc:
         raise APIError(400, "invalid_json", f"The request body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise APIError(400, "invalid_json", "The request body is nested too deeply.") from None
     if not isinstance(data, dict):
         raise APIError(400, "invalid_json", f"The request body must be a JSON object, got {type(data).__name__}.")
     return data

@@ -7,6 +7,10 @@ Then every event as it happens ("started", "progress", "finished"); after the te
 state and its "finished" event, then the close. An unknown job id is accepted and closed
 at once with code 4404 and reason "Job not found: <id>" (a browser sees the reason;
 a failed handshake would hide it). Tornado's default `check_origin` (same origin) stays.
+
+A private job needs its owner's (or an admin's) token, as `Authorization: Bearer <token>`
+or `?token=<token>`; without it the job is "not found" (4404). A bad or revoked token
+closes with 4401 (see animenb.server.auth).
 """
 from __future__ import annotations
 
@@ -19,11 +23,14 @@ from animenb.runner.events import JobEvent, JobFinishedEvent, JobStateEvent
 from animenb.store import JobNotFoundError
 
 from . import views
+from .auth import can_read, identify
+from .validation import APIError
 
 log = logging.getLogger(__name__)
 
 CLOSE_JOB_NOT_FOUND = 4404
 CLOSE_BAD_REQUEST = 4400
+CLOSE_UNAUTHORIZED = 4401
 
 
 class JobSocketHandler(WebSocketHandler):
@@ -58,8 +65,15 @@ class JobSocketHandler(WebSocketHandler):
         self.job_id = job_id
         store, bus, runner = self.service.store, self.service.bus, self.service.runner
         try:
+            identity = identify(self.settings, self.request, allow_query=True)
+        except APIError as exc:
+            self.close(CLOSE_UNAUTHORIZED, exc.message)
+            return
+        try:
             job = store.get(job_id)
         except JobNotFoundError:
+            job = None
+        if job is None or not can_read(identity, job):
             self.close(CLOSE_JOB_NOT_FOUND, f"Job not found: {job_id}")
             return
         try:

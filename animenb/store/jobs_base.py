@@ -65,6 +65,10 @@ class JobStoreBase(ABC):
     def recover(self, has_output: Callable[[JobRecord], bool]) -> list[JobRecord]:
         """Deal with jobs left `running` by a dead process; returns the changed records."""
 
+    def delete_finished(self, before: float, *, limit: int = 1000, dry_run: bool = False) -> list[JobRecord]:
+        """Delete (and return) terminal jobs finished before `before`; never queued or running ones."""
+        raise NotImplementedError(f"{type(self).__name__} does not support retention")
+
     @abstractmethod
     def close(self) -> None:
         """Release the database."""

@@ -34,6 +34,15 @@ QUEUE_POSITION_QUERY = """--sql
     SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= ?
 """
 MAX_PAGE = 500
+# Retention (`animenb gc`): finished before the cutoff, and not tied to an active parent or child
+# (an orchestration still running keeps its finished steps).
+GC_CANDIDATES_QUERY = """--sql
+    SELECT * FROM jobs AS j
+    WHERE j.status IN ('succeeded', 'failed', 'cancelled', 'lost') AND j.finished_at < ?
+      AND NOT EXISTS (SELECT 1 FROM jobs AS c WHERE c.parent_id = j.id AND c.status IN ('queued', 'running'))
+      AND NOT EXISTS (SELECT 1 FROM jobs AS p WHERE p.id = j.parent_id AND p.status IN ('queued', 'running'))
+    ORDER BY j.seq ASC LIMIT ?
+"""
 
 
 def _dumps(value: Any) -> str:
@@ -205,6 +214,23 @@ class SqliteJobStore(JobStoreBase):
                         "Lost", f"The server stopped while this job was running (worker {job.worker}); "
                                 f"not re-run because {why}. Partial files, if any, are kept.")))
         return changed
+
+    def delete_finished(self, before: float, *, limit: int = 1000, dry_run: bool = False) -> list[JobRecord]:
+        """Delete (and return) up to `limit` terminal jobs that finished before `before` (epoch s).
+
+        Queued and running jobs are never candidates; the status is re-checked by the DELETE
+        in the same transaction. The caller removes the output files afterwards (a crash in
+        between leaves orphan files, never a row whose files are gone).
+        """
+        with self.db.transaction() as cur:
+            jobs = [self._record(r) for r in cur.execute(GC_CANDIDATES_QUERY, (before, int(limit))).fetchall()]
+            if jobs and not dry_run:
+                ids = [j.id for j in jobs]
+                cur.execute(f"""--sql
+                    DELETE FROM jobs WHERE id IN ({','.join('?' * len(ids))})
+                      AND status IN ('succeeded', 'failed', 'cancelled', 'lost')
+                    """, ids)
+        return jobs
 
     def close(self) -> None:
         self.db.close()

@@ -84,3 +84,45 @@ out = Path(output_dir)
 out.mkdir(parents=True, exist_ok=True)
 (out / "params.json").write_text(json.dumps({"prompt": prompt, "seed": seed, "steps": steps}))
 write_manifest(out, {"seed": seed, "files": [file_entry(out, out / "params.json", "data")]})'''])
+
+write("oom", ["#md The real diffusers-backend OOM path: a cached pipeline, then torch.OutOfMemoryError in a call.",
+              PARAMS,
+'''from types import SimpleNamespace
+import torch
+from animenb import models
+from animenb.backends.diffusers_backend import DiffusersBackend
+models._CACHE[("test", "oom", "", "cpu", "float32")] = SimpleNamespace(components={})  # a loaded "pipeline"
+assert models.cache_info()''',
+'''def allocate():
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+# DiffusersBackend._run with a stand-in `self` (only its placement is read): frees the cache, re-raises.
+DiffusersBackend._run(SimpleNamespace(placement=SimpleNamespace(device="cuda:0")), allocate)'''])
+
+write("cacheinfo", ["#md Writes the kernel's model cache (animenb.models.cache_info()) to the output directory.",
+                    PARAMS,
+'''import json, sys
+from pathlib import Path
+from animenb.manifest import file_entry, write_manifest
+out = Path(output_dir)
+out.mkdir(parents=True, exist_ok=True)
+info = sys.modules["animenb.models"].cache_info() if "animenb.models" in sys.modules else []
+(out / "cache.json").write_text(json.dumps(info))
+write_manifest(out, {"seed": seed, "files": [file_entry(out, out / "cache.json", "data")]})'''])
+
+write("fill", ["#md Writes until the disk is full ('test:fill' on a small filesystem), or raises ENOSPC itself "
+               "past a quota in bytes ('test:fill <quota>').", PARAMS,
+'''import errno, os
+from pathlib import Path
+parts = prompt.split()
+quota = int(parts[1]) if len(parts) > 1 else None
+out = Path(output_dir)
+out.mkdir(parents=True, exist_ok=True)
+written = 0
+with open(out / "big.bin", "wb") as f:
+    while True:
+        if quota is not None and written >= quota:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "big.bin"))
+        f.write(b"\\0" * 65536)
+        f.flush()
+        os.fsync(f.fileno())
+        written += 65536'''])
