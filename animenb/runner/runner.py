@@ -23,6 +23,7 @@ Progress display data from the notebook reaches `EventBus` subscribers as
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import threading
@@ -39,6 +40,7 @@ from animenb.store.jobs_sqlite import worker_name
 
 from .events import EventBus, JobFinishedEvent, JobProgressEvent, JobQueuedEvent, JobStartedEvent
 from .kernels import KernelPool, WarmKernel
+from .orchestration import ORCHESTRATION_KIND, Orchestrator, recover_orchestrations
 from .parameters import phase_parameters
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,8 @@ class JobRunner:
         env = {"ANIMENB_MODELS": self.models, "ANIMENB_OUTPUTS": str(self.outputs_dir), **(kernel_env or {})}
         self.kernels = kernels or KernelPool(devices, env=env, cwd=config.repo_root())
         self.running: dict[str, RunningJob] = {}
+        self.orchestrations: dict[str, Orchestrator] = {}  # parent job id -> its driving task
+        self._priority: collections.deque[str] = collections.deque()  # child jobs, claimed before the queue
         self.started_at = time.time()
         self.recovered: list[JobRecord] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -119,7 +123,8 @@ class JobRunner:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
-        self.recovered = self.store.recover(self._has_output)
+        # Orchestration parents first (their children are settled there), then the store's policy.
+        self.recovered = recover_orchestrations(self) + self.store.recover(self._has_output)
         for job in self.recovered:
             log.warning("job %s was left running by a dead process: now %s", job.id, job.status.value)
             if job.terminal:
@@ -139,8 +144,14 @@ class JobRunner:
         """Stop workers and kernels. A job still running stays `running` in the store; the next
         start applies the restart policy to it (see animenb.store.jobs_sqlite)."""
         self._stopping = True
-        for task in self._workers:
+        orchestrations = [o.task for o in self.orchestrations.values() if o.task is not None]
+        for task in orchestrations + self._workers:
             task.cancel()
+        for task in orchestrations:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
         for task in self._workers:
             try:
                 await task
@@ -155,11 +166,18 @@ class JobRunner:
         return any(f != NOTEBOOK_NAME for f in output_files(self.outputs_dir / job.id))
 
     # -- API used by the server ------------------------------------------------------------
-    def submit(self, request: dict[str, Any], *, phase: int, owner: str = "anonymous", visibility: str = "public",
-               parent_id: str | None = None) -> JobRecord:
-        """Store a queued job (committed on return) and wake a worker."""
+    def submit(self, request: dict[str, Any], *, phase: int | None, owner: str = "anonymous",
+               visibility: str = "public", parent_id: str | None = None, kind: str = "phase",
+               extra: dict[str, Any] | None = None, priority: bool = False) -> JobRecord:
+        """Store a queued job (committed on return) and wake a worker.
+
+        `kind` "orchestration" queues a parent job (see `animenb.runner.orchestration`);
+        `priority` (orchestration children) lets the job start before the jobs already queued.
+        """
         job = self.store.create(phase=phase, parameters=request, owner=owner, visibility=visibility,
-                                parent_id=parent_id)
+                                parent_id=parent_id, kind=kind, extra=extra)
+        if priority:
+            self._priority.append(job.id)
         self.bus.publish(JobQueuedEvent(job_id=job.id, phase=phase, queue_position=self.store.queue_position(job.id)))
         if self._wake is not None:
             self._wake.set()
@@ -168,6 +186,14 @@ class JobRunner:
     async def cancel(self, job_id: str) -> JobRecord:
         """Queued: cancelled at once. Running: interrupted; returns once it has stopped (or ~3 s)."""
         job = self.store.get(job_id)
+        orchestration = self.orchestrations.get(job_id)
+        if orchestration is not None:  # a running parent: cancel its child, let its task end it
+            await orchestration.cancel()
+            try:
+                await asyncio.wait_for(asyncio.shield(orchestration.task), timeout=3 * self.cancel_grace + 2)
+            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                pass
+            return self.store.get(job_id)
         if job.status is JobStatus.QUEUED:
             try:
                 job = self.store.transition(job_id, JobStatus.CANCELLED, expected=[JobStatus.QUEUED],
@@ -200,6 +226,9 @@ class JobRunner:
             ctx.kernel.kill()
 
     def live_progress(self, job_id: str) -> dict | None:
+        orchestration = self.orchestrations.get(job_id)
+        if orchestration is not None:
+            return orchestration.progress_dict()
         ctx = self.running.get(job_id)
         if ctx is None or ctx.last_progress is None:
             return None
@@ -210,7 +239,29 @@ class JobRunner:
 
     def describe(self) -> dict:
         return {"warm": self.warm, "kernels": self.kernels.describe(), "running": sorted(self.running),
-                "models": self.models, "backend": self.backend}
+                "orchestrations": sorted(self.orchestrations), "models": self.models, "backend": self.backend}
+
+    def children(self, job: JobRecord) -> list[dict] | None:
+        """An orchestration parent's children (id, phase, attempt, status, score...); None for other jobs."""
+        from .orchestration import children_of
+
+        return children_of(self, job)
+
+    def _claim_priority(self, worker: str) -> JobRecord | None:
+        """The oldest still-queued priority job (an orchestration child), moved to running."""
+        while self._priority:
+            job_id = self._priority.popleft()
+            try:
+                return self.store.transition(job_id, JobStatus.RUNNING, expected=[JobStatus.QUEUED])
+            except (InvalidTransitionError, JobNotFoundError):
+                continue  # cancelled, or claimed through the queue meanwhile
+        return None
+
+    def _start_orchestration(self, job: JobRecord) -> None:
+        """A claimed parent: drive it from a task on the loop; the worker goes back to the queue."""
+        orchestration = Orchestrator(self, job)
+        self.orchestrations[job.id] = orchestration
+        orchestration.start()
 
     # -- workers ---------------------------------------------------------------------------
     async def _worker(self, kernel: WarmKernel) -> None:
@@ -225,11 +276,14 @@ class JobRunner:
         name = worker_name(kernel.device)
         while not self._stopping:
             self._wake.clear()
-            job = self.store.claim_next(name)
+            job = self._claim_priority(name) or self.store.claim_next(name)
             if job is None:
                 await self._wake.wait()
                 continue
             try:
+                if job.kind == ORCHESTRATION_KIND:
+                    self._start_orchestration(job)
+                    continue
                 await self._run_job(kernel, job)
             except asyncio.CancelledError:
                 raise
@@ -365,7 +419,14 @@ class JobRunner:
         quality {"score": None, "passed": False, "error": ...}.
         """
         loop = asyncio.get_running_loop()
-        params = {"output_dir": str(out_dir), "phase": job.phase, "threshold": self.quality_threshold}
+        threshold = self.quality_threshold
+        info = job.extra.get("orchestration") if isinstance(job.extra, dict) else None
+        if isinstance(info, dict) and info.get("threshold") is not None:  # an orchestration child's gate
+            threshold = info["threshold"]
+        params = {"output_dir": str(out_dir), "phase": job.phase, "threshold": threshold}
+        last = ctx.last_progress
+        self._on_progress(ctx, {"percent": 100.0, "stage": "scoring", "step": last.step if last else 0,
+                                "total_steps": last.total_steps if last else 0}, "quality: ")
         try:
             await loop.run_in_executor(kernel.executor, self._execute, kernel, ctx, self.quality_notebook,
                                        out_dir / QUALITY_NOTEBOOK_NAME, params, "quality: ")
@@ -378,7 +439,7 @@ class JobRunner:
                 raise
             _, error = self._classify(ctx, exc)
             log.warning("job %s: quality step failed: %s", job.id, error.message)
-            return {"score": None, "passed": False, "threshold": self.quality_threshold,
+            return {"score": None, "passed": False, "threshold": threshold,
                     "error": error.as_dict()}
 
     # -- outcome -----------------------------------------------------------------------------

@@ -1,0 +1,178 @@
+"""POST /api/anime/orchestrate end to end: a real server, one warm kernel, the tiny profile (64 px, 2 steps),
+gates overridden (0.0 passes everything, 1.01 fails everything)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+import pytest_asyncio
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
+
+API = "/api/anime"
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def srv(tmp_path_factory, start_live_server):
+    async with start_live_server(tmp_path_factory.mktemp("orchestrate"), models="tiny") as server:
+        _, server.admin = server.service.tokens.create("orch-admin", "admin")
+        _, server.user = server.service.tokens.create("orch-user", "user")
+        yield server
+
+
+async def call(srv, method, path, body=None, token=None):
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
+    resp = await srv.client.fetch(srv.base + path, method=method, body=data, headers=headers, raise_error=False,
+                                  request_timeout=60, allow_nonstandard_methods=True)
+    ctype = resp.headers.get("Content-Type", "")
+    return resp.code, (json.loads(resp.body) if ctype.startswith("application/json") and resp.body else resp.body)
+
+
+async def orchestrate(srv, **body):
+    body = {"prompt": "anime girl with blue hair", "seed": 7, "steps": 2, "width": 64, "height": 64,
+            "visibility": "public", **body}
+    code, data = await call(srv, "POST", f"{API}/orchestrate", body, token=srv.admin)
+    assert code == 202, data
+    assert data["kind"] == "orchestration" and data["status"] == "queued"
+    return data
+
+
+async def ws_events(url, timeout=180):
+    conn = await websocket_connect(HTTPRequest(url))
+    events, deadline = [], time.monotonic() + timeout
+    while True:
+        msg = await asyncio.wait_for(conn.read_message(), timeout=max(0.1, deadline - time.monotonic()))
+        if msg is None:
+            return events
+        events.append(json.loads(msg))
+
+
+async def status(srv, job_id):
+    code, body = await call(srv, "GET", f"{API}/generation/{job_id}/status", token=srv.admin)
+    assert code == 200, body
+    return body
+
+
+async def wait_for(predicate, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (value := await predicate()):
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_auth_and_validation(srv):
+    body = {"prompt": "x", "steps": 2}
+    code, data = await call(srv, "POST", f"{API}/orchestrate", body)
+    assert code == 401 and data["error"]["code"] == "auth_required"
+    code, data = await call(srv, "POST", f"{API}/orchestrate", body, token=srv.user)
+    assert code == 403 and data["error"]["code"] == "forbidden"
+    bad = [({"steps": 2}, "prompt"), ({"prompt": "x", "max_retries": 11}, "max_retries"),
+           ({"prompt": "x", "threshold": "high"}, "threshold"), ({"prompt": "x", "thresholds": {"9": 0.5}}, "thresholds"),
+           ({"prompt": "x", "threshold": 0.5, "thresholds": {}}, "thresholds"), ({"prompt": "x", "width": 65}, "width"),
+           ({"prompt": "x", "models": "sd15"}, "models"), ({"prompt": "x", "phase": 2}, "phase"),
+           ({"prompt": "x", "reference_image": "../../etc/passwd"}, "reference_image")]
+    before = srv.service.store.count()
+    for payload, field in bad:
+        code, data = await call(srv, "POST", f"{API}/orchestrate", payload, token=srv.admin)
+        assert 400 <= code < 500 and data["error"]["field"] == field, (payload, code, data)
+    assert srv.service.store.count() == before
+
+
+async def test_full_chain_succeeds_with_children_progress_and_outputs(srv):
+    job = await orchestrate(srv, threshold=0.0, max_retries=0)
+    events = await ws_events(job["ws_url"])
+    assert events[-1]["event"] == "finished" and events[-1]["status"] == "succeeded", events[-1]
+    progress = [e for e in events if e["event"] == "progress"]
+    percents = [e["percent"] for e in progress]
+    assert percents == sorted(percents) and percents[-1] >= 90
+    stages = " ".join(e["stage"] for e in progress)
+    for text in ("phase 1/3 CHARACTER_SHEET", "phase 2/3 ANIMATION_LOOP", "phase 3/3 FULL_VIDEO", "scoring",
+                 "gate passed"):
+        assert text in stages
+    assert any(e["eta_seconds"] is not None for e in progress)
+
+    body = await status(srv, job["job_id"])
+    assert body["status"] == "succeeded" and body["kind"] == "orchestration" and body["progress"]["percent"] == 100
+    children = body["children"]
+    assert [(c["phase"], c["attempt"], c["status"]) for c in children] == [(1, 1, "succeeded"), (2, 1, "succeeded"),
+                                                                           (3, 1, "succeeded")]
+    assert all(c["score"] is not None and c["passed"] for c in children)
+    assert "all 3 gates passed" in body["reason"]
+    # the chain feeds each phase from the last: phase 2's reference is phase 1's run, phase 3's image a loop frame
+    store = srv.service.store
+    first, second, third = (store.get(c["job_id"]) for c in children)
+    assert all(c.parent_id == job["job_id"] for c in (first, second, third))
+    assert second.parameters["reference_image"] == str(srv.service.outputs_dir / first.id)
+    assert third.parameters["image"].startswith(str(srv.service.outputs_dir / second.id))
+    for child in children:
+        child_status = await status(srv, child["job_id"])
+        assert any(u.endswith("/notebook.ipynb") for u in child_status["outputs"])
+        code, nb = await call(srv, "GET", f"{API}/outputs/{child['job_id']}/notebook.ipynb")
+        assert code == 200 and _json(nb)["cells"]
+    # the parent's own files: the record, and the final outputs linked from the passing runs
+    names = [u.rsplit("/", 1)[1] for u in body["outputs"]]
+    assert {"orchestration.json", "manifest.json", "sheet.png", "video.mp4"} <= set(names), names
+    code, sheet = await call(srv, "GET", f"{API}/outputs/{job['job_id']}/sheet.png")
+    assert code == 200 and sheet[:8] == b"\x89PNG\r\n\x1a\n"
+    code, record = await call(srv, "GET", f"{API}/outputs/{job['job_id']}/orchestration.json")
+    assert code == 200 and _json(record)["status"] == "succeeded"
+
+
+async def test_failed_gate_retries_with_new_seeds_then_fails_with_reason(srv):
+    job = await orchestrate(srv, threshold=1.01, max_retries=1)
+    events = await ws_events(job["ws_url"])
+    assert events[-1]["status"] == "failed"
+    percents = [e["percent"] for e in events if e["event"] == "progress"]
+    assert percents == sorted(percents)
+    body = await status(srv, job["job_id"])
+    assert body["status"] == "failed" and body["error"]["type"] == "QualityGateFailed"
+    assert "CHARACTER_SHEET failed its quality gate (threshold 1.01) after 2 attempts" in body["error"]["message"]
+    children = body["children"]
+    assert [(c["phase"], c["attempt"], c["status"], c["passed"]) for c in children] == [
+        (1, 1, "succeeded", False), (1, 2, "succeeded", False)]
+    assert children[0]["seed"] == 7 and children[1]["seed"] != 7
+    assert all(c["threshold"] == 1.01 for c in children)
+
+
+async def test_cancel_mid_chain_cancels_the_child_and_stops(srv):
+    job = await orchestrate(srv, threshold=0.0, max_retries=0, steps=6)
+    parent = job["job_id"]
+
+    async def running_child():
+        body = await status(srv, parent)
+        kids = [c for c in body.get("children") or [] if c["status"] == "running"]
+        return kids[0] if kids and body["progress"]["percent"] > 0 else None
+
+    child = await wait_for(running_child)
+    t0 = time.monotonic()
+    code, body = await call(srv, "DELETE", f"{API}/generation/{parent}", token=srv.admin)
+    assert code == 200 and body["status"] == "cancelled", body
+    assert time.monotonic() - t0 < 5
+    body = await status(srv, parent)
+    assert body["status"] == "cancelled" and body["error"]["type"] == "Cancelled"
+    assert [c["status"] for c in body["children"]] == ["cancelled"] and body["children"][0]["job_id"] == child["job_id"]
+    await asyncio.sleep(0.3)
+    assert len((await status(srv, parent))["children"]) == 1  # no further phase started
+    # the kernel is free for the next job
+    code, data = await call(srv, "POST", f"{API}/generate", {"prompt": "test:progress", "steps": 2})
+    assert code == 202
+    done = await wait_for(lambda: _terminal(srv, data["job_id"]))
+    assert done == "succeeded"
+
+
+async def _terminal(srv, job_id):
+    job = srv.service.store.get(job_id)
+    return job.status.value if job.terminal else None
+
+
+def _json(body):
+    return json.loads(body) if isinstance(body, (bytes, str)) else body
