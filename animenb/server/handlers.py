@@ -343,6 +343,8 @@ default_handlers = [
     (rf"{API}/gallery/?", GalleryHandler),
     (rf"{API}/phases/?", PhasesHandler),
     (rf"{API}/generate/?", GenerateHandler),
+    (rf"{API}/orchestrate/?", "animenb.server.orchestrate_handler.OrchestrateHandler"),
+    (rf"{API}/generation/{JOB_ID}/status/?", "animenb.server.orchestrate_handler.StatusWithChildrenHandler"),
     (rf"{API}/generation/{JOB_ID}/status/?", StatusHandler),
     (rf"{API}/generation/{JOB_ID}/?", GenerationHandler),
     (rf"{API}/outputs/(.+)", OutputHandler),
