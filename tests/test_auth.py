@@ -117,7 +117,7 @@ async def test_cancel_rules_and_visibility_field(srv):
     code, body, _ = await call(srv, "DELETE", f"{API}/generation/{public['job_id']}", token=tok["alice"])
     assert code == 200 and body["status"] == "cancelled"
     code, body, _ = await call(srv, "DELETE", f"{API}/generation/{blocker['job_id']}", token=tok["root"])
-    assert code == 200 and body["status"] == "cancelled"
+    assert code == 200 and (await wait_done(srv, blocker["job_id"])).status.value == "cancelled"
     anon = await submit(srv, prompt="test:echo anyone may cancel")  # anonymous jobs: anyone
     code, body, _ = await call(srv, "DELETE", f"{API}/generation/{anon['job_id']}", token=tok["bob"])
     assert code in (200, 409)

@@ -55,6 +55,7 @@ class ServerConfig:
     quality_notebook: str | Path | bool | None = True
     cancel_grace: float = 1.0
     kernel_env: dict | None = None     # extra environment of the kernels, e.g. {"OMP_NUM_THREADS": "1"}
+    notebooks_dir: str | Path | None = None  # phase notebooks (None: the checkout's notebooks/)
     max_queue: int = 512               # queued jobs in all; beyond it POST /generate answers 429 + Retry-After
     max_queued_per_user: int = 64      # queued jobs per owner ("anonymous" callers share one allowance)
 
@@ -153,6 +154,7 @@ class AnimeService:
             self.store, self.bus, outputs_dir=self.outputs_dir, devices=self.config.devices, models=self.config.models,
             backend=self.config.backend, notebook_for=self.config.notebook_for,
             quality_notebook=self.config.quality_notebook, warm=self.config.warm,
+            notebooks_dir=self.config.notebooks_dir,
             cancel_grace=self.config.cancel_grace, kernel_env=kernel_env)
         self.models = model_label(self.config.models)
         self.gpu = GpuProbe()

@@ -212,7 +212,8 @@ class GenerationHandler(BaseHandler):
 
 def _safe_relative(path: str) -> bool:
     parts = path.split("/")
-    return bool(path) and "\\" not in path and all(p and not p.startswith(".") for p in parts)
+    return (bool(path) and "\\" not in path and not any(ord(c) < 32 for c in path)
+            and all(p and not p.startswith(".") for p in parts))
 
 
 class OutputHandler(JSONErrorMixin, AuthMixin, tornado.web.StaticFileHandler):
@@ -281,9 +282,11 @@ class ThumbnailHandler(BaseHandler):
 
     async def get(self, job_id: str, rel: str) -> None:
         self.get_job(job_id)
+        if not _safe_relative(rel):
+            raise APIError(404, "file_not_found", "No such output file.", "file")
         root = (self.service.outputs_dir / job_id).resolve()
         source = (root / rel).resolve()
-        if not _safe_relative(rel) or root not in source.parents or not source.is_file():
+        if root not in source.parents or not source.is_file():
             raise APIError(404, "file_not_found", "No such output file.", "file")
         if source.suffix.lower() not in views.IMAGE_SUFFIXES | views.VIDEO_SUFFIXES:
             raise APIError(404, "no_thumbnail", "Thumbnails exist for images and videos only.", "file")
