@@ -64,6 +64,21 @@ def _define() -> None:
 
             progress_callback = Any(None, allow_none=True)
             cancel_event = Any(None, allow_none=True)
+            # The warm kernel's language_info, cached after its first job: saves the kernel_info round
+            # trip papermill makes after every notebook just to copy this into the metadata.
+            language_info = Any(None, allow_none=True)
+
+            def execute(self, **kwargs):
+                if self.language_info is None:
+                    return super().execute(**kwargs)
+                # Copied from papermill.clientwrap.PapermillNotebookClient.execute, minus kernel_info().
+                self.reset_execution_trackers()
+                with self.setup_kernel(**kwargs):
+                    self.log.info(f"Executing notebook with kernel: {self.kernel_name}")
+                    self.papermill_execute_cells()
+                    self.nb.metadata["language_info"] = self.language_info
+                    self.set_widgets_metadata()
+                return self.nb
 
             def process_message(self, msg, cell, cell_index):
                 if msg.get("msg_type") in ("display_data", "update_display_data"):
@@ -123,9 +138,14 @@ def _define() -> None:
                 )
                 if warm_kernel is None:
                     return AnimenbNotebookClient(nb_man, **final_kwargs).execute()
-                client = AnimenbNotebookClient(nb_man, km=warm_kernel.km, **final_kwargs)
+                client = AnimenbNotebookClient(nb_man, km=warm_kernel.km,
+                                               language_info=getattr(warm_kernel, "language_info", None),
+                                               **final_kwargs)
                 client.kc = warm_kernel.kc  # skips start_new_kernel_client: no new channels, no ready wait
-                return client.execute(cleanup_kc=False)
+                nb = client.execute(cleanup_kc=False)
+                if getattr(warm_kernel, "language_info", None) is None and nb.metadata.get("language_info"):
+                    warm_kernel.language_info = dict(nb.metadata["language_info"])
+                return nb
 
         for klass in (AnimenbNotebookClient, WarmKernelEngine):
             klass.__qualname__ = klass.__name__

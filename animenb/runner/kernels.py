@@ -8,7 +8,10 @@ same thread must start the kernel, reset it and run papermill on it. Only
 `interrupt()` is called from elsewhere (it sends SIGINT to the kernel process).
 
 Between jobs `reset()` deletes every user-namespace name added since the baseline taken
-at start-up (cheap, ~1 ms; `%reset -f` costs ~44 ms) and drops the output cache.
+at start-up (cheap, ~1 ms; `%reset -f` costs ~44 ms) and drops the output cache. The runner
+resets right after a job ends (`reset_after_job`, queued on the kernel thread while the server
+records the outcome), so the next job finds the kernel `clean` and skips the round trip;
+`ensure_clean()` resets only when that has not happened.
 Imported modules, and so the module-level model cache in `sys.modules`, survive.
 A dead kernel is replaced by a fresh one (`restart()`); the models reload there.
 
@@ -83,6 +86,8 @@ class WarmKernel:
         self.jobs_run = 0
         self.started_at: float | None = None
         self.busy = False
+        self.clean = False          # True after a reset, until the next job starts on the kernel
+        self.language_info = None   # cached by the engine after the first job (see engine.py)
         self._lock = threading.Lock()
 
     # -- state, any thread ------------------------------------------------------------
@@ -129,9 +134,10 @@ class WarmKernel:
         run_sync(self._astart)()
 
     def restart(self) -> None:
-        """Replace the kernel (dead or wedged) with a fresh one."""
+        """Replace the kernel (dead or wedged) with a fresh one (its namespace is clean)."""
         self.shutdown()
         self.start()
+        self.clean = True
 
     def shutdown(self) -> None:
         from jupyter_core.utils import run_sync
@@ -146,6 +152,23 @@ class WarmKernel:
             self.restart()
             return
         run_sync(self._arun_silent)(RESET_CODE, 30.0)
+        self.clean = True
+
+    def ensure_clean(self) -> None:
+        """Reset unless already reset since the last job (then only check the kernel is alive)."""
+        if self.clean and self.ready and self.is_alive():
+            return
+        self.reset()
+
+    def reset_after_job(self) -> None:
+        """The eager reset queued after a job; never raises (the next job's `ensure_clean` retries)."""
+        if self.clean:
+            return
+        try:
+            self.reset()
+        except Exception:
+            self.clean = False
+            log.debug("reset after job on kernel %s failed", self.device, exc_info=True)
 
     def is_alive(self) -> bool:
         from jupyter_core.utils import run_sync
@@ -176,6 +199,8 @@ class WarmKernel:
         kc.allow_stdin = False
         self.km, self.kc = km, kc
         await self._arun_silent(BASELINE_CODE, self.startup_timeout)
+        self.language_info = None
+        self.clean = True
         self.starts += 1
         self.started_at = time.time()
         log.info("warm kernel %s started (pid %s) in %.0f ms", self.device, self.pid(),

@@ -327,6 +327,8 @@ class JobRunner:
         finally:
             self.running.pop(job.id, None)
         kernel.jobs_run += 1
+        if self.warm and not self._stopping:  # reset now, off the next job's path (same kernel thread)
+            loop.run_in_executor(kernel.executor, kernel.reset_after_job)
         self._publish_finished(final, duration=time.perf_counter() - t0)
 
     def _execute(self, kernel: WarmKernel, ctx: RunningJob, notebook: Path, output: Path, params: dict,
@@ -347,9 +349,10 @@ class JobRunner:
                 from .engine import JobCancelled
                 raise JobCancelled("cancelled before start")
             if self.warm:
-                kernel.reset()
+                kernel.ensure_clean()   # usually already reset right after the previous job
             else:
                 kernel.restart()
+            kernel.clean = False
             pm.execute_notebook(
                 str(notebook), str(output), parameters=params, engine_name="animenb", progress_bar=False,
                 request_save_on_cell_execute=False, warm_kernel=kernel, progress_callback=on_progress,
