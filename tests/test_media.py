@@ -7,6 +7,18 @@ from animenb import media
 
 
 def _frames(n, size=32):
+    """Frame i: value i * 10 in the top-left pixel, over a gradient (flat frames would quantize alike)."""
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    frames = []
+    for i in range(n):
+        pixels = np.stack([np.add.outer(ramp, ramp * 0.5) % 256, np.tile(ramp, (size, 1)),
+                           np.full((size, size), (i * 37) % 256)], axis=-1).astype(np.uint8)
+        pixels[0, 0] = i * 10
+        frames.append(Image.fromarray(pixels))
+    return frames
+
+
+def _flat(n, size=32):
     return [Image.fromarray(np.full((size, size, 3), i * 10, np.uint8)) for i in range(n)]
 
 
@@ -42,7 +54,7 @@ def test_png_carries_parameters(tmp_path):
 
 def test_close_loop_makes_wraparound_an_ordinary_step():
     # A linear ramp generated past the loop length: 0, 10, ..., 190 (16 + 4 frames).
-    raw = _frames(20)
+    raw = _flat(20)
     loop = media.close_loop(raw, 16)
     values = [int(np.asarray(f)[0, 0, 0]) for f in loop]
     assert len(loop) == 16
@@ -53,7 +65,7 @@ def test_close_loop_makes_wraparound_an_ordinary_step():
 
 
 def test_retime_hits_exact_count_and_endpoints():
-    out = media.retime(_frames(25), seconds=5.0, fps=24)
+    out = media.retime(_flat(25), seconds=5.0, fps=24)
     assert len(out) == 120
     assert np.asarray(out[0])[0, 0, 0] == 0 and np.asarray(out[-1])[0, 0, 0] == 240
     means = [np.asarray(f).mean() for f in out]
