@@ -86,3 +86,49 @@ def test_engine_registered_and_runs_cold_dropping_progress(tmp_path):
     nb = nbformat.read(out, as_version=4)
     assert not any(PROGRESS_MIME in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     assert (tmp_path / "o" / "manifest.json").is_file()
+
+
+def test_warm_kernel_reset_after_job_and_cached_language_info(tmp_path):
+    """The eager reset after a job leaves the next job a clean namespace (modules stay imported); the second
+    notebook gets language_info from the cache, not from a kernel_info round trip."""
+    import threading
+
+    import papermill as pm
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from animenb.runner.kernels import WarmKernel
+
+    def notebook(name, *sources):
+        nb = new_notebook(cells=[new_code_cell(s) for s in sources])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        path = tmp_path / f"{name}.ipynb"
+        nbformat.write(nb, path)
+        return path
+
+    first = notebook("first", "import json\nleak = 41")
+    second = notebook("second", "assert 'leak' not in globals(), 'namespace not reset'\nimport json\nprint(json.dumps(1))")
+    kernel = WarmKernel("cpu")
+    kernel.start()
+    try:
+        assert kernel.clean and kernel.language_info is None
+        runs = []
+        for path in (first, second):
+            kernel.ensure_clean()
+            kernel.clean = False
+            out = tmp_path / f"out-{path.name}"
+            requests = []
+            original = kernel.kc.kernel_info
+            kernel.kc.kernel_info = lambda *a, **k: requests.append(1) or original(*a, **k)
+            pm.execute_notebook(str(path), str(out), engine_name="animenb", progress_bar=False,
+                                request_save_on_cell_execute=False, warm_kernel=kernel,
+                                cancel_event=threading.Event())
+            kernel.kc.kernel_info = original
+            runs.append((nbformat.read(out, as_version=4), len(requests)))
+            kernel.reset_after_job()
+            assert kernel.clean
+        (nb1, info1), (nb2, info2) = runs
+        assert info1 == 1 and info2 == 0
+        assert nb2.metadata["language_info"]["name"] == "python" == nb1.metadata["language_info"]["name"]
+        assert nb2.cells[0].outputs[0]["text"] == "1\n"
+    finally:
+        kernel.shutdown()
