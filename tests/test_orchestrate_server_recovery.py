@@ -1,8 +1,11 @@
-"""Restart policy of orchestration parents (animenb.runner.orchestration), without a server."""
+"""Restart policy of orchestration parents (animenb.runner.orchestration): the policy on a bare store,
+then a real server stopped mid-chain and started again."""
 from __future__ import annotations
 
 import json
 from types import SimpleNamespace
+
+import pytest
 
 from animenb.runner.events import EventBus
 from animenb.runner.orchestration import (MAX_RESUMES, ORCHESTRATION_KIND, RECORD_NAME, Orchestrator,
@@ -42,7 +45,7 @@ def test_a_running_parent_is_requeued_and_its_active_children_settled(tmp_path):
     done = make_child(runner, parent.id, 1, 1, JobStatus.SUCCEEDED, {"score": 0.9, "passed": True, "threshold": 0.5})
     running = make_child(runner, parent.id, 2, 1, JobStatus.RUNNING)
     queued = make_child(runner, parent.id, 2, 2, JobStatus.QUEUED)
-    (tmp_path / parent.id / RECORD_NAME).write_text(json.dumps({"children": [done.id, running.id, queued.id]}))
+    (tmp_path / parent.id / RECORD_NAME).write_text(json.dumps({"children": [done.id, running.id]}))  # queued: by parent_id
     other = store.create(phase=1, parameters={"prompt": "q"})  # an ordinary queued job: untouched
 
     changed = recover_orchestrations(runner)
@@ -78,3 +81,41 @@ def test_a_parent_that_keeps_crashing_becomes_lost(tmp_path):
     recover_orchestrations(runner)
     job = runner.store.get(parent.id)
     assert job.status is JobStatus.LOST and "not resumed again" in job.error.message
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(300)
+async def test_server_restart_mid_chain_resumes_from_finished_children(tmp_path, start_live_server):
+    """Stop the server while phase 2 runs; the next server re-queues the parent, marks the running child
+    lost and resumes: phase 1 is not run again, phase 2 attempt 1 runs again with the same seed."""
+    import asyncio
+    import time
+
+    body = {"prompt": "anime girl", "seed": 3, "steps": 4, "width": 64, "height": 64, "threshold": 0.0,
+            "max_retries": 0, "visibility": "public"}
+    async with start_live_server(tmp_path, models="tiny") as srv:
+        _, token = srv.service.tokens.create("restart-admin", "admin")
+        resp = await srv.client.fetch(srv.base + "/api/anime/orchestrate", method="POST", body=json.dumps(body),
+                                      headers={"Authorization": f"Bearer {token}",
+                                               "Content-Type": "application/json"})
+        parent_id = json.loads(resp.body)["job_id"]
+        store = srv.service.store
+        deadline = time.monotonic() + 120
+        while True:
+            kids = [j for j in store.list(limit=50)[0] if j.parent_id == parent_id]
+            if any(j.phase == 2 and j.status is JobStatus.RUNNING for j in kids):
+                break
+            assert time.monotonic() < deadline, kids
+            await asyncio.sleep(0.05)
+    async with start_live_server(tmp_path, models="tiny") as srv:
+        store = srv.service.store
+        deadline = time.monotonic() + 120
+        while not (parent := store.get(parent_id)).terminal:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert parent.status is JobStatus.SUCCEEDED and parent.requeues == 1, parent
+        kids = sorted((j for j in store.list(limit=50)[0] if j.parent_id == parent_id), key=lambda j: j.seq)
+        assert [(j.phase, j.status.value) for j in kids] == [(1, "succeeded"), (2, "lost"), (2, "succeeded"),
+                                                             (3, "succeeded")]
+        assert kids[1].parameters["seed"] == kids[2].parameters["seed"]
+        assert parent.outputs["children"] == [j.id for j in kids]

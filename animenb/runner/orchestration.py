@@ -156,6 +156,7 @@ class Orchestrator:
                                                               f"{step.phase} attempt {step.attempt} started."))
                 self.phase, self.attempt, self.fraction = get_phase(step.phase), step.attempt, 0.0
                 child = self._submit_child(step.phase, step.attempt, passed)
+                self._save_record(history, "running", "")  # the child is on record before it runs
                 self._emit("queued")
                 done = await self._wait_child(child)
                 history_row = self._verdict(done)
@@ -449,9 +450,19 @@ def recover_orchestrations(runner: "JobRunner") -> list[JobRecord]:
         parents += [j for j in page if j.kind == ORCHESTRATION_KIND]
         if cursor is None:
             break
+    active: list[JobRecord] = []  # children are found by parent_id too, in case the record missed one
+    if parents:
+        cursor = None
+        while True:
+            page, cursor = store.list(status=["queued", "running"], limit=500, cursor=cursor)
+            active += [j for j in page if j.parent_id]
+            if cursor is None:
+                break
     for parent in parents:
         record = read_record(runner.outputs_dir / parent.id) or {}
-        for child_id in record.get("children", []):
+        ids = [i for i in record.get("children", []) if isinstance(i, str)]
+        ids += [j.id for j in active if j.parent_id == parent.id and j.id not in ids]
+        for child_id in ids:
             try:
                 child = store.get(child_id)
             except JobNotFoundError:
