@@ -1,6 +1,7 @@
 """ComfyUIBackend against a real ComfyUI 0.3.75 (installed at test time, see tests/comfyui/)."""
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import threading
@@ -196,3 +197,28 @@ def test_concurrent_callers_take_turns(backend):
     for thread in threads:
         thread.join(120)
     assert sorted(results) == [11, 12] and results[11].tobytes() != results[12].tobytes()
+
+
+async def test_server_job_on_the_comfyui_backend(comfyui_packs_server, tmp_path, start_live_server):
+    """A /generate job with `backend: comfyui` runs the phase notebook against the real ComfyUI."""
+    async with start_live_server(tmp_path, comfyui_url=comfyui_packs_server.url) as srv:
+        code, health, _ = await srv.request("GET", "/api/anime/health")
+        assert health["components"]["comfyui"]["status"] == "healthy"
+        code, body, _ = await srv.request("POST", "/api/anime/generate", {
+            "prompt": "a girl with red hair", "backend": "comfyui", "steps": 2, "width": 64, "height": 64})
+        assert code == 202, body
+        for _ in range(600):
+            code, status, _ = await srv.request("GET", f"/api/anime/generation/{body['job_id']}/status")
+            if status["status"] not in ("queued", "running"):
+                break
+            await asyncio.sleep(0.2)
+        assert status["status"] == "succeeded", status["error"]
+        code, manifest, _ = await srv.request("GET", f"/api/anime/outputs/{body['job_id']}/manifest.json")
+        assert manifest["backend"]["backend"] == "comfyui" and len(manifest["outputs"]["poses"]) == 8
+
+
+async def test_server_refuses_comfyui_jobs_without_a_comfyui_server(tmp_path, start_live_server):
+    async with start_live_server(tmp_path) as srv:
+        code, body, _ = await srv.request("POST", "/api/anime/generate", {"prompt": "x", "backend": "comfyui"})
+        assert code == 422 and body["error"]["code"] == "comfyui_not_configured"
+        assert body["error"]["field"] == "backend"

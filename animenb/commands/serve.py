@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     # The notebooks' kernels read these too: set them before anything starts.
     if args.home:
         os.environ["ANIMENB_HOME"] = os.path.abspath(os.path.expanduser(args.home))
+    if args.backend == "comfyui" and not args.comfyui_url:
+        raise ValueError("--backend comfyui needs --comfyui-url URL (the ComfyUI server to drive).")
     if args.models:
         os.environ["ANIMENB_MODELS"] = args.models
     if args.outputs:

@@ -55,12 +55,21 @@ def to_papermill(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def phase_parameters(request: Mapping[str, Any], *, output_dir: str | Path, models: str,
-                     backend: str | None = None) -> dict[str, Any]:
-    """The parameters of a phase notebook: the validated request fields plus where and with what to run."""
+                     backend: str | None = None, comfyui_url: str | None = None) -> dict[str, Any]:
+    """The parameters of a phase notebook: the validated request fields plus where and with what to run.
+
+    The request's own `backend` wins over the server default; the ComfyUI backend gets the
+    server's `comfyui_url`.
+    """
     values = dict(request)
     values.pop("phase", None)
     values["output_dir"] = str(Path(output_dir).resolve())
     values["models"] = str(models)
+    backend = values.get("backend") or backend
     if backend:
         values["backend"] = str(backend)
+    if backend == "comfyui":
+        if not comfyui_url:
+            raise ParameterError("backend `comfyui` needs the server's --comfyui-url.")
+        values["comfyui_url"] = str(comfyui_url)
     return to_papermill(values)

@@ -85,7 +85,8 @@ def output_files(out_dir: Path) -> list[str]:
 class JobRunner:
     def __init__(self, store: JobStoreBase, bus: EventBus | None = None, *, outputs_dir: str | Path | None = None,
                  kernels: KernelPool | None = None, devices: list[str] | None = None, models: str | None = None,
-                 backend: str | None = None, notebooks_dir: str | Path | None = None,
+                 backend: str | None = None, comfyui_url: str | None = None,
+                 notebooks_dir: str | Path | None = None,
                  notebook_for: Callable[[JobRecord], Path] | None = None,
                  quality_notebook: str | Path | None | bool = True, quality_threshold: float | None = None,
                  warm: bool = True, progress_interval: float = 0.25, cancel_grace: float = 1.0,
@@ -95,6 +96,7 @@ class JobRunner:
         self.outputs_dir = Path(outputs_dir or config.outputs_dir()).resolve()
         self.models = models or config.default_profile()
         self.backend = backend
+        self.comfyui_url = comfyui_url
         self.notebooks_dir = Path(notebooks_dir or config.notebooks_dir())
         self.notebook_for = notebook_for or default_notebook_for(self.notebooks_dir)
         if quality_notebook is True:
@@ -300,7 +302,8 @@ class JobRunner:
         t0 = time.perf_counter()
         status, error, outputs = JobStatus.SUCCEEDED, None, None
         try:
-            params = phase_parameters(job.parameters, output_dir=out_dir, models=self.models, backend=self.backend)
+            params = phase_parameters(job.parameters, output_dir=out_dir, models=self.models, backend=self.backend,
+                                      comfyui_url=self.comfyui_url)
             notebook = Path(self.notebook_for(job))
             await loop.run_in_executor(kernel.executor, self._execute, kernel, ctx, notebook,
                                        out_dir / NOTEBOOK_NAME, params)

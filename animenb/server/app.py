@@ -152,7 +152,7 @@ class AnimeService:
         kernel_env = {"ANIMENB_HOME": str(self.home), **(self.config.kernel_env or {})}
         self.runner = JobRunner(
             self.store, self.bus, outputs_dir=self.outputs_dir, devices=self.config.devices, models=self.config.models,
-            backend=self.config.backend, notebook_for=self.config.notebook_for,
+            backend=self.config.backend, comfyui_url=self.config.comfyui_url, notebook_for=self.config.notebook_for,
             quality_notebook=self.config.quality_notebook, warm=self.config.warm,
             notebooks_dir=self.config.notebooks_dir,
             cancel_grace=self.config.cancel_grace, kernel_env=kernel_env)

@@ -174,6 +174,9 @@ class GenerateHandler(BaseHandler):
     def post(self) -> None:
         data = parse_json_body(self.request.body, self.request.headers.get("Content-Type"))
         phase, values, visibility = validate_generate(data, self.service.outputs_dir)
+        if values.get("backend") == "comfyui" and not self.service.config.comfyui_url:
+            raise APIError(422, "comfyui_not_configured", "`backend` comfyui needs a ComfyUI server: start animenb "
+                           "serve with --comfyui-url URL.", "backend")
         identity = self.current_user
         if "visibility" not in data and identity is not None:
             visibility = "private"  # a token's jobs are its own unless it says "public"

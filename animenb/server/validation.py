@@ -101,6 +101,7 @@ FIELDS: dict[str, Field] = {
     "seed": Field(lambda f, v: _int(f, v, 0, SEED_LIMIT - 1), default=lambda: secrets.randbelow(2**32)),
     "guidance_scale": Field(lambda f, v: _float(f, v, 0.0, 30.0)),
     "scheduler": Field(lambda f, v: _choice(f, v, SCHEDULERS)),
+    "backend": Field(lambda f, v: _choice(f, v, ("diffusers", "comfyui"))),  # default: the server's --backend
     "reference_image": Field(lambda f, v: v, phases=frozenset({1, 2})),  # resolved against outputs
     "frames": Field(lambda f, v: _int(f, v, 2, 64), phases=frozenset({2, 3})),
     "fps": Field(lambda f, v: _int(f, v, 1, 60), phases=frozenset({2, 3})),
