@@ -280,6 +280,11 @@ async def test_real_phases_tiny_end_to_end(srv):
     code, gallery, _ = await srv.request("GET", "/api/anime/gallery")
     phases = {i["phase"] for i in gallery["gallery"] if i["job_id"] in (sheet["job_id"], loop["job_id"], video["job_id"])}
     assert phases == {1, 2, 3}
+    code, loops, _ = await srv.request("GET", "/api/anime/gallery?phase=ANIMATION_LOOP&limit=1")
+    assert code == 200 and [i["job_id"] for i in loops["gallery"]] == [loop["job_id"]]  # filtered before paging
+    assert loops["count"] == 1
+    code, bad, _ = await srv.request("GET", "/api/anime/gallery?phase=9")
+    assert code == 422 and bad["error"]["field"] == "phase"
     item = next(i for i in gallery["gallery"] if i["job_id"] == video["job_id"])
     assert item["url"] and item["thumbnail_url"]
     code, thumb, _ = await srv.request("GET", item["thumbnail_url"])

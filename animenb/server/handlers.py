@@ -16,6 +16,7 @@ from typing import Any
 import tornado.web
 from tornado.web import HTTPError
 
+from animenb.phases.catalog import get_phase
 from animenb.store import JobNotFoundError, JobStatus
 
 from . import views
@@ -135,13 +136,15 @@ class GalleryHandler(BaseHandler):
         limit = parse_limit(self.get_query_argument("limit", None), default=24)
         cursor = parse_cursor(self.get_query_argument("cursor", None))
         phase = self.get_query_argument("phase", None)
-        jobs, next_cursor = store.list(status="succeeded", visibility="public", limit=limit, cursor=cursor)
-        items = [views.gallery_item(j) for j in jobs]
         if phase:
-            items = [i for i in items if str(i["phase"]) == phase or i["phase_name"] == phase.upper()]
-        self.write_json({"message": "Public gallery", "gallery": items,
-                         "count": store.count(status="succeeded", visibility="public"),
-                         "limit": limit, "next_cursor": next_cursor})
+            try:
+                phase = get_phase(phase).id
+            except ValueError as exc:
+                raise APIError(422, "invalid_value", str(exc), "phase") from None
+        query = dict(status="succeeded", visibility="public", phase=phase)
+        jobs, next_cursor = store.list(**query, limit=limit, cursor=cursor)
+        self.write_json({"message": "Public gallery", "gallery": [views.gallery_item(j) for j in jobs],
+                         "count": store.count(**query), "limit": limit, "next_cursor": next_cursor})
 
 
 class PhasesHandler(BaseHandler):

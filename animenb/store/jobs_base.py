@@ -29,13 +29,13 @@ class JobStoreBase(ABC):
 
     @abstractmethod
     def list(self, *, status: str | Iterable[str] | None = None, owner: str | None = None,
-             visibility: str | None = None, limit: int = 50,
+             visibility: str | None = None, phase: int | None = None, limit: int = 50,
              cursor: str | None = None) -> tuple[list[JobRecord], str | None]:
         """Newest first. Returns (page, next_cursor); pass next_cursor back for the next page."""
 
     @abstractmethod
     def count(self, *, status: str | Iterable[str] | None = None, owner: str | None = None,
-              visibility: str | None = None) -> int:
+              visibility: str | None = None, phase: int | None = None) -> int:
         """How many jobs match."""
 
     @abstractmethod

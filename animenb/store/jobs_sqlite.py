@@ -72,8 +72,11 @@ class SqliteJobStore(JobStoreBase):
             updated_at=row["updated_at"], extra=json.loads(row["extra"]))
 
     @staticmethod
-    def _where(status=None, owner=None, visibility=None) -> tuple[list[str], list[Any]]:
+    def _where(status=None, owner=None, visibility=None, phase=None) -> tuple[list[str], list[Any]]:
         clauses, args = [], []
+        if phase is not None:
+            clauses.append("phase = ?")
+            args.append(int(phase))
         if status is not None:
             statuses = [status] if isinstance(status, (str, JobStatus)) else list(status)
             statuses = [JobStatus(s).value for s in statuses]
@@ -113,9 +116,9 @@ class SqliteJobStore(JobStoreBase):
         with self.db.transaction() as cur:
             return self._get(cur, job_id)
 
-    def list(self, *, status=None, owner=None, visibility=None, limit=50, cursor=None):
+    def list(self, *, status=None, owner=None, visibility=None, phase=None, limit=50, cursor=None):
         limit = max(1, min(int(limit), MAX_PAGE))
-        clauses, args = self._where(status, owner, visibility)
+        clauses, args = self._where(status, owner, visibility, phase)
         if cursor is not None:
             try:
                 clauses.append("seq < ?")
@@ -129,8 +132,8 @@ class SqliteJobStore(JobStoreBase):
         next_cursor = str(records[-1].seq) if len(rows) > limit else None
         return records, next_cursor
 
-    def count(self, *, status=None, owner=None, visibility=None) -> int:
-        clauses, args = self._where(status, owner, visibility)
+    def count(self, *, status=None, owner=None, visibility=None, phase=None) -> int:
+        clauses, args = self._where(status, owner, visibility, phase)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self.db.transaction() as cur:
             return cur.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
