@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import pytest_asyncio
 
-from authkit import call, submit, wait_done
+from serverkit import call, submit, wait_done
 
 API = "/api/anime"
 

@@ -8,7 +8,7 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.httpclient import HTTPClientError
 
-from authkit import call, submit, wait_done, ws_messages
+from serverkit import call, submit, wait_done, ws_messages
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 API = "/api/anime"

@@ -10,14 +10,14 @@ CI=true where a missing browser is a failure. ANIMENB_CHROMIUM overrides the pat
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+
+from serverkit import submit, wait_status
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
 
@@ -42,21 +42,6 @@ async def srv(tmp_path_factory, start_live_server):
         yield server
 
 
-async def submit(srv, **body):
-    body = {"width": 64, "height": 64, "steps": 2, **body}
-    code, data, _ = await srv.request("POST", "/api/anime/generate", body)
-    assert code == 202, data
-    return data
-
-
-async def wait_done(srv, job_id, timeout=180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _, data, _ = await srv.request("GET", f"/api/anime/generation/{job_id}/status")
-        if data["status"] not in ("queued", "running"):
-            return data
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 # -- the page over plain HTTP (no browser needed) -----------------------------------------------
@@ -85,7 +70,7 @@ async def test_gallery_in_chromium(srv, tmp_path):
     from playwright.async_api import async_playwright
 
     finished = await submit(srv, prompt=HOSTILE_PROMPT, phase=1, seed=5)
-    status = await wait_done(srv, finished["job_id"])
+    status = await wait_status(srv, finished["job_id"])
     assert status["status"] == "succeeded", status["error"]
 
     async with async_playwright() as pw:

@@ -11,7 +11,7 @@ import uuid
 import pytest
 import pytest_asyncio
 
-from authkit import call, submit, wait_done, wait_running
+from serverkit import call, submit, wait_done, wait_running
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 API = "/api/anime"

@@ -15,9 +15,9 @@ import nbformat
 import pytest
 import pytest_asyncio
 from PIL import Image
-from tornado.websocket import websocket_connect
 
 from animenb.progress import PROGRESS_MIME
+from serverkit import submit, wait_status, ws_messages
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
 
@@ -26,37 +26,6 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)
 async def srv(tmp_path_factory, start_live_server):
     async with start_live_server(tmp_path_factory.mktemp("server"), models="tiny") as server:
         yield server
-
-
-async def submit(srv, **body):
-    body.setdefault("width", 64)
-    body.setdefault("height", 64)
-    body.setdefault("steps", 2)
-    code, data, headers = await srv.request("POST", "/api/anime/generate", body)
-    assert code == 202, data
-    return data
-
-
-async def wait_done(srv, job_id, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        code, data, _ = await srv.request("GET", f"/api/anime/generation/{job_id}/status")
-        if data["status"] not in ("queued", "running"):
-            return data
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {data}")
-
-
-async def collect_ws(url, timeout=60):
-    conn = await websocket_connect(url)
-    messages = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        msg = await asyncio.wait_for(conn.read_message(), timeout=deadline - time.monotonic())
-        if msg is None:
-            return messages, conn.close_code, conn.close_reason
-        messages.append(json.loads(msg))
-    raise AssertionError("websocket did not close")
 
 
 # -- the contract's quick test commands ----------------------------------------------------------------
@@ -86,13 +55,13 @@ async def test_quick_test_commands(srv):
     accepted = await submit(srv, prompt="test:echo anime girl", width=512, height=512, steps=10)
     assert accepted["status"] == "queued" and accepted["status_url"].endswith("/status")
     assert accepted["ws_url"].startswith("ws://127.0.0.1:")
-    assert (await wait_done(srv, accepted["job_id"]))["status"] == "succeeded"
+    assert (await wait_status(srv, accepted["job_id"]))["status"] == "succeeded"
 
 
 # -- generate -> status -> WebSocket progress -> output -> gallery -------------------------------------
 async def test_generate_progress_output_gallery(srv):
     job = await submit(srv, prompt="test:progress", steps=12, seed=7)
-    messages, close_code, _ = await collect_ws(job["ws_url"])
+    messages, close_code, _ = await ws_messages(job["ws_url"])
     assert messages[0]["event"] == "state" and messages[0]["state"]["job_id"] == job["job_id"]
     progress = [m for m in messages if m["event"] == "progress"]
     percents = [m["percent"] for m in progress]
@@ -104,7 +73,7 @@ async def test_generate_progress_output_gallery(srv):
     final = messages[-1]
     assert final["event"] == "finished" and final["status"] == "succeeded" and close_code == 1000
 
-    status = await wait_done(srv, job["job_id"])
+    status = await wait_status(srv, job["job_id"])
     assert status["status"] == "succeeded" and status["progress"]["percent"] == 100.0
     assert status["queue_position"] is None and status["error"] is None and status["finished_at"]
     image_url = next(u for u in status["outputs"] if u.endswith("image.png"))
@@ -128,13 +97,13 @@ async def test_generate_progress_output_gallery(srv):
 async def test_websocket_many_subscribers_and_unknown_job(srv):
     code, data, _ = await srv.request("POST", "/api/anime/generate", {"prompt": "test:sleep 0.02", "steps": 10})
     job_id = data["job_id"]
-    results = await asyncio.gather(*(collect_ws(data["ws_url"]) for _ in range(5)))
+    results = await asyncio.gather(*(ws_messages(data["ws_url"]) for _ in range(5)))
     for messages, close_code, _ in results:
         assert messages[-1]["event"] == "finished" and close_code == 1000
     # a late subscriber gets the state and the terminal event, then the close
-    messages, close_code, _ = await collect_ws(data["ws_url"])
+    messages, close_code, _ = await ws_messages(data["ws_url"])
     assert [m["event"] for m in messages] == ["state", "finished"] and close_code == 1000
-    messages, close_code, reason = await collect_ws(f"ws://127.0.0.1:{srv.port}/ws/job/{'0' * 32}")
+    messages, close_code, reason = await ws_messages(f"ws://127.0.0.1:{srv.port}/ws/job/{'0' * 32}")
     assert messages == [] and close_code == 4404 and reason == f"Job not found: {'0' * 32}"
     assert job_id
 
@@ -153,7 +122,7 @@ async def test_status_shows_live_progress_and_store_is_throttled(srv):
     await asyncio.sleep(0.4)
     stored = srv.service.store.get(job_id).progress
     assert stored.get("percent", 0) > 0  # persisted (throttled to <= 4 writes a second)
-    assert (await wait_done(srv, job_id))["status"] == "failed"  # sleep.ipynb writes no manifest
+    assert (await wait_status(srv, job_id))["status"] == "failed"  # sleep.ipynb writes no manifest
     assert srv.service.store.get(job_id).error.type == "MissingOutputError"
 
 
@@ -177,19 +146,19 @@ async def test_cancel_queued_and_running(srv):
     code, body, _ = await srv.request("DELETE", f"/api/anime/generation/{running['job_id']}")
     assert code == 409 and body["error"]["code"] == "job_finished"
     after = await submit(srv, prompt="test:progress", steps=2)
-    assert (await wait_done(srv, after["job_id"]))["status"] == "succeeded"
+    assert (await wait_status(srv, after["job_id"]))["status"] == "succeeded"
 
 
 # -- kernel death -------------------------------------------------------------------------------------
 async def test_kernel_death_fails_job_and_next_runs(srv):
     crash = await submit(srv, prompt="test:crash")
     nxt = await submit(srv, prompt="test:progress", steps=3)
-    status = await wait_done(srv, crash["job_id"])
+    status = await wait_status(srv, crash["job_id"])
     assert status["status"] == "failed" and status["error"]["type"] == "KernelDied"
     assert "died" in status["error"]["message"]
-    assert (await wait_done(srv, nxt["job_id"]))["status"] == "succeeded"
+    assert (await wait_status(srv, nxt["job_id"]))["status"] == "succeeded"
     error = await submit(srv, prompt="test:error")
-    status = await wait_done(srv, error["job_id"])
+    status = await wait_status(srv, error["job_id"])
     assert status["error"]["type"] == "ValueError"
     assert status["error"]["message"].startswith("ValueError: bad things in cell 2 (notebook cell")
 
@@ -266,7 +235,7 @@ async def test_jobs_pagination_and_filter(srv):
 @pytest.mark.slow
 async def test_real_phases_tiny_end_to_end(srv):
     sheet = await submit(srv, prompt="anime girl with blue hair", seed=1, phase=1)
-    status = await wait_done(srv, sheet["job_id"], timeout=240)
+    status = await wait_status(srv, sheet["job_id"], timeout=240)
     assert status["status"] == "succeeded", status["error"]
     assert any(u.endswith("manifest.json") for u in status["outputs"])
     if srv.service.runner._quality_applies(srv.service.store.get(sheet["job_id"])):
@@ -275,7 +244,7 @@ async def test_real_phases_tiny_end_to_end(srv):
                         reference_image=sheet["job_id"], frames=8, fps=8)
     video = await submit(srv, prompt="anime girl", seed=3, phase=3, image=sheet["job_id"], frames=4, seconds=1.0)
     for job in (loop, video):
-        status = await wait_done(srv, job["job_id"], timeout=240)
+        status = await wait_status(srv, job["job_id"], timeout=240)
         assert status["status"] == "succeeded", status["error"]
     code, gallery, _ = await srv.request("GET", "/api/anime/gallery")
     phases = {i["phase"] for i in gallery["gallery"] if i["job_id"] in (sheet["job_id"], loop["job_id"], video["job_id"])}

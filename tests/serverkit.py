@@ -1,4 +1,5 @@
-"""Helpers for the auth / hardening / admin tests: requests with tokens and headers, waiting for jobs."""
+"""Helpers for tests against a live server: requests with tokens and headers, submitting and waiting for jobs,
+reading a job WebSocket to its end."""
 from __future__ import annotations
 
 import asyncio
@@ -43,6 +44,17 @@ async def wait_done(srv, job_id: str, timeout: float = 120):
             return job
         await asyncio.sleep(0.03)
     raise AssertionError(f"job {job_id} did not finish: {srv.service.store.get(job_id)}")
+
+
+async def wait_status(srv, job_id: str, timeout: float = 180) -> dict:
+    """The job's /status body once it is terminal."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, data, _ = await call(srv, "GET", f"/api/anime/generation/{job_id}/status")
+        if data["status"] not in ("queued", "running"):
+            return data
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {data}")
 
 
 async def wait_running(srv, job_id: str, timeout: float = 60):
