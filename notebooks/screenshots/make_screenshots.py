@@ -1,6 +1,6 @@
-"""Regenerate the README screenshots (docs/gallery.png, docs/explorer.png), offline, tiny profile.
+"""Regenerate the README screenshots (notebooks/screenshots/gallery.png, explorer.png), offline, tiny profile.
 
-    .venv/bin/python docs/make_screenshots.py   # needs Debian's chromium (apt-get install -y chromium)
+    .venv/bin/python notebooks/screenshots/make_screenshots.py   # needs Debian's chromium (apt-get install -y chromium)
 
 gallery.png: a real server (animenb.server) runs phase 1 -> 2 -> 3 through the phase notebooks;
 then a longer phase-1 job starts and headless Chromium captures the page while it runs.
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DOCS = Path(__file__).resolve().parent
+SCREENSHOTS = Path(__file__).resolve().parent
 CHROMIUM = os.environ.get("ANIMENB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -99,7 +99,7 @@ async def gallery(tmp: Path) -> None:
                 arg=running, timeout=120_000)
             await page.wait_for_function("[...document.querySelectorAll('.card.finished img')]"
                                          ".every(i => i.complete && i.naturalWidth > 0)")
-            shrink(await page.screenshot(full_page=False), DOCS / "gallery.png")
+            shrink(await page.screenshot(full_page=False), SCREENSHOTS / "gallery.png")
             await browser.close()
         await done(running)
     finally:
@@ -183,14 +183,14 @@ async def explorer(tmp: Path) -> None:
     page_html = (f"<!doctype html><meta charset=utf-8><style>{CSS}</style>"
                  f'<div class="note">notebooks/00_explore.ipynb · the ExplorerPanel after Generate and Compare steps '
                  f"(tiny profile: random weights, images are noise) · widget state rendered as static HTML by "
-                 f"docs/make_screenshots.py</div>"
+                 f"notebooks/screenshots/make_screenshots.py</div>"
                  f'<div class="cell">panel = explore(prompt=prompt, phase=phase, steps=steps, seed=seed, models="tiny", '
                  f"compare_steps=[2, 4, 8, 15])\npanel</div>" + panel_html(panel.widget))
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         page = await browser.new_page(viewport={"width": 930, "height": 900})
         await page.set_content(page_html)
-        shrink(await page.screenshot(full_page=True), DOCS / "explorer.png")
+        shrink(await page.screenshot(full_page=True), SCREENSHOTS / "explorer.png")
         await browser.close()
 
 
