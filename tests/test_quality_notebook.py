@@ -5,7 +5,6 @@ from pathlib import Path
 
 import nbformat
 import papermill
-import pytest
 
 from animenb.manifest import read_manifest
 from animenb.quality import make_demo_run

@@ -1,6 +1,5 @@
 """Phase scores and gates on synthetic inputs; config, report, run directories."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from animenb import config
 from animenb.phases.catalog import PHASES, get_phase
-from animenb.store import (ACTIVE_STATES, InvalidTransitionError, JobError, JobNotFoundError, JobRecord,
+from animenb.store import (InvalidTransitionError, JobError, JobNotFoundError, JobRecord,
                            JobStatus, JobStoreBase)
 from animenb.store.jobs_sqlite import worker_name
 

@@ -16,17 +16,16 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-import os
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import tornado.web
 
-from animenb import __version__, config
+from animenb import config
 from animenb.runner.events import EventBus
 from animenb.runner.runner import JobRunner
 from animenb.store import JobRecord, SqliteJobStore

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 from pathlib import PurePosixPath
-from typing import Any
 from urllib.parse import quote
 
 from animenb import __version__

@@ -18,7 +18,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from .jobs_base import JobStoreBase
 from .jobs_common import (TERMINAL_STATES, TRANSITIONS, InvalidTransitionError, JobError, JobNotFoundError,
