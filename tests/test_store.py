@@ -74,6 +74,13 @@ def test_expected_guard_and_error_fields(store):
         store.get("nope")
 
 
+def test_claim_by_transition_records_the_worker(store):
+    """The runner's priority claim (orchestration children) goes through transition(), not claim_next()."""
+    job = store.create(phase=1, parameters={})
+    claimed = store.transition(job.id, JobStatus.RUNNING, expected=[JobStatus.QUEUED], worker="host:1/cuda:0")
+    assert claimed.status is JobStatus.RUNNING and claimed.attempts == 1 and claimed.worker == "host:1/cuda:0"
+
+
 def test_progress_only_while_running(store):
     job = store.create(phase=1, parameters={})
     assert not store.update_progress(job.id, {"percent": 5})

@@ -254,7 +254,7 @@ class JobRunner:
         while self._priority:
             job_id = self._priority.popleft()
             try:
-                return self.store.transition(job_id, JobStatus.RUNNING, expected=[JobStatus.QUEUED])
+                return self.store.transition(job_id, JobStatus.RUNNING, expected=[JobStatus.QUEUED], worker=worker)
             except (InvalidTransitionError, JobNotFoundError):
                 continue  # cancelled, or claimed through the queue meanwhile
         return None

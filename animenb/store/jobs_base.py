@@ -49,9 +49,9 @@ class JobStoreBase(ABC):
     @abstractmethod
     def transition(self, job_id: str, status: JobStatus | str, *, error: JobError | None = None,
                    outputs: dict[str, Any] | None = None, progress: dict[str, Any] | None = None,
-                   expected: Iterable[JobStatus | str] | None = None) -> JobRecord:
+                   expected: Iterable[JobStatus | str] | None = None, worker: str | None = None) -> JobRecord:
         """Change the status (guarded: `InvalidTransitionError` out of terminal states or, when
-        `expected` is given, out of any state not in it)."""
+        `expected` is given, out of any state not in it). `worker`: who claimed it (to running)."""
 
     @abstractmethod
     def update_progress(self, job_id: str, progress: dict[str, Any]) -> bool:

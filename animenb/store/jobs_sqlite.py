@@ -159,7 +159,8 @@ class SqliteJobStore(JobStoreBase):
                 """, (worker, now, now, row["id"]))
             return self._get(cur, row["id"])
 
-    def transition(self, job_id, status, *, error=None, outputs=None, progress=None, expected=None) -> JobRecord:
+    def transition(self, job_id, status, *, error=None, outputs=None, progress=None, expected=None,
+                   worker=None) -> JobRecord:
         status = JobStatus(status)
         now = time.time()
         with self.db.transaction() as cur:
@@ -179,6 +180,9 @@ class SqliteJobStore(JobStoreBase):
                 args.append(now)
             if status is JobStatus.QUEUED:  # re-queued after a crash
                 sets += ["started_at = NULL", "requeues = requeues + 1", "progress = '{}'"]
+            if worker is not None:
+                sets.append("worker = ?")
+                args.append(worker)
             if error is not None:
                 sets += ["error_type = ?", "error_message = ?"]
                 args += [error.type, error.message]
