@@ -449,7 +449,7 @@ class JobRunner:
                     "error": error.as_dict()}
 
     # -- outcome -----------------------------------------------------------------------------
-    def _classify(self, ctx: RunningJob, exc: BaseException) -> tuple[JobStatus, JobError]:
+    def _classify(self, ctx: RunningJob, exc: Exception) -> tuple[JobStatus, JobError]:
         from nbclient.exceptions import DeadKernelError
         from papermill.exceptions import PapermillExecutionError
 
@@ -462,8 +462,6 @@ class JobRunner:
         if isinstance(exc, PapermillExecutionError):
             return JobStatus.FAILED, JobError(exc.ename or "ExecutionError",
                                               f"{exc.ename}: {exc.evalue} (notebook cell {exc.cell_index})")
-        if isinstance(exc, asyncio.CancelledError):
-            return JobStatus.FAILED, JobError("ServerStopped", "The server stopped while the job was running.")
         return JobStatus.FAILED, JobError(type(exc).__name__, str(exc) or type(exc).__name__)
 
     def _publish_finished(self, job: JobRecord, duration: float | None = None) -> None:
