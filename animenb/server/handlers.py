@@ -273,14 +273,19 @@ def make_thumbnail(source: Path, target: Path, size: int = THUMBNAIL_SIZE) -> No
         finally:
             reader.close()
     else:
-        image = Image.open(source)
-        image.seek(0)
+        with Image.open(source) as opened:  # closes the file (an animated GIF keeps it open otherwise)
+            opened.seek(0)
+            image = opened.convert("RGB")
     image = image.convert("RGB")
     image.thumbnail((size, size))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, target)
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class ThumbnailHandler(BaseHandler):
