@@ -359,7 +359,6 @@ default_handlers = [
     (rf"{API}/generate/?", GenerateHandler),
     (rf"{API}/orchestrate/?", "animenb.server.orchestrate_handler.OrchestrateHandler"),
     (rf"{API}/generation/{JOB_ID}/status/?", "animenb.server.orchestrate_handler.StatusWithChildrenHandler"),
-    (rf"{API}/generation/{JOB_ID}/status/?", StatusHandler),
     (rf"{API}/generation/{JOB_ID}/?", GenerationHandler),
     (rf"{API}/outputs/(.+)", OutputHandler),
     (rf"{API}/thumbnails/{JOB_ID}/(?P<rel>.+)", ThumbnailHandler),
