@@ -75,6 +75,13 @@ class BaseHandler(JSONErrorMixin, AuthMixin, tornado.web.RequestHandler):
             raise APIError(404, "job_not_found", f"Job not found: {job_id}", "job_id")
         return job
 
+    def can_read_job(self, job_id: str) -> bool:
+        """Whether the caller may read (and so reuse the outputs of) job `job_id`."""
+        try:
+            return can_read(self.current_user, self.service.store.get(job_id))
+        except JobNotFoundError:
+            return False
+
     def status_body(self, job) -> dict:
         runner = self.service.runner
         return views.job_status(job, live_progress=runner.live_progress(job.id),
@@ -176,7 +183,7 @@ def check_queue_room(service, owner: str, *, exempt_from_user_limit: bool = Fals
 class GenerateHandler(BaseHandler):
     def post(self) -> None:
         data = parse_json_body(self.request.body, self.request.headers.get("Content-Type"))
-        phase, values, visibility = validate_generate(data, self.service.outputs_dir)
+        phase, values, visibility = validate_generate(data, self.service.outputs_dir, self.can_read_job)
         if values.get("backend") == "comfyui" and not self.service.config.comfyui_url:
             raise APIError(422, "comfyui_not_configured", "`backend` comfyui needs a ComfyUI server: start animenb "
                            "serve with --comfyui-url URL.", "backend")

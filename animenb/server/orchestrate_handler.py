@@ -42,7 +42,7 @@ def _threshold(field: str, value) -> float | None:
     return float(value)
 
 
-def validate_orchestrate(data: dict, outputs_dir, server_models: str) -> tuple[dict, str | None]:
+def validate_orchestrate(data: dict, outputs_dir, server_models: str, readable) -> tuple[dict, str | None]:
     """Returns (the parent's parameters, visibility if given)."""
     unknown = sorted(set(data) - set(ACCEPTED))
     if unknown:
@@ -59,7 +59,8 @@ def validate_orchestrate(data: dict, outputs_dir, server_models: str) -> tuple[d
             values[name] = spec.default()
     values.setdefault("seed", secrets.randbelow(2**32))
     if data.get("reference_image") is not None:
-        values["reference_image"] = resolve_output_ref("reference_image", data["reference_image"], outputs_dir)
+        values["reference_image"] = resolve_output_ref("reference_image", data["reference_image"], outputs_dir,
+                                                       readable)
     retries = data.get("max_retries", 2)
     if type(retries) is not int or not 0 <= retries <= MAX_RETRIES_LIMIT:
         raise invalid("max_retries", f"`max_retries` must be an integer in [0, {MAX_RETRIES_LIMIT}], got {retries!r}.")
@@ -97,7 +98,8 @@ class OrchestrateHandler(BaseHandler):
         from .handlers import check_queue_room
 
         data = parse_json_body(self.request.body, self.request.headers.get("Content-Type"))
-        values, visibility = validate_orchestrate(data, self.service.outputs_dir, self.service.runner.models)
+        values, visibility = validate_orchestrate(data, self.service.outputs_dir, self.service.runner.models,
+                                                 self.can_read_job)
         if visibility is None:  # like /generate: a token's jobs are its own unless it says "public"
             visibility = "private" if self.current_user is not None else "public"
         check_queue_room(self.service, self.user, exempt_from_user_limit=True)

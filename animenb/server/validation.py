@@ -149,12 +149,19 @@ def parse_json_body(body: bytes, content_type: str | None = None) -> dict:
     return data
 
 
-def resolve_output_ref(field: str, value: Any, outputs_dir: Path) -> str:
+# Whether the caller may read a job's outputs (job id -> bool): the handler's auth rules.
+Readable = Callable[[str], bool]
+
+
+def resolve_output_ref(field: str, value: Any, outputs_dir: Path, readable: Readable) -> str:
     """`<job_id>` (its output directory), `<job_id>/<file>` or `/api/anime/outputs/<job_id>/<file>`
-    -> an absolute path inside the outputs directory."""
+    -> an absolute path inside the outputs directory. A job the caller may not read is answered
+    like a job without outputs, so private jobs can't be reused (or probed) by others."""
     if type(value) is not str or not (m := OUTPUT_REF_RE.match(value)):
         raise invalid(field, f"`{field}` must name a previous job's output as `<job_id>`, `<job_id>/<file>` or "
                              f"its /api/anime/outputs/ URL, got {value!r}.")
+    if not readable(m["job_id"]):
+        raise invalid(field, f"`{field}`: job {m['job_id']} has no finished outputs.")
     root = (outputs_dir / m["job_id"]).resolve()
     if not m["path"]:
         if not (root / "manifest.json").is_file():
@@ -166,7 +173,7 @@ def resolve_output_ref(field: str, value: Any, outputs_dir: Path) -> str:
     return str(target)
 
 
-def validate_generate(data: dict, outputs_dir: Path) -> tuple[int, dict[str, Any], str]:
+def validate_generate(data: dict, outputs_dir: Path, readable: Readable) -> tuple[int, dict[str, Any], str]:
     """Returns (phase id, values for the notebook, visibility)."""
     try:
         phase = get_phase(data.get("phase", 1)).id
@@ -187,7 +194,7 @@ def validate_generate(data: dict, outputs_dir: Path) -> tuple[int, dict[str, Any
             if phase not in spec.phases:
                 raise invalid(name, f"`{name}` does not apply to phase {phase}.", code="unknown_field")
             value = spec.check(name, data[name])
-            values[name] = resolve_output_ref(name, value, outputs_dir) if name in PATH_FIELDS else value
+            values[name] = resolve_output_ref(name, value, outputs_dir, readable) if name in PATH_FIELDS else value
         elif spec.default is not None:
             values[name] = spec.default()
     return phase, values, visibility
