@@ -144,12 +144,14 @@ class Orchestrator:
     # -- the chain ------------------------------------------------------------------------
     async def _run(self) -> None:
         runner, parent = self.runner, self.parent
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        history, passed = self._resume()
         runner.bus.publish(JobStartedEvent(job_id=parent.id, phase=None, device="orchestrator",
                                            attempt=parent.attempts))
         status, error, reason = JobStatus.FAILED, None, ""
+        history: list[dict] = []
+        passed: dict[str, str] = {}
         try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            history, passed = self._resume()
             while (step := next_step(history, self.max_retries)).action == "run":
                 if self.cancel_requested:
                     raise _Stop(JobStatus.CANCELLED, JobError("Cancelled", "Cancelled before "
@@ -382,7 +384,13 @@ class Orchestrator:
                         "parameters": self.params, "seed": self.params.get("seed"), "status": status.value,
                         "reason": reason, "children": list(self.children), "record": RECORD_NAME,
                         "files": files, "quality": quality}
-            write_json_atomic(self.out_dir / "manifest.json", manifest)
+            try:
+                write_json_atomic(self.out_dir / "manifest.json", manifest)
+            except OSError as exc:  # e.g. a full disk: the parent fails clearly instead of staying running
+                log.exception("orchestration %s: could not write manifest.json", parent.id)
+                files, status = [], JobStatus.FAILED
+                reason = f"could not write the orchestration's manifest.json: {exc}"
+                error = JobError(type(exc).__name__, reason)
         outputs = {"files": runner_output_files(self.out_dir), "manifest": "manifest.json" if files else None,
                    "listed": files, "seed": self.params.get("seed"), "record": RECORD_NAME,
                    "children": list(self.children), "reason": reason, "quality": quality}

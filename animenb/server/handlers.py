@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import mimetypes
 import os
@@ -25,6 +26,7 @@ from .validation import (JOB_ID_RE, APIError, invalid, parse_cursor, parse_json_
                          validate_generate)
 from .websocket import JobSocketHandler
 
+log = logging.getLogger(__name__)
 API = views.API
 THUMBNAIL_SIZE = 256
 mimetypes.add_type("application/x-ipynb+json", ".ipynb")
@@ -312,8 +314,9 @@ class ThumbnailHandler(BaseHandler):
         if not target.is_file() or target.stat().st_mtime < source.stat().st_mtime:
             try:
                 await asyncio.get_running_loop().run_in_executor(None, make_thumbnail, source, target)
-            except Exception as exc:
-                raise APIError(422, "thumbnail_failed", f"Could not make a thumbnail: {exc}", "file") from None
+            except Exception:
+                log.exception("thumbnail of %s failed", source)  # details (paths) stay in the server log
+                raise APIError(422, "thumbnail_failed", f"Could not make a thumbnail of {rel}.", "file") from None
         self.set_header("Content-Type", "image/png")
         self.finish(target.read_bytes())
 
