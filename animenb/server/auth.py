@@ -47,6 +47,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from animenb.store import JobNotFoundError
 from animenb.store.tokens_base import ANONYMOUS
 
 from .validation import APIError
@@ -123,6 +124,15 @@ class AuthMixin:
         """The owner name of the caller's jobs: the token's name, or "anonymous"."""
         identity = self.current_user
         return identity.name if identity is not None else ANONYMOUS
+
+    def readable_job(self, job_id: str):
+        """The job if the caller may read it, else None: an unknown job and someone else's private job
+        look the same, so a private job's existence never leaks."""
+        try:
+            job = self.settings["animenb"].store.get(job_id)
+        except JobNotFoundError:
+            return None
+        return job if can_read(self.current_user, job) else None
 
 
 def require_role(handler, role: str = "admin") -> Identity:

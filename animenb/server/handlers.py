@@ -18,10 +18,10 @@ import tornado.web
 from tornado.web import HTTPError
 
 from animenb.phases.catalog import get_phase
-from animenb.store import JobNotFoundError, JobStatus
+from animenb.store import JobStatus
 
 from . import views
-from .auth import AuthMixin, can_cancel, can_read, require_role
+from .auth import AuthMixin, can_cancel, require_role
 from .validation import (JOB_ID_RE, APIError, invalid, parse_cursor, parse_json_body, parse_limit,
                          validate_generate)
 from .websocket import JobSocketHandler
@@ -69,20 +69,14 @@ class BaseHandler(JSONErrorMixin, AuthMixin, tornado.web.RequestHandler):
 
     def get_job(self, job_id: str):
         """The job if the caller may read it; a private job of someone else is "not found" too."""
-        try:
-            job = self.service.store.get(job_id)
-        except JobNotFoundError:
-            job = None
-        if job is None or not can_read(self.current_user, job):
+        job = self.readable_job(job_id)
+        if job is None:
             raise APIError(404, "job_not_found", f"Job not found: {job_id}", "job_id")
         return job
 
     def can_read_job(self, job_id: str) -> bool:
         """Whether the caller may read (and so reuse the outputs of) job `job_id`."""
-        try:
-            return can_read(self.current_user, self.service.store.get(job_id))
-        except JobNotFoundError:
-            return False
+        return self.readable_job(job_id) is not None
 
     def status_body(self, job) -> dict:
         runner = self.service.runner
@@ -245,11 +239,7 @@ class OutputHandler(JSONErrorMixin, AuthMixin, tornado.web.StaticFileHandler):
         job_id, _, rel = path.partition("/")
         if not JOB_ID_RE.match(job_id) or not _safe_relative(rel):
             raise APIError(404, "file_not_found", "No such output file.", "file")
-        try:
-            job = self.service.store.get(job_id)
-        except JobNotFoundError:
-            job = None
-        if job is None or not can_read(self.current_user, job):
+        if self.readable_job(job_id) is None:
             raise APIError(404, "job_not_found", f"Job not found: {job_id}", "job_id")
         await super().get(path, include_body)
 
