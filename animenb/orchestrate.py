@@ -38,18 +38,16 @@ from __future__ import annotations
 
 import hashlib
 import html
-import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import __version__
-from .config import outputs_dir
 from .manifest import file_entry, read_manifest, utc_now, versions, write_json_atomic, write_manifest
 from .phases import PHASE_FUNCTIONS, PhaseResult, get_phase
-from .phases.common import check_prompt, load_image, models_label, resolve_backend, resolve_seed
+from .phases.common import (check_prompt, load_image, models_label, prepare_output_dir, resolve_backend,
+                            resolve_seed)
 from .progress import Cancelled, ProgressDisplay, ProgressEvent
 
 ORCHESTRATION = "ORCHESTRATION"
@@ -400,26 +398,6 @@ class OrchestrationResult:
                 f"<code>{html.escape(str(self.output_dir))}</code>")
 
 
-def _prepare_root(output_dir: str | Path | None) -> Path:
-    if not output_dir:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        output_dir = outputs_dir() / f"{stamp}-{ORCHESTRATION.lower()}-{secrets.token_hex(3)}"
-    root = Path(output_dir).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def _has_embedder(engine) -> bool:
-    return getattr(engine, "name", None) == "diffusers" and getattr(engine, "profile", None) is not None
-
-
-def _scoring_embedder(engine):
-    """The IP-Adapter CLIP encoder of a diffusers backend, for quality's `embedding_consistency`."""
-    from .models import image_embedder
-
-    return image_embedder(engine.profile, getattr(engine, "placement", None))
-
-
 def _check_int(value, name: str, low: int, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
         bound = f"[{low}, {high}]" if high is not None else f">= {low}"
@@ -474,13 +452,7 @@ def orchestrate(
     if reference_image is not None:
         load_image(reference_image, "reference_image")  # an image file or a run directory with a reference
     engine = resolve_backend(backend, models, backend_options)
-    root = _prepare_root(output_dir)
-    embedder: list = []  # built on first scoring (it loads the SD pipeline's image encoder)
-
-    def embed(images):
-        if not embedder:
-            embedder.append(_scoring_embedder(engine))
-        return embedder[0](images)
+    root = prepare_output_dir(output_dir, ORCHESTRATION)
 
     from .quality import record_quality, score_output_dir
 
@@ -530,7 +502,7 @@ def orchestrate(
                                                  on_progress=progress.on_phase_event)
             t1 = time.perf_counter()
             progress.scoring()
-            report = score_output_dir(out, threshold=gates[phase.name], embed=embed if _has_embedder(engine) else None)
+            report = score_output_dir(out, threshold=gates[phase.name], embed="auto")
             record_quality(out, report)
             decision = gate_decision(report.passed, attempt, max_retries)
             row = AttemptRecord(

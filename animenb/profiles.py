@@ -74,6 +74,7 @@ class ModelProfile:
 
     def as_dict(self) -> dict:
         return {"profile": self.name, "label": self.label, "tiny": self.is_tiny,
+                "path": str(self.path) if self.path else None,
                 "roles": {k: v.source for k, v in self.roles.items()}}
 
 

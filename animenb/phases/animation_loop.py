@@ -62,7 +62,7 @@ def animation_loop(
                            guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,
                            frames=frames + loop_overlap, ip_adapter_image=reference,
                            ip_adapter_scale=ip_adapter_scale)
-    out = prepare_output_dir(output_dir, PHASE)
+    out = prepare_output_dir(output_dir, PHASE.name)
     parameters = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
                   "width": width, "height": height, "guidance_scale": guidance_scale, "scheduler": scheduler,
                   "frames": frames, "fps": fps, "loop_overlap": loop_overlap, "ip_adapter_scale": ip_adapter_scale,

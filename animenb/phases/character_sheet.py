@@ -73,7 +73,7 @@ def character_sheet(
                              guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,
                              ip_adapter_scale=ip_adapter_scale) for p in prompts]
     reference = load_image(reference_image, "reference_image") if reference_image is not None else None
-    out = prepare_output_dir(output_dir, PHASE)
+    out = prepare_output_dir(output_dir, PHASE.name)
     parameters = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
                   "width": width, "height": height, "guidance_scale": guidance_scale, "scheduler": scheduler,
                   "ip_adapter_scale": ip_adapter_scale,

@@ -71,10 +71,11 @@ def models_label(description: dict) -> str:
     return str(description.get("models_label") or description.get("checkpoint") or description["backend"])
 
 
-def prepare_output_dir(output_dir: str | Path | None, phase: Phase) -> Path:
+def prepare_output_dir(output_dir: str | Path | None, name: str) -> Path:
+    """`output_dir`, created; by default outputs/<utc stamp>-<name>-<random>/ (name: the phase's or the chain's)."""
     if not output_dir:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        output_dir = outputs_dir() / f"{stamp}-{phase.name.lower()}-{secrets.token_hex(3)}"
+        output_dir = outputs_dir() / f"{stamp}-{name.lower()}-{secrets.token_hex(3)}"
     path = Path(output_dir).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path

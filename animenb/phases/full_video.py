@@ -67,7 +67,7 @@ def full_video(
     video_request = ImageToVideoRequest(image=placeholder, width=width, height=height, steps=steps, seed=seed,
                                         frames=frames, fps=svd_fps, motion_bucket_id=motion_bucket_id,
                                         noise_aug_strength=noise_aug_strength)
-    out = prepare_output_dir(output_dir, PHASE)
+    out = prepare_output_dir(output_dir, PHASE.name)
     parameters = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
                   "width": width, "height": height, "guidance_scale": guidance_scale, "scheduler": scheduler,
                   "frames": frames, "svd_fps": svd_fps, "motion_bucket_id": motion_bucket_id,

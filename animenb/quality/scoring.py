@@ -272,7 +272,8 @@ def run_embedder(manifest: dict) -> Embed | None:
     """The image encoder of the run's own models, for `embed="auto"`: the IP-Adapter CLIP encoder of a
     diffusers run's profile (cached with its pipeline), None for other backends or unknown profiles."""
     backend = manifest.get("backend") or {}
-    profile = (backend.get("models") or {}).get("profile")
+    models = backend.get("models") or {}
+    profile = models.get("path") or models.get("profile")  # the YAML path also finds ad-hoc profiles
     if backend.get("backend") != "diffusers" or not profile:
         return None
     from ..models import image_embedder
