@@ -292,7 +292,7 @@ class ChainProgress:
         self.fraction = max(self.fraction, (1.0 - SCORING_SHARE) * event.percent / 100.0)
         if self._origin is None and event.step >= 1:
             self._origin = (time.perf_counter(), self._units_now())
-        self._emit(event.preview)
+        self._emit(event.preview, step_event=True)
 
     def scoring(self) -> None:
         self._inner_stage = "scoring"
@@ -325,7 +325,7 @@ class ChainProgress:
         return eta_seconds(self._units_now() - u0, self.plan.remaining_units(self.fraction),
                            time.perf_counter() - t0)
 
-    def _emit(self, preview: str | None = None, final: bool = False) -> None:
+    def _emit(self, preview: str | None = None, final: bool = False, step_event: bool = False) -> None:
         self.percent = max(self.percent, round(self.plan.percent(self.fraction), 2))
         if final:
             stage = self._inner_stage
@@ -340,7 +340,7 @@ class ChainProgress:
         self.last_event = event
         if self.publish is not None:
             self.publish(event)
-        self.sink.show(event)
+        self.sink.show(event, force=not step_event)
 
 
 # ----------------------------------------------------------------------------- records and result

@@ -70,7 +70,8 @@ def test_progress_event_percent_never_decreases():
 
 
 def test_engine_registered_and_runs_cold_dropping_progress(tmp_path):
-    """`papermill --engine animenb` without a warm kernel: a normal run, progress consumed."""
+    """`papermill --engine animenb` without a warm kernel: a normal run, progress consumed. 50 steps
+    with no delay: the kernel shows the stage, at most a step or two (<= 10 a second) and the end."""
     import papermill as pm
     from papermill.engines import papermill_engines
 
@@ -80,9 +81,11 @@ def test_engine_registered_and_runs_cold_dropping_progress(tmp_path):
     seen = []
     out = tmp_path / "out.ipynb"
     pm.execute_notebook(str(NOTEBOOKS / "progress.ipynb"), str(out), engine_name="animenb", progress_bar=False,
-                        parameters={"output_dir": str(tmp_path / "o"), "steps": 3, "delay": 0.0},
+                        parameters={"output_dir": str(tmp_path / "o"), "steps": 50, "delay": 0.0},
                         progress_callback=seen.append)
-    assert [e["step"] for e in seen if e["stage"] == "denoise"][-1] == 3
+    assert seen[0]["stage"] == "denoise" and seen[0]["step"] == 0
+    assert seen[-1]["stage"] == "done" and seen[-1]["step"] == seen[-1]["total_steps"] == 50
+    assert len(seen) <= 4, [e["step"] for e in seen]
     nb = nbformat.read(out, as_version=4)
     assert not any(PROGRESS_MIME in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     assert (tmp_path / "o" / "manifest.json").is_file()

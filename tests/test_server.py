@@ -60,7 +60,8 @@ async def test_quick_test_commands(srv):
 
 # -- generate -> status -> WebSocket progress -> output -> gallery -------------------------------------
 async def test_generate_progress_output_gallery(srv):
-    job = await submit(srv, prompt="test:progress", steps=12, seed=7)
+    # steps 0.11 s apart: every step is shown (the kernel shows at most one step event per 0.1 s)
+    job = await submit(srv, prompt="test:progress 0.11", steps=12, seed=7)
     messages, close_code, _ = await ws_messages(job["ws_url"])
     assert messages[0]["event"] == "state" and messages[0]["state"]["job_id"] == job["job_id"]
     progress = [m for m in messages if m["event"] == "progress"]
@@ -89,7 +90,7 @@ async def test_generate_progress_output_gallery(srv):
 
     code, gallery, _ = await srv.request("GET", "/api/anime/gallery")
     item = next(i for i in gallery["gallery"] if i["job_id"] == job["job_id"])
-    assert item["prompt"] == "test:progress" and item["seed"] == 7 and item["phase"] == 1
+    assert item["prompt"] == "test:progress 0.11" and item["seed"] == 7 and item["phase"] == 1
     code, thumb, headers = await srv.request("GET", item["thumbnail_url"])
     assert code == 200 and Image.open(io.BytesIO(thumb)).size[0] <= 256
 

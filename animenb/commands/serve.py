@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--comfyui-url", default=None, help="ComfyUI server, e.g. http://127.0.0.1:8188")
     parser.add_argument("--cold-kernels", action="store_true",
                         help="start a fresh kernel for every job (for comparison; warm kernels are the default)")
+    parser.add_argument("--no-quality", action="store_true",
+                        help="do not run the quality notebook after each phase job (no score, no gate)")
     parser.add_argument("--notebooks", default=None,
                         help="directory of phase notebooks (01_character_sheet.ipynb ...; default the checkout's notebooks/)")
     parser.add_argument("--max-queue", type=int, default=512,
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = ServerConfig(host=args.host, port=args.port, models=args.models, home=args.home, outputs=args.outputs,
                        backend=args.backend, comfyui_url=args.comfyui_url, warm=not args.cold_kernels,
-                       notebooks_dir=args.notebooks, max_queue=args.max_queue,
+                       notebooks_dir=args.notebooks, quality_notebook=not args.no_quality, max_queue=args.max_queue,
                        max_queued_per_user=args.max_queued_per_user)
 
     def ready(service) -> None:

@@ -97,6 +97,10 @@ class OrchestrateHandler(BaseHandler):
         require_admin(self)
         from .handlers import check_queue_room
 
+        if self.service.runner.quality_notebook is None:
+            raise APIError(409, "quality_disabled", "Orchestration gates every phase on its quality score, and this "
+                                                    "server runs without the quality notebook (`serve --no-quality`).")
+
         data = parse_json_body(self.request.body, self.request.headers.get("Content-Type"))
         values, visibility = validate_orchestrate(data, self.service.outputs_dir, self.service.runner.models,
                                                  self.can_read_job)
