@@ -1,6 +1,6 @@
 """One-shot GPU check of animenb on a lent CUDA machine (runs on CPU too, CUDA-only steps SKIP).
 
-    python3 bench/gpu_check.py --out DIR [--budget 270] [--skip oom,jobs] [--size 64] [--steps 15]
+    python3 bench/gpu_check.py [--out DIR] [--budget 270] [--skip oom,jobs] [--size 64] [--steps 15]
                                [--large-size 512] [--jobs 10] [--job-skip quality,cold]
 
 Steps, each timed and isolated (a failing step never stops the next one; a step that would start
@@ -58,7 +58,7 @@ class Skip(Exception):
 class Check:
     def __init__(self, args):
         self.args = args
-        self.out = Path(args.out).resolve()
+        self.out = Path(args.out or tempfile.mkdtemp(prefix="animenb-gpu-check-out-")).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.t0 = time.perf_counter()
         self.work = Path(tempfile.mkdtemp(prefix="animenb-gpu-check-"))
@@ -679,7 +679,7 @@ def run_logged(cmd: list[str], log: Path, timeout: float) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="folder for gpu_check.json and logs (e.g. $OUT)")
+    ap.add_argument("--out", default=None, help="folder for gpu_check.json and logs (e.g. $OUT; default a temp dir)")
     ap.add_argument("--budget", type=float, default=270.0, help="seconds; steps that would start later are skipped")
     ap.add_argument("--skip", default="", help=f"comma list of steps: {','.join(STEPS)} (and quality_cost)")
     ap.add_argument("--size", type=int, default=64, help="small run size (px)")
