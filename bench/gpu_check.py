@@ -214,10 +214,7 @@ class Check:
             problems.append(f"animenb resolved {placement.device}/{placement.dtype}, expected cuda/float16")
         if not self.cuda:
             info["note"] = "no CUDA: CUDA-only checks will SKIP"
-        if problems:
-            info["problems"] = problems
-            info["_failed"] = True
-        return info
+        return verdict(info, problems)
 
     # ------------------------------------------------------------------ 2. build
     def s_build(self) -> dict:
@@ -302,10 +299,7 @@ class Check:
                                                    "peak_gib", "device", "dtype")}
                       for name, r in out[attempt].items()}
             for attempt in ("cold", "warm") if isinstance(out.get(attempt), dict)}
-        if problems:
-            out["problems"] = problems
-            out["_failed"] = True
-        return out
+        return verdict(out, problems)
 
     def s_phases(self) -> dict:
         out = self._phases_at(self.args.size, self.args.steps, "small")
@@ -356,10 +350,7 @@ class Check:
                 problems.append(f"{kind}: finite={finite} std={stats['std']:.4g}")
             if self.cuda and not stats["unet_param"].startswith("cuda"):
                 problems.append(f"{kind}: unet on {stats['unet_param']}")
-        if problems:
-            out["problems"] = problems
-            out["_failed"] = True
-        return out
+        return verdict(out, problems)
 
     # ------------------------------------------------------------------ 4. large
     def s_large(self) -> dict:
@@ -410,10 +401,7 @@ class Check:
             out["quality_cost"] = res
             if res["rc"] != 0:
                 problems.append(f"quality_cost.py rc={res['rc']}")
-        if problems:
-            out["problems"] = problems
-            out["_failed"] = True
-        return out
+        return verdict(out, problems)
 
     # ------------------------------------------------------------------ 6. oom
     def s_oom(self) -> dict:
@@ -502,10 +490,7 @@ class Check:
                 out["small_run_without_filler"] = f"{type(exc).__name__}: {exc}"[:300]
         out["allocated_end_gib"] = gib(torch.cuda.memory_allocated())
         clear_cache()
-        if problems:
-            out["problems"] = problems
-            out["_failed"] = True
-        return out
+        return verdict(out, problems)
 
     # ------------------------------------------------------------------ 7. jobs
     def s_jobs(self) -> dict:
@@ -522,10 +507,7 @@ class Check:
         lines = res.get("tail", "").splitlines()
         out["figures"] = [ln for ln in lines if ln.strip().startswith(("warm", "cold", "direct", "job overhead", "mode",
                                                                        "target", "  warm"))][:12]
-        if res["rc"] != 0:
-            out["problems"] = [f"job_overhead.py rc={res['rc']}"]
-            out["_failed"] = True
-        return out
+        return verdict(out, [f"job_overhead.py rc={res['rc']}"] if res["rc"] != 0 else [])
 
     # ------------------------------------------------------------------ main
     def run(self) -> int:
@@ -603,6 +585,14 @@ class Check:
 
 
 # ---------------------------------------------------------------------- helpers
+def verdict(out: dict, problems: list[str]) -> dict:
+    """A step's details, marked failed (`Check.step` reads `_failed`) when it found problems."""
+    if problems:
+        out["problems"] = problems
+        out["_failed"] = True
+    return out
+
+
 def check_outputs(result, placement, cuda: bool) -> dict:
     """Files exist, PNGs decode with varied, finite, not-black pixels; manifest device/dtype."""
     import numpy as np

@@ -35,7 +35,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from load import free_port, wait_ready  # bench/load.py: the same server start-up checks
+from load import free_port, stop_server, wait_ready  # bench/load.py: the same server start and stop
 
 MODES = {"warm": ["--no-quality"], "warm+quality": [], "cold": ["--cold-kernels", "--no-quality"]}
 
@@ -118,11 +117,7 @@ async def server_runs(n: int, root: Path, mode: str, args, direct: list | None =
                     direct.append(d)
                     row["direct"] = d[0]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
         client.close()
     return rows
 

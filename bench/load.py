@@ -65,6 +65,15 @@ def start_server(root: Path, port: int, args) -> subprocess.Popen:
     return proc
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM (the server's clean stop), then kill after 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 async def wait_ready(client, base: str, proc, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -209,11 +218,7 @@ async def main(args) -> None:
         print(f"  kernel event -> last subscriber: p50 {subs['last_p50_ms']:.1f} ms, p95 {subs['last_p95_ms']:.1f} ms "
               f"(-> first subscriber p50 {subs['first_p50_ms']:.1f} ms)")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
         client.close()
 
 
