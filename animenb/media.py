@@ -69,15 +69,16 @@ def compose_sheet(images: list[Image.Image], labels: list[str], title: str, colu
     label_h = max(14, height // 8)
     title_h = max(20, height // 5)
     footer_h = label_h if footer else 0
+    caption_font = _font(max(9, label_h * 7 // 10))  # ascent + descent fit the band: the next row never cuts them
     sheet = Image.new("RGB", (columns * width, title_h + rows * (height + label_h) + footer_h), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((6, 4), title, fill="black", font=_font(max(10, title_h // 2)))
     for i, (image, label) in enumerate(zip(images, labels)):
         x, y = (i % columns) * width, title_h + (i // columns) * (height + label_h)
         sheet.paste(image.convert("RGB"), (x, y))
-        draw.text((x + 4, y + height + 1), label, fill="black", font=_font(max(9, label_h - 4)))
+        draw.text((x + 4, y + height + 1), label, fill="black", font=caption_font)
     if footer:
-        draw.text((6, sheet.height - footer_h + 1), footer, fill="gray", font=_font(max(9, footer_h - 4)))
+        draw.text((6, sheet.height - footer_h + 1), footer, fill="gray", font=caption_font)
     return sheet
 
 

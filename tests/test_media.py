@@ -75,3 +75,14 @@ def test_retime_hits_exact_count_and_endpoints():
 def test_sheet_layout():
     sheet = media.compose_sheet(_frames(8, 64), [str(i) for i in range(8)], "title", footer="tiny")
     assert sheet.width == 4 * 64 and sheet.height > 2 * 64
+
+
+@pytest.mark.parametrize("size", [64, 512])
+def test_sheet_captions_fit_their_band(size):
+    """Descenders stay inside the caption band: the next row's images must not cut them off."""
+    white = [Image.new("RGB", (size, size), "white") for _ in range(8)]
+    sheet = np.asarray(media.compose_sheet(white, ["gjpqy gjpqy"] * 8, title="t", footer="gjpqy"))
+    label_h, title_h = max(14, size // 8), max(20, size // 5)
+    band_bottom = title_h + size + label_h  # first row: image, then its caption band
+    assert sheet[band_bottom - 2 * label_h // 3: band_bottom - label_h // 3].min() < 128  # the captions are there
+    assert sheet[band_bottom - 1].min() == 255  # nothing reaches the band's last pixel row
