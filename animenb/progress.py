@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 PROGRESS_MIME = "application/vnd.animenb.progress+json"
-KERNEL_MIN_INTERVAL = 0.1  # seconds between step events shown as display data (see module docstring)
+KERNEL_MIN_INTERVAL = 0.1  # seconds between events shown as display data (see module docstring)
 
 _cancel_requested = threading.Event()
 

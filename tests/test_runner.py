@@ -71,7 +71,7 @@ def test_progress_event_percent_never_decreases():
 
 def test_engine_registered_and_runs_cold_dropping_progress(tmp_path):
     """`papermill --engine animenb` without a warm kernel: a normal run, progress consumed. 50 steps
-    with no delay: the kernel shows the stage, at most a step or two (<= 10 a second) and the end."""
+    with no delay: the kernel shows the first event, at most a step or two (0.1 s apart) and the end."""
     import papermill as pm
     from papermill.engines import papermill_engines
 
