@@ -31,6 +31,14 @@ Papermill finds animenb's engine through the `papermill.engine` entry point; whe
 from a checkout without being installed (PYTHONPATH), this script writes a minimal
 animenb-<version>.dist-info with entry_points.txt into a temp dir on PYTHONPATH, and a `python3`
 kernelspec for this interpreter into a temp JUPYTER_PATH dir, both inherited by subprocesses.
+
+On a machine that has torch and transformers but none of animenb's other dependencies, carry
+them as cp312 wheels (about 39 MiB: diffusers, papermill, nbclient, nbformat, ipykernel,
+jupyter_client, pyzmq, tornado, ipython and their small pure-Python needs, imageio-ffmpeg 0.6.0
+for a smaller ffmpeg) in a git-ignored `.whl/`, and run from the checkout:
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \\
+        && PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_check.py --out $OUT
 """
 from __future__ import annotations
 
