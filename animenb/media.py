@@ -2,14 +2,22 @@
 
 Every file is written to a temporary name in its directory and renamed into place, so a
 reader (the gallery, a crash) never sees half a file.
+
+Encoding runs on threads (`encode_concurrently`, `save_pngs`): zlib, libwebp and the GIF
+quantizer release the GIL and ffmpeg is its own process, so at 512 px a loop's 16 PNGs, GIF,
+MP4 and WebP no longer queue one behind the other (on a 16-CPU GPU machine they took 2.4 s
+of a 3.3 s tiny loop). The one rule: Pillow's `save` sets attributes on the image it saves,
+so no image may be saved by two threads at once.
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
@@ -47,6 +55,23 @@ def save_png(image: Image.Image, path: Path, params: dict) -> Path:
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
     return Path(path)
+
+
+def encode_concurrently(*calls: Callable[[], object]) -> list:
+    """Run encoders side by side on up to 8 threads; their results in order (the first error is raised)."""
+    if len(calls) <= 1:
+        return [call() for call in calls]
+    with ThreadPoolExecutor(max_workers=min(8, len(calls), os.cpu_count() or 1),
+                            thread_name_prefix="animenb-encode") as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [future.result() for future in futures]
+
+
+def save_pngs(items: list[tuple[Image.Image, Path, dict]]) -> list[Path]:
+    """`save_png` for (image, path, params) items, concurrently; each image object may appear once."""
+    if len({id(image) for image, _, _ in items}) != len(items):
+        raise ValueError("save_pngs: an image appears twice (Pillow cannot save one image from two threads).")
+    return encode_concurrently(*(lambda item=item: save_png(*item) for item in items))
 
 
 def read_png_parameters(path: Path) -> dict:

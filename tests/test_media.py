@@ -86,3 +86,19 @@ def test_sheet_captions_fit_their_band(size):
     band_bottom = title_h + size + label_h  # first row: image, then its caption band
     assert sheet[band_bottom - 2 * label_h // 3: band_bottom - label_h // 3].min() < 128  # the captions are there
     assert sheet[band_bottom - 1].min() == 255  # nothing reaches the band's last pixel row
+
+
+def test_concurrent_encoding_writes_the_same_bytes(tmp_path):
+    frames = _frames(8, 96)
+    for i, frame in enumerate(frames):
+        media.save_png(frame, tmp_path / "seq" / f"{i}.png", {"frame": i})
+    media.save_webp(frames, tmp_path / "seq" / "a.webp", 8)
+    paths = media.save_pngs([(frame, tmp_path / "par" / f"{i}.png", {"frame": i}) for i, frame in enumerate(frames)])
+    webp, mp4 = media.encode_concurrently(lambda: media.save_webp(frames, tmp_path / "par" / "a.webp", 8),
+                                          lambda: media.save_mp4(frames, tmp_path / "par" / "a.mp4", 8))
+    assert paths == [tmp_path / "par" / f"{i}.png" for i in range(8)] and webp.name == "a.webp"
+    for name in [f"{i}.png" for i in range(8)] + ["a.webp"]:
+        assert (tmp_path / "par" / name).read_bytes() == (tmp_path / "seq" / name).read_bytes(), name
+    assert media.video_frames_and_seconds(mp4) == (8, 1.0)
+    with pytest.raises(ValueError, match="appears twice"):
+        media.save_pngs([(frames[0], tmp_path / "x.png", {}), (frames[0], tmp_path / "y.png", {})])

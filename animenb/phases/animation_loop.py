@@ -7,7 +7,7 @@ from typing import Callable
 from PIL import Image
 
 from ..backends import Backend, VideoRequest
-from ..media import close_loop, save_gif, save_mp4, save_png, save_webp
+from ..media import close_loop, encode_concurrently, save_gif, save_mp4, save_pngs, save_webp
 from ..progress import ProgressEvent, ProgressReporter
 from .catalog import get_phase
 from .common import (PhaseResult, check_prompt, Timer, default_size, load_image, models_label, png_parameters,
@@ -80,21 +80,20 @@ def animation_loop(
 
     # 2. files
     progress.start_stage("encoding")
-    files: list[tuple[Path, str]] = []
-    frame_paths = []
-    for index, frame in enumerate(loop):
-        path = out / "frames" / f"frame_{index:03d}.png"
-        save_png(frame, path, png_parameters(PHASE, parameters, seed, label, frame=index))
-        files.append((path, "frame"))
-        frame_paths.append(path.relative_to(out).as_posix())
-    save_gif(loop, out / "loop.gif", fps)
-    save_mp4(loop, out / "loop.mp4", fps)
-    save_webp(loop, out / "loop.webp", fps)
+    pngs = [(frame, out / "frames" / f"frame_{index:03d}.png",
+             png_parameters(PHASE, parameters, seed, label, frame=index)) for index, frame in enumerate(loop)]
+    if reference is not None:
+        pngs.append((reference, out / "reference.png", png_parameters(PHASE, parameters, seed, label, kind="reference")))
+    save_pngs(pngs)
+    # Then the animations, side by side: only WebP saves the frames themselves (see animenb.media).
+    encode_concurrently(lambda: save_gif(loop, out / "loop.gif", fps), lambda: save_mp4(loop, out / "loop.mp4", fps),
+                        lambda: save_webp(loop, out / "loop.webp", fps))
+    files: list[tuple[Path, str]] = [(path, "frame") for _, path, _ in pngs[:len(loop)]]
     files += [(out / "loop.gif", "gif"), (out / "loop.mp4", "mp4"), (out / "loop.webp", "webp")]
-    outputs = {"gif": "loop.gif", "mp4": "loop.mp4", "webp": "loop.webp", "frames": frame_paths, "fps": fps,
+    outputs = {"gif": "loop.gif", "mp4": "loop.mp4", "webp": "loop.webp",
+               "frames": [path.relative_to(out).as_posix() for path, _ in files[:len(loop)]], "fps": fps,
                "frame_count": frames, "duration_seconds": frames / fps, "reference": None}
     if reference is not None:
-        save_png(reference, out / "reference.png", png_parameters(PHASE, parameters, seed, label, kind="reference"))
         files.append((out / "reference.png", "reference"))
         outputs["reference"] = "reference.png"
     timer.mark("write")

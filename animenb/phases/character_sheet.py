@@ -8,7 +8,7 @@ from typing import Callable
 from PIL import Image
 
 from ..backends import Backend, ImageRequest
-from ..media import compose_sheet, save_png
+from ..media import compose_sheet, save_pngs
 from ..progress import ProgressEvent, ProgressReporter
 from .catalog import get_phase
 from .common import (PhaseResult, check_prompt, Timer, default_size, load_image, models_label, png_parameters,
@@ -97,18 +97,19 @@ def character_sheet(
 
     # 2. files: single poses, the labelled sheet, the reference the poses followed
     progress.start_stage("writing files")
-    files: list[tuple[Path, str]] = []
-    pose_paths = []
-    for index, ((key, caption, _suffix), image, p) in enumerate(zip(POSES, poses, prompts)):
-        path = out / "poses" / f"pose_{index + 1:02d}_{key}.png"
-        save_png(image, path, png_parameters(PHASE, {**parameters, "prompt": p}, seed, label, pose=key))
-        files.append((path, "pose"))
-        pose_paths.append(path.relative_to(out).as_posix())
+    pngs = [(image, out / "poses" / f"pose_{index + 1:02d}_{key}.png",
+             png_parameters(PHASE, {**parameters, "prompt": p}, seed, label, pose=key))
+            for index, ((key, _caption, _suffix), image, p) in enumerate(zip(POSES, poses, prompts))]
     sheet = compose_sheet(poses, [f"{i + 1}. {c}" for i, (_k, c, _s) in enumerate(POSES)],
                           title=prompt[:80], footer=f"seed {seed} · {label}")
-    save_png(sheet, out / "sheet.png", png_parameters(PHASE, parameters, seed, label, kind="sheet"))
-    save_png(reference, out / "reference.png", png_parameters(PHASE, parameters, seed, label, kind="reference"))
+    pngs.append((sheet, out / "sheet.png", png_parameters(PHASE, parameters, seed, label, kind="sheet")))
+    # The reference is usually pose 1 itself: a copy, since one image cannot be saved from two threads.
+    pngs.append((reference.copy(), out / "reference.png",
+                 png_parameters(PHASE, parameters, seed, label, kind="reference")))
+    save_pngs(pngs)
+    files = [(path, "pose") for _, path, _ in pngs[:len(poses)]]
     files += [(out / "sheet.png", "sheet"), (out / "reference.png", "reference")]
+    pose_paths = [path.relative_to(out).as_posix() for path, _ in files[:len(poses)]]
     timer.mark("write")
     outputs = {"sheet": "sheet.png", "poses": pose_paths, "reference": "reference.png"}
     manifest = write_phase_manifest(PHASE, out, parameters, seed, engine, timer, outputs, files)

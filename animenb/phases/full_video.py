@@ -8,7 +8,7 @@ from typing import Callable
 from PIL import Image
 
 from ..backends import Backend, ImageRequest, ImageToVideoRequest
-from ..media import retime, save_mp4, save_png
+from ..media import encode_concurrently, retime, save_mp4, save_pngs
 from ..progress import ProgressEvent, ProgressReporter
 from .catalog import get_phase
 from .common import (PhaseResult, Timer, default_size, load_image, models_label, png_parameters,
@@ -89,16 +89,13 @@ def full_video(
     timer.mark("generate")
     progress.start_stage("re-timing and encoding")
     video = retime(raw, seconds, fps)
-    files: list[tuple[Path, str]] = []
-    save_png(source, out / "source.png", png_parameters(PHASE, parameters, seed, label, kind="source"))
-    files.append((out / "source.png", "source"))
-    frame_paths = []
-    for index, frame in enumerate(raw):
-        path = out / "frames" / f"frame_{index:03d}.png"
-        save_png(frame, path, png_parameters(PHASE, parameters, seed, label, frame=index))
-        files.append((path, "frame"))
-        frame_paths.append(path.relative_to(out).as_posix())
-    save_mp4(video, out / "video.mp4", fps)
+    pngs = [(source, out / "source.png", png_parameters(PHASE, parameters, seed, label, kind="source"))]
+    pngs += [(frame, out / "frames" / f"frame_{index:03d}.png",
+              png_parameters(PHASE, parameters, seed, label, frame=index)) for index, frame in enumerate(raw)]
+    # The PNGs and the MP4 side by side: the MP4 only reads the frames (see animenb.media).
+    encode_concurrently(lambda: save_pngs(pngs), lambda: save_mp4(video, out / "video.mp4", fps))
+    files: list[tuple[Path, str]] = [(out / "source.png", "source")] + [(path, "frame") for _, path, _ in pngs[1:]]
+    frame_paths = [path.relative_to(out).as_posix() for path, _ in files[1:]]
     files.append((out / "video.mp4", "mp4"))
     timer.mark("write")
     outputs = {"mp4": "video.mp4", "source_image": "source.png", "frames": frame_paths, "fps": fps,
