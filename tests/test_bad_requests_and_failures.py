@@ -1,4 +1,5 @@
-"""Hardening: a table of bad requests, code-shaped prompts, backpressure, OOM, ComfyUI down, full disk, path escapes."""
+"""Bad input and failure modes: a table of bad requests, code-shaped prompts, backpressure, OOM, ComfyUI down,
+full disk, path escapes."""
 from __future__ import annotations
 
 import contextlib
@@ -19,7 +20,7 @@ API = "/api/anime"
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def srv(tmp_path_factory, start_live_server):
-    async with start_live_server(tmp_path_factory.mktemp("hardening")) as server:
+    async with start_live_server(tmp_path_factory.mktemp("bad_requests")) as server:
         server.tok = {"admin": server.service.tokens.create("admin1", "admin")[1],
                       "user": server.service.tokens.create("user1", "user")[1]}
         yield server
