@@ -5,7 +5,7 @@ iopub stream and fans it out over WebSocket; JupyterLab renders the HTML fallbac
 progress bar updated in place; plain Python gets a tqdm bar (`ProgressDisplay`). One event carries:
 
     {"phase", "stage", "stage_index", "stage_count", "step", "total_steps",
-     "percent", "eta_seconds", "elapsed_seconds", "time", "preview"?}
+     "percent", "eta_seconds", "elapsed_seconds", "time", "part", "preview"?}
 
 `step`/`total_steps` count denoising steps over the whole phase (e.g. 8 poses x 15
 steps), so `percent` never goes backwards across stages. The ETA comes from the
@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 PROGRESS_MIME = "application/vnd.animenb.progress+json"
+# What a progress event measures: a phase's generation, its quality scoring, or a whole chain of phases.
+PROGRESS_PARTS = ("generation", "quality", "chain")
 KERNEL_MIN_INTERVAL = 0.1  # seconds between events shown as display data (see module docstring)
 
 _cancel_requested = threading.Event()
@@ -59,6 +61,7 @@ class ProgressEvent:
     elapsed_seconds: float
     time: float = field(default_factory=time.time)
     preview: str | None = None  # data:image/png;base64,... when the backend offers one
+    part: str = "generation"    # what progresses: one of PROGRESS_PARTS
 
     def as_dict(self) -> dict:
         data = asdict(self)

@@ -17,9 +17,10 @@ import pytest
 
 from animenb import cli
 from animenb.manifest import read_manifest
-from animenb.orchestrate import (CHAIN, ORCHESTRATION, RECORD_NAME, NextStep, ProgressPlan, attempt_dir,
-                                 attempt_parameters, attempt_seed, chain_inputs, eta_seconds, gate_decision,
-                                 gate_failure_reason, next_step, orchestrate, resolve_thresholds)
+from animenb.chain import (CHAIN, ORCHESTRATION, RECORD_NAME, NextStep, ProgressPlan, attempt_dir, attempt_parameters,
+                           attempt_seed, chain_inputs, eta_seconds, gate_decision, gate_failure_reason, next_step,
+                           resolve_thresholds)
+from animenb.orchestrate import orchestrate
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_orchestrate.ipynb"
 FAST = dict(models="tiny", steps=2, width=64, height=64, display=None,

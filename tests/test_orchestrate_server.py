@@ -95,9 +95,15 @@ async def test_auth_and_validation(srv):
     assert srv.service.store.count() == before
 
 
-async def test_full_chain_succeeds_with_children_progress_and_outputs(srv):
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def chain_ok(srv):
+    """One chain that passes every gate, and its WebSocket events to the end."""
     job = await orchestrate(srv, threshold=0.0, max_retries=0)
-    events = await ws_events(job["ws_url"])
+    return job, await ws_events(job["ws_url"])
+
+
+async def test_full_chain_succeeds_with_children_progress_and_outputs(srv, chain_ok):
+    job, events = chain_ok
     assert events[-1]["event"] == "finished" and events[-1]["status"] == "succeeded", events[-1]
     progress = [e for e in events if e["event"] == "progress"]
     percents = [e["percent"] for e in progress]
@@ -133,6 +139,54 @@ async def test_full_chain_succeeds_with_children_progress_and_outputs(srv):
     assert code == 200 and sheet[:8] == b"\x89PNG\r\n\x1a\n"
     code, record = await call(srv, "GET", f"{API}/outputs/{job['job_id']}/orchestration.json")
     assert code == 200 and _json(record)["status"] == "succeeded"
+
+
+async def test_server_and_in_process_chains_write_the_same_parent_record_and_manifest(srv, chain_ok, tmp_path):
+    """The two orchestrators share animenb.chain: the same chain run both ways leaves parent records and
+    manifests with the same keys, file kinds and verdicts (values differ only where runs do: paths, times)."""
+    from animenb.chain import RECORD_NAME
+    from animenb.manifest import read_manifest
+    from animenb.orchestrate import orchestrate as orchestrate_here
+
+    job, _ = chain_ok
+    server_dir = srv.service.outputs_dir / job["job_id"]
+    local = await asyncio.get_running_loop().run_in_executor(None, lambda: orchestrate_here(
+        "anime girl with blue hair", seed=7, steps=2, width=64, height=64, models="tiny", thresholds=0.0,
+        max_retries=0, output_dir=tmp_path / "here", display=None))
+    assert local.succeeded, local.reason
+    theirs, ours = read_manifest(server_dir), read_manifest(local.output_dir)
+
+    def shape(value):
+        """Keys all the way down (lists: the shape of their first item; metrics: which ones the scorer could
+        compute is the quality step's business), leaves dropped."""
+        if isinstance(value, dict):
+            return {k: "." if k == "metrics" else shape(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [shape(value[0])] if value else []
+        return "."
+
+    for key in ("outputs", "quality", "timings"):
+        assert shape(theirs[key]) == shape(ours[key]), key
+    assert set(theirs) == set(ours)
+    assert [f["kind"] for f in theirs["files"]] == [f["kind"] for f in ours["files"]]
+    assert {"sheet", "gif", "video", "orchestration"} <= {f["kind"] for f in ours["files"]}
+    for key in ("phase", "status", "seed", "models"):
+        assert theirs[key] == ours[key], key
+    assert theirs["quality"]["threshold"] == ours["quality"]["threshold"] == 0.0
+    assert theirs["quality"]["passed"] is ours["quality"]["passed"] is True
+    for manifest in (theirs, ours):  # the parent's quality is its weakest final attempt, with that attempt's gate
+        weakest = min(manifest["quality"]["phases"].values(), key=lambda p: p["score"])
+        assert manifest["quality"]["score"] == weakest["score"]
+        for rel in manifest["outputs"].values():
+            if isinstance(rel, str):
+                assert (server_dir if manifest is theirs else local.output_dir).joinpath(rel).exists(), rel
+
+    record_theirs = json.loads((server_dir / RECORD_NAME).read_text())
+    record_ours = json.loads((local.output_dir / RECORD_NAME).read_text())
+    assert set(record_theirs) == set(record_ours)
+    for key in ("phases", "attempts", "chain", "thresholds", "timings"):
+        assert shape(record_theirs[key]) == shape(record_ours[key]), key
+    assert [p["status"] for p in record_theirs["phases"]] == [p["status"] for p in record_ours["phases"]]
 
 
 async def test_failed_gate_retries_with_new_seeds_then_fails_with_reason(srv):

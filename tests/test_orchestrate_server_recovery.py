@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from animenb.runner.events import EventBus
-from animenb.runner.orchestration import (MAX_RESUMES, ORCHESTRATION_KIND, RECORD_NAME, Orchestrator,
-                                          recover_orchestrations)
+from animenb.chain import RECORD_NAME
+from animenb.runner.orchestration import MAX_RESUMES, ORCHESTRATION_KIND, Orchestrator, recover_orchestrations
 from animenb.store import JobStatus, SqliteJobStore
 
 
@@ -30,7 +30,7 @@ def make_parent(runner, children=()):
 def make_child(runner, parent_id, phase, attempt, status, quality=None):
     child = runner.store.create(phase=phase, parameters={"prompt": "p", "seed": 5 + attempt}, parent_id=parent_id,
                                 extra={"orchestration": {"phase": ["CHARACTER_SHEET", "ANIMATION_LOOP"][phase - 1],
-                                                         "attempt": attempt, "threshold": 0.5}})
+                                                         "attempt": attempt}, "quality_threshold": 0.5})
     if status is not JobStatus.QUEUED:
         runner.store.transition(child.id, JobStatus.RUNNING)
     if status not in (JobStatus.QUEUED, JobStatus.RUNNING):
@@ -66,8 +66,8 @@ def test_resume_rebuilds_the_chain_from_finished_children(tmp_path):
     history, done = orch._resume()
     assert [(h["phase"], h["attempt"], h["passed"]) for h in history] == [("CHARACTER_SHEET", 1, True)]
     assert done == {"CHARACTER_SHEET": str(tmp_path / passed.id)}
-    assert orch.plan.index == 1 and orch.percent > 30  # the resumed chain's percent starts where it was
-    from animenb.orchestrate import next_step
+    assert orch.progress.plan.index == 1 and orch.progress.percent > 30  # the resumed chain's percent starts where it was
+    from animenb.chain import next_step
 
     assert (next_step(history, 1).phase, next_step(history, 1).attempt) == ("ANIMATION_LOOP", 1)  # the lost one again
 

@@ -239,7 +239,7 @@ async def test_real_phases_tiny_end_to_end(srv):
     status = await wait_status(srv, sheet["job_id"], timeout=240)
     assert status["status"] == "succeeded", status["error"]
     assert any(u.endswith("manifest.json") for u in status["outputs"])
-    if srv.service.runner._quality_applies(srv.service.store.get(sheet["job_id"])):
+    if srv.service.runner.drivers["phase"].quality_applies(srv.service.store.get(sheet["job_id"])):
         assert status["quality"] is not None and "score" in status["quality"], status["quality"]
     loop = await submit(srv, prompt="anime girl waving", seed=2, phase="ANIMATION_LOOP",
                         reference_image=sheet["job_id"], frames=8, fps=8)

@@ -35,6 +35,7 @@ def format_attempt(row) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..chain import RECORD_NAME
     from ..orchestrate import orchestrate
 
     result = orchestrate(args.prompt, seed=args.seed, steps=args.steps, width=args.width, height=args.height,
@@ -47,5 +48,5 @@ def run(args: argparse.Namespace) -> int:
         if key in result.manifest["outputs"]:
             print(f"{key:<6} {result.path(key)}")
     print(f"{result.status.upper()}: {result.reason}")
-    print(f"record: {result.output_dir / 'orchestration.json'}")
+    print(f"record: {result.output_dir / RECORD_NAME}")
     return 0 if result.succeeded else 1

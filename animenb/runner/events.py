@@ -16,6 +16,9 @@ from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar
 
+from animenb.progress import PROGRESS_PARTS, ProgressEvent
+from animenb.store import JobRecord
+
 log = logging.getLogger(__name__)
 
 
@@ -69,10 +72,13 @@ class JobProgressEvent(JobEvent):
     elapsed_seconds: float | None = None
     kernel_time: float | None = None   # when the notebook published it (kernel clock)
     preview: str | None = None
+    part: str = "generation"           # generation | quality | chain (animenb.progress.PROGRESS_PARTS)
 
     @classmethod
-    def build(cls, job_id: str, payload: dict[str, Any], *, floor: float = 0.0) -> "JobProgressEvent":
-        """From a `PROGRESS_MIME` payload; percent never drops below `floor` (monotonic per job)."""
+    def build(cls, job_id: str, payload: dict[str, Any], *, floor: float = 0.0,
+              part: str | None = None) -> "JobProgressEvent":
+        """From a `PROGRESS_MIME` payload; percent never drops below `floor` (monotonic per job).
+        `part` (what progresses) overrides the payload's, which defaults to "generation"."""
         def num(key, kind=float):
             try:
                 return None if payload.get(key) is None else kind(payload[key])
@@ -84,22 +90,42 @@ class JobProgressEvent(JobEvent):
                    stage_index=num("stage_index", int), stage_count=num("stage_count", int),
                    eta_seconds=num("eta_seconds"), elapsed_seconds=num("elapsed_seconds"),
                    kernel_time=num("time"),
-                   preview=payload.get("preview") if isinstance(payload.get("preview"), str) else None)
+                   preview=payload.get("preview") if isinstance(payload.get("preview"), str) else None,
+                   part=part or (payload.get("part") if payload.get("part") in PROGRESS_PARTS else "generation"))
+
+    @classmethod
+    def from_progress(cls, job_id: str, event: ProgressEvent) -> "JobProgressEvent":
+        """A library `ProgressEvent` (e.g. a chain's) as job `job_id`'s progress event."""
+        return cls(job_id=job_id, percent=event.percent, step=event.step, total_steps=event.total_steps,
+                   stage=event.stage, stage_index=event.stage_index, stage_count=event.stage_count,
+                   eta_seconds=event.eta_seconds, elapsed_seconds=event.elapsed_seconds, preview=event.preview,
+                   part=event.part)
 
     def progress_dict(self) -> dict[str, Any]:
         """The `progress` object of the status body."""
-        return {"percent": self.percent, "stage": self.stage, "step": self.step, "total_steps": self.total_steps,
-                "eta_seconds": self.eta_seconds, "elapsed_seconds": self.elapsed_seconds, "updated_at": self.time}
+        return {"percent": self.percent, "stage": self.stage, "part": self.part, "step": self.step,
+                "total_steps": self.total_steps, "eta_seconds": self.eta_seconds,
+                "elapsed_seconds": self.elapsed_seconds, "updated_at": self.time}
 
 
 @dataclass(kw_only=True)
 class JobFinishedEvent(JobEvent):
+    """The job is terminal: its status, error and files (relative paths). Build it with `build(job)`."""
     event: ClassVar[str] = "finished"
     terminal: ClassVar[bool] = True
     status: str
     error: dict[str, str] | None = None
     outputs: list[str] = field(default_factory=list)
     duration_seconds: float | None = None
+
+    @classmethod
+    def build(cls, job: JobRecord, *, duration: float | None = None, seq: int = 0) -> "JobFinishedEvent":
+        """The one way to make it: from the terminal job's record (`duration`: seconds it ran here, if known)."""
+        if not job.terminal:
+            raise ValueError(f"`job` must be terminal, got job {job.id} {job.status.value}.")
+        files = job.outputs.get("files", []) if isinstance(job.outputs, dict) else []
+        return cls(job_id=job.id, seq=seq, status=job.status.value, error=job.error.as_dict() if job.error else None,
+                   outputs=list(files), duration_seconds=None if duration is None else round(duration, 3))
 
 
 Callback = Callable[[JobEvent], None]

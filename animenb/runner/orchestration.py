@@ -4,9 +4,9 @@ FULL_VIDEO -> gate through child jobs.
 The parent is a job of kind "orchestration" (phase None). It is queued like any job; when a
 worker claims it, the worker does not run a notebook: it starts an `Orchestrator` task on the
 event loop and goes straight back to the queue, so the parent never holds a kernel while it
-waits for its children (one warm kernel is enough). The chain policy is `animenb.orchestrate`'s
-pure functions (`next_step`, `attempt_parameters`, `resolve_thresholds`, `ProgressPlan`,
-`eta_seconds`), the same ones the in-process `orchestrate()` uses.
+waits for its children (one warm kernel is enough). The chain's policy, progress and
+record are `animenb.chain`'s, the same the in-process `orchestrate()` uses: this module only
+submits the children and waits for them.
 
 Each phase attempt is a real child job (kind "phase", `parent_id` = the parent, its own
 outputs/<child_id>/): the phase notebook, then the quality notebook with the attempt's
@@ -16,19 +16,19 @@ gate; a failed gate retries the phase with `attempt_seed(seed, phase, k)` up to 
 then the parent fails with error {"type": "QualityGateFailed", "message": <reason>}. A child that
 fails for any other reason (a cell error, a dead kernel) fails the parent with that error.
 
-Progress: the parent publishes its own `JobProgressEvent`s (percent across the chain, never
-decreasing; stage "phase i/3 NAME · attempt k/n · <child stage>"; the child's step/total_steps;
-ETA from the measured work rate) and persists them, so `/generation/<parent>/status` and
+Progress: the parent publishes its own `JobProgressEvent`s (part "chain", from
+`animenb.chain.ChainProgress` fed with the children's events) and persists them, so `/generation/<parent>/status` and
 `/ws/job/<parent>` show the chain. `children_summary()` lists the children (id, phase, attempt,
 status, score).
 
 Cancel of the parent cancels its current child (queued or running) and stops the chain: the
 parent becomes `cancelled`. A child cancelled on its own cancels the parent too.
 
-Record: outputs/<parent_id>/orchestration.json (written after every attempt): parameters, the
-children with their verdicts, status and reason. On success the final files of the passing runs
-are hard-linked (copied across file systems) into outputs/<parent_id>/ with a manifest.json, so
-the parent has a gallery entry of its own.
+Record: outputs/<parent_id>/orchestration.json (`animenb.chain.ChainRecord`, written after every
+attempt). When the policy ends the chain (succeeded, or a failed gate) the final files of the
+passing runs are hard-linked (copied across file systems) into outputs/<parent_id>/ and the
+parent's manifest.json is written (`animenb.chain.parent_manifest`: the in-process shape), so a
+succeeded parent has a gallery entry of its own.
 
 Restart policy (`recover_orchestrations`, run before the store's own `recover()`): a parent left
 `running` by a dead process does not vanish. Its active children become `lost` (running) or
@@ -40,37 +40,29 @@ parent becomes `lost` instead, so a chain that crashes the server cannot loop fo
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
-from animenb.manifest import file_entry, utc_now, write_json_atomic
-from animenb.orchestrate import (CHAIN, SCORING_SHARE, ProgressPlan, attempt_parameters, eta_seconds, next_step,
-                                 resolve_thresholds)
+from animenb.chain import (RECORD_KIND, RECORD_NAME, AttemptRecord, ChainProgress, ChainRecord,
+                           attempt_parameters, final_files, gate_decision, next_step, parent_manifest, parent_quality,
+                           read_record, resolve_thresholds)
+from animenb.manifest import MANIFEST_NAME
 from animenb.phases.catalog import get_phase
+from animenb.progress import ProgressEvent
 from animenb.store import InvalidTransitionError, JobError, JobNotFoundError, JobRecord, JobStatus
 
+from .drivers import JobDriver, JobHost, output_files
 from .events import JobFinishedEvent, JobProgressEvent, JobStartedEvent
-
-if TYPE_CHECKING:
-    from .runner import JobRunner
+from .kernels import WarmKernel
 
 log = logging.getLogger(__name__)
 
-ORCHESTRATION_KIND = "orchestration"
-RECORD_NAME = "orchestration.json"
+ORCHESTRATION_KIND = RECORD_KIND
 MAX_RESUMES = 2
-QUALITY_STAGE = "quality: "
-# Final files linked into the parent's directory: phase -> ((child manifest outputs key, kind, name), ...)
-FINAL_FILES = {
-    "CHARACTER_SHEET": (("sheet", "sheet", "sheet"), ("reference", "reference", "reference")),
-    "ANIMATION_LOOP": (("gif", "loop", "loop"), ("mp4", "loop_mp4", "loop"), ("webp", "webp", "loop")),
-    "FULL_VIDEO": (("mp4", "video", "video"),),
-}
 # Request fields (validated by the orchestrate handler) passed to every phase notebook as they are.
 COMMON_FIELDS = ("negative_prompt", "guidance_scale", "scheduler")
 
@@ -92,42 +84,35 @@ def child_row(job: JobRecord) -> dict:
     quality = _quality_of(job) or {}
     return {"job_id": job.id, "phase": job.phase, "phase_name": info.get("phase"), "attempt": info.get("attempt"),
             "seed": job.parameters.get("seed"), "status": job.status.value, "score": quality.get("score"),
-            "threshold": quality.get("threshold", info.get("threshold")), "passed": quality.get("passed"),
+            "threshold": quality.get("threshold", job.extra.get("quality_threshold")), "passed": quality.get("passed"),
             "error": job.error.as_dict() if job.error else None}
 
 
-def read_record(out_dir: Path) -> dict | None:
-    try:
-        return json.loads((out_dir / RECORD_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 class Orchestrator:
-    """Drives one parent job (see module docstring). Created and started by the runner."""
+    """Drives one parent job (see module docstring). Created and started by `OrchestrationDriver`;
+    `on_finish(parent_id)` runs once the parent is terminal in the store, before its finished event."""
 
-    def __init__(self, runner: "JobRunner", parent: JobRecord):
+    def __init__(self, runner: JobHost, parent: JobRecord, on_finish: Callable[[str], None] | None = None):
         self.runner = runner
         self.parent = parent
+        self.on_finish = on_finish
         self.params: dict[str, Any] = dict(parent.parameters)
         self.out_dir = runner.outputs_dir / parent.id
         self.max_retries = int(self.params.get("max_retries", 2))
         self.gates = resolve_thresholds(self.params.get("thresholds"))
-        self.children: list[str] = []
+        self.record = ChainRecord(self.out_dir, parameters=self.params, seed=int(self.params.get("seed") or 0),
+                                  max_retries=self.max_retries, thresholds=self.gates, job_id=parent.id)
+        self.progress = ChainProgress(attempts_allowed=self.max_retries + 1, publish=self._publish)
+        self.attempts: list[AttemptRecord] = []
         self.current_child: str | None = None
         self.cancel_requested = False
         self.task: asyncio.Task | None = None
-        # progress across the chain
-        self.plan = ProgressPlan.for_chain()
-        self.units_done = 0.0
-        self.fraction = 0.0
-        self.percent = 0.0
-        self.phase = get_phase(CHAIN[0].phase)
-        self.attempt = 1
-        self.last_progress: JobProgressEvent | None = None
-        self._origin: tuple[float, float] | None = None
         self._persisted_at = 0.0
         self._started = time.perf_counter()
+
+    @property
+    def children(self) -> list[str]:
+        return self.record.children
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> asyncio.Task:
@@ -147,7 +132,6 @@ class Orchestrator:
         runner.bus.publish(JobStartedEvent(job_id=parent.id, phase=None, device="orchestrator",
                                            attempt=parent.attempts))
         status, error, reason = JobStatus.FAILED, None, ""
-        history: list[dict] = []
         passed: dict[str, str] = {}
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -156,17 +140,15 @@ class Orchestrator:
                 if self.cancel_requested:
                     raise _Stop(JobStatus.CANCELLED, JobError("Cancelled", "Cancelled before "
                                                               f"{step.phase} attempt {step.attempt} started."))
-                self.phase, self.attempt, self.fraction = get_phase(step.phase), step.attempt, 0.0
                 child = self._submit_child(step.phase, step.attempt, passed)
-                self._save_record(history, "running", "")  # the child is on record before it runs
-                self._emit("queued")
+                self._save_record()  # the child is on record before it runs
+                self.progress.begin_attempt(step.phase, step.attempt, "queued")
                 done = await self._wait_child(child)
-                history_row = self._verdict(done)
-                history.append(history_row)
-                if history_row["passed"]:
-                    passed[step.phase] = str(runner.outputs_dir / done.id)
-                self._end_attempt(history_row)
-                self._save_record(history, "running", "")
+                row = self._verdict(done)
+                history.append(row.as_dict())
+                self._add_attempt(row, passed)
+                self.progress.end_attempt(row.passed, row.score)
+                self._save_record()
             status = JobStatus.SUCCEEDED if step.action == "succeeded" else JobStatus.FAILED
             reason = step.reason
             if status is JobStatus.FAILED:
@@ -175,39 +157,42 @@ class Orchestrator:
             status, error, reason = stop.status, stop.error, stop.error.message
         except asyncio.CancelledError:
             # The server is stopping: the parent stays `running`; recover_orchestrations decides at the next start.
-            self._save_record(history, "running", "server stopped")
+            self.record.data["reason"] = "server stopped"
+            self._save_record()
             raise
         except Exception as exc:  # a bug or a store failure: never leave the parent running
             log.exception("orchestration %s failed", parent.id)
             status, error, reason = JobStatus.FAILED, JobError(type(exc).__name__, str(exc) or type(exc).__name__), \
                 str(exc)
-        self._finish(history, passed, status, error, reason)
+        self._finish(passed, status, error, reason)
 
     def _resume(self) -> tuple[list[dict], dict[str, str]]:
         """History and passing runs from the children a previous process finished (restart policy)."""
         history: list[dict] = []
         passed: dict[str, str] = {}
-        record = read_record(self.out_dir)
-        if not record:
-            self._save_record(history, "running", "")
-            return history, passed
-        for child_id in record.get("children", []):
+        previous = read_record(self.out_dir)
+        for child_id in (previous or {}).get("children", []):
             try:
                 job = self.runner.store.get(child_id)
             except JobNotFoundError:
                 continue
-            self.children.append(job.id)
+            self.record.add_child(job.id)
             row = self._verdict(job, strict=False)
             if row is None:
                 continue
-            history.append(row)
-            if row["passed"]:
-                passed[row["phase"]] = str(self.runner.outputs_dir / job.id)
-            self.phase, self.attempt = get_phase(row["phase"]), row["attempt"]
-            self._end_attempt(row, emit=False)
-        log.info("orchestration %s resumes after %d finished attempt(s)", self.parent.id, len(history))
-        self._save_record(history, "running", "")
+            history.append(row.as_dict())
+            self._add_attempt(row, passed)
+            self.progress.replay(row.phase, row.attempt, row.passed)
+        if previous:
+            log.info("orchestration %s resumes after %d finished attempt(s)", self.parent.id, len(history))
+        self._save_record()
         return history, passed
+
+    def _add_attempt(self, row: AttemptRecord, passed: dict[str, str]) -> None:
+        self.attempts.append(row)
+        self.record.add_attempt(row)
+        if row.passed:
+            passed[row.phase] = str(self.runner.outputs_dir / row.job_id)
 
     def _submit_child(self, phase: str, attempt: int, passed: dict[str, str]) -> JobRecord:
         p = self.params
@@ -221,11 +206,13 @@ class Orchestrator:
         for key in ("width", "height"):
             if values.get(key) is None:
                 values.pop(key, None)
-        info = {"parent_id": self.parent.id, "phase": phase, "attempt": attempt, "threshold": self.gates[phase]}
+        self.record.begin_attempt(phase, {k: values[k] for k in ("reference_image", "image") if k in values})
+        extra = {"orchestration": {"parent_id": self.parent.id, "phase": phase, "attempt": attempt},
+                 "quality_threshold": self.gates[phase]}
         child = self.runner.submit(values, phase=get_phase(phase).id, owner=self.parent.owner,
-                                   visibility=self.parent.visibility, parent_id=self.parent.id,
-                                   extra={"orchestration": info}, priority=True)
-        self.children.append(child.id)
+                                   visibility=self.parent.visibility, parent_id=self.parent.id, extra=extra,
+                                   priority=True)
+        self.record.add_child(child.id)
         self.current_child = child.id
         return child
 
@@ -236,9 +223,10 @@ class Orchestrator:
 
         def on_event(event) -> None:
             if isinstance(event, JobProgressEvent):
-                self._on_child_progress(event)
+                self.progress.on_phase_progress(event.percent, event.step, event.total_steps, event.stage,
+                                                part=event.part, preview=event.preview)
             elif isinstance(event, JobStartedEvent):
-                self._emit("starting")
+                self.progress.stage("starting")
             elif isinstance(event, JobFinishedEvent) and not done.done():
                 done.set_result(event.status)
 
@@ -252,8 +240,8 @@ class Orchestrator:
             self.current_child = None
         return self.runner.store.get(child.id)
 
-    def _verdict(self, job: JobRecord, strict: bool = True) -> dict | None:
-        """The history row of a finished child. `strict`: a child that did not succeed stops the chain
+    def _verdict(self, job: JobRecord, strict: bool = True) -> AttemptRecord | None:
+        """The attempt row of a finished child. `strict`: a child that did not succeed stops the chain
         (raises `_Stop`); otherwise (resuming) it is skipped and its attempt runs again."""
         info = child_info(job) or {}
         if job.status is not JobStatus.SUCCEEDED:
@@ -266,134 +254,73 @@ class Orchestrator:
             raise _Stop(JobStatus.FAILED, JobError(job.error.type if job.error else "ChildFailed",
                                                    f"{where} {job.status.value}: {message}"))
         quality = _quality_of(job) or {}
-        return {"phase": info.get("phase"), "attempt": int(info.get("attempt") or 1), "job_id": job.id,
-                "seed": job.parameters.get("seed"), "score": quality.get("score"),
-                "threshold": quality.get("threshold", info.get("threshold")),
-                "passed": bool(quality.get("passed")), "error": quality.get("error")}
+        phase = get_phase(info.get("phase") or job.phase)
+        attempt = int(info.get("attempt") or 1)
+        passed = bool(quality.get("passed"))
+        return AttemptRecord(
+            phase=phase.name, phase_id=phase.id, attempt=attempt, seed=job.parameters.get("seed"),
+            seed_source=AttemptRecord.seed_source_of(attempt), output_dir=f"../{job.id}",
+            score=quality.get("score"), threshold=quality.get("threshold", self.gates.get(phase.name)),
+            passed=passed, decision=gate_decision(passed, attempt, self.max_retries),
+            metrics=dict(quality.get("metrics") or {}), job_id=job.id, error=quality.get("error"))
 
     # -- progress -----------------------------------------------------------------------
-    def _units_now(self) -> float:
-        index = self.plan.index
-        current = self.plan.units[index] if index < len(self.plan.units) else 0.0
-        return self.units_done + self.fraction * current
-
-    def _on_child_progress(self, event: JobProgressEvent) -> None:
-        if event.stage.startswith(QUALITY_STAGE):
-            fraction = (1.0 - SCORING_SHARE) + SCORING_SHARE * event.percent / 100.0
-            stage = "scoring: " + event.stage[len(QUALITY_STAGE):]
-        else:
-            fraction = (1.0 - SCORING_SHARE) * event.percent / 100.0
-            stage = event.stage
-        self.fraction = max(self.fraction, min(1.0, fraction))
-        if self._origin is None and event.step >= 1:
-            self._origin = (time.perf_counter(), self._units_now())
-        self._emit(stage, step=event.step, total=event.total_steps, preview=event.preview)
-
-    def _end_attempt(self, row: dict, emit: bool = True) -> None:
-        self.fraction = 1.0
-        score = "not scored" if row.get("score") is None else f"{row['score']:.3f}"
-        if emit:
-            self._emit(f"gate {'passed' if row['passed'] else 'failed'} ({score})")
-        self.units_done += self.plan.units[self.plan.index] if self.plan.index < len(self.plan.units) else 0.0
-        self.plan = self.plan.advance() if row["passed"] else self.plan.retry()
-        self.fraction = 0.0
-        self.percent = max(self.percent, self.plan.percent(0.0))
-
-    def eta(self) -> float | None:
-        if self._origin is None:
-            return None
-        t0, u0 = self._origin
-        eta = eta_seconds(self._units_now() - u0, self.plan.remaining_units(self.fraction), time.perf_counter() - t0)
-        return None if eta is None else round(eta, 3)
-
-    def _emit(self, inner: str, step: int = 0, total: int = 0, preview: str | None = None) -> None:
-        self.percent = max(self.percent, round(self.plan.percent(self.fraction), 2))
-        stage = (f"phase {self.phase.id}/{len(CHAIN)} {self.phase.name} · attempt {self.attempt}/"
-                 f"{self.max_retries + 1} · {inner}")
-        event = JobProgressEvent(job_id=self.parent.id, percent=self.percent, step=step, total_steps=total,
-                                 stage=stage, stage_index=self.phase.id, stage_count=len(CHAIN),
-                                 eta_seconds=self.eta(), elapsed_seconds=round(time.perf_counter() - self._started, 3),
-                                 preview=preview)
-        self.last_progress = event
-        self.runner.bus.publish(event)
+    def _publish(self, event: ProgressEvent, milestone: bool) -> None:
+        """The chain's progress -> the parent's job event (every one) and the store (throttled steps)."""
+        self.runner.bus.publish(JobProgressEvent.from_progress(self.parent.id, event))
         now = time.monotonic()
-        if now - self._persisted_at >= self.runner.progress_interval or not step:
+        if milestone or now - self._persisted_at >= self.runner.progress_interval:
             self._persisted_at = now
             self.runner.store.update_progress(self.parent.id, self.progress_dict())
 
     def progress_dict(self) -> dict:
-        data = self.last_progress.progress_dict() if self.last_progress else {"percent": self.percent}
-        data.update(phase=self.phase.name, attempt=self.attempt, current_child=self.current_child)
+        event = self.progress.last_event
+        data = (JobProgressEvent.from_progress(self.parent.id, event).progress_dict() if event
+                else {"percent": self.progress.percent})
+        data.update(phase=self.progress.phase.name, attempt=self.progress.attempt, current_child=self.current_child)
         return data
 
     # -- record and outcome -----------------------------------------------------------------
-    def _save_record(self, history: list[dict], status: str, reason: str) -> None:
-        params = {k: v for k, v in self.params.items()}
-        record = {"kind": ORCHESTRATION_KIND, "job_id": self.parent.id, "status": status, "reason": reason,
-                  "updated_at": utc_now(), "parameters": params, "max_retries": self.max_retries,
-                  "thresholds": self.gates, "chain": [link.phase for link in CHAIN],
-                  "children": list(self.children), "attempts": history}
+    def _save_record(self) -> None:
         try:
-            write_json_atomic(self.out_dir / RECORD_NAME, record)
+            self.record.save(time.perf_counter() - self._started)
         except OSError:
             log.exception("orchestration %s: could not write %s", self.parent.id, RECORD_NAME)
 
-    def _link_finals(self, passed: dict[str, str]) -> list[dict]:
-        """Hard-link (or copy) the passing runs' final files into the parent's directory."""
-        entries = []
-        for phase, wanted in FINAL_FILES.items():
-            if phase not in passed:
-                continue
-            run = Path(passed[phase])
+    def _link_finals(self, passed: dict[str, str]) -> list[tuple[Path, str]]:
+        """Hard-link (or copy) the passing runs' final files into the parent's directory: (target, kind)."""
+        linked = []
+        for source, kind, stem in final_files(passed):
+            target = self.out_dir / f"{stem}{source.suffix}"
             try:
-                outputs = json.loads((run / "manifest.json").read_text()).get("outputs", {})
-            except (OSError, ValueError):
-                continue
-            for key, kind, stem in wanted:
-                rel = outputs.get(key)
-                if not isinstance(rel, str) or not (run / rel).is_file():
-                    continue
-                target = self.out_dir / f"{stem}{Path(rel).suffix}"
+                target.unlink(missing_ok=True)
                 try:
-                    if target.exists():
-                        target.unlink()
-                    try:
-                        os.link(run / rel, target)
-                    except OSError:
-                        shutil.copy2(run / rel, target)
-                    entries.append(file_entry(self.out_dir, target, kind))
+                    os.link(source, target)
                 except OSError:
-                    log.exception("orchestration %s: could not link %s", self.parent.id, run / rel)
-        return entries
+                    shutil.copy2(source, target)
+                linked.append((target, kind))
+            except OSError:
+                log.exception("orchestration %s: could not link %s", self.parent.id, source)
+        return linked
 
-    def _finish(self, history: list[dict], passed: dict[str, str], status: JobStatus, error: JobError | None,
-                reason: str) -> None:
+    def _finish(self, passed: dict[str, str], status: JobStatus, error: JobError | None, reason: str) -> None:
         runner, parent = self.runner, self.parent
-        self._save_record(history, status.value, reason)
-        files = self._link_finals(passed) if status is JobStatus.SUCCEEDED else []
-        final: dict[str, dict] = {}
-        for row in history:
-            final[row["phase"]] = row
-        scores = [r["score"] for r in final.values() if r.get("score") is not None]
-        quality = {"score": min(scores) if scores else None, "passed": status is JobStatus.SUCCEEDED,
-                   "threshold": None,
-                   "phases": {p: {k: r.get(k) for k in ("score", "threshold", "passed", "attempt", "job_id")}
-                              for p, r in final.items()}}
-        if files:
-            manifest = {"phase": {"id": None, "name": "ORCHESTRATION"}, "created_at": utc_now(),
-                        "parameters": self.params, "seed": self.params.get("seed"), "status": status.value,
-                        "reason": reason, "children": list(self.children), "record": RECORD_NAME,
-                        "files": files, "quality": quality}
+        self.record.finish(status.value, reason)
+        self._save_record()
+        listed: list[dict] = []
+        ended_by_policy = status is JobStatus.SUCCEEDED or (error is not None and error.type == "QualityGateFailed")
+        if ended_by_policy and self.attempts:
             try:
-                write_json_atomic(self.out_dir / "manifest.json", manifest)
+                listed = parent_manifest(self.out_dir, self.record, self.attempts, self._link_finals(passed))["files"]
             except OSError as exc:  # e.g. a full disk: the parent fails clearly instead of staying running
-                log.exception("orchestration %s: could not write manifest.json", parent.id)
-                files, status = [], JobStatus.FAILED
-                reason = f"could not write the orchestration's manifest.json: {exc}"
+                log.exception("orchestration %s: could not write %s", parent.id, MANIFEST_NAME)
+                status = JobStatus.FAILED
+                reason = f"could not write the orchestration's {MANIFEST_NAME}: {exc}"
                 error = JobError(type(exc).__name__, reason)
-        outputs = {"files": runner_output_files(self.out_dir), "manifest": "manifest.json" if files else None,
-                   "listed": files, "seed": self.params.get("seed"), "record": RECORD_NAME,
-                   "children": list(self.children), "reason": reason, "quality": quality}
+        outputs = {"files": output_files(self.out_dir), "manifest": MANIFEST_NAME if listed else None,
+                   "listed": listed, "seed": self.params.get("seed"), "record": RECORD_NAME,
+                   "children": self.children, "reason": reason,
+                   "quality": parent_quality(self.attempts, status is JobStatus.SUCCEEDED)}
         progress = self.progress_dict()
         stage = "done" if status is JobStatus.SUCCEEDED else status.value
         progress.update(stage=f"{stage}: {reason}" if reason else stage, current_child=None)
@@ -403,8 +330,9 @@ class Orchestrator:
             job = runner.store.transition(parent.id, status, error=error, outputs=outputs, progress=progress)
         except InvalidTransitionError:
             job = runner.store.get(parent.id)
-        runner.orchestrations.pop(parent.id, None)
-        runner._publish_finished(job, duration=time.perf_counter() - self._started)
+        if self.on_finish is not None:
+            self.on_finish(parent.id)
+        runner.finished(job, duration=time.perf_counter() - self._started)
 
     def children_summary(self) -> list[dict]:
         return children_summary(self.runner.store, self.children)
@@ -414,12 +342,6 @@ class _Stop(Exception):
     def __init__(self, status: JobStatus, error: JobError):
         super().__init__(error.message)
         self.status, self.error = status, error
-
-
-def runner_output_files(out_dir: Path) -> list[str]:
-    from .runner import output_files
-
-    return output_files(out_dir)
 
 
 def children_summary(store, child_ids: list[str]) -> list[dict]:
@@ -432,21 +354,7 @@ def children_summary(store, child_ids: list[str]) -> list[dict]:
     return rows
 
 
-def children_of(runner: "JobRunner", parent: JobRecord) -> list[dict] | None:
-    """The parent's children rows (None when `parent` is not an orchestration)."""
-    if parent.kind != ORCHESTRATION_KIND:
-        return None
-    live = runner.orchestrations.get(parent.id)
-    if live is not None:
-        return live.children_summary()
-    ids = parent.outputs.get("children") if isinstance(parent.outputs, dict) else None
-    if not isinstance(ids, list):
-        record = read_record(runner.outputs_dir / parent.id) or {}
-        ids = record.get("children", [])
-    return children_summary(runner.store, [i for i in ids if isinstance(i, str)])
-
-
-def recover_orchestrations(runner: "JobRunner") -> list[JobRecord]:
+def recover_orchestrations(runner: JobHost) -> list[JobRecord]:
     """Restart policy for parents a dead process left running (module docstring). Runs before the
     store's `recover()`, so their children are settled here, not re-queued as orphans."""
     store = runner.store
@@ -496,3 +404,66 @@ def recover_orchestrations(runner: "JobRunner") -> list[JobRecord]:
         except InvalidTransitionError:
             pass
     return changed
+
+
+class OrchestrationDriver(JobDriver):
+    """Job kind "orchestration": each claimed parent gets an `Orchestrator` task on the event loop and the
+    worker goes straight back to the queue (a parent never holds a kernel while its children run)."""
+    kind = ORCHESTRATION_KIND
+
+    def __init__(self, host: JobHost):
+        super().__init__(host)
+        self.orchestrations: dict[str, Orchestrator] = {}  # parent job id -> its driving task
+
+    def recover(self) -> list[JobRecord]:
+        return recover_orchestrations(self.host)
+
+    async def start(self, job: JobRecord, kernel: WarmKernel) -> None:
+        orchestrator = Orchestrator(self.host, job, on_finish=self._forget)
+        self.orchestrations[job.id] = orchestrator
+        orchestrator.start()
+
+    def _forget(self, job_id: str) -> None:
+        self.orchestrations.pop(job_id, None)
+
+    async def cancel(self, job: JobRecord) -> JobRecord:
+        """Cancel the current child and let the chain's task end the parent as cancelled (waits ~3 s at most)."""
+        orchestrator = self.orchestrations.get(job.id)
+        if orchestrator is not None:
+            await orchestrator.cancel()
+            try:
+                await asyncio.wait_for(asyncio.shield(orchestrator.task), timeout=3 * self.host.cancel_grace + 2)
+            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                pass
+        return self.host.store.get(job.id)
+
+    def active(self) -> list[str]:
+        return list(self.orchestrations)
+
+    def describe(self) -> dict:
+        return {"orchestrations": sorted(self.orchestrations)}
+
+    def live_progress(self, job_id: str) -> dict | None:
+        orchestrator = self.orchestrations.get(job_id)
+        return None if orchestrator is None else orchestrator.progress_dict()
+
+    def children(self, job: JobRecord) -> list[dict]:
+        """The parent's children rows: the live chain's, else those its outputs (or its record) name."""
+        live = self.orchestrations.get(job.id)
+        if live is not None:
+            return live.children_summary()
+        ids = job.outputs.get("children") if isinstance(job.outputs, dict) else None
+        if not isinstance(ids, list):
+            ids = (read_record(self.host.outputs_dir / job.id) or {}).get("children", [])
+        return children_summary(self.host.store, [i for i in ids if isinstance(i, str)])
+
+    async def stop(self) -> None:
+        """The server is stopping: end the chains' tasks; their parents stay `running` for `recover()`."""
+        tasks = [o.task for o in self.orchestrations.values() if o.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass

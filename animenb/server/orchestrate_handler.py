@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 
-from animenb.orchestrate import MAX_RETRIES_LIMIT
+from animenb.chain import MAX_RETRIES_LIMIT
 from animenb.phases.catalog import get_phase
 from animenb.runner.orchestration import COMMON_FIELDS, ORCHESTRATION_KIND
 

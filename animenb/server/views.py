@@ -35,7 +35,7 @@ def phase_name(phase: int | None) -> str | None:
 def _progress(job: JobRecord, live: dict | None) -> dict:
     base = {"percent": 0.0, "stage": job.status.value, "step": 0, "total_steps": None, "eta_seconds": None}
     stored = live or job.progress or {}
-    base.update({k: stored[k] for k in ("percent", "stage", "step", "total_steps", "eta_seconds",
+    base.update({k: stored[k] for k in ("percent", "stage", "part", "step", "total_steps", "eta_seconds",
                                         "elapsed_seconds", "updated_at") if k in stored})
     if job.status is JobStatus.SUCCEEDED:
         base.update(percent=100.0, eta_seconds=0.0)
@@ -155,7 +155,7 @@ async def health_body(service) -> dict:
         "uptime_seconds": round(time.time() - service.started_at, 1),
         "components": {
             "comfyui": comfyui,
-            "gpu": {**gpu, "active_generation": bool(service.runner.running)},
+            "gpu": {**gpu, "active_generation": service.runner.generating()},
             "jobs": {"active_count": counts["queued"] + counts["running"],
                      "total_tracked": sum(counts.values()), "queued": counts["queued"],
                      "running": counts["running"], "by_status": counts},

@@ -101,10 +101,7 @@ class JobSocketHandler(WebSocketHandler):
         snapshot = JobStateEvent(job_id=job_id, state=state, seq=bus.last_seq(job_id))
         self.write_message(self._dump(snapshot))
         if job.terminal:
-            self.send(JobFinishedEvent(
-                job_id=job_id, seq=bus.last_seq(job_id), status=job.status.value,
-                error=job.error.as_dict() if job.error else None,
-                outputs=list(job.outputs.get("files", [])) if isinstance(job.outputs, dict) else []))
+            self.send(JobFinishedEvent.build(job, seq=bus.last_seq(job_id)))
 
     def on_message(self, message) -> None:
         pass  # clients only listen

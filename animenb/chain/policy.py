@@ -1,0 +1,175 @@
+"""The chain's policy as pure functions: which phase runs next, with which seed and inputs, and why it stopped.
+
+Both orchestrators drive their loop with `next_step` (the in-process `animenb.orchestrate.orchestrate` and the
+job server's parent job, `animenb.runner.orchestration`):
+
+    next_step(history, max_retries)  what to do after the scored attempts so far: run (phase, attempt),
+                                  or stop with "succeeded" / "failed" and the reason
+    attempt_parameters(...)       plain-JSON parameters of one attempt = the phase notebook's parameters
+    CHAIN / chain_inputs(...)     which phase feeds which (phase 2's IP-Adapter reference = phase 1's
+                                  run directory; phase 3's image = phase 2's first loop frame)
+    attempt_seed(...)             attempt 1 uses the base seed, retries a seed derived from it
+    attempt_dir(...)              where an in-process attempt writes
+    resolve_thresholds(...)       per-phase gate thresholds (None = parameters/quality.yaml)
+    gate_decision(...)            "advance" | "retry" | "fail" after a scored attempt
+    gate_failure_reason(...)      the status reason naming the phase, attempts, seeds and scores
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..manifest import read_manifest
+from ..phases.catalog import get_phase
+
+ORCHESTRATION = "ORCHESTRATION"   # the parent's phase name in its manifest and progress events
+MAX_RETRIES_LIMIT = 10
+SEED_DERIVATION = ("attempt 1: the base seed; attempt k > 1: sha256(f'{seed}:{phase_id}:{k}') "
+                   "first 8 bytes mod 2**32")
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    """One phase of the chain: `parameter` of `phase` is fed from the passing run of `source`."""
+    phase: str
+    parameter: str | None = None
+    source: str | None = None
+
+
+CHAIN: tuple[ChainLink, ...] = (
+    ChainLink("CHARACTER_SHEET"),                                   # reference_image: the caller's, if any
+    ChainLink("ANIMATION_LOOP", "reference_image", "CHARACTER_SHEET"),  # IP-Adapter reference = the sheet run
+    ChainLink("FULL_VIDEO", "image", "ANIMATION_LOOP"),             # SVD source = the first loop frame
+)
+
+
+def chain_inputs(phase: str, passed: Mapping[str, str | Path], reference_image: str | None = None) -> dict:
+    """The phase-function keyword arguments that chain `phase` to the phases before it.
+
+    `passed` maps phase name -> the run directory of its passing attempt. Phase 2 gets phase 1's run
+    directory as `reference_image` (the phase function loads its reference pose); phase 3 gets the
+    path of phase 2's first loop frame as `image` (a phase-2 directory would resolve to its
+    reference image, not a frame). Phase 1 gets the caller's `reference_image`, if any.
+    """
+    link = next((link for link in CHAIN if link.phase == phase), None)
+    if link is None:
+        raise ValueError(f"`phase` must be one of {', '.join(l.phase for l in CHAIN)}, got {phase!r}.")
+    if link.source is None:
+        return {} if reference_image is None else {"reference_image": str(reference_image)}
+    if link.source not in passed:
+        raise ValueError(f"{phase} needs the passing run of {link.source}, which is not in `passed`.")
+    source = Path(passed[link.source])
+    if link.source == "ANIMATION_LOOP":
+        frames = read_manifest(source)["outputs"].get("frames") or []
+        if not frames:
+            raise ValueError(f"{source} has no loop frames to animate.")
+        return {link.parameter: str(source / frames[0])}
+    return {link.parameter: str(source)}
+
+
+def attempt_seed(base_seed: int, phase_id: int, attempt: int) -> int:
+    """Attempt 1 of every phase uses `base_seed`; attempt k > 1 uses
+    int(sha256(f"{base_seed}:{phase_id}:{k}")[:8 bytes]) mod 2**32, a new seed that depends only on
+    the base seed, the phase and the attempt number (so a rerun retries the same seeds)."""
+    if attempt < 1:
+        raise ValueError(f"`attempt` counts from 1, got {attempt!r}.")
+    if attempt == 1:
+        return int(base_seed)
+    digest = hashlib.sha256(f"{int(base_seed)}:{int(phase_id)}:{int(attempt)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 2**32
+
+
+def attempt_dir(root: str | Path, phase: str, attempt: int) -> Path:
+    """`<root>/<id>_<phase name lower>/attempt_<k>` (k from 1)."""
+    p = get_phase(phase)
+    return Path(root) / f"{p.id}_{p.name.lower()}" / f"attempt_{attempt}"
+
+
+def resolve_thresholds(thresholds: Mapping[str | int, float | None] | float | None) -> dict[str, float | None]:
+    """Per-phase gate thresholds: None -> each phase's threshold in parameters/quality.yaml (None here);
+    a number -> that threshold for every phase; a mapping by phase id or name -> those phases (others
+    None). Thresholds are finite numbers >= 0; above 1 forces a failure (tests use 1.01)."""
+    from ..quality.config import check_threshold  # lazily: animenb.quality imports numpy and OpenCV
+
+    out: dict[str, float | None] = {link.phase: None for link in CHAIN}
+    if thresholds is None:
+        return out
+    if isinstance(thresholds, Mapping):
+        for key, value in thresholds.items():
+            name = get_phase(key).name
+            out[name] = None if value is None else check_threshold(value, f"thresholds[{key!r}]")
+        return out
+    value = check_threshold(thresholds, "thresholds")
+    return {name: value for name in out}
+
+
+def gate_decision(passed: bool, attempt: int, max_retries: int) -> str:
+    """After attempt `attempt` (from 1) of a phase was scored: "advance" to the next phase, "retry"
+    this phase with a new seed, or "fail" the chain (the gate failed on attempt max_retries + 1)."""
+    if passed:
+        return "advance"
+    return "retry" if attempt <= max_retries else "fail"
+
+
+def gate_failure_reason(phase: str, attempts: list[Mapping[str, Any]]) -> str:
+    """E.g. "CHARACTER_SHEET failed its quality gate (threshold 1.01) after 3 attempts:
+    seed 42 -> 0.797, seed 2919... -> 0.812, seed 1234... -> 0.790"."""
+    thresholds = sorted({a["threshold"] for a in attempts if a.get("threshold") is not None})
+    gate = ", ".join(f"{t:.2f}" for t in thresholds) or "?"
+    tries = ", ".join(f"seed {a['seed']} -> {a['score']:.3f}" if a.get("score") is not None
+                      else f"seed {a['seed']} -> not scored" for a in attempts)
+    n = len(attempts)
+    return f"{phase} failed its quality gate (threshold {gate}) after {n} attempt{'s' * (n != 1)}: {tries}"
+
+
+def success_reason(history: Sequence[Mapping[str, Any]]) -> str:
+    passed = [h for h in history if h["passed"]]
+    n = len(history)
+    return (f"all {len(CHAIN)} gates passed in {n} attempt{'s' * (n != 1)} ("
+            + ", ".join(f"{h['phase']} {h['score']:.3f}" for h in passed) + ")")
+
+
+@dataclass(frozen=True)
+class NextStep:
+    """What the chain does next: run `phase` attempt `attempt`, or stop ("succeeded" / "failed", with reason)."""
+    action: str                 # run | succeeded | failed
+    phase: str | None = None
+    attempt: int | None = None
+    reason: str = ""
+
+
+def next_step(history: Sequence[Mapping[str, Any]], max_retries: int) -> NextStep:
+    """The whole chain policy as a function of the scored attempts so far (each a mapping with at least
+    "phase", "seed", "score", "threshold", "passed", in order). The job server's parent job calls it
+    after every child; `orchestrate` drives its own loop with it."""
+    if not history:
+        return NextStep("run", CHAIN[0].phase, 1)
+    last = history[-1]
+    tries = [h for h in history if h["phase"] == last["phase"]]
+    decision = gate_decision(bool(last["passed"]), len(tries), max_retries)
+    if decision == "retry":
+        return NextStep("run", last["phase"], len(tries) + 1)
+    if decision == "fail":
+        return NextStep("failed", last["phase"], len(tries), gate_failure_reason(last["phase"], tries))
+    index = [link.phase for link in CHAIN].index(last["phase"])
+    if index + 1 == len(CHAIN):
+        return NextStep("succeeded", reason=success_reason(history))
+    return NextStep("run", CHAIN[index + 1].phase, 1)
+
+
+def attempt_parameters(phase: str, attempt: int, *, prompt: str, seed: int, root: str | Path,
+                       passed: Mapping[str, str | Path], steps: int = 15, width: int | None = None,
+                       height: int | None = None, models: str | None = None, reference_image: str | None = None,
+                       phase_options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Plain-JSON parameters of one attempt: the phase function's keyword arguments, which are also
+    the parameter names of the phase notebook (papermill `parameters=` for a child job).
+    `seed` is the base seed; `passed` maps phase name -> passing run directory."""
+    name = get_phase(phase).name
+    return {"prompt": prompt, "seed": attempt_seed(seed, get_phase(phase).id, attempt), "steps": steps,
+            "width": width, "height": height, "models": models or "",
+            "output_dir": str(attempt_dir(root, name, attempt)),
+            **chain_inputs(name, passed, reference_image), **dict((phase_options or {}).get(name, {}))}
+
+

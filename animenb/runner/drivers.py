@@ -1,0 +1,131 @@
+"""Job kinds and the drivers that run them: the runner's registry, like papermill's engine registry.
+
+A job's `kind` names its driver. The runner claims queued jobs of every kind the same way (one worker
+per warm kernel, priority jobs first) and hands each to its kind's driver:
+
+    "phase"          `animenb.runner.phase_jobs.PhaseJobDriver`: the phase notebook, then the quality
+                     notebook, on the worker's warm kernel (the worker waits for it)
+    "orchestration"  `animenb.runner.orchestration.OrchestrationDriver`: a task on the event loop that
+                     submits one child job per chain attempt (the worker goes straight back to the queue)
+
+A driver sees the runner only through `JobHost` (what it may use of it) and never imports the runner, so
+the modules read top to bottom: runner -> drivers -> events / store.
+"""
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, Protocol
+
+from animenb.store import JobRecord, JobStoreBase
+
+from .events import EventBus
+from .kernels import WarmKernel
+
+
+class JobHost(Protocol):
+    """What a driver may use of the runner: its store, bus and settings, submitting, cancelling and
+    announcing the end of a job. Settings are read when used, so a change applies to the next job."""
+    store: JobStoreBase
+    bus: EventBus
+    outputs_dir: Path
+    progress_interval: float       # seconds between progress writes to the store
+    cancel_grace: float            # seconds between a cancel's interrupts
+    models: str                    # the model profile every job runs with
+    backend: str | None
+    comfyui_url: str | None
+    notebook_for: Callable[[JobRecord], Path]
+    quality_notebook: Path | None  # None: phase jobs are not scored
+    quality_threshold: float | None
+    warm: bool
+    execution_timeout: float | None
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def submit(self, request: dict[str, Any], *, phase: int | None, owner: str = "anonymous",
+               visibility: str = "public", parent_id: str | None = None, kind: str = "phase",
+               extra: dict[str, Any] | None = None, priority: bool = False) -> JobRecord: ...
+
+    async def cancel(self, job_id: str) -> JobRecord: ...
+
+    def finished(self, job: JobRecord, duration: float | None = None) -> None:
+        """Publish `job`'s terminal event (`JobFinishedEvent.build`)."""
+
+
+class JobDriver(abc.ABC):
+    """Runs the jobs of one kind. The runner makes one driver per kind and calls, on the event loop:
+
+    `recover()` once at start, before the store's own restart policy (`JobStoreBase.recover`): settle
+    this kind's jobs a dead process left running, returning the jobs it changed;
+    `start(job, kernel)` for every job of this kind a worker claimed (already `running` in the store):
+    run it to its end, or start driving it and return (the worker then claims the next job);
+    `cancel(job)` for a running job of this kind; `live_progress(job_id)`, `children(job)` and
+    `describe()` for the status bodies and /health; `stop()` when the runner stops (a job still running
+    stays `running` in the store: the next start's `recover()` decides).
+    """
+    kind: ClassVar[str]
+
+    def __init__(self, host: JobHost):
+        self.host = host
+
+    def recover(self) -> list[JobRecord]:
+        return []
+
+    @abc.abstractmethod
+    async def start(self, job: JobRecord, kernel: WarmKernel) -> None:
+        """Run (or start driving) the claimed `job`; the worker's `kernel` is the driver's to use until it returns."""
+
+    @abc.abstractmethod
+    async def cancel(self, job: JobRecord) -> JobRecord:
+        """Stop the running `job`; returns its record once it stopped (or the driver gave up waiting)."""
+
+    def live_progress(self, job_id: str) -> dict | None:
+        """The newest progress of a job running here (fresher than the store's, which is throttled)."""
+        return None
+
+    def children(self, job: JobRecord) -> list[dict] | None:
+        """The child jobs of `job` as status rows; None for kinds without children."""
+        return None
+
+    def active(self) -> list[str]:
+        """Ids of the jobs this driver is running now."""
+        return []
+
+    def describe(self) -> dict:
+        return {"active": sorted(self.active())}
+
+    async def stop(self) -> None:
+        pass
+
+
+class DriverRegistry:
+    """kind -> driver class. `register` replaces an existing kind (tests may swap a driver in)."""
+
+    def __init__(self):
+        self._drivers: dict[str, type[JobDriver]] = {}
+
+    def register(self, kind: str, driver: type[JobDriver]) -> None:
+        if not (isinstance(driver, type) and issubclass(driver, JobDriver)):
+            raise TypeError(f"`driver` must be a JobDriver subclass, got {driver!r}.")
+        self._drivers[kind] = driver
+
+    def get(self, kind: str) -> type[JobDriver]:
+        try:
+            return self._drivers[kind]
+        except KeyError:
+            raise ValueError(f"`kind` must be one of {', '.join(sorted(self._drivers))}, got {kind!r}.") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._drivers)
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._drivers
+
+
+def output_files(out_dir: Path) -> list[str]:
+    """Relative paths of the files a job wrote (hidden files excluded)."""
+    if not out_dir.is_dir():
+        return []
+    return sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out_dir).parts))
