@@ -16,6 +16,7 @@ Used by `animenb gc --older-than 7d` and `POST /api/anime/admin/gc`. Safe by con
 """
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import time
@@ -32,13 +33,17 @@ JOB_DIR_RE = re.compile(r"^[0-9a-f]{32}$")
 def parse_age(text: str | int | float) -> float:
     """'7d', '12h', '30m', '45s', '2w' -> seconds (a bare number is seconds)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text < 0:
-            raise ValueError(f"`older_than` must not be negative, got {text!r}.")
-        return float(text)
+        seconds = float(text) if abs(text) < 1e300 else math.inf
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"`older_than` must be a finite number of seconds >= 0, got {text!r}.")
+        return seconds
     m = AGE_RE.match(str(text))
     if not m:
         raise ValueError(f"`older_than` must look like 7d, 12h, 30m, 45s or 2w, got {text!r}.")
-    return float(m[1]) * UNITS[m[2]]
+    seconds = float(m[1]) * UNITS[m[2]]
+    if not math.isfinite(seconds):
+        raise ValueError(f"`older_than` is too large, got {text!r}.")
+    return seconds
 
 
 def dir_bytes(path: Path) -> int:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
 TEST_NOTEBOOKS = Path(__file__).parent / "notebooks"
@@ -49,6 +48,7 @@ class LiveServer:
 @contextlib.asynccontextmanager
 async def live_server(tmp_path: Path, **config):
     from animenb.server.app import AnimeService, ServerConfig, make_app
+    from animenb.server.limits import make_http_server
 
     config.setdefault("kernel_env", {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})  # 2-core CI: no oversubscription
     cfg = ServerConfig(home=tmp_path / "home", outputs=tmp_path / "outputs",
@@ -56,7 +56,7 @@ async def live_server(tmp_path: Path, **config):
     service = AnimeService(cfg)
     app = make_app(service)
     sock, port = bind_unused_port()
-    server = HTTPServer(app)
+    server = make_http_server(app, service.config.http_limits)
     server.add_sockets([sock])
     await service.start()
     await service.runner.wait_ready(120)

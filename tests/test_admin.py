@@ -81,4 +81,5 @@ async def test_admin_gc_endpoint(srv):
     assert srv.service.store.get(running["job_id"]).status.value in ("queued", "running")
     code, body, _ = await call(srv, "GET", f"{API}/generation/{job['job_id']}/status")
     assert code == 404
-    await call(srv, "DELETE", f"{API}/generation/{running['job_id']}")
+    await call(srv, "DELETE", f"{API}/generation/{running['job_id']}",
+               headers={"X-Cancel-Token": running["cancel_token"]})

@@ -118,8 +118,11 @@ async def test_cancel_rules_and_visibility_field(srv):
     assert code == 200 and body["status"] == "cancelled"
     code, body, _ = await call(srv, "DELETE", f"{API}/generation/{blocker['job_id']}", token=tok["root"])
     assert code == 200 and (await wait_done(srv, blocker["job_id"])).status.value == "cancelled"
-    anon = await submit(srv, prompt="test:echo anyone may cancel")  # anonymous jobs: anyone
+    anon = await submit(srv, prompt="test:echo cancel token")  # anonymous jobs: whoever holds its cancel_token
     code, body, _ = await call(srv, "DELETE", f"{API}/generation/{anon['job_id']}", token=tok["bob"])
+    assert code == 403 and body["error"]["field"] == "cancel_token"
+    code, body, _ = await call(srv, "DELETE", f"{API}/generation/{anon['job_id']}", token=tok["bob"],
+                               headers={"X-Cancel-Token": anon["cancel_token"]})
     assert code in (200, 409)
 
 

@@ -91,6 +91,16 @@ BAD = [
     ("GET", f"{API}/jobs?limit=100000", None, {}, 422, "invalid_value", "limit"),
     ("GET", f"{API}/jobs?cursor=1;DROP", None, {}, 422, "invalid_value", "cursor"),
     ("GET", f"{API}/jobs?status=done", None, {}, 422, "invalid_value", "status"),
+    ("GET", f"{API}/jobs?cursor=99999999999999999999999", None, {}, 422, "invalid_value", "cursor"),
+    ("GET", f"{API}/jobs?cursor=9223372036854775808", None, {}, 422, "invalid_value", "cursor"),
+    ("GET", f"{API}/jobs?cursor=%C2%B2", None, {}, 422, "invalid_value", "cursor"),
+    ("GET", f"{API}/jobs?cursor=%EF%BC%91", None, {}, 422, "invalid_value", "cursor"),
+    ("GET", f"{API}/jobs?cursor=-1", None, {}, 422, "invalid_value", "cursor"),
+    ("GET", f"{API}/gallery?phase=", None, {}, 422, "invalid_value", "phase"),
+    ("GET", f"{API}/gallery?phase=9", None, {}, 422, "invalid_value", "phase"),
+    ("GET", f"{API}/gallery?cursor=%C2%B2", None, {}, 422, "invalid_value", "cursor"),
+    ("GET", f"/ws/job/{'a' * 200}", None, {}, 404, "not_found", None),
+    ("GET", f"{API}/ws/job/{'0' * 31}g", None, {}, 404, "not_found", None),
     ("GET", f"{API}/generation/{'0' * 32}/status", None, {}, 404, "job_not_found", "job_id"),
     ("GET", f"{API}/generation/not-a-job/status", None, {}, 404, "not_found", None),
     ("DELETE", f"{API}/generation/{'0' * 32}", None, {}, 404, "job_not_found", "job_id"),
@@ -121,9 +131,15 @@ async def test_bad_requests_get_4xx_json_and_change_nothing(srv, method, path, r
 async def test_bad_gc_requests(srv):
     admin = srv.tok["admin"]
     for body, field in (({}, "older_than"), ({"older_than": "soon"}, "older_than"), ({"older_than": [7]}, "older_than"),
-                        ({"older_than": "7d", "dry_run": "yes"}, "dry_run"), ({"older_than": "7d", "x": 1}, "x")):
+                        ({"older_than": "7d", "dry_run": "yes"}, "dry_run"), ({"older_than": "7d", "x": 1}, "x"),
+                        ({"older_than": float("nan")}, "older_than"), ({"older_than": float("inf")}, "older_than"),
+                        ({"older_than": -1}, "older_than"), ({"older_than": 10**400}, "older_than"),
+                        ({"older_than": "9" * 400 + "d"}, "older_than")):
         code, got, _ = await call(srv, "POST", f"{API}/admin/gc", body, token=admin)
         assert code == 422 and got["error"]["field"] == field, (body, got)
+    for raw in (b'{"older_than": NaN}', b'{"older_than": -Infinity}', b'{"older_than": 1e400}'):
+        code, got, _ = await call(srv, "POST", f"{API}/admin/gc", raw=raw, token=admin)
+        assert code == 422 and got["error"]["field"] == "older_than", (raw, got)
 
 
 # -- code-shaped prompts reach the notebook verbatim and run as nothing ----------------------------------------------

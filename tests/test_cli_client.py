@@ -32,10 +32,14 @@ async def cli(*argv, timeout=120):
     return proc.returncode, out.decode(), err.decode()
 
 
+CANCEL_TOKENS: dict[str, str] = {}  # job id -> the cancel_token its 202 returned (anonymous jobs)
+
+
 async def submit(srv, **body):
     body = {"width": 64, "height": 64, "steps": 2, **body}
     code, data, _ = await srv.request("POST", "/api/anime/generate", body)
     assert code == 202, data
+    CANCEL_TOKENS[data["job_id"]] = data["cancel_token"]
     return data["job_id"]
 
 
@@ -73,7 +77,7 @@ async def test_watch_failed_and_cancelled_exit_1(srv):
     watcher = asyncio.create_task(cli("watch", long, "--url", srv.base))
     await wait_status(srv, long, {"running"})
     await asyncio.sleep(1.0)
-    code, body, _ = await srv.request("DELETE", f"/api/anime/generation/{long}")
+    code, body, _ = await srv.request("DELETE", f"/api/anime/generation/{long}?cancel_token={CANCEL_TOKENS[long]}")
     assert code == 200 and body["status"] == "cancelled"
     code, out, err = await watcher
     assert code == 1 and f"job {long} cancelled" in out

@@ -137,14 +137,17 @@ async def test_cancel_queued_and_running(srv):
         await asyncio.sleep(0.02)
     assert queued["queue_position"] == 2 or (await srv.request("GET", queued["status_url"]))[1]["queue_position"] == 1
 
-    code, body, _ = await srv.request("DELETE", f"/api/anime/generation/{queued['job_id']}")
+    code, body, _ = await srv.request("DELETE", f"/api/anime/generation/{queued['job_id']}"
+                                                f"?cancel_token={queued['cancel_token']}")
     assert code == 200 and body["status"] == "cancelled" and body["started_at"] is None
     await asyncio.sleep(0.3)  # let the sleep job get going
     t0 = time.monotonic()
-    code, body, _ = await srv.request("DELETE", f"/api/anime/generation/{running['job_id']}")
+    code, body, _ = await srv.request("DELETE", f"/api/anime/generation/{running['job_id']}"
+                                                f"?cancel_token={running['cancel_token']}")
     assert code == 200 and body["status"] == "cancelled" and time.monotonic() - t0 < 1.5
     assert body["error"]["type"] == "Cancelled"
-    code, body, _ = await srv.request("DELETE", f"/api/anime/generation/{running['job_id']}")
+    code, body, _ = await srv.request("DELETE", f"/api/anime/generation/{running['job_id']}"
+                                                f"?cancel_token={running['cancel_token']}")
     assert code == 409 and body["error"]["code"] == "job_finished"
     after = await submit(srv, prompt="test:progress", steps=2)
     assert (await wait_status(srv, after["job_id"]))["status"] == "succeeded"

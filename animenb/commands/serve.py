@@ -28,6 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="queued jobs in all before POST /generate answers 429 (default 512)")
     parser.add_argument("--max-queued-per-user", type=int, default=64,
                         help="queued jobs per token name (anonymous callers share one allowance; default 64)")
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="a web origin (https://app.example) besides the server's own that may POST/DELETE "
+                             "and open job WebSockets; repeatable")
+    parser.add_argument("--body-timeout", type=float, default=None,
+                        help="seconds a client may take to send a request body (default 10)")
+    parser.add_argument("--idle-timeout", type=float, default=None,
+                        help="seconds a connection may take to send its request headers or stay idle (default 30)")
+    parser.add_argument("--max-websockets-per-client", type=int, default=None,
+                        help="open job WebSockets per client address (default 64)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
 
@@ -46,11 +55,15 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
 
     from animenb.server.app import ServerConfig, serve
+    from animenb.server.limits import HttpLimits
 
     cfg = ServerConfig(host=args.host, port=args.port, models=args.models, home=args.home, outputs=args.outputs,
                        backend=args.backend, comfyui_url=args.comfyui_url, warm=not args.cold_kernels,
                        notebooks_dir=args.notebooks, quality_notebook=not args.no_quality, max_queue=args.max_queue,
-                       max_queued_per_user=args.max_queued_per_user)
+                       max_queued_per_user=args.max_queued_per_user, allow_origins=tuple(args.allow_origin),
+                       http_limits=HttpLimits(**{name: value for name, value in (
+                           ("body_timeout", args.body_timeout), ("idle_timeout", args.idle_timeout),
+                           ("max_websockets_per_client", args.max_websockets_per_client)) if value is not None}))
 
     def ready(service) -> None:
         models = service.models

@@ -154,6 +154,8 @@ class PhaseJobDriver(JobDriver):
         except Exception as exc:
             status, error = self._classify(ctx, exc)
             outputs = None
+        for name in (NOTEBOOK_NAME, QUALITY_NOTEBOOK_NAME):  # readers of the job see no server paths
+            await loop.run_in_executor(None, self.host.public_paths.scrub_file, out_dir / name)
         if ctx.persist_handle is not None:
             ctx.persist_handle.cancel()
         progress = ctx.last_progress.progress_dict() if ctx.last_progress else {}
@@ -280,6 +282,15 @@ class PhaseJobDriver(JobDriver):
                     "error": error.as_dict()}
 
     def _classify(self, ctx: RunningJob, exc: Exception) -> tuple[JobStatus, JobError]:
+        """The job's outcome for `exc`; the stored message has server paths made relative (the log keeps them)."""
+        status, error = self._outcome(ctx, exc)
+        public = self.host.public_paths.scrub(error.message)
+        if public != error.message:
+            log.warning("job %s: %s: %s", ctx.job.id, error.type, error.message)
+            error = JobError(error.type, public)
+        return status, error
+
+    def _outcome(self, ctx: RunningJob, exc: Exception) -> tuple[JobStatus, JobError]:
         from nbclient.exceptions import DeadKernelError
         from papermill.exceptions import PapermillExecutionError
 

@@ -29,6 +29,7 @@ from .events import EventBus, JobFinishedEvent, JobQueuedEvent
 from .kernels import KernelPool, WarmKernel
 from .orchestration import OrchestrationDriver
 from .phase_jobs import NOTEBOOK_NAME, PHASE_KIND, QUALITY_NOTEBOOK, PhaseJobDriver, default_notebook_for
+from .public_paths import PathScrubber
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class JobRunner:
         self.execution_timeout = execution_timeout
         env = {"ANIMENB_MODELS": self.models, "ANIMENB_OUTPUTS": str(self.outputs_dir), **(kernel_env or {})}
         self.kernels = kernels or KernelPool(devices, env=env, cwd=config.repo_root())
+        self.public_paths = PathScrubber(outputs_dir=self.outputs_dir, notebooks_dir=self.notebooks_dir,
+                                         home=Path(env.get("ANIMENB_HOME") or config.home_dir()))
         self.drivers: dict[str, JobDriver] = {kind: job_drivers.get(kind)(self) for kind in job_drivers}
         self._priority: collections.deque[str] = collections.deque()  # child jobs, claimed before the queue
         self.started_at = time.time()

@@ -3,7 +3,7 @@
     service = AnimeService(ServerConfig(models="tiny", home=..., outputs=...))
     app = make_app(service)            # extra keyword arguments become tornado settings
     await service.start()              # restart policy, then warm kernels and workers
-    app.listen(8328, "127.0.0.1")
+    make_http_server(app, service.config.http_limits).listen(8328, "127.0.0.1")
     ...
     await service.stop()
 
@@ -31,6 +31,8 @@ from animenb.runner.runner import JobRunner
 from animenb.store import JobRecord, SqliteJobStore
 from animenb.store.tokens_sqlite import SqliteTokenStore
 
+from .limits import HttpLimits, WebSocketCounter, make_http_server
+
 log = logging.getLogger(__name__)
 
 API_VERSION = "3.0.0-bulletproof"
@@ -57,6 +59,8 @@ class ServerConfig:
     notebooks_dir: str | Path | None = None  # phase notebooks (None: the checkout's notebooks/)
     max_queue: int = 512               # queued jobs in all; beyond it POST /generate answers 429 + Retry-After
     max_queued_per_user: int = 64      # queued jobs per owner ("anonymous" callers share one allowance)
+    http_limits: HttpLimits = HttpLimits()  # body size/time, idle sockets, WebSockets per address
+    allow_origins: tuple[str, ...] = ()  # web origins besides the server's own that may POST/DELETE (CSRF)
 
     def resolved(self) -> "ServerConfig":
         home = Path(self.home or config.home_dir()).expanduser().resolve()
@@ -142,7 +146,8 @@ class AnimeService:
         self.config = (cfg or ServerConfig()).resolved()
         self.home = Path(self.config.home)
         self.outputs_dir = Path(self.config.outputs)
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.home.chmod(0o700)  # the store (private prompts, token hashes) and caches: the server's user only
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
         self.thumbnails_dir = self.home / "thumbnails"
         self.store = store or SqliteJobStore(self.home / STORE_NAME)
@@ -156,6 +161,7 @@ class AnimeService:
             notebooks_dir=self.config.notebooks_dir,
             cancel_grace=self.config.cancel_grace, kernel_env=kernel_env)
         self.models = model_label(self.config.models)
+        self.websockets = WebSocketCounter(self.config.http_limits.max_websockets_per_client)
         self.gpu = GpuProbe()
         self.started_at = time.time()
 
@@ -189,12 +195,17 @@ class AnimeService:
 
 def make_app(service: AnimeService, **settings: Any) -> tornado.web.Application:
     from .handlers import NotFoundHandler, default_handlers
+    from .headers import SecurityHeaders
     from .pages import page_handlers  # the gallery page at / and /gallery
+    from .redaction import install_log_redaction
 
     defaults = {"websocket_ping_interval": 20, "websocket_ping_timeout": 20,
                 "websocket_max_message_size": 64 * 1024, "serve_traceback": False,
                 "default_handler_class": NotFoundHandler}
-    return tornado.web.Application(default_handlers + page_handlers, animenb=service, **{**defaults, **settings})
+    install_log_redaction()
+    app = tornado.web.Application(default_handlers + page_handlers, animenb=service, **{**defaults, **settings})
+    app.add_transform(SecurityHeaders)
+    return app
 
 
 async def serve(cfg: ServerConfig, *, ready: Callable[[AnimeService], None] | None = None,
@@ -202,7 +213,8 @@ async def serve(cfg: ServerConfig, *, ready: Callable[[AnimeService], None] | No
     """Run until `stop_event` is set (or forever); stops kernels cleanly."""
     service = AnimeService(cfg)
     app = make_app(service)
-    server = app.listen(service.config.port, service.config.host, xheaders=False)
+    server = make_http_server(app, service.config.http_limits, xheaders=False)
+    server.listen(service.config.port, service.config.host)
     await service.start()
     if ready:
         ready(service)

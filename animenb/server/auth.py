@@ -17,8 +17,9 @@ Rules (the contract: "Optional for most endpoints"):
 - A private job is visible to its owner and to admins only. To anyone else it does not
   exist: 404 ``job_not_found`` on status, cancel, outputs and thumbnails, close code 4404
   on the WebSocket (a 403 would confirm the id exists).
-- Cancel: an anonymous job may be cancelled by anyone (there is no one to check); a job
-  owned by a name only by that name or an admin (403 ``forbidden`` when visible).
+- Cancel: an anonymous job by whoever holds the ``cancel_token`` its 202 returned (sent as
+  ``X-Cancel-Token: <token>`` or ``?cancel_token=<token>``) or an admin; a job owned by a
+  name only by that name or an admin (403 ``forbidden`` when visible).
 - Admin endpoints: 401 ``auth_required`` without a token, 403 ``forbidden`` for a
   non-admin token.
 
@@ -44,6 +45,9 @@ JSON `write_error`. ``role="user"`` accepts any valid token (admins included).
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
+import secrets
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -101,10 +105,26 @@ def can_read(identity: Identity | None, job) -> bool:
     return identity is not None and (identity.is_admin or identity.name == job.owner)
 
 
-def can_cancel(identity: Identity | None, job) -> bool:
+CANCEL_TOKEN_KEY = "cancel_token_sha256"  # in an anonymous job's `extra`: only the hash is stored
+
+
+def new_cancel_token() -> tuple[str, dict]:
+    """(the token for the 202, the job `extra` that records its hash)."""
+    token = secrets.token_urlsafe(24)
+    return token, {CANCEL_TOKEN_KEY: _digest(token)}
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+def can_cancel(identity: Identity | None, job, cancel_token: str | None = None) -> bool:
+    if identity is not None and identity.is_admin:
+        return True
     if job.owner == ANONYMOUS:
-        return can_read(identity, job)
-    return identity is not None and (identity.is_admin or identity.name == job.owner)
+        stored = job.extra.get(CANCEL_TOKEN_KEY) if isinstance(job.extra, dict) else None
+        return bool(stored and cancel_token) and hmac.compare_digest(_digest(cancel_token), stored)
+    return identity is not None and identity.name == job.owner
 
 
 class AuthMixin:

@@ -19,9 +19,12 @@ from tornado.web import HTTPError
 
 from animenb.phases.catalog import get_phase
 from animenb.store import JobStatus
+from animenb.store.tokens_base import ANONYMOUS
 
 from . import views
-from .auth import AuthMixin, can_cancel, require_role
+from .auth import AuthMixin, can_cancel, new_cancel_token, require_role
+from .csrf import check_csrf
+from .limits import LimitedBodyMixin
 from .validation import (JOB_ID_RE, APIError, invalid, parse_cursor, parse_json_body, parse_limit,
                          validate_generate)
 from .websocket import JobSocketHandler
@@ -50,12 +53,15 @@ class JSONErrorMixin:
         self.finish(json.dumps({"error": error}))
 
 
-class BaseHandler(JSONErrorMixin, AuthMixin, tornado.web.RequestHandler):
+@tornado.web.stream_request_body  # prepare() sees the headers before the body is read (LimitedBodyMixin)
+class BaseHandler(LimitedBodyMixin, JSONErrorMixin, AuthMixin, tornado.web.RequestHandler):
     @property
     def service(self):
         return self.settings["animenb"]
 
     def prepare(self):
+        self.check_body_size()  # 413 from the Content-Length alone
+        check_csrf(self.request, self.service.config.allow_origins)
         self.current_user  # a bad or revoked token is a 401 everywhere, never a quiet anonymous
 
     def ws_base(self) -> str:
@@ -139,7 +145,7 @@ class GalleryHandler(BaseHandler):
         limit = parse_limit(self.get_query_argument("limit", None), default=24)
         cursor = parse_cursor(self.get_query_argument("cursor", None))
         phase = self.get_query_argument("phase", None)
-        if phase:
+        if phase is not None:  # `?phase=` (empty) is a bad value, not "all phases"
             try:
                 phase = get_phase(phase).id
             except ValueError as exc:
@@ -190,12 +196,16 @@ class GenerateHandler(BaseHandler):
             raise APIError(401, "auth_required", "A private job needs a token (only its owner could see it).",
                            "visibility")
         check_queue_room(self.service, self.user, exempt_from_user_limit=bool(identity and identity.is_admin))
-        job = self.service.runner.submit(values, phase=phase, owner=self.user, visibility=visibility)
+        cancel_token, extra = new_cancel_token() if identity is None else (None, None)
+        job = self.service.runner.submit(values, phase=phase, owner=self.user, visibility=visibility, extra=extra)
         status_url = f"{API}/generation/{job.id}/status"
         self.set_header("Location", status_url)
-        self.write_json({"job_id": job.id, "status": job.status.value, "phase": phase, "status_url": status_url,
-                         "ws_url": f"{self.ws_base()}/ws/job/{job.id}",
-                         "queue_position": self.service.store.queue_position(job.id)}, status=202)
+        reply = {"job_id": job.id, "status": job.status.value, "phase": phase, "status_url": status_url,
+                 "ws_url": f"{self.ws_base()}/ws/job/{job.id}",
+                 "queue_position": self.service.store.queue_position(job.id)}
+        if cancel_token is not None:  # an anonymous job: whoever holds this may cancel it
+            reply["cancel_token"] = cancel_token
+        self.write_json(reply, status=202)
 
 
 class StatusHandler(BaseHandler):
@@ -209,7 +219,12 @@ class GenerationHandler(BaseHandler):
 
     async def delete(self, job_id: str) -> None:
         job = self.get_job(job_id)
-        if not can_cancel(self.current_user, job):
+        cancel_token = self.request.headers.get("X-Cancel-Token") or self.get_query_argument("cancel_token", None)
+        if not can_cancel(self.current_user, job, cancel_token):
+            if job.owner == ANONYMOUS:
+                raise APIError(403, "forbidden", f"Job {job_id} is anonymous: cancelling it needs the `cancel_token` "
+                                                 f"its 202 returned (X-Cancel-Token header) or an admin token.",
+                               "cancel_token")
             raise APIError(403, "forbidden", f"Job {job_id} belongs to `{job.owner}`; only its owner or an admin "
                                              f"may cancel it.", "job_id")
         if job.terminal:
@@ -244,7 +259,10 @@ class OutputHandler(JSONErrorMixin, AuthMixin, tornado.web.StaticFileHandler):
         await super().get(path, include_body)
 
     def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
-        real_root = os.path.realpath(root)
+        # Containment in the job's own folder: a symlink in one job's folder to another job's
+        # (private) file must not be served as if it were this job's.
+        job_id = os.path.relpath(absolute_path, root).split(os.sep, 1)[0]
+        real_root = os.path.realpath(os.path.join(root, job_id))
         real = os.path.realpath(absolute_path)
         if not real.startswith(real_root + os.sep) or not os.path.isfile(real):
             raise APIError(404, "file_not_found", "No such output file.", "file")
@@ -364,6 +382,6 @@ default_handlers = [
     (rf"{API}/thumbnails/{JOB_ID}/(?P<rel>.+)", ThumbnailHandler),
     (rf"{API}/admin/stats/?", AdminStatsHandler),
     (rf"{API}/admin/gc/?", AdminGcHandler),
-    (r"/ws/job/(?P<job_id>[^/]+)", JobSocketHandler),
-    (rf"{API}/ws/job/(?P<job_id>[^/]+)", JobSocketHandler),
+    (rf"/ws/job/{JOB_ID}", JobSocketHandler),
+    (rf"{API}/ws/job/{JOB_ID}", JobSocketHandler),
 ]

@@ -122,9 +122,11 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
 
 
 def check_content_type(content_type: str | None) -> None:
-    """A body must be JSON: no Content-Type (curl -d without -H) or application/json (or *+json)."""
+    """A body must be declared JSON: application/json (or *+json). Without a Content-Type, a form
+    or text/plain a web page on another site could send (see animenb.server.csrf) is 415 too."""
     if not content_type:
-        return
+        raise APIError(415, "unsupported_media_type", "The request body must be JSON: send "
+                       "`Content-Type: application/json`.", "Content-Type")
     media = content_type.split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise APIError(415, "unsupported_media_type",
@@ -212,9 +214,13 @@ def parse_limit(value: str | None, default: int = 50, maximum: int = 200) -> int
     return limit
 
 
+CURSOR_MAX = 2**63 - 1  # cursors are SQLite integer row sequence numbers
+
+
 def parse_cursor(value: str | None) -> str | None:
+    """A `next_cursor` from a previous page: ASCII digits within SQLite's integer range (else 422)."""
     if value is None or value == "":
         return None
-    if not value.isdigit():
-        raise invalid("cursor", f"`cursor` must be a value returned as `next_cursor`, got {value!r}.")
+    if not (value.isascii() and value.isdigit()) or len(value) > 19 or int(value) > CURSOR_MAX:
+        raise invalid("cursor", f"`cursor` must be a value returned as `next_cursor`, got {value[:40]!r}.")
     return value

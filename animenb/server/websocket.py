@@ -6,7 +6,10 @@ Then every event as it happens ("started", "progress", "finished"); after the te
 "finished" event the server closes with 1000. A job that has already finished gets its
 state and its "finished" event, then the close. An unknown job id is accepted and closed
 at once with code 4404 and reason "Job not found: <id>" (a browser sees the reason;
-a failed handshake would hide it). Tornado's default `check_origin` (same origin) stays.
+a failed handshake would hide it); a path that is not a 32-hex job id is a plain 404.
+Close reasons are cut to the 123 bytes a close frame holds. Origins: the server's own or one
+given with `--allow-origin` (else 403). One client address may hold at most
+`HttpLimits.max_websockets_per_client` job sockets open; past that the handshake is a 429.
 
 A private job needs its owner's (or an admin's) token, as `Authorization: Bearer <token>`
 or `?token=<token>`; without it the job is "not found" (4404). A bad or revoked token
@@ -24,18 +27,22 @@ from animenb.store import JobNotFoundError
 
 from . import views
 from .auth import can_read, identify
+from .csrf import origin_allowed
 from .validation import APIError
 
 log = logging.getLogger(__name__)
+MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code
 
 CLOSE_JOB_NOT_FOUND = 4404
 CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_TOO_MANY = 4429
 
 
 class JobSocketHandler(WebSocketHandler):
     subscription = None
     job_id: str | None = None
+    counted_address: str | None = None  # set while this socket counts against its address's cap
 
     @property
     def service(self):
@@ -69,8 +76,29 @@ class JobSocketHandler(WebSocketHandler):
             self._unsubscribe()
             self.close(1000, "job finished")
 
+    def check_origin(self, origin: str) -> bool:
+        """Same origin as tornado's default, plus the origins given with `--allow-origin`."""
+        return origin_allowed(origin, self.request, self.service.config.allow_origins)
+
+    async def get(self, *args, **kwargs) -> None:
+        # Past the per-address cap the handshake is refused before the upgrade (429 JSON).
+        counter = self.service.websockets
+        if counter.open[self.request.remote_ip] >= counter.cap:
+            self.set_status(429)
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.set_header("Retry-After", "5")
+            self.finish(json.dumps({"error": {
+                "code": "too_many_websockets", "field": None,
+                "message": f"At most {counter.cap} job WebSockets may be open from one address at once."}}))
+            return
+        await super().get(*args, **kwargs)
+
     def open(self, job_id: str) -> None:
         self.job_id = job_id
+        if not self.service.websockets.acquire(self.request.remote_ip):  # raced past the check in get()
+            self.close(CLOSE_TOO_MANY, "too many job WebSockets from this address")
+            return
+        self.counted_address = self.request.remote_ip
         store, bus, runner = self.service.store, self.service.bus, self.service.runner
         try:
             identity = identify(self.settings, self.request, allow_query=True)
@@ -103,6 +131,9 @@ class JobSocketHandler(WebSocketHandler):
         if job.terminal:
             self.send(JobFinishedEvent.build(job, seq=bus.last_seq(job_id)))
 
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        super().close(code, close_reason(reason) if reason is not None else None)
+
     def on_message(self, message) -> None:
         pass  # clients only listen
 
@@ -113,3 +144,14 @@ class JobSocketHandler(WebSocketHandler):
 
     def on_close(self) -> None:
         self._unsubscribe()
+        if self.counted_address is not None:
+            self.service.websockets.release(self.counted_address)
+            self.counted_address = None
+
+
+def close_reason(reason: str) -> str:
+    """`reason` cut to fit a close frame (123 bytes of UTF-8), never splitting a character."""
+    data = reason.encode("utf-8")
+    if len(data) <= MAX_CLOSE_REASON_BYTES:
+        return reason
+    return data[:MAX_CLOSE_REASON_BYTES - 3].decode("utf-8", "ignore") + "..."

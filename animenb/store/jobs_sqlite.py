@@ -218,7 +218,7 @@ class SqliteJobStore(JobStoreBase):
                 else:
                     why = "it had already been re-queued once" if job.requeues else "it had written output files"
                     changed.append(self.transition(job.id, JobStatus.LOST, error=JobError(
-                        "Lost", f"The server stopped while this job was running (worker {job.worker}); "
+                        "Lost", f"The server stopped while this job was running; "
                                 f"not re-run because {why}. Partial files, if any, are kept.")))
         return changed
 

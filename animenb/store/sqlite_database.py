@@ -2,11 +2,14 @@
 
 WAL journal (readers never block the writer), `busy_timeout` 5 s, foreign keys on,
 `synchronous=FULL` so a commit survives power loss before the server answers 202.
+The file is created 0600 (it holds private prompts and token hashes) in a 0700 folder when
+it makes one; SQLite gives the -wal and -shm files the database file's mode.
 One connection per database, shared across threads behind an RLock; every read and
 write goes through `transaction()`, which commits or rolls back.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -14,11 +17,20 @@ from pathlib import Path
 from typing import Iterator
 
 
+def make_private(path: Path) -> None:
+    """Create `path` (and a missing parent, 0700) readable by its owner only; tighten an existing one to 0600."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if part.exists():
+            os.chmod(part, 0o600)
+
+
 class SqliteDatabase:
     def __init__(self, path: str | Path = ":memory:"):
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            make_private(Path(self.path))
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
         self._conn.row_factory = sqlite3.Row

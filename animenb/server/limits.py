@@ -1,0 +1,84 @@
+"""What one client may take from a shared server: body size and time, idle sockets, WebSockets.
+
+- `HttpLimits` are the HTTP server's own limits (tornado's `HTTPServer` arguments): a body
+  over `max_body_bytes` is refused from its Content-Length, before any of it is read; a
+  body that takes longer than `body_timeout` to arrive and a connection that sends no
+  complete request headers for `idle_timeout` are closed.
+- `LimitedBodyMixin` makes a JSON handler stream its body (`@stream_request_body` on the
+  class using it), so `prepare()` answers an oversized request with a 413 JSON error
+  before the body is read (the HTTP server alone would answer a bare 400).
+- `WebSocketCounter` caps the job WebSockets one client address holds open at once.
+
+    server = make_http_server(app, HttpLimits())      # what `serve` and the tests listen with
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+from tornado.httpserver import HTTPServer
+
+from .validation import MAX_BODY_BYTES, APIError
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_body_bytes: int = MAX_BODY_BYTES  # every endpoint's body, JSON or not
+    body_timeout: float = 10.0            # seconds to send a whole body once the headers are in
+    idle_timeout: float = 30.0            # seconds to send a request's headers (and idle keep-alive)
+    max_websockets_per_client: int = 64   # open job WebSockets per client address
+
+    def __post_init__(self):
+        for name in ("max_body_bytes", "body_timeout", "idle_timeout", "max_websockets_per_client"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def make_http_server(app, limits: HttpLimits, **kwargs) -> HTTPServer:
+    """The HTTPServer for `app` with `limits` applied (`kwargs`: other HTTPServer arguments)."""
+    return HTTPServer(app, max_body_size=limits.max_body_bytes, body_timeout=limits.body_timeout,
+                      idle_connection_timeout=limits.idle_timeout, **kwargs)
+
+
+def too_large() -> APIError:
+    return APIError(413, "body_too_large", f"The request body must be at most {MAX_BODY_BYTES} bytes.")
+
+
+class LimitedBodyMixin:
+    """For handlers decorated with `@tornado.web.stream_request_body`: a body whose Content-Length
+    is over `MAX_BODY_BYTES` is refused in `prepare` (never read); `self.request.body` is filled
+    chunk by chunk. A chunked body has no length up front: the HTTP server's `max_body_size`
+    (`HttpLimits.max_body_bytes`) closes its connection once it runs past the limit."""
+
+    def check_body_size(self) -> None:
+        """Call first in `prepare()`: 413 for a Content-Length over the limit."""
+        self.request.body = b""
+        length = self.request.headers.get("Content-Length")
+        if length is not None and (not length.strip().isdigit() or int(length) > MAX_BODY_BYTES):
+            raise too_large()
+
+    def data_received(self, chunk: bytes) -> None:
+        self.request.body += chunk
+
+
+class WebSocketCounter:
+    """Open job WebSockets per client address; `acquire` refuses past the cap."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.open: collections.Counter[str] = collections.Counter()
+
+    def acquire(self, address: str) -> bool:
+        if self.open[address] >= self.cap:
+            return False
+        self.open[address] += 1
+        return True
+
+    def release(self, address: str) -> None:
+        self.open[address] -= 1
+        if self.open[address] <= 0:
+            del self.open[address]
