@@ -22,6 +22,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
+# The text chunks ComfyUI writes into its PNGs and reads back when a PNG is dropped on it.
+COMFYUI_CHUNKS = ("prompt", "workflow")
+
 
 @contextmanager
 def atomic_path(path: Path):
@@ -37,21 +40,75 @@ def atomic_path(path: Path):
         Path(tmp).unlink(missing_ok=True)
 
 
+# animenb scheduler name -> A1111's (Sampler, Schedule type), the names A1111-reading tools
+# (sd-parsers, image browsers, model sites) know. "euler_karras" is what SVD samples with.
+A1111_SAMPLERS: dict[str, tuple[str, str]] = {
+    "dpmpp_2m": ("DPM++ 2M", "Uniform"),
+    "dpmpp_2m_karras": ("DPM++ 2M", "Karras"),
+    "ddim": ("DDIM", "DDIM"),
+    "euler": ("Euler", "Uniform"),
+    "euler_a": ("Euler a", "Uniform"),
+    "euler_karras": ("Euler", "Karras"),
+}
+# A1111's own fields, in its order: (animenb key, A1111 name). Any other key is appended as `Key name`.
+_A1111_FIELDS = (("steps", "Steps"), ("sampler", None), ("cfg_scale", "CFG scale"), ("seed", "Seed"),
+                 ("size", "Size"), ("model_hash", "Model hash"), ("model", "Model"))
+# Kept out of the text: the prompts have their own lines; the JSON chunk carries everything.
+_NOT_IN_TEXT = {"prompt", "negative_prompt", "sampler", "animenb"}
+
+
+def a1111_quote(value) -> str:
+    """A1111's `quote()`: a value holding `,`, `:` or a newline is written as a JSON string."""
+    text = str(value)
+    if any(c in text for c in ",:\n") or text.startswith('"'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
 def parameters_text(params: dict) -> str:
-    """A1111-style `parameters` text: prompt, negative prompt, then `Key: value` pairs."""
-    lines = [params.get("prompt", "")]
+    """A1111 `parameters` text: the prompt, `Negative prompt: ...`, then one line of `Name: value` fields.
+
+    A1111's names and order first (`Steps, Sampler, Schedule type, CFG scale, Seed, Size, Model hash,
+    Model`), then animenb's own fields (`Phase`, `Pose`, `Frame`...). `sampler` is an animenb
+    scheduler name, written as A1111's sampler and schedule type (`dpmpp_2m_karras` ->
+    `Sampler: DPM++ 2M, Schedule type: Karras`).
+    """
+    lines = [str(params.get("prompt", ""))]
     if params.get("negative_prompt"):
         lines.append(f"Negative prompt: {params['negative_prompt']}")
-    rest = {k: v for k, v in params.items() if k not in ("prompt", "negative_prompt")}
-    lines.append(", ".join(f"{k.replace('_', ' ').capitalize()}: {v}" for k, v in rest.items()))
+    fields: list[tuple[str, object]] = []
+    for key, name in _A1111_FIELDS:
+        value = params.get(key)
+        if value is None:
+            continue
+        if key == "sampler":
+            if value not in A1111_SAMPLERS:
+                raise ValueError(f"`sampler` must be one of {', '.join(A1111_SAMPLERS)}, got {value!r}.")
+            sampler, schedule = A1111_SAMPLERS[value]
+            fields += [("Sampler", sampler), ("Schedule type", schedule)]
+        else:
+            fields.append((name, value))
+    known = {key for key, _ in _A1111_FIELDS} | _NOT_IN_TEXT
+    fields += [(key.replace("_", " ").capitalize(), value) for key, value in params.items()
+               if key not in known and value is not None]
+    if "animenb" in params:
+        fields.append(("Version", f"animenb {params['animenb']}"))
+    lines.append(", ".join(f"{name}: {a1111_quote(value)}" for name, value in fields))
     return "\n".join(lines)
 
 
 def save_png(image: Image.Image, path: Path, params: dict) -> Path:
-    """PNG with `parameters` (A1111 text) and `animenb` (JSON) text chunks."""
+    """PNG with `parameters` (A1111 text) and `animenb` (JSON) text chunks.
+
+    ComfyUI's own chunks on `image` (`prompt`: the API graph, `workflow`: the editor graph, as the
+    ComfyUI backend attaches them) are kept, so the file still loads back into ComfyUI.
+    """
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", parameters_text(params))
     info.add_text("animenb", json.dumps(params, sort_keys=True, default=str))
+    for key in COMFYUI_CHUNKS:
+        if isinstance(image.info.get(key), str):
+            info.add_text(key, image.info[key])
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
     return Path(path)
@@ -124,7 +181,9 @@ def close_loop(frames: list[Image.Image], length: int) -> list[Image.Image]:
             weight = (i + 1) / (overlap + 1)  # share of the head frame
             tail = np.asarray(frames[length + i].convert("RGB"), dtype=np.float32)
             head = np.asarray(frames[i].convert("RGB"), dtype=np.float32)
-            out.append(Image.fromarray(np.rint(weight * head + (1 - weight) * tail).astype(np.uint8)))
+            blended = Image.fromarray(np.rint(weight * head + (1 - weight) * tail).astype(np.uint8))
+            blended.info.update(frames[i].info)  # e.g. the ComfyUI graph that made the batch (see save_png)
+            out.append(blended)
         else:
             out.append(frames[i].convert("RGB"))
     return out

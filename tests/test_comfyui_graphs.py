@@ -9,8 +9,8 @@ from PIL import Image
 
 from animenb.backends import comfyui_graphs as graphs
 from animenb.backends.base import SCHEDULERS, BackendError, ImageRequest, ImageToVideoRequest, VideoRequest
-from animenb.backends.comfyui import (ComfyUIBackend, _Closed, _preview_data_url, _validation_message,
-                                      comfyui_health)
+from animenb.backends.comfyui import ComfyUIBackend, _validation_message, comfyui_health
+from animenb.backends.comfyui_client import Closed, preview_data_url
 
 
 def _links(graph: graphs.Graph) -> list[tuple[str, str]]:
@@ -100,7 +100,7 @@ def test_progress_of_the_sampler_becomes_on_step_calls():
                                           "exception_type": "RuntimeError", "exception_message": "bad header\n"}},
      r"node 1 \(CheckpointLoaderSimple\): RuntimeError: bad header$"),
     ({"type": "execution_interrupted", "data": {"prompt_id": "p", "node_id": "5"}}, "interrupted"),
-    (_Closed("connection reset"), r"ComfyUI at http://127.0.0.1:9 is unreachable: .*connection reset"),
+    (Closed("connection reset"), r"ComfyUI at http://127.0.0.1:9 is unreachable: .*connection reset"),
 ])
 def test_failures_become_backend_errors(message, match):
     backend, events = _backend_with([message])
@@ -120,8 +120,8 @@ def test_validation_answer_is_one_readable_line():
 
 
 def test_previews_and_bad_urls():
-    assert _preview_data_url(b"\x00\x00\x00\x02abcd") is None
-    assert _preview_data_url(b"\x00\x00\x00\x01\x00\x00\x00\x01jpg").startswith("data:image/jpeg;base64,")
+    assert preview_data_url(b"\x00\x00\x00\x02abcd") is None
+    assert preview_data_url(b"\x00\x00\x00\x01\x00\x00\x00\x01jpg").startswith("data:image/jpeg;base64,")
     with pytest.raises(ValueError, match="`url`"):
         ComfyUIBackend("127.0.0.1:8188")
 

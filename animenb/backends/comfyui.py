@@ -1,172 +1,41 @@
-"""Drive a running ComfyUI server over its HTTP + WebSocket API.
+"""animenb's generation primitives on a running ComfyUI server.
 
-One job is one graph (see `comfyui_graphs`) posted to `POST /prompt` with this backend's
-`client_id` and a `prompt_id` chosen here, then followed on `/ws?clientId=`:
+One job is one graph (see `comfyui_graphs`) posted to `POST /prompt` with the client's id and a
+`prompt_id` chosen here, then followed on the client's event stream (`comfyui_client`):
 
     progress {value, max, node, prompt_id}   -> on_step() for the sampler node
     execution_error {...}                     -> BackendError with ComfyUI's message
     execution_interrupted                     -> the job was stopped
     executing {node: null, prompt_id}         -> done: read /history/{id}, fetch images via /view
 
-The public methods are synchronous (phase functions are, and they run in a Jupyter
-kernel whose thread may already run an event loop): the WebSocket is read by a Tornado
-client on a private event loop in a daemon thread, and its messages reach the caller's
-thread through a queue, so `on_step` always runs in the caller's thread. HTTP calls use
-urllib from the caller's thread. Every wait has a timeout; a closed socket or refused
-connection becomes `BackendError("ComfyUI at URL is unreachable: ...")` at once.
+The public methods are synchronous (phase functions are, and they run in a Jupyter kernel);
+`on_step` always runs in the caller's thread. Images come back with ComfyUI's `prompt` chunk
+(the API graph) in `.info`, which `animenb.media.save_png` keeps, so an animenb PNG made here
+loads back into ComfyUI.
 
 Cancel: when `on_step` raises (or the kernel is interrupted), the job is interrupted
 with `POST /interrupt {prompt_id}` (or removed from the queue) and the exception re-raised.
 """
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
-import io
 import json
 import logging
 import queue
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
-from typing import Any
 
 from PIL import Image
 
 from . import comfyui_graphs as graphs
 from .base import (Backend, BackendError, ImageRequest, ImageToVideoRequest, StepCallback,
                    VideoRequest)
+from .comfyui_client import (DEFAULT_URL, Closed, ComfyUIClient, comfyui_health, devices, drain,
+                             preview_data_url, unreachable)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_URL = "http://127.0.0.1:8188"
-# Binary WS frames: 4-byte big-endian event type, then (for previews) a 4-byte format and the image.
-_PREVIEW_IMAGE = 1
-_PREVIEW_FORMATS = {1: "image/jpeg", 2: "image/png"}
-
-
-class _Closed:
-    """Queue sentinel: the WebSocket closed (server gone or restarted)."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
-
-
-class _EventSocket:
-    """ComfyUI's /ws for one client id, read by Tornado on a private event loop thread."""
-
-    def __init__(self, ws_url: str):
-        self.ws_url = ws_url
-        self.messages: queue.Queue = queue.Queue()
-        self.closed = False
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="animenb-comfyui-ws", daemon=True)
-        self._thread.start()
-        self._conn = None
-
-    def connect(self, timeout: float) -> None:
-        future = asyncio.run_coroutine_threadsafe(self._connect(timeout), self._loop)
-        try:
-            future.result(timeout + 1.0)
-        except BaseException:
-            future.cancel()
-            self.close()
-            raise
-
-    async def _connect(self, timeout: float) -> None:
-        from tornado.websocket import websocket_connect
-
-        self._conn = await asyncio.wait_for(
-            websocket_connect(self.ws_url, connect_timeout=timeout, max_message_size=256 * 1024 * 1024),
-            timeout)
-        self._loop.create_task(self._read())
-
-    async def _read(self) -> None:
-        conn = self._conn
-        try:
-            while True:
-                message = await conn.read_message()
-                if message is None:
-                    reason = conn.close_reason or f"WebSocket closed (code {conn.close_code})"
-                    break
-                if isinstance(message, bytes):
-                    self.messages.put(message)
-                else:
-                    self.messages.put(json.loads(message))
-        except Exception as exc:  # noqa: BLE001 - any read failure means the stream is gone
-            reason = f"{type(exc).__name__}: {exc}"
-        self.closed = True
-        self.messages.put(_Closed(reason))
-
-    def close(self) -> None:
-        self.closed = True
-        if self._loop.is_closed():
-            return
-
-        def shutdown():
-            if self._conn is not None:
-                self._conn.close()
-            self._loop.stop()
-
-        self._loop.call_soon_threadsafe(shutdown)
-        self._thread.join(timeout=2.0)
-        if not self._thread.is_alive():
-            self._loop.close()
-
-
-def _unreachable(url: str, exc: BaseException | str) -> BackendError:
-    reason = exc if isinstance(exc, str) else getattr(exc, "reason", None) or exc
-    return BackendError(f"ComfyUI at {url} is unreachable: {reason}")
-
-
-def _http(url: str, method: str, path: str, *, data: bytes | None = None, content_type: str | None = None,
-          timeout: float) -> tuple[int, bytes]:
-    """One HTTP request; (status, body) for any HTTP answer, BackendError when nothing answers."""
-    request = urllib.request.Request(url + path, data=data, method=method)
-    if content_type:
-        request.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise _unreachable(url, exc) from None
-
-
-def _get_json(url: str, path: str, timeout: float) -> Any:
-    status, body = _http(url, "GET", path, timeout=timeout)
-    if status != 200:
-        raise BackendError(f"ComfyUI at {url} answered {status} to GET {path}: {body[:300]!r}")
-    return json.loads(body)
-
-
-def comfyui_health(url: str | None, timeout: float = 2.0) -> dict:
-    """`components.comfyui` for the server's /health: status, queue sizes, version and devices."""
-    health = {"status": "not configured", "url": url or None, "queue_running": None, "queue_pending": None,
-              "version": None, "devices": []}
-    if not url:
-        return health
-    url = url.rstrip("/")
-    try:
-        stats = _get_json(url, "/system_stats", timeout)
-        queue_state = _get_json(url, "/queue", timeout)
-    except (BackendError, ValueError) as exc:
-        return {**health, "status": "unreachable", "error": str(exc)}
-    return {**health, "status": "healthy",
-            "queue_running": len(queue_state.get("queue_running", [])),
-            "queue_pending": len(queue_state.get("queue_pending", [])),
-            "version": stats.get("system", {}).get("comfyui_version"),
-            "devices": _devices(stats)}
-
-
-def _devices(stats: dict) -> list[dict]:
-    return [{key: device.get(key) for key in ("name", "type", "vram_total", "vram_free")}
-            for device in stats.get("devices", [])]
+__all__ = ["ComfyUIBackend", "comfyui_health", "DEFAULT_URL"]
 
 
 class ComfyUIBackend(Backend):
@@ -184,13 +53,12 @@ class ComfyUIBackend(Backend):
                  svd_checkpoint: str | None = None, motion_model: str | None = None,
                  ipadapter_model: str | None = None, clip_vision_model: str | None = None,
                  http_timeout: float = 30.0, **_ignored):
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ValueError(f"`url` must be an http(s) URL, got {url!r}.")
+        self.client = ComfyUIClient(url, http_timeout)  # checks `url`
         if not timeout or timeout <= 0:
             raise ValueError(f"`timeout` must be > 0 seconds, got {timeout!r}.")
         if _ignored:
             logger.debug("ComfyUIBackend ignores options %s", sorted(_ignored))
-        self.url = url.rstrip("/")
+        self.url = self.client.url
         self.checkpoint = checkpoint
         self.svd_checkpoint = svd_checkpoint
         self.motion_model = motion_model
@@ -198,8 +66,6 @@ class ComfyUIBackend(Backend):
         self.clip_vision_model = clip_vision_model
         self.timeout = float(timeout)
         self.http_timeout = float(http_timeout)
-        self.client_id = uuid.uuid4().hex
-        self._socket: _EventSocket | None = None
         self._object_info: dict | None = None
         self._system_stats: dict | None = None
         self._lock = threading.Lock()  # one job at a time per backend
@@ -243,23 +109,21 @@ class ComfyUIBackend(Backend):
 
     def describe(self) -> dict:
         info = {"backend": "comfyui", "url": self.url, "checkpoint": self.checkpoint,
-                "comfyui_version": None, "devices": []}
+                "svd_checkpoint": self.svd_checkpoint, "comfyui_version": None, "devices": []}
         try:
             if self._system_stats is None:
-                self._system_stats = _get_json(self.url, "/system_stats", self.http_timeout)
+                self._system_stats = self.client.get_json("/system_stats")
             if info["checkpoint"] is None:
                 info["checkpoint"] = self._checkpoint()
         except BackendError as exc:
             info["error"] = str(exc)
         if self._system_stats is not None:
             info["comfyui_version"] = self._system_stats.get("system", {}).get("comfyui_version")
-            info["devices"] = _devices(self._system_stats)
+            info["devices"] = devices(self._system_stats)
         return info
 
     def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
+        self.client.close()
 
     def __enter__(self):
         return self
@@ -272,7 +136,7 @@ class ComfyUIBackend(Backend):
     def object_info(self, refresh: bool = False) -> dict:
         """ComfyUI's node catalogue (`GET /object_info`), fetched once and cached."""
         if self._object_info is None or refresh:
-            self._object_info = _get_json(self.url, "/object_info", self.http_timeout)
+            self._object_info = self.client.get_json("/object_info")
         return self._object_info
 
     def health(self) -> dict:
@@ -280,45 +144,24 @@ class ComfyUIBackend(Backend):
 
     def interrupt(self, prompt_id: str | None = None) -> None:
         """Stop the running job (`prompt_id` only if it is the one running) and drop it from the queue."""
-        body = {"prompt_id": prompt_id} if prompt_id else {}
-        _http(self.url, "POST", "/interrupt", data=json.dumps(body).encode(),
-              content_type="application/json", timeout=self.http_timeout)
-        if prompt_id:
-            _http(self.url, "POST", "/queue", data=json.dumps({"delete": [prompt_id]}).encode(),
-                  content_type="application/json", timeout=self.http_timeout)
+        self.client.interrupt(prompt_id)
 
     def upload_image(self, image: Image.Image) -> str:
-        """Upload `image` as PNG to ComfyUI's input folder (`POST /upload/image`); returns its name.
-
-        The name is the content hash, so uploading the same reference twice stores it once.
-        """
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="PNG")
-        png = buffer.getvalue()
-        name = f"animenb-{hashlib.sha256(png).hexdigest()[:24]}.png"
-        boundary = uuid.uuid4().hex
-        parts = []
-        for field, value in (("type", "input"), ("overwrite", "true")):
-            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"\r\n\r\n{value}\r\n'
-                         .encode())
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-                     f"Content-Type: image/png\r\n\r\n".encode() + png + b"\r\n")
-        parts.append(f"--{boundary}--\r\n".encode())
-        status, body = _http(self.url, "POST", "/upload/image", data=b"".join(parts),
-                             content_type=f"multipart/form-data; boundary={boundary}", timeout=self.http_timeout)
-        if status != 200:
-            raise BackendError(f"ComfyUI at {self.url} refused the image upload ({status}): {body[:300]!r}")
-        answer = json.loads(body)
-        return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
+        """Upload `image` to ComfyUI's input folder; returns the name a LoadImage node takes."""
+        return self.client.upload_image(image)
 
     # ---- running one graph ----------------------------------------------------------------
 
     def run_graph(self, graph: graphs.Graph, on_step: StepCallback | None = None) -> list[Image.Image]:
-        """Queue `graph`, relay its sampler's progress to `on_step`, return the output node's images."""
+        """Queue `graph`, relay its sampler's progress to `on_step`, return the output node's images.
+
+        Each image carries the graph as ComfyUI's `prompt` text (in `.info`): ComfyUI writes it into
+        the PNGs it saves, and it is set here too for a server started with `--disable-metadata`.
+        """
         with self._lock:
             prompt_id = uuid.uuid4().hex
-            events = self._events()
-            _drain(events)  # broadcasts and leftovers of earlier jobs; a close sentinel is kept
+            events = self.client.events()
+            drain(events)  # broadcasts and leftovers of earlier jobs; a close sentinel is kept
             self._submit(graph.nodes, prompt_id)
             try:
                 self._follow(events, prompt_id, graph.sampler, on_step)
@@ -328,31 +171,18 @@ class ComfyUIBackend(Backend):
                 # on_step raised (cancel) or the kernel was interrupted: stop ComfyUI too.
                 self._cancel(events, prompt_id)
                 raise
-            return self._fetch_outputs(prompt_id, graph.output)
-
-    def _events(self) -> queue.Queue:
-        if self._socket is None or self._socket.closed:
-            if self._socket is not None:
-                self._socket.close()
-            ws_url = self.url.replace("http", "ws", 1) + "/ws?clientId=" + self.client_id
-            socket = _EventSocket(ws_url)
-            try:
-                socket.connect(self.http_timeout)
-            except Exception as exc:  # noqa: BLE001 - refused, reset, timed out, bad handshake
-                raise _unreachable(self.url, f"{type(exc).__name__}: {exc}") from None
-            self._socket = socket
-        return self._socket.messages
+            images = self._fetch_outputs(prompt_id, graph.output)
+        prompt = json.dumps(graph.nodes)
+        for image in images:
+            image.info.setdefault("prompt", prompt)
+        return images
 
     def _submit(self, nodes: dict, prompt_id: str) -> None:
-        payload = json.dumps({"prompt": nodes, "client_id": self.client_id, "prompt_id": prompt_id}).encode()
-        status, body = _http(self.url, "POST", "/prompt", data=payload, content_type="application/json",
-                             timeout=self.http_timeout)
+        status, answer = self.client.submit(nodes, prompt_id)
         if status == 200:
             return
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            raise BackendError(f"ComfyUI at {self.url} refused the graph ({status}): {body[:300]!r}") from None
+        if not isinstance(answer, dict):
+            raise BackendError(f"ComfyUI at {self.url} refused the graph ({status}): {answer[:300]!r}")
         raise BackendError(_validation_message(answer, nodes))
 
     def _follow(self, events: queue.Queue, prompt_id: str, sampler: str, on_step: StepCallback | None) -> None:
@@ -369,10 +199,10 @@ class ComfyUIBackend(Backend):
                 message = events.get(timeout=min(remaining, 1.0))
             except queue.Empty:
                 continue
-            if isinstance(message, _Closed):
-                raise _unreachable(self.url, f"the WebSocket closed during job {prompt_id} ({message.reason})")
+            if isinstance(message, Closed):
+                raise unreachable(self.url, f"the WebSocket closed during job {prompt_id} ({message.reason})")
             if isinstance(message, bytes):
-                preview = _preview_data_url(message) or preview
+                preview = preview_data_url(message) or preview
                 continue
             kind, data = message.get("type"), message.get("data") or {}
             if data.get("prompt_id") not in (None, prompt_id):
@@ -411,7 +241,7 @@ class ComfyUIBackend(Backend):
                 message = events.get(timeout=remaining)
             except queue.Empty:
                 break
-            if isinstance(message, _Closed):
+            if isinstance(message, Closed):
                 return
             if isinstance(message, bytes):
                 continue
@@ -419,27 +249,17 @@ class ComfyUIBackend(Backend):
             # `executing {node: null}` follows execution_interrupted once ComfyUI has dropped the job.
             if kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
                 return
-            if kind == "status" and not _queue_has(self.url, prompt_id, self.http_timeout):
+            if kind == "status" and not self.client.queue_has(prompt_id):
                 return  # it was still pending and has been deleted
 
     def _fetch_outputs(self, prompt_id: str, output_node: str) -> list[Image.Image]:
-        history = _get_json(self.url, f"/history/{prompt_id}", self.http_timeout).get(prompt_id)
+        history = self.client.history(prompt_id)
         if not history:
             raise BackendError(f"ComfyUI at {self.url} has no history for finished job {prompt_id}.")
         images = history.get("outputs", {}).get(output_node, {}).get("images", [])
         if not images:
             raise BackendError(f"ComfyUI job {prompt_id} produced no images at node {output_node}.")
-        result = []
-        for entry in images:
-            query = urllib.parse.urlencode({"filename": entry["filename"], "subfolder": entry.get("subfolder", ""),
-                                            "type": entry.get("type", "output")})
-            status, body = _http(self.url, "GET", f"/view?{query}", timeout=self.http_timeout)
-            if status != 200:
-                raise BackendError(f"ComfyUI at {self.url} answered {status} to /view for {entry['filename']}.")
-            image = Image.open(io.BytesIO(body))
-            image.load()
-            result.append(image)
-        return result
+        return [self.client.view(entry) for entry in images]
 
     # ---- model and node-pack resolution ------------------------------------------------
 
@@ -508,34 +328,3 @@ def _validation_message(answer: dict, nodes: dict) -> str:
         for item in node_error.get("errors", []):
             parts.append(f"node {node_id} ({class_type}): {item.get('message')}: {item.get('details')}")
     return "; ".join(parts)
-
-
-def _drain(events: queue.Queue) -> None:
-    closed = None
-    while True:
-        try:
-            message = events.get_nowait()
-        except queue.Empty:
-            break
-        if isinstance(message, _Closed):
-            closed = message
-    if closed is not None:
-        events.put(closed)
-
-
-def _queue_has(url: str, prompt_id: str, timeout: float) -> bool:
-    try:
-        state = _get_json(url, "/queue", timeout)
-    except BackendError:
-        return False
-    return any(item[1] == prompt_id for key in ("queue_running", "queue_pending") for item in state.get(key, []))
-
-
-def _preview_data_url(frame: bytes) -> str | None:
-    """A binary WS frame carrying a sampler preview -> `data:image/...;base64,...` (else None)."""
-    if len(frame) < 8 or int.from_bytes(frame[:4], "big") != _PREVIEW_IMAGE:
-        return None
-    mime = _PREVIEW_FORMATS.get(int.from_bytes(frame[4:8], "big"))
-    if mime is None:
-        return None
-    return f"data:{mime};base64,{base64.b64encode(frame[8:]).decode()}"

@@ -10,7 +10,8 @@ from ..backends import Backend, VideoRequest
 from ..media import close_loop, encode_concurrently, save_gif, save_mp4, save_pngs, save_webp
 from ..progress import ProgressEvent, ProgressReporter
 from .catalog import get_phase
-from .common import (PhaseResult, check_prompt, Timer, default_size, load_image, models_label, png_parameters,
+from .common import (PhaseResult, check_prompt, Timer, default_size, load_image, model_name, models_label,
+                     png_parameters,
                      prepare_output_dir, resolve_backend, resolve_seed, write_phase_manifest)
 
 PHASE = get_phase("ANIMATION_LOOP")
@@ -68,7 +69,8 @@ def animation_loop(
                   "frames": frames, "fps": fps, "loop_overlap": loop_overlap, "ip_adapter_scale": ip_adapter_scale,
                   "reference_image": None if reference_image is None or isinstance(reference_image, Image.Image)
                   else str(reference_image)}
-    label = models_label(engine.describe())
+    description = engine.describe()
+    label, model = models_label(description), model_name(description, "sd")
     timer = Timer()
     progress = ProgressReporter(PHASE.name, total_steps=steps, stage_count=2, publish=on_progress, display=display)
 
@@ -81,9 +83,9 @@ def animation_loop(
     # 2. files
     progress.start_stage("encoding")
     pngs = [(frame, out / "frames" / f"frame_{index:03d}.png",
-             png_parameters(PHASE, parameters, seed, label, frame=index)) for index, frame in enumerate(loop)]
+             png_parameters(PHASE, parameters, seed, label, model=model, frame=index)) for index, frame in enumerate(loop)]
     if reference is not None:
-        pngs.append((reference, out / "reference.png", png_parameters(PHASE, parameters, seed, label, kind="reference")))
+        pngs.append((reference, out / "reference.png", png_parameters(PHASE, parameters, seed, label, model=model, kind="reference")))
     save_pngs(pngs)
     # Then the animations, side by side: only WebP saves the frames themselves (see animenb.media).
     encode_concurrently(lambda: save_gif(loop, out / "loop.gif", fps), lambda: save_mp4(loop, out / "loop.mp4", fps),

@@ -11,7 +11,8 @@ from ..backends import Backend, ImageRequest
 from ..media import compose_sheet, save_pngs
 from ..progress import ProgressEvent, ProgressReporter
 from .catalog import get_phase
-from .common import (PhaseResult, check_prompt, Timer, default_size, load_image, models_label, png_parameters,
+from .common import (PhaseResult, check_prompt, Timer, default_size, load_image, model_name, models_label,
+                     png_parameters,
                      prepare_output_dir, resolve_backend, resolve_seed, write_phase_manifest)
 
 PHASE = get_phase("CHARACTER_SHEET")
@@ -79,7 +80,8 @@ def character_sheet(
                   "ip_adapter_scale": ip_adapter_scale,
                   "reference_image": None if reference_image is None or isinstance(reference_image, Image.Image)
                   else str(reference_image)}
-    label = models_label(engine.describe())
+    description = engine.describe()
+    label, model = models_label(description), model_name(description, "sd")
     timer = Timer()
     progress = ProgressReporter(PHASE.name, total_steps=len(POSES) * steps, stage_count=len(POSES),
                                 publish=on_progress, display=display)
@@ -98,14 +100,14 @@ def character_sheet(
     # 2. files: single poses, the labelled sheet, the reference the poses followed
     progress.start_stage("writing files")
     pngs = [(image, out / "poses" / f"pose_{index + 1:02d}_{key}.png",
-             png_parameters(PHASE, {**parameters, "prompt": p}, seed, label, pose=key))
+             png_parameters(PHASE, {**parameters, "prompt": p}, seed, label, model=model, pose=key))
             for index, ((key, _caption, _suffix), image, p) in enumerate(zip(POSES, poses, prompts))]
     sheet = compose_sheet(poses, [f"{i + 1}. {c}" for i, (_k, c, _s) in enumerate(POSES)],
                           title=prompt[:80], footer=f"seed {seed} · {label}")
-    pngs.append((sheet, out / "sheet.png", png_parameters(PHASE, parameters, seed, label, kind="sheet")))
+    pngs.append((sheet, out / "sheet.png", png_parameters(PHASE, parameters, seed, label, model=model, kind="sheet")))
     # The reference is usually pose 1 itself: a copy, since one image cannot be saved from two threads.
     pngs.append((reference.copy(), out / "reference.png",
-                 png_parameters(PHASE, parameters, seed, label, kind="reference")))
+                 png_parameters(PHASE, parameters, seed, label, model=model, kind="reference")))
     save_pngs(pngs)
     files = [(path, "pose") for _, path, _ in pngs[:len(poses)]]
     files += [(out / "sheet.png", "sheet"), (out / "reference.png", "reference")]

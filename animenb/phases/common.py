@@ -121,11 +121,37 @@ class Timer:
         return {**self.marks, "total_seconds": round(time.perf_counter() - self.started, 4)}
 
 
-def png_parameters(phase: Phase, parameters: dict, seed: int, label: str, **extra) -> dict:
+def model_name(description: dict, role: str) -> str | None:
+    """The model behind `role` ("sd", "svd", ...) as A1111's `Model` field names it (no path, no extension).
+
+    diffusers: the profile's source for the role (a hub id, a folder's name, `animenb-tiny-sd` for
+    random weights); ComfyUI: the checkpoint file it loaded (`svd_checkpoint` for SVD). Readers such
+    as sd-parsers split fields on `,` and `:` without honouring A1111's quotes, so neither appears.
+    """
+    models = description.get("models")
+    if isinstance(models, dict) and isinstance(models.get("roles"), dict):
+        source = models["roles"].get(role)
+        if source is None:
+            return None
+        if source.startswith("tiny:"):
+            return f"animenb-tiny-{source.removeprefix('tiny:')}"
+        path = Path(source).expanduser()
+        return path.name if path.is_absolute() or source.startswith((".", "~")) else source
+    checkpoint = description.get("svd_checkpoint" if role == "svd" else "checkpoint")
+    return Path(checkpoint).stem if checkpoint else None
+
+
+def png_parameters(phase: Phase, parameters: dict, seed: int, label: str, *, model: str | None,
+                   sampler: str | None = None, cfg_scale: float | None = None, **extra) -> dict:
+    """What every PNG of a run carries (see animenb.media.save_png): generation settings, model, phase.
+
+    `sampler` and `cfg_scale` default to the phase's `scheduler` and `guidance_scale`; SVD frames
+    pass their own (SVD samples with Euler on Karras sigmas under its own guidance).
+    """
     return {"prompt": parameters.get("prompt", ""), "negative_prompt": parameters.get("negative_prompt", ""),
-            "steps": parameters.get("steps"), "sampler": parameters.get("scheduler"),
-            "cfg_scale": parameters.get("guidance_scale"), "seed": seed,
-            "size": f"{parameters.get('width')}x{parameters.get('height')}", "models": label,
+            "steps": parameters.get("steps"), "sampler": sampler or parameters.get("scheduler"),
+            "cfg_scale": parameters.get("guidance_scale") if cfg_scale is None else cfg_scale, "seed": seed,
+            "size": f"{parameters.get('width')}x{parameters.get('height')}", "model": model, "models": label,
             "phase": phase.name, **extra, "animenb": __version__}
 
 

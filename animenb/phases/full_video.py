@@ -11,7 +11,8 @@ from ..backends import Backend, ImageRequest, ImageToVideoRequest
 from ..media import encode_concurrently, retime, save_mp4, save_pngs
 from ..progress import ProgressEvent, ProgressReporter
 from .catalog import get_phase
-from .common import (PhaseResult, Timer, default_size, load_image, models_label, png_parameters,
+from .common import (PhaseResult, Timer, default_size, load_image, model_name, models_label,
+                     png_parameters,
                      prepare_output_dir, resolve_backend, resolve_seed, write_phase_manifest)
 
 PHASE = get_phase("FULL_VIDEO")
@@ -73,7 +74,8 @@ def full_video(
                   "frames": frames, "svd_fps": svd_fps, "motion_bucket_id": motion_bucket_id,
                   "noise_aug_strength": noise_aug_strength, "seconds": seconds, "fps": fps,
                   "image": None if image is None or isinstance(image, Image.Image) else str(image)}
-    label = models_label(engine.describe())
+    description = engine.describe()
+    label = models_label(description)
     timer = Timer()
     stages = 2 if source is not None else 3
     total = steps * (stages - 1)
@@ -89,9 +91,15 @@ def full_video(
     timer.mark("generate")
     progress.start_stage("re-timing and encoding")
     video = retime(raw, seconds, fps)
-    pngs = [(source, out / "source.png", png_parameters(PHASE, parameters, seed, label, kind="source"))]
-    pngs += [(frame, out / "frames" / f"frame_{index:03d}.png",
-              png_parameters(PHASE, parameters, seed, label, frame=index)) for index, frame in enumerate(raw)]
+    source_model = model_name(description, "sd") if image is None else None  # None: the image was given
+    pngs = [(source, out / "source.png",
+             png_parameters(PHASE, parameters, seed, label, model=source_model, kind="source"))]
+    # SVD samples with Euler on Karras sigmas, guidance rising from min to max across the frames.
+    frame_parameters = png_parameters(PHASE, parameters, seed, label, model=model_name(description, "svd"),
+                                      sampler="euler_karras", cfg_scale=video_request.max_guidance_scale,
+                                      min_cfg_scale=video_request.min_guidance_scale)
+    pngs += [(frame, out / "frames" / f"frame_{index:03d}.png", {**frame_parameters, "frame": index})
+             for index, frame in enumerate(raw)]
     # The PNGs and the MP4 side by side: the MP4 only reads the frames (see animenb.media).
     encode_concurrently(lambda: save_pngs(pngs), lambda: save_mp4(video, out / "video.mp4", fps))
     files: list[tuple[Path, str]] = [(out / "source.png", "source")] + [(path, "frame") for _, path, _ in pngs[1:]]
