@@ -141,6 +141,26 @@ async def test_full_chain_succeeds_with_children_progress_and_outputs(srv, chain
     assert code == 200 and _json(record)["status"] == "succeeded"
 
 
+async def test_one_status_model_everywhere_children_included(srv, chain_ok):
+    """/status, GET /generation/{id}, the /jobs row, the WebSocket `state` snapshot and the `finished` event's
+    state are one body (AnimeService.status): an orchestration's children show in all of them."""
+    job, events = chain_ok
+    job_id = job["job_id"]
+    bodies = {"status": await status(srv, job_id)}
+    code, bodies["generation"] = await call(srv, "GET", f"{API}/generation/{job_id}", token=srv.admin)
+    assert code == 200
+    code, listing = await call(srv, "GET", f"{API}/jobs?limit=200", token=srv.admin)
+    assert code == 200
+    bodies["jobs row"] = next(row for row in listing["jobs"] if row["job_id"] == job_id)
+    replay = await ws_events(job["ws_url"] + f"?token={srv.admin}")
+    assert [e["event"] for e in replay] == ["state", "finished"]
+    bodies["ws state"], bodies["ws finished"] = replay[0]["state"], replay[1]["state"]
+    bodies["live finished"] = events[-1]["state"]
+    for name, body in bodies.items():
+        assert body == bodies["status"], name
+    assert len(bodies["status"]["children"]) == 3 and bodies["status"]["kind"] == "orchestration"
+
+
 async def test_server_and_in_process_chains_write_the_same_parent_record_and_manifest(srv, chain_ok, tmp_path):
     """The two orchestrators share animenb.chain: the same chain run both ways leaves parent records and
     manifests with the same keys, file kinds and verdicts (values differ only where runs do: paths, times)."""

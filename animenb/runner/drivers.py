@@ -21,6 +21,7 @@ from animenb.store import JobRecord, JobStoreBase
 
 from .events import EventBus
 from .kernels import WarmKernel
+from .public_paths import PathScrubber
 
 
 class JobHost(Protocol):
@@ -39,6 +40,7 @@ class JobHost(Protocol):
     quality_threshold: float | None
     warm: bool
     execution_timeout: float | None
+    public_paths: PathScrubber     # what a stored error or a saved notebook may show of the paths
 
     @property
     def stopping(self) -> bool: ...

@@ -183,6 +183,15 @@ class JobRunner:
         """Whether a phase job is running on a kernel now (its notebook or its quality step)."""
         return bool(self.drivers[PHASE_KIND].active())
 
+    def health(self, stall_after: float = 120.0) -> dict:
+        """For /health: `warm`, `kernels` (each kernel's description), `generating`, `scored` (phase jobs get
+        a quality score) and `stalled` (no kernel ready `stall_after` s after start)."""
+        kernels = self.kernels.describe()
+        stalled = time.time() - self.started_at > stall_after and not any(k["ready"] for k in kernels)
+        scored = self.quality_notebook is not None and self.quality_notebook.is_file()
+        return {"warm": self.warm, "kernels": kernels, "generating": self.generating(), "scored": scored,
+                "stalled": stalled}
+
     def queue_length(self) -> int:
         return self.store.count(status=JobStatus.QUEUED)
 

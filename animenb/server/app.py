@@ -1,5 +1,11 @@
 """The Tornado application: `ServerConfig`, the `AnimeService` it serves, and `make_app`.
 
+`AnimeService` does the server's business, so handlers stay parse -> one service call -> write:
+`health()`, `status(job)` (the one status model of /status, GET /generation/{id}, /jobs rows and the
+WebSocket `state` and `finished` events), `jobs(...)`, `gallery(...)`, `phases()`, `generate(...)` and
+`orchestrate(...)` (validate, then `admit`), `admit(request)` (the one place a job is admitted to the
+queue: every limit on what may be queued lives there) and `cancel(job, caller)`.
+
     service = AnimeService(ServerConfig(models="tiny", home=..., outputs=...))
     app = make_app(service)            # extra keyword arguments become tornado settings
     await service.start()              # restart policy, then warm kernels and workers
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import math
 import shutil
 import subprocess
 import time
@@ -27,11 +34,23 @@ import tornado.web
 
 from animenb import config
 from animenb.runner.events import EventBus
+from animenb.runner.orchestration import ORCHESTRATION_KIND
 from animenb.runner.runner import JobRunner
-from animenb.store import JobRecord, SqliteJobStore
+from animenb.store import JobNotFoundError, JobRecord, JobStatus, SqliteJobStore
+from animenb.store.tokens_base import ANONYMOUS
 from animenb.store.tokens_sqlite import SqliteTokenStore
 
+from . import views
+from .auth import Identity, can_cancel, can_read, new_cancel_token
+from .handlers import NotFoundHandler, default_handlers
+from .headers import SecurityHeaders
 from .limits import HttpLimits, WebSocketCounter, make_http_server
+from .orchestrate_validation import validate_orchestrate
+from .pages import page_handlers  # the gallery page at / and /gallery
+from .redaction import install_log_redaction
+from .requests import Caller, JobRequest
+from .stats import typical_duration
+from .validation import APIError, validate_generate
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +159,8 @@ class GpuProbe:
 
 
 class AnimeService:
-    """What the handlers talk to: the store, the event bus, the runner and static facts."""
+    """What the handlers talk to: the store, the event bus, the runner and static facts, and the
+    business methods (module docstring)."""
 
     def __init__(self, cfg: ServerConfig | None = None, *, store: SqliteJobStore | None = None):
         self.config = (cfg or ServerConfig()).resolved()
@@ -173,6 +193,132 @@ class AnimeService:
         await self.runner.stop()
         self.store.close()
 
+    # -- reading ---------------------------------------------------------------------------------
+    def readable_job(self, job_id: str, identity: Identity | None) -> JobRecord | None:
+        """The job if `identity` may read it, else None (an unknown job and someone else's private job look
+        the same, so a private job's existence never leaks)."""
+        try:
+            job = self.store.get(job_id)
+        except JobNotFoundError:
+            return None
+        return job if can_read(identity, job) else None
+
+    def status(self, job: JobRecord, ws_base: str = "") -> dict:
+        """The job's status body: one model wherever a job's state is shown (module docstring). An
+        orchestration parent adds its `children`, the chain's `reason` and `attempts_by_phase`."""
+        queue_position = self.store.queue_position(job.id) if job.status is JobStatus.QUEUED else None
+        return views.job_status(job, live_progress=self.runner.live_progress(job.id), queue_position=queue_position,
+                                children=self.runner.children(job), ws_base=ws_base)
+
+    def jobs(self, *, status: list[str] | None, limit: int, cursor: str | None, scope: dict, caller: Caller) -> dict:
+        """GET /jobs: one page of the jobs in `scope` (store.list filters), newest first, as status bodies."""
+        jobs, next_cursor = self.store.list(status=status, limit=limit, cursor=cursor, **scope)
+        return {"jobs": [self.status(j, caller.ws_base) for j in jobs], "count": self.store.count(status=status, **scope),
+                "user": caller.name, "limit": limit, "next_cursor": next_cursor}
+
+    def gallery(self, *, phase: int | None, limit: int, cursor: str | None) -> dict:
+        query = dict(status="succeeded", visibility="public", phase=phase)
+        jobs, next_cursor = self.store.list(**query, limit=limit, cursor=cursor)
+        return {"message": "Public gallery", "gallery": [views.gallery_item(j) for j in jobs],
+                "count": self.store.count(**query), "limit": limit, "next_cursor": next_cursor}
+
+    def phases(self) -> dict:
+        return views.phases_body(self.runner.notebooks_dir)
+
+    async def health(self) -> dict:
+        """GET /health: components, job counts and what this server offers; "degraded" names what is down."""
+        comfyui = await self.comfyui_health()
+        runner = self.runner.health()
+        degraded = []
+        if comfyui.get("status") not in ("healthy", "not configured"):
+            degraded.append("comfyui")
+        if runner["stalled"]:
+            degraded.append("kernels")
+        return views.health_body(
+            service=SERVICE_NAME, version=API_VERSION, uptime_seconds=time.time() - self.started_at,
+            counts=self.store.counts_by_status(), comfyui=comfyui, gpu=await self.gpu.info(), runner=runner,
+            models=self.models, backend=self.config.backend or "diffusers", degraded=degraded)
+
+    # -- submitting --------------------------------------------------------------------------------
+    def generate(self, data: dict, caller: Caller) -> tuple[JobRecord, dict]:
+        """POST /generate: validate the body, choose the job's visibility, admit it. Returns the job and
+        the 202 reply."""
+        phase, values, visibility = validate_generate(
+            data, self.outputs_dir, lambda job_id: self.readable_job(job_id, caller.identity) is not None)
+        if values.get("backend") == "comfyui" and not self.config.comfyui_url:
+            raise APIError(422, "comfyui_not_configured", "`backend` comfyui needs a ComfyUI server: start animenb "
+                           "serve with --comfyui-url URL.", "backend")
+        if "visibility" not in data and caller.identity is not None:
+            visibility = "private"  # a token's jobs are its own unless it says "public"
+        if visibility == "private" and caller.identity is None:
+            raise APIError(401, "auth_required", "A private job needs a token (only its owner could see it).",
+                           "visibility")
+        cancel_token, extra = new_cancel_token() if caller.identity is None else (None, None)
+        job = self.admit(JobRequest(kind="phase", phase=phase, parameters=values, owner=caller.name,
+                                    visibility=visibility, extra=extra, exempt_from_user_limit=caller.is_admin))
+        reply = {**self._accepted(job, caller), "phase": phase}
+        if cancel_token is not None:  # an anonymous job: whoever holds this may cancel it
+            reply["cancel_token"] = cancel_token
+        return job, reply
+
+    def orchestrate(self, data: dict, caller: Caller) -> tuple[JobRecord, dict]:
+        """POST /orchestrate (the caller is an admin): validate the body, admit the parent job. Returns the
+        job and the 202 reply."""
+        if self.runner.quality_notebook is None:
+            raise APIError(409, "quality_disabled", "Orchestration gates every phase on its quality score, and this "
+                                                    "server runs without the quality notebook (`serve --no-quality`).")
+        values, visibility = validate_orchestrate(
+            data, self.outputs_dir, self.runner.models,
+            lambda job_id: self.readable_job(job_id, caller.identity) is not None)
+        if visibility is None:  # like /generate: a token's jobs are its own unless it says "public"
+            visibility = "private" if caller.identity is not None else "public"
+        job = self.admit(JobRequest(kind=ORCHESTRATION_KIND, phase=None, parameters=values, owner=caller.name,
+                                    visibility=visibility, exempt_from_user_limit=True))
+        return job, {**self._accepted(job, caller), "kind": ORCHESTRATION_KIND, "max_retries": values["max_retries"],
+                     "thresholds": values["thresholds"], "seed": values["seed"]}
+
+    def admit(self, request: JobRequest) -> JobRecord:
+        """The one place a job is admitted: 429 + Retry-After when the queue (or the owner's share of it)
+        is full, else the job is queued (committed on return). Handlers run on the loop thread, so the
+        check and the insert are not interleaved with another request's."""
+        cfg, store = self.config, self.store
+        queued = store.count(status=JobStatus.QUEUED)
+        user_full = (not request.exempt_from_user_limit and cfg.max_queued_per_user is not None
+                     and store.count(status=JobStatus.QUEUED, owner=request.owner) >= cfg.max_queued_per_user)
+        if queued >= cfg.max_queue or user_full:
+            kernels = max(1, len(self.runner.kernels))
+            wait = typical_duration(store) * (min(queued, cfg.max_queue) if not user_full else 1) / kernels
+            retry = str(max(1, min(600, math.ceil(wait))))
+            if user_full:
+                raise APIError(429, "too_many_queued", f"`{request.owner}` already has {cfg.max_queued_per_user} "
+                               f"queued jobs (the per-user limit); retry after {retry} s.",
+                               headers={"Retry-After": retry})
+            raise APIError(429, "queue_full", f"The queue is full ({cfg.max_queue} jobs); retry after {retry} s.",
+                           headers={"Retry-After": retry})
+        return self.runner.submit(request.parameters, phase=request.phase, kind=request.kind, owner=request.owner,
+                                  visibility=request.visibility, extra=request.extra)
+
+    def _accepted(self, job: JobRecord, caller: Caller) -> dict:
+        return {"job_id": job.id, "status": job.status.value, "status_url": views.status_url(job.id),
+                "ws_url": views.ws_url(job.id, caller.ws_base), "queue_position": self.store.queue_position(job.id)}
+
+    async def cancel(self, job: JobRecord, caller: Caller, cancel_token: str | None = None) -> dict:
+        """DELETE /generation/{id}: 403 unless the caller may cancel it (an anonymous job: with the
+        `cancel_token` its 202 returned), 409 once finished; else the job is cancelled (queued) or stopped
+        (running) and its status body returned."""
+        if not can_cancel(caller.identity, job, cancel_token):
+            if job.owner == ANONYMOUS:
+                raise APIError(403, "forbidden", f"Job {job.id} is anonymous: cancelling it needs the `cancel_token` "
+                                                 f"its 202 returned (X-Cancel-Token header) or an admin token.",
+                               "cancel_token")
+            raise APIError(403, "forbidden", f"Job {job.id} belongs to `{job.owner}`; only its owner or an admin "
+                                             f"may cancel it.", "job_id")
+        if job.terminal:
+            raise APIError(409, "job_finished", f"Job {job.id} already finished ({job.status.value}); nothing to "
+                                                f"cancel.", "job_id")
+        return self.status(await self.runner.cancel(job.id), caller.ws_base)
+
+    # -- components ----------------------------------------------------------------------------------
     async def comfyui_health(self) -> dict:
         url = self.config.comfyui_url
         if not url:
@@ -194,11 +340,6 @@ class AnimeService:
 
 
 def make_app(service: AnimeService, **settings: Any) -> tornado.web.Application:
-    from .handlers import NotFoundHandler, default_handlers
-    from .headers import SecurityHeaders
-    from .pages import page_handlers  # the gallery page at / and /gallery
-    from .redaction import install_log_redaction
-
     defaults = {"websocket_ping_interval": 20, "websocket_ping_timeout": 20,
                 "websocket_max_message_size": 64 * 1024, "serve_traceback": False,
                 "default_handler_class": NotFoundHandler}

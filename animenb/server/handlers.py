@@ -1,14 +1,14 @@
 """Thin REST handlers under /api/anime; routes at the bottom (`default_handlers`).
 
-Every error is JSON, `{"error": {"code", "message", "field"}}`, from one `write_error`;
-tracebacks go to the log, never to clients. Who may see what: `animenb.server.auth`.
+Each handler parses its request, makes one call to the service (`animenb.server.app.AnimeService`) and
+writes the answer. Every error is JSON, `{"error": {"code", "message", "field"}}`, from one
+`write_error`; tracebacks go to the log, never to clients. Who may see what: `animenb.server.auth`.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import math
 import mimetypes
 import os
 from pathlib import Path
@@ -19,14 +19,13 @@ from tornado.web import HTTPError
 
 from animenb.phases.catalog import get_phase
 from animenb.store import JobStatus
-from animenb.store.tokens_base import ANONYMOUS
 
 from . import views
-from .auth import AuthMixin, can_cancel, new_cancel_token, require_role
+from .auth import AuthMixin, require_role
 from .csrf import check_csrf
 from .limits import LimitedBodyMixin
-from .validation import (JOB_ID_RE, APIError, invalid, parse_cursor, parse_json_body, parse_limit,
-                         validate_generate)
+from .requests import Caller
+from .validation import JOB_ID_RE, APIError, invalid, parse_cursor, parse_json_body, parse_limit
 from .websocket import JobSocketHandler
 
 log = logging.getLogger(__name__)
@@ -80,15 +79,13 @@ class BaseHandler(LimitedBodyMixin, JSONErrorMixin, AuthMixin, tornado.web.Reque
             raise APIError(404, "job_not_found", f"Job not found: {job_id}", "job_id")
         return job
 
-    def can_read_job(self, job_id: str) -> bool:
-        """Whether the caller may read (and so reuse the outputs of) job `job_id`."""
-        return self.readable_job(job_id) is not None
+    def caller(self) -> Caller:
+        return Caller(identity=self.current_user, ws_base=self.ws_base())
 
-    def status_body(self, job) -> dict:
-        runner = self.service.runner
-        return views.job_status(job, live_progress=runner.live_progress(job.id),
-                                queue_position=self.service.store.queue_position(job.id) if job.status is JobStatus.QUEUED else None,
-                                ws_base=self.ws_base())
+    def write_accepted(self, reply: dict) -> None:
+        """202 with `Location`: the new job's status URL."""
+        self.set_header("Location", reply["status_url"])
+        self.write_json(reply, status=202)
 
     def status_filter(self) -> list[str] | None:
         raw = self.get_query_argument("status", None)
@@ -109,7 +106,7 @@ class NotFoundHandler(BaseHandler):
 
 class HealthHandler(BaseHandler):
     async def get(self) -> None:
-        self.write_json(await views.health_body(self.service))
+        self.write_json(await self.service.health())
 
 
 class JobsHandler(BaseHandler):
@@ -129,19 +126,14 @@ class JobsHandler(BaseHandler):
         return {} if owner == "*" else {"owner": owner}
 
     def get(self) -> None:
-        store = self.service.store
         limit = parse_limit(self.get_query_argument("limit", None))
         cursor = parse_cursor(self.get_query_argument("cursor", None))
-        status = self.status_filter()
-        scope = self.scope()
-        jobs, next_cursor = store.list(status=status, limit=limit, cursor=cursor, **scope)
-        self.write_json({"jobs": [self.status_body(j) for j in jobs], "count": store.count(status=status, **scope),
-                         "user": self.user, "limit": limit, "next_cursor": next_cursor})
+        self.write_json(self.service.jobs(status=self.status_filter(), limit=limit, cursor=cursor, scope=self.scope(),
+                                          caller=self.caller()))
 
 
 class GalleryHandler(BaseHandler):
     def get(self) -> None:
-        store = self.service.store
         limit = parse_limit(self.get_query_argument("limit", None), default=24)
         cursor = parse_cursor(self.get_query_argument("cursor", None))
         phase = self.get_query_argument("phase", None)
@@ -150,88 +142,43 @@ class GalleryHandler(BaseHandler):
                 phase = get_phase(phase).id
             except ValueError as exc:
                 raise APIError(422, "invalid_value", str(exc), "phase") from None
-        query = dict(status="succeeded", visibility="public", phase=phase)
-        jobs, next_cursor = store.list(**query, limit=limit, cursor=cursor)
-        self.write_json({"message": "Public gallery", "gallery": [views.gallery_item(j) for j in jobs],
-                         "count": store.count(**query), "limit": limit, "next_cursor": next_cursor})
+        self.write_json(self.service.gallery(phase=phase or None, limit=limit, cursor=cursor))
 
 
 class PhasesHandler(BaseHandler):
     def get(self) -> None:
-        self.write_json(views.phases_body(self.service.runner.notebooks_dir))
-
-
-def check_queue_room(service, owner: str, *, exempt_from_user_limit: bool = False) -> None:
-    """429 + Retry-After when the queue (or this owner's share of it) is full. Handlers run on the
-    loop thread, so the check and the insert that follows it are not interleaved with another request's."""
-    cfg, store = service.config, service.store
-    queued = store.count(status=JobStatus.QUEUED)
-    user_full = (not exempt_from_user_limit and cfg.max_queued_per_user is not None
-                 and store.count(status=JobStatus.QUEUED, owner=owner) >= cfg.max_queued_per_user)
-    if queued < cfg.max_queue and not user_full:
-        return
-    from .stats import typical_duration
-
-    kernels = max(1, len(service.runner.kernels))
-    wait = typical_duration(store) * (min(queued, cfg.max_queue) if not user_full else 1) / kernels
-    retry = str(max(1, min(600, math.ceil(wait))))
-    if user_full:
-        raise APIError(429, "too_many_queued", f"`{owner}` already has {cfg.max_queued_per_user} queued jobs "
-                       f"(the per-user limit); retry after {retry} s.", headers={"Retry-After": retry})
-    raise APIError(429, "queue_full", f"The queue is full ({cfg.max_queue} jobs); retry after {retry} s.",
-                   headers={"Retry-After": retry})
+        self.write_json(self.service.phases())
 
 
 class GenerateHandler(BaseHandler):
     def post(self) -> None:
         data = parse_json_body(self.request.body, self.request.headers.get("Content-Type"))
-        phase, values, visibility = validate_generate(data, self.service.outputs_dir, self.can_read_job)
-        if values.get("backend") == "comfyui" and not self.service.config.comfyui_url:
-            raise APIError(422, "comfyui_not_configured", "`backend` comfyui needs a ComfyUI server: start animenb "
-                           "serve with --comfyui-url URL.", "backend")
-        identity = self.current_user
-        if "visibility" not in data and identity is not None:
-            visibility = "private"  # a token's jobs are its own unless it says "public"
-        if visibility == "private" and identity is None:
-            raise APIError(401, "auth_required", "A private job needs a token (only its owner could see it).",
-                           "visibility")
-        check_queue_room(self.service, self.user, exempt_from_user_limit=bool(identity and identity.is_admin))
-        cancel_token, extra = new_cancel_token() if identity is None else (None, None)
-        job = self.service.runner.submit(values, phase=phase, owner=self.user, visibility=visibility, extra=extra)
-        status_url = f"{API}/generation/{job.id}/status"
-        self.set_header("Location", status_url)
-        reply = {"job_id": job.id, "status": job.status.value, "phase": phase, "status_url": status_url,
-                 "ws_url": f"{self.ws_base()}/ws/job/{job.id}",
-                 "queue_position": self.service.store.queue_position(job.id)}
-        if cancel_token is not None:  # an anonymous job: whoever holds this may cancel it
-            reply["cancel_token"] = cancel_token
-        self.write_json(reply, status=202)
+        _, reply = self.service.generate(data, self.caller())
+        self.write_accepted(reply)
+
+
+class OrchestrateHandler(BaseHandler):
+    """POST /api/anime/orchestrate (admin token): the gated chain as one parent job (body:
+    animenb.server.orchestrate_validation); 202 {job_id, status, kind, status_url, ws_url, queue_position, ...}."""
+
+    def post(self) -> None:
+        require_role(self, "admin")  # AUTH CHECK: the one call that guards this endpoint
+        data = parse_json_body(self.request.body, self.request.headers.get("Content-Type"))
+        _, reply = self.service.orchestrate(data, self.caller())
+        self.write_accepted(reply)
 
 
 class StatusHandler(BaseHandler):
+    """GET /generation/{id}/status (and GET /generation/{id}): the job's status body."""
+
     def get(self, job_id: str) -> None:
-        self.write_json(self.status_body(self.get_job(job_id)))
+        self.write_json(self.service.status(self.get_job(job_id), self.ws_base()))
 
 
-class GenerationHandler(BaseHandler):
-    def get(self, job_id: str) -> None:
-        self.write_json(self.status_body(self.get_job(job_id)))
-
+class GenerationHandler(StatusHandler):
     async def delete(self, job_id: str) -> None:
-        job = self.get_job(job_id)
         cancel_token = self.request.headers.get("X-Cancel-Token") or self.get_query_argument("cancel_token", None)
-        if not can_cancel(self.current_user, job, cancel_token):
-            if job.owner == ANONYMOUS:
-                raise APIError(403, "forbidden", f"Job {job_id} is anonymous: cancelling it needs the `cancel_token` "
-                                                 f"its 202 returned (X-Cancel-Token header) or an admin token.",
-                               "cancel_token")
-            raise APIError(403, "forbidden", f"Job {job_id} belongs to `{job.owner}`; only its owner or an admin "
-                                             f"may cancel it.", "job_id")
-        if job.terminal:
-            raise APIError(409, "job_finished", f"Job {job_id} already finished ({job.status.value}); nothing to cancel.",
-                           "job_id")
-        job = await self.service.runner.cancel(job_id)
-        self.write_json(self.status_body(job))
+        self.write_json(await self.service.cancel(self.get_job(job_id), self.caller(), cancel_token))
 
 
 def _safe_relative(path: str) -> bool:
@@ -375,8 +322,8 @@ default_handlers = [
     (rf"{API}/gallery/?", GalleryHandler),
     (rf"{API}/phases/?", PhasesHandler),
     (rf"{API}/generate/?", GenerateHandler),
-    (rf"{API}/orchestrate/?", "animenb.server.orchestrate_handler.OrchestrateHandler"),
-    (rf"{API}/generation/{JOB_ID}/status/?", "animenb.server.orchestrate_handler.StatusWithChildrenHandler"),
+    (rf"{API}/orchestrate/?", OrchestrateHandler),
+    (rf"{API}/generation/{JOB_ID}/status/?", StatusHandler),
     (rf"{API}/generation/{JOB_ID}/?", GenerationHandler),
     (rf"{API}/outputs/(.+)", OutputHandler),
     (rf"{API}/thumbnails/{JOB_ID}/(?P<rel>.+)", ThumbnailHandler),

@@ -1,7 +1,6 @@
 """JSON bodies of the API, built from store records (handlers stay thin)."""
 from __future__ import annotations
 
-import time
 from pathlib import PurePosixPath
 from urllib.parse import quote
 
@@ -23,6 +22,14 @@ def output_url(job_id: str, path: str) -> str:
 
 def thumbnail_url(job_id: str, path: str) -> str:
     return f"{API}/thumbnails/{job_id}/{quote(path)}"
+
+
+def status_url(job_id: str) -> str:
+    return f"{API}/generation/{job_id}/status"
+
+
+def ws_url(job_id: str, ws_base: str = "") -> str:
+    return f"{ws_base}/ws/job/{job_id}"
 
 
 def phase_name(phase: int | None) -> str | None:
@@ -50,10 +57,13 @@ def _quality(job: JobRecord) -> dict | None:
 
 
 def job_status(job: JobRecord, *, live_progress: dict | None = None, queue_position: int | None = None,
-               ws_base: str = "") -> dict:
+               children: list[dict] | None = None, ws_base: str = "") -> dict:
+    """The status body of a job (`AnimeService.status` gathers the arguments). `children` (an orchestration
+    parent's child rows) adds `children`, the chain's `reason` and `attempts_by_phase`."""
     files = job.outputs.get("files", []) if isinstance(job.outputs, dict) else []
-    return {
+    body = {
         "job_id": job.id,
+        "kind": job.kind,
         "status": job.status.value,
         "phase": job.phase,
         "phase_name": phase_name(job.phase),
@@ -73,9 +83,14 @@ def job_status(job: JobRecord, *, live_progress: dict | None = None, queue_posit
         "owner": job.owner,
         "visibility": job.visibility,
         "parent_id": job.parent_id,
-        "status_url": f"{API}/generation/{job.id}/status",
-        "ws_url": f"{ws_base}/ws/job/{job.id}",
+        "status_url": status_url(job.id),
+        "ws_url": ws_url(job.id, ws_base),
     }
+    if children is not None:
+        outputs = job.outputs if isinstance(job.outputs, dict) else {}
+        body.update(children=children, reason=outputs.get("reason"),
+                    attempts_by_phase=(outputs.get("quality") or {}).get("phases"))
+    return body
 
 
 def primary_output(job: JobRecord) -> tuple[str | None, str | None]:
@@ -122,49 +137,39 @@ def phases_body(notebooks_dir) -> dict:
     return {"phases": phases, "workflow": WORKFLOW, "quality_gates": QUALITY_GATES, "quality_threshold": DEFAULT_GATE}
 
 
-def features(service) -> list[str]:
-    """Only what exists in this process."""
+def features(scored: bool) -> list[str]:
+    """Only what exists in this process (`scored`: phase jobs get a quality score)."""
     found = ["Real-time job status tracking", "WebSocket progress updates",
              "Structured file organization (outputs/<job_id>/ with manifest.json and the executed notebook)",
              "GPU resource management (one warm kernel and one job at a time per device)",
              "Error handling and recovery (durable SQLite queue, dead-kernel restart, restart recovery)",
              "Performance optimization (15 steps by default, warm kernels with a model cache)"]
-    q = service.runner.quality_notebook
-    if q is not None and q.is_file():
+    if scored:
         found.insert(4, "Character consistency checking (quality scoring after every phase)")
     return found
 
 
-async def health_body(service) -> dict:
-    from .app import API_VERSION, SERVICE_NAME
-
-    counts = service.store.counts_by_status()
-    comfyui = await service.comfyui_health()
-    gpu = await service.gpu.info()
-    kernels = service.runner.kernels.describe()
-    degraded = []
-    if comfyui.get("status") not in ("healthy", "not configured"):
-        degraded.append("comfyui")
-    if service.runner.started_at and time.time() - service.runner.started_at > 120 and not any(k["ready"] for k in kernels):
-        degraded.append("kernels")
+def health_body(*, service: str, version: str, uptime_seconds: float, counts: dict[str, int], comfyui: dict,
+                gpu: dict, runner: dict, models: dict, backend: str, degraded: list[str]) -> dict:
+    """GET /health from the facts `AnimeService.health` gathered (`runner`: `JobRunner.health()`)."""
+    kernels = runner["kernels"]
     return {
         "status": "degraded" if degraded else "healthy",
-        "service": SERVICE_NAME,
-        "version": API_VERSION,
+        "service": service,
+        "version": version,
         "animenb_version": __version__,
-        "uptime_seconds": round(time.time() - service.started_at, 1),
+        "uptime_seconds": round(uptime_seconds, 1),
         "components": {
             "comfyui": comfyui,
-            "gpu": {**gpu, "active_generation": service.runner.generating()},
+            "gpu": {**gpu, "active_generation": runner["generating"]},
             "jobs": {"active_count": counts["queued"] + counts["running"],
                      "total_tracked": sum(counts.values()), "queued": counts["queued"],
                      "running": counts["running"], "by_status": counts},
-            "models": service.models,
-            "backend": service.config.backend or "diffusers",
-            "kernels": {"warm": service.runner.warm, "ready": sum(k["ready"] for k in kernels), "total": len(kernels),
+            "models": models,
+            "backend": backend,
+            "kernels": {"warm": runner["warm"], "ready": sum(k["ready"] for k in kernels), "total": len(kernels),
                         "devices": kernels},
         },
         "degraded_components": degraded,
-        "bulletproof_features": features(service),
+        "bulletproof_features": features(runner["scored"]),
     }
-

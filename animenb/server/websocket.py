@@ -2,8 +2,9 @@
 
 On connect the client gets {"event": "state", "seq", "state": <status body>}; with
 `?after=N` the events it missed (seq > N, from a short per-job history) come first.
-Then every event as it happens ("started", "progress", "finished"); after the terminal
-"finished" event the server closes with 1000. A job that has already finished gets its
+Then every event as it happens ("started", "progress", "finished"); the terminal
+"finished" event carries the final status body as `state` too (the same model as
+/status: an orchestration's `children` included), then the server closes with 1000. A job that has already finished gets its
 state and its "finished" event, then the close. An unknown job id is accepted and closed
 at once with code 4404 and reason "Job not found: <id>" (a browser sees the reason;
 a failed handshake would hide it); a path that is not a 32-hex job id is a plain 404.
@@ -23,10 +24,9 @@ import logging
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from animenb.runner.events import JobEvent, JobFinishedEvent, JobStateEvent
-from animenb.store import JobNotFoundError
 
 from . import views
-from .auth import can_read, identify
+from .auth import identify
 from .csrf import origin_allowed
 from .validation import APIError
 
@@ -53,18 +53,17 @@ class JobSocketHandler(WebSocketHandler):
         return f"{scheme}://{self.request.host}"
 
     def _dump(self, event: JobEvent) -> str:
-        """The event's wire form, serialised once and shared by every subscriber (200 subscribers: 1 dumps, not 200)."""
+        """The event's wire form, serialised once and shared by every subscriber (200 subscribers: 1 dumps, not
+        200); a "finished" event, one per job, carries the status body with this client's URLs."""
+        if isinstance(event, JobFinishedEvent):
+            data = event.as_dict()
+            data["outputs"] = [views.output_url(event.job_id, f) for f in event.outputs]
+            data["state"] = self.service.status(self.service.store.get(event.job_id), self.ws_base())
+            return json.dumps(data, default=str)
         wire = event.__dict__.get("_wire")
         if wire is None:
-            wire = event.__dict__["_wire"] = self._serialise(event)
+            wire = event.__dict__["_wire"] = json.dumps(event.as_dict(), default=str)
         return wire
-
-    @staticmethod
-    def _serialise(event: JobEvent) -> str:
-        data = event.as_dict()
-        if isinstance(event, JobFinishedEvent):
-            data["outputs"] = [views.output_url(event.job_id, f) for f in event.outputs]
-        return json.dumps(data, default=str)
 
     def send(self, event: JobEvent) -> None:
         try:
@@ -99,17 +98,14 @@ class JobSocketHandler(WebSocketHandler):
             self.close(CLOSE_TOO_MANY, "too many job WebSockets from this address")
             return
         self.counted_address = self.request.remote_ip
-        store, bus, runner = self.service.store, self.service.bus, self.service.runner
+        bus = self.service.bus
         try:
             identity = identify(self.settings, self.request, allow_query=True)
         except APIError as exc:
             self.close(CLOSE_UNAUTHORIZED, exc.message)
             return
-        try:
-            job = store.get(job_id)
-        except JobNotFoundError:
-            job = None
-        if job is None or not can_read(identity, job):
+        job = self.service.readable_job(job_id, identity)
+        if job is None:
             self.close(CLOSE_JOB_NOT_FOUND, f"Job not found: {job_id}")
             return
         try:
@@ -124,9 +120,8 @@ class JobSocketHandler(WebSocketHandler):
         for event in bus.history(job_id, after) if after else ():
             if not event.terminal:
                 self.write_message(self._dump(event))
-        state = views.job_status(job, live_progress=runner.live_progress(job_id),
-                                 queue_position=store.queue_position(job_id), ws_base=self.ws_base())
-        snapshot = JobStateEvent(job_id=job_id, state=state, seq=bus.last_seq(job_id))
+        snapshot = JobStateEvent(job_id=job_id, state=self.service.status(job, self.ws_base()),
+                                 seq=bus.last_seq(job_id))
         self.write_message(self._dump(snapshot))
         if job.terminal:
             self.send(JobFinishedEvent.build(job, seq=bus.last_seq(job_id)))

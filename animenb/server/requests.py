@@ -1,0 +1,38 @@
+"""What handlers pass to the service: who asks (`Caller`) and a job asking to be queued (`JobRequest`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from animenb.store.tokens_base import ANONYMOUS
+
+from .auth import Identity
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who makes a request, as its handler found out: the identity (None: anonymous) and the base of the
+    WebSocket URLs in replies (`ws://host` or `wss://host`, from the request)."""
+    identity: Identity | None = None
+    ws_base: str = ""
+
+    @property
+    def name(self) -> str:
+        """The owner name of the caller's jobs: the token's name, or "anonymous"."""
+        return self.identity.name if self.identity is not None else ANONYMOUS
+
+    @property
+    def is_admin(self) -> bool:
+        return self.identity is not None and self.identity.is_admin
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated job asking to be queued (what `AnimeService.admit` decides on)."""
+    kind: str                      # a runner job kind: "phase" or "orchestration"
+    phase: int | None
+    parameters: dict[str, Any] = field(repr=False)
+    owner: str = ANONYMOUS
+    visibility: str = "public"
+    extra: dict[str, Any] | None = None   # the job's `extra` (e.g. an anonymous job's cancel-token hash)
+    exempt_from_user_limit: bool = False  # admins' jobs do not count against the per-user limit
