@@ -70,10 +70,53 @@ def test_dynamic_degree_ranks_moving_above_frozen():
     assert 0.4 < dd[1] < 0.6
 
 
-def test_sharpness_ranks_crisp_above_blurred():
+def test_blur_effect_separates_crisp_from_blurred_and_ignores_noise():
     crisp, soft = frames("good")[0], frames("blurred")[0]
-    assert M.laplacian_variance(crisp) > 10 * M.laplacian_variance(soft)
-    assert M.sharpness(crisp, 50) > 0.8 > 0.2 > M.sharpness(soft, 50)
+    noisy = M.as_array(S.with_noise([S.loop_frames(1, 128)[0]], 45)[0])
+    assert M.blur_effect(crisp) < 0.3 < 0.6 < M.blur_effect(soft)
+    assert M.blur_effect(noisy) < 0.3  # noise reads as sharp: that is noise_sigma's job
+    assert M.blur_effect(np.full((32, 32, 3), 90, np.uint8)) == 1.0  # nothing sharp at all
+
+
+@pytest.mark.parametrize("sigma", [5.0, 15.0, 45.0])
+def test_noise_sigma_estimates_added_noise_and_reads_line_art_as_clean(sigma):
+    drawing = S.loop_frames(1, 256)[0]
+    assert M.noise_sigma(M.as_array(drawing)) < 1.0
+    grey_sigma = sigma * float(np.linalg.norm([0.299, 0.587, 0.114]))  # per-channel noise, seen in grey
+    flat = Image.new("RGB", (256, 256), (128, 128, 128))
+    estimate = M.noise_sigma(M.as_array(S.with_noise([flat], sigma)[0]))
+    assert estimate == pytest.approx(grey_sigma, rel=0.15)
+    on_drawing = M.noise_sigma(M.as_array(S.with_noise([drawing], sigma)[0]))
+    assert 0.6 * grey_sigma < on_drawing < 1.1 * grey_sigma  # the light background clips at 255
+
+
+def test_identity_similarity_tells_another_pose_from_another_character():
+    me = S.random_character(5)
+    other = S.random_character(6, like=me)
+    poses = [M.as_array(p) for p in S.character_poses(8, 128, *me, seed=5)]
+    strangers = [M.as_array(p) for p in S.character_poses(8, 128, *other, seed=5)]
+    bands = [M.colour_bands(a) for a in poses + strangers]
+    same = [M.identity_similarity(bands[0], bands[j]) for j in range(1, 8)]  # front vs side, back, action...
+    diff = [M.identity_similarity(bands[i], bands[8 + i]) for i in range(8)]  # same view, other character
+    assert min(same) > 0.9 and max(diff) < 0.4
+    sim = M.similarity_matrix(bands[:7] + bands[8:9], M.identity_similarity)
+    assert M.outlier_identity(sim) < 0.4 < 0.9 < M.outlier_identity(sim[:7, :7])
+
+
+def test_jitter_ratio_separates_a_smooth_path_from_jumps_and_stutter():
+    circle = M.trajectory([M.as_array(f) for f in S.loop_frames(16, 128)])
+    jumps = M.trajectory([M.as_array(f) for f in S.jittered(16, 128, seed=1)])
+    stutter = M.trajectory([M.as_array(f) for f in S.stuttered(S.loop_frames(16, 128))])
+    assert M.jitter_ratio(circle, cyclic=True) < 0.6
+    assert M.jitter_ratio(jumps, cyclic=True) > 1.4 and M.jitter_ratio(stutter, cyclic=True) > 1.4
+    still = np.tile([0.5, 0.5, 0.2, 0.3], (16, 1)) + np.linspace(0, 1e-4, 16)[:, None]
+    assert M.jitter_ratio(still) < 0.01  # a still subject's rounding is not jitter
+
+
+def test_mask_iou_sees_a_squeezed_silhouette():
+    frame = S.loop_frames(1, 128)[0]
+    a, squeezed = M.as_array(frame), M.as_array(S.squashed([frame])[0])
+    assert M.mask_iou(a, a) == 1.0 and M.mask_iou(a, squeezed) < 0.6
 
 
 def test_not_blank_ranks_drawing_above_constant_images():

@@ -1,4 +1,4 @@
-"""`parameters/quality.yaml`: weights, validity multipliers, gate thresholds and metric mappings."""
+"""`parameters/quality.yaml`: weights, validity multipliers, critical floors, gate thresholds and metric mappings."""
 from __future__ import annotations
 
 import copy
@@ -15,21 +15,29 @@ CONFIG_NAME = "quality.yaml"
 
 # Metrics each phase can compute: weights and multipliers must name these.
 PHASE_METRICS: dict[str, frozenset[str]] = {
-    "CHARACTER_SHEET": frozenset({"palette_consistency", "structure_consistency", "sharpness", "reference_consistency",
+    "CHARACTER_SHEET": frozenset({"identity_consistency", "pose_distinctness", "cleanliness", "palette_consistency",
+                                  "structure_consistency", "sharpness", "noise_free", "reference_consistency",
                                   "embedding_consistency", "not_blank", "not_collapsed"}),
-    "ANIMATION_LOOP": frozenset({"loop_seam", "temporal_flicker", "motion_smoothness", "subject_consistency",
-                                 "reference_consistency", "embedding_consistency", "sharpness", "not_blank",
-                                 "dynamic_degree"}),
-    "FULL_VIDEO": frozenset({"temporal_flicker", "motion_smoothness", "subject_consistency", "source_consistency",
-                             "embedding_consistency", "sharpness", "not_blank", "dynamic_degree"}),
+    "ANIMATION_LOOP": frozenset({"loop_seam", "temporal_flicker", "motion_smoothness", "motion_regularity",
+                                 "subject_consistency", "reference_consistency", "embedding_consistency", "cleanliness",
+                                 "sharpness", "noise_free", "not_blank", "dynamic_degree"}),
+    "FULL_VIDEO": frozenset({"temporal_flicker", "motion_smoothness", "motion_regularity", "subject_consistency",
+                             "source_consistency", "embedding_consistency", "cleanliness", "sharpness", "noise_free",
+                             "not_blank", "dynamic_degree"}),
 }
 
 MAPPING_DEFAULTS: dict[str, float] = {
-    "sharpness_scale": 50.0, "blank_std_floor": 12.0, "collapse_mad_floor": 3.0, "foreground_tolerance": 30.0,
-    "palette_bins": 8, "structure_crop": 32, "structure_low": 0.0, "structure_high": 0.6, "embedding_low": 0.5,
-    "embedding_high": 0.95, "flicker_low": 0.80, "smoothness_scale": 0.05, "seam_tolerance": 1.0,
-    "dynamic_threshold": 1.0,
+    "blur_low": 0.35, "blur_high": 0.89, "noise_low": 3.0, "noise_high": 13.0, "blank_std_floor": 12.0,
+    "collapse_mad_floor": 3.0, "distinct_scale": 6.0, "foreground_tolerance": 30.0, "palette_bins": 8,
+    "structure_crop": 32, "structure_low": 0.0, "structure_high": 0.6, "iou_low": 0.5, "iou_high": 0.8, "identity_bands": 3,
+    "identity_distance": 40.0, "identity_low": 0.4, "identity_high": 0.9, "embedding_low": 0.5,
+    "embedding_high": 0.95, "flicker_low": 0.80, "smoothness_scale": 0.05, "jitter_low": 0.6, "jitter_high": 1.4,
+    "jitter_min_speed": 0.01, "frame_quantile": 0.25, "seam_tolerance": 1.0, "dynamic_threshold": 1.0,
 }
+# (low, high) pairs that must be ordered low < high; for blur, noise and jitter "low" is the good end.
+ORDERED_MAPPINGS = (("structure_low", "structure_high"), ("embedding_low", "embedding_high"),
+                    ("identity_low", "identity_high"), ("iou_low", "iou_high"), ("blur_low", "blur_high"), ("noise_low", "noise_high"),
+                    ("jitter_low", "jitter_high"))
 
 
 def default_config_path() -> Path:
@@ -64,15 +72,17 @@ def validate_config(config: dict) -> dict:
         if key not in MAPPING_DEFAULTS:
             raise ValueError(f"`mappings.{key}` is not a known mapping; known: {', '.join(sorted(MAPPING_DEFAULTS))}.")
         mappings[key] = _check_number(value, f"mappings.{key}")
-    for key in ("sharpness_scale", "blank_std_floor", "collapse_mad_floor", "smoothness_scale", "seam_tolerance",
-                "palette_bins", "structure_crop"):
+    for key in ("blank_std_floor", "collapse_mad_floor", "distinct_scale", "smoothness_scale", "seam_tolerance",
+                "palette_bins", "structure_crop", "identity_bands", "identity_distance", "jitter_min_speed"):
         _check_number(mappings[key], f"mappings.{key}", positive=True)
-    for low, high in (("structure_low", "structure_high"), ("embedding_low", "embedding_high")):
+    for low, high in ORDERED_MAPPINGS:
         if mappings[low] >= mappings[high]:
             raise ValueError(f"`mappings.{low}` must be below `mappings.{high}`, got {mappings[low]} >= {mappings[high]}.")
-    if not 0 <= mappings["flicker_low"] < 1:
-        raise ValueError(f"`mappings.flicker_low` must be in [0, 1), got {mappings['flicker_low']}.")
-    mappings["palette_bins"], mappings["structure_crop"] = int(mappings["palette_bins"]), int(mappings["structure_crop"])
+    for key in ("flicker_low", "frame_quantile"):
+        if not 0 <= mappings[key] < 1:
+            raise ValueError(f"`mappings.{key}` must be in [0, 1), got {mappings[key]}.")
+    for key in ("palette_bins", "structure_crop", "identity_bands"):
+        mappings[key] = int(mappings[key])
     cfg["mappings"] = mappings
 
     phases = cfg.get("phases") or {}
@@ -83,15 +93,17 @@ def validate_config(config: dict) -> dict:
             raise ValueError(f"`phases.{name}` is missing from the quality config.")
         weights = section.get("weights") or {}
         multipliers = section.get("multipliers") or {}
-        for key in list(weights) + list(multipliers):
+        critical = section.get("critical") or {}
+        for key in list(weights) + list(multipliers) + list(critical):
             if key not in known:
                 raise ValueError(f"`phases.{name}` names unknown metric {key!r}; known: {', '.join(sorted(known))}.")
         w = {k: _check_number(v, f"phases.{name}.weights.{k}") for k, v in weights.items()}
         if sum(w.values()) <= 0:
             raise ValueError(f"`phases.{name}.weights` must have a positive sum, got {w}.")
         m = {k: _check_number(v, f"phases.{name}.multipliers.{k}", positive=True) for k, v in multipliers.items()}
+        c = {k: _check_number(v, f"phases.{name}.critical.{k}") for k, v in critical.items()}
         out[name] = {"threshold": check_threshold(section.get("threshold", DEFAULT_GATE), f"phases.{name}.threshold"),
-                     "weights": w, "multipliers": m}
+                     "weights": w, "multipliers": m, "critical": c}
     cfg["phases"] = out
     return cfg
 

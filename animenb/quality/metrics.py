@@ -58,13 +58,13 @@ def prepare(images: Sequence[ImageLike], work_size: int = 256, size: tuple[int, 
     return out
 
 
+def smoothed(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """Gaussian blur of `sigma` px: removes pixel noise (grain) before flow and warping error."""
+    return cv2.GaussianBlur(image, (0, 0), sigma)
+
+
 def gray(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-
-
-def map_ratio(value: float, scale: float) -> float:
-    """Saturating map of a non-negative raw value to [0, 1): ``v / (v + scale)`` (0.5 at v = scale)."""
-    return float(value / (value + scale)) if value > 0 else 0.0
 
 
 def map_linear(value: float, low: float, high: float) -> float:
@@ -73,20 +73,6 @@ def map_linear(value: float, low: float, high: float) -> float:
 
 
 # ----------------------------------------------------------------------------- single images
-
-def laplacian_variance(image: np.ndarray) -> float:
-    """Sharpness, raw: ``Var(∇²I)`` of the grey image (3x3 Laplacian, float).
-
-    Pech-Pacheco et al., "Diatom autofocusing in brightfield microscopy: a comparative study", ICPR 2000.
-    Blur removes high frequencies and drives it towards 0; it grows with contrast and edge density.
-    """
-    return float(cv2.Laplacian(gray(image).astype(np.float32), cv2.CV_32F, ksize=1).var())
-
-
-def sharpness(image: np.ndarray, scale: float = 200.0) -> float:
-    """Sharpness score: ``v / (v + scale)`` with ``v = laplacian_variance`` at the working size."""
-    return map_ratio(laplacian_variance(image), scale)
-
 
 def not_blank(image: np.ndarray, std_floor: float = 12.0) -> float:
     """Not-blank score: ``min(1, std(grey) / std_floor)``; a constant image (black NSFW-filter frames,
@@ -105,7 +91,7 @@ def foreground_mask(image: np.ndarray, tolerance: float = 30.0, min_fraction: fl
     """The character region: pixels whose max channel distance to the border colour exceeds
     `tolerance`. Falls back to the whole image when under `min_fraction` of it is foreground
     (busy or empty backgrounds), so the metrics degrade to whole-image versions rather than fail."""
-    dist = np.abs(image.astype(np.float32) - border_colour(image)).max(axis=2)
+    dist = np.abs(image.astype(np.int16) - border_colour(image).round().astype(np.int16)).max(axis=2)
     mask = dist > tolerance
     if mask.mean() < min_fraction:
         return np.ones(mask.shape, dtype=bool)
@@ -122,9 +108,9 @@ def colour_histogram(image: np.ndarray, mask: np.ndarray | None = None, bins: in
     return h / max(h.sum(), EPS)
 
 
-def palette(image: np.ndarray, tolerance: float = 30.0, bins: int = 8) -> np.ndarray:
-    """Colour histogram of the foreground (character) region."""
-    return colour_histogram(image, foreground_mask(image, tolerance), bins)
+def palette(image: np.ndarray, tolerance: float = 30.0, bins: int = 8, mask: np.ndarray | None = None) -> np.ndarray:
+    """Colour histogram of the foreground (character) region (`mask`, when already computed)."""
+    return colour_histogram(image, foreground_mask(image, tolerance) if mask is None else mask, bins)
 
 
 def bhattacharyya(p: np.ndarray, q: np.ndarray) -> float:
@@ -219,15 +205,21 @@ def temporal_flicker(frames: Sequence[np.ndarray], low: float = 0.85) -> float:
 
 
 def loop_seam_ratio(frames: Sequence[np.ndarray], flow_frames: Sequence[np.ndarray] | None = None,
-                    step_errors: np.ndarray | None = None) -> float:
+                    step_errors: np.ndarray | None = None, path: np.ndarray | None = None,
+                    min_speed: float = 0.01) -> float:
     """Loop seam, raw: how the wrap-around step f_{T-1} -> f_0 compares with an ordinary step (no
     standard metric exists, see FACTS.md). 1 for a seamless loop, >> 1 for a jump.
 
     ``r_mad = MAD(f_{T-1}, f_0) / median_t d_t`` (mean absolute differences); it saturates once the
     subject no longer overlaps itself, so when `flow_frames` (the frames at flow size) are given the
-    result is ``sqrt(r_mad · r_warp)`` with ``r_warp = E_seam / max(median_t E_t, 0.002)``, E the flow
-    warping error (``warping_errors``; pass `step_errors` to reuse them): a step the flow can follow
-    leaves little residual, a jump leaves it all. Returns 1 when the frames do not move at all.
+    appearance ratio is ``sqrt(r_mad · r_warp)`` with ``r_warp = E_seam / max(median_t E_t, 0.002)``, E the
+    flow warping error (``warping_errors``; pass `step_errors` to reuse them): a step the flow can follow
+    leaves little residual, a jump leaves it all. Appearance saturates when every step is large (a small
+    subject moving fast), so with `path` (the subject's `trajectory`) the result is the larger of it and
+    ``r_path = |p_0 - p_{T-1}| / max((|p_1 - p_0| + |p_{T-1} - p_{T-2}|) / 2, min_speed)``: where the subject
+    is, against the steps on either side of the seam (motion that eases in and out changes speed
+    smoothly, so the seam's neighbours, not the median step, say how big it should be).
+    Returns 1 when the frames do not move at all.
     """
     d = adjacent_diffs(frames)
     med = float(np.median(d))
@@ -239,15 +231,19 @@ def loop_seam_ratio(frames: Sequence[np.ndarray], flow_frames: Sequence[np.ndarr
         errors = warping_errors(flow_frames) if step_errors is None else np.asarray(step_errors)
         seam_err = warping_errors([flow_frames[-1], flow_frames[0]])[0]
         r = float(np.sqrt(r * seam_err / max(float(np.median(errors)), 0.002)))
+    if path is not None:
+        p = np.asarray(path, dtype=np.float64)
+        neighbours = (np.linalg.norm(p[1] - p[0]) + np.linalg.norm(p[-1] - p[-2])) / 2
+        r = max(r, float(np.linalg.norm(p[0] - p[-1]) / max(float(neighbours), min_speed)))
     return float(r)
 
 
 def loop_seam(frames: Sequence[np.ndarray], tolerance: float = 1.0, flow_frames: Sequence[np.ndarray] | None = None,
-              step_errors: np.ndarray | None = None) -> float:
+              step_errors: np.ndarray | None = None, path: np.ndarray | None = None, min_speed: float = 0.01) -> float:
     """Loop-seam score: ``1 / (1 + (max(r, 1) - 1)² / tolerance²)`` with r = ``loop_seam_ratio``:
     1 when the seam is no bigger than a median step, 0.5 at r = 1 + tolerance, 0.2 at 1 + 2·tolerance.
     A seam smaller than a step (a held last frame) is not penalised here."""
-    r = loop_seam_ratio(frames, flow_frames, step_errors)
+    r = loop_seam_ratio(frames, flow_frames, step_errors, path, min_speed)
     if not np.isfinite(r):
         return 0.0
     return float(1.0 / (1.0 + (max(r, 1.0) - 1.0) ** 2 / tolerance ** 2))
@@ -315,3 +311,191 @@ def subject_consistency(features: Sequence, sim: Callable[[object, object], floa
     curve = [1.0] + [(sim(features[t], features[t - 1]) + sim(features[t], features[0])) / 2
                      for t in range(1, len(features))]
     return float(np.mean(curve[1:])) if len(features) > 1 else 1.0, np.array(curve)
+
+
+# ----------------------------------------------------------------------------- clean image: noise and blur
+
+_NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
+
+
+def noise_sigma(image: np.ndarray) -> float:
+    """Noise level, raw, in grey levels: ``σ = 1.4826 · median|I ∗ N| / 6`` with N Immerkær's 3x3
+    kernel [[1,-2,1],[-2,4,-2],[1,-2,1]] (J. Immerkær, "Fast noise variance estimation", CVIU 64(2),
+    1996), made robust with the median absolute response (Donoho & Johnstone 1994, as scikit-image's
+    `estimate_sigma`). N cancels flat areas and linear shading, so a clean drawing's median response is
+    ~0 while white noise of σ gives |response| of median 0.6745·6σ; edges are a minority of pixels and
+    do not move the median. Measured on the grey image, so independent noise of σ per RGB channel reads
+    as ≈ 0.67σ. Run at native resolution: downscaling averages noise away."""
+    g = gray(image).astype(np.float32)
+    if min(g.shape) < 3:
+        return 0.0
+    response = cv2.filter2D(g, cv2.CV_32F, _NOISE_KERNEL, borderType=cv2.BORDER_REFLECT)[1:-1, 1:-1]
+    return float(1.4826 * np.median(np.abs(response)) / 6.0)
+
+
+def blur_effect(image: np.ndarray, h_size: int = 9) -> float:
+    """Blur, raw, in [0, 1] (0 sharp, 1 blurred): Crété-Roffet et al., "The blur effect: perception and
+    estimation with a new no-reference perceptual blur metric", SPIE 6492, 2007. The grey image F is
+    re-blurred with a 1 x `h_size` box filter B along each axis; ``D_F = |∂F|``, ``D_B = |∂B|``,
+    ``V = max(0, D_F - D_B)``, ``b = (ΣD_F - ΣV) / ΣD_F``, and the larger of the two axes is returned.
+    A sharp edge loses most of its variation to the re-blur (b ≈ 1 / h_size), an already blurred one
+    little (b → 1). It is a ratio, so it does not depend on how much the image contains, and unlike the
+    Laplacian variance it does not read noise as detail (noise is measured by `noise_sigma`)."""
+    f = gray(image).astype(np.float32)
+    values = []
+    for axis in (0, 1):
+        kernel = (h_size, 1) if axis == 1 else (1, h_size)  # cv2 sizes are (width, height)
+        b = cv2.blur(f, kernel, borderType=cv2.BORDER_REFLECT)
+        d_f = np.abs(np.diff(f, axis=axis))
+        d_b = np.abs(np.diff(b, axis=axis))
+        s_f = float(d_f.sum())
+        if s_f < EPS:
+            values.append(1.0)  # no variation at all: nothing sharp in it
+            continue
+        values.append((s_f - float(np.maximum(0.0, d_f - d_b).sum())) / s_f)
+    return float(max(values))
+
+
+# ----------------------------------------------------------------------------- identity: colour structure
+
+def foreground_box(mask: np.ndarray, low: float = 2.0, high: float = 98.0) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of the mask's pixels between the `low` and `high` coordinate percentiles: a
+    bounding box that a few stray pixels cannot stretch."""
+    ys, xs = np.nonzero(mask)
+    y0, y1 = np.percentile(ys, [low, high])
+    x0, x1 = np.percentile(xs, [low, high])
+    return int(y0), int(y1) + 1, int(x0), int(x1) + 1
+
+
+def dominant_colours(pixels: np.ndarray, step: int = 16, min_weight: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """The colours that make up a region: pixels grouped in RGB cells of `step` levels, cells holding at
+    least `min_weight` of the pixels kept, each as (mean colour, share). Anti-aliased edge blends and
+    noise fall below `min_weight` and are ignored."""
+    if len(pixels) == 0:
+        return np.zeros((0, 3)), np.zeros(0)
+    q = pixels.astype(np.int32) // step
+    cells = 256 // step
+    idx = (q[:, 0] * cells + q[:, 1]) * cells + q[:, 2]
+    counts = np.bincount(idx, minlength=cells ** 3)
+    keep = np.nonzero(counts >= max(1.0, min_weight * len(pixels)))[0]
+    if len(keep) == 0:
+        return np.zeros((0, 3)), np.zeros(0)
+    sums = np.stack([np.bincount(idx, weights=pixels[:, c].astype(np.float64), minlength=cells ** 3)[keep]
+                     for c in range(3)], axis=1)
+    colours = sums / counts[keep, None]
+    weights = counts[keep] / counts[keep].sum()
+    return colours, weights
+
+
+def colour_bands(image: np.ndarray, bands: int = 3, tolerance: float = 30.0, step: int = 16,
+                 min_weight: float = 0.02, mask: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The character's colour structure: the foreground's bounding box cut into `bands` horizontal bands
+    (top to bottom: hair and face, face and torso, outfit), each as its `dominant_colours`."""
+    mask = foreground_mask(image, tolerance) if mask is None else mask
+    y0, y1, x0, x1 = foreground_box(mask)
+    edges = np.linspace(y0, y1, bands + 1).round().astype(int)
+    out = []
+    for k in range(bands):
+        region = mask[edges[k]:edges[k + 1], x0:x1]
+        out.append(dominant_colours(image[edges[k]:edges[k + 1], x0:x1][region], step, min_weight))
+    return out
+
+
+def colour_coverage(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], distance: float) -> float:
+    """Share of region `a`'s pixels whose dominant colour has a dominant colour of `b` within `distance`
+    (RGB Euclidean): 1 when every colour of `a` also appears in `b`, whatever the proportions."""
+    (ca, wa), (cb, _) = a, b
+    if len(ca) == 0:
+        return 1.0
+    if len(cb) == 0:
+        return 0.0
+    nearest = np.sqrt(((ca[:, None, :] - cb[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
+    return float(wa[nearest <= distance].sum())
+
+
+def identity_similarity(a: list, b: list, distance: float = 40.0) -> float:
+    """Same character? ``min_k max(cov(a_k → b), cov(b_k → a))`` over the `colour_bands` k, where the
+    target of each coverage is the other image's whole figure (all its bands): every band's colours (hair,
+    face, outfit) must be found in the other character. Band by band, so that a change of hair or of
+    outfit alone is enough to call it another character; against the whole figure, so that another view
+    may put them elsewhere (a back view has hair where the face was); the better direction, so that a
+    view may show fewer colours than the other. In [0, 1]."""
+    def whole(bands: list) -> tuple[np.ndarray, np.ndarray]:
+        colours = [c for c, _ in bands if len(c)]
+        return (np.concatenate(colours), np.ones(sum(len(c) for c in colours))) if colours else (np.zeros((0, 3)), np.zeros(0))
+
+    wa, wb = whole(a), whole(b)
+    return float(min(max(colour_coverage(x, wb, distance), colour_coverage(y, wa, distance)) for x, y in zip(a, b)))
+
+
+def typicality(colours: Sequence[tuple[np.ndarray, np.ndarray]], distance: float = 40.0) -> np.ndarray:
+    """Per image, the share of its figure painted in colours that at least half of the *other* images
+    also contain (within `distance`): 1 when it only uses the set's shared colours, low when it brings
+    its own (a grey block over the head, another character's hair). `colours` are each image's
+    `dominant_colours` over its whole foreground."""
+    n = len(colours)
+    out = np.ones(n)
+    for i, (ci, wi) in enumerate(colours):
+        if len(ci) == 0 or n < 2:
+            continue
+        found = np.zeros(len(ci))
+        for j, (cj, _) in enumerate(colours):
+            if j != i and len(cj):
+                found += np.sqrt(((ci[:, None, :] - cj[None, :, :]) ** 2).sum(axis=2)).min(axis=1) <= distance
+        out[i] = float(wi[found >= (n - 1) / 2].sum())
+    return out
+
+
+def outlier_identity(similarity: np.ndarray) -> float:
+    """``min_i median_{j≠i} S_ij``: how well the *least* typical image agrees with the others. A single
+    odd image, or a set split in two halves, drives it down, where a mean over pairs would average it away."""
+    n = similarity.shape[0]
+    if n < 2:
+        return 1.0
+    return float(min(np.median(np.delete(similarity[i], i)) for i in range(n)))
+
+
+# ----------------------------------------------------------------------------- motion regularity
+
+def trajectory(images: Sequence[np.ndarray], tolerance: float = 30.0,
+               masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """Per image, the foreground's centroid (x, y) and spread (2 standard deviations of its x and y
+    coordinates), in fractions of the image size: where the subject is and how it spreads (arms out,
+    crouched). Moments, not a bounding box, so that they move smoothly below one pixel."""
+    out = []
+    for k, a in enumerate(images):
+        h, w = a.shape[:2]
+        ys, xs = np.nonzero(foreground_mask(a, tolerance) if masks is None else masks[k])
+        out.append((xs.mean() / w, ys.mean() / h, 2 * xs.std() / w, 2 * ys.std() / h))
+    return np.asarray(out, dtype=np.float64)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray, tolerance: float = 30.0) -> float:
+    """Intersection over union of two same-size images' foreground masks: 1 when the subject stands in
+    the same place with the same silhouette, lower when it moved, shrank or was squeezed."""
+    ma, mb = foreground_mask(a, tolerance), foreground_mask(b, tolerance)
+    return float((ma & mb).sum() / max(1, (ma | mb).sum()))
+
+
+def jitter_ratio(points: np.ndarray, cyclic: bool = False, min_speed: float = 0.01) -> float:
+    """Jitter, raw: ``mean_t |p_{t+1} - 2 p_t + p_{t-1}| / max(mean_t |p_{t+1} - p_t|, min_speed)`` on the
+    `trajectory`. Smooth motion changes velocity a little each step (a circle in 16 steps: 2 sin(π/16) ≈
+    0.39); random jumps or stop-and-go stutter change it by as much as the motion itself (≥ 1.4). Below
+    `min_speed` (fraction of the image per step) a still subject is judged on its absolute wobble.
+    With `cyclic` the sequence wraps around (a loop: the seam is a step like the others)."""
+    p = np.asarray(points, dtype=np.float64)
+    if len(p) < 3:
+        return 0.0
+    if cyclic:
+        p = np.concatenate([p[-1:], p, p[:1]])
+    velocity = np.linalg.norm(np.diff(p, axis=0), axis=1)
+    accel = np.linalg.norm(p[2:] - 2 * p[1:-1] + p[:-2], axis=1)
+    if cyclic:
+        velocity = velocity[1:]  # each step once
+    return float(accel.mean() / max(float(velocity.mean()), min_speed))
+
+
+def pose_differences(crops: Sequence[np.ndarray]) -> np.ndarray:
+    """Pairwise mean absolute difference of aligned foreground crops (grey levels): 0 for a repeated pose
+    wherever it stands and whatever its size."""
+    return similarity_matrix(list(crops), mean_abs_diff) - np.eye(len(crops))

@@ -1,10 +1,16 @@
-"""Phase scores: combine the metrics of animenb.quality.metrics with the weights of quality.yaml.
+"""Phase scores and gate decisions: the metrics of animenb.quality.metrics, combined as quality.yaml says.
 
-    score = (Σ_i w_i m_i / Σ_i w_i) × Π_j min(1, g_j / floor_j),   passed = score >= threshold
+    score  = (Σ_i w_i m_i / Σ_i w_i) × Π_j min(1, g_j / floor_j)
+    passed = score >= threshold  and  c_k >= floor_k for every critical property k
 
 m_i are the weighted metrics that could be computed for this input (no reference -> no
 `reference_consistency`, no `embed` -> no `embedding_consistency`; the rest are renormalised), g_j
-the validity checks (`not_blank`, `not_collapsed`, `dynamic_degree`) with their floors.
+the validity multipliers (`not_blank`, `not_collapsed`, `dynamic_degree`) with their floors, c_k the
+phase's critical properties (e.g. one identity across the poses, a closed seam, a clean picture).
+A threshold given by the caller (orchestrator, notebook) scales the floors by threshold / configured
+threshold, so that one number still sets the whole gate's strictness.
+The weighted mean ranks outputs; the critical floors make the decision: a phase that fails the one
+property it exists for fails its gate however well it does on the others. `failures` says why.
 """
 from __future__ import annotations
 
@@ -25,8 +31,10 @@ Embed = Callable[[list[Image.Image]], np.ndarray]
 @dataclass(frozen=True)
 class QualityReport:
     """One phase's quality verdict. `metrics` are all in [0, 1]; `weights` are the renormalised
-    weights actually used; `multipliers` the validity factors applied; `details` holds raw values,
-    per-frame curves and (phase 1) the 8x8 pose-similarity matrices."""
+    weights actually used; `multipliers` the validity factors applied; `critical` the floors of the
+    critical properties that were checked; `failures` one line per reason the gate failed (empty when
+    it passed); `details` holds raw values, per-frame curves and (phase 1) the 8x8 pose-similarity
+    matrices."""
     phase: str
     score: float
     threshold: float
@@ -34,12 +42,15 @@ class QualityReport:
     metrics: dict[str, float]
     weights: dict[str, float]
     multipliers: dict[str, float] = field(default_factory=dict)
+    critical: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict:
         """The part that goes into manifest.json under "quality"."""
         return {"phase": self.phase, "score": self.score, "passed": self.passed, "threshold": self.threshold,
-                "metrics": dict(self.metrics), "weights": dict(self.weights), "multipliers": dict(self.multipliers)}
+                "failures": list(self.failures), "metrics": dict(self.metrics), "weights": dict(self.weights),
+                "multipliers": dict(self.multipliers), "critical": dict(self.critical)}
 
     def as_dict(self) -> dict:
         """JSON-safe: numpy arrays become lists, numpy scalars plain numbers."""
@@ -61,7 +72,9 @@ def _jsonable(x: Any) -> Any:
 
 
 def combine(phase: str, metrics: dict[str, float], config: dict, threshold: float | None = None) -> QualityReport:
-    """Weighted mean of the available weighted metrics times the validity multipliers."""
+    """Weighted mean of the available weighted metrics times the validity multipliers; the gate also
+    needs every available critical metric at or above its floor. A `threshold` other than the
+    configured one scales the floors by threshold / configured threshold."""
     section = config["phases"][phase]
     weights = {k: w for k, w in section["weights"].items() if k in metrics and w > 0}
     if not weights:
@@ -70,12 +83,21 @@ def combine(phase: str, metrics: dict[str, float], config: dict, threshold: floa
     weights = {k: w / total for k, w in weights.items()}
     base = sum(w * metrics[k] for k, w in weights.items())
     factors = {k: min(1.0, metrics[k] / floor) for k, floor in section["multipliers"].items() if k in metrics}
-    score = float(base * np.prod(list(factors.values()))) if factors else float(base)
-    threshold = section["threshold"] if threshold is None else check_threshold(threshold)
-    return QualityReport(phase=phase, score=round(score, 6), threshold=threshold, passed=bool(score >= threshold),
+    score = round(float(base * np.prod(list(factors.values()))) if factors else float(base), 6)
+    configured = section["threshold"]
+    threshold = configured if threshold is None else check_threshold(threshold)
+    # One number sets the gate's strictness: an overridden threshold moves the critical floors with it
+    # (0 accepts everything, above the configured value every floor rises too).
+    scale = threshold / configured if configured > 0 else 1.0
+    critical = {k: round(floor * scale, 6) for k, floor in section["critical"].items() if k in metrics}
+    failures = [f"{k} {metrics[k]:.3f} < floor {floor:g}" for k, floor in critical.items() if metrics[k] < floor]
+    if score < threshold:
+        failures.insert(0, f"score {score:.3f} < threshold {threshold:g}")
+    return QualityReport(phase=phase, score=score, threshold=threshold, passed=not failures,
                          metrics={k: round(float(v), 6) for k, v in metrics.items()},
                          weights={k: round(w, 6) for k, w in weights.items()},
-                         multipliers={k: round(v, 6) for k, v in factors.items()})
+                         multipliers={k: round(v, 6) for k, v in factors.items()}, critical=critical,
+                         failures=failures)
 
 
 def _config(config: str | Path | dict | None) -> dict:
@@ -105,6 +127,20 @@ def _mapped(matrix: np.ndarray, low: float, high: float) -> np.ndarray:
     return out
 
 
+def _clean(images: Sequence[M.ImageLike], work: list[np.ndarray], mp: dict) -> tuple[list[float], list[float], dict]:
+    """Per image: sharpness (blur effect at the working size) and noise_free (noise level at the native
+    size, where downscaling has not averaged it away), both mapped to [0, 1]."""
+    sigma = [M.noise_sigma(M.as_array(im)) for im in images]
+    blur = [M.blur_effect(a) for a in work]
+    sharp = [M.map_linear(b, mp["blur_high"], mp["blur_low"]) for b in blur]
+    quiet = [M.map_linear(s, mp["noise_high"], mp["noise_low"]) for s in sigma]
+    return sharp, quiet, {"blur_effect_per_image": blur, "noise_sigma_per_image": sigma}
+
+
+def _identity_matrix(bands: list, distance: float) -> np.ndarray:
+    return M.similarity_matrix(bands, lambda a, b: M.identity_similarity(a, b, distance))
+
+
 # ----------------------------------------------------------------------------- phase 1
 
 def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike | None = None,
@@ -112,9 +148,19 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
                           config: str | Path | dict | None = None) -> QualityReport:
     """Score a character sheet's poses (8 expected, at least 2).
 
+    identity_consistency  critical: one character. Without an encoder, the smaller of ``min_i median_{j≠i} S_ij``
+                          (M.outlier_identity) of the colour-structure matrix S (M.identity_similarity of
+                          M.colour_bands) and the least typical pose's M.typicality (no pose brings colours of its
+                          own), mapped [identity_low, identity_high] -> [0, 1]. With `embed`, the encoder decides
+                          (CLIP-I as the primary signal): M.outlier_identity of the cosine matrix mapped
+                          [embedding_low, embedding_high]
+    pose_distinctness     critical: ``min(1, min_{i<j} MAD(crop_i, crop_j) / distinct_scale)`` over aligned
+                          foreground crops: no pose is a repeat of another
+    cleanliness           critical: the worst pose's min(sharpness, noise_free)
     palette_consistency   mean off-diagonal Bhattacharyya coefficient of foreground colour histograms
     structure_consistency mean off-diagonal SSIM of aligned foreground crops, mapped [low, high] -> [0, 1]
-    sharpness             mean per-pose Laplacian-variance score
+    sharpness, noise_free means over poses: blur effect mapped [blur_high, blur_low] -> [0, 1], noise
+                          sigma mapped [noise_high, noise_low] -> [0, 1] (informational)
     reference_consistency mean palette similarity of each pose to `reference` (when given)
     embedding_consistency mean off-diagonal cosine of `embed` features, mapped [low, high] -> [0, 1]
     not_blank             worst pose's contrast score (multiplier)
@@ -127,27 +173,37 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
     same = M.prepare(poses, cfg["work_size"], size=(imgs[0].shape[1], imgs[0].shape[0]))
     tol, bins = mp["foreground_tolerance"], mp["palette_bins"]
 
-    palettes = [M.palette(a, tol, bins) for a in imgs]
+    masks = [M.foreground_mask(a, tol) for a in imgs]
+    palettes = [M.palette(a, tol, bins, m) for a, m in zip(imgs, masks)]
     palette_m = M.similarity_matrix(palettes, M.bhattacharyya)
     crops = [M.aligned_crop(a, mp["structure_crop"], tol) for a in imgs]
     ssim_m = M.similarity_matrix(crops, M.ssim)
     structure_m = _mapped(ssim_m, mp["structure_low"], mp["structure_high"])
-    sharp = [M.sharpness(a, mp["sharpness_scale"]) for a in imgs]
+    bands = [M.colour_bands(a, int(mp["identity_bands"]), tol, mask=m) for a, m in zip(imgs, masks)]
+    colour_identity_m = _identity_matrix(bands, mp["identity_distance"])
+    pose_diff = M.pose_differences(crops)
+    sharp, quiet, clean_details = _clean(poses, imgs, mp)
     blank = [M.not_blank(a, mp["blank_std_floor"]) for a in imgs]
     mad_m = M.similarity_matrix(same, M.mean_abs_diff)
     np.fill_diagonal(mad_m, 0.0)
     mean_mad = M.mean_off_diagonal(mad_m) if len(imgs) > 1 else 0.0
+    nearest_pose = float(pose_diff[np.triu_indices(len(imgs), 1)].min())
 
+    identity_m, identity_source = colour_identity_m, "colour"
     metrics = {"palette_consistency": M.mean_off_diagonal(palette_m),
                "structure_consistency": M.mean_off_diagonal(structure_m),
-               "sharpness": float(np.mean(sharp)), "not_blank": float(min(blank)),
+               "pose_distinctness": min(1.0, nearest_pose / mp["distinct_scale"]),
+               "cleanliness": float(min(min(s, q) for s, q in zip(sharp, quiet))),
+               "sharpness": float(np.mean(sharp)), "noise_free": float(np.mean(quiet)),
+               "not_blank": float(min(blank)),
                "not_collapsed": float(min(1.0, mean_mad / mp["collapse_mad_floor"]))}
     details: dict[str, Any] = {"palette_matrix": palette_m, "ssim_matrix": ssim_m, "structure_matrix": structure_m,
-                               "sharpness_per_pose": sharp, "not_blank_per_pose": blank,
-                               "mean_pairwise_abs_diff": mean_mad,
-                               "laplacian_variance_per_pose": [M.laplacian_variance(a) for a in imgs]}
+                               "colour_identity_matrix": colour_identity_m, "pose_difference_matrix": pose_diff,
+                               "sharpness_per_pose": sharp, "noise_free_per_pose": quiet, **clean_details,
+                               "not_blank_per_pose": blank, "mean_pairwise_abs_diff": mean_mad}
     w = cfg["phases"]["CHARACTER_SHEET"]["weights"]
-    parts = [(w.get("palette_consistency", 0), palette_m), (w.get("structure_consistency", 0), structure_m)]
+    parts = [(w.get("palette_consistency", 0), palette_m), (w.get("structure_consistency", 0), structure_m),
+             (w.get("identity_consistency", 0), _mapped(colour_identity_m, mp["identity_low"], mp["identity_high"]))]
     if reference is not None:
         ref = M.prepare([reference], cfg["work_size"])[0]
         ref_sims = [M.bhattacharyya(p, M.palette(ref, tol, bins)) for p in palettes]
@@ -159,7 +215,17 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
         pose_cos = cos[:len(poses), :len(poses)]
         metrics["embedding_consistency"] = M.map_linear(M.mean_off_diagonal(pose_cos), mp["embedding_low"], mp["embedding_high"])
         details["embedding_cosine_matrix"] = pose_cos
-        parts.append((w.get("embedding_consistency", 0), _mapped(pose_cos, mp["embedding_low"], mp["embedding_high"])))
+        embed_m = _mapped(pose_cos, mp["embedding_low"], mp["embedding_high"])
+        parts.append((w.get("embedding_consistency", 0), embed_m))
+        identity_m, identity_source = embed_m, "embedding"
+    typical = M.typicality([M.dominant_colours(a[m]) for a, m in zip(imgs, masks)], mp["identity_distance"])
+    details["typicality_per_pose"] = typical
+    if identity_source == "colour":
+        metrics["identity_consistency"] = M.map_linear(min(M.outlier_identity(identity_m), float(typical.min())),
+                                                       mp["identity_low"], mp["identity_high"])
+    else:  # the encoder decides alone, already mapped to [0, 1]
+        metrics["identity_consistency"] = M.outlier_identity(identity_m)
+    details["identity_source"] = identity_source
     total = sum(p[0] for p in parts) or 1.0
     details["pose_similarity"] = sum(p[0] * p[1] for p in parts) / total
     report = combine("CHARACTER_SHEET", metrics, cfg, threshold)
@@ -173,28 +239,42 @@ def _with_details(report: QualityReport, details: dict) -> QualityReport:
 # ----------------------------------------------------------------------------- phases 2 and 3
 
 def _temporal(frames: Sequence[M.ImageLike], cfg: dict, embed: Embed | None,
-              extra: M.ImageLike | None) -> tuple:
-    """Metrics shared by loops and videos; `extra` (reference or source) is embedded with the frames."""
+              extra: M.ImageLike | None, cyclic: bool) -> tuple:
+    """Metrics shared by loops and videos; `extra` (reference or source) is embedded with the frames;
+    `cyclic` (a loop) counts the wrap-around step in motion regularity."""
     mp = cfg["mappings"]
     imgs = M.prepare(frames, cfg["work_size"])
     size = (imgs[0].shape[1], imgs[0].shape[0])
     imgs = M.prepare(frames, cfg["work_size"], size=size)
-    small = M.prepare(imgs, cfg["flow_size"])
+    # Flow and warping error on lightly smoothed frames: a render's grain is not motion error.
+    small = [M.smoothed(a) for a in M.prepare(imgs, cfg["flow_size"])]
     flow_list = M.flows(small)
     tol, bins = mp["foreground_tolerance"], mp["palette_bins"]
-    palettes = [M.palette(a, tol, bins) for a in imgs]
-    subject, subject_curve = M.subject_consistency(palettes, M.bhattacharyya)
-    sharp = [M.sharpness(a, mp["sharpness_scale"]) for a in imgs]
+    masks = [M.foreground_mask(a, tol) for a in imgs]
+    palettes = [M.palette(a, tol, bins, m) for a, m in zip(imgs, masks)]
+    bands = [M.colour_bands(a, int(mp["identity_bands"]), tol, mask=m) for a, m in zip(imgs, masks)]
+    distance = mp["identity_distance"]
+    subject_raw, subject_curve = M.subject_consistency(bands, lambda a, b: M.identity_similarity(a, b, distance))
+    sharp, quiet, clean_details = _clean(frames, imgs, mp)
+    clean = [min(s, q) for s, q in zip(sharp, quiet)]
     blank = [M.not_blank(a, mp["blank_std_floor"]) for a in imgs]
     warp_err = M.warping_errors(small, flow_list)
     diffs = M.adjacent_diffs(imgs)
+    path = M.trajectory(imgs, tol, masks)
+    jitter = M.jitter_ratio(path, cyclic=cyclic, min_speed=mp["jitter_min_speed"])
     metrics = {"temporal_flicker": M.temporal_flicker(imgs, mp["flicker_low"]),
                "motion_smoothness": float(np.clip(1 - warp_err.mean() / mp["smoothness_scale"], 0, 1)),
-               "subject_consistency": subject, "dynamic_degree": M.dynamic_degree(flow_list, mp["dynamic_threshold"]),
-               "sharpness": float(np.mean(sharp)), "not_blank": float(min(blank))}
+               "motion_regularity": M.map_linear(jitter, mp["jitter_high"], mp["jitter_low"]),
+               "subject_consistency": M.map_linear(float(np.min(subject_curve)), mp["identity_low"],
+                                                   mp["identity_high"]),
+               "dynamic_degree": M.dynamic_degree(flow_list, mp["dynamic_threshold"]),
+               "cleanliness": float(np.quantile(clean, mp["frame_quantile"])),
+               "sharpness": float(np.mean(sharp)), "noise_free": float(np.mean(quiet)), "not_blank": float(min(blank))}
     details: dict[str, Any] = {"frame_count": len(imgs), "adjacent_abs_diff": diffs, "warping_error": warp_err,
                                "flow_magnitude": M.flow_magnitudes(flow_list), "subject_consistency_curve": subject_curve,
-                               "sharpness_per_frame": sharp, "not_blank_per_frame": blank,
+                               "subject_consistency_mean": subject_raw, "trajectory": path, "jitter_ratio": jitter,
+                               "sharpness_per_frame": sharp, "noise_free_per_frame": quiet, **clean_details,
+                               "not_blank_per_frame": blank,
                                "vbench_temporal_flickering": M.vbench_temporal_flickering(imgs)}
     if embed is not None:
         feats = _embed(embed, list(frames) + ([extra] if extra is not None else []))
@@ -212,15 +292,25 @@ def _temporal(frames: Sequence[M.ImageLike], cfg: dict, embed: Embed | None,
 def score_animation_loop(frames: Sequence[M.ImageLike], reference: M.ImageLike | None = None,
                          embed: Embed | None = None, *, threshold: float | None = None,
                          config: str | Path | dict | None = None) -> QualityReport:
-    """Score a loop (16 frames expected, at least 3): loop_seam, temporal_flicker, motion_smoothness,
-    subject_consistency, sharpness, reference_consistency (palette vs `reference`, e.g. the sheet),
-    embedding_consistency (with `embed`), and the multipliers not_blank and dynamic_degree."""
+    """Score a loop (16 frames expected, at least 3).
+
+    loop_seam            critical: the wrap-around step looks like any other step, in appearance and in where
+                         the subject is (M.loop_seam with the subject's trajectory)
+    motion_smoothness    critical: ``clip(1 - mean flow warping error / smoothness_scale, 0, 1)``
+    motion_regularity    critical: M.jitter_ratio of the subject's box trajectory (wrapping around),
+                         mapped [jitter_high, jitter_low] -> [0, 1]: no jumps, no stop-and-go
+    subject_consistency  critical: the worst frame's VBench term ``(S(f_t, f_{t-1}) + S(f_t, f_0)) / 2`` with
+                         S = M.identity_similarity, mapped [identity_low, identity_high] -> [0, 1]
+    cleanliness          critical: the `frame_quantile` (lower quartile) of per-frame min(sharpness, noise_free)
+    temporal_flicker, reference_consistency (palette vs `reference`, e.g. the sheet), embedding_consistency
+    (with `embed`), and the multipliers not_blank and dynamic_degree."""
     _check_images(frames, "frames", 3)
     cfg = _config(config)
     mp = cfg["mappings"]
-    metrics, details, imgs, palettes, small, warp_err = _temporal(frames, cfg, embed, reference)
-    metrics["loop_seam"] = M.loop_seam(imgs, mp["seam_tolerance"], small, warp_err)
-    details["loop_seam_ratio"] = M.loop_seam_ratio(imgs, small, warp_err)
+    metrics, details, imgs, palettes, small, warp_err = _temporal(frames, cfg, embed, reference, cyclic=True)
+    path, min_speed = details["trajectory"], mp["jitter_min_speed"]
+    metrics["loop_seam"] = M.loop_seam(imgs, mp["seam_tolerance"], small, warp_err, path, min_speed)
+    details["loop_seam_ratio"] = M.loop_seam_ratio(imgs, small, warp_err, path, min_speed)
     details["seam_warping_error"] = float(M.warping_errors([small[-1], small[0]])[0])
     details["seam_abs_diff"] = M.mean_abs_diff(imgs[-1], imgs[0])
     if reference is not None:
@@ -235,24 +325,31 @@ def score_animation_loop(frames: Sequence[M.ImageLike], reference: M.ImageLike |
 def score_full_video(frames: Sequence[M.ImageLike], source_image: M.ImageLike | None,
                      embed: Embed | None = None, *, threshold: float | None = None,
                      config: str | Path | dict | None = None) -> QualityReport:
-    """Score a video's frames (at least 3): temporal_flicker, motion_smoothness, subject_consistency,
-    sharpness, source_consistency = mean palette similarity of the frames to `source_image` ×
-    mapped SSIM(first frame, source) (both must hold), embedding_consistency (with `embed`), and the multipliers
-    not_blank and dynamic_degree (a frozen video scores 0)."""
+    """Score a video's frames (at least 3).
+
+    dynamic_degree       critical (and multiplier): the share of steps that move; a frozen video scores 0
+    subject_consistency, motion_smoothness, motion_regularity, cleanliness: critical, as for loops (no wrap)
+    source_consistency   critical: mean palette similarity of the frames to `source_image` × mapped
+                         SSIM(first frame, source) × mapped foreground IoU(first frame, source) (all must hold:
+                         same colours, same picture, same silhouette in the same place)
+    temporal_flicker, embedding_consistency (with `embed`), and the multiplier not_blank."""
     _check_images(frames, "frames", 3)
     cfg = _config(config)
     mp = cfg["mappings"]
-    metrics, details, imgs, palettes, _, _ = _temporal(frames, cfg, embed, source_image)
+    metrics, details, imgs, palettes, _, _ = _temporal(frames, cfg, embed, source_image, cyclic=False)
     if source_image is not None:
         h, w = imgs[0].shape[:2]
         src = M.prepare([source_image], cfg["work_size"], size=(w, h))[0]
         src_pal = M.palette(src, mp["foreground_tolerance"], mp["palette_bins"])
         sims = [M.bhattacharyya(p, src_pal) for p in palettes]
         first_ssim = M.ssim(imgs[0], src)
-        metrics["source_consistency"] = float(np.mean(sims) * M.map_linear(first_ssim, mp["structure_low"],
-                                                                            mp["structure_high"]))
+        first_iou = M.mask_iou(imgs[0], src, mp["foreground_tolerance"])
+        metrics["source_consistency"] = float(np.mean(sims)
+                                              * M.map_linear(first_ssim, mp["structure_low"], mp["structure_high"])
+                                              * M.map_linear(first_iou, mp["iou_low"], mp["iou_high"]))
         details["source_similarity_per_frame"] = sims
         details["first_frame_ssim_to_source"] = first_ssim
+        details["first_frame_foreground_iou_to_source"] = first_iou
     return _with_details(combine("FULL_VIDEO", metrics, cfg, threshold), details)
 
 
