@@ -53,7 +53,7 @@ def _quality(job: JobRecord) -> dict | None:
     quality = job.outputs.get("quality") if isinstance(job.outputs, dict) else None
     if not isinstance(quality, dict):
         return None
-    return {k: quality.get(k) for k in ("score", "passed", "threshold", "error") if k in quality}
+    return {k: quality.get(k) for k in ("score", "passed", "threshold", "failures", "error") if k in quality}
 
 
 def job_status(job: JobRecord, *, live_progress: dict | None = None, queue_position: int | None = None,
