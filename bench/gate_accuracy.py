@@ -47,14 +47,15 @@ def main() -> None:
         accepted = sum(r["passed"] for r in cases)
         print(f"  {name:<9} {accepted}/{len(cases)} = {accepted / max(1, len(cases)):.1%}")
 
-    print("\nper mode: decisions right, score range, first failure reason")
+    print("\nper mode: decisions right, score range, what failed (first critical property, else the score)")
     by_mode: dict[tuple, list] = defaultdict(list)
     for r in rows:
         by_mode[(r["phase"], r["mode"])].append(r)
     for (phase, mode), cases in by_mode.items():
         right = sum(r["correct"] for r in cases)
         scores = [r["score"] for r in cases]
-        reasons = sorted({r["failures"][0].split()[0] for r in cases if r["failures"]})
+        reasons = sorted({next((f.split()[0] for f in r["failures"] if not f.startswith("score")), "score")
+                          for r in cases if r["failures"]})
         print(f"  {phase:<16} {mode:<21} {right}/{len(cases)}  score {min(scores):.2f}-{max(scores):.2f}  "
               f"{', '.join(reasons) or '-'}")
     wrong = [r for r in rows if not r["correct"]]
