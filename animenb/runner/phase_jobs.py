@@ -262,7 +262,7 @@ class PhaseJobDriver(JobDriver):
         threshold = self.host.quality_threshold
         if job.extra.get("quality_threshold") is not None:  # this job's own gate (e.g. an orchestration child's)
             threshold = job.extra["quality_threshold"]
-        params = {"output_dir": str(out_dir), "phase": job.phase, "threshold": threshold}
+        params = {"output_dir": str(out_dir), "phase": job.phase, "threshold": threshold, "figures": False}
         last = ctx.last_progress
         self._on_progress(ctx, {"percent": 100.0, "stage": "scoring", "step": last.step if last else 0,
                                 "total_steps": last.total_steps if last else 0}, "quality")
