@@ -23,14 +23,13 @@ of those. A run found both in a store and under a directory is one row (the stor
 """
 from __future__ import annotations
 
-import json
 import math
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
 from .config import outputs_dir as default_outputs_dir
-from .manifest import MANIFEST_NAME
+from .manifest import MANIFEST_NAME, read_manifest
 from .phases.catalog import DEFAULT_GATE, PHASES, get_phase
 from .phases.character_sheet import POSES
 
@@ -118,7 +117,7 @@ def rows_from_outputs(root: str | Path) -> list[dict]:
     dirs = set()
     for path in sorted(root.rglob(MANIFEST_NAME)):
         try:
-            manifest = json.loads(path.read_text())
+            manifest = read_manifest(path.parent)
         except (OSError, ValueError):
             continue
         if not isinstance(manifest, dict) or "phase" not in manifest:
@@ -153,7 +152,7 @@ def rows_from_store(store, outputs_dir: str | Path | None = None) -> list[dict]:
         manifest = None
         if (out / MANIFEST_NAME).is_file():
             try:
-                manifest = json.loads((out / MANIFEST_NAME).read_text())
+                manifest = read_manifest(out)
             except (OSError, ValueError):
                 manifest = None
         if isinstance(manifest, dict):
@@ -161,11 +160,11 @@ def rows_from_store(store, outputs_dir: str | Path | None = None) -> list[dict]:
         else:
             params = job.parameters or {}
             phase = _phase_name(job.phase)
-            quality = (job.outputs or {}).get("quality") or {}
+            quality = job.outputs.quality or {}
             duration = (job.finished_at - job.started_at) if job.finished_at and job.started_at else math.nan
             row = {column: None for column in COLUMNS}
             row.update(run=job.id, phase_id=job.phase, phase=phase, prompt=params.get("prompt"),
-                       seed=(job.outputs or {}).get("seed", params.get("seed")), steps=params.get("steps"),
+                       seed=params.get("seed") if job.outputs.seed is None else job.outputs.seed, steps=params.get("steps"),
                        scheduler=params.get("scheduler"), guidance_scale=params.get("guidance_scale"),
                        width=params.get("width"), height=params.get("height"), duration_seconds=duration,
                        generate_seconds=math.nan, denoising_steps=denoising_steps(phase or "", params),

@@ -17,7 +17,7 @@ async def srv(tmp_path_factory, start_live_server):
 
 
 def test_percentiles_and_job_figures():
-    from animenb.store import JobError, JobStatus, SqliteJobStore
+    from animenb.store import JobError, JobOutputs, JobStatus, SqliteJobStore
     from animenb.server.stats import job_figures, percentile
 
     assert percentile([], 50) is None and percentile([3.0], 95) == 3.0
@@ -28,7 +28,7 @@ def test_percentiles_and_job_figures():
         store.claim_next("w")
         quality = None if passed is None else {"score": 0.9 if passed else 0.5, "passed": passed}
         progress = {"step": 10, "elapsed_seconds": 10 / rate} if rate else {}
-        store.transition(job.id, JobStatus.SUCCEEDED, outputs={"files": [], "quality": quality}, progress=progress)
+        store.transition(job.id, JobStatus.SUCCEEDED, outputs=JobOutputs(quality=quality), progress=progress)
     failed = store.create(phase=1, parameters={"prompt": "p"})
     store.claim_next("w")
     store.transition(failed.id, JobStatus.FAILED, error=JobError("X", "x"))

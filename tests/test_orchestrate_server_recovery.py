@@ -10,7 +10,7 @@ import pytest
 from animenb.runner.events import EventBus
 from animenb.chain import RECORD_NAME
 from animenb.runner.orchestration import MAX_RESUMES, ORCHESTRATION_KIND, Orchestrator, recover_orchestrations
-from animenb.store import JobStatus, SqliteJobStore
+from animenb.store import JobOutputs, JobStatus, SqliteJobStore
 
 
 def fake_runner(tmp_path):
@@ -34,7 +34,7 @@ def make_child(runner, parent_id, phase, attempt, status, quality=None):
     if status is not JobStatus.QUEUED:
         runner.store.transition(child.id, JobStatus.RUNNING)
     if status not in (JobStatus.QUEUED, JobStatus.RUNNING):
-        runner.store.transition(child.id, status, outputs={"files": ["manifest.json"], "quality": quality})
+        runner.store.transition(child.id, status, outputs=JobOutputs(files=["manifest.json"], quality=quality))
     return child
 
 
@@ -118,4 +118,4 @@ async def test_server_restart_mid_chain_resumes_from_finished_children(tmp_path,
         assert [(j.phase, j.status.value) for j in kids] == [(1, "succeeded"), (2, "lost"), (2, "succeeded"),
                                                              (3, "succeeded")]
         assert kids[1].parameters["seed"] == kids[2].parameters["seed"]
-        assert parent.outputs["children"] == [j.id for j in kids]
+        assert parent.outputs.children == [j.id for j in kids]

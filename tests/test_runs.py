@@ -128,7 +128,8 @@ def test_store_rows_join_their_manifests(tmp_path):
     outputs = tmp_path / "outputs"
     done = store.create(phase=1, parameters={"prompt": "from store", "steps": 4})
     store.transition(done.id, "running")
-    store.transition(done.id, "succeeded", outputs={"quality": {"score": 0.85, "passed": True, "threshold": 0.8}})
+    store.transition(done.id, "succeeded",
+                     outputs=store_mod.JobOutputs(quality={"score": 0.85, "passed": True, "threshold": 0.8}))
     write(outputs, done.id, manifest(1, "CHARACTER_SHEET", steps=4, score=0.85, prompt="from store",
                                      created="2025-03-05T00:00:00+00:00"))
     queued = store.create(phase=2, parameters={"prompt": "waiting", "steps": 15})

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from animenb.store import (InvalidTransitionError, JobError, JobNotFoundError, JobStatus, SqliteJobStore)
+from animenb.store import InvalidTransitionError, JobError, JobNotFoundError, JobOutputs, JobStatus, SqliteJobStore
 from animenb.store.jobs_sqlite import CLAIM_NEXT_QUERY
 from animenb.store.migrations import Migrator
 
@@ -56,8 +56,8 @@ def test_claim_next_is_fifo_and_atomic(store):
 def test_terminal_states_are_final(store):
     job = store.create(phase=1, parameters={})
     store.claim_next("w")
-    done = store.transition(job.id, JobStatus.SUCCEEDED, outputs={"files": ["a.png"]})
-    assert done.finished_at and done.status_sequence == 3 and done.outputs == {"files": ["a.png"]}
+    done = store.transition(job.id, JobStatus.SUCCEEDED, outputs=JobOutputs(files=["a.png"]))
+    assert done.finished_at and done.status_sequence == 3 and done.outputs == JobOutputs(files=["a.png"])
     for status in JobStatus:
         with pytest.raises(InvalidTransitionError):
             store.transition(job.id, status)

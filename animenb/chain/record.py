@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .. import __version__
-from ..manifest import MANIFEST_NAME, file_entry, read_manifest, utc_now, versions, write_json_atomic
+from ..manifest import file_entry, read_manifest, utc_now, versions, write_json_atomic, write_manifest
 from ..phases.catalog import get_phase
 from .policy import CHAIN, ORCHESTRATION, SEED_DERIVATION
 
@@ -214,5 +214,5 @@ def parent_manifest(root: str | Path, record: ChainRecord, attempts: list[Attemp
             file_entry(root, root / RECORD_NAME, RECORD_KIND)],
         "quality": parent_quality(attempts, data["status"] == "succeeded"),
     }
-    write_json_atomic(root / MANIFEST_NAME, manifest)
+    write_manifest(root, manifest)
     return manifest

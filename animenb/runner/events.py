@@ -123,9 +123,8 @@ class JobFinishedEvent(JobEvent):
         """The one way to make it: from the terminal job's record (`duration`: seconds it ran here, if known)."""
         if not job.terminal:
             raise ValueError(f"`job` must be terminal, got job {job.id} {job.status.value}.")
-        files = job.outputs.get("files", []) if isinstance(job.outputs, dict) else []
         return cls(job_id=job.id, seq=seq, status=job.status.value, error=job.error.as_dict() if job.error else None,
-                   outputs=list(files), duration_seconds=None if duration is None else round(duration, 3))
+                   outputs=list(job.outputs.files), duration_seconds=None if duration is None else round(duration, 3))
 
 
 Callback = Callable[[JobEvent], None]

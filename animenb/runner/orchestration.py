@@ -53,7 +53,7 @@ from animenb.chain import (RECORD_KIND, RECORD_NAME, AttemptRecord, ChainProgres
 from animenb.manifest import MANIFEST_NAME
 from animenb.phases.catalog import get_phase
 from animenb.progress import ProgressEvent
-from animenb.store import InvalidTransitionError, JobError, JobNotFoundError, JobRecord, JobStatus
+from animenb.store import InvalidTransitionError, JobError, JobNotFoundError, JobOutputs, JobRecord, JobStatus
 
 from .drivers import JobDriver, JobHost, output_files
 from .events import JobFinishedEvent, JobProgressEvent, JobStartedEvent
@@ -73,15 +73,10 @@ def child_info(job: JobRecord) -> dict | None:
     return info if isinstance(info, dict) else None
 
 
-def _quality_of(job: JobRecord) -> dict | None:
-    quality = job.outputs.get("quality") if isinstance(job.outputs, dict) else None
-    return quality if isinstance(quality, dict) else None
-
-
 def child_row(job: JobRecord) -> dict:
     """One line of the parent's `children` list."""
     info = child_info(job) or {}
-    quality = _quality_of(job) or {}
+    quality = job.outputs.quality or {}
     return {"job_id": job.id, "phase": job.phase, "phase_name": info.get("phase"), "attempt": info.get("attempt"),
             "seed": job.parameters.get("seed"), "status": job.status.value, "score": quality.get("score"),
             "threshold": quality.get("threshold", job.extra.get("quality_threshold")), "passed": quality.get("passed"),
@@ -253,7 +248,7 @@ class Orchestrator:
             message = job.error.message if job.error else job.status.value
             raise _Stop(JobStatus.FAILED, JobError(job.error.type if job.error else "ChildFailed",
                                                    f"{where} {job.status.value}: {message}"))
-        quality = _quality_of(job) or {}
+        quality = job.outputs.quality or {}
         phase = get_phase(info.get("phase") or job.phase)
         attempt = int(info.get("attempt") or 1)
         passed = bool(quality.get("passed"))
@@ -317,10 +312,9 @@ class Orchestrator:
                 status = JobStatus.FAILED
                 reason = f"could not write the orchestration's {MANIFEST_NAME}: {exc}"
                 error = JobError(type(exc).__name__, reason)
-        outputs = {"files": output_files(self.out_dir), "manifest": MANIFEST_NAME if listed else None,
-                   "listed": listed, "seed": self.params.get("seed"), "record": RECORD_NAME,
-                   "children": self.children, "reason": reason,
-                   "quality": parent_quality(self.attempts, status is JobStatus.SUCCEEDED)}
+        outputs = JobOutputs(files=output_files(self.out_dir), manifest=MANIFEST_NAME if listed else None,
+                             listed=listed, seed=self.params.get("seed"), record=RECORD_NAME, children=self.children,
+                             reason=reason, quality=parent_quality(self.attempts, status is JobStatus.SUCCEEDED))
         progress = self.progress_dict()
         stage = "done" if status is JobStatus.SUCCEEDED else status.value
         progress.update(stage=f"{stage}: {reason}" if reason else stage, current_child=None)
@@ -452,8 +446,8 @@ class OrchestrationDriver(JobDriver):
         live = self.orchestrations.get(job.id)
         if live is not None:
             return live.children_summary()
-        ids = job.outputs.get("children") if isinstance(job.outputs, dict) else None
-        if not isinstance(ids, list):
+        ids = job.outputs.children
+        if job.outputs.record is None:  # not finished (a dead process left it): its record names them
             ids = (read_record(self.host.outputs_dir / job.id) or {}).get("children", [])
         return children_summary(self.host.store, [i for i in ids if isinstance(i, str)])
 

@@ -28,13 +28,13 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from animenb.manifest import MANIFEST_NAME, read_manifest
 from animenb.phases.catalog import PHASES, get_phase
-from animenb.store import InvalidTransitionError, JobError, JobRecord, JobStatus
+from animenb.store import InvalidTransitionError, JobError, JobOutputs, JobRecord, JobStatus
 
 from .drivers import JobDriver, output_files
 from .events import JobProgressEvent, JobStartedEvent
@@ -145,7 +145,7 @@ class PhaseJobDriver(JobDriver):
                                        out_dir / NOTEBOOK_NAME, params)
             outputs = self._collect_outputs(out_dir)
             if self.quality_applies(job, notebook) and not ctx.cancel_event.is_set():
-                outputs["quality"] = await self._run_quality(kernel, ctx, job, out_dir)
+                outputs = replace(outputs, quality=await self._run_quality(kernel, ctx, job, out_dir))
         except asyncio.CancelledError:
             # The server is stopping: the job stays `running` in the store and the restart
             # policy (animenb.store.jobs_sqlite) decides its fate at the next start.
@@ -231,7 +231,7 @@ class PhaseJobDriver(JobDriver):
         if ctx.last_progress is not None and ctx.job.id in self.running:
             self.host.store.update_progress(ctx.job.id, ctx.last_progress.progress_dict())
 
-    def _collect_outputs(self, out_dir: Path) -> dict:
+    def _collect_outputs(self, out_dir: Path) -> JobOutputs:
         if not (out_dir / MANIFEST_NAME).is_file():
             raise MissingOutputError(f"The notebook finished without writing {MANIFEST_NAME} in its output directory.")
         manifest = read_manifest(out_dir)
@@ -239,9 +239,9 @@ class PhaseJobDriver(JobDriver):
         missing = [p for p in listed if not p or not (out_dir / p).is_file()]
         if missing:
             raise MissingOutputError(f"{MANIFEST_NAME} lists files that are not there: {', '.join(map(str, missing))}")
-        return {"files": output_files(out_dir), "manifest": MANIFEST_NAME, "notebook": NOTEBOOK_NAME,
-                "listed": manifest.get("files", []), "seed": manifest.get("seed"),
-                "quality": manifest.get("quality")}
+        return JobOutputs.from_dict({"files": output_files(out_dir), "manifest": MANIFEST_NAME,
+                                     "notebook": NOTEBOOK_NAME, "listed": manifest.get("files"),
+                                     "seed": manifest.get("seed"), "quality": manifest.get("quality")})
 
     # -- quality: a separate step after a phase notebook succeeded -------------------------------
     def quality_applies(self, job: JobRecord, notebook: Path | None = None) -> bool:

@@ -80,8 +80,8 @@ def job_figures(store) -> dict:
         rate = _step_rate(job)
         if rate is not None:
             entry["rates"].append(rate)
-        quality = job.outputs.get("quality") if isinstance(job.outputs, dict) else None
-        if isinstance(quality, dict) and isinstance(quality.get("passed"), bool):
+        quality = job.outputs.quality
+        if quality is not None and isinstance(quality.get("passed"), bool):
             entry["scored"] += 1
             entry["passed"] += quality["passed"]
     per_phase = {}

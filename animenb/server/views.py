@@ -50,8 +50,8 @@ def _progress(job: JobRecord, live: dict | None) -> dict:
 
 
 def _quality(job: JobRecord) -> dict | None:
-    quality = job.outputs.get("quality") if isinstance(job.outputs, dict) else None
-    if not isinstance(quality, dict):
+    quality = job.outputs.quality
+    if quality is None:
         return None
     return {k: quality.get(k) for k in ("score", "passed", "threshold", "failures", "error") if k in quality}
 
@@ -60,7 +60,7 @@ def job_status(job: JobRecord, *, live_progress: dict | None = None, queue_posit
                children: list[dict] | None = None, ws_base: str = "") -> dict:
     """The status body of a job (`AnimeService.status` gathers the arguments). `children` (an orchestration
     parent's child rows) adds `children`, the chain's `reason` and `attempts_by_phase`."""
-    files = job.outputs.get("files", []) if isinstance(job.outputs, dict) else []
+    files = job.outputs.files
     body = {
         "job_id": job.id,
         "kind": job.kind,
@@ -87,18 +87,17 @@ def job_status(job: JobRecord, *, live_progress: dict | None = None, queue_posit
         "ws_url": ws_url(job.id, ws_base),
     }
     if children is not None:
-        outputs = job.outputs if isinstance(job.outputs, dict) else {}
-        body.update(children=children, reason=outputs.get("reason"),
-                    attempts_by_phase=(outputs.get("quality") or {}).get("phases"))
+        body.update(children=children, reason=job.outputs.reason,
+                    attempts_by_phase=(job.outputs.quality or {}).get("phases"))
     return body
 
 
 def primary_output(job: JobRecord) -> tuple[str | None, str | None]:
     """(the file that represents the job, an image to thumbnail) from the manifest's file list."""
-    listed = [f for f in job.outputs.get("listed", []) if isinstance(f, dict) and f.get("path")]
+    listed = [f for f in job.outputs.listed if f.get("path")]
     media = [f for f in listed if PurePosixPath(f["path"]).suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
     if not media:
-        media = [{"path": p, "kind": ""} for p in job.outputs.get("files", [])
+        media = [{"path": p, "kind": ""} for p in job.outputs.files
                  if PurePosixPath(p).suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
     if not media:
         return None, None
@@ -111,15 +110,15 @@ def primary_output(job: JobRecord) -> tuple[str | None, str | None]:
 
 def gallery_item(job: JobRecord) -> dict:
     primary, thumb = primary_output(job)
-    listed = {f.get("path"): f for f in job.outputs.get("listed", []) if isinstance(f, dict)}
+    listed = {f.get("path"): f for f in job.outputs.listed}
     files = []
-    for path in job.outputs.get("files", []):
+    for path in job.outputs.files:
         entry = listed.get(path, {})
         files.append({"path": path, "url": output_url(job.id, path), "kind": entry.get("kind"),
                       "media_type": entry.get("media_type"), "bytes": entry.get("bytes")})
     return {
         "job_id": job.id, "phase": job.phase, "phase_name": phase_name(job.phase),
-        "prompt": job.parameters.get("prompt"), "seed": job.outputs.get("seed", job.parameters.get("seed")),
+        "prompt": job.parameters.get("prompt"), "seed": job.parameters.get("seed") if job.outputs.seed is None else job.outputs.seed,
         "created_at": iso(job.created_at), "finished_at": iso(job.finished_at),
         "url": output_url(job.id, primary) if primary else None,
         "thumbnail_url": thumbnail_url(job.id, thumb) if thumb else None,

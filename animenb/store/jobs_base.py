@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterable
 
-from .jobs_common import JobError, JobRecord, JobStatus
+from .jobs_common import JobError, JobOutputs, JobRecord, JobStatus
 
 
 class JobStoreBase(ABC):
@@ -48,7 +48,7 @@ class JobStoreBase(ABC):
 
     @abstractmethod
     def transition(self, job_id: str, status: JobStatus | str, *, error: JobError | None = None,
-                   outputs: dict[str, Any] | None = None, progress: dict[str, Any] | None = None,
+                   outputs: JobOutputs | None = None, progress: dict[str, Any] | None = None,
                    expected: Iterable[JobStatus | str] | None = None, worker: str | None = None) -> JobRecord:
         """Change the status (guarded: `InvalidTransitionError` out of terminal states or, when
         `expected` is given, out of any state not in it). `worker`: who claimed it (to running)."""

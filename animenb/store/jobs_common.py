@@ -4,7 +4,7 @@ from __future__ import annotations
 import enum
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Mapping
 
 
 class JobStatus(str, enum.Enum):
@@ -69,6 +69,50 @@ def iso(ts: float | None) -> str | None:
 
 
 @dataclass(frozen=True)
+class JobOutputs:
+    """What a finished job left in outputs/<job_id>/ (a job that wrote nothing has `JobOutputs()`).
+
+    Every kind fills `files` (every file, relative paths), and, when it wrote one, `manifest`
+    ("manifest.json"), `listed` (the manifest's file entries: path, kind, media_type, bytes, sha256),
+    `seed` and `quality` (the manifest's quality summary). A phase job adds `notebook` (the executed
+    notebook); an orchestration parent `record` (its orchestration.json), `children` (child job ids)
+    and `reason` (why the chain ended).
+    """
+    files: list[str] = field(default_factory=list)
+    manifest: str | None = None
+    listed: list[dict[str, Any]] = field(default_factory=list)
+    seed: int | None = None
+    quality: dict[str, Any] | None = None
+    notebook: str | None = None
+    record: str | None = None
+    children: list[str] = field(default_factory=list)
+    reason: str | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return self == JobOutputs()
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "JobOutputs":
+        """From the stored JSON (keys this version does not know are dropped; wrong types read as unset)."""
+        data = data if isinstance(data, Mapping) else {}
+
+        def of(key: str, kind: type | tuple[type, ...]):
+            value = data.get(key)
+            return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+        return cls(files=[f for f in of("files", list) or [] if isinstance(f, str)],
+                   manifest=of("manifest", str),
+                   listed=[f for f in of("listed", list) or [] if isinstance(f, dict)],
+                   seed=of("seed", int), quality=of("quality", dict), notebook=of("notebook", str),
+                   record=of("record", str), children=[c for c in of("children", list) or [] if isinstance(c, str)],
+                   reason=of("reason", str))
+
+
+@dataclass(frozen=True)
 class JobRecord:
     """One job row. Times are epoch seconds (`iso()` formats them)."""
     id: str
@@ -79,7 +123,7 @@ class JobRecord:
     status_sequence: int           # bumped by every status change
     parameters: dict[str, Any]
     progress: dict[str, Any]
-    outputs: dict[str, Any]        # {"files": [...], "manifest": {...summary...}, "quality": {...}}
+    outputs: JobOutputs
     error: JobError | None
     owner: str
     visibility: str                # "public" | "private"

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from .jobs_base import JobStoreBase
 from .jobs_common import (TERMINAL_STATES, TRANSITIONS, InvalidTransitionError, JobError, JobNotFoundError,
-                          JobRecord, JobStatus)
+                          JobOutputs, JobRecord, JobStatus)
 from .migrations import Migrator
 from .sqlite_database import SqliteDatabase
 
@@ -65,7 +65,8 @@ class SqliteJobStore(JobStoreBase):
         return JobRecord(
             id=row["id"], seq=row["seq"], kind=row["kind"], phase=row["phase"], status=JobStatus(row["status"]),
             status_sequence=row["status_sequence"], parameters=json.loads(row["parameters"]),
-            progress=json.loads(row["progress"]), outputs=json.loads(row["outputs"]), error=error,
+            progress=json.loads(row["progress"]), outputs=JobOutputs.from_dict(json.loads(row["outputs"])),
+            error=error,
             owner=row["owner"], visibility=row["visibility"], parent_id=row["parent_id"],
             attempts=row["attempts"], requeues=row["requeues"], worker=row["worker"],
             created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
@@ -187,8 +188,10 @@ class SqliteJobStore(JobStoreBase):
                 sets += ["error_type = ?", "error_message = ?"]
                 args += [error.type, error.message]
             if outputs is not None:
+                if not isinstance(outputs, JobOutputs):
+                    raise TypeError(f"`outputs` must be a JobOutputs, got {type(outputs).__name__}.")
                 sets.append("outputs = ?")
-                args.append(_dumps(outputs))
+                args.append(_dumps(outputs.as_dict()))
             if progress is not None:
                 sets.append("progress = ?")
                 args.append(_dumps(progress))
@@ -213,7 +216,7 @@ class SqliteJobStore(JobStoreBase):
         with self.db.transaction() as cur:
             rows = cur.execute("SELECT * FROM jobs WHERE status = 'running' ORDER BY seq").fetchall()
             for job in map(self._record, rows):
-                if job.requeues == 0 and not job.outputs and not has_output(job):
+                if job.requeues == 0 and job.outputs.is_empty and not has_output(job):
                     changed.append(self.transition(job.id, JobStatus.QUEUED))
                 else:
                     why = "it had already been re-queued once" if job.requeues else "it had written output files"
