@@ -33,7 +33,7 @@ from .chain import (MAX_RETRIES_LIMIT, ORCHESTRATION, AttemptRecord, ChainProgre
                     final_files, gate_decision, next_step, parent_manifest, resolve_thresholds)
 from .phases import PHASE_FUNCTIONS, PhaseResult, get_phase
 from .phases.common import check_prompt, load_image, prepare_output_dir, resolve_backend, resolve_seed
-from .progress import Cancelled, ProgressDisplay, ProgressEvent
+from .progress import CancelToken, Cancelled, ProgressDisplay, ProgressEvent
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ def orchestrate(
     phase_options: Mapping[str, Mapping[str, Any]] | None = None,
     on_progress: Callable[[ProgressEvent], None] | None = None,
     display: str | None = "auto",
+    cancel: CancelToken | None = None,
 ) -> OrchestrationResult:
     """Run CHARACTER_SHEET -> gate -> ANIMATION_LOOP -> gate -> FULL_VIDEO -> gate in this process.
 
@@ -106,7 +107,8 @@ def orchestrate(
     phase's threshold in parameters/quality.yaml), one number for all phases, or a mapping by phase.
     `phase_options` passes extra keyword arguments to one phase function, by phase name (e.g.
     {"FULL_VIDEO": {"frames": 14}}). `on_progress` receives the overall `ProgressEvent`s; `display`
-    as for the phase functions ("auto", "kernel", "tqdm" or None).
+    as for the phase functions ("auto", "kernel", "tqdm" or None); `cancel` (an
+    `animenb.progress.CancelToken`) stops the chain at the running phase's next step (`Cancelled`).
     """
     # 0. check inputs before any model work
     check_prompt(prompt)
@@ -117,7 +119,7 @@ def orchestrate(
     options = {get_phase(k).name: dict(v) for k, v in (phase_options or {}).items()}
     for name, opts in options.items():
         clash = {"prompt", "seed", "steps", "width", "height", "models", "backend", "backend_options",
-                 "output_dir", "on_progress", "display", "reference_image", "image"} & set(opts)
+                 "output_dir", "on_progress", "display", "cancel", "reference_image", "image"} & set(opts)
         if clash:
             raise ValueError(f"`phase_options[{name!r}]` may not set {sorted(clash)}: orchestrate sets them.")
     if reference_image is not None:
@@ -168,7 +170,7 @@ def orchestrate(
             progress.begin_attempt(phase.name, attempt)
             t0 = time.perf_counter()
             result = PHASE_FUNCTIONS[phase.name](**kwargs, output_dir=out, backend=engine, display=None,
-                                                 on_progress=on_phase_event)
+                                                 on_progress=on_phase_event, cancel=cancel)
             t1 = time.perf_counter()
             progress.stage("scoring")
             report = score_output_dir(out, threshold=gates[phase.name], embed="auto")

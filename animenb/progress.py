@@ -32,20 +32,27 @@ PROGRESS_MIME = "application/vnd.animenb.progress+json"
 PROGRESS_PARTS = ("generation", "quality", "chain")
 KERNEL_MIN_INTERVAL = 0.1  # seconds between events shown as display data (see module docstring)
 
-_cancel_requested = threading.Event()
 
 
 class Cancelled(Exception):
-    """Raised inside a step callback when cancellation was requested in-process."""
+    """Raised inside a step callback when the run's `CancelToken` was cancelled."""
 
 
-def request_cancel() -> None:
-    """Ask the running phase to stop at its next step (in-process; jobs use a kernel interrupt)."""
-    _cancel_requested.set()
+class CancelToken:
+    """Cooperative cancel of one in-process run (a phase, a comparison of several, a chain): `cancel()`
+    from any thread; the run stops at its next denoising step with `Cancelled`. A token belongs to the
+    run it was given to, so runs side by side (threads, notebooks) never cancel each other; jobs are
+    cancelled by a kernel interrupt instead."""
 
+    def __init__(self):
+        self._event = threading.Event()
 
-def clear_cancel() -> None:
-    _cancel_requested.clear()
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
 
 
 @dataclass
@@ -93,11 +100,12 @@ class ProgressReporter:
 
     `publish` receives every event (the widgets and tests use it); `display` chooses
     the built-in sink: "auto" (display data in a kernel, tqdm otherwise), "kernel",
-    "tqdm" or None.
+    "tqdm" or None; `cancel`, when given, stops the run at its next step once cancelled.
     """
 
     def __init__(self, phase: str, total_steps: int, stage_count: int = 1, *,
-                 publish: Callable[[ProgressEvent], None] | None = None, display: str | None = "auto"):
+                 publish: Callable[[ProgressEvent], None] | None = None, display: str | None = "auto",
+                 cancel: CancelToken | None = None):
         if total_steps < 1:
             raise ValueError(f"`total_steps` must be >= 1, got {total_steps}.")
         self.phase = phase
@@ -111,7 +119,7 @@ class ProgressReporter:
         self.last_event: ProgressEvent | None = None
         self._started = time.perf_counter()
         self._rate_origin: tuple[float, int] | None = None  # (time, step) of the first completed step
-        clear_cancel()
+        self.cancel = cancel
 
     def start_stage(self, name: str) -> None:
         self.stage = name
@@ -119,13 +127,13 @@ class ProgressReporter:
         self._emit()
 
     def on_step(self, preview: str | None = None) -> None:
-        """One denoising step finished; raises `Cancelled` if cancellation was requested."""
+        """One denoising step finished; raises `Cancelled` if the run's token was cancelled."""
         self.step = min(self.step + 1, self.total_steps)
         now = time.perf_counter()
         if self._rate_origin is None:
             self._rate_origin = (now, self.step)
         self._emit(preview)
-        if _cancel_requested.is_set():
+        if self.cancel is not None and self.cancel.cancelled:
             raise Cancelled(f"{self.phase} cancelled at step {self.step}/{self.total_steps}")
 
     def finish(self, stage: str = "done") -> None:

@@ -13,8 +13,8 @@ messages: the progress bar moves and Cancel gets through while the phase runs.
 
 Progress: the phase functions' `on_progress` events drive a `FloatProgress`; events that
 carry a preview (`ProgressEvent.preview`, e.g. ComfyUI's sampler previews) are shown as
-step previews. Cancel calls `animenb.progress.request_cancel()`; the phase stops at its
-next step (`Cancelled`), and a comparison stops before its next step count.
+step previews. Each Generate or Compare gets its own `animenb.progress.CancelToken`; Cancel cancels it,
+so the phase stops at its next step (`Cancelled`) and a comparison before its next step count.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,9 +33,10 @@ from PIL import Image
 
 from . import progress as _progress
 from .backends.base import SCHEDULERS
-from .config import default_profile, outputs_dir
+from .config import default_profile
 from .phases import PHASE_FUNCTIONS, PHASES, PhaseResult, get_phase
-from .progress import Cancelled, ProgressEvent
+from .phases.common import stamped_output_dir
+from .progress import CancelToken, Cancelled, ProgressEvent
 
 DEFAULT_COMPARE_STEPS = (8, 15, 25, 40)
 SIZES: tuple[tuple[str, tuple[int | None, int | None]], ...] = (
@@ -149,7 +149,7 @@ class ExplorerPanel:
         self.events: list[ProgressEvent] = []
         self.status = "idle"
         self.error: str | None = None
-        self._cancel = threading.Event()
+        self._cancel = CancelToken()  # the current run's; a new one per Generate / Compare
         self._thread: threading.Thread | None = None
 
         # controls
@@ -224,8 +224,7 @@ class ExplorerPanel:
 
     def cancel(self) -> None:
         """Stop the running phase at its next step, and a comparison before its next step count."""
-        self._cancel.set()
-        _progress.request_cancel()
+        self._cancel.cancel()
         self._set_status("cancelling…")
 
     def parameters(self, steps: int | None = None) -> dict[str, Any]:
@@ -266,8 +265,7 @@ class ExplorerPanel:
             self._thread.join(timeout)
 
     def _guard(self, work: Callable[[], Any]) -> Any:
-        self._cancel.clear()
-        _progress.clear_cancel()
+        self._cancel = CancelToken()
         self.error = None
         self._set_busy(True)
         self.status = "running"
@@ -309,7 +307,7 @@ class ExplorerPanel:
 
         started = time.perf_counter()
         result = PHASE_FUNCTIONS[name](prompt, output_dir=output_dir, on_progress=on_progress, display=None,
-                                       **params)
+                                       cancel=self._cancel, **params)
         seconds = time.perf_counter() - started
         score = passed = None
         if self.score_quality.value:
@@ -328,8 +326,7 @@ class ExplorerPanel:
     def _run_dir(self, kind: str) -> Path | None:
         if self.output_dir is None and kind == "run":
             return None  # the phase's default: outputs/<stamp>-<phase>-<id>/
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        return (self.output_dir or outputs_dir()) / f"{stamp}-{kind}-{self.phase.value.lower()}-{secrets.token_hex(3)}"
+        return stamped_output_dir(f"{kind}-{self.phase.value}", self.output_dir)
 
     def _generate(self) -> RunRecord:
         record = self._run_phase(None, self._run_dir("run"), "generating")
@@ -353,7 +350,7 @@ class ExplorerPanel:
         self.compare_grid.children = ()
         self.compare_table.value = ""
         for steps in steps_list:
-            if self._cancel.is_set():
+            if self._cancel.cancelled:
                 raise Cancelled(f"comparison cancelled before {steps} steps")
             record = self._run_phase(steps, root / f"steps_{steps:03d}", f"{steps} steps")
             self.comparison_runs.append(record)

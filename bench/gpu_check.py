@@ -27,10 +27,10 @@ after every step:
            succeeds with the filler still held (CUDA only)
   jobs     bench/job_overhead.py (real Tornado server + papermill warm kernels) as a subprocess
 
-Papermill finds animenb's engine through the `papermill.engine` entry point; when animenb is used
-from a checkout without being installed (PYTHONPATH), this script writes a minimal
-animenb-<version>.dist-info with entry_points.txt into a temp dir on PYTHONPATH, and a `python3`
-kernelspec for this interpreter into a temp JUPYTER_PATH dir, both inherited by subprocesses.
+animenb registers its papermill engine itself when the job runner imports it (as well as by entry
+point), so a checkout used without being installed (PYTHONPATH) needs no set-up for it; this script
+writes a `python3` kernelspec for this interpreter into a temp JUPYTER_PATH dir, inherited by
+subprocesses.
 
 On a machine that has torch and transformers but none of animenb's other dependencies, carry
 them as cp312 wheels (about 39 MiB: diffusers, papermill, nbclient, nbformat, ipykernel,
@@ -119,7 +119,7 @@ class Check:
 
     # ------------------------------------------------------------------ set-up (before animenb imports)
     def setup_environment(self) -> dict:
-        """Temp ANIMENB_HOME/OUTPUTS, offline hub, papermill entry point and python3 kernelspec when missing."""
+        """Temp ANIMENB_HOME/OUTPUTS, offline hub, the checkout on PYTHONPATH and a python3 kernelspec."""
         info: dict = {}
         os.environ["ANIMENB_HOME"] = str(self.work / "home")
         os.environ["ANIMENB_OUTPUTS"] = str(self.work / "outputs")
@@ -131,25 +131,6 @@ class Check:
             paths.append(str(REPO))
         if str(REPO) not in sys.path:
             sys.path.insert(0, str(REPO))
-        # papermill's engine registry reads `papermill.engine` entry points (package `entrypoints`)
-        try:
-            import entrypoints
-
-            registered = {e.name for e in entrypoints.get_group_all("papermill.engine")}
-            info["engine_entry_point"] = "found" if "animenb" in registered else None
-        except ImportError as exc:
-            registered = set()
-            info["engine_entry_point"] = f"cannot check ({exc})"
-        if "animenb" not in registered:
-            ep_root = self.work / "entry_points"
-            dist = ep_root / "animenb-0.1.0.dist-info"
-            dist.mkdir(parents=True, exist_ok=True)
-            (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: animenb\nVersion: 0.1.0\n")
-            (dist / "entry_points.txt").write_text(
-                "[papermill.engine]\nanimenb = animenb.runner.engine:WarmKernelEngine\n")
-            paths.insert(0, str(ep_root))
-            sys.path.insert(0, str(ep_root))
-            info["engine_entry_point"] = f"written to {dist}"
         os.environ["PYTHONPATH"] = os.pathsep.join(paths)
         # A python3 kernelspec for *this* interpreter, first on JUPYTER_PATH (kernels inherit PYTHONPATH).
         spec_root = self.work / "jupyter"

@@ -11,7 +11,7 @@ from animenb.backends import ImageRequest, get_backend
 from animenb.media import animation_frames_and_seconds, read_png_parameters, video_frames_and_seconds
 from animenb.phases import POSES, animation_loop, character_sheet, full_video
 from animenb.phases.common import load_image
-from animenb.progress import Cancelled, request_cancel
+from animenb.progress import CancelToken, Cancelled
 
 FAST = dict(models="tiny", steps=2, width=64, height=64, display=None)
 
@@ -148,12 +148,25 @@ def test_bad_inputs_fail_before_generation(kwargs, message, tmp_path):
 
 def test_cancel_stops_at_next_step(tmp_path):
     seen = []
+    token = CancelToken()
 
     def cancel_after_three(event):
         seen.append(event.step)
         if event.step == 3:
-            request_cancel()
+            token.cancel()
 
     with pytest.raises(Cancelled, match="cancelled at step 3/16"):
-        character_sheet("x", seed=1, output_dir=tmp_path, on_progress=cancel_after_three, **FAST)
+        character_sheet("x", seed=1, output_dir=tmp_path, on_progress=cancel_after_three, cancel=token, **FAST)
     assert max(seen) == 3 and not (tmp_path / "manifest.json").exists()
+
+
+def test_a_cancel_token_stops_only_its_own_run(tmp_path):
+    """Tokens are per run: another run's token, or a new run starting, neither stops nor clears this one."""
+    other = CancelToken()
+    other.cancel()
+    result = character_sheet("x", seed=1, output_dir=tmp_path / "a", cancel=CancelToken(), **FAST)
+    assert result.manifest["seed"] == 1 and other.cancelled
+    mine = CancelToken()
+    mine.cancel()  # cancelled before it starts: stops at the first step, even though other runs came since
+    with pytest.raises(Cancelled, match="at step 1/16"):
+        character_sheet("x", seed=1, output_dir=tmp_path / "b", cancel=mine, **FAST)

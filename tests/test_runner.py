@@ -91,6 +91,27 @@ def test_engine_registered_and_runs_cold_dropping_progress(tmp_path):
     assert (tmp_path / "o" / "manifest.json").is_file()
 
 
+@pytest.mark.parametrize("first", ["papermill", "animenb"])
+def test_engine_registers_itself_without_an_entry_point(first):
+    """A checkout on PYTHONPATH has no entry point: importing the engine registers it all the same, whichever
+    of papermill and the engine is imported first (a fresh interpreter where entry points find nothing)."""
+    import subprocess
+    import sys
+
+    imports = (["import papermill.engines", "import animenb.runner.engine"] if first == "papermill"
+               else ["import animenb.runner.engine", "import papermill.engines"])
+    code = "\n".join([
+        "import entrypoints",
+        "entrypoints.get_group_all = lambda group, path=None: []  # as if animenb were not installed",
+        *imports,
+        "from papermill.engines import papermill_engines",
+        "from animenb.runner.engine import WarmKernelEngine",
+        "assert papermill_engines.get_engine('animenb') is WarmKernelEngine",
+    ])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def test_warm_kernel_reset_after_job_and_cached_language_info(tmp_path):
     """The eager reset after a job leaves the next job a clean namespace (modules stay imported); the second
     notebook gets language_info from the cache, not from a kernel_info round trip."""

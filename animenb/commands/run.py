@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import ast
 import math
-import secrets
 import sys
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -156,8 +155,9 @@ class _Bar:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import notebooks_dir, outputs_dir
+    from ..config import notebooks_dir
     from ..phases.catalog import get_phase
+    from ..phases.common import stamped_output_dir
 
     # 0. check everything before a kernel starts
     phase = get_phase(args.phase)
@@ -175,8 +175,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output_dir or given_dir:
         out = Path(args.output_dir or given_dir).expanduser().resolve()
     else:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        out = outputs_dir() / f"{stamp}-{phase.name.lower()}-{secrets.token_hex(3)}"
+        out = stamped_output_dir(phase.name)
     out.mkdir(parents=True, exist_ok=True)
     params["output_dir"] = str(out)
     executed = out / NOTEBOOK_NAME

@@ -8,7 +8,7 @@ from PIL import Image
 
 from ..backends import Backend, VideoRequest
 from ..media import close_loop, encode_concurrently, save_gif, save_mp4, save_pngs, save_webp
-from ..progress import ProgressEvent, ProgressReporter
+from ..progress import CancelToken, ProgressEvent, ProgressReporter
 from .catalog import get_phase
 from .common import (PhaseResult, check_prompt, Timer, default_size, load_image, model_name, models_label,
                      png_parameters,
@@ -39,6 +39,7 @@ def animation_loop(
     output_dir: str | Path | None = None,
     on_progress: Callable[[ProgressEvent], None] | None = None,
     display: str | None = "auto",
+    cancel: CancelToken | None = None,
 ) -> PhaseResult:
     """Generate a `frames / fps`-second loop and write loop.gif/.mp4/.webp, frames/*.png, manifest.json.
 
@@ -47,6 +48,7 @@ def animation_loop(
     frame back to the first continues the motion instead of jumping. `reference_image` (an
     image, a path, or a phase-1 output directory, whose reference pose is used) conditions
     every frame through IP-Adapter.
+    `cancel` (an `animenb.progress.CancelToken`) stops the run at its next step with `Cancelled`.
     """
     # 0. check inputs
     check_prompt(prompt)
@@ -72,7 +74,8 @@ def animation_loop(
     description = engine.describe()
     label, model = models_label(description), model_name(description, "sd")
     timer = Timer()
-    progress = ProgressReporter(PHASE.name, total_steps=steps, stage_count=2, publish=on_progress, display=display)
+    progress = ProgressReporter(PHASE.name, total_steps=steps, stage_count=2, publish=on_progress, display=display,
+                                cancel=cancel)
 
     # 1. denoise all frames together, then close the loop
     progress.start_stage(f"animating {frames + loop_overlap} frames")

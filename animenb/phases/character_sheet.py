@@ -9,7 +9,7 @@ from PIL import Image
 
 from ..backends import Backend, ImageRequest
 from ..media import compose_sheet, save_pngs
-from ..progress import ProgressEvent, ProgressReporter
+from ..progress import CancelToken, ProgressEvent, ProgressReporter
 from .catalog import get_phase
 from .common import (PhaseResult, check_prompt, Timer, default_size, load_image, model_name, models_label,
                      png_parameters,
@@ -55,12 +55,14 @@ def character_sheet(
     output_dir: str | Path | None = None,
     on_progress: Callable[[ProgressEvent], None] | None = None,
     display: str | None = "auto",
+    cancel: CancelToken | None = None,
 ) -> PhaseResult:
     """Generate an 8-pose character sheet and write sheet.png, poses/*.png, reference.png, manifest.json.
 
     Every pose uses the same seed (shared initial noise keeps proportions and palette aligned)
     and an IP-Adapter reference: `reference_image` if given (an image, a path, or a run's
     output directory), else the first (front) pose for the other seven.
+    `cancel` (an `animenb.progress.CancelToken`) stops the run at its next step with `Cancelled`.
     """
     # 0. check inputs before any model is touched
     check_prompt(prompt)
@@ -84,7 +86,7 @@ def character_sheet(
     label, model = models_label(description), model_name(description, "sd")
     timer = Timer()
     progress = ProgressReporter(PHASE.name, total_steps=len(POSES) * steps, stage_count=len(POSES),
-                                publish=on_progress, display=display)
+                                publish=on_progress, display=display, cancel=cancel)
 
     # 1. one image per pose; the reference is fixed before the first pose that needs it
     poses: list[Image.Image] = []

@@ -71,11 +71,18 @@ def models_label(description: dict) -> str:
     return str(description.get("models_label") or description.get("checkpoint") or description["backend"])
 
 
+def stamped_output_dir(name: str, root: str | Path | None = None) -> Path:
+    """A new run directory's path (not created): <root>/<UTC stamp>-<name lower>-<6 hex>, root by default
+    outputs/. Every default run directory is named this way (phases, the chain, `animenb run`, the explorer),
+    so they sort by time and never collide."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return Path(root or outputs_dir()) / f"{stamp}-{name.lower()}-{secrets.token_hex(3)}"
+
+
 def prepare_output_dir(output_dir: str | Path | None, name: str) -> Path:
-    """`output_dir`, created; by default outputs/<utc stamp>-<name>-<random>/ (name: the phase's or the chain's)."""
+    """`output_dir`, created; by default `stamped_output_dir(name)` (name: the phase's or the chain's)."""
     if not output_dir:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        output_dir = outputs_dir() / f"{stamp}-{name.lower()}-{secrets.token_hex(3)}"
+        output_dir = stamped_output_dir(name)
     path = Path(output_dir).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path

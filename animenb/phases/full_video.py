@@ -9,7 +9,7 @@ from PIL import Image
 
 from ..backends import Backend, ImageRequest, ImageToVideoRequest
 from ..media import encode_concurrently, retime, save_mp4, save_pngs
-from ..progress import ProgressEvent, ProgressReporter
+from ..progress import CancelToken, ProgressEvent, ProgressReporter
 from .catalog import get_phase
 from .common import (PhaseResult, Timer, default_size, load_image, model_name, models_label,
                      png_parameters,
@@ -41,6 +41,7 @@ def full_video(
     output_dir: str | Path | None = None,
     on_progress: Callable[[ProgressEvent], None] | None = None,
     display: str | None = "auto",
+    cancel: CancelToken | None = None,
 ) -> PhaseResult:
     """Animate `image` with SVD and write video.mp4 (exactly `seconds` at `fps`), source.png, frames/*.png.
 
@@ -48,6 +49,7 @@ def full_video(
     phase 2: its first loop frame). Without one, the source image is generated from `prompt`
     first. SVD's `frames` are re-timed to round(seconds * fps) frames by blending neighbours
     (animenb.media.retime), so the MP4 lasts exactly `seconds`.
+    `cancel` (an `animenb.progress.CancelToken`) stops the run at its next step with `Cancelled`.
     """
     # 0. check inputs
     seed = resolve_seed(seed)
@@ -80,7 +82,7 @@ def full_video(
     stages = 2 if source is not None else 3
     total = steps * (stages - 1)
     progress = ProgressReporter(PHASE.name, total_steps=total, stage_count=stages, publish=on_progress,
-                                display=display)
+                                display=display, cancel=cancel)
 
     # 1. the source image (generated when not given), 2. SVD, 3. re-time to exactly `seconds`
     if source is None:

@@ -1,8 +1,10 @@
 """`WarmKernelEngine`: a papermill engine that reuses a warm kernel and intercepts progress.
 
-Registered as the papermill engine ``animenb`` (entry point ``papermill.engine``), so
-``papermill --engine animenb in.ipynb out.ipynb`` works from the command line, where it
-behaves like papermill's own nbclient engine (a fresh kernel per run) plus progress
+Registered as the papermill engine ``animenb`` twice: by entry point (``papermill.engine``), so
+``papermill --engine animenb in.ipynb out.ipynb`` works from the command line, and explicitly
+when this module is imported (papermill's own ``register``), so a checkout used from PYTHONPATH
+without being installed has it too (the job runner imports this module before running a job). From
+the command line it behaves like papermill's own nbclient engine (a fresh kernel per run) plus progress
 interception. The job runner passes engine keyword arguments through
 ``papermill.execute_notebook(..., engine_name="animenb", **engine_kwargs)``:
 
@@ -35,7 +37,9 @@ from animenb.progress import PROGRESS_MIME
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WarmKernelEngine", "AnimenbNotebookClient", "JobCancelled", "PROGRESS_MIME"]
+__all__ = ["ENGINE_NAME", "WarmKernelEngine", "AnimenbNotebookClient", "JobCancelled", "PROGRESS_MIME"]
+
+ENGINE_NAME = "animenb"
 
 
 class JobCancelled(Exception):
@@ -166,3 +170,14 @@ def __getattr__(name: str):
 
 
 _define()
+
+
+def register() -> None:
+    """Register `WarmKernelEngine` with papermill as ENGINE_NAME (done at import: module docstring).
+    `papermill_engines` exists even while papermill.engines is still loading its entry points."""
+    from papermill.engines import papermill_engines
+
+    papermill_engines.register(ENGINE_NAME, globals()["WarmKernelEngine"])
+
+
+register()

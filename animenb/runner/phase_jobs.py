@@ -178,6 +178,8 @@ class PhaseJobDriver(JobDriver):
         import papermill as pm
         from nbclient.exceptions import DeadKernelError
 
+        from . import engine  # registers the "animenb" engine with papermill, installed or not
+
         loop = self._loop
         job_id = ctx.job.id
 
@@ -194,7 +196,7 @@ class PhaseJobDriver(JobDriver):
                 kernel.restart()
             kernel.clean = False
             pm.execute_notebook(
-                str(notebook), str(output), parameters=params, engine_name="animenb", progress_bar=False,
+                str(notebook), str(output), parameters=params, engine_name=engine.ENGINE_NAME, progress_bar=False,
                 request_save_on_cell_execute=False, warm_kernel=kernel, progress_callback=on_progress,
                 cancel_event=ctx.cancel_event, failure_output_path=str(output),
                 execution_timeout=self.host.execution_timeout)
