@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                                                  if models.get("tiny") else ""))
         print(f"  store:   {service.home / 'jobs.sqlite'}")
         print(f"  outputs: {service.outputs_dir}")
-        print(f"  kernels: {', '.join(k.device for k in service.runner.kernels)} "
+        print(f"  kernels: {', '.join(s.device for s in service.runner.slots)} "
               f"({'warm' if cfg.warm else 'cold'}); ComfyUI: {cfg.comfyui_url or 'not configured'}")
         for job in service.runner.recovered:
             print(f"  recovered job {job.id}: {job.status.value}")

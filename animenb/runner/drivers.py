@@ -1,7 +1,7 @@
 """Job kinds and the drivers that run them: the runner's registry, like papermill's engine registry.
 
-A job's `kind` names its driver. The runner claims queued jobs of every kind the same way (one worker
-per warm kernel, priority jobs first) and hands each to its kind's driver:
+A job's `kind` names its driver. The runner claims queued jobs of every kind the same way (when a slot of
+its executor is idle, priority jobs first) and hands each to its kind's driver:
 
     "phase"          `animenb.runner.phase_jobs.PhaseJobDriver`: the phase notebook, then the quality
                      notebook, on the worker's warm kernel (the worker waits for it)
@@ -20,7 +20,7 @@ from typing import Any, Callable, ClassVar, Iterator, Protocol
 from animenb.store import JobRecord, JobStoreBase
 
 from .events import EventBus
-from .kernels import WarmKernel
+from .executors import Slot
 from .public_paths import PathScrubber
 
 
@@ -54,19 +54,24 @@ class JobHost(Protocol):
     def finished(self, job: JobRecord, duration: float | None = None) -> None:
         """Publish `job`'s terminal event (`JobFinishedEvent.build`)."""
 
+    def requeued(self, job: JobRecord) -> None:
+        """`job` went back to the queue (its process died before it wrote anything): announce it, wake a worker."""
+
 
 class JobDriver(abc.ABC):
     """Runs the jobs of one kind. The runner makes one driver per kind and calls, on the event loop:
 
     `recover()` once at start, before the store's own restart policy (`JobStoreBase.recover`): settle
     this kind's jobs a dead process left running, returning the jobs it changed;
-    `start(job, kernel)` for every job of this kind a worker claimed (already `running` in the store):
-    run it to its end, or start driving it and return (the worker then claims the next job);
+    `start(job, slot)` for every job of this kind the runner claimed (already `running` in the store):
+    run it to its end on `slot` (`animenb.runner.executors`), or start driving it and return; kinds with
+    `uses_slot = False` get `slot=None` and never hold one (an orchestration parent only waits);
     `cancel(job)` for a running job of this kind; `live_progress(job_id)`, `children(job)` and
     `describe()` for the status bodies and /health; `stop()` when the runner stops (a job still running
     stays `running` in the store: the next start's `recover()` decides).
     """
     kind: ClassVar[str]
+    uses_slot: ClassVar[bool] = True
 
     def __init__(self, host: JobHost):
         self.host = host
@@ -75,8 +80,8 @@ class JobDriver(abc.ABC):
         return []
 
     @abc.abstractmethod
-    async def start(self, job: JobRecord, kernel: WarmKernel) -> None:
-        """Run (or start driving) the claimed `job`; the worker's `kernel` is the driver's to use until it returns."""
+    async def start(self, job: JobRecord, slot: Slot | None) -> None:
+        """Run (or start driving) the claimed `job`; `slot` is the driver's to use until it returns."""
 
     @abc.abstractmethod
     async def cancel(self, job: JobRecord) -> JobRecord:

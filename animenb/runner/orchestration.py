@@ -57,7 +57,7 @@ from animenb.store import InvalidTransitionError, JobError, JobNotFoundError, Jo
 
 from .drivers import JobDriver, JobHost, output_files
 from .events import JobFinishedEvent, JobProgressEvent, JobStartedEvent
-from .kernels import WarmKernel
+from .executors import Slot
 
 log = logging.getLogger(__name__)
 
@@ -404,6 +404,7 @@ class OrchestrationDriver(JobDriver):
     """Job kind "orchestration": each claimed parent gets an `Orchestrator` task on the event loop and the
     worker goes straight back to the queue (a parent never holds a kernel while its children run)."""
     kind = ORCHESTRATION_KIND
+    uses_slot = False
 
     def __init__(self, host: JobHost):
         super().__init__(host)
@@ -412,7 +413,7 @@ class OrchestrationDriver(JobDriver):
     def recover(self) -> list[JobRecord]:
         return recover_orchestrations(self.host)
 
-    async def start(self, job: JobRecord, kernel: WarmKernel) -> None:
+    async def start(self, job: JobRecord, slot: Slot | None) -> None:
         orchestrator = Orchestrator(self.host, job, on_finish=self._forget)
         self.orchestrations[job.id] = orchestrator
         orchestrator.start()

@@ -1,14 +1,16 @@
-"""Phase jobs: the phase notebook, then the quality notebook, on the claiming worker's warm kernel.
+"""Phase jobs: the phase notebook, then the quality notebook, on the slot the runner placed the job on.
 
-The driver of job kind "phase" (see `animenb.runner.drivers`). It runs the job's notebook with papermill
-on the kernel's own thread (`loop.run_in_executor(kernel.executor, ...)`: never `asyncio.to_thread`,
-never papermill's `cwd=`) and records the outcome. The outcome comes from the exception, not from the
-executed notebook's metadata (after a kill it can claim success):
+The driver of job kind "phase" (see `animenb.runner.drivers`). It runs the job's notebooks through its
+slot (`animenb.runner.executors`: a warm kernel of this process, or a Ray actor's) and records the
+outcome. The outcome comes from the exception, not from the executed notebook's metadata (after a kill
+it can claim success):
 
 - no exception, `manifest.json` present and every file it lists on disk -> succeeded
 - cancel requested (DELETE) -> cancelled (queued: never started; running: the kernel is
   interrupted, again after `cancel_grace` s, and killed after 3x that)
 - `DeadKernelError` -> failed {"type": "KernelDied"}; the kernel is replaced and the next job runs
+- `SlotLost` (the Ray actor or node owning the kernel died) -> re-queued once if the job wrote nothing,
+  else lost {"type": "Lost"} with the reason; the executor replaces the actor
 - a cell error -> failed {"type": <exception name>, "message": ...}
 
 After a phase notebook succeeds, the quality notebook (notebooks/04_quality.ipynb, when it exists)
@@ -38,7 +40,7 @@ from animenb.store import InvalidTransitionError, JobError, JobOutputs, JobRecor
 
 from .drivers import JobDriver, output_files
 from .events import JobProgressEvent, JobStartedEvent
-from .kernels import WarmKernel
+from .executors import JobCancelledBeforeStart, NotebookRun, Slot, SlotLost, model_key
 from .parameters import phase_parameters
 
 log = logging.getLogger(__name__)
@@ -53,14 +55,10 @@ class MissingOutputError(RuntimeError):
     """The notebook finished without the files it must write."""
 
 
-class JobCancelledBeforeStart(RuntimeError):
-    """The job was cancelled before its notebook started."""
-
-
 @dataclass
 class RunningJob:
     job: JobRecord
-    kernel: WarmKernel
+    slot: Slot
     cancel_event: threading.Event = field(default_factory=threading.Event)
     cancel_requested_at: float | None = None
     last_progress: JobProgressEvent | None = None
@@ -97,9 +95,9 @@ class PhaseJobDriver(JobDriver):
             return None
         return ctx.last_progress.progress_dict()
 
-    async def start(self, job: JobRecord, kernel: WarmKernel) -> None:
+    async def start(self, job: JobRecord, slot: Slot) -> None:
         self._loop = asyncio.get_running_loop()
-        await self._run_job(kernel, job)
+        await self._run_job(slot, job)
 
     async def cancel(self, job: JobRecord) -> JobRecord:
         """Interrupt the kernel (again after `cancel_grace`, killed after 3x); returns once stopped (or ~3 s)."""
@@ -110,7 +108,7 @@ class PhaseJobDriver(JobDriver):
         if ctx.cancel_requested_at is None:
             ctx.cancel_requested_at = time.monotonic()
             ctx.cancel_event.set()
-            await ctx.kernel.interrupt()
+            await ctx.slot.interrupt()
             asyncio.get_running_loop().create_task(self._escalate_cancel(ctx))
         deadline = time.monotonic() + 3 * self.host.cancel_grace + 1
         while job_id in self.running and time.monotonic() < deadline:
@@ -121,36 +119,42 @@ class PhaseJobDriver(JobDriver):
         job_id = ctx.job.id
         await asyncio.sleep(self.host.cancel_grace)
         if self.running.get(job_id) is ctx:  # a cell may have caught the first interrupt
-            await ctx.kernel.interrupt()
+            await ctx.slot.interrupt()
         await asyncio.sleep(2 * self.host.cancel_grace)
         if self.running.get(job_id) is ctx:  # e.g. a long C call ignoring SIGINT
             log.warning("job %s ignored interrupts; killing its kernel", job_id)
-            ctx.kernel.kill()
+            await ctx.slot.kill()
 
-    async def _run_job(self, kernel: WarmKernel, job: JobRecord) -> None:
+    async def _run_job(self, slot: Slot, job: JobRecord) -> None:
         loop = asyncio.get_running_loop()
         out_dir = self.host.outputs_dir / job.id
         out_dir.mkdir(parents=True, exist_ok=True)
-        ctx = RunningJob(job=job, kernel=kernel)
+        ctx = RunningJob(job=job, slot=slot)
         self.running[job.id] = ctx
-        self.host.bus.publish(JobStartedEvent(job_id=job.id, phase=job.phase, device=kernel.device,
+        self.host.bus.publish(JobStartedEvent(job_id=job.id, phase=job.phase, device=slot.device,
                                               attempt=job.attempts))
         t0 = time.perf_counter()
         status, error, outputs = JobStatus.SUCCEEDED, None, None
         try:
-            params = phase_parameters(job.parameters, output_dir=out_dir, models=self.host.models,
-                                      backend=self.host.backend, comfyui_url=self.host.comfyui_url)
+            params = phase_parameters(job.parameters, output_dir=slot.job_dir(job.id, out_dir),
+                                      models=self.host.models, backend=self.host.backend,
+                                      comfyui_url=slot.comfyui_url or self.host.comfyui_url)
             notebook = Path(self.host.notebook_for(job))
-            await loop.run_in_executor(kernel.executor, self._execute, kernel, ctx, notebook,
-                                       out_dir / NOTEBOOK_NAME, params)
+            await slot.run_notebook(self._notebook_run(ctx, notebook, NOTEBOOK_NAME, out_dir, params))
             outputs = self._collect_outputs(out_dir)
             if self.quality_applies(job, notebook) and not ctx.cancel_event.is_set():
-                outputs = replace(outputs, quality=await self._run_quality(kernel, ctx, job, out_dir))
+                outputs = replace(outputs, quality=await self._run_quality(slot, ctx, job, out_dir))
         except asyncio.CancelledError:
             # The server is stopping: the job stays `running` in the store and the restart
             # policy (animenb.store.jobs_sqlite) decides its fate at the next start.
             self.running.pop(job.id, None)
             raise
+        except SlotLost as exc:
+            if ctx.cancel_event.is_set():
+                status, error = self._classify(ctx, exc)
+            else:  # the restart policy of a job whose process died: re-queued once if it wrote nothing
+                status, error = self._slot_lost(job, out_dir, exc)
+            outputs = None
         except Exception as exc:
             status, error = self._classify(ctx, exc)
             outputs = None
@@ -161,56 +165,37 @@ class PhaseJobDriver(JobDriver):
         progress = ctx.last_progress.progress_dict() if ctx.last_progress else {}
         if status is JobStatus.SUCCEEDED:
             progress.update(percent=100.0, stage="done", eta_seconds=0.0)
+        if status is JobStatus.QUEUED:
+            progress = None
         try:
             final = self.host.store.transition(job.id, status, error=error, outputs=outputs, progress=progress)
         except InvalidTransitionError:
             final = self.host.store.get(job.id)
         finally:
             self.running.pop(job.id, None)
-        kernel.jobs_run += 1
-        if self.host.warm and not self.host.stopping:  # reset now, off the next job's path (same kernel thread)
-            loop.run_in_executor(kernel.executor, kernel.reset_after_job)
-        self.host.finished(final, duration=time.perf_counter() - t0)
+        slot.after_job(job.id, warm=self.host.warm and not self.host.stopping,
+                       key=model_key(job, self.host.models), succeeded=final.status is JobStatus.SUCCEEDED)
+        if final.status is JobStatus.QUEUED:
+            self.host.requeued(final)
+        else:
+            self.host.finished(final, duration=time.perf_counter() - t0)
 
-    def _execute(self, kernel: WarmKernel, ctx: RunningJob, notebook: Path, output: Path, params: dict,
-                 part: str = "generation") -> None:
-        """Kernel thread: reset (or, cold, restart) the kernel and run one notebook on it."""
-        import papermill as pm
-        from nbclient.exceptions import DeadKernelError
+    def _notebook_run(self, ctx: RunningJob, notebook: Path, output_name: str, out_dir: Path, params: dict,
+                      part: str = "generation") -> NotebookRun:
+        return NotebookRun(job_id=ctx.job.id, notebook=notebook, output_name=output_name, out_dir=out_dir,
+                           parameters=params, on_progress=lambda payload: self._on_progress(ctx, payload, part),
+                           cancel_event=ctx.cancel_event, execution_timeout=self.host.execution_timeout, part=part)
 
-        from . import engine  # registers the "animenb" engine with papermill, installed or not
-
-        loop = self._loop
-        job_id = ctx.job.id
-
-        def on_progress(payload: dict) -> None:
-            loop.call_soon_threadsafe(self._on_progress, ctx, payload, part)
-
-        kernel.busy = True
-        try:
-            if ctx.cancel_event.is_set():
-                raise JobCancelledBeforeStart("cancelled before start")
-            if self.host.warm:
-                kernel.ensure_clean()   # usually already reset right after the previous job
-            else:
-                kernel.restart()
-            kernel.clean = False
-            pm.execute_notebook(
-                str(notebook), str(output), parameters=params, engine_name=engine.ENGINE_NAME, progress_bar=False,
-                request_save_on_cell_execute=False, warm_kernel=kernel, progress_callback=on_progress,
-                cancel_event=ctx.cancel_event, failure_output_path=str(output),
-                execution_timeout=self.host.execution_timeout)
-        except DeadKernelError:
-            if self.host.stopping:
-                raise
-            log.warning("job %s: kernel %s died; starting a new one", job_id, kernel.device)
-            try:
-                kernel.restart()
-            except Exception:
-                log.exception("restarting kernel %s failed", kernel.device)
-            raise
-        finally:
-            kernel.busy = False
+    def _slot_lost(self, job: JobRecord, out_dir: Path, exc: SlotLost) -> tuple[JobStatus, JobError]:
+        """A job whose kernel's process (a Ray actor, its node) died: re-queued once if it wrote nothing,
+        else `lost` with the reason (the policy of a job left running by a dead server)."""
+        wrote = any(f not in (NOTEBOOK_NAME, QUALITY_NOTEBOOK_NAME) for f in output_files(out_dir))
+        reason = self.host.public_paths.scrub(str(exc) or type(exc).__name__)
+        log.warning("job %s: %s", job.id, reason)
+        if job.requeues == 0 and not wrote:
+            return JobStatus.QUEUED, None
+        why = "it had already been re-queued once" if job.requeues else "it had written output files"
+        return JobStatus.LOST, JobError("Lost", f"{reason}; not re-run because {why}. Partial files, if any, are kept.")
 
     def _on_progress(self, ctx: RunningJob, payload: dict, part: str = "generation") -> None:
         """Loop thread: publish a progress event; persist it to the store, throttled."""
@@ -254,29 +239,29 @@ class PhaseJobDriver(JobDriver):
             return False
         return notebook is None or Path(notebook).name == get_phase(job.phase).notebook
 
-    async def _run_quality(self, kernel: WarmKernel, ctx: RunningJob, job: JobRecord, out_dir: Path) -> dict:
+    async def _run_quality(self, slot: Slot, ctx: RunningJob, job: JobRecord, out_dir: Path) -> dict:
         """Run the quality notebook on the same kernel; returns manifest["quality"] (or an error record).
 
         A failing quality notebook does not fail the generation: the job succeeds with
         quality {"score": None, "passed": False, "error": ...}.
         """
-        loop = asyncio.get_running_loop()
         threshold = self.host.quality_threshold
         if job.extra.get("quality_threshold") is not None:  # this job's own gate (e.g. an orchestration child's)
             threshold = job.extra["quality_threshold"]
-        params = {"output_dir": str(out_dir), "phase": job.phase, "threshold": threshold, "figures": False}
+        params = {"output_dir": str(slot.job_dir(job.id, out_dir)), "phase": job.phase, "threshold": threshold,
+                  "figures": False}
         last = ctx.last_progress
         self._on_progress(ctx, {"percent": 100.0, "stage": "scoring", "step": last.step if last else 0,
                                 "total_steps": last.total_steps if last else 0}, "quality")
         try:
-            await loop.run_in_executor(kernel.executor, self._execute, kernel, ctx, self.host.quality_notebook,
-                                       out_dir / QUALITY_NOTEBOOK_NAME, params, "quality")
+            await slot.run_notebook(self._notebook_run(ctx, self.host.quality_notebook, QUALITY_NOTEBOOK_NAME,
+                                                       out_dir, params, "quality"))
             quality = read_manifest(out_dir).get("quality")
             if not isinstance(quality, dict):
                 raise MissingOutputError(f"the quality notebook wrote no `quality` into {MANIFEST_NAME}")
             return quality
         except Exception as exc:
-            if ctx.cancel_event.is_set():
+            if ctx.cancel_event.is_set() or isinstance(exc, SlotLost):
                 raise
             _, error = self._classify(ctx, exc)
             log.warning("job %s: quality step failed: %s", job.id, error.message)

@@ -1,14 +1,16 @@
-"""`JobRunner`: the queue of jobs -> their drivers, one worker per warm kernel.
+"""`JobRunner`: the queue of jobs -> their drivers, on the slots of an executor.
 
-One worker task per warm kernel (one per device) claims the next job: first the priority jobs
+The runner claims the next job when a slot of its executor is idle (`animenb.runner.executors`: a warm
+kernel of this process by default, or a Ray actor's with `executor="ray"`): first the priority jobs
 (orchestration children, so a chain is not interleaved with jobs queued after it started), then the
-oldest queued job in the store. It hands the job to the driver of its kind (`animenb.runner.drivers`):
+oldest queued job in the store that an idle slot can take (`place`: a slot already holding the job's
+models first). It hands the job, and the slot, to the driver of its kind (`animenb.runner.drivers`):
 
-    "phase"          `PhaseJobDriver`: the phase notebook and the quality notebook on the worker's kernel
-    "orchestration"  `OrchestrationDriver`: a task that submits the chain's child jobs; the worker is free at once
+    "phase"          `PhaseJobDriver`: the phase notebook and the quality notebook on the slot
+    "orchestration"  `OrchestrationDriver`: a task that submits the chain's child jobs; it holds no slot
 
-The runner owns what every kind shares: submitting (a queued job, committed, then a worker woken),
-cancelling a queued job, the terminal event of every job (`finished`), the restart policy order
+The runner owns what every kind shares: submitting (a queued job, committed, then the dispatcher
+woken), cancelling a queued job, the terminal event of every job (`finished`), the restart policy order
 (each driver's `recover()`, then the store's) and stopping. Drivers see it as their `JobHost`.
 """
 from __future__ import annotations
@@ -26,7 +28,8 @@ from animenb.store.jobs_sqlite import worker_name
 
 from .drivers import DriverRegistry, JobDriver, output_files
 from .events import EventBus, JobFinishedEvent, JobQueuedEvent
-from .kernels import KernelPool, WarmKernel
+from .executors import Executor, LocalExecutor, Slot, place
+from .kernels import KernelPool
 from .orchestration import OrchestrationDriver
 from .phase_jobs import NOTEBOOK_NAME, PHASE_KIND, QUALITY_NOTEBOOK, PhaseJobDriver, default_notebook_for
 from .public_paths import PathScrubber
@@ -43,6 +46,7 @@ class JobRunner:
     def __init__(self, store: JobStoreBase, bus: EventBus | None = None, *, outputs_dir: str | Path | None = None,
                  kernels: KernelPool | None = None, devices: list[str] | None = None, models: str | None = None,
                  backend: str | None = None, comfyui_url: str | None = None,
+                 comfyui_urls: list[str] | None = None, executor: str | Executor = "local",
                  notebooks_dir: str | Path | None = None,
                  notebook_for: Callable[[JobRecord], Path] | None = None,
                  quality_notebook: str | Path | None | bool = True, quality_threshold: float | None = None,
@@ -53,7 +57,9 @@ class JobRunner:
         self.outputs_dir = Path(outputs_dir or config.outputs_dir()).resolve()
         self.models = models or config.default_profile()
         self.backend = backend
-        self.comfyui_url = comfyui_url
+        # Several ComfyUI servers: one worker each (`comfyui_only` slots); the first is the default URL.
+        self.comfyui_urls = list(comfyui_urls or ([comfyui_url] if comfyui_url else []))
+        self.comfyui_url = comfyui_url or (self.comfyui_urls[0] if self.comfyui_urls else None)
         self.notebooks_dir = Path(notebooks_dir or config.notebooks_dir())
         self.notebook_for = notebook_for or default_notebook_for(self.notebooks_dir)
         if quality_notebook is True:
@@ -65,25 +71,39 @@ class JobRunner:
         self.cancel_grace = cancel_grace
         self.execution_timeout = execution_timeout
         env = {"ANIMENB_MODELS": self.models, "ANIMENB_OUTPUTS": str(self.outputs_dir), **(kernel_env or {})}
-        self.kernels = kernels or KernelPool(devices, env=env, cwd=config.repo_root())
+        if isinstance(executor, Executor):
+            self.executor = executor
+        elif executor == "local":
+            kernel_kwargs = dict(env=env, cwd=config.repo_root())
+            self.executor = LocalExecutor(kernels or KernelPool(devices, **kernel_kwargs), warm=warm,
+                                          comfyui_urls=self.comfyui_urls, kernel_kwargs=kernel_kwargs)
+        else:
+            raise ValueError(f"`executor` must be 'local' or an Executor, got {executor!r}.")
         self.public_paths = PathScrubber(outputs_dir=self.outputs_dir, notebooks_dir=self.notebooks_dir,
                                          home=Path(env.get("ANIMENB_HOME") or config.home_dir()))
         self.drivers: dict[str, JobDriver] = {kind: job_drivers.get(kind)(self) for kind in job_drivers}
         self._priority: collections.deque[str] = collections.deque()  # child jobs, claimed before the queue
+        self.placements = {"placed": 0, "model_hits": 0}  # jobs placed on a slot; of those, on one holding their models
         self.started_at = time.time()
         self.recovered: list[JobRecord] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
+        self._jobs: set[asyncio.Task] = set()
         self._stopping = False
 
     @property
     def stopping(self) -> bool:
         return self._stopping
 
+    @property
+    def slots(self) -> list[Slot]:
+        return self.executor.slots
+
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
-        """Recover jobs a dead process left running (each driver, then the store), then start one worker per kernel."""
+        """Recover jobs a dead process left running (each driver, then the store), connect the executor,
+        then start its slots and the dispatcher."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
@@ -95,34 +115,34 @@ class JobRunner:
             log.warning("job %s was left running by a dead process: now %s", job.id, job.status.value)
             if job.terminal:
                 self.finished(job)
-        self._workers = [asyncio.create_task(self._worker(k), name=f"animenb-worker-{k.device}")
-                         for k in self.kernels]
+        await self.executor.prepare()
+        self._workers = [asyncio.create_task(self._start_slot(s), name=f"animenb-start-{s.device}")
+                         for s in self.slots]
+        self._workers.append(asyncio.create_task(self._dispatch(), name="animenb-dispatcher"))
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait until every kernel has started (tests and benchmarks)."""
+        """Wait until every slot has started (tests and benchmarks)."""
         deadline = time.monotonic() + timeout
-        while not all(k.ready for k in self.kernels):
+        while not all(s.ready for s in self.slots):
             if time.monotonic() > deadline:
                 raise TimeoutError("warm kernels did not start")
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
-        """Stop drivers, workers and kernels. A job still running stays `running` in the store; the next
-        start applies the restart policy to it (see animenb.store.jobs_sqlite)."""
+        """Stop drivers, the dispatcher, running jobs and the executor. A job still running stays `running`
+        in the store; the next start applies the restart policy to it (see animenb.store.jobs_sqlite)."""
         self._stopping = True
         for driver in self.drivers.values():
             await driver.stop()
-        for task in self._workers:
+        tasks = [*self._workers, *self._jobs]
+        for task in tasks:
             task.cancel()
-        for task in self._workers:
+        for task in tasks:
             try:
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
-        for kernel in self.kernels:
-            if kernel.busy:  # a job still runs on the kernel thread: end it so the thread frees up
-                kernel.kill()
-        await asyncio.get_running_loop().run_in_executor(None, self.kernels.close)
+        await self.executor.close()
 
     def _has_output(self, job: JobRecord) -> bool:
         return any(f != NOTEBOOK_NAME for f in output_files(self.outputs_dir / job.id))
@@ -166,6 +186,12 @@ class JobRunner:
         """Publish `job`'s terminal event."""
         self.bus.publish(JobFinishedEvent.build(job, duration=duration))
 
+    def requeued(self, job: JobRecord) -> None:
+        """`job` is queued again (its process died before it wrote anything): announce it, wake the dispatcher."""
+        self.bus.publish(JobQueuedEvent(job_id=job.id, phase=job.phase, queue_position=self.store.queue_position(job.id)))
+        if self._wake is not None:
+            self._wake.set()
+
     def live_progress(self, job_id: str) -> dict | None:
         """The newest progress of a running job (None when no driver runs it here)."""
         for driver in self.drivers.values():
@@ -180,61 +206,113 @@ class JobRunner:
         return None if driver is None else driver.children(job)
 
     def generating(self) -> bool:
-        """Whether a phase job is running on a kernel now (its notebook or its quality step)."""
+        """Whether a phase job is running on a slot now (its notebook or its quality step)."""
         return bool(self.drivers[PHASE_KIND].active())
 
     def health(self, stall_after: float = 120.0) -> dict:
         """For /health: `warm`, `kernels` (each kernel's description), `generating`, `scored` (phase jobs get
         a quality score) and `stalled` (no kernel ready `stall_after` s after start)."""
-        kernels = self.kernels.describe()
+        kernels = [s.describe() for s in self.slots]
         stalled = time.time() - self.started_at > stall_after and not any(k["ready"] for k in kernels)
         scored = self.quality_notebook is not None and self.quality_notebook.is_file()
         return {"warm": self.warm, "kernels": kernels, "generating": self.generating(), "scored": scored,
-                "stalled": stalled}
+                "stalled": stalled, "executor": self.describe_executor()}
+
+    def describe_executor(self) -> dict:
+        """The executor (kind; for Ray the cluster) and how placement went."""
+        return {**self.executor.describe(), "placements": dict(self.placements)}
 
     def queue_length(self) -> int:
         return self.store.count(status=JobStatus.QUEUED)
 
     def describe(self) -> dict:
         drivers = {kind: driver.describe() for kind, driver in self.drivers.items()}
-        return {"warm": self.warm, "kernels": self.kernels.describe(), "drivers": drivers,
+        return {"warm": self.warm, "kernels": [s.describe() for s in self.slots], "drivers": drivers,
                 "models": self.models, "backend": self.backend}
 
-    def _claim_priority(self, worker: str) -> JobRecord | None:
-        """The oldest still-queued priority job (an orchestration child), moved to running."""
-        while self._priority:
-            job_id = self._priority.popleft()
-            try:
-                return self.store.transition(job_id, JobStatus.RUNNING, expected=[JobStatus.QUEUED], worker=worker)
-            except (InvalidTransitionError, JobNotFoundError):
-                continue  # cancelled, or claimed through the queue meanwhile
-        return None
-
-    # -- workers ---------------------------------------------------------------------------
-    async def _worker(self, kernel: WarmKernel) -> None:
-        loop = asyncio.get_running_loop()
+    # -- dispatching -------------------------------------------------------------------------
+    async def _start_slot(self, slot: Slot) -> None:
         while not self._stopping:
             try:
-                await loop.run_in_executor(kernel.executor, kernel.start)
+                await slot.start()
                 break
-            except Exception:
-                log.exception("warm kernel %s failed to start; retrying in 5 s", kernel.device)
-                await asyncio.sleep(5)
-        name = worker_name(kernel.device)
-        while not self._stopping:
-            self._wake.clear()
-            job = self._claim_priority(name) or self.store.claim_next(name)
-            if job is None:
-                await self._wake.wait()
-                continue
-            try:
-                driver = self.drivers.get(job.kind)
-                if driver is None:  # a kind this version does not know (an older or newer database)
-                    self.finished(self.store.transition(job.id, JobStatus.FAILED, error=JobError(
-                        "UnknownJobKind", f"No driver for job kind {job.kind!r}; known: {', '.join(self.drivers)}.")))
-                    continue
-                await driver.start(job, kernel)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # never let one job take the worker down
-                log.exception("job %s: runner error", job.id)
+            except Exception:
+                log.exception("slot %s failed to start; retrying in 5 s", slot.device)
+                await asyncio.sleep(5)
+        self._wake.set()
+
+    def _candidates(self) -> list[JobRecord]:
+        """Priority jobs still queued (oldest first), then the oldest queued jobs of the store."""
+        jobs, seen = [], set()
+        for job_id in list(self._priority):
+            try:
+                job = self.store.get(job_id)
+            except JobNotFoundError:
+                job = None
+            if job is None or job.status is not JobStatus.QUEUED:
+                self._priority.remove(job_id)  # cancelled, or claimed meanwhile
+                continue
+            jobs.append(job)
+            seen.add(job_id)
+        return jobs + [j for j in self.store.next_queued(64) if j.id not in seen]
+
+    def _dispatch_next(self) -> bool:
+        """Claim the first candidate job an idle slot can take and start it; False when none could start."""
+        idle = [s for s in self.slots if s.ready and not s.busy]
+        if not idle:
+            return False
+        for job in self._candidates():
+            driver = self.drivers.get(job.kind)
+            slot, hit = None, False
+            if driver is not None and driver.uses_slot:
+                slot, hit = place(job, idle, models=self.models, backend=self.backend,
+                                  several_comfyui=len(self.comfyui_urls) > 1)
+                if slot is None:
+                    continue  # e.g. a ComfyUI job while only diffusers slots are idle
+            try:
+                job = self.store.transition(job.id, JobStatus.RUNNING, expected=[JobStatus.QUEUED],
+                                            worker=worker_name(slot.device if slot else (idle[0].device)))
+            except (InvalidTransitionError, JobNotFoundError):
+                return True  # cancelled meanwhile: look again
+            if job.id in self._priority:
+                self._priority.remove(job.id)
+            if slot is not None:
+                slot.busy = True
+                self.placements["placed"] += 1
+                self.placements["model_hits"] += int(hit)
+            task = asyncio.get_running_loop().create_task(self._run(job, driver, slot), name=f"animenb-job-{job.id}")
+            self._jobs.add(task)
+            task.add_done_callback(self._jobs.discard)
+            return True
+        return False
+
+    async def _dispatch(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            if self._dispatch_next():
+                continue
+            # Slots that are still starting (or being replaced) wake nobody: look again shortly.
+            timeout = None if all(s.ready for s in self.slots) else 0.5
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _run(self, job: JobRecord, driver: JobDriver | None, slot: Slot | None) -> None:
+        try:
+            if driver is None:  # a kind this version does not know (an older or newer database)
+                self.finished(self.store.transition(job.id, JobStatus.FAILED, error=JobError(
+                    "UnknownJobKind", f"No driver for job kind {job.kind!r}; known: {', '.join(self.drivers)}.")))
+                return
+            await driver.start(job, slot)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never let one job take the dispatcher down
+            log.exception("job %s: runner error", job.id)
+        finally:
+            if slot is not None:
+                slot.busy = False
+            if self._wake is not None:
+                self._wake.set()

@@ -286,7 +286,7 @@ class AnimeService:
         user_full = (not request.exempt_from_user_limit and cfg.max_queued_per_user is not None
                      and store.count(status=JobStatus.QUEUED, owner=request.owner) >= cfg.max_queued_per_user)
         if queued >= cfg.max_queue or user_full:
-            kernels = max(1, len(self.runner.kernels))
+            kernels = max(1, len(self.runner.slots))
             wait = typical_duration(store) * (min(queued, cfg.max_queue) if not user_full else 1) / kernels
             retry = str(max(1, min(600, math.ceil(wait))))
             if user_full:

@@ -152,8 +152,12 @@ def _rss(pid: int | None) -> int | None:
 async def kernel_figures(runner) -> list[dict]:
     loop = asyncio.get_running_loop()
     out = []
-    for kernel in runner.kernels:
-        info = kernel.describe()
+    for slot in runner.slots:
+        info = slot.describe()
+        kernel = getattr(slot, "kernel", None)  # a warm kernel of this process (the local executor)
+        if kernel is None:  # a Ray actor's: what it reported (its node, GPU, loaded models, busy, jobs run)
+            out.append(info)
+            continue
         info["rss_bytes"] = _rss(info.get("pid"))
         cached = _kernel_cache.get(id(kernel))
         if kernel.ready and not kernel.busy:
@@ -223,6 +227,7 @@ async def admin_stats(service) -> dict:
         "host": host_figures(),
         "kernels": {"warm": runner.warm, "ready": sum(k["ready"] for k in kernels), "total": len(kernels),
                     "devices": kernels},
+        "executor": runner.describe_executor(),
         "models": {"profile": service.models, "cache": [m for k in kernels for m in
                                                          ((k.get("model_cache") or {}).get("pipelines") or [])],
                    "cache_bytes": sum((k.get("model_cache") or {}).get("bytes", 0) for k in kernels)},

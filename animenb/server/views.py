@@ -168,6 +168,7 @@ def health_body(*, service: str, version: str, uptime_seconds: float, counts: di
             "backend": backend,
             "kernels": {"warm": runner["warm"], "ready": sum(k["ready"] for k in kernels), "total": len(kernels),
                         "devices": kernels},
+            "executor": runner["executor"],
         },
         "degraded_components": degraded,
         "bulletproof_features": features(runner["scored"]),

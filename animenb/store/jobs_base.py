@@ -47,6 +47,11 @@ class JobStoreBase(ABC):
         """Atomically move the oldest queued job to running (attempts + 1) and return it."""
 
     @abstractmethod
+    def next_queued(self, limit: int = 16) -> list[JobRecord]:
+        """The oldest queued jobs, oldest first, without claiming them (a dispatcher that places jobs on
+        workers of different kinds looks ahead, then claims one with `transition(..., expected=[QUEUED])`)."""
+
+    @abstractmethod
     def transition(self, job_id: str, status: JobStatus | str, *, error: JobError | None = None,
                    outputs: JobOutputs | None = None, progress: dict[str, Any] | None = None,
                    expected: Iterable[JobStatus | str] | None = None, worker: str | None = None) -> JobRecord:

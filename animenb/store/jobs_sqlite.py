@@ -30,6 +30,9 @@ from .sqlite_database import SqliteDatabase
 CLAIM_NEXT_QUERY = """--sql
     SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq ASC LIMIT 1
 """
+NEXT_QUEUED_QUERY = """--sql
+    SELECT * FROM jobs WHERE status = 'queued' ORDER BY seq ASC LIMIT ?
+"""
 QUEUE_POSITION_QUERY = """--sql
     SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= ?
 """
@@ -159,6 +162,10 @@ class SqliteJobStore(JobStoreBase):
                 WHERE id = ? AND status = 'queued'
                 """, (worker, now, now, row["id"]))
             return self._get(cur, row["id"])
+
+    def next_queued(self, limit: int = 16) -> list[JobRecord]:
+        with self.db.transaction() as cur:
+            return [self._record(row) for row in cur.execute(NEXT_QUEUED_QUERY, (int(limit),)).fetchall()]
 
     def transition(self, job_id, status, *, error=None, outputs=None, progress=None, expected=None,
                    worker=None) -> JobRecord:

@@ -1,0 +1,64 @@
+"""The executor seam: placement of a job on an idle slot, and the store's look-ahead the dispatcher uses."""
+from __future__ import annotations
+
+import pytest
+
+from animenb.runner.executors import Slot, model_key, place
+from animenb.store import JobStatus, SqliteJobStore
+
+
+class NamedSlot(Slot):
+    """Placement reads only `loaded`, `comfyui_only` and identity; nothing here runs a notebook."""
+
+    def __init__(self, device, loaded=(), comfyui_only=False):
+        super().__init__()
+        self.device, self.loaded, self.comfyui_only = device, list(loaded), comfyui_only
+
+    ready = True
+
+    async def start(self): ...
+    async def run_notebook(self, run): ...
+    async def interrupt(self): return False
+    async def kill(self): ...
+    async def close(self): ...
+
+
+@pytest.fixture
+def store():
+    s = SqliteJobStore()
+    yield s
+    s.close()
+
+
+def test_place_prefers_a_slot_holding_the_jobs_models_then_an_empty_one(store):
+    sheet = store.create(phase=1, parameters={"prompt": "a"})
+    loop = store.create(phase=2, parameters={"prompt": "b"})
+    a = NamedSlot("a", loaded=[model_key(loop, "tiny")])
+    b = NamedSlot("b", loaded=[model_key(sheet, "tiny")])
+    c = NamedSlot("c")
+    assert place(sheet, [a, b, c], models="tiny", backend=None, several_comfyui=False) == (b, True)
+    assert place(loop, [a, b, c], models="tiny", backend=None, several_comfyui=False) == (a, True)
+    video = store.create(phase=3, parameters={"prompt": "c"})
+    assert place(video, [a, b, c], models="tiny", backend=None, several_comfyui=False) == (c, False)
+    assert place(video, [a, b], models="tiny", backend=None, several_comfyui=False) == (a, False)
+    assert model_key(sheet, "tiny") != model_key(sheet, "real")
+
+
+def test_place_sends_comfyui_jobs_to_comfyui_slots_only_when_there_are_several(store):
+    comfy = store.create(phase=1, parameters={"prompt": "a", "backend": "comfyui"})
+    local = store.create(phase=1, parameters={"prompt": "b"})
+    gpu, c0 = NamedSlot("gpu"), NamedSlot("c0", comfyui_only=True)
+    assert place(comfy, [gpu, c0], models="tiny", backend=None, several_comfyui=True)[0] is c0
+    assert place(local, [gpu, c0], models="tiny", backend=None, several_comfyui=True)[0] is gpu
+    assert place(local, [c0], models="tiny", backend=None, several_comfyui=True)[0] is None
+    assert place(local, [c0], models="tiny", backend="comfyui", several_comfyui=True)[0] is c0  # server default
+    assert place(comfy, [gpu], models="tiny", backend=None, several_comfyui=False)[0] is gpu   # one URL: as before
+
+
+def test_next_queued_looks_ahead_oldest_first_without_claiming(store):
+    jobs = [store.create(phase=1, parameters={"prompt": str(i)}) for i in range(3)]
+    store.transition(jobs[0].id, JobStatus.RUNNING, expected=[JobStatus.QUEUED], worker="w")
+    ahead = store.next_queued(5)
+    assert [j.id for j in ahead] == [jobs[1].id, jobs[2].id]
+    assert all(j.status is JobStatus.QUEUED for j in ahead)
+    assert [j.id for j in store.next_queued(1)] == [jobs[1].id]
