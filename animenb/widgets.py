@@ -175,9 +175,13 @@ class ExplorerPanel:
         self.score_quality = W.Checkbox(value=score, description="score quality", indent=False)
         self.compare_steps = W.Text(value=", ".join(str(s) for s in parse_steps(compare_steps)),
                                     description="compare steps", style=style)
-        self.generate_button = W.Button(description="Generate", button_style="primary", icon="play")
-        self.cancel_button = W.Button(description="Cancel", button_style="warning", icon="stop", disabled=True)
-        self.compare_button = W.Button(description="Compare steps", icon="th")
+        # Sized to their labels: in JupyterLab's row the default width cut them to "Ge…", "Can…".
+        fit = dict(width="auto", flex="0 0 auto")
+        self.generate_button = W.Button(description="Generate", button_style="primary", icon="play",
+                                        layout=W.Layout(**fit))
+        self.cancel_button = W.Button(description="Cancel", button_style="warning", icon="stop", disabled=True,
+                                      layout=W.Layout(**fit))
+        self.compare_button = W.Button(description="Compare steps", icon="th", layout=W.Layout(**fit))
 
         # outputs
         self.progress = W.FloatProgress(value=0.0, min=0.0, max=100.0, description="idle",
