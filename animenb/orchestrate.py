@@ -32,7 +32,8 @@ from typing import Any, Callable, Mapping
 from .chain import (MAX_RETRIES_LIMIT, ORCHESTRATION, AttemptRecord, ChainProgress, ChainRecord, attempt_parameters,
                     final_files, gate_decision, next_step, parent_manifest, resolve_thresholds)
 from .phases import PHASE_FUNCTIONS, PhaseResult, get_phase
-from .phases.common import check_prompt, load_image, prepare_output_dir, resolve_backend, resolve_seed
+from .phases.common import load_image, prepare_output_dir, resolve_backend, resolve_seed
+from .phases.spec import CHARACTER_SHEET
 from .progress import CancelToken, Cancelled, ProgressDisplay, ProgressEvent
 
 
@@ -111,9 +112,9 @@ def orchestrate(
     `animenb.progress.CancelToken`) stops the chain at the running phase's next step (`Cancelled`).
     """
     # 0. check inputs before any model work
-    check_prompt(prompt)
     seed = resolve_seed(seed)
-    _check_int(steps, "steps", 1, 1000)
+    for name, value in (("prompt", prompt), ("seed", seed), ("steps", steps), ("width", width), ("height", height)):
+        CHARACTER_SHEET.param(name).check(value)  # the same in every phase's spec (animenb.phases.spec)
     _check_int(max_retries, "max_retries", 0, MAX_RETRIES_LIMIT)
     gates = resolve_thresholds(thresholds)
     options = {get_phase(k).name: dict(v) for k, v in (phase_options or {}).items()}

@@ -78,12 +78,24 @@ def test_parameters_file_errors(tmp_path):
 
 
 def test_a_failing_notebook_is_one_line(tmp_path):
-    code, _, stderr = invoke(["run", "1", "-p", "width", "64", "-p", "height", "64", "-p", "steps", "0", "--models", "tiny", "--no-progress",
-                              "--output-dir", str(tmp_path / "bad")])
+    code, _, stderr = invoke(["run", "1", "-p", "width", "64", "-p", "height", "64", "-p", "steps", "1",
+                              "--models", "no-such-profile", "--no-progress", "--output-dir", str(tmp_path / "bad")])
     line = stderr.strip().splitlines()[-1]
     assert code == 2 and line.startswith("animenb run: error: the CHARACTER_SHEET notebook failed")
-    assert "`steps` must be an integer in [1, 150], got 0" in line and str(tmp_path / "bad" / "notebook.ipynb") in line
+    assert "no-such-profile" in line and str(tmp_path / "bad" / "notebook.ipynb") in line
     assert (tmp_path / "bad" / "notebook.ipynb").is_file()  # kept for inspection
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "1", "-p", "steps", "0"], "`steps` must be an integer in [1, 150], got 0"),
+    (["run", "2", "-p", "frames", "6"], "`frames` must be at least 2 x loop_overlap (4)"),
+    (["run", "3", "-p", "seconds", "0.5"], "`seconds` must be in [1, 30], got 0.5"),
+    (["run", "1", "-p", "prompt", " "], "`prompt` must not be empty"),
+])
+def test_the_spec_refuses_before_a_kernel_starts(tmp_path, argv, message):
+    code, _, stderr = invoke(argv + ["--no-progress", "--output-dir", str(tmp_path / "never")])
+    assert code == 2 and message in stderr, stderr
+    assert not (tmp_path / "never").exists()
 
 
 @pytest.mark.parametrize("text, value", [

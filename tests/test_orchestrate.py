@@ -202,7 +202,7 @@ def test_bad_inputs_raise_before_any_work(tmp_path, kwargs, match):
 def test_a_bad_reference_image_raises_before_any_work(tmp_path):
     not_a_run = tmp_path / "not_a_run"
     not_a_run.mkdir()
-    with pytest.raises(FileNotFoundError, match="manifest.json"):
+    with pytest.raises(ValueError, match="manifest.json"):
         orchestrate("girl", models="tiny", reference_image=not_a_run, output_dir=tmp_path / "x", display=None)
     assert not (tmp_path / "x").exists()
 

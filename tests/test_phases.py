@@ -133,8 +133,9 @@ def test_full_video_without_image_generates_its_source(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(prompt=""), "`prompt` must be a non-empty string"),
-    (dict(prompt="x", width=65), "`width` must be an integer >= 64 and divisible by 8"),
+    (dict(prompt=""), "`prompt` must not be empty"),
+    (dict(prompt="x", width=65), "`width` must be a multiple of 8"),
+    (dict(prompt="x", width=2056), r"`width` must be an integer in \[64, 2048\]"),
     (dict(prompt="x", steps=0), r"`steps` must be an integer in \[1, 150\]"),
     (dict(prompt="x", seed=-5), "`seed` must be an integer"),
     (dict(prompt="x", scheduler="magic"), "`scheduler` must be one of"),

@@ -180,7 +180,7 @@ BAD_REQUESTS = [
     (b'{"prompt": "a", "height": 4096}', 422, "invalid_value", "height"),
     (b'{"prompt": "a", "steps": 0}', 422, "invalid_value", "steps"),
     (b'{"prompt": "a", "steps": true}', 422, "invalid_value", "steps"),
-    (b'{"prompt": "a", "seed": -1}', 422, "invalid_value", "seed"),
+    (b'{"prompt": "a", "seed": -2}', 422, "invalid_value", "seed"),
     (b'{"prompt": "a", "phase": 4}', 422, "invalid_value", "phase"),
     (b'{"prompt": "a", "phase": [1]}', 422, "invalid_value", "phase"),
     (b'{"prompt": "a", "evil": 1}', 422, "unknown_field", "evil"),

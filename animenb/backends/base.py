@@ -16,6 +16,12 @@ from PIL import Image
 StepCallback = Callable[..., None]
 
 SCHEDULERS = ("dpmpp_2m", "dpmpp_2m_karras", "ddim", "euler", "euler_a")
+# What one generation may ask of a model; the phase specs (animenb.phases.spec) build on these.
+MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 64, 2048, 8
+MAX_STEPS = 150
+MAX_GUIDANCE = 30.0
+SEED_LIMIT = 2**63
+MAX_MODEL_FRAMES = 64  # AnimateDiff / SVD frames in one generation (a loop's overlap included)
 
 
 class BackendError(RuntimeError):
@@ -31,14 +37,16 @@ def _check_common(prompt: str, width: int, height: int, steps: int, seed: int, g
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"`prompt` must be a non-empty string, got {prompt!r}.")
     for name, value in (("width", width), ("height", height)):
-        if not isinstance(value, int) or value < 64 or value % 8:
-            raise ValueError(f"`{name}` must be an integer >= 64 and divisible by 8, got {value!r}.")
-    if not isinstance(steps, int) or not 1 <= steps <= 150:
-        raise ValueError(f"`steps` must be an integer in [1, 150], got {steps!r}.")
-    if not isinstance(seed, int) or not 0 <= seed < 2**63:
+        if isinstance(value, bool) or not isinstance(value, int) or not MIN_SIZE <= value <= MAX_SIZE \
+                or value % SIZE_MULTIPLE:
+            raise ValueError(f"`{name}` must be an integer in [{MIN_SIZE}, {MAX_SIZE}] and a multiple of "
+                             f"{SIZE_MULTIPLE}, got {value!r}.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"`steps` must be an integer in [1, {MAX_STEPS}], got {steps!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
         raise ValueError(f"`seed` must be an integer in [0, 2**63), got {seed!r}.")
-    if not 0.0 <= float(guidance_scale) <= 30.0:
-        raise ValueError(f"`guidance_scale` must be in [0, 30], got {guidance_scale!r}.")
+    if not 0.0 <= float(guidance_scale) <= MAX_GUIDANCE:
+        raise ValueError(f"`guidance_scale` must be in [0, {MAX_GUIDANCE:g}], got {guidance_scale!r}.")
     if scheduler not in SCHEDULERS:
         raise ValueError(f"`scheduler` must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}.")
 
@@ -80,8 +88,8 @@ class VideoRequest:
     def __post_init__(self):
         _check_common(self.prompt, self.width, self.height, self.steps, self.seed, self.guidance_scale,
                       self.scheduler)
-        if not isinstance(self.frames, int) or not 2 <= self.frames <= 64:
-            raise ValueError(f"`frames` must be an integer in [2, 64], got {self.frames!r}.")
+        if not isinstance(self.frames, int) or not 2 <= self.frames <= MAX_MODEL_FRAMES:
+            raise ValueError(f"`frames` must be an integer in [2, {MAX_MODEL_FRAMES}], got {self.frames!r}.")
 
 
 @dataclass(frozen=True)
@@ -103,8 +111,8 @@ class ImageToVideoRequest:
         if not isinstance(self.image, Image.Image):
             raise ValueError(f"`image` must be a PIL image, got {type(self.image).__name__}.")
         _check_common("image", self.width, self.height, self.steps, self.seed, 1.0, "dpmpp_2m")
-        if not isinstance(self.frames, int) or not 2 <= self.frames <= 64:
-            raise ValueError(f"`frames` must be an integer in [2, 64], got {self.frames!r}.")
+        if not isinstance(self.frames, int) or not 2 <= self.frames <= MAX_MODEL_FRAMES:
+            raise ValueError(f"`frames` must be an integer in [2, {MAX_MODEL_FRAMES}], got {self.frames!r}.")
 
 
 class Backend(ABC):

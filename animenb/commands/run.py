@@ -2,8 +2,9 @@
 
 The notebook is the phase's notebook from the catalog (notebooks/0N_*.ipynb) and takes the
 same parameters: its `parameters` cell lists them. Values go through the same checks as
-jobs (`animenb.runner.parameters`: identifier names, plain JSON values) plus one more:
-a name the notebook does not declare is refused, and a value whose type does not fit the
+jobs (`animenb.runner.parameters`: identifier names, plain JSON values; the phase's spec,
+`animenb.phases.spec`: types, ranges, cross-field rules) before a kernel starts, plus one
+more: a name the notebook does not declare is refused, and a value whose type does not fit the
 notebook's default is refused (a str default takes the text as typed, so `-p prompt no`
 is the string "no", not False). The executed notebook is kept as DIR/notebook.ipynb next
 to the run's files, as for a job.
@@ -158,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import notebooks_dir
     from ..phases.catalog import get_phase
     from ..phases.common import stamped_output_dir
+    from ..phases.spec import phase_spec
 
     # 0. check everything before a kernel starts
     phase = get_phase(args.phase)
@@ -169,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     if args.models is not None:
         pairs.append(("models", args.models))
     params = resolve_parameters(declared, _read_parameters_file(args.parameters_file), pairs, phase.name)
+    phase_spec(phase.id).check({**declared, **params})  # what the phase function would refuse, refused now
     given_dir = params.get("output_dir") or None
     if args.output_dir and given_dir and Path(given_dir).resolve() != Path(args.output_dir).resolve():
         raise ValueError(f"`--output-dir` {args.output_dir} and `-p output_dir` {given_dir} disagree; give one.")

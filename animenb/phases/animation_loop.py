@@ -10,31 +10,35 @@ from ..backends import Backend, VideoRequest
 from ..media import close_loop, encode_concurrently, save_gif, save_mp4, save_pngs, save_webp
 from ..progress import CancelToken, ProgressEvent, ProgressReporter
 from .catalog import get_phase
-from .common import (PhaseResult, check_prompt, Timer, default_size, load_image, model_name, models_label,
-                     png_parameters,
-                     prepare_output_dir, resolve_backend, resolve_seed, write_phase_manifest)
+from .common import (PhaseResult, Timer, check_inputs, default_size, load_image, model_name, models_label,
+                     png_parameters, prepare_output_dir, resolve_backend, resolve_seed, write_phase_manifest)
+from .spec import phase_spec
 
 PHASE = get_phase("ANIMATION_LOOP")
 LOOP_SUFFIX = "seamless loop animation, smooth motion"
 
 
+SPEC = phase_spec(PHASE.id)
+_DEFAULTS = SPEC.defaults
+
+
 def animation_loop(
     prompt: str,
     *,
-    negative_prompt: str = "lowres, bad anatomy, blurry, flicker, text, watermark",
+    negative_prompt: str = _DEFAULTS["negative_prompt"],
     seed: int | None = None,
-    steps: int = 15,
+    steps: int = _DEFAULTS["steps"],
     width: int | None = None,
     height: int | None = None,
-    guidance_scale: float = 7.5,
-    scheduler: str = "dpmpp_2m",
-    frames: int = 16,
-    fps: int = 8,
-    loop_overlap: int = 4,
+    guidance_scale: float = _DEFAULTS["guidance_scale"],
+    scheduler: str = _DEFAULTS["scheduler"],
+    frames: int = _DEFAULTS["frames"],
+    fps: int = _DEFAULTS["fps"],
+    loop_overlap: int = _DEFAULTS["loop_overlap"],
     reference_image: str | Path | Image.Image | None = None,
-    ip_adapter_scale: float = 0.6,
+    ip_adapter_scale: float = _DEFAULTS["ip_adapter_scale"],
     models: str | None = None,
-    backend: str | Backend = "diffusers",
+    backend: str | Backend = _DEFAULTS["backend"],
     backend_options: dict | None = None,
     output_dir: str | Path | None = None,
     on_progress: Callable[[ProgressEvent], None] | None = None,
@@ -47,18 +51,18 @@ def animation_loop(
     tail is cross-faded into the head (animenb.media.close_loop), so the step from the last
     frame back to the first continues the motion instead of jumping. `reference_image` (an
     image, a path, or a phase-1 output directory, whose reference pose is used) conditions
-    every frame through IP-Adapter.
+    every frame through IP-Adapter. Parameters, defaults, ranges and rules: `SPEC`.
     `cancel` (an `animenb.progress.CancelToken`) stops the run at its next step with `Cancelled`.
     """
     # 0. check inputs
-    check_prompt(prompt)
+    check_inputs(SPEC, dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, width=width,
+                            height=height, guidance_scale=guidance_scale, scheduler=scheduler, frames=frames,
+                            fps=fps, loop_overlap=loop_overlap, reference_image=reference_image,
+                            ip_adapter_scale=ip_adapter_scale, models=models, backend=backend,
+                            output_dir=output_dir))
     seed = resolve_seed(seed)
     engine = resolve_backend(backend, models, backend_options)
     width, height = default_size(engine, width, height)
-    if not isinstance(fps, int) or not 1 <= fps <= 60:
-        raise ValueError(f"`fps` must be an integer in [1, 60], got {fps!r}.")
-    if not isinstance(loop_overlap, int) or not 0 <= loop_overlap <= frames // 2:
-        raise ValueError(f"`loop_overlap` must be an integer in [0, frames // 2 = {frames // 2}], got {loop_overlap!r}.")
     reference = load_image(reference_image, "reference_image") if reference_image is not None else None
     request = VideoRequest(prompt=f"{prompt.strip()}, {LOOP_SUFFIX}",
                            negative_prompt=negative_prompt, width=width, height=height, steps=steps,

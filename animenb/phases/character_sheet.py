@@ -11,9 +11,9 @@ from ..backends import Backend, ImageRequest
 from ..media import compose_sheet, save_pngs
 from ..progress import CancelToken, ProgressEvent, ProgressReporter
 from .catalog import get_phase
-from .common import (PhaseResult, check_prompt, Timer, default_size, load_image, model_name, models_label,
-                     png_parameters,
-                     prepare_output_dir, resolve_backend, resolve_seed, write_phase_manifest)
+from .common import (PhaseResult, Timer, check_inputs, default_size, load_image, model_name, models_label,
+                     png_parameters, prepare_output_dir, resolve_backend, resolve_seed, write_phase_manifest)
+from .spec import phase_spec
 
 PHASE = get_phase("CHARACTER_SHEET")
 
@@ -37,20 +37,24 @@ def pose_prompts(prompt: str) -> list[str]:
     return [f"{prompt.strip()}, {suffix}, {SHEET_SUFFIX}" for _key, _caption, suffix in POSES]
 
 
+SPEC = phase_spec(PHASE.id)
+_DEFAULTS = SPEC.defaults
+
+
 def character_sheet(
     prompt: str,
     *,
-    negative_prompt: str = "lowres, bad anatomy, blurry, extra limbs, text, watermark",
+    negative_prompt: str = _DEFAULTS["negative_prompt"],
     seed: int | None = None,
-    steps: int = 15,
+    steps: int = _DEFAULTS["steps"],
     width: int | None = None,
     height: int | None = None,
-    guidance_scale: float = 7.0,
-    scheduler: str = "dpmpp_2m",
+    guidance_scale: float = _DEFAULTS["guidance_scale"],
+    scheduler: str = _DEFAULTS["scheduler"],
     reference_image: str | Path | Image.Image | None = None,
-    ip_adapter_scale: float = 0.6,
+    ip_adapter_scale: float = _DEFAULTS["ip_adapter_scale"],
     models: str | None = None,
-    backend: str | Backend = "diffusers",
+    backend: str | Backend = _DEFAULTS["backend"],
     backend_options: dict | None = None,
     output_dir: str | Path | None = None,
     on_progress: Callable[[ProgressEvent], None] | None = None,
@@ -61,16 +65,18 @@ def character_sheet(
 
     Every pose uses the same seed (shared initial noise keeps proportions and palette aligned)
     and an IP-Adapter reference: `reference_image` if given (an image, a path, or a run's
-    output directory), else the first (front) pose for the other seven.
+    output directory), else the first (front) pose for the other seven. Parameters, defaults
+    and ranges: `SPEC` (animenb.phases.spec).
     `cancel` (an `animenb.progress.CancelToken`) stops the run at its next step with `Cancelled`.
     """
     # 0. check inputs before any model is touched
-    check_prompt(prompt)
+    check_inputs(SPEC, dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, width=width,
+                            height=height, guidance_scale=guidance_scale, scheduler=scheduler,
+                            reference_image=reference_image, ip_adapter_scale=ip_adapter_scale, models=models,
+                            backend=backend, output_dir=output_dir))
     seed = resolve_seed(seed)
     engine = resolve_backend(backend, models, backend_options)
     width, height = default_size(engine, width, height)
-    if not 0.0 <= ip_adapter_scale <= 2.0:
-        raise ValueError(f"`ip_adapter_scale` must be in [0, 2], got {ip_adapter_scale!r}.")
     prompts = pose_prompts(prompt)
     requests = [ImageRequest(prompt=p, negative_prompt=negative_prompt, width=width, height=height, steps=steps,
                              guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,

@@ -12,8 +12,9 @@ from PIL import Image
 from .. import __version__
 from ..backends import Backend, get_backend
 from ..config import outputs_dir
-from ..manifest import file_entry, read_manifest, utc_now, versions, write_manifest
+from ..manifest import file_entry, utc_now, versions, write_manifest
 from .catalog import Phase
+from .spec import PhaseSpec, image_source
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,24 @@ class PhaseResult:
         m = self.manifest
         return (f"<b>{self.phase.name}</b> seed {m['seed']} · {m['models']} · "
                 f"{m['timings']['total_seconds']:.2f} s · <code>{self.output_dir}</code>")
+
+
+def check_inputs(spec: PhaseSpec, values: dict) -> None:
+    """A phase function's arguments against its spec (animenb.phases.spec), before any model work.
+
+    A PIL image or a Backend object passed directly is the caller's own and is not checked; a Path
+    is checked as text; None `models`/`output_dir` mean the defaults, as "" does in the notebooks.
+    """
+    plain = {}
+    for name, value in values.items():
+        if isinstance(value, (Image.Image, Backend)):
+            continue
+        if isinstance(value, Path):
+            value = str(value)
+        if value is None and name in ("models", "output_dir"):
+            value = ""
+        plain[name] = value
+    spec.check(plain)
 
 
 def check_prompt(prompt) -> str:
@@ -88,28 +107,11 @@ def prepare_output_dir(output_dir: str | Path | None, name: str) -> Path:
     return path
 
 
-# Which image of a previous run feeds the next phase: a sheet's reference pose, a loop's first
-# frame, a video's source image.
-_RUN_IMAGE = {"CHARACTER_SHEET": "reference", "ANIMATION_LOOP": "frames", "FULL_VIDEO": "source_image"}
-
-
 def load_image(source: str | Path | Image.Image, role: str) -> Image.Image:
-    """An image from a PIL image, an image file, or a run's output directory (see `_RUN_IMAGE`)."""
+    """An image from a PIL image, an image file, or a run's output directory (`spec.image_source`)."""
     if isinstance(source, Image.Image):
         return source.convert("RGB")
-    path = Path(source).expanduser()
-    if path.is_dir():
-        manifest = read_manifest(path)
-        key = _RUN_IMAGE.get((manifest.get("phase") or {}).get("name"), "reference")
-        chosen = manifest.get("outputs", {}).get(key)
-        if isinstance(chosen, list):
-            chosen = chosen[0] if chosen else None
-        if not chosen:
-            raise ValueError(f"`{role}`: run directory {source} has no `{key}` output to use as an image.")
-        path = path / chosen
-    if not path.is_file():
-        raise FileNotFoundError(f"`{role}`: no image at {path}.")
-    with Image.open(path) as im:
+    with Image.open(image_source(source, role)) as im:
         return im.convert("RGB")
 
 

@@ -11,32 +11,34 @@ from ..backends import Backend, ImageRequest, ImageToVideoRequest
 from ..media import encode_concurrently, retime, save_mp4, save_pngs
 from ..progress import CancelToken, ProgressEvent, ProgressReporter
 from .catalog import get_phase
-from .common import (PhaseResult, Timer, default_size, load_image, model_name, models_label,
-                     png_parameters,
-                     prepare_output_dir, resolve_backend, resolve_seed, write_phase_manifest)
+from .common import (PhaseResult, Timer, check_inputs, default_size, load_image, model_name, models_label,
+                     png_parameters, prepare_output_dir, resolve_backend, resolve_seed, write_phase_manifest)
+from .spec import phase_spec
 
 PHASE = get_phase("FULL_VIDEO")
+SPEC = phase_spec(PHASE.id)
+_DEFAULTS = SPEC.defaults
 
 
 def full_video(
-    prompt: str = "",
+    prompt: str = _DEFAULTS["prompt"],
     *,
     image: str | Path | Image.Image | None = None,
-    negative_prompt: str = "lowres, bad anatomy, blurry, text, watermark",
+    negative_prompt: str = _DEFAULTS["negative_prompt"],
     seed: int | None = None,
-    steps: int = 15,
+    steps: int = _DEFAULTS["steps"],
     width: int | None = None,
     height: int | None = None,
-    guidance_scale: float = 7.0,
-    scheduler: str = "dpmpp_2m",
-    frames: int = 25,
-    svd_fps: int = 7,
-    motion_bucket_id: int = 127,
-    noise_aug_strength: float = 0.02,
-    seconds: float = 5.0,
-    fps: int = 24,
+    guidance_scale: float = _DEFAULTS["guidance_scale"],
+    scheduler: str = _DEFAULTS["scheduler"],
+    frames: int = _DEFAULTS["frames"],
+    svd_fps: int = _DEFAULTS["svd_fps"],
+    motion_bucket_id: int = _DEFAULTS["motion_bucket_id"],
+    noise_aug_strength: float = _DEFAULTS["noise_aug_strength"],
+    seconds: float = _DEFAULTS["seconds"],
+    fps: int = _DEFAULTS["fps"],
     models: str | None = None,
-    backend: str | Backend = "diffusers",
+    backend: str | Backend = _DEFAULTS["backend"],
     backend_options: dict | None = None,
     output_dir: str | Path | None = None,
     on_progress: Callable[[ProgressEvent], None] | None = None,
@@ -48,20 +50,19 @@ def full_video(
     `image` is an image, a path, or a run's output directory (phase 1: its reference pose;
     phase 2: its first loop frame). Without one, the source image is generated from `prompt`
     first. SVD's `frames` are re-timed to round(seconds * fps) frames by blending neighbours
-    (animenb.media.retime), so the MP4 lasts exactly `seconds`.
+    (animenb.media.retime), so the MP4 lasts exactly `seconds`. Parameters, defaults, ranges and
+    rules: `SPEC`.
     `cancel` (an `animenb.progress.CancelToken`) stops the run at its next step with `Cancelled`.
     """
     # 0. check inputs
+    check_inputs(SPEC, dict(prompt=prompt, image=image, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                            width=width, height=height, guidance_scale=guidance_scale, scheduler=scheduler,
+                            frames=frames, svd_fps=svd_fps, motion_bucket_id=motion_bucket_id,
+                            noise_aug_strength=noise_aug_strength, seconds=seconds, fps=fps, models=models,
+                            backend=backend, output_dir=output_dir))
     seed = resolve_seed(seed)
     engine = resolve_backend(backend, models, backend_options)
     width, height = default_size(engine, width, height)
-    if not isinstance(fps, int) or not 1 <= fps <= 60:
-        raise ValueError(f"`fps` must be an integer in [1, 60], got {fps!r}.")
-    if not 1.0 <= float(seconds) <= 30.0:
-        raise ValueError(f"`seconds` must be in [1, 30], got {seconds!r}.")
-    if image is None and not (isinstance(prompt, str) and prompt.strip()):
-        raise ValueError("`image` or `prompt` is required: phase 3 animates an image, generated from the prompt "
-                         "when none is given.")
     source = load_image(image, "image") if image is not None else None
     source_request = None if source is not None else ImageRequest(
         prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, steps=steps,

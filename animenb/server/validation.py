@@ -1,8 +1,10 @@
 """Request schemas: turn a POST /generate body into (phase id, validated values) or an `APIError`.
 
-Every bad input gets a 4xx with `{"error": {"code", "message", "field"}}`; nothing
-reaches a notebook except through `animenb.runner.parameters` (plain JSON types).
-Messages name the field and echo the bad value, like diffusers' `check_inputs`.
+What a phase accepts is its spec (`animenb.phases.spec`), the same the phase function checks,
+so a job the API accepts does not fail those checks in its kernel. Every bad input gets a
+4xx with `{"error": {"code", "message", "field"}}`; nothing reaches a notebook except through
+`animenb.runner.parameters` (plain JSON types). Messages name the field and echo the bad
+value, like diffusers' `check_inputs`.
 """
 from __future__ import annotations
 
@@ -15,14 +17,9 @@ from typing import Any, Callable
 
 from tornado.web import HTTPError
 
-from animenb.backends.base import SCHEDULERS
-from animenb.phases.catalog import get_phase
+from animenb.phases.spec import CHARACTER_SHEET, SPECS, Param, SpecError, phase_spec
 
 MAX_BODY_BYTES = 64 * 1024
-MAX_PROMPT_CHARS = 2000
-MIN_SIZE, MAX_SIZE = 64, 2048
-MAX_STEPS = 150
-SEED_LIMIT = 2**63
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 OUTPUT_REF_RE = re.compile(r"^(?:/api/anime/outputs/)?(?P<job_id>[0-9a-f]{32})(?:/(?P<path>[^?#]*))?$")
 
@@ -41,75 +38,50 @@ def invalid(field: str, message: str, code: str = "invalid_value") -> APIError:
     return APIError(422, code, message, field)
 
 
-# -- field checkers --------------------------------------------------------------------------
-def _int(field: str, value: Any, lo: int, hi: int, multiple: int = 1) -> int:
-    if type(value) is float and value.is_integer():
-        value = int(value)
-    if type(value) is not int:
-        raise invalid(field, f"`{field}` must be an integer, got {value!r}.")
-    if not lo <= value <= hi:
-        raise invalid(field, f"`{field}` must be in [{lo}, {hi}], got {value}.")
-    if value % multiple:
-        raise invalid(field, f"`{field}` must be a multiple of {multiple}, got {value}.")
-    return value
-
-
-def _float(field: str, value: Any, lo: float, hi: float, *, open_low: bool = False) -> float:
-    if type(value) not in (int, float) or value != value:
-        raise invalid(field, f"`{field}` must be a number, got {value!r}.")
-    if value > hi or value < lo or (open_low and value == lo):
-        raise invalid(field, f"`{field}` must be in {'(' if open_low else '['}{lo}, {hi}], got {value}.")
-    return float(value)
-
-
-def _text(field: str, value: Any, *, required: bool) -> str:
-    if type(value) is not str:
-        raise invalid(field, f"`{field}` must be a string, got {type(value).__name__}.")
-    if required and not value.strip():
-        raise invalid(field, f"`{field}` must not be empty.")
-    if len(value) > MAX_PROMPT_CHARS:
-        raise invalid(field, f"`{field}` must be at most {MAX_PROMPT_CHARS} characters, got {len(value)}.")
-    if "\x00" in value:
-        raise invalid(field, f"`{field}` must not contain NUL characters.")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise invalid(field, f"`{field}` must be valid Unicode text (it holds a lone surrogate).") from None
-    return value
-
-
+# -- fields: the phases' specs (animenb.phases.spec) -----------------------------------------------
 def _choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise invalid(field, f"`{field}` must be one of {', '.join(choices)}, got {value!r}.")
     return value
 
 
+def _as_json_integer(param: Param, value: Any) -> Any:
+    """JSON has one number type: 64.0 is the integer 64 for an integer parameter."""
+    if param.type == "integer" and type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+def check_param(param: Param, value: Any) -> Any:
+    """`value` for `param` (an integral float made an int), or APIError 422 naming the field."""
+    value = _as_json_integer(param, value)
+    try:
+        param.check(value)
+    except SpecError as exc:
+        raise invalid(exc.field, str(exc)) from None
+    return value
+
+
 @dataclass(frozen=True)
 class Field:
+    """A request field shared by every phase (POST /orchestrate passes these to each phase)."""
     check: Callable[[str, Any], Any]
-    phases: frozenset[int] = frozenset({1, 2, 3})
     default: Callable[[], Any] | None = None
 
 
-FIELDS: dict[str, Field] = {
-    "prompt": Field(lambda f, v: _text(f, v, required=True)),
-    "negative_prompt": Field(lambda f, v: _text(f, v, required=False), default=lambda: ""),
-    # width/height default to the model profile's size (512 for SD 1.5, 64 for tiny), in the notebook
-    "width": Field(lambda f, v: _int(f, v, MIN_SIZE, MAX_SIZE, 8)),
-    "height": Field(lambda f, v: _int(f, v, MIN_SIZE, MAX_SIZE, 8)),
-    "steps": Field(lambda f, v: _int(f, v, 1, MAX_STEPS), default=lambda: 15),
-    "seed": Field(lambda f, v: _int(f, v, 0, SEED_LIMIT - 1), default=lambda: secrets.randbelow(2**32)),
-    "guidance_scale": Field(lambda f, v: _float(f, v, 0.0, 30.0)),
-    "scheduler": Field(lambda f, v: _choice(f, v, SCHEDULERS)),
-    "backend": Field(lambda f, v: _choice(f, v, ("diffusers", "comfyui"))),  # default: the server's --backend
-    "reference_image": Field(lambda f, v: v, phases=frozenset({1, 2})),  # resolved against outputs
-    "frames": Field(lambda f, v: _int(f, v, 2, 64), phases=frozenset({2, 3})),
-    "fps": Field(lambda f, v: _int(f, v, 1, 60), phases=frozenset({2, 3})),
-    "image": Field(lambda f, v: v, phases=frozenset({3})),  # resolved against outputs
-    "seconds": Field(lambda f, v: _float(f, v, 0.0, 30.0, open_low=True), phases=frozenset({3})),
-}
+def _shared_field(name: str, default: Callable[[], Any] | None = None) -> Field:
+    param = CHARACTER_SHEET.param(name)  # the same range in every phase (a test holds them equal)
+    return Field(lambda _field, value: check_param(param, value), default)
+
+
+# Defaults here only where every phase agrees (each phase's own defaults apply otherwise).
+FIELDS: dict[str, Field] = {name: _shared_field(name) for name in (
+    "prompt", "negative_prompt", "width", "height", "guidance_scale", "scheduler", "backend")}
+FIELDS["steps"] = _shared_field("steps", default=lambda: CHARACTER_SHEET.defaults["steps"])
+FIELDS["seed"] = _shared_field("seed", default=lambda: secrets.randbelow(2**32))
 META_FIELDS = ("phase", "visibility")
-PATH_FIELDS = ("reference_image", "image")
+API_FIELDS = tuple(dict.fromkeys(p.name for spec in SPECS.values() for p in spec.api_params))
+SERVER_DEFAULTED = ("backend",)  # left out: the server's --backend applies
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
@@ -176,30 +148,46 @@ def resolve_output_ref(field: str, value: Any, outputs_dir: Path, readable: Read
 
 
 def validate_generate(data: dict, outputs_dir: Path, readable: Readable) -> tuple[int, dict[str, Any], str]:
-    """Returns (phase id, values for the notebook, visibility)."""
+    """Returns (phase id, values for the notebook, visibility). The phase's spec decides what is
+    valid, so nothing accepted here fails its checks later in the kernel; the phase's defaults are
+    filled in (and a seed drawn) so the job records what it ran with."""
+    raw_phase = data.get("phase", 1)
+    if type(raw_phase) not in (int, str):
+        raise invalid("phase", f"`phase` must be 1, 2, 3 or a phase name, got {raw_phase!r}.")
     try:
-        phase = get_phase(data.get("phase", 1)).id
+        spec = phase_spec(raw_phase)
     except ValueError as exc:
         raise invalid("phase", str(exc)) from None
-    if type(data.get("phase", 1)) not in (int, str):
-        raise invalid("phase", f"`phase` must be 1, 2, 3 or a phase name, got {data['phase']!r}.")
-    unknown = sorted(set(data) - set(FIELDS) - set(META_FIELDS))
+    unknown = sorted(set(data) - set(API_FIELDS) - set(META_FIELDS))
     if unknown:
-        raise invalid(unknown[0], f"Unknown field `{unknown[0]}`; accepted: {', '.join(list(FIELDS) + list(META_FIELDS))}.",
+        raise invalid(unknown[0], f"Unknown field `{unknown[0]}`; accepted: {', '.join(API_FIELDS + META_FIELDS)}.",
                       code="unknown_field")
-    if "prompt" not in data:
-        raise invalid("prompt", "`prompt` is required.", code="missing_field")
+    accepted = {p.name: p for p in spec.api_params}
+    for name in data:
+        if name not in accepted and name not in META_FIELDS:
+            raise invalid(name, f"`{name}` does not apply to phase {spec.phase}.", code="unknown_field")
     visibility = _choice("visibility", data.get("visibility", "public"), ("public", "private"))
+    for param in spec.params:
+        if param.required and param.name not in data:
+            raise invalid(param.name, f"`{param.name}` is required.", code="missing_field")
     values: dict[str, Any] = {}
-    for name, spec in FIELDS.items():
-        if name in data and data[name] is not None:
-            if phase not in spec.phases:
-                raise invalid(name, f"`{name}` does not apply to phase {phase}.", code="unknown_field")
-            value = spec.check(name, data[name])
-            values[name] = resolve_output_ref(name, value, outputs_dir, readable) if name in PATH_FIELDS else value
-        elif spec.default is not None:
-            values[name] = spec.default()
-    return phase, values, visibility
+    for name, param in accepted.items():
+        if name not in data:
+            continue
+        value = _as_json_integer(param, data[name])
+        if param.image_ref and value is not None:
+            value = resolve_output_ref(name, value, outputs_dir, readable)
+        values[name] = value
+    try:
+        spec.check(values)
+    except SpecError as exc:
+        raise invalid(exc.field, str(exc)) from None
+    for name, param in accepted.items():
+        if name not in values and param.default is not None and name not in SERVER_DEFAULTED:
+            values[name] = param.default
+    if values.get("seed") in (None, -1):
+        values["seed"] = secrets.randbelow(2**32)  # drawn here, so the job's record says which
+    return spec.phase, values, visibility
 
 
 def parse_limit(value: str | None, default: int = 50, maximum: int = 200) -> int:
