@@ -191,15 +191,15 @@ async def test_require_role_helpers_on_another_handler(srv):
 
 
 async def test_private_outputs_cannot_be_reused_by_others(srv):
-    private = await submit(srv, token=srv.tok["alice"], prompt="test:echo alice's private sheet")
+    private = await submit(srv, token=srv.tok["alice"], prompt="test:progress 0.01")
     assert (await wait_done(srv, private["job_id"])).status.value == "succeeded"
-    body = {"prompt": "test:echo reuse", "phase": 2, "reference_image": private["job_id"], "steps": 2}
+    body = {"prompt": "test:echo reuse", "phase": 2, "reference_image": f"{private['job_id']}/image.png", "steps": 2}
     for token in (None, srv.tok["bob"]):  # answered exactly like a job without outputs
         code, err, _ = await call(srv, "POST", API + "/generate", body, token=token)
         assert code == 422 and err["error"]["field"] == "reference_image", err
         assert "has no finished outputs" in err["error"]["message"]
     code, err, _ = await call(srv, "POST", API + "/generate", body, token=srv.tok["bob"])
-    missing = {**body, "reference_image": "0" * 32}
+    missing = {**body, "reference_image": "0" * 32 + "/image.png"}
     code_missing, err_missing, _ = await call(srv, "POST", API + "/generate", missing, token=srv.tok["bob"])
     assert (code, err["error"]["message"].replace(private["job_id"], "X")) == \
         (code_missing, err_missing["error"]["message"].replace("0" * 32, "X"))

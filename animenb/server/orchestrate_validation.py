@@ -15,10 +15,10 @@ import secrets
 
 from animenb.chain import MAX_RETRIES_LIMIT
 from animenb.phases.catalog import get_phase
-from animenb.phases.spec import CHARACTER_SHEET
+from animenb.phases.spec import CHARACTER_SHEET, SpecError
 from animenb.runner.orchestration import COMMON_FIELDS
 
-from .validation import FIELDS, check_param, invalid, resolve_output_ref
+from .validation import FIELDS, invalid, resolve_output_ref
 
 MAX_THRESHOLD = 2.0  # above 1 a gate always fails (tests force failures with 1.01)
 CHAIN_FIELDS = ("prompt", "seed", "steps", "width", "height") + COMMON_FIELDS
@@ -52,7 +52,11 @@ def validate_orchestrate(data: dict, outputs_dir, server_models: str, readable) 
         values["seed"] = secrets.randbelow(2**32)
     if data.get("reference_image") is not None:
         reference = resolve_output_ref("reference_image", data["reference_image"], outputs_dir, readable)
-        values["reference_image"] = check_param(CHARACTER_SHEET.param("reference_image"), reference)
+        try:
+            CHARACTER_SHEET.param("reference_image").check(reference)
+        except SpecError as exc:  # in the caller's words, never the server's paths
+            raise invalid("reference_image", str(exc).replace(reference, str(data["reference_image"]))) from None
+        values["reference_image"] = reference
     retries = data.get("max_retries", 2)
     if type(retries) is not int or not 0 <= retries <= MAX_RETRIES_LIMIT:
         raise invalid("max_retries", f"`max_retries` must be an integer in [0, {MAX_RETRIES_LIMIT}], got {retries!r}.")

@@ -171,17 +171,22 @@ def validate_generate(data: dict, outputs_dir: Path, readable: Readable) -> tupl
         if param.required and param.name not in data:
             raise invalid(param.name, f"`{param.name}` is required.", code="missing_field")
     values: dict[str, Any] = {}
+    as_given: dict[str, str] = {}  # resolved path -> the reference as the caller gave it
     for name, param in accepted.items():
         if name not in data:
             continue
         value = _as_json_integer(param, data[name])
         if param.image_ref and value is not None:
             value = resolve_output_ref(name, value, outputs_dir, readable)
+            as_given[value] = data[name]
         values[name] = value
     try:
         spec.check(values)
     except SpecError as exc:
-        raise invalid(exc.field, str(exc)) from None
+        message = str(exc)
+        for path, given in as_given.items():  # the caller's own words, never the server's paths
+            message = message.replace(path, given)
+        raise invalid(exc.field, message) from None
     for name, param in accepted.items():
         if name not in values and param.default is not None and name not in SERVER_DEFAULTED:
             values[name] = param.default
