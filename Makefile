@@ -46,7 +46,7 @@ TEST_ENV := TRANSFORMERS_VERBOSITY=error ANIMENB_THREADS=1
 # Notebooks committed WITH reference outputs, checked cell by cell (strict nbval) on the fixed runs
 # folder tests/fixtures/runs; the others only have to run (--nbval-lax). To add one: list it here,
 # run `make reference-notebooks`, review and commit its outputs.
-STRICT_NOTEBOOKS := notebooks/05_compare_runs.ipynb
+STRICT_NOTEBOOKS := notebooks/04_quality.ipynb notebooks/05_compare_runs.ipynb
 STRICT_ENV := ANIMENB_OUTPUTS=$(CURDIR)/tests/fixtures/runs
 
 test: setup lab-setup

@@ -12,13 +12,13 @@ from animenb.quality import make_demo_run
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "04_quality.ipynb"
 
 
-def test_notebook_has_a_parameters_cell_and_no_outputs():
+def test_notebook_has_a_parameters_cell():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
     src = tagged[0].source
     assert 'output_dir = ""' in src and "phase = None" in src and "threshold = None" in src and "figures = True" in src
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    # its reference outputs (strict nbval, see the Makefile) are checked by tests/test_notebooks_committed.py
 
 
 # phase 3 with the forced-failure threshold the orchestrator uses; phase 2 without figures, as the server runs it
