@@ -9,6 +9,11 @@
    last of the 200 subscribers has it; p50/p95 over the job's events. Server, kernel and
    clients share one machine and clock; the clients share one event loop, so the figure
    includes their own scheduling.
+4. Abuse: 4 POSTs declaring 100 MB bodies (each sending as fast as the server lets it) and
+   150 slow connections (half stuck in their headers, half in their bodies) while 16 clients
+   load GET /health: the server's memory growth (peak RSS during the abuse - RSS before;
+   target <= 20 MB), /health p99 under abuse vs. without it (target <= 2x), and how many
+   slow connections the server closed by itself (`--slow-timeout`, its body/idle timeouts).
 
 Phase-1 jobs run tests/notebooks/progress.ipynb (`serve --notebooks`): N steps of a short
 sleep, one PNG and a manifest; no models are loaded. Prints figures; asserts nothing
@@ -60,7 +65,9 @@ def start_server(root: Path, port: int, args) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "animenb.cli", "serve", "--port", str(port), "--models", "tiny",
                              "--home", str(root / "home"), "--outputs", str(root / "outputs"),
                              "--notebooks", str(notebooks), "--max-queue", str(args.max_queue),
-                             "--max-queued-per-user", str(args.max_queue), "--log-level", "WARNING"],
+                             "--max-queued-per-user", str(args.max_queue), "--log-level", "WARNING",
+                             "--max-websockets-per-client", str(args.subscribers + 8),
+                             "--body-timeout", str(args.slow_timeout), "--idle-timeout", str(args.slow_timeout)],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
     return proc
 
@@ -182,6 +189,97 @@ async def subscribers(client, base: str, ws_base: str, n: int, steps: int, timeo
             "first_p50_ms": pct(first, 50)}
 
 
+def rss_mb(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+async def big_body(port: int, megabytes: int) -> tuple[str, int]:
+    """POST a body declared as `megabytes` MB, sending it as fast as the server takes it:
+    (the status line it got, bytes it managed to send before the server closed)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    size = megabytes * 2**20
+    writer.write(f"POST {API}/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {size}\r\n\r\n".encode())
+    chunk, sent = b"x" * 2**20, 0
+    try:
+        while sent < size:
+            writer.write(chunk)
+            await asyncio.wait_for(writer.drain(), timeout=10)
+            sent += len(chunk)
+    except (ConnectionError, asyncio.TimeoutError, OSError):
+        pass
+    try:
+        status = (await asyncio.wait_for(reader.readline(), timeout=5)).decode(errors="replace").strip()
+    except (ConnectionError, asyncio.TimeoutError, OSError):
+        status = "(connection closed)"
+    writer.close()
+    return status, sent
+
+
+def slow_sockets(port: int, n: int) -> list[socket.socket]:
+    """`n` connections that stop half way: even ones in their headers, odd ones in their bodies."""
+    socks = []
+    for i in range(n):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setblocking(False)
+        if i % 2:
+            sock.sendall(f"POST {API}/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: 1000\r\n\r\n{{\"prompt\": \"".encode())
+        else:
+            sock.sendall(f"GET {API}/health HTTP/1.1\r\nHost: x\r\nX-Slow: ".encode())
+        socks.append(sock)
+    return socks
+
+
+def closed_by_server(socks: list[socket.socket]) -> int:
+    closed = 0
+    for sock in socks:
+        try:
+            data = sock.recv(4096)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b""
+        closed += not data or data.startswith(b"HTTP/1.1 4")
+    return closed
+
+
+async def abuse(client, base: str, port: int, pid: int, args) -> dict:
+    url = base + f"{API}/health"
+    _, _, calm, _ = await closed_loop(client, url, 16, args.duration)
+    rss_before = rss_mb(pid)
+    peak = rss_before
+    stop = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, rss_mb(pid))
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.get_running_loop().create_task(sample())
+    socks = slow_sockets(port, args.slow)
+    t0 = time.monotonic()
+    try:
+        bodies = [asyncio.ensure_future(big_body(port, args.body_mb)) for _ in range(args.bodies)]
+        _, _, abused, _ = await closed_loop(client, url, 16, args.duration)
+        answers = await asyncio.gather(*bodies)
+        deadline = t0 + args.slow_timeout * 2 + 10
+        while closed_by_server(socks) < len(socks) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        closed, waited = closed_by_server(socks), time.monotonic() - t0
+    finally:
+        for sock in socks:
+            sock.close()
+        stop.set()
+        await sampler
+    return {"calm_p99": pct(calm, 99), "abused_p99": pct(abused, 99), "calm_p50": pct(calm, 50),
+            "abused_p50": pct(abused, 50), "rss_before": rss_before, "rss_peak": peak, "answers": answers,
+            "slow_closed": closed, "slow_waited": waited}
+
+
 async def main(args) -> None:
     from tornado.httpclient import AsyncHTTPClient
 
@@ -217,6 +315,19 @@ async def main(args) -> None:
               f"'finished'")
         print(f"  kernel event -> last subscriber: p50 {subs['last_p50_ms']:.1f} ms, p95 {subs['last_p95_ms']:.1f} ms "
               f"(-> first subscriber p50 {subs['first_p50_ms']:.1f} ms)")
+        bad = await abuse(client, base, port, proc.pid, args)
+        statuses = sorted({status for status, _ in bad["answers"]})
+        sent = max(n for _, n in bad["answers"]) / 2**20
+        print(f"\nabuse: {args.bodies} x {args.body_mb} MB bodies + {args.slow} slow connections during 16-client "
+              f"/health load")
+        print(f"  big bodies answered {statuses}; at most {sent:.1f} MB of a body got out of the client")
+        print(f"  server memory: {bad['rss_before']:.0f} MB before, peak {bad['rss_peak']:.0f} MB during: "
+              f"+{bad['rss_peak'] - bad['rss_before']:.1f} MB (target <= 20)")
+        print(f"  /health p99 {bad['calm_p99']:.1f} ms calm -> {bad['abused_p99']:.1f} ms under abuse: "
+              f"{bad['abused_p99'] / bad['calm_p99']:.2f}x (target <= 2x; p50 {bad['calm_p50']:.1f} -> "
+              f"{bad['abused_p50']:.1f} ms)")
+        print(f"  slow connections closed by the server: {bad['slow_closed']}/{args.slow} after "
+              f"{bad['slow_waited']:.1f} s (its body/idle timeouts: {args.slow_timeout:g} s)")
     finally:
         stop_server(proc)
         client.close()
@@ -231,4 +342,8 @@ if __name__ == "__main__":
     parser.add_argument("--subscribers", type=int, default=200)
     parser.add_argument("--ws-steps", type=int, default=40)
     parser.add_argument("--drain-timeout", type=float, default=180.0)
+    parser.add_argument("--bodies", type=int, default=4, help="abuse: concurrent oversized POST bodies")
+    parser.add_argument("--body-mb", type=int, default=100, help="abuse: declared size of each body (MB)")
+    parser.add_argument("--slow", type=int, default=150, help="abuse: slow connections")
+    parser.add_argument("--slow-timeout", type=float, default=5.0, help="the server's --body-timeout/--idle-timeout")
     asyncio.run(main(parser.parse_args()))

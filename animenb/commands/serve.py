@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 
 HELP = "serve the anime production API (REST + WebSocket) on 127.0.0.1:8328"
 
@@ -37,7 +38,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds a connection may take to send its request headers or stay idle (default 30)")
     parser.add_argument("--max-websockets-per-client", type=int, default=None,
                         help="open job WebSockets per client address (default 64)")
+    parser.add_argument("--max-job-cost", action="append", default=[], metavar="ROLE=N",
+                        help="the most megapixel-steps (width x height x steps x images / 1e6) one job of a role "
+                             "(anonymous, user, admin) may cost; 'none' for no limit; repeatable "
+                             "(defaults anonymous=150 user=1500 admin=15000)")
+    parser.add_argument("--job-timeout", type=float, default=None, metavar="SECONDS",
+                        help="a running job past this fails with error type Timeout (default 3600; 0: none)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+
+
+def job_limits(costs: list[str], timeout: float | None):
+    """`JobLimits` from `--max-job-cost ROLE=N` (N a number or "none") and `--job-timeout S` (0: none)."""
+    from animenb.server.limits import ROLES, JobLimits
+
+    values: dict = {}
+    for item in costs:
+        role, _, number = item.partition("=")
+        if role not in ROLES or not number:
+            raise ValueError(f"`--max-job-cost` must look like ROLE=N with ROLE one of {', '.join(ROLES)}, "
+                             f"got {item!r}.")
+        try:
+            values[role] = None if number.strip().lower() == "none" else float(number)
+        except ValueError:
+            raise ValueError(f"`--max-job-cost` {role}: N must be a number or none, got {number!r}.") from None
+    if timeout is not None:
+        values["timeout_seconds"] = timeout or None
+    return JobLimits(**values)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
                        max_queued_per_user=args.max_queued_per_user, allow_origins=tuple(args.allow_origin),
                        http_limits=HttpLimits(**{name: value for name, value in (
                            ("body_timeout", args.body_timeout), ("idle_timeout", args.idle_timeout),
-                           ("max_websockets_per_client", args.max_websockets_per_client)) if value is not None}))
+                           ("max_websockets_per_client", args.max_websockets_per_client)) if value is not None}),
+                       job_limits=job_limits(args.max_job_cost, args.job_timeout))
 
     def ready(service) -> None:
         models = service.models
@@ -84,5 +111,11 @@ def run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(cfg, ready=ready, stop_event=stop)
 
-    asyncio.run(main())
+    from animenb.server.home_lock import HomeInUseError
+
+    try:
+        asyncio.run(main())
+    except HomeInUseError as exc:  # another server holds this home: say so, no traceback
+        print(f"animenb serve: error: {exc}", file=sys.stderr)
+        return 2
     return 0

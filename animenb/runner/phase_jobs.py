@@ -8,6 +8,8 @@ it can claim success):
 - no exception, `manifest.json` present and every file it lists on disk -> succeeded
 - cancel requested (DELETE) -> cancelled (queued: never started; running: the kernel is
   interrupted, again after `cancel_grace` s, and killed after 3x that)
+- running past the runner's `job_timeout` -> failed {"type": "Timeout"}; the kernel is interrupted
+  (and, if need be, killed) exactly as for a cancel
 - `DeadKernelError` -> failed {"type": "KernelDied"}; the kernel is replaced and the next job runs
 - `SlotLost` (the Ray actor or node owning the kernel died) -> re-queued once if the job wrote nothing,
   else lost {"type": "Lost"} with the reason; the executor replaces the actor
@@ -65,6 +67,8 @@ class RunningJob:
     percent_floor: float = 0.0
     persisted_at: float = 0.0
     persist_handle: asyncio.TimerHandle | None = None
+    timeout_handle: asyncio.TimerHandle | None = None
+    timed_out: bool = False
 
 
 def default_notebook_for(notebooks_dir: Path) -> Callable[[JobRecord], Path]:
@@ -115,6 +119,14 @@ class PhaseJobDriver(JobDriver):
             await asyncio.sleep(0.01)
         return self.host.store.get(job_id)
 
+    def _time_out(self, ctx: RunningJob) -> None:
+        """Loop thread, `job_timeout` s after the job started: stop it as a cancel would; it ends failed."""
+        if self.running.get(ctx.job.id) is not ctx:
+            return
+        log.warning("job %s ran past the %g s job timeout; interrupting its kernel", ctx.job.id, self.host.job_timeout)
+        ctx.timed_out = True
+        asyncio.get_running_loop().create_task(self.cancel(ctx.job))
+
     async def _escalate_cancel(self, ctx: RunningJob) -> None:
         job_id = ctx.job.id
         await asyncio.sleep(self.host.cancel_grace)
@@ -131,6 +143,8 @@ class PhaseJobDriver(JobDriver):
         out_dir.mkdir(parents=True, exist_ok=True)
         ctx = RunningJob(job=job, slot=slot)
         self.running[job.id] = ctx
+        if self.host.job_timeout:
+            ctx.timeout_handle = loop.call_later(self.host.job_timeout, self._time_out, ctx)
         self.host.bus.publish(JobStartedEvent(job_id=job.id, phase=job.phase, device=slot.device,
                                               attempt=job.attempts))
         t0 = time.perf_counter()
@@ -158,6 +172,9 @@ class PhaseJobDriver(JobDriver):
         except Exception as exc:
             status, error = self._classify(ctx, exc)
             outputs = None
+        finally:
+            if ctx.timeout_handle is not None:
+                ctx.timeout_handle.cancel()
         for name in (NOTEBOOK_NAME, QUALITY_NOTEBOOK_NAME):  # readers of the job see no server paths
             await loop.run_in_executor(None, self.host.public_paths.scrub_file, out_dir / name)
         if ctx.persist_handle is not None:
@@ -281,6 +298,9 @@ class PhaseJobDriver(JobDriver):
         from nbclient.exceptions import DeadKernelError
         from papermill.exceptions import PapermillExecutionError
 
+        if ctx.timed_out:
+            return JobStatus.FAILED, JobError("Timeout", f"The job ran longer than this server allows "
+                                                         f"({self.host.job_timeout:g} s); its kernel was interrupted.")
         if ctx.cancel_event.is_set():
             return JobStatus.CANCELLED, JobError("Cancelled", "Cancelled while running (kernel interrupted).")
         if isinstance(exc, DeadKernelError):

@@ -51,7 +51,8 @@ class JobRunner:
                  notebook_for: Callable[[JobRecord], Path] | None = None,
                  quality_notebook: str | Path | None | bool = True, quality_threshold: float | None = None,
                  warm: bool = True, progress_interval: float = 0.25, cancel_grace: float = 1.0,
-                 execution_timeout: float | None = None, kernel_env: dict | None = None):
+                 execution_timeout: float | None = None, kernel_env: dict | None = None,
+                 job_timeout: float | None = None):
         self.store = store
         self.bus = bus or EventBus()
         self.outputs_dir = Path(outputs_dir or config.outputs_dir()).resolve()
@@ -69,7 +70,8 @@ class JobRunner:
         self.warm = warm
         self.progress_interval = progress_interval
         self.cancel_grace = cancel_grace
-        self.execution_timeout = execution_timeout
+        self.execution_timeout = execution_timeout  # per notebook cell (nbclient)
+        self.job_timeout = job_timeout  # per phase job, its quality step included: then it fails "Timeout"
         env = {"ANIMENB_MODELS": self.models, "ANIMENB_OUTPUTS": str(self.outputs_dir), **(kernel_env or {})}
         if isinstance(executor, Executor):
             self.executor = executor

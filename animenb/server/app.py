@@ -33,6 +33,7 @@ from typing import Any, Callable
 import tornado.web
 
 from animenb import config
+from animenb.phases.cost import images_per_step, job_cost, orchestration_cost
 from animenb.runner.events import EventBus
 from animenb.runner.orchestration import ORCHESTRATION_KIND
 from animenb.runner.runner import JobRunner
@@ -44,7 +45,8 @@ from . import views
 from .auth import Identity, can_cancel, can_read, new_cancel_token
 from .handlers import NotFoundHandler, default_handlers
 from .headers import SecurityHeaders
-from .limits import HttpLimits, WebSocketCounter, make_http_server
+from .home_lock import HomeLock
+from .limits import HttpLimits, JobLimits, WebSocketCounter, make_http_server
 from .orchestrate_validation import validate_orchestrate
 from .pages import page_handlers  # the gallery page at / and /gallery
 from .redaction import install_log_redaction
@@ -79,6 +81,7 @@ class ServerConfig:
     max_queue: int = 512               # queued jobs in all; beyond it POST /generate answers 429 + Retry-After
     max_queued_per_user: int = 64      # queued jobs per owner ("anonymous" callers share one allowance)
     http_limits: HttpLimits = HttpLimits()  # body size/time, idle sockets, WebSockets per address
+    job_limits: JobLimits = JobLimits()     # job cost by role, job timeout
     allow_origins: tuple[str, ...] = ()  # web origins besides the server's own that may POST/DELETE (CSRF)
 
     def resolved(self) -> "ServerConfig":
@@ -95,7 +98,7 @@ def model_label(profile: str) -> dict:
         from animenb.profiles import load_profile
 
         loaded = load_profile(profile)
-        info.update(profile=loaded.name, label=loaded.label, tiny=loaded.is_tiny)
+        info.update(profile=loaded.name, label=loaded.label, tiny=loaded.is_tiny, default_size=loaded.default_size)
     except Exception as exc:  # unknown profile: say so rather than fail health
         info["error"] = str(exc)
     if info["tiny"]:
@@ -168,6 +171,8 @@ class AnimeService:
         self.outputs_dir = Path(self.config.outputs)
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.home.chmod(0o700)  # the store (private prompts, token hashes) and caches: the server's user only
+        self.home_lock = HomeLock(self.home)
+        self.home_lock.acquire()  # before the store: a second server on this home must not touch its jobs
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
         self.thumbnails_dir = self.home / "thumbnails"
         self.store = store or SqliteJobStore(self.home / STORE_NAME)
@@ -179,8 +184,10 @@ class AnimeService:
             backend=self.config.backend, comfyui_url=self.config.comfyui_url, notebook_for=self.config.notebook_for,
             quality_notebook=self.config.quality_notebook, warm=self.config.warm,
             notebooks_dir=self.config.notebooks_dir,
-            cancel_grace=self.config.cancel_grace, kernel_env=kernel_env)
+            cancel_grace=self.config.cancel_grace, kernel_env=kernel_env,
+            job_timeout=self.config.job_limits.timeout_seconds)
         self.models = model_label(self.config.models)
+        self.default_size = self.models.get("default_size", 512)  # what a job without width/height costs
         self.websockets = WebSocketCounter(self.config.http_limits.max_websockets_per_client)
         self.gpu = GpuProbe()
         self.started_at = time.time()
@@ -190,8 +197,11 @@ class AnimeService:
         self.gpu.start()
 
     async def stop(self) -> None:
-        await self.runner.stop()
-        self.store.close()
+        try:
+            await self.runner.stop()
+            self.store.close()
+        finally:
+            self.home_lock.release()
 
     # -- reading ---------------------------------------------------------------------------------
     def readable_job(self, job_id: str, identity: Identity | None) -> JobRecord | None:
@@ -223,7 +233,12 @@ class AnimeService:
                 "count": self.store.count(**query), "limit": limit, "next_cursor": next_cursor}
 
     def phases(self) -> dict:
-        return views.phases_body(self.runner.notebooks_dir)
+        return {**views.phases_body(self.runner.notebooks_dir), "limits": self.limits()}
+
+    def limits(self) -> dict:
+        """What one caller may ask (GET /phases and /health show it): job cost by role, job timeout, HTTP."""
+        return {**self.config.job_limits.as_dict(), "profile_default_size": self.default_size,
+                "http": self.config.http_limits.as_dict()}
 
     async def health(self) -> dict:
         """GET /health: components, job counts and what this server offers; "degraded" names what is down."""
@@ -234,10 +249,12 @@ class AnimeService:
             degraded.append("comfyui")
         if runner["stalled"]:
             degraded.append("kernels")
-        return views.health_body(
+        body = views.health_body(
             service=SERVICE_NAME, version=API_VERSION, uptime_seconds=time.time() - self.started_at,
             counts=self.store.counts_by_status(), comfyui=comfyui, gpu=await self.gpu.info(), runner=runner,
             models=self.models, backend=self.config.backend or "diffusers", degraded=degraded)
+        body["limits"] = self.limits()
+        return body
 
     # -- submitting --------------------------------------------------------------------------------
     def generate(self, data: dict, caller: Caller) -> tuple[JobRecord, dict]:
@@ -255,7 +272,8 @@ class AnimeService:
                            "visibility")
         cancel_token, extra = new_cancel_token() if caller.identity is None else (None, None)
         job = self.admit(JobRequest(kind="phase", phase=phase, parameters=values, owner=caller.name,
-                                    visibility=visibility, extra=extra, exempt_from_user_limit=caller.is_admin))
+                                    visibility=visibility, extra=extra, exempt_from_user_limit=caller.is_admin,
+                                    role=caller.role))
         reply = {**self._accepted(job, caller), "phase": phase}
         if cancel_token is not None:  # an anonymous job: whoever holds this may cancel it
             reply["cancel_token"] = cancel_token
@@ -273,15 +291,17 @@ class AnimeService:
         if visibility is None:  # like /generate: a token's jobs are its own unless it says "public"
             visibility = "private" if caller.identity is not None else "public"
         job = self.admit(JobRequest(kind=ORCHESTRATION_KIND, phase=None, parameters=values, owner=caller.name,
-                                    visibility=visibility, exempt_from_user_limit=True))
+                                    visibility=visibility, exempt_from_user_limit=True, role=caller.role))
         return job, {**self._accepted(job, caller), "kind": ORCHESTRATION_KIND, "max_retries": values["max_retries"],
                      "thresholds": values["thresholds"], "seed": values["seed"]}
 
     def admit(self, request: JobRequest) -> JobRecord:
-        """The one place a job is admitted: 429 + Retry-After when the queue (or the owner's share of it)
-        is full, else the job is queued (committed on return). Handlers run on the loop thread, so the
-        check and the insert are not interleaved with another request's."""
+        """The one place a job is admitted: 422 `job_too_costly` past its role's cost cap
+        (`JobLimits`), 429 + Retry-After when the queue (or the owner's share of it) is full, else the
+        job is queued (committed on return). Handlers run on the loop thread, so the check and the
+        insert are not interleaved with another request's."""
         cfg, store = self.config, self.store
+        self.check_cost(request)
         queued = store.count(status=JobStatus.QUEUED)
         user_full = (not request.exempt_from_user_limit and cfg.max_queued_per_user is not None
                      and store.count(status=JobStatus.QUEUED, owner=request.owner) >= cfg.max_queued_per_user)
@@ -297,6 +317,24 @@ class AnimeService:
                            headers={"Retry-After": retry})
         return self.runner.submit(request.parameters, phase=request.phase, kind=request.kind, owner=request.owner,
                                   visibility=request.visibility, extra=request.extra)
+
+    def check_cost(self, request: JobRequest) -> float:
+        """The request's cost (animenb.phases.cost); 422 `job_too_costly` past its role's cap."""
+        if request.kind == ORCHESTRATION_KIND:
+            cost = orchestration_cost(request.parameters, default_size=self.default_size)
+        else:
+            cost = job_cost(request.phase, request.parameters, default_size=self.default_size)
+        cap = self.config.job_limits.max_cost(request.role)
+        if cap is not None and cost > cap:
+            p = request.parameters
+            size = f"{p.get('width') or self.default_size} x {p.get('height') or self.default_size} px"
+            what = (f"{size} x {p.get('steps')} steps x {images_per_step(request.phase, p)} images"
+                    if request.kind != ORCHESTRATION_KIND else f"{size}, {p.get('steps')} steps, the whole chain")
+            hint = ", or send a token" if request.role == "anonymous" else ""
+            raise APIError(422, "job_too_costly", f"This job costs {cost:,.0f} megapixel-steps ({what}); "
+                           f"{request.role} callers may queue at most {cap:,.0f}. Ask for fewer pixels, steps or "
+                           f"frames{hint}.")
+        return cost
 
     def _accepted(self, job: JobRecord, caller: Caller) -> dict:
         return {"job_id": job.id, "status": job.status.value, "status_url": views.status_url(job.id),

@@ -8,6 +8,8 @@
   class using it), so `prepare()` answers an oversized request with a 413 JSON error
   before the body is read (the HTTP server alone would answer a bare 400).
 - `WebSocketCounter` caps the job WebSockets one client address holds open at once.
+- `JobLimits`: the most a job may cost by the caller's role, and how long it may run
+  (enforced by `AnimeService.admit` and the runner).
 
     server = make_http_server(app, HttpLimits())      # what `serve` and the tests listen with
 """
@@ -17,6 +19,8 @@ import collections
 from dataclasses import dataclass
 
 from tornado.httpserver import HTTPServer
+
+from animenb.phases.cost import UNIT
 
 from .validation import MAX_BODY_BYTES, APIError
 
@@ -36,6 +40,35 @@ class HttpLimits:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+ROLES = ("anonymous", "user", "admin")
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """What one job may ask: its cost (`animenb.phases.cost`, megapixel-steps) by the caller's role, and
+    how long it may run. A default 512 px job of any phase costs 32-103; 2048 px x 150 steps x 64
+    frames costs about 40,000. None: no limit."""
+    anonymous: float | None = 150.0
+    user: float | None = 1500.0
+    admin: float | None = 15000.0
+    timeout_seconds: float | None = 3600.0  # a running job past it fails with {"type": "Timeout"}
+
+    def __post_init__(self):
+        for name in ROLES + ("timeout_seconds",):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"`{name}` must be a positive number or None, got {value!r}.")
+
+    def max_cost(self, role: str) -> float | None:
+        if role not in ROLES:
+            raise ValueError(f"`role` must be one of {', '.join(ROLES)}, got {role!r}.")
+        return getattr(self, role)
+
+    def as_dict(self) -> dict:
+        return {"job_cost": {"unit": UNIT, "max_by_role": {role: self.max_cost(role) for role in ROLES}},
+                "job_timeout_seconds": self.timeout_seconds}
 
 
 def make_http_server(app, limits: HttpLimits, **kwargs) -> HTTPServer:

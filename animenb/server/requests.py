@@ -25,6 +25,11 @@ class Caller:
     def is_admin(self) -> bool:
         return self.identity is not None and self.identity.is_admin
 
+    @property
+    def role(self) -> str:
+        """"anonymous", "user" or "admin": what limits the caller's jobs (`JobLimits`)."""
+        return self.identity.role if self.identity is not None else "anonymous"
+
 
 @dataclass(frozen=True)
 class JobRequest:
@@ -36,3 +41,4 @@ class JobRequest:
     visibility: str = "public"
     extra: dict[str, Any] | None = None   # the job's `extra` (e.g. an anonymous job's cancel-token hash)
     exempt_from_user_limit: bool = False  # admins' jobs do not count against the per-user limit
+    role: str = "anonymous"               # the caller's role: its cap on the job's cost (JobLimits)
