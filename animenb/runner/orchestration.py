@@ -1,24 +1,25 @@
 """Server-side orchestration: one parent job drives CHARACTER_SHEET -> gate -> ANIMATION_LOOP -> gate ->
 FULL_VIDEO -> gate through child jobs.
 
-The parent is a job of kind "orchestration" (phase None). It is queued like any job; when a
-worker claims it, the worker does not run a notebook: it starts an `Orchestrator` task on the
-event loop and goes straight back to the queue, so the parent never holds a kernel while it
-waits for its children (one warm kernel is enough). The chain's policy, progress and
-record are `animenb.chain`'s, the same the in-process `orchestrate()` uses: this module only
-submits the children and waits for them.
+The parent is a job of kind "orchestration" (phase None), run by `OrchestrationDriver` (the
+runner's job-kind registry). It is queued like any job; when a worker claims it, the worker does
+not run a notebook: the driver starts an `Orchestrator` task on the event loop and the worker goes
+straight back to the queue, so the parent never holds a kernel while it waits for its children
+(one warm kernel is enough). The chain's policy, progress and record are `animenb.chain`'s, the
+same the in-process `orchestrate()` uses: this module submits the children, waits for them and
+applies the restart policy.
 
 Each phase attempt is a real child job (kind "phase", `parent_id` = the parent, its own
 outputs/<child_id>/): the phase notebook, then the quality notebook with the attempt's
-threshold, on a warm kernel. Children jump the queue (the runner's priority list) so a chain is
+threshold (the child's own `extra["quality_threshold"]`), on a warm kernel. Children jump the queue (the runner's priority list) so a chain is
 not interleaved with jobs queued after it started. The child's manifest["quality"] decides the
 gate; a failed gate retries the phase with `attempt_seed(seed, phase, k)` up to `max_retries`,
 then the parent fails with error {"type": "QualityGateFailed", "message": <reason>}. A child that
 fails for any other reason (a cell error, a dead kernel) fails the parent with that error.
 
 Progress: the parent publishes its own `JobProgressEvent`s (part "chain", from
-`animenb.chain.ChainProgress` fed with the children's events) and persists them, so `/generation/<parent>/status` and
-`/ws/job/<parent>` show the chain. `children_summary()` lists the children (id, phase, attempt,
+`animenb.chain.ChainProgress` fed with the children's events) and persists them, so
+`/generation/<parent>/status` and `/ws/job/<parent>` show the chain. `children_summary()` lists the children (id, phase, attempt,
 status, score).
 
 Cancel of the parent cancels its current child (queued or running) and stops the chain: the
@@ -63,13 +64,13 @@ log = logging.getLogger(__name__)
 
 ORCHESTRATION_KIND = RECORD_KIND
 MAX_RESUMES = 2
-# Request fields (validated by the orchestrate handler) passed to every phase notebook as they are.
+# Request fields (validated with POST /orchestrate's body) passed to every phase notebook as they are.
 COMMON_FIELDS = ("negative_prompt", "guidance_scale", "scheduler")
 
 
 def child_info(job: JobRecord) -> dict | None:
     """The orchestration facts stored in a child's `extra` (None for other jobs)."""
-    info = job.extra.get("orchestration") if isinstance(job.extra, dict) else None
+    info = job.extra.get("orchestration")
     return info if isinstance(info, dict) else None
 
 

@@ -4,7 +4,8 @@
 `health()`, `status(job)` (the one status model of /status, GET /generation/{id}, /jobs rows and the
 WebSocket `state` and `finished` events), `jobs(...)`, `gallery(...)`, `phases()`, `generate(...)` and
 `orchestrate(...)` (validate, then `admit`), `admit(request)` (the one place a job is admitted to the
-queue: every limit on what may be queued lives there) and `cancel(job, caller)`.
+queue: every limit on what may be queued lives there), `cancel(job, caller)`, `thumbnail(job, rel)`,
+`stats()` and `collect_garbage(...)`.
 
     service = AnimeService(ServerConfig(models="tiny", home=..., outputs=...))
     app = make_app(service)            # extra keyword arguments become tornado settings
@@ -34,6 +35,7 @@ import tornado.web
 
 from animenb import config
 from animenb.phases.cost import images_per_step, job_cost, orchestration_cost
+from animenb.retention import collect_garbage
 from animenb.runner.events import EventBus
 from animenb.runner.orchestration import ORCHESTRATION_KIND
 from animenb.runner.runner import JobRunner
@@ -51,7 +53,8 @@ from .orchestrate_validation import validate_orchestrate
 from .pages import page_handlers  # the gallery page at / and /gallery
 from .redaction import install_log_redaction
 from .requests import Caller, JobRequest
-from .stats import typical_duration
+from .stats import admin_stats, typical_duration
+from .thumbnails import make_thumbnail
 from .validation import APIError, validate_generate
 
 log = logging.getLogger(__name__)
@@ -355,6 +358,36 @@ class AnimeService:
             raise APIError(409, "job_finished", f"Job {job.id} already finished ({job.status.value}); nothing to "
                                                 f"cancel.", "job_id")
         return self.status(await self.runner.cancel(job.id), caller.ws_base)
+
+    async def thumbnail(self, job: JobRecord, rel: str) -> bytes:
+        """PNG bytes of the thumbnail of `job`'s file `rel` (made once, remade when the file is newer), or
+        APIError 404 (no such file in the job's own folder, or not an image or video) / 422 (unreadable)."""
+        root = (self.outputs_dir / job.id).resolve()
+        source = (root / rel).resolve()
+        if root not in source.parents or not source.is_file():
+            raise APIError(404, "file_not_found", "No such output file.", "file")
+        if source.suffix.lower() not in views.IMAGE_SUFFIXES | views.VIDEO_SUFFIXES:
+            raise APIError(404, "no_thumbnail", "Thumbnails exist for images and videos only.", "file")
+        target = self.thumbnails_dir / job.id / f"{rel}.png"
+        if not target.is_file() or target.stat().st_mtime < source.stat().st_mtime:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, make_thumbnail, source, target)
+            except Exception:
+                log.exception("thumbnail of %s failed", source)  # details (paths) stay in the server log
+                raise APIError(422, "thumbnail_failed", f"Could not make a thumbnail of {rel}.", "file") from None
+        return target.read_bytes()
+
+    # -- administration ------------------------------------------------------------------------------
+    async def stats(self) -> dict:
+        """GET /admin/stats: see animenb.server.stats."""
+        return await admin_stats(self)
+
+    async def collect_garbage(self, older_than: float, *, dry_run: bool) -> dict:
+        """POST /admin/gc: animenb.retention on this server's store, outputs and thumbnails (off the loop)."""
+        report = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: collect_garbage(self.store, self.outputs_dir, older_than=older_than,
+                                          thumbnails_dir=self.thumbnails_dir, dry_run=dry_run))
+        return report.as_dict()
 
     # -- components ----------------------------------------------------------------------------------
     async def comfyui_health(self) -> dict:

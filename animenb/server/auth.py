@@ -51,7 +51,6 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from animenb.store import JobNotFoundError
 from animenb.store.tokens_base import ANONYMOUS
 
 from .validation import APIError
@@ -146,13 +145,8 @@ class AuthMixin:
         return identity.name if identity is not None else ANONYMOUS
 
     def readable_job(self, job_id: str):
-        """The job if the caller may read it, else None: an unknown job and someone else's private job
-        look the same, so a private job's existence never leaks."""
-        try:
-            job = self.settings["animenb"].store.get(job_id)
-        except JobNotFoundError:
-            return None
-        return job if can_read(self.current_user, job) else None
+        """The job if the caller may read it, else None (`AnimeService.readable_job`)."""
+        return self.settings["animenb"].readable_job(job_id, self.current_user)
 
 
 def require_role(handler, role: str = "admin") -> Identity:

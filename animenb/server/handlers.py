@@ -6,18 +6,17 @@ writes the answer. Every error is JSON, `{"error": {"code", "message", "field"}}
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import mimetypes
 import os
-from pathlib import Path
 from typing import Any
 
 import tornado.web
 from tornado.web import HTTPError
 
 from animenb.phases.catalog import get_phase
+from animenb.retention import parse_age
 from animenb.store import JobStatus
 
 from . import views
@@ -30,7 +29,6 @@ from .websocket import JobSocketHandler
 
 log = logging.getLogger(__name__)
 API = views.API
-THUMBNAIL_SIZE = 256
 mimetypes.add_type("application/x-ipynb+json", ".ipynb")
 
 
@@ -142,7 +140,7 @@ class GalleryHandler(BaseHandler):
                 phase = get_phase(phase).id
             except ValueError as exc:
                 raise APIError(422, "invalid_value", str(exc), "phase") from None
-        self.write_json(self.service.gallery(phase=phase or None, limit=limit, cursor=cursor))
+        self.write_json(self.service.gallery(phase=phase, limit=limit, cursor=cursor))
 
 
 class PhasesHandler(BaseHandler):
@@ -225,55 +223,16 @@ class OutputHandler(JSONErrorMixin, AuthMixin, tornado.web.StaticFileHandler):
         return 0
 
 
-def make_thumbnail(source: Path, target: Path, size: int = THUMBNAIL_SIZE) -> None:
-    from PIL import Image
-
-    if source.suffix.lower() in views.VIDEO_SUFFIXES:
-        import imageio.v2 as imageio
-
-        reader = imageio.get_reader(str(source), format="ffmpeg")
-        try:
-            image = Image.fromarray(reader.get_data(0))
-        finally:
-            reader.close()
-    else:
-        with Image.open(source) as opened:  # closes the file (an animated GIF keeps it open otherwise)
-            opened.seek(0)
-            image = opened.convert("RGB")
-    image = image.convert("RGB")
-    image.thumbnail((size, size))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 class ThumbnailHandler(BaseHandler):
     """GET /api/anime/thumbnails/<job_id>/<file>: a PNG at most 256 px, cached under home/thumbnails."""
 
     async def get(self, job_id: str, rel: str) -> None:
-        self.get_job(job_id)
+        job = self.get_job(job_id)
         if not _safe_relative(rel):
             raise APIError(404, "file_not_found", "No such output file.", "file")
-        root = (self.service.outputs_dir / job_id).resolve()
-        source = (root / rel).resolve()
-        if root not in source.parents or not source.is_file():
-            raise APIError(404, "file_not_found", "No such output file.", "file")
-        if source.suffix.lower() not in views.IMAGE_SUFFIXES | views.VIDEO_SUFFIXES:
-            raise APIError(404, "no_thumbnail", "Thumbnails exist for images and videos only.", "file")
-        target = self.service.thumbnails_dir / job_id / f"{rel}.png"
-        if not target.is_file() or target.stat().st_mtime < source.stat().st_mtime:
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, make_thumbnail, source, target)
-            except Exception:
-                log.exception("thumbnail of %s failed", source)  # details (paths) stay in the server log
-                raise APIError(422, "thumbnail_failed", f"Could not make a thumbnail of {rel}.", "file") from None
+        png = await self.service.thumbnail(job, rel)
         self.set_header("Content-Type", "image/png")
-        self.finish(target.read_bytes())
+        self.finish(png)
 
 
 class AdminStatsHandler(BaseHandler):
@@ -281,9 +240,7 @@ class AdminStatsHandler(BaseHandler):
 
     async def get(self) -> None:
         require_role(self, "admin")
-        from .stats import admin_stats
-
-        self.write_json(await admin_stats(self.service))
+        self.write_json(await self.service.stats())
 
 
 class AdminGcHandler(BaseHandler):
@@ -291,8 +248,6 @@ class AdminGcHandler(BaseHandler):
 
     async def post(self) -> None:
         require_role(self, "admin")
-        from animenb.retention import collect_garbage, parse_age
-
         data = parse_json_body(self.request.body, self.request.headers.get("Content-Type"))
         unknown = sorted(set(data) - {"older_than", "dry_run"})
         if unknown:
@@ -308,11 +263,7 @@ class AdminGcHandler(BaseHandler):
         dry_run = data.get("dry_run", False)
         if type(dry_run) is not bool:
             raise invalid("dry_run", f"`dry_run` must be true or false, got {dry_run!r}.")
-        service = self.service
-        report = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: collect_garbage(service.store, service.outputs_dir, older_than=older_than,
-                                          thumbnails_dir=service.thumbnails_dir, dry_run=dry_run))
-        self.write_json(report.as_dict())
+        self.write_json(await self.service.collect_garbage(older_than, dry_run=dry_run))
 
 
 JOB_ID = r"(?P<job_id>[0-9a-f]{32})"
