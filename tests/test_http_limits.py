@@ -195,3 +195,66 @@ async def test_own_and_allowed_origins_may_post_and_cancel(srv):
             with pytest.raises(HTTPClientError) as info:
                 await websocket_connect(request)
             assert info.value.code == 403
+
+
+async def test_another_site_cannot_queue_jobs_from_a_real_browser(srv):
+    """A page on another origin tries what a hostile site would: no-cors fetches with no Content-Type (a
+    Blob body) and text/plain, a form post, and a CORS fetch with JSON (which needs a preflight the server never grants).
+    No job is queued. The same JSON fetch from the server's own origin is accepted."""
+    from tornado.testing import bind_unused_port
+    from tornado.web import Application, RequestHandler
+
+    from test_gallery_page import CHROMIUM_ARGS, chromium_path
+
+    executable = chromium_path()
+    from playwright.async_api import async_playwright
+
+    target = f"{srv.base}{GEN}"
+    body = '{"prompt": "test:echo from another site"}'
+
+    class Hostile(RequestHandler):
+        def get(self):
+            self.write(f"""<!doctype html><body>
+<form id="f" method="POST" action="{target}" enctype="text/plain" target="sink">
+<input name='{{"prompt": "test:echo form", "x": "' value='"}}'></form><iframe name="sink"></iframe>
+<script>
+window.attempts = (async () => {{
+  const out = [];
+  for (const init of [{{method: "POST", mode: "no-cors", body: new Blob([{body!r}])}},  // no Content-Type at all
+                      {{method: "POST", mode: "no-cors", body: {body!r}}},
+                      {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}}, body: {body!r}}},
+                      {{method: "POST", headers: {{"Content-Type": "application/json"}}, body: {body!r}}}]) {{
+    try {{ const r = await fetch({target!r}, init); out.push(r.type + ":" + r.status); }}
+    catch (e) {{ out.push("blocked"); }}
+  }}
+  document.getElementById("f").submit();
+  return out;
+}})();
+</script></body>""")
+
+    sock, port = bind_unused_port()
+    from tornado.httpserver import HTTPServer
+
+    hostile = HTTPServer(Application([(r"/", Hostile)]))
+    hostile.add_sockets([sock])
+    before = srv.service.store.count()
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = await browser.new_page()
+                await page.goto(f"http://localhost:{port}/", wait_until="load")  # another origin than 127.0.0.1
+                attempts = await page.evaluate("window.attempts")
+                assert attempts[:3] == ["opaque:0"] * 3 and attempts[3] == "blocked", attempts
+                await page.wait_for_timeout(1000)  # the form post lands in the iframe
+                assert srv.service.store.count() == before
+                own = await browser.new_page()
+                await own.goto(srv.base + "/", wait_until="domcontentloaded")
+                status = await own.evaluate(
+                    "async ([url, body]) => (await fetch(url, {method: 'POST', body,"
+                    " headers: {'Content-Type': 'application/json'}})).status", [target, body])
+                assert status == 202 and srv.service.store.count() == before + 1
+            finally:
+                await browser.close()
+    finally:
+        hostile.stop()

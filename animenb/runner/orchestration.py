@@ -158,8 +158,8 @@ class Orchestrator:
             raise
         except Exception as exc:  # a bug or a store failure: never leave the parent running
             log.exception("orchestration %s failed", parent.id)
-            status, error, reason = JobStatus.FAILED, JobError(type(exc).__name__, str(exc) or type(exc).__name__), \
-                str(exc)
+            reason = self.runner.public_paths.scrub(str(exc))  # the log above keeps the absolute paths
+            status, error = JobStatus.FAILED, JobError(type(exc).__name__, reason or type(exc).__name__)
         self._finish(passed, status, error, reason)
 
     def _resume(self) -> tuple[list[dict], dict[str, str]]:
@@ -311,7 +311,7 @@ class Orchestrator:
             except OSError as exc:  # e.g. a full disk: the parent fails clearly instead of staying running
                 log.exception("orchestration %s: could not write %s", parent.id, MANIFEST_NAME)
                 status = JobStatus.FAILED
-                reason = f"could not write the orchestration's {MANIFEST_NAME}: {exc}"
+                reason = self.runner.public_paths.scrub(f"could not write the orchestration's {MANIFEST_NAME}: {exc}")
                 error = JobError(type(exc).__name__, reason)
         outputs = JobOutputs(files=output_files(self.out_dir), manifest=MANIFEST_NAME if listed else None,
                              listed=listed, seed=self.params.get("seed"), record=RECORD_NAME, children=self.children,
