@@ -36,6 +36,7 @@ from .backends.base import SCHEDULERS
 from .config import default_profile
 from .phases import PHASE_FUNCTIONS, PHASES, PhaseResult, get_phase
 from .phases.common import stamped_output_dir
+from .phases.spec import phase_spec
 from .progress import CancelToken, Cancelled, ProgressEvent
 
 DEFAULT_COMPARE_STEPS = (8, 15, 25, 40)
@@ -121,12 +122,13 @@ class ExplorerPanel:
     score, passed, output_dir) and `comparison_runs`, `events` (ProgressEvents of the
     latest run), `status` ("idle", "running", "done", "cancelled", "error") and `error`.
     `phase_options` are extra keyword arguments per phase name (e.g. `{"ANIMATION_LOOP":
-    {"frames": 8}}`).
+    {"frames": 8}}`). `negative_prompt` and `guidance_scale` left None show the selected phase's
+    defaults (animenb.phases.spec) and follow the phase control until edited.
     """
 
     def __init__(self, *, prompt: str = "anime girl with blue hair, school uniform",
-                 negative_prompt: str = "lowres, bad anatomy, blurry, text, watermark",
-                 phase: int | str = "CHARACTER_SHEET", steps: int = 15, guidance_scale: float = 7.0,
+                 negative_prompt: str | None = None,
+                 phase: int | str = "CHARACTER_SHEET", steps: int = 15, guidance_scale: float | None = None,
                  scheduler: str = "dpmpp_2m", seed: int = 42, width: int | None = None, height: int | None = None,
                  models: str | None = None, backend: str = "diffusers", backend_options: dict | None = None,
                  output_dir: str | Path | None = None, compare_steps: Sequence[int] = DEFAULT_COMPARE_STEPS,
@@ -157,12 +159,15 @@ class ExplorerPanel:
         wide = W.Layout(width="98%")
         self.prompt = W.Textarea(value=prompt, description="prompt", layout=W.Layout(width="98%", height="60px"),
                                  style=style)
-        self.negative_prompt = W.Text(value=negative_prompt, description="negative prompt", layout=wide, style=style)
+        defaults = phase_spec(phase).defaults
+        self.negative_prompt = W.Text(value=defaults["negative_prompt"] if negative_prompt is None else negative_prompt,
+                                      description="negative prompt", layout=wide, style=style)
         self.phase = W.Dropdown(options=[(f"{p.id} · {p.name}", p.name) for p in PHASES],
                                 value=get_phase(phase).name, description="phase", style=style)
         self.steps = W.IntSlider(value=steps, min=1, max=60, description="steps", continuous_update=False,
                                  style=style)
-        self.guidance = W.FloatSlider(value=guidance_scale, min=0.0, max=20.0, step=0.5, description="guidance",
+        self.guidance = W.FloatSlider(value=defaults["guidance_scale"] if guidance_scale is None else guidance_scale,
+                                      min=0.0, max=20.0, step=0.5, description="guidance",
                                       continuous_update=False, style=style)
         self.scheduler = W.Dropdown(options=list(SCHEDULERS), value=scheduler, description="scheduler", style=style)
         self.seed = W.BoundedIntText(value=seed, min=0, max=2**32 - 1, description="seed", style=style)
@@ -195,6 +200,7 @@ class ExplorerPanel:
         self.compare_grid = W.GridBox(layout=W.Layout(grid_template_columns="repeat(4, 200px)", grid_gap="6px"))
         self.compare_table = W.HTML(value="")
 
+        self.phase.observe(self._follow_phase_defaults, names="value")
         self.new_seed_button.on_click(lambda _b: self.new_seed())
         self.generate_button.on_click(lambda _b: self._launch(self.generate))
         self.cancel_button.on_click(lambda _b: self.cancel())
@@ -222,6 +228,13 @@ class ExplorerPanel:
         return self.widget._repr_mimebundle_(**kwargs)
 
     # -- handlers (public: the buttons call these) --------------------------------------
+    def _follow_phase_defaults(self, change: dict) -> None:
+        """A field still at the old phase's default takes the new phase's (one request, one output)."""
+        old, new = phase_spec(change["old"]).defaults, phase_spec(change["new"]).defaults
+        for control, name in ((self.negative_prompt, "negative_prompt"), (self.guidance, "guidance_scale")):
+            if control.value == old[name]:
+                control.value = new[name]
+
     def new_seed(self) -> int:
         self.seed.value = secrets.randbelow(2**32)
         return self.seed.value

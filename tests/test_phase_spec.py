@@ -186,3 +186,14 @@ async def test_an_accepted_job_runs_what_the_spec_says(srv):
         assert record.parameters[name] == spec.defaults[name], name
     assert echoed["seed"] == record.parameters["seed"] and isinstance(echoed["seed"], int)
     assert "backend" not in record.parameters  # the server's --backend applies
+
+
+@aio
+async def test_phases_endpoint_publishes_the_spec(srv):
+    code, body, _ = await call(srv, "GET", f"{API}/phases")
+    assert code == 200
+    loop = next(p for p in body["phases"] if p["id"] == 2)
+    fields = {f["name"]: f for f in loop["request_fields"]}
+    assert set(fields) == {p.name for p in phase_spec(2).api_params}
+    assert fields["frames"]["minimum"] == 2 and fields["frames"]["default"] == 16
+    assert {r["field"] for r in loop["rules"]} == {"frames"}

@@ -55,6 +55,19 @@ def test_controls(tmp_path):
         ExplorerPanel(scheduler="plms")
 
 
+def test_phase_defaults_come_from_the_spec_and_follow_the_phase(tmp_path):
+    from animenb.phases.spec import phase_spec
+
+    panel = tiny_panel(tmp_path)
+    sheet, loop = phase_spec(1).defaults, phase_spec(2).defaults
+    assert (panel.negative_prompt.value, panel.guidance.value) == (sheet["negative_prompt"], sheet["guidance_scale"])
+    panel.phase.value = "ANIMATION_LOOP"
+    assert (panel.negative_prompt.value, panel.guidance.value) == (loop["negative_prompt"], loop["guidance_scale"])
+    panel.negative_prompt.value = "my own"
+    panel.phase.value = "FULL_VIDEO"  # an edited field stays as the user left it
+    assert panel.negative_prompt.value == "my own" and panel.guidance.value == phase_spec(3).defaults["guidance_scale"]
+
+
 def test_new_seed_button(tmp_path):
     panel = tiny_panel(tmp_path)
     seeds = set()

@@ -6,6 +6,7 @@ from urllib.parse import quote
 
 from animenb import __version__
 from animenb.phases.catalog import DEFAULT_GATE, PHASES, QUALITY_GATES, WORKFLOW, get_phase
+from animenb.phases.spec import phase_spec
 from animenb.store import JobRecord, JobStatus
 from animenb.store.jobs_common import iso
 
@@ -130,9 +131,12 @@ def gallery_item(job: JobRecord) -> dict:
 def phases_body(notebooks_dir) -> dict:
     phases = []
     for phase in PHASES:
+        spec = phase_spec(phase.id)  # what POST /generate accepts for this phase, from the one spec
         phases.append({**phase.as_dict(), "notebook": phase.notebook,
                        "available": (notebooks_dir / phase.notebook).is_file(),
-                       "parameters_file": f"parameters/{phase.parameters_file}"})
+                       "parameters_file": f"parameters/{phase.parameters_file}",
+                       "request_fields": [p.as_dict() for p in spec.api_params],
+                       "rules": [r.as_dict() for r in spec.rules]})
     return {"phases": phases, "workflow": WORKFLOW, "quality_gates": QUALITY_GATES, "quality_threshold": DEFAULT_GATE}
 
 
