@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from .fast_paths import apply_load_time
 from .profiles import ModelNotAvailableError, ModelProfile, load_profile
 
 KINDS = ("sd", "animatediff", "svd")
@@ -133,7 +134,9 @@ def _load(kind: str, profile: ModelProfile, placement: Placement):
         pipe = _from_pretrained(diffusers.StableVideoDiffusionPipeline, profile, "svd", dtype=dtype)
     else:
         raise ValueError(f"`kind` must be one of {', '.join(KINDS)}, got {kind!r}.")
-    pipe.to(placement.device)
+    if not profile.fast_paths.cpu_offload:  # offload places each model itself, on use
+        pipe.to(placement.device)
+    apply_load_time(pipe, kind, profile.fast_paths, placement.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -143,7 +146,7 @@ def pipeline(kind: str, profile: ModelProfile | str | None = None, placement: Pl
     if not isinstance(profile, ModelProfile):
         profile = load_profile(profile)
     placement = placement or resolve_placement(profile)
-    key = (kind, profile.name, profile.path, placement.device, placement.dtype)
+    key = (kind, profile.name, profile.path, placement.device, placement.dtype, profile.fast_paths)
     with _LOCK:
         if key not in _CACHE:
             _CACHE[key] = _load(kind, profile, placement)
@@ -154,7 +157,7 @@ def cache_info() -> list[dict]:
     """What is loaded: kind, profile, device, dtype and parameter bytes per pipeline."""
     info = []
     with _LOCK:
-        for (kind, name, _path, device, dtype), pipe in _CACHE.items():
+        for (kind, name, _path, device, dtype, _fast), pipe in _CACHE.items():
             total = 0
             for component in pipe.components.values():
                 if hasattr(component, "parameters"):

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from .config import default_profile, parameters_dir
+from .fast_paths import FastPaths, parse_fast_paths
 
 ROLES = ("sd", "motion_adapter", "svd", "ip_adapter")
 TINY_LABEL = "tiny (random weights)"
@@ -44,6 +45,7 @@ class ModelProfile:
     roles: dict[str, RoleSource]
     device: str = "auto"
     dtype: str = "auto"
+    fast_paths: FastPaths = field(default_factory=FastPaths)
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -75,7 +77,7 @@ class ModelProfile:
     def as_dict(self) -> dict:
         return {"profile": self.name, "label": self.label, "tiny": self.is_tiny,
                 "path": str(self.path) if self.path else None,
-                "roles": {k: v.source for k, v in self.roles.items()}}
+                "roles": {k: v.source for k, v in self.roles.items()}, "fast_paths": self.fast_paths.as_dict()}
 
 
 def available_profiles() -> list[str]:
@@ -101,4 +103,5 @@ def load_profile(name_or_path: str | Path | None = None) -> ModelProfile:
     tiny = bool(roles) and all(r.is_tiny for r in roles.values())
     return ModelProfile(name=name, label=TINY_LABEL if tiny else data.get("label", name),
                         default_size=int(data.get("default_size", 512)), roles=roles,
-                        device=str(data.get("device", "auto")), dtype=str(data.get("dtype", "auto")), path=path)
+                        device=str(data.get("device", "auto")), dtype=str(data.get("dtype", "auto")),
+                        fast_paths=parse_fast_paths(data.get("fast_paths"), path), path=path)

@@ -7,6 +7,12 @@ byte-level CLIP tokenizer that needs no download, an AnimateDiff MotionAdapter m
 the UNet, an SVD pipeline whose image encoder takes 224 px inputs, and an IP-Adapter
 folder in h94/IP-Adapter's layout. Outputs of these models are noise by construction.
 
+Sized to be fast at every size the API accepts (64-2048 px), not only at the tests' 64 px:
+the UNets have 4 levels with attention only at the lowest one (latent / 8), and the VAEs are
+as narrow as their GroupNorms allow, without the SD VAE's mid-block attention. Attention at
+the full latent resolution made a 512 px pose cost ~2 s per step on one CPU (4096 tokens,
+quadratic), the same pose now costs ~35 ms per step; see the README's "Measured".
+
 Folders live under `<ANIMENB_HOME>/tiny/<TINY_VERSION>/<role>` and are rebuilt when missing.
 """
 from __future__ import annotations
@@ -18,11 +24,16 @@ from pathlib import Path
 
 from .config import home_dir
 
-TINY_VERSION = "v1"
+TINY_VERSION = "v2"  # in the cache path: a new shape never reuses an old folder
 ROLES = ("sd", "motion_adapter", "svd", "ip_adapter")
 IP_ADAPTER_WEIGHT = "ip-adapter_tiny.safetensors"
 _SEED = 0
 _CROSS_DIM = 32
+# UNet levels: attention (self, cross, motion's spatial twin) only at the last, lowest one.
+_UNET_CHANNELS = (4, 8, 16, 32)
+_UNET_GROUPS = 4
+# SVD's UNet and temporal VAE hard-code 32 GroupNorm groups, so 32 channels is their floor.
+_SVD_CHANNELS = (32, 32, 32, 32)
 _COMPLETE = ".complete"
 
 
@@ -104,10 +115,12 @@ def _unet():
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(_SEED + 2)
+    levels = len(_UNET_CHANNELS)
     return UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=_CROSS_DIM)
+        block_out_channels=_UNET_CHANNELS, layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
+        norm_num_groups=_UNET_GROUPS, cross_attention_dim=_CROSS_DIM, attention_head_dim=4)
 
 
 def _vae():
@@ -115,10 +128,13 @@ def _vae():
     from diffusers import AutoencoderKL
 
     torch.manual_seed(_SEED + 3)
-    # 4 blocks = 8x down-sampling like real SD; 2 blocks made SD 20x slower (FACTS.md).
-    return AutoencoderKL(block_out_channels=(32, 32, 64, 64), in_channels=3, out_channels=3,
+    # 4 blocks = 8x down-sampling like real SD; 2 blocks made SD 20x slower (FACTS.md). 8 channels at
+    # full resolution and no mid-block attention (quadratic in the latent's pixels): a 512 px decode
+    # costs ~0.14 s on one CPU instead of ~1.3 s.
+    return AutoencoderKL(block_out_channels=(8, 8, 16, 16), in_channels=3, out_channels=3,
                          down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                         latent_channels=4, layers_per_block=1, sample_size=64)
+                         latent_channels=4, layers_per_block=1, norm_num_groups=8,
+                         mid_block_add_attention=False, sample_size=512)  # = SD's: VAE tiles of 512 px
 
 
 def build_sd(folder: Path) -> None:
@@ -138,8 +154,9 @@ def build_motion_adapter(folder: Path) -> None:
     from diffusers import MotionAdapter
 
     torch.manual_seed(_SEED + 4)
-    MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2, motion_num_attention_heads=4,
-                  motion_norm_num_groups=32, motion_max_seq_length=32).save_pretrained(folder)
+    # Its blocks and layers per block must match the UNet's (FACTS.md).
+    MotionAdapter(block_out_channels=_UNET_CHANNELS, motion_layers_per_block=1, motion_num_attention_heads=1,
+                  motion_norm_num_groups=_UNET_GROUPS, motion_max_seq_length=32).save_pretrained(folder)
 
 
 def build_svd(folder: Path) -> None:
@@ -148,14 +165,15 @@ def build_svd(folder: Path) -> None:
                            StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel)
 
     torch.manual_seed(_SEED + 5)
+    levels = len(_SVD_CHANNELS)
     unet = UNetSpatioTemporalConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=8, out_channels=4,
-        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-        cross_attention_dim=_CROSS_DIM, num_attention_heads=8,
+        block_out_channels=_SVD_CHANNELS, layers_per_block=1, sample_size=8, in_channels=8, out_channels=4,
+        down_block_types=("DownBlockSpatioTemporal",) * (levels - 1) + ("CrossAttnDownBlockSpatioTemporal",),
+        up_block_types=("CrossAttnUpBlockSpatioTemporal",) + ("UpBlockSpatioTemporal",) * (levels - 1),
+        cross_attention_dim=_CROSS_DIM, num_attention_heads=4,
         projection_class_embeddings_input_dim=96, addition_time_embed_dim=32)
     torch.manual_seed(_SEED + 6)
-    vae = AutoencoderKLTemporalDecoder(block_out_channels=(32, 32, 64, 64), in_channels=3, out_channels=3,
+    vae = AutoencoderKLTemporalDecoder(block_out_channels=_SVD_CHANNELS, in_channels=3, out_channels=3,
                                        down_block_types=("DownEncoderBlock2D",) * 4, latent_channels=4,
                                        layers_per_block=1)
     scheduler = EulerDiscreteScheduler(

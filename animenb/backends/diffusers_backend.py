@@ -44,14 +44,15 @@ def use_scheduler(pipe, name: str) -> None:
 
 
 PREVIEW_EVERY = 5  # steps between latent previews (and always the last step)
+PREVIEW_MAX_SIDE = 256  # px; previews are never scaled up past this
 
 
 def latent_preview(latents, layout: str) -> str:
     """A small PNG data URL of the current latents: 3 of the 4 latent channels, min-max scaled.
 
     Not a decode (that costs a VAE pass); it shows composition and colour blocks forming, like
-    a sampler preview. `layout` is "bchw" (SD), "bcfhw" (AnimateDiff) or "bfchw" (SVD); for
-    videos the middle frame is shown.
+    a sampler preview. At most PREVIEW_MAX_SIDE px on its long side. `layout` is "bchw" (SD),
+    "bcfhw" (AnimateDiff) or "bfchw" (SVD); for videos the middle frame is shown.
     """
     import base64
     import io
@@ -66,7 +67,10 @@ def latent_preview(latents, layout: str) -> str:
     x = x[:3].numpy()
     lo, hi = x.min(axis=(1, 2), keepdims=True), x.max(axis=(1, 2), keepdims=True)
     rgb = ((x - lo) / np.maximum(hi - lo, 1e-6) * 255).astype(np.uint8).transpose(1, 2, 0)
-    image = Image.fromarray(rgb).resize((rgb.shape[1] * 8, rgb.shape[0] * 8), Image.NEAREST)
+    # Up to the image's size (one latent pixel = 8 px), at most PREVIEW_MAX_SIDE: a 2048 px image's
+    # preview would otherwise be a multi-megabyte PNG on every subscriber's socket.
+    scale = max(1, min(8, PREVIEW_MAX_SIDE // max(rgb.shape[:2])))
+    image = Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -120,9 +124,18 @@ class DiffusersBackend(Backend):
             raise OutOfMemoryError(f"out of GPU memory on {self.placement.device}; the model cache was freed "
                                    f"({str(exc).splitlines()[0][:160]})") from exc
 
+    def _set_vae_modes(self, pipe, width: int, height: int) -> None:
+        """The profile's VAE slicing and tiling for this size (the VAE is shared by SD and AnimateDiff)."""
+        fast, vae = self.profile.fast_paths, pipe.vae
+        if hasattr(vae, "use_slicing"):
+            vae.use_slicing = fast.use_vae_slicing(width, height)
+        if hasattr(vae, "use_tiling"):
+            vae.use_tiling = fast.use_vae_tiling(width, height)
+
     def text_to_image(self, request: ImageRequest, on_step: StepCallback | None = None) -> Image.Image:
         pipe = self._pipeline("sd")
         use_scheduler(pipe, request.scheduler)
+        self._set_vae_modes(pipe, request.width, request.height)
         reference = request.ip_adapter_image
         pipe.set_ip_adapter_scale(request.ip_adapter_scale if reference is not None else 0.0)
         return self._run(lambda: pipe(
@@ -136,13 +149,15 @@ class DiffusersBackend(Backend):
     def text_to_video(self, request: VideoRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
         pipe = self._pipeline("animatediff")
         use_scheduler(pipe, request.scheduler)
+        self._set_vae_modes(pipe, request.width, request.height)
+        chunk = self.profile.fast_paths.chunk_size("animatediff", self.placement.device)
         reference = request.ip_adapter_image
         pipe.set_ip_adapter_scale(request.ip_adapter_scale if reference is not None else 0.0)
         return self._run(lambda: list(pipe(
             prompt=request.prompt, negative_prompt=request.negative_prompt or None,
             num_frames=request.frames, width=request.width, height=request.height,
             num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
-            generator=self._generator(request.seed),
+            generator=self._generator(request.seed), decode_chunk_size=chunk,
             ip_adapter_image=reference if reference is not None else _NEUTRAL_REFERENCE,
             callback_on_step_end=_step_callback(on_step, "bcfhw", request.steps), output_type="pil",
         ).frames[0]))
@@ -150,12 +165,13 @@ class DiffusersBackend(Backend):
     def image_to_video(self, request: ImageToVideoRequest,
                        on_step: StepCallback | None = None) -> list[Image.Image]:
         pipe = self._pipeline("svd")
+        chunk = self.profile.fast_paths.chunk_size("svd", self.placement.device)
         image = request.image.convert("RGB").resize((request.width, request.height), Image.LANCZOS)
         return self._run(lambda: list(pipe(
             image=image, width=request.width, height=request.height, num_frames=request.frames,
             num_inference_steps=request.steps, fps=request.fps, motion_bucket_id=request.motion_bucket_id,
             noise_aug_strength=request.noise_aug_strength, min_guidance_scale=request.min_guidance_scale,
-            max_guidance_scale=request.max_guidance_scale, decode_chunk_size=8,
+            max_guidance_scale=request.max_guidance_scale, decode_chunk_size=chunk,
             generator=self._generator(request.seed),
             callback_on_step_end=_step_callback(on_step, "bfchw", request.steps), output_type="pil",
         ).frames[0]))
