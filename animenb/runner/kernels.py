@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from ..gpu_info import cuda_devices
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +49,16 @@ class KernelError(RuntimeError):
 
 
 def detect_devices() -> list[str]:
-    """`cuda:N` for each NVIDIA GPU `nvidia-smi -L` lists (honouring CUDA_VISIBLE_DEVICES), else `cpu`.
+    """`cuda:N` for each NVIDIA GPU (honouring CUDA_VISIBLE_DEVICES), else `cpu`.
 
-    Avoids importing torch in the server process (2-3 s, 360 MB) just to count GPUs.
+    Counted with NVML (animenb.gpu_info): importing torch in the server process just to count
+    GPUs costs 2-3 s and ~360 MB.
     """
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         ids = [v.strip() for v in visible.split(",") if v.strip() and v.strip() != "-1"]
         return [f"cuda:{i}" for i in ids] or ["cpu"]
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=5).stdout
-            gpus = [line for line in out.splitlines() if line.startswith("GPU ")]
-            if gpus:
-                return [f"cuda:{i}" for i in range(len(gpus))]
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return ["cpu"]
+    return cuda_devices()
 
 
 class WarmKernel:

@@ -21,11 +21,8 @@ Settings read by handlers: `animenb` (the service). Defaults set here:
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import math
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +31,7 @@ from typing import Any, Callable
 import tornado.web
 
 from animenb import config
+from animenb.gpu_info import gpu_facts
 from animenb.phases.cost import images_per_step, job_cost, orchestration_cost
 from animenb.retention import collect_garbage
 from animenb.runner.events import EventBus
@@ -111,57 +109,15 @@ def model_label(profile: str) -> dict:
 
 
 class GpuProbe:
-    """GPU facts for /health: torch.cuda (imported lazily, in a thread: it takes seconds) for
-    availability and names; memory from nvidia-smi so the server never creates a CUDA context."""
-
-    def __init__(self):
-        self._static: dict | None = None
-        self._future: asyncio.Future | None = None
-
-    @staticmethod
-    def _probe_torch() -> dict:
-        if importlib.util.find_spec("torch") is None:
-            return {"available": False, "device": "cpu", "reason": "torch is not installed"}
-        try:
-            import torch
-
-            if not torch.cuda.is_available():
-                return {"available": False, "device": "cpu", "torch": torch.__version__}
-            return {"available": True, "device": "cuda", "torch": torch.__version__, "count": torch.cuda.device_count(),
-                    "names": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
-        except Exception as exc:
-            return {"available": False, "device": "cpu", "reason": f"torch.cuda failed: {exc}"}
-
-    @staticmethod
-    def _memory() -> list[dict]:
-        smi = shutil.which("nvidia-smi")
-        if not smi:
-            return []
-        try:
-            out = subprocess.run([smi, "--query-gpu=index,name,memory.total,memory.used", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True, timeout=5).stdout
-        except (OSError, subprocess.SubprocessError):
-            return []
-        gpus = []
-        for line in out.strip().splitlines():
-            parts = [p.strip() for p in line.split(",")]
-            if len(parts) == 4:
-                gpus.append({"index": int(parts[0]), "name": parts[1], "memory_total_mb": int(parts[2]),
-                             "memory_used_mb": int(parts[3])})
-        return gpus
+    """GPU facts for /health and /admin/stats from NVML (animenb.gpu_info): no torch import, no
+    subprocess and no CUDA context in the server; read at most every `gpu_info.TTL_SECONDS`."""
 
     def start(self) -> None:
-        if self._future is None:
-            self._future = asyncio.get_running_loop().run_in_executor(None, self._probe_torch)
+        # NVML's first initialisation loads the driver library: off the event loop, at start-up.
+        asyncio.get_running_loop().run_in_executor(None, gpu_facts)
 
     async def info(self) -> dict:
-        self.start()
-        if self._static is None:
-            self._static = await self._future
-        info = dict(self._static)
-        if info.get("available"):
-            info["gpus"] = await asyncio.get_running_loop().run_in_executor(None, self._memory)
-        return info
+        return gpu_facts()  # cached: microseconds
 
 
 class AnimeService:

@@ -5,8 +5,8 @@
   (denoising steps per second: the last progress event's `step / elapsed_seconds`, else
   `parameters.steps / duration`) and quality pass rate (`outputs.quality.passed`, copied
   from each job's manifest.json): the newest `WINDOW` finished jobs.
-- GPU name / memory used / total: nvidia-smi (the server never creates a CUDA context),
-  else CPU count, load and memory.
+- GPU name / memory used / total / utilisation: NVML (animenb.gpu_info, cached ~1.5 s; the
+  server never imports torch or creates a CUDA context), else CPU count, load and memory.
 - model cache: the models live in the warm kernel processes, not in the server. Each idle
   kernel is asked, with a silent `user_expressions` request on its own thread, for
   `animenb.models.cache_info()` (pipelines, dtype, parameter bytes) and torch's CUDA
