@@ -47,6 +47,7 @@ from .handlers import NotFoundHandler, default_handlers
 from .headers import SecurityHeaders
 from .home_lock import HomeLock
 from .limits import HttpLimits, JobLimits, WebSocketCounter, make_http_server
+from .openapi import openapi_handlers
 from .orchestrate_validation import validate_orchestrate
 from .pages import page_handlers  # the gallery page at / and /gallery
 from .redaction import install_log_redaction
@@ -371,7 +372,7 @@ def make_app(service: AnimeService, **settings: Any) -> tornado.web.Application:
                 "websocket_max_message_size": 64 * 1024, "serve_traceback": False,
                 "default_handler_class": NotFoundHandler}
     install_log_redaction()
-    app = tornado.web.Application(default_handlers + page_handlers, animenb=service, **{**defaults, **settings})
+    app = tornado.web.Application(default_handlers + openapi_handlers + page_handlers, animenb=service, **{**defaults, **settings})
     app.add_transform(SecurityHeaders)
     return app
 
