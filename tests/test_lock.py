@@ -16,8 +16,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCKS = [ROOT / "requirements" / "lock.txt", ROOT / "tests" / "comfyui" / "requirements.txt"]
-# CUDA runtimes, and torch add-ons whose PyPI wheels replace the CPU torch.
-FORBIDDEN = re.compile(r"^(nvidia-|triton|cuda-|torchvision|torchaudio)", re.I)
+# CUDA runtimes, and torch add-ons whose PyPI wheels replace the CPU torch. nvidia-ml-py is the
+# pure-Python NVML binding the server reads GPU facts with, not a CUDA package.
+FORBIDDEN = re.compile(r"^(nvidia-(?!ml-py$)|triton|cuda-|torchvision|torchaudio)", re.I)
 
 
 def _canonical(name: str) -> str:
