@@ -8,7 +8,7 @@ MODELS ?= tiny
 
 .PHONY: setup lab-setup serve test demo lab lock bench clean reference-notebooks
 
-# Every version is pinned by the lock (pip-tools, from pyproject's test and lab extras; `make lock`).
+# Every version is pinned by the lock (pip-tools, from pyproject's test, lab and ray extras; `make lock`).
 LOCK := requirements/lock.txt
 # JupyterLab gets its own venv: in the runner's environment its dependencies slow `import papermill`
 # by ~1.5 s. It finds the kernel and the widget extension of $(VENV) through JUPYTER_PATH.
@@ -23,7 +23,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet -c $(LOCK) torch==2.13.0
 
 $(STAMP): $(BIN)/python pyproject.toml $(LOCK)
-	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test,ray]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -70,7 +70,7 @@ lab: setup lab-setup
 PIP_COMPILE := pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links
 lock:
 	test -x .venv-tools/bin/pip-compile || { $(PY) -m venv .venv-tools && .venv-tools/bin/pip install --quiet pip-tools==7.6.2; }
-	.venv-tools/bin/$(PIP_COMPILE) --upgrade --extra test --extra lab -o $(LOCK) pyproject.toml requirements/torch-cpu.in
+	.venv-tools/bin/$(PIP_COMPILE) --upgrade --extra test --extra lab --extra ray -o $(LOCK) pyproject.toml requirements/torch-cpu.in
 	.venv-tools/bin/$(PIP_COMPILE) --upgrade -o tests/comfyui/requirements.txt tests/comfyui/requirements.in
 	# nvidia-ml-py is the pure-Python NVML binding (GPU facts for the server), not a CUDA package.
 	! grep -iE '^(nvidia|triton|cuda)' $(LOCK) tests/comfyui/requirements.txt | grep -v '^[^:]*:nvidia-ml-py=='

@@ -62,3 +62,22 @@ def test_next_queued_looks_ahead_oldest_first_without_claiming(store):
     assert [j.id for j in ahead] == [jobs[1].id, jobs[2].id]
     assert all(j.status is JobStatus.QUEUED for j in ahead)
     assert [j.id for j in store.next_queued(1)] == [jobs[1].id]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ray-slots", "2"], "need --executor ray"),
+    (["--ray-address", "auto"], "need --executor ray"),
+    (["--executor", "ray", "--ray-slots", "0"], "--ray-slots must be at least 1, got 0"),
+])
+def test_serve_refuses_ray_options_it_cannot_use(argv, message, capsys):
+    from animenb.cli import main
+
+    assert main(["serve", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_serve_takes_several_comfyui_urls():
+    from animenb.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--comfyui-url", "http://a:1", "--comfyui-url", "http://b:2"])
+    assert args.comfyui_url == ["http://a:1", "http://b:2"] and args.executor == "local"

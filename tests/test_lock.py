@@ -40,7 +40,7 @@ def _pins(lock: Path) -> dict[str, str]:
 def _declared() -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     requirements = list(project["dependencies"])
-    for extra in ("test", "lab"):
+    for extra in ("test", "lab", "ray"):
         requirements += project["optional-dependencies"][extra]
     return {_canonical(re.split(r"[<>=~!\[; ]", req, maxsplit=1)[0]) for req in requirements}
 
@@ -96,7 +96,7 @@ def test_every_imported_package_is_declared():
     undeclared = {}
     for module in sorted(modules - local):
         if module not in distributions:
-            continue  # imported only where it is optional (e.g. ray), not installed here
+            continue  # imported only where it is optional, not installed here
         names = {_canonical(dist) for dist in distributions[module]}
         if not names & _declared():
             undeclared[module] = sorted(names)

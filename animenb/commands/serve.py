@@ -18,7 +18,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", default=None, help="job store and caches (default $ANIMENB_HOME or ~/.cache/animenb)")
     parser.add_argument("--outputs", default=None, help="where jobs write outputs/<job_id>/ (default ./outputs)")
     parser.add_argument("--backend", default=None, choices=["diffusers", "comfyui"], help="generation backend")
-    parser.add_argument("--comfyui-url", default=None, help="ComfyUI server, e.g. http://127.0.0.1:8188")
+    parser.add_argument("--comfyui-url", action="append", default=[], metavar="URL",
+                        help="ComfyUI server, e.g. http://127.0.0.1:8188; repeat it for several servers (each gets "
+                             "its own worker, so their jobs run in parallel)")
+    parser.add_argument("--executor", default="local", choices=["local", "ray"],
+                        help="where jobs run: warm kernels in this process (default) or Ray actors, one per GPU "
+                             "of a cluster (needs pip install -e '.[ray]')")
+    parser.add_argument("--ray-address", default=None,
+                        help="Ray cluster to join: auto (the one on this machine) or HOST:PORT; default: start "
+                             "a local one")
+    parser.add_argument("--ray-slots", type=int, default=None,
+                        help="Ray actors to start (default one per GPU of the cluster; on a CPU-only cluster 1, "
+                             "each taking one CPU)")
+    parser.add_argument("--ray-shared-outputs", action="store_true",
+                        help="the outputs folder is mounted at the same path on every Ray node: actors write in "
+                             "place instead of returning files through the object store")
     parser.add_argument("--cold-kernels", action="store_true",
                         help="start a fresh kernel for every job (for comparison; warm kernels are the default)")
     parser.add_argument("--no-quality", action="store_true",
@@ -70,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
     # The notebooks' kernels read these too: set them before anything starts.
     if args.home:
         os.environ["ANIMENB_HOME"] = os.path.abspath(os.path.expanduser(args.home))
+    if args.executor != "ray" and (args.ray_address or args.ray_slots or args.ray_shared_outputs):
+        raise ValueError("--ray-address, --ray-slots and --ray-shared-outputs need --executor ray.")
+    if args.ray_slots is not None and args.ray_slots < 1:
+        raise ValueError(f"--ray-slots must be at least 1, got {args.ray_slots}.")
     if args.backend == "comfyui" and not args.comfyui_url:
         raise ValueError("--backend comfyui needs --comfyui-url URL (the ComfyUI server to drive).")
     if args.models:
@@ -84,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
     from animenb.server.limits import HttpLimits
 
     cfg = ServerConfig(host=args.host, port=args.port, models=args.models, home=args.home, outputs=args.outputs,
-                       backend=args.backend, comfyui_url=args.comfyui_url, warm=not args.cold_kernels,
+                       backend=args.backend, comfyui_urls=tuple(args.comfyui_url), executor=args.executor,
+                       ray_address=args.ray_address, ray_slots=args.ray_slots,
+                       ray_shared_outputs=args.ray_shared_outputs, warm=not args.cold_kernels,
                        notebooks_dir=args.notebooks, quality_notebook=not args.no_quality, max_queue=args.max_queue,
                        max_queued_per_user=args.max_queued_per_user, allow_origins=tuple(args.allow_origin),
                        http_limits=HttpLimits(**{name: value for name, value in (
@@ -100,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  store:   {service.home / 'jobs.sqlite'}")
         print(f"  outputs: {service.outputs_dir}")
         print(f"  kernels: {', '.join(s.device for s in service.runner.slots)} "
-              f"({'warm' if cfg.warm else 'cold'}); ComfyUI: {cfg.comfyui_url or 'not configured'}")
+              f"({'warm' if cfg.warm else 'cold'}, {cfg.executor}); "
+              f"ComfyUI: {', '.join(cfg.comfyui_urls) or 'not configured'}")
         for job in service.runner.recovered:
             print(f"  recovered job {job.id}: {job.status.value}")
 

@@ -42,7 +42,7 @@ from animenb.store import InvalidTransitionError, JobError, JobOutputs, JobRecor
 
 from .drivers import JobDriver, output_files
 from .events import JobProgressEvent, JobStartedEvent
-from .executors import JobCancelledBeforeStart, NotebookRun, Slot, SlotLost, model_key
+from .executors import NotebookRun, Slot, SlotLost, model_key
 from .parameters import phase_parameters
 
 log = logging.getLogger(__name__)

@@ -47,6 +47,7 @@ class JobRunner:
                  kernels: KernelPool | None = None, devices: list[str] | None = None, models: str | None = None,
                  backend: str | None = None, comfyui_url: str | None = None,
                  comfyui_urls: list[str] | None = None, executor: str | Executor = "local",
+                 executor_options: dict | None = None,
                  notebooks_dir: str | Path | None = None,
                  notebook_for: Callable[[JobRecord], Path] | None = None,
                  quality_notebook: str | Path | None | bool = True, quality_threshold: float | None = None,
@@ -79,8 +80,13 @@ class JobRunner:
             kernel_kwargs = dict(env=env, cwd=config.repo_root())
             self.executor = LocalExecutor(kernels or KernelPool(devices, **kernel_kwargs), warm=warm,
                                           comfyui_urls=self.comfyui_urls, kernel_kwargs=kernel_kwargs)
+        elif executor == "ray":
+            from .ray_executor import RayExecutor  # the optional `ray` extra, imported only here
+
+            self.executor = RayExecutor(env=env, warm=warm, outputs_dir=self.outputs_dir,
+                                        comfyui_urls=self.comfyui_urls, **(executor_options or {}))
         else:
-            raise ValueError(f"`executor` must be 'local' or an Executor, got {executor!r}.")
+            raise ValueError(f"`executor` must be 'local', 'ray' or an Executor, got {executor!r}.")
         self.public_paths = PathScrubber(outputs_dir=self.outputs_dir, notebooks_dir=self.notebooks_dir,
                                          home=Path(env.get("ANIMENB_HOME") or config.home_dir()))
         self.drivers: dict[str, JobDriver] = {kind: job_drivers.get(kind)(self) for kind in job_drivers}

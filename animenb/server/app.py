@@ -73,6 +73,11 @@ class ServerConfig:
     outputs: str | Path | None = None  # outputs/<job_id>/; None: $ANIMENB_OUTPUTS or ./outputs
     backend: str | None = None         # "diffusers" (default in the notebooks) or "comfyui"
     comfyui_url: str | None = None
+    comfyui_urls: tuple[str, ...] = ()  # several ComfyUI servers, one worker each (comfyui_url: the first)
+    executor: str = "local"            # "local" (warm kernels here) or "ray" (actors on a Ray cluster)
+    ray_address: str | None = None     # None: start a local Ray cluster; "auto" or HOST:PORT: join one
+    ray_slots: int | None = None       # Ray actors (default one per cluster GPU, or 1 without GPUs)
+    ray_shared_outputs: bool = False   # actors write outputs in place (the outputs folder is shared)
     devices: list[str] | None = None   # None: one warm kernel per GPU, or one "cpu"
     warm: bool = True                  # False: a fresh kernel per job (benchmarks)
     notebook_for: Callable[[JobRecord], Path] | None = None  # tests: which notebook runs a job
@@ -89,8 +94,10 @@ class ServerConfig:
     def resolved(self) -> "ServerConfig":
         home = Path(self.home or config.home_dir()).expanduser().resolve()
         outputs = Path(self.outputs or config.outputs_dir()).expanduser().resolve()
+        urls = tuple(self.comfyui_urls) or ((self.comfyui_url,) if self.comfyui_url else ())
         return ServerConfig(**{**self.__dict__, "home": home, "outputs": outputs,
-                               "models": self.models or config.default_profile()})
+                               "models": self.models or config.default_profile(), "comfyui_urls": urls,
+                               "comfyui_url": self.comfyui_url or (urls[0] if urls else None)})
 
 
 def model_label(profile: str) -> dict:
@@ -141,7 +148,9 @@ class AnimeService:
         kernel_env = {"ANIMENB_HOME": str(self.home), **(self.config.kernel_env or {})}
         self.runner = JobRunner(
             self.store, self.bus, outputs_dir=self.outputs_dir, devices=self.config.devices, models=self.config.models,
-            backend=self.config.backend, comfyui_url=self.config.comfyui_url, notebook_for=self.config.notebook_for,
+            backend=self.config.backend, comfyui_url=self.config.comfyui_url,
+            comfyui_urls=list(self.config.comfyui_urls), executor=self.config.executor,
+            executor_options=self._executor_options(), notebook_for=self.config.notebook_for,
             quality_notebook=self.config.quality_notebook, warm=self.config.warm,
             notebooks_dir=self.config.notebooks_dir,
             cancel_grace=self.config.cancel_grace, kernel_env=kernel_env,
@@ -151,6 +160,12 @@ class AnimeService:
         self.websockets = WebSocketCounter(self.config.http_limits.max_websockets_per_client)
         self.gpu = GpuProbe()
         self.started_at = time.time()
+
+    def _executor_options(self) -> dict:
+        cfg = self.config
+        if cfg.executor != "ray":
+            return {}
+        return {"address": cfg.ray_address, "slots": cfg.ray_slots, "shared_outputs": cfg.ray_shared_outputs}
 
     async def start(self) -> None:
         await self.runner.start()
@@ -348,7 +363,16 @@ class AnimeService:
 
     # -- components ----------------------------------------------------------------------------------
     async def comfyui_health(self) -> dict:
-        url = self.config.comfyui_url
+        """The ComfyUI server's health; with several, the first's fields plus `servers` (each one's), and
+        "healthy" only when all are."""
+        urls = self.config.comfyui_urls
+        if len(urls) > 1:
+            each = await asyncio.gather(*(self._one_comfyui_health(url) for url in urls))
+            worst = next((h for h in each if h.get("status") != "healthy"), each[0])
+            return {**each[0], "status": worst.get("status"), "servers": list(each)}
+        return await self._one_comfyui_health(self.config.comfyui_url)
+
+    async def _one_comfyui_health(self, url: str | None) -> dict:
         if not url:
             return {"status": "not configured", "url": None, "queue_running": None}
         try:

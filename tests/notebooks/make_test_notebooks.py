@@ -74,6 +74,18 @@ for _ in range(max(1, int(steps))):
     reporter.on_step()''',
 "print('finished sleeping')"])
 
+write("stubborn", ["#md A job whose cell swallows interrupts: cancel must end its kernel.", PARAMS,
+DELAY + '''import time
+from animenb.progress import ProgressReporter
+reporter = ProgressReporter("TEST", total_steps=max(1, int(steps)), display="kernel")
+reporter.start_stage("ignoring interrupts")
+for _ in range(max(1, int(steps))):
+    try:
+        time.sleep(delay)
+    except KeyboardInterrupt:
+        pass
+    reporter.on_step()'''])
+
 write("error", ["#md An ordinary Python error.", PARAMS, 'raise ValueError("bad things in cell 2")'])
 
 write("echo", ["#md Writes its parameters back, to check what reached the kernel.", PARAMS,

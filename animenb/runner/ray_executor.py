@@ -1,0 +1,504 @@
+"""`RayExecutor`: jobs run on Ray actors, one per GPU of a cluster, each owning a warm kernel.
+
+    animenb serve --executor ray [--ray-address auto|HOST:PORT] [--ray-slots N] [--ray-shared-outputs]
+
+The server, its SQLite store and its queue stay where they are (`JobRunner`); only where a job's
+notebooks run changes. Each slot is a long-lived `KernelActor` (`num_gpus=1`; on a cluster without GPUs,
+`--ray-slots N` actors with `num_cpus=1`) that starts a `WarmKernel` on its node and runs the same
+papermill engine (`animenb`) and the same notebooks on it, so its module-level model cache stays warm
+between jobs. The runner places a job on an idle actor that already ran the job's models when there is
+one (`animenb.runner.executors.place`).
+
+Outputs: an actor writes the job's files into a scratch folder on its node and returns them through
+Ray's object store with each notebook's result (only files new or changed since the previous notebook
+of the job); the server writes them into its own outputs/<job_id>/, with the scratch path in executed
+notebooks replaced by the server's, so manifests, hashes and notebooks read as a local run's. With
+`--ray-shared-outputs` (the server's outputs folder mounted at the same path on every node) actors write
+in place and nothing travels.
+
+Progress: the kernel's progress display data is kept by the actor per job; the slot long-polls it
+(`KernelActor.progress`, one actor call per batch of events) and hands each payload to the driver,
+which publishes it on the server's event bus (WebSocket fan-out) as for a local kernel.
+
+Cancel: the actor interrupts its kernel (SIGINT, as locally); past the grace period the runner's kill
+ends the actor (`ray.kill`) and a replacement starts. An actor or node that dies mid-job raises
+`SlotLost`: the job is re-queued once if it wrote nothing, else `lost` with the reason, and the slot
+starts a new actor.
+
+Ray is an optional extra (`pip install -e '.[ray]'`): it is imported only here, when the executor
+starts.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from animenb.runner.public_paths import CHECKOUT
+
+from .executors import Executor, JobCancelledBeforeStart, NotebookRun, Slot, SlotLost
+from .kernels import WarmKernel
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 180.0   # seconds for an actor to be placed and its kernel to start
+POLL_SECONDS = 1.0      # how long one progress call waits for new events
+# Environment the server passes on to actors' kernels (a remote node does not inherit the server's).
+FORWARDED_ENV = ("ANIMENB_THREADS", "TRANSFORMERS_VERBOSITY", "HF_HUB_OFFLINE", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class _JobState:
+    """What an actor keeps of one job between its notebooks: progress events and the cancel flag."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+        self.changed = threading.Condition()
+        self.cancel_event = threading.Event()
+        self.sent: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns) already returned
+
+
+class KernelActor:
+    """Runs inside a Ray worker process (`ray.remote(KernelActor)`): one warm kernel and its model cache.
+
+    Methods are called concurrently (`max_concurrency`): `run` blocks while a notebook runs on the kernel
+    thread, `progress` long-polls, `interrupt` and `describe` answer at once."""
+
+    def __init__(self, *, env: dict, warm: bool = True, shared_outputs: str | None = None, label: str = "slot"):
+        self.warm = warm
+        self.shared = shared_outputs is not None
+        root = Path(shared_outputs) if self.shared else Path(tempfile.gettempdir()) / f"animenb-ray-{os.getpid()}"
+        self.outputs_root = root.resolve()
+        self.outputs_root.mkdir(parents=True, exist_ok=True)
+        self.notebooks_root = Path(tempfile.gettempdir()) / f"animenb-ray-notebooks-{os.getpid()}"
+        env = {**env, "ANIMENB_OUTPUTS": str(self.outputs_root)}
+        self.kernel = WarmKernel("ray", env=env, cwd=CHECKOUT)
+        self.label = label
+        self.jobs: dict[str, _JobState] = {}
+        self.jobs_run = 0
+
+    # -- facts --------------------------------------------------------------------------
+    def describe(self) -> dict:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return {"pid": os.getpid(), "kernel_pid": self.kernel.pid(), "node_ip": ray.util.get_node_ip_address(),
+                "node_id": ctx.get_node_id(), "actor_id": ctx.get_actor_id(),
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "ready": self.kernel.ready,
+                "jobs_run": self.jobs_run, "outputs_root": str(self.outputs_root), "shared_outputs": self.shared,
+                "roots": {"checkout": str(CHECKOUT), "python": sys.prefix}}
+
+    def start(self) -> dict:
+        # Ray's worker threads block SIGINT, and a child inherits its thread's signal mask: unblock it on
+        # the thread that starts (and restarts) the kernel, or interrupts never reach the kernel.
+        self.kernel.executor.submit(signal.pthread_sigmask, signal.SIG_UNBLOCK, {signal.SIGINT}).result()
+        self.kernel.executor.submit(self.kernel.start).result()
+        return self.describe()
+
+    # -- a job's notebooks ------------------------------------------------------------------
+    def run(self, job_id: str, notebook_path: str, notebook_text: str, output_name: str, parameters: dict,
+            execution_timeout: float | None, cancelled: bool) -> dict:
+        """Run one notebook of `job_id`; returns {"error": None or a description, "files": {path: bytes}}."""
+        state = self.jobs.setdefault(job_id, _JobState())
+        if cancelled:
+            state.cancel_event.set()
+        out_dir = self.outputs_root / job_id
+        out_dir.mkdir(parents=True, exist_ok=True)
+        notebook = self._notebook(notebook_path, notebook_text)
+        error = None
+        try:
+            self.kernel.executor.submit(self._execute, state, notebook, out_dir / output_name, parameters,
+                                        execution_timeout).result()
+        except Exception as exc:
+            error = _describe_error(exc)
+        files = {} if self.shared else self._changed_files(state, out_dir)
+        with state.changed:
+            state.changed.notify_all()
+        return {"error": error, "files": files, "events": len(state.events)}
+
+    def _notebook(self, path: str, text: str) -> str:
+        """The server's notebook path when this node has the same file (same checkout), else a copy."""
+        try:
+            if Path(path).read_text(encoding="utf-8") == text:
+                return path
+        except OSError:
+            pass
+        copy = self.notebooks_root / hashlib.sha256(text.encode()).hexdigest()[:16] / Path(path).name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text(text, encoding="utf-8")
+        return str(copy)
+
+    def _execute(self, state: _JobState, notebook: str, output: Path, parameters: dict,
+                 execution_timeout: float | None) -> None:
+        import papermill as pm
+        from nbclient.exceptions import DeadKernelError
+
+        from . import engine  # registers the "animenb" engine with papermill, installed or not
+
+        kernel = self.kernel
+
+        def on_progress(payload: dict) -> None:
+            with state.changed:
+                state.events.append(payload)
+                state.changed.notify_all()
+
+        if state.cancel_event.is_set():
+            raise JobCancelledBeforeStart("cancelled before start")
+        kernel.busy = True
+        try:
+            if self.warm:
+                kernel.ensure_clean()
+            else:
+                kernel.restart()
+            kernel.clean = False
+            pm.execute_notebook(
+                notebook, str(output), parameters=parameters, engine_name=engine.ENGINE_NAME, progress_bar=False,
+                request_save_on_cell_execute=False, warm_kernel=kernel, progress_callback=on_progress,
+                cancel_event=state.cancel_event, failure_output_path=str(output),
+                execution_timeout=execution_timeout)
+        except DeadKernelError:
+            log.warning("kernel of %s died; starting a new one", self.label)
+            try:
+                kernel.restart()
+            except Exception:
+                log.exception("restarting the kernel of %s failed", self.label)
+            raise
+        finally:
+            kernel.busy = False
+
+    def _changed_files(self, state: _JobState, out_dir: Path) -> dict[str, bytes]:
+        files = {}
+        for path in sorted(out_dir.rglob("*")):
+            if not path.is_file() or path.name.startswith(".") and path.name.endswith(".tmp"):
+                continue
+            rel = path.relative_to(out_dir).as_posix()
+            stat = path.stat()
+            stamp = (stat.st_size, stat.st_mtime_ns)
+            if state.sent.get(rel) != stamp:
+                files[rel] = path.read_bytes()
+                state.sent[rel] = stamp
+        return files
+
+    def progress(self, job_id: str, after: int, timeout: float) -> list[dict]:
+        """Progress payloads of `job_id` from index `after` on; waits up to `timeout` s for the first one."""
+        state = self.jobs.setdefault(job_id, _JobState())
+        with state.changed:
+            if len(state.events) <= after and timeout > 0:
+                state.changed.wait(timeout)
+            return state.events[after:]
+
+    def interrupt(self, job_id: str) -> bool:
+        """Cancel: no further cell starts, and the running one is interrupted (SIGINT, as a local kernel)."""
+        self.jobs.setdefault(job_id, _JobState()).cancel_event.set()
+        pid = self.kernel.pid()
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, signal.SIGINT)
+            return True
+        except OSError:
+            return False
+
+    def after_job(self, job_id: str) -> None:
+        """The server recorded the job: forget it, delete its scratch files, reset the kernel."""
+        self.jobs.pop(job_id, None)
+        self.jobs_run += 1
+        if not self.shared:
+            import shutil
+
+            shutil.rmtree(self.outputs_root / job_id, ignore_errors=True)
+        if self.warm:
+            self.kernel.executor.submit(self.kernel.reset_after_job)
+
+    def shutdown(self) -> None:
+        self.kernel.executor.submit(self.kernel.shutdown).result(timeout=15)
+
+
+def _describe_error(exc: BaseException) -> dict:
+    from nbclient.exceptions import DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        return {"kind": "execution", "cell_index": exc.cell_index, "exec_count": exc.exec_count,
+                "source": exc.source, "ename": exc.ename, "evalue": exc.evalue, "traceback": exc.traceback}
+    if isinstance(exc, DeadKernelError):
+        return {"kind": "dead_kernel", "message": str(exc)}
+    return {"kind": "other", "name": type(exc).__name__, "message": str(exc)}
+
+
+def _raise_error(error: dict) -> None:
+    """Raise locally what the actor's notebook raised, so the driver classifies it as a local run's."""
+    from nbclient.exceptions import DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    if error["kind"] == "execution":
+        raise PapermillExecutionError(error["cell_index"], error["exec_count"], error["source"], error["ename"],
+                                      error["evalue"], error["traceback"])
+    if error["kind"] == "dead_kernel":
+        raise DeadKernelError(error["message"])
+    if error.get("name") == "JobCancelledBeforeStart":
+        raise JobCancelledBeforeStart(error["message"])
+    raise RuntimeError(f"{error.get('name')}: {error.get('message')}")
+
+
+class RaySlot(Slot):
+    """The server's handle on one `KernelActor` (module docstring); replaces its actor when it dies."""
+
+    def __init__(self, executor: "RayExecutor", index: int, *, resources: dict, comfyui_url: str | None = None,
+                 comfyui_only: bool = False):
+        super().__init__()
+        self.executor = executor
+        self.index = index
+        self.resources = resources
+        self.comfyui_url = comfyui_url
+        self.comfyui_only = comfyui_only
+        self.device = f"ray:{'comfyui' if comfyui_only else 'gpu' if resources.get('num_gpus') else 'cpu'}{index}"
+        self.actor = None
+        self.info: dict | None = None
+        self.replacements = 0
+        self.last_loss: str | None = None
+        self.current_job: str | None = None  # the job whose notebook runs now (what `interrupt` stops)
+        self._replacing: asyncio.Task | None = None
+        self._closed = False
+
+    @property
+    def ready(self) -> bool:
+        return self.actor is not None and self.info is not None
+
+    async def start(self) -> None:
+        import ray
+
+        cls = self.executor.actor_class()
+        actor = cls.options(**self.resources).remote(env=self.executor.env, warm=self.executor.warm,
+                                                     shared_outputs=self.executor.shared_outputs, label=self.device)
+        try:
+            info = await asyncio.wait_for(actor.start.remote(), START_TIMEOUT)
+        except BaseException:
+            ray.kill(actor, no_restart=True)
+            raise
+        self.actor, self.info = actor, info
+        self.loaded = []  # a new actor's model cache is empty
+        log.info("Ray actor %s started on node %s (pid %s, GPUs %s)", self.device, info["node_ip"], info["pid"],
+                 ",".join(info["gpu_ids"]) or "none")
+
+    def job_dir(self, job_id: str, out_dir: Path) -> Path:
+        if self.info is None or self.info["shared_outputs"]:
+            return out_dir
+        return Path(self.info["outputs_root"]) / job_id
+
+    async def run_notebook(self, run: NotebookRun) -> None:
+        import ray.exceptions
+
+        actor, info = self.actor, self.info
+        if actor is None:
+            raise SlotLost(f"the Ray actor of {self.device} is not running ({self.last_loss or 'starting'})")
+        self.current_job = run.job_id
+        text = await asyncio.get_running_loop().run_in_executor(None, run.notebook.read_text, "utf-8")
+        ref = actor.run.remote(run.job_id, str(run.notebook), text, run.output_name, run.parameters,
+                               run.execution_timeout, run.cancel_event.is_set())
+        seen = [0]
+        pump = asyncio.get_running_loop().create_task(self._pump(actor, run, seen))
+        try:
+            result = await ref
+        except ray.exceptions.RayActorError as exc:  # the actor's process or its node died
+            pump.cancel()
+            reason = self._lost(actor, exc)
+            raise SlotLost(f"The Ray actor running this job ({self.device} on node {info['node_ip']}) died: "
+                           f"{reason}") from None
+        pump.cancel()
+        try:  # events the pump had not fetched yet (the notebook's last ones)
+            for payload in await actor.progress.remote(run.job_id, seen[0], 0):
+                run.on_progress(payload)
+        except ray.exceptions.RayError:
+            pass
+        if result["files"]:
+            await asyncio.get_running_loop().run_in_executor(None, self._write_files, run, result["files"])
+        if result["error"] is not None:
+            _raise_error(result["error"])
+
+    async def _pump(self, actor, run: NotebookRun, seen: list[int]) -> None:
+        """Long-poll the actor for progress payloads and hand them to the driver as they come."""
+        while True:
+            try:
+                events = await actor.progress.remote(run.job_id, seen[0], POLL_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                return
+            seen[0] += len(events)
+            for payload in events:
+                run.on_progress(payload)
+
+    def _write_files(self, run: NotebookRun, files: dict[str, bytes]) -> None:
+        """Server side: the actor's files into outputs/<job_id>/; its scratch paths in notebooks become ours."""
+        scratch = str(Path(self.info["outputs_root"]) / run.job_id)
+        roots = {scratch: str(run.out_dir)}
+        for name, theirs in self.info["roots"].items():
+            ours = {"checkout": str(CHECKOUT), "python": sys.prefix}[name]
+            if theirs != ours:
+                roots[theirs] = ours
+        out_dir = run.out_dir.resolve()
+        for rel, data in files.items():
+            target = (out_dir / rel).resolve()
+            if out_dir not in target.parents:  # a file name from elsewhere must not escape the job's folder
+                log.warning("job %s: ignoring returned file %r outside its output folder", run.job_id, rel)
+                continue
+            if rel.endswith(".ipynb"):
+                text = data.decode("utf-8")
+                for theirs, ours in sorted(roots.items(), key=lambda kv: -len(kv[0])):
+                    text = text.replace(theirs, ours)
+                data = text.encode("utf-8")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+
+    def _lost(self, actor, exc: BaseException) -> str:
+        """The actor died: note why, start a replacement in the background; returns the reason."""
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if self.actor is actor:
+            self.actor = self.info = None
+            self.last_loss = reason
+            if not self._closed and (self._replacing is None or self._replacing.done()):
+                self._replacing = asyncio.get_running_loop().create_task(self._replace())
+        return reason
+
+    async def _replace(self) -> None:
+        while not self._closed:
+            try:
+                await self.start()
+                self.replacements += 1
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("replacing the Ray actor of %s failed; retrying in 5 s", self.device)
+                await asyncio.sleep(5)
+
+    async def interrupt(self) -> bool:
+        actor = self.actor
+        if actor is None:
+            return False
+        try:
+            return bool(await actor.interrupt.remote(self.current_job or ""))
+        except Exception:
+            log.exception("interrupting %s failed", self.device)
+            return False
+
+    async def kill(self) -> None:
+        """Cancel escalation: end the actor (its kernel goes with it); `run_notebook` then raises `SlotLost`."""
+        import ray
+
+        actor = self.actor
+        if actor is not None:
+            log.warning("killing Ray actor %s (a job ignored its interrupts)", self.device)
+            ray.kill(actor, no_restart=True)
+
+    def after_job(self, job_id: str, *, warm: bool, key: str | None = None, succeeded: bool = False) -> None:
+        super().after_job(job_id, warm=warm, key=key, succeeded=succeeded)
+        if self.actor is not None:
+            self.actor.after_job.remote(job_id)
+
+    async def close(self) -> None:
+        import ray
+
+        self._closed = True
+        if self._replacing is not None:
+            self._replacing.cancel()
+        actor, self.actor = self.actor, None
+        if actor is not None:
+            try:
+                await asyncio.wait_for(actor.shutdown.remote(), 15)
+            except Exception:
+                pass
+            ray.kill(actor, no_restart=True)
+
+    def describe(self) -> dict:
+        info = super().describe()
+        facts = self.info or {}
+        info.update({"node_ip": facts.get("node_ip"), "node_id": facts.get("node_id"), "pid": facts.get("pid"),
+                     "kernel_pid": facts.get("kernel_pid"), "gpu_ids": facts.get("gpu_ids"),
+                     "resources": self.resources, "replacements": self.replacements, "last_loss": self.last_loss})
+        return info
+
+
+class RayExecutor(Executor):
+    """Slots on a Ray cluster (module docstring). `address`: None starts a local cluster, "auto" joins the
+    one on this machine, HOST:PORT joins that one. `slots`: the number of actors (default one per GPU of
+    the cluster, or 1 without GPUs)."""
+    kind = "ray"
+
+    def __init__(self, *, env: dict, warm: bool = True, outputs_dir: Path, address: str | None = None,
+                 slots: int | None = None, shared_outputs: bool = False, comfyui_urls: list[str] | None = None):
+        super().__init__()
+        if slots is not None and slots < 1:
+            raise ValueError(f"`slots` must be at least 1, got {slots}.")
+        self.env = {**{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}, **env}
+        self.warm = warm
+        self.address = address
+        self.requested_slots = slots
+        self.shared_outputs = str(Path(outputs_dir).resolve()) if shared_outputs else None
+        self.comfyui_urls = list(comfyui_urls or [])
+        self.owns_ray = False
+        self._actor_class = None
+
+    def actor_class(self):
+        if self._actor_class is None:
+            import ray
+
+            # run + progress + interrupt + describe + after_job can overlap.
+            self._actor_class = ray.remote(max_concurrency=8)(KernelActor)
+        return self._actor_class
+
+    async def prepare(self) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise RuntimeError("`--executor ray` needs Ray: pip install -e '.[ray]'") from None
+        if not ray.is_initialized():
+            # On this thread, not a worker thread: a local cluster's processes die with the thread that
+            # started them (PR_SET_PDEATHSIG). It blocks start-up only, before any job runs.
+            t0 = time.perf_counter()
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING, configure_logging=False)
+            self.owns_ray = True
+            log.info("connected to Ray cluster %s in %.1f s", self.address or "(local)", time.perf_counter() - t0)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if gpus:
+            count, resources = self.requested_slots or gpus, {"num_gpus": 1, "num_cpus": 0}
+        else:
+            count, resources = self.requested_slots or 1, {"num_cpus": 1}
+        self.slots = [RaySlot(self, i, resources=resources) for i in range(count)]
+        if len(self.comfyui_urls) > 1:  # ComfyUI does the work: these actors only drive it
+            self.slots += [RaySlot(self, i, resources={"num_cpus": 0}, comfyui_url=url, comfyui_only=True)
+                           for i, url in enumerate(self.comfyui_urls)]
+
+    async def close(self) -> None:
+        await super().close()
+        if self.owns_ray:
+            import ray
+
+            ray.shutdown()
+
+    def describe(self) -> dict:
+        info = {"kind": self.kind, "address": self.address or "local",
+                "outputs": "shared filesystem" if self.shared_outputs else "returned through the object store"}
+        try:
+            import ray
+
+            if ray.is_initialized():
+                nodes = [n for n in ray.nodes() if n.get("Alive")]
+                total = ray.cluster_resources()
+                info["cluster"] = {"nodes": [{"node_id": n.get("NodeID"), "ip": n.get("NodeManagerAddress"),
+                                              "gpus": n.get("Resources", {}).get("GPU", 0),
+                                              "cpus": n.get("Resources", {}).get("CPU", 0)} for n in nodes],
+                                   "gpus": total.get("GPU", 0), "cpus": total.get("CPU", 0)}
+        except Exception as exc:  # health must answer even when the cluster does not
+            info["cluster_error"] = str(exc) or type(exc).__name__
+        return info
