@@ -75,8 +75,9 @@ lock:
 	# nvidia-ml-py is the pure-Python NVML binding (GPU facts for the server), not a CUDA package.
 	! grep -iE '^(nvidia|triton|cuda)' $(LOCK) tests/comfyui/requirements.txt | grep -v '^[^:]*:nvidia-ml-py=='
 
+# Every bench/*.py, each bounded; results in bench/results/<date>-<host>.json and .md (git-ignored).
 bench: setup
-	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf $(VENV) $(LAB_VENV) .venv-tools outputs .pytest_cache

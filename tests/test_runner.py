@@ -156,3 +156,88 @@ def test_warm_kernel_reset_after_job_and_cached_language_info(tmp_path):
         assert nb2.cells[0].outputs[0]["text"] == "1\n"
     finally:
         kernel.shutdown()
+
+
+@pytest.fixture(scope="module")
+def warm_kernel():
+    from animenb.runner.kernels import WarmKernel
+
+    kernel = WarmKernel("cpu")
+    kernel.start()
+    yield kernel
+    kernel.shutdown()
+
+
+def _parameterized_notebook(tmp_path, parameters_source: str, run_source: str) -> Path:
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    cells = [new_markdown_cell("# title"), new_code_cell(parameters_source), new_code_cell(run_source)]
+    cells[1].metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "parameterized.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def _run_warm(kernel, path: Path, out: Path, parameters: dict):
+    import threading
+
+    import papermill as pm
+
+    kernel.ensure_clean()
+    kernel.clean = False
+    try:
+        return pm.execute_notebook(str(path), str(out), engine_name="animenb", progress_bar=False,
+                                   request_save_on_cell_execute=False, warm_kernel=kernel, parameters=parameters,
+                                   cancel_event=threading.Event())
+    finally:
+        kernel.reset_after_job()
+
+
+def test_parameters_and_injected_cells_run_as_one_execution_with_their_own_outputs(tmp_path, warm_kernel):
+    """One kernel execution (one execution count) for the parameters and injected-parameters cells; each cell
+    keeps its own outputs and papermill status; the run cell sees the injected values."""
+    from animenb.runner.engine import BOUNDARY_MIME
+
+    path = _parameterized_notebook(tmp_path, "x = 1\nprint('defaults', x)", "print('run', x, y)\nx * 10")
+    nb = _run_warm(warm_kernel, path, tmp_path / "out.ipynb", {"x": 5, "y": "z"})
+    saved = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    _title, params, injected, run = saved.cells
+    assert "injected-parameters" in injected.metadata.tags
+    assert [o["text"] for o in params.outputs] == ["defaults 1\n"]
+    assert injected.outputs == []
+    assert run.outputs[0]["text"] == "run 5 z\n" and run.outputs[1]["data"]["text/plain"] == "50"
+    assert params.execution_count == injected.execution_count == run.execution_count - 1
+    assert all(c.metadata.papermill.status == "completed" for c in (params, injected, run))
+    assert injected.metadata.papermill.end_time >= params.metadata.papermill.end_time
+    assert params.source == "x = 1\nprint('defaults', x)"  # the joined source never reaches the notebook
+    assert not any(BOUNDARY_MIME in o.get("data", {}) for c in saved.cells for o in c.get("outputs", []))
+    assert nb.cells[2].execution_count == saved.cells[2].execution_count
+
+
+@pytest.mark.parametrize("where", ["parameters", "injected"])
+def test_an_error_in_a_joined_cell_is_that_cells_error(tmp_path, warm_kernel, where):
+    """Papermill marks the cell that raised, and only it; the cells after it never run."""
+    import papermill as pm
+    from nbformat.v4 import new_code_cell
+
+    parameters_source = "x = 1\nraise ValueError('bad default')" if where == "parameters" else "x = 1"
+    path = _parameterized_notebook(tmp_path, parameters_source, "print('run')")
+    nb = nbformat.read(path, as_version=4)
+    # Where papermill puts its injected cell; injected code that raises (papermill's own cannot).
+    injected = new_code_cell("x = 2\nint('not a number')" if where == "injected" else "x = 2")
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(2, injected)
+    nbformat.write(nb, path)
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        _run_warm(warm_kernel, path, tmp_path / "out.ipynb", {})
+    assert err.value.ename == "ValueError"
+    params, injected, run = [c for c in nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+                             if c.cell_type == "code"]
+    failed, other = (params, injected) if where == "parameters" else (injected, params)
+    assert failed.metadata.papermill.exception is True and failed.metadata.papermill.status == "failed"
+    assert [o["output_type"] for o in failed.outputs] == ["error"]
+    assert other.outputs == [] and other.metadata.papermill.status == (
+        "pending" if where == "parameters" else "completed")
+    assert run.metadata.papermill.status == "pending" and run.outputs == []

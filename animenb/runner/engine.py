@@ -22,6 +22,13 @@ interception. The job runner passes engine keyword arguments through
     where to save the partly executed notebook when execution ends in an exception that
     papermill itself does not save for (dead kernel, cancel between cells).
 
+One round trip for the parameters: papermill puts an ``injected-parameters`` cell right after
+the notebook's ``parameters`` cell, and each cell costs a kernel round trip (6-12 ms on two busy
+CPUs). The client sends the two as one execution with a boundary display between them
+(``BOUNDARY_MIME``, consumed like progress), so each cell still gets its own outputs, its error
+and its papermill status; a parameters cell's trailing expression is not echoed (the injected
+assignments follow it), which parameters cells never rely on.
+
 Why the classes are built lazily: papermill imports this module through its entry point
 while ``papermill.engines`` is still being imported. If this module is imported first,
 its own ``import papermill`` re-enters it through the entry point before the classes
@@ -37,9 +44,33 @@ from animenb.progress import PROGRESS_MIME
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ENGINE_NAME", "WarmKernelEngine", "AnimenbNotebookClient", "JobCancelled", "PROGRESS_MIME"]
+__all__ = ["ENGINE_NAME", "WarmKernelEngine", "AnimenbNotebookClient", "JobCancelled", "PROGRESS_MIME",
+           "BOUNDARY_MIME"]
 
 ENGINE_NAME = "animenb"
+# Displayed between two cells sent as one execution: outputs after it belong to the second cell.
+BOUNDARY_MIME = "application/vnd.animenb.cell-boundary+json"
+_BOUNDARY_CODE = f"__import__('IPython').display.display({{{BOUNDARY_MIME!r}: {{}}}}, raw=True)"
+
+
+def _tags(cell) -> list:
+    return cell.get("metadata", {}).get("tags", []) or []
+
+
+def parameter_pairs(cells) -> dict[int, int]:
+    """{index of a `parameters` cell: index of the `injected-parameters` code cell right after it}.
+
+    Not for cells that may raise (`raises-exception`): an error in the first would skip the second.
+    """
+    pairs = {}
+    for index in range(len(cells) - 1):
+        first, second = cells[index], cells[index + 1]
+        tags = _tags(first) + _tags(second)
+        if (first.cell_type == second.cell_type == "code" and "parameters" in _tags(first)
+                and "injected-parameters" in _tags(second) and "raises-exception" not in tags
+                and first.source.strip() and second.source.strip()):
+            pairs[index] = index + 1
+    return pairs
 
 
 class JobCancelled(Exception):
@@ -54,6 +85,7 @@ def _define() -> None:
         if "WarmKernelEngine" in globals():
             return
         from jupyter_core.utils import run_sync
+        from nbclient.exceptions import CellExecutionError
         from papermill.clientwrap import PapermillNotebookClient
         from papermill.engines import NBClientEngine
         from papermill.iorw import write_ipynb
@@ -84,7 +116,56 @@ def _define() -> None:
                     self.set_widgets_metadata()
                 return self.nb
 
+            # While a parameters + injected-parameters pair runs as one execution: their indices, and
+            # the index of the cell that receives outputs (the second once the boundary has passed).
+            _joined = None
+            _current = None
+
+            def papermill_execute_cells(self):
+                """Papermill's loop (clientwrap.py), with each parameters + injected-parameters pair sent
+                as one execution (module docstring). Each cell keeps its own papermill start, end, status."""
+                pairs = {} if self.allow_errors else parameter_pairs(self.nb.cells)
+                index = 0
+                while index < len(self.nb.cells):
+                    second = pairs.get(index)
+                    self._joined, self._current = (None if second is None else (index, second)), index
+                    try:
+                        self.nb_man.cell_start(self.nb.cells[index], index)
+                        if second is None:
+                            self.execute_cell(self.nb.cells[index], index)
+                        else:
+                            self._execute_joined(index, second)
+                    except CellExecutionError as ex:
+                        self.nb_man.cell_exception(self.nb.cells[self._current], cell_index=self._current,
+                                                   exception=ex)
+                        break
+                    finally:
+                        self.nb_man.cell_complete(self.nb.cells[self._current], cell_index=self._current)
+                        self._joined = None
+                    index = (index if second is None else second) + 1
+
+            def _execute_joined(self, first_index: int, second_index: int) -> None:
+                first, second = self.nb.cells[first_index], self.nb.cells[second_index]
+                source = first.source
+                second.outputs = []
+                first.source = f"{source}\n{_BOUNDARY_CODE}\n{second.source}"
+                try:
+                    self.execute_cell(first, first_index)
+                finally:
+                    first.source = source
+                    second.execution_count = first.get("execution_count")
+
             def process_message(self, msg, cell, cell_index):
+                if self._joined is not None:
+                    first, second = self._joined
+                    data = msg.get("content", {}).get("data") or {}
+                    if msg.get("msg_type") == "display_data" and BOUNDARY_MIME in data:
+                        self.nb_man.cell_complete(self.nb.cells[first], cell_index=first)
+                        self.nb_man.cell_start(self.nb.cells[second], second)
+                        self._current = second
+                        return None
+                    if self._current == second and msg.get("msg_type") not in ("execute_input", "status"):
+                        cell, cell_index = self.nb.cells[second], second
                 if msg.get("msg_type") in ("display_data", "update_display_data"):
                     data = msg.get("content", {}).get("data") or {}
                     if PROGRESS_MIME in data:
