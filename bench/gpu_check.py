@@ -1,7 +1,7 @@
 """One-shot GPU check of animenb on a lent CUDA machine (runs on CPU too, CUDA-only steps SKIP).
 
     python3 bench/gpu_check.py [--out DIR] [--budget 270] [--skip oom,jobs] [--size 64] [--steps 15]
-                               [--large-size 512] [--jobs 10] [--job-skip quality,cold]
+                               [--large-size 512] [--fast-steps 10] [--jobs 10] [--job-skip quality,cold]
 
 Steps, each timed and isolated (a failing step never stops the next one; a step that would start
 after `--budget` seconds is skipped), one PASS/FAIL/SKIP line each, and DIR/gpu_check.json rewritten
@@ -18,6 +18,11 @@ after every step:
            seconds per denoising step for tiny models on this device (CUDA only unless --cpu-large);
            s/step = the manifest's generate_seconds / denoising steps (text/image encoders, VAE
            decode and scheduler included; 8 images x steps for the sheet)
+  fast     each profile fast path (animenb.fast_paths) against the defaults at --large-size: steps/s
+           of the three pipelines called through the backend (--fast-steps steps, warm: the second
+           call) and their peak VRAM; then the three pipelines loaded together, allocated memory vs.
+           the sum of each pipeline's parameter bytes (shared components; target <= 0.7).
+           CUDA only unless --cpu-large; compile_unet and cpu_offload are CUDA-only by design
   quality  animenb.quality.score_output_dir (embed="auto", what jobs use) on every run directory:
            scoring time vs. generation time; then bench/quality_cost.py --generation-seconds with
            the measured large-size generation seconds (synthetic 512 px scoring vs. generation)
@@ -55,7 +60,7 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ("env", "build", "phases", "finite", "large", "quality", "oom", "jobs")
+STEPS = ("env", "build", "phases", "finite", "large", "fast", "quality", "oom", "jobs")
 PROMPT = "anime girl with blue hair"
 
 
@@ -341,6 +346,100 @@ class Check:
                 problems.append(f"{kind}: unet on {stats['unet_param']}")
         return verdict(out, problems)
 
+    # ------------------------------------------------------------------ 4b. fast paths
+    FAST_VARIANTS = (  # (label, fast_paths YAML lines); "defaults" first: every other row is compared to it
+        ("defaults", ""),
+        ("attention=eager", "attention: eager"),
+        ("channels_last=false", "channels_last: false"),
+        ("channels_last=true", "channels_last: true"),
+        ("vae_slicing=false", "vae_slicing: false"),
+        ("vae_tiling=true", "vae_tiling: true"),
+        ("decode_chunk_size=2", "decode_chunk_size: 2"),
+        ("decode_chunk_size=16", "decode_chunk_size: 16"),
+        ("compile_unet=true", "compile_unet: true"),
+        ("cpu_offload=true", "cpu_offload: true"),
+    )
+
+    def _fast_profile(self, label: str, lines: str):
+        from animenb.profiles import load_profile
+
+        text = (REPO / "parameters" / "models" / "tiny.yaml").read_text()
+        name = "fast-" + label.replace("=", "-").replace("_", "-")
+        path = self.work / "profiles" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = "\n".join(l for l in text.splitlines() if not l.startswith("name:"))
+        path.write_text(f"name: {name}\n{body}\n" + (f"fast_paths:\n  {lines}\n" if lines else ""))
+        return load_profile(path)
+
+    def s_fast(self) -> dict:
+        if not self.cuda and not self.args.cpu_large:
+            raise Skip("no CUDA (pass --cpu-large to run it anyway)")
+        import torch
+        from PIL import Image
+
+        from animenb.backends import ImageRequest, ImageToVideoRequest, VideoRequest
+        from animenb.backends.diffusers_backend import DiffusersBackend
+        from animenb.models import cache_info, clear_cache, pipeline
+
+        size, steps = self.args.large_size, self.args.fast_steps
+        calls = {
+            "sd": lambda b: b.text_to_image(ImageRequest(prompt=PROMPT, width=size, height=size, steps=steps, seed=3)),
+            "animatediff": lambda b: b.text_to_video(VideoRequest(prompt=PROMPT, width=size, height=size,
+                                                                  steps=steps, seed=3, frames=16)),
+            "svd": lambda b: b.image_to_video(ImageToVideoRequest(image=Image.new("RGB", (size, size), (90, 120, 200)),
+                                                                  width=size, height=size, steps=steps, seed=3,
+                                                                  frames=self.args.video_frames)),
+        }
+        rows, problems = {}, []
+        for label, lines in self.FAST_VARIANTS:
+            if self.remaining() < 0:
+                rows[label] = "skipped: over budget"
+                continue
+            if not self.cuda and label.startswith(("compile_unet", "cpu_offload")):
+                rows[label] = "skipped: CUDA only"
+                continue
+            clear_cache()
+            row = {}
+            try:
+                backend = DiffusersBackend(self._fast_profile(label, lines))
+                for kind, call in calls.items():
+                    call(backend)  # first call: load (and compile), not timed
+                    if self.cuda:
+                        torch.cuda.reset_peak_memory_stats()
+                    self._sync()
+                    t = time.perf_counter()
+                    call(backend)
+                    self._sync()
+                    seconds = time.perf_counter() - t
+                    row[kind] = {"steps_per_s": round(steps / seconds, 2), "seconds": round(seconds, 3)}
+                    if self.cuda:
+                        row[kind]["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            except Exception as exc:  # noqa: BLE001 - one variant failing must not hide the others
+                row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+                problems.append(f"{label}: {row['error']}")
+            rows[label] = row
+        base = rows.get("defaults") or {}
+        for label, row in rows.items():
+            if isinstance(row, dict) and label != "defaults":
+                for kind, figures in row.items():
+                    if kind in base and isinstance(figures, dict) and "steps_per_s" in figures:
+                        figures["vs_defaults"] = round(figures["steps_per_s"] / base[kind]["steps_per_s"], 3)
+        # All three pipelines at once (defaults): allocated memory vs. the sum of each one's parameters.
+        clear_cache()
+        profile = self._fast_profile("defaults", "")
+        before = torch.cuda.memory_allocated() if self.cuda else 0
+        for kind in ("sd", "animatediff", "svd"):
+            pipeline(kind, profile)
+        loaded = {"pipelines": cache_info()}
+        separate = sum(p["bytes"] for p in loaded["pipelines"])
+        if self.cuda:
+            together = torch.cuda.memory_allocated() - before
+            loaded.update(together_gib=round(together / 2**30, 3), separate_gib=round(separate / 2**30, 3),
+                          ratio=round(together / max(separate, 1), 3))
+        clear_cache()
+        out = {"size": size, "steps": steps, "variants": rows, "all_loaded": loaded}
+        return verdict(out, problems)
+
     # ------------------------------------------------------------------ 4. large
     def s_large(self) -> dict:
         if not self.cuda and not self.args.cpu_large:
@@ -545,6 +644,14 @@ class Check:
                                     f"{r.get('wall_seconds')} s wall, peak {r.get('peak_gib')} GiB"
                               for name, r in rows.items()}
                     for attempt, rows in summary.items()}
+        fast = steps.get("fast", {})
+        if fast.get("variants"):
+            fig[f"fast_paths_{fast.get('size')}px"] = {
+                label: ({kind: f"{f.get('steps_per_s')} steps/s" + (f" ({f['vs_defaults']}x)" if "vs_defaults" in f else "")
+                         + (f", peak {f['peak_gib']} GiB" if "peak_gib" in f else "")
+                         for kind, f in row.items() if isinstance(f, dict)} if isinstance(row, dict) else row)
+                for label, row in fast["variants"].items()}
+            fig["all_three_loaded"] = {k: v for k, v in (fast.get("all_loaded") or {}).items() if k != "pipelines"}
         runs = steps.get("quality", {}).get("runs") or {}
         if runs:
             fig["quality_percent_of_generation"] = {k: v.get("score_over_generate_percent") for k, v in runs.items()}
@@ -666,7 +773,8 @@ def main() -> int:
     ap.add_argument("--video-frames", type=int, default=25, help="SVD frames")
     ap.add_argument("--large-size", type=int, default=512)
     ap.add_argument("--large-steps", type=int, default=15)
-    ap.add_argument("--cpu-large", action="store_true", help="run the large step without CUDA too")
+    ap.add_argument("--cpu-large", action="store_true", help="run the large and fast steps without CUDA too")
+    ap.add_argument("--fast-steps", type=int, default=10, help="denoising steps per fast-path measurement")
     ap.add_argument("--cpu", action="store_true", help="treat CUDA as absent (animenb's placement still decides)")
     ap.add_argument("--oom-size", type=int, default=2048, help="sheet size requested with the memory filled")
     ap.add_argument("--oom-headroom-mib", type=int, default=192, help="free memory left beside the filler")
