@@ -389,7 +389,7 @@ def score_output_dir(output_dir: str | Path, phase: int | str | None = None, *, 
 
     `embed="auto"` uses the run's own image encoder (see `run_embedder`) when there is one.
     """
-    from ..manifest import read_manifest
+    from ..manifest import MANIFEST_NAME, read_manifest
 
     root = Path(output_dir)
     manifest = read_manifest(root)
@@ -398,13 +398,13 @@ def score_output_dir(output_dir: str | Path, phase: int | str | None = None, *, 
     if phase is None:
         phase = (manifest.get("phase") or {}).get("id") or (manifest.get("phase") or {}).get("name")
         if phase is None:
-            raise ValueError(f"`phase` is not given and {root / 'manifest.json'} has no phase.")
+            raise ValueError(f"`phase` is not given and {root / MANIFEST_NAME} has no phase.")
     name = phase_name(phase)
     outputs = manifest.get("outputs") or {}
     key = "poses" if name == "CHARACTER_SHEET" else "frames"
     paths = outputs.get(key)
     if not paths:
-        raise ValueError(f"{root / 'manifest.json'} has no outputs.{key} to score for phase {name}.")
+        raise ValueError(f"{root / MANIFEST_NAME} has no outputs.{key} to score for phase {name}.")
     images = [_open(root, p) for p in paths]
     if name == "CHARACTER_SHEET":
         return score_character_sheet(images, _open(root, outputs.get("reference")), embed,
