@@ -53,6 +53,7 @@ class JupyterLab:
         self.notebooks = notebooks
         self.extra_env = env or {}
         self.token = secrets.token_hex(16)
+        self.dialogs: list[str] = []  # texts of dialogs accept_dialogs() found in the way
         self.port = 0
         self.proc: subprocess.Popen | None = None
 
@@ -61,7 +62,8 @@ class JupyterLab:
         return f"http://127.0.0.1:{self.port}"
 
     def url(self, notebook: str) -> str:
-        return f"{self.base}/lab/tree/{notebook}?token={self.token}"
+        """`notebook` alone in a fresh layout (`reset`: no tabs restored from an earlier page)."""
+        return f"{self.base}/lab/tree/{notebook}?reset&token={self.token}"
 
     def _env(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith(("JUPYTER", "VIRTUAL_ENV"))}
@@ -145,20 +147,39 @@ ANY_CELL_STARTED = """() => [...document.querySelectorAll(
     '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')].some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))"""
 
 
+async def accept_dialogs(page, seen: list[str] | None = None) -> None:
+    """Accept any modal JupyterLab dialog in the way (e.g. a kernel choice on a loaded machine),
+    noting its text in `seen`: a dialog would otherwise intercept every click."""
+    for _ in range(3):
+        dialog = page.locator(".jp-Dialog")
+        if not await dialog.count():
+            return
+        if seen is not None:
+            seen.append(" ".join((await dialog.first.inner_text()).split())[:300])
+        accept = dialog.first.locator(".jp-Dialog-button.jp-mod-accept")
+        if await accept.count():
+            await accept.first.click()
+        else:
+            await page.keyboard.press("Escape")
+        await page.wait_for_timeout(500)
+
+
 async def open_notebook(page, lab: JupyterLab, notebook: str, timeout_s: float) -> None:
     """Open `notebook` and wait until its kernel is connected and idle (the status bar says so)."""
     await page.goto(lab.url(notebook))
     await page.locator(".jp-NotebookPanel .jp-Notebook").first.wait_for(timeout=timeout_s * 1000)
     await page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle$")).first.wait_for(
         timeout=timeout_s * 1000)
+    await accept_dialogs(page, lab.dialogs)
 
 
-async def run_all_cells(page, timeout_s: float) -> None:
+async def run_all_cells(page, timeout_s: float, seen: list[str] | None = None) -> None:
     """Run > Run All Cells from the menu bar, then wait until every code cell shows an execution count.
 
     On a slow first load the menu command can land before the notebook is ready for it: if no cell
     has started after 20 s the menu is used again (three tries in all)."""
     for attempt in range(3):
+        await accept_dialogs(page, seen)
         await page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
         await page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
         try:

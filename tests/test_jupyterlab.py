@@ -46,7 +46,7 @@ async def test_explorer_and_orchestration_in_jupyterlab(lab, tmp_path):
             page = await browser.new_page(viewport={"width": 1280, "height": 1000})
             # 1. The explorer: run its cells, then click Generate in the widget.
             await open_notebook(page, lab, "00_explore.ipynb", timeout_s=120)
-            await run_all_cells(page, timeout_s=180)
+            await run_all_cells(page, timeout_s=180, seen=lab.dialogs)
             await generate_button(page).wait_for(timeout=60_000)
             assert await page.evaluate(VISIBLE_IMAGES) == []  # nothing generated yet
             sizes = await click_generate(page, timeout_s=300)
@@ -57,14 +57,20 @@ async def test_explorer_and_orchestration_in_jupyterlab(lab, tmp_path):
             runs = list((tmp_path / "outputs").glob("*/manifest.json"))
             assert len(runs) == 1, runs  # the click made exactly one run, in this kernel
 
-            # 2. The orchestration notebook, all cells.
+            # 2. The orchestration notebook, all cells, in a page of its own.
+            await page.close()
+            page = await browser.new_page(viewport={"width": 1280, "height": 1000})
             await open_notebook(page, lab, "06_orchestrate.ipynb", timeout_s=120)
-            await run_all_cells(page, timeout_s=480)
+            await run_all_cells(page, timeout_s=480, seen=lab.dialogs)
             orchestrated = await save(page, lab, "06_orchestrate.ipynb")
             assert errors_in(orchestrated) == []
             html = [output["data"].get("text/html", "") for cell in orchestrated["cells"]
                     for output in cell.get("outputs", []) if "data" in output]
             assert any("decision" in "".join(part) for part in html)  # the attempts table
             await page.screenshot(path=str(tmp_path / "orchestrate.png"))
+        except BaseException:
+            await page.screenshot(path=str(tmp_path / "failure.png"))  # what the page showed, for the report
+            print("JupyterLab dialogs accepted on the way:", lab.dialogs)
+            raise
         finally:
             await browser.close()
