@@ -103,7 +103,7 @@ write("oom", ["#md The real diffusers-backend OOM path: a cached pipeline, then 
 import torch
 from animenb import models
 from animenb.backends.diffusers_backend import DiffusersBackend
-models._CACHE[("test", "oom", "", "cpu", "float32")] = SimpleNamespace(components={})  # a loaded "pipeline"
+models._CACHE[("test", "oom", "", "cpu", "float32", None)] = SimpleNamespace(components={})  # a loaded "pipeline"
 assert models.cache_info()''',
 '''def allocate():
     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
