@@ -226,6 +226,17 @@ async def test_an_actor_killed_mid_job_requeues_it_once_then_it_is_lost(srv):
     assert (await wait_status(srv, after["job_id"]))["status"] == "succeeded"
 
 
+async def test_with_a_shared_outputs_folder_actors_write_in_place(ray_cluster, tmp_path, start_live_server):
+    async with start_live_server(tmp_path, models="tiny", executor="ray", ray_slots=1, ray_shared_outputs=True,
+                                 quality_notebook=False) as s:
+        slot = s.service.runner.slots[0]
+        job = await submit(s, prompt="test:progress", steps=2)
+        assert (await wait_status(s, job["job_id"]))["status"] == "succeeded"
+        out_dir = s.service.outputs_dir / job["job_id"]
+        assert slot.info["shared_outputs"] and slot.job_dir(job["job_id"], out_dir) == out_dir
+        assert (out_dir / "image.png").is_file() and (out_dir / "manifest.json").is_file()
+
+
 # -- several ComfyUI servers -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def second_packs_server(comfyui_install):  # noqa: F811
