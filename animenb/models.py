@@ -157,7 +157,8 @@ def cache_info() -> list[dict]:
     """What is loaded: kind, profile, device, dtype and parameter bytes per pipeline."""
     info = []
     with _LOCK:
-        for (kind, name, _path, device, dtype, _fast), pipe in _CACHE.items():
+        for key, pipe in _CACHE.items():
+            kind, name, _path, device, dtype = key[:5]  # then the profile's fast paths
             total = 0
             for component in pipe.components.values():
                 if hasattr(component, "parameters"):
