@@ -1,8 +1,8 @@
 """animenb.orchestrate: the gated chain offline with the tiny profile, its pure policy, the CLI and notebook 06.
 
-Tiny random-weight outputs are noise: at the default 0.80 gates phase 1 sometimes passes
-(scores ~0.3-0.99 depending on the seed) while phases 2 (~0.70) and 3 (~0.45) fail, so the
-successful chain is tested with the gates set to 0.0, and the forced failure with 1.01.
+Tiny random-weight outputs are noise and fail the default gates (the 8 poses are one pattern: pose
+distinctness), so the successful chain is tested with the gates set to 0.0 (which scales every
+critical floor to 0 too), and the forced failure with 1.01.
 """
 from __future__ import annotations
 
