@@ -1,6 +1,6 @@
 """`manifest.json`: the provenance record every run writes into its output directory.
 
-Shape (phase functions write it; the quality notebook adds "quality"; the job runner adds "job"):
+Shape (phase functions write it; scoring (animenb.quality.record_quality) adds "quality"; the job runner adds "job"):
 
     {"animenb_version", "created_at", "phase": {"id", "name"},
      "parameters": {...validated inputs...}, "seed", "models": {"profile", "label", ...},

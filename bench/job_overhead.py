@@ -6,7 +6,7 @@ is another process: this one); "done" is the terminal WebSocket event. Three mod
 against like:
 
 - warm          `serve --no-quality`: the phase notebook on a warm kernel: the issue's target
-- warm+quality  `serve`: the same, followed by the quality notebook (what real jobs run)
+- warm+quality  `serve`: the same, scored by the quality gate's cell in the same kernel (what real jobs run)
 - cold          `serve --cold-kernels --no-quality`: a fresh kernel per job
 
 Overhead figures:
@@ -57,12 +57,17 @@ def direct_call(out_dir: Path, args) -> tuple[float, float]:
     return 1000 * (time.perf_counter() - t0), 1000 * result.manifest["timings"]["total_seconds"]
 
 
-def cell_times(nb_path: Path) -> list[float]:
+def cell_times(nb_path: Path) -> tuple[list[float], list[float]]:
+    """(ms per code cell of the notebook itself, ms per cell the runner appended: the quality gate's)."""
     import nbformat
 
     nb = nbformat.read(nb_path, as_version=4)
-    return [1000 * float(c.metadata.get("papermill", {}).get("duration") or 0.0) for c in nb.cells
-            if c.cell_type == "code"]
+    own, appended = [], []
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            ms = 1000 * float(cell.metadata.get("papermill", {}).get("duration") or 0.0)
+            (appended if "animenb-job-step" in cell.metadata.get("tags", []) else own).append(ms)
+    return own, appended
 
 
 def start_server(root: Path, mode: str, port: int, args) -> subprocess.Popen:
@@ -107,10 +112,9 @@ async def server_runs(n: int, root: Path, mode: str, args, direct: list | None =
                 raise RuntimeError(f"job {job['job_id']} ended {status}")
             out = root / mode / job["job_id"]
             manifest = json.loads((out / "manifest.json").read_text())
-            row = {"total": elapsed, "phase": 1000 * manifest["timings"]["total_seconds"],
-                   "cells": cell_times(out / "notebook.ipynb")}
-            if (out / "quality.ipynb").is_file():
-                row["quality_cells"] = cell_times(out / "quality.ipynb")
+            own, appended = cell_times(out / "notebook.ipynb")
+            row = {"total": elapsed, "phase": 1000 * manifest["timings"]["total_seconds"], "cells": own,
+                   "quality_cells": appended}
             if i:
                 rows.append(row)
                 if d is not None:
@@ -138,9 +142,10 @@ def breakdown(rows: list[dict], label: str, untimed: float) -> None:
     print(f"      phase cell beyond the phase function {med(r['cells'][phase_cell] - r['phase'] - untimed for r in rows):6.1f}"
           " ms (kernel round trip, progress messages, result display)")
     print(f"      outside the cells (HTTP, store, queue, papermill load/save, WebSocket) "
-          f"{med(r['total'] - sum(r['cells']) for r in rows):6.1f} ms")
-    if any("quality_cells" in r for r in rows):
-        print(f"      quality notebook cells {med(sum(r.get('quality_cells', [])) for r in rows):6.1f} ms")
+          f"{med(r['total'] - sum(r['cells']) - sum(r['quality_cells']) for r in rows):6.1f} ms")
+    if any(r["quality_cells"] for r in rows):
+        print(f"      the quality gate's cell (scoring, recording, its round trip) "
+              f"{med(sum(r['quality_cells']) for r in rows):6.1f} ms")
 
 
 async def run_all(args, root: Path, skip: set[str]) -> tuple[dict[str, list[dict]], list[tuple[float, float]]]:

@@ -106,7 +106,7 @@ async def main(args) -> None:
         for name, executor, options in (("local", "local", None), ("ray1", "ray", {"slots": 1}),
                                         ("ray2", "ray", {"slots": 2})):
             store = SqliteJobStore(home / f"{name}.sqlite")
-            runner = JobRunner(store, EventBus(), outputs_dir=home / name, models="tiny", quality_notebook=False,
+            runner = JobRunner(store, EventBus(), outputs_dir=home / name, models="tiny", quality=False,
                                executor=executor, executor_options=options, kernel_env=env,
                                notebook_for=notebook_for)
             await runner.start()

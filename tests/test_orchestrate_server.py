@@ -86,11 +86,11 @@ async def test_auth_and_validation(srv):
         assert 400 <= code < 500 and data["error"]["field"] == field, (payload, code, data)
     # a server started with `--no-quality` cannot gate: refused, nothing stored
     runner = srv.service.runner
-    runner.quality_notebook, quality_notebook = None, runner.quality_notebook
+    runner.quality = False
     try:
         code, data = await call(srv, "POST", f"{API}/orchestrate", body, token=srv.admin)
     finally:
-        runner.quality_notebook = quality_notebook
+        runner.quality = True
     assert code == 409 and data["error"]["code"] == "quality_disabled"
     assert srv.service.store.count() == before
 

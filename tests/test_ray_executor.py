@@ -75,7 +75,7 @@ def ray_cluster():
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def srv(ray_cluster, tmp_path_factory, start_live_server):
     async with start_live_server(tmp_path_factory.mktemp("ray"), models="tiny", executor="ray", ray_slots=2,
-                                 quality_notebook=False, cancel_grace=0.5) as server:
+                                 quality=False, cancel_grace=0.5) as server:
         yield server
 
 
@@ -141,7 +141,7 @@ async def test_a_job_on_an_actor_matches_the_same_job_run_locally(srv, tmp_path,
     assert status["status"] == "succeeded", status["error"]
     actor_dir = slot_of(srv, remote["job_id"]).job_dir(remote["job_id"], Path("/unused"))
     assert not str(actor_dir).startswith(str(srv.service.outputs_dir))  # nothing assumed shared
-    async with start_live_server(tmp_path, models="tiny", quality_notebook=False) as local_srv:
+    async with start_live_server(tmp_path, models="tiny", quality=False) as local_srv:
         local = await submit(local_srv, **request)
         assert (await wait_status(local_srv, local["job_id"], 300))["status"] == "succeeded"
         local_dir = local_srv.service.outputs_dir / local["job_id"]
@@ -228,7 +228,7 @@ async def test_an_actor_killed_mid_job_requeues_it_once_then_it_is_lost(srv):
 
 async def test_with_a_shared_outputs_folder_actors_write_in_place(ray_cluster, tmp_path, start_live_server):
     async with start_live_server(tmp_path, models="tiny", executor="ray", ray_slots=1, ray_shared_outputs=True,
-                                 quality_notebook=False) as s:
+                                 quality=False) as s:
         slot = s.service.runner.slots[0]
         job = await submit(s, prompt="test:progress", steps=2)
         assert (await wait_status(s, job["job_id"]))["status"] == "succeeded"
@@ -270,7 +270,7 @@ async def _both_comfyui_servers_get_work(srv, urls: list[str]) -> None:
 async def test_several_comfyui_urls_each_get_a_worker_locally(comfyui_packs_server, second_packs_server,  # noqa: F811
                                                              tmp_path, start_live_server):
     urls = [comfyui_packs_server.url, second_packs_server.url]
-    async with start_live_server(tmp_path, models="tiny", comfyui_urls=tuple(urls), quality_notebook=False) as s:
+    async with start_live_server(tmp_path, models="tiny", comfyui_urls=tuple(urls), quality=False) as s:
         assert [x.comfyui_url for x in s.service.runner.slots if x.comfyui_only] == urls
         await _both_comfyui_servers_get_work(s, urls)
 
@@ -278,7 +278,7 @@ async def test_several_comfyui_urls_each_get_a_worker_locally(comfyui_packs_serv
 async def test_several_comfyui_urls_each_get_an_actor_on_ray(ray_cluster, comfyui_packs_server,  # noqa: F811
                                                             second_packs_server, tmp_path, start_live_server):
     urls = [comfyui_packs_server.url, second_packs_server.url]
-    async with start_live_server(tmp_path, models="tiny", comfyui_urls=tuple(urls), quality_notebook=False,
+    async with start_live_server(tmp_path, models="tiny", comfyui_urls=tuple(urls), quality=False,
                                  executor="ray", ray_slots=1) as s:
         assert [x.comfyui_url for x in s.service.runner.slots if x.comfyui_only] == urls
         await _both_comfyui_servers_get_work(s, urls)

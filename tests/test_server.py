@@ -242,10 +242,14 @@ async def test_real_phases_tiny_end_to_end(srv):
     status = await wait_status(srv, sheet["job_id"], timeout=240)
     assert status["status"] == "succeeded", status["error"]
     assert any(u.endswith("manifest.json") for u in status["outputs"])
-    if srv.service.runner.drivers["phase"].quality_applies(srv.service.store.get(sheet["job_id"])):
-        assert status["quality"] is not None and "score" in status["quality"], status["quality"]
-        # tiny random weights draw the same noise pattern in every pose: the gate fails it, and says why
-        assert status["quality"]["passed"] is False and status["quality"]["failures"], status["quality"]
+    assert status["quality"] is not None and "score" in status["quality"], status["quality"]
+    # tiny random weights draw the same noise pattern in every pose: the gate fails it, and says why
+    assert status["quality"]["passed"] is False and status["quality"]["failures"], status["quality"]
+    # scored in the job's own kernel: the executed notebook ends with the gate's cell and its decision
+    executed = nbformat.read(srv.service.outputs_dir / sheet["job_id"] / "notebook.ipynb", as_version=4)
+    step = executed.cells[-1]
+    assert step.metadata["tags"] == ["animenb-job-step"] and "score_job(" in step.source
+    assert "'passed': False" in step.outputs[-1]["data"]["text/plain"], step.outputs
     loop = await submit(srv, prompt="anime girl waving", seed=2, phase="ANIMATION_LOOP",
                         reference_image=sheet["job_id"], frames=8, fps=8)
     video = await submit(srv, prompt="anime girl", seed=3, phase=3, image=sheet["job_id"], frames=4, seconds=1.0)

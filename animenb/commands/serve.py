@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cold-kernels", action="store_true",
                         help="start a fresh kernel for every job (for comparison; warm kernels are the default)")
     parser.add_argument("--no-quality", action="store_true",
-                        help="do not run the quality notebook after each phase job (no score, no gate)")
+                        help="do not score phase jobs (no quality score, no gate; orchestration is refused)")
     parser.add_argument("--notebooks", default=None,
                         help="directory of phase notebooks (01_character_sheet.ipynb ...; default the checkout's notebooks/)")
     parser.add_argument("--max-queue", type=int, default=512,
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
                        backend=args.backend, comfyui_urls=tuple(args.comfyui_url), executor=args.executor,
                        ray_address=args.ray_address, ray_slots=args.ray_slots,
                        ray_shared_outputs=args.ray_shared_outputs, warm=not args.cold_kernels,
-                       notebooks_dir=args.notebooks, quality_notebook=not args.no_quality, max_queue=args.max_queue,
+                       notebooks_dir=args.notebooks, quality=not args.no_quality, max_queue=args.max_queue,
                        max_queued_per_user=args.max_queued_per_user, allow_origins=tuple(args.allow_origin),
                        http_limits=HttpLimits(**{name: value for name, value in (
                            ("body_timeout", args.body_timeout), ("idle_timeout", args.idle_timeout),

@@ -36,7 +36,7 @@ class JobHost(Protocol):
     backend: str | None
     comfyui_url: str | None
     notebook_for: Callable[[JobRecord], Path]
-    quality_notebook: Path | None  # None: phase jobs are not scored
+    quality: bool  # phase jobs are scored (animenb.quality.job_step)
     quality_threshold: float | None
     warm: bool
     execution_timeout: float | None

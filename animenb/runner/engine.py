@@ -21,6 +21,10 @@ interception. The job runner passes engine keyword arguments through
 ``failure_output_path``
     where to save the partly executed notebook when execution ends in an exception that
     papermill itself does not save for (dead kernel, cancel between cells).
+``extra_cells``
+    sources of code cells appended to the notebook before it runs (tagged ``EXTRA_CELL_TAG``), e.g.
+    the job runner's quality-gate cell: they run on the same kernel after the notebook's own cells and
+    are saved with them, so the executed notebook is the whole record of the job.
 
 One round trip for the parameters: papermill puts an ``injected-parameters`` cell right after
 the notebook's ``parameters`` cell, and each cell costs a kernel round trip (6-12 ms on two busy
@@ -48,6 +52,7 @@ __all__ = ["ENGINE_NAME", "WarmKernelEngine", "AnimenbNotebookClient", "JobCance
            "BOUNDARY_MIME"]
 
 ENGINE_NAME = "animenb"
+EXTRA_CELL_TAG = "animenb-job-step"
 # Displayed between two cells sent as one execution: outputs after it belong to the second cell.
 BOUNDARY_MIME = "application/vnd.animenb.cell-boundary+json"
 _BOUNDARY_CODE = f"__import__('IPython').display.display({{{BOUNDARY_MIME!r}: {{}}}}, raw=True)"
@@ -189,7 +194,11 @@ def _define() -> None:
 
             @classmethod
             def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True, log_output=False,
-                                 autosave_cell_every=30, failure_output_path=None, **kwargs):
+                                 autosave_cell_every=30, failure_output_path=None, extra_cells=(), **kwargs):
+                from nbformat.v4 import new_code_cell
+
+                for source in extra_cells or ():
+                    nb.cells.append(new_code_cell(source, metadata={"tags": [EXTRA_CELL_TAG]}))
                 try:
                     return super().execute_notebook(nb, kernel_name, output_path=output_path,
                                                     progress_bar=progress_bar, log_output=log_output,

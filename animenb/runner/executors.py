@@ -63,7 +63,7 @@ class NotebookRun:
     on_progress: Callable[[dict], None]   # called on the event loop with each progress payload
     cancel_event: threading.Event = field(default_factory=threading.Event)
     execution_timeout: float | None = None
-    part: str = "generation"
+    extra_cells: tuple[str, ...] = ()     # code cells run after the notebook's own (the engine's `extra_cells`)
 
 
 def model_key(job: JobRecord, models: str) -> str | None:
@@ -178,7 +178,7 @@ class LocalSlot(Slot):
                 str(run.notebook), str(output), parameters=run.parameters, engine_name=engine.ENGINE_NAME,
                 progress_bar=False, request_save_on_cell_execute=False, warm_kernel=kernel,
                 progress_callback=on_progress, cancel_event=run.cancel_event, failure_output_path=str(output),
-                execution_timeout=run.execution_timeout)
+                execution_timeout=run.execution_timeout, extra_cells=run.extra_cells)
         except DeadKernelError:
             if self.stopping:
                 raise

@@ -10,7 +10,7 @@ same the in-process `orchestrate()` uses: this module submits the children, wait
 applies the restart policy.
 
 Each phase attempt is a real child job (kind "phase", `parent_id` = the parent, its own
-outputs/<child_id>/): the phase notebook, then the quality notebook with the attempt's
+outputs/<child_id>/): the phase notebook, scored in the same kernel with the attempt's
 threshold (the child's own `extra["quality_threshold"]`), on a warm kernel. Children jump the queue (the runner's priority list) so a chain is
 not interleaved with jobs queued after it started. The child's manifest["quality"] decides the
 gate; a failed gate retries the phase with `attempt_seed(seed, phase, k)` up to `max_retries`,

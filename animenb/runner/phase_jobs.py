@@ -1,4 +1,4 @@
-"""Phase jobs: the phase notebook, then the quality notebook, on the slot the runner placed the job on.
+"""Phase jobs: the phase notebook, scored by the quality gate, on the slot the runner placed the job on.
 
 The driver of job kind "phase" (see `animenb.runner.drivers`). It runs the job's notebooks through its
 slot (`animenb.runner.executors`: a warm kernel of this process, or a Ray actor's) and records the
@@ -15,13 +15,16 @@ it can claim success):
   else lost {"type": "Lost"} with the reason; the executor replaces the actor
 - a cell error -> failed {"type": <exception name>, "message": ...}
 
-After a phase notebook succeeds, the quality notebook (notebooks/04_quality.ipynb, when it exists)
-runs on the same kernel (`_run_quality`, a separate step) with the job's gate (`extra["quality_threshold"]`,
-else the runner's); its score lands in manifest.json and in the job's outputs.
+Scoring: the runner appends one cell to the phase notebook (`animenb.quality.job_step`), so the gate
+decides in the same kernel right after generation, with the job's gate (`extra["quality_threshold"]`,
+else the runner's), at the cost of one kernel round trip; its score lands in manifest.json and in the
+job's outputs, and the executed notebook.ipynb shows it. A scoring error does not fail the generation
+(quality {"score": None, "passed": False, "error": ...}). The figures are notebooks/04_quality.ipynb's job,
+for a person who opens it.
 
 Progress display data from the notebook reaches `EventBus` subscribers as `JobProgressEvent`s (percent
-kept non-decreasing; `part` "generation" for the phase notebook, "quality" for the quality notebook) and
-is persisted to the store at most `1 / progress_interval` times a second, so `/status` shows it too.
+kept non-decreasing; `part` "generation" while generating, "quality" while scoring) and is persisted to
+the store at most `1 / progress_interval` times a second, so `/status` shows it too.
 
 papermill and nbclient are imported where a notebook runs, not at import: they cost about a second, and
 `animenb.runner` is imported by every `animenb` command.
@@ -32,7 +35,7 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -49,8 +52,14 @@ log = logging.getLogger(__name__)
 
 PHASE_KIND = "phase"
 NOTEBOOK_NAME = "notebook.ipynb"
-QUALITY_NOTEBOOK_NAME = "quality.ipynb"
-QUALITY_NOTEBOOK = "04_quality.ipynb"
+
+
+def quality_cell(output_dir: Path, phase: int, threshold: float | None) -> str:
+    """The cell appended to a phase job's notebook to score it (`animenb.quality.job_step.score_job`); literals
+    only, so it depends on nothing the notebook defines."""
+    return ("# Added by the job runner: the quality gate's decision on this run (figures: notebooks/04_quality.ipynb)\n"
+            "from animenb.quality.job_step import score_job\n"
+            f"score_job({str(output_dir)!r}, phase={int(phase)!r}, threshold={threshold!r})")
 
 
 class MissingOutputError(RuntimeError):
@@ -154,10 +163,11 @@ class PhaseJobDriver(JobDriver):
                                       models=self.host.models, backend=self.host.backend,
                                       comfyui_url=slot.comfyui_url or self.host.comfyui_url)
             notebook = Path(self.host.notebook_for(job))
-            await slot.run_notebook(self._notebook_run(ctx, notebook, NOTEBOOK_NAME, out_dir, params))
+            run = self._notebook_run(ctx, notebook, NOTEBOOK_NAME, out_dir, params)
+            if self.quality_applies(job, notebook):
+                run.extra_cells = (quality_cell(slot.job_dir(job.id, out_dir), job.phase, self._threshold(job)),)
+            await slot.run_notebook(run)
             outputs = self._collect_outputs(out_dir)
-            if self.quality_applies(job, notebook) and not ctx.cancel_event.is_set():
-                outputs = replace(outputs, quality=await self._run_quality(slot, ctx, job, out_dir))
         except asyncio.CancelledError:
             # The server is stopping: the job stays `running` in the store and the restart
             # policy (animenb.store.jobs_sqlite) decides its fate at the next start.
@@ -175,8 +185,8 @@ class PhaseJobDriver(JobDriver):
         finally:
             if ctx.timeout_handle is not None:
                 ctx.timeout_handle.cancel()
-        for name in (NOTEBOOK_NAME, QUALITY_NOTEBOOK_NAME):  # readers of the job see no server paths
-            await loop.run_in_executor(None, self.host.public_paths.scrub_file, out_dir / name)
+        # Readers of the job see no server paths.
+        await loop.run_in_executor(None, self.host.public_paths.scrub_file, out_dir / NOTEBOOK_NAME)
         if ctx.persist_handle is not None:
             ctx.persist_handle.cancel()
         progress = ctx.last_progress.progress_dict() if ctx.last_progress else {}
@@ -197,16 +207,16 @@ class PhaseJobDriver(JobDriver):
         else:
             self.host.finished(final, duration=time.perf_counter() - t0)
 
-    def _notebook_run(self, ctx: RunningJob, notebook: Path, output_name: str, out_dir: Path, params: dict,
-                      part: str = "generation") -> NotebookRun:
+    def _notebook_run(self, ctx: RunningJob, notebook: Path, output_name: str, out_dir: Path,
+                      params: dict) -> NotebookRun:
         return NotebookRun(job_id=ctx.job.id, notebook=notebook, output_name=output_name, out_dir=out_dir,
-                           parameters=params, on_progress=lambda payload: self._on_progress(ctx, payload, part),
-                           cancel_event=ctx.cancel_event, execution_timeout=self.host.execution_timeout, part=part)
+                           parameters=params, on_progress=lambda payload: self._on_progress(ctx, payload),
+                           cancel_event=ctx.cancel_event, execution_timeout=self.host.execution_timeout)
 
     def _slot_lost(self, job: JobRecord, out_dir: Path, exc: SlotLost) -> tuple[JobStatus, JobError]:
         """A job whose kernel's process (a Ray actor, its node) died: re-queued once if it wrote nothing,
         else `lost` with the reason (the policy of a job left running by a dead server)."""
-        wrote = any(f not in (NOTEBOOK_NAME, QUALITY_NOTEBOOK_NAME) for f in output_files(out_dir))
+        wrote = any(f != NOTEBOOK_NAME for f in output_files(out_dir))
         reason = self.host.public_paths.scrub(str(exc) or type(exc).__name__)
         log.warning("job %s: %s", job.id, reason)
         if job.requeues == 0 and not wrote:
@@ -214,11 +224,14 @@ class PhaseJobDriver(JobDriver):
         why = "it had already been re-queued once" if job.requeues else "it had written output files"
         return JobStatus.LOST, JobError("Lost", f"{reason}; not re-run because {why}. Partial files, if any, are kept.")
 
-    def _on_progress(self, ctx: RunningJob, payload: dict, part: str = "generation") -> None:
+    def _on_progress(self, ctx: RunningJob, payload: dict) -> None:
         """Loop thread: publish a progress event; persist it to the store, throttled."""
         if ctx.job.id not in self.running:
             return
-        event = JobProgressEvent.build(ctx.job.id, payload, floor=ctx.percent_floor, part=part)
+        last = ctx.last_progress
+        if last is not None and payload.get("total_steps") is None:  # the quality step: no steps of its own
+            payload = {**payload, "step": last.step, "total_steps": last.total_steps}
+        event = JobProgressEvent.build(ctx.job.id, payload, floor=ctx.percent_floor)
         ctx.percent_floor = event.percent
         ctx.last_progress = event
         self.host.bus.publish(event)
@@ -247,43 +260,17 @@ class PhaseJobDriver(JobDriver):
                                      "notebook": NOTEBOOK_NAME, "listed": manifest.get("files"),
                                      "seed": manifest.get("seed"), "quality": manifest.get("quality")})
 
-    # -- quality: a separate step after a phase notebook succeeded -------------------------------
+    # -- quality: a cell appended to the phase notebook (animenb.quality.job_step) -----------------
     def quality_applies(self, job: JobRecord, notebook: Path | None = None) -> bool:
-        """Phase jobs that ran their phase's own notebook get scored (not custom/test notebooks)."""
-        if job.kind != "phase" or self.host.quality_notebook is None or not self.host.quality_notebook.is_file():
-            return False
-        if job.phase not in {p.id for p in PHASES}:
+        """Phase jobs that run their phase's own notebook get scored (not custom/test notebooks)."""
+        if job.kind != "phase" or not self.host.quality or job.phase not in {p.id for p in PHASES}:
             return False
         return notebook is None or Path(notebook).name == get_phase(job.phase).notebook
 
-    async def _run_quality(self, slot: Slot, ctx: RunningJob, job: JobRecord, out_dir: Path) -> dict:
-        """Run the quality notebook on the same kernel; returns manifest["quality"] (or an error record).
-
-        A failing quality notebook does not fail the generation: the job succeeds with
-        quality {"score": None, "passed": False, "error": ...}.
-        """
-        threshold = self.host.quality_threshold
+    def _threshold(self, job: JobRecord) -> float | None:
         if job.extra.get("quality_threshold") is not None:  # this job's own gate (e.g. an orchestration child's)
-            threshold = job.extra["quality_threshold"]
-        params = {"output_dir": str(slot.job_dir(job.id, out_dir)), "phase": job.phase, "threshold": threshold,
-                  "figures": False}
-        last = ctx.last_progress
-        self._on_progress(ctx, {"percent": 100.0, "stage": "scoring", "step": last.step if last else 0,
-                                "total_steps": last.total_steps if last else 0}, "quality")
-        try:
-            await slot.run_notebook(self._notebook_run(ctx, self.host.quality_notebook, QUALITY_NOTEBOOK_NAME,
-                                                       out_dir, params, "quality"))
-            quality = read_manifest(out_dir).get("quality")
-            if not isinstance(quality, dict):
-                raise MissingOutputError(f"the quality notebook wrote no `quality` into {MANIFEST_NAME}")
-            return quality
-        except Exception as exc:
-            if ctx.cancel_event.is_set() or isinstance(exc, SlotLost):
-                raise
-            _, error = self._classify(ctx, exc)
-            log.warning("job %s: quality step failed: %s", job.id, error.message)
-            return {"score": None, "passed": False, "threshold": threshold,
-                    "error": error.as_dict()}
+            return job.extra["quality_threshold"]
+        return self.host.quality_threshold
 
     def _classify(self, ctx: RunningJob, exc: Exception) -> tuple[JobStatus, JobError]:
         """The job's outcome for `exc`; the stored message has server paths made relative (the log keeps them)."""

@@ -103,7 +103,7 @@ class KernelActor:
 
     # -- a job's notebooks ------------------------------------------------------------------
     def run(self, job_id: str, notebook_path: str, notebook_text: str, output_name: str, parameters: dict,
-            execution_timeout: float | None, cancelled: bool) -> dict:
+            execution_timeout: float | None, cancelled: bool, extra_cells: tuple[str, ...] = ()) -> dict:
         """Run one notebook of `job_id`; returns {"error": None or a description, "files": {path: bytes}}."""
         state = self.jobs.setdefault(job_id, _JobState())
         if cancelled:
@@ -114,7 +114,7 @@ class KernelActor:
         error = None
         try:
             self.kernel.executor.submit(self._execute, state, notebook, out_dir / output_name, parameters,
-                                        execution_timeout).result()
+                                        execution_timeout, tuple(extra_cells)).result()
         except Exception as exc:
             error = _describe_error(exc)
         files = {} if self.shared else self._changed_files(state, out_dir)
@@ -135,7 +135,7 @@ class KernelActor:
         return str(copy)
 
     def _execute(self, state: _JobState, notebook: str, output: Path, parameters: dict,
-                 execution_timeout: float | None) -> None:
+                 execution_timeout: float | None, extra_cells: tuple[str, ...]) -> None:
         import papermill as pm
         from nbclient.exceptions import DeadKernelError
 
@@ -161,7 +161,7 @@ class KernelActor:
                 notebook, str(output), parameters=parameters, engine_name=engine.ENGINE_NAME, progress_bar=False,
                 request_save_on_cell_execute=False, warm_kernel=kernel, progress_callback=on_progress,
                 cancel_event=state.cancel_event, failure_output_path=str(output),
-                execution_timeout=execution_timeout)
+                execution_timeout=execution_timeout, extra_cells=extra_cells)
         except DeadKernelError:
             log.warning("kernel of %s died; starting a new one", self.label)
             try:
@@ -301,7 +301,7 @@ class RaySlot(Slot):
         self.current_job = run.job_id
         text = await asyncio.get_running_loop().run_in_executor(None, run.notebook.read_text, "utf-8")
         ref = actor.run.remote(run.job_id, str(run.notebook), text, run.output_name, run.parameters,
-                               run.execution_timeout, run.cancel_event.is_set())
+                               run.execution_timeout, run.cancel_event.is_set(), run.extra_cells)
         seen = [0]
         pump = asyncio.get_running_loop().create_task(self._pump(actor, run, seen))
         try:

@@ -6,7 +6,7 @@ kernel of this process by default, or a Ray actor's with `executor="ray"`): firs
 oldest queued job in the store that an idle slot can take (`place`: a slot already holding the job's
 models first). It hands the job, and the slot, to the driver of its kind (`animenb.runner.drivers`):
 
-    "phase"          `PhaseJobDriver`: the phase notebook and the quality notebook on the slot
+    "phase"          `PhaseJobDriver`: the phase notebook, scored by the quality gate, on the slot
     "orchestration"  `OrchestrationDriver`: a task that submits the chain's child jobs; it holds no slot
 
 The runner owns what every kind shares: submitting (a queued job, committed, then the dispatcher
@@ -31,7 +31,7 @@ from .events import EventBus, JobFinishedEvent, JobQueuedEvent
 from .executors import Executor, LocalExecutor, Slot, place
 from .kernels import KernelPool
 from .orchestration import OrchestrationDriver
-from .phase_jobs import NOTEBOOK_NAME, PHASE_KIND, QUALITY_NOTEBOOK, PhaseJobDriver, default_notebook_for
+from .phase_jobs import NOTEBOOK_NAME, PHASE_KIND, PhaseJobDriver, default_notebook_for
 from .public_paths import PathScrubber
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class JobRunner:
                  executor_options: dict | None = None,
                  notebooks_dir: str | Path | None = None,
                  notebook_for: Callable[[JobRecord], Path] | None = None,
-                 quality_notebook: str | Path | None | bool = True, quality_threshold: float | None = None,
+                 quality: bool = True, quality_threshold: float | None = None,
                  warm: bool = True, progress_interval: float = 0.25, cancel_grace: float = 1.0,
                  execution_timeout: float | None = None, kernel_env: dict | None = None,
                  job_timeout: float | None = None):
@@ -64,9 +64,7 @@ class JobRunner:
         self.comfyui_url = comfyui_url or (self.comfyui_urls[0] if self.comfyui_urls else None)
         self.notebooks_dir = Path(notebooks_dir or config.notebooks_dir())
         self.notebook_for = notebook_for or default_notebook_for(self.notebooks_dir)
-        if quality_notebook is True:
-            quality_notebook = self.notebooks_dir / QUALITY_NOTEBOOK
-        self.quality_notebook = Path(quality_notebook) if quality_notebook else None
+        self.quality = bool(quality)
         self.quality_threshold = quality_threshold
         self.warm = warm
         self.progress_interval = progress_interval
@@ -222,8 +220,7 @@ class JobRunner:
         a quality score) and `stalled` (no kernel ready `stall_after` s after start)."""
         kernels = [s.describe() for s in self.slots]
         stalled = time.time() - self.started_at > stall_after and not any(k["ready"] for k in kernels)
-        scored = self.quality_notebook is not None and self.quality_notebook.is_file()
-        return {"warm": self.warm, "kernels": kernels, "generating": self.generating(), "scored": scored,
+        return {"warm": self.warm, "kernels": kernels, "generating": self.generating(), "scored": self.quality,
                 "stalled": stalled, "executor": self.describe_executor()}
 
     def describe_executor(self) -> dict:

@@ -81,7 +81,7 @@ class ServerConfig:
     devices: list[str] | None = None   # None: one warm kernel per GPU, or one "cpu"
     warm: bool = True                  # False: a fresh kernel per job (benchmarks)
     notebook_for: Callable[[JobRecord], Path] | None = None  # tests: which notebook runs a job
-    quality_notebook: str | Path | bool | None = True
+    quality: bool = True  # score every phase job (the quality gate) in its own kernel
     cancel_grace: float = 1.0
     kernel_env: dict | None = None     # extra environment of the kernels, e.g. {"OMP_NUM_THREADS": "1"}
     notebooks_dir: str | Path | None = None  # phase notebooks (None: the checkout's notebooks/)
@@ -151,7 +151,7 @@ class AnimeService:
             backend=self.config.backend, comfyui_url=self.config.comfyui_url,
             comfyui_urls=list(self.config.comfyui_urls), executor=self.config.executor,
             executor_options=self._executor_options(), notebook_for=self.config.notebook_for,
-            quality_notebook=self.config.quality_notebook, warm=self.config.warm,
+            quality=self.config.quality, warm=self.config.warm,
             notebooks_dir=self.config.notebooks_dir,
             cancel_grace=self.config.cancel_grace, kernel_env=kernel_env,
             job_timeout=self.config.job_limits.timeout_seconds)
@@ -257,9 +257,9 @@ class AnimeService:
     def orchestrate(self, data: dict, caller: Caller) -> tuple[JobRecord, dict]:
         """POST /orchestrate (the caller is an admin): validate the body, admit the parent job. Returns the
         job and the 202 reply."""
-        if self.runner.quality_notebook is None:
+        if not self.runner.quality:
             raise APIError(409, "quality_disabled", "Orchestration gates every phase on its quality score, and this "
-                                                    "server runs without the quality notebook (`serve --no-quality`).")
+                                                    "server does not score jobs (`serve --no-quality`).")
         values, visibility = validate_orchestrate(
             data, self.outputs_dir, self.runner.models,
             lambda job_id: self.readable_job(job_id, caller.identity) is not None)
