@@ -34,6 +34,39 @@ def test_create_is_durable_across_connections(tmp_path):
     other.close()
 
 
+def test_only_harmless_writes_skip_the_fsync(tmp_path):
+    """Acceptance and terminal states commit with synchronous=FULL; progress and queued -> running with
+    NORMAL (still crash-safe in WAL mode), and the connection is back at FULL after each of them."""
+    s = SqliteJobStore(tmp_path / "jobs.db")
+    seen = []
+    s.db._conn.set_trace_callback(lambda sql: seen.append(sql.strip()) if "synchronous" in sql else None)
+    job = s.create(phase=1, parameters={"prompt": "a"})
+    assert seen == []
+    s.claim_next("w1")
+    s.update_progress(job.id, {"percent": 50.0})
+    assert seen == ["PRAGMA synchronous = NORMAL", "PRAGMA synchronous = FULL"] * 2
+    seen.clear()
+    s.transition(job.id, JobStatus.SUCCEEDED)
+    assert seen == []
+    with s.db.read() as cur:
+        assert cur.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    s.close()
+    other = SqliteJobStore(tmp_path / "jobs.db")
+    assert other.get(job.id).status is JobStatus.SUCCEEDED
+    other.close()
+
+
+def test_reads_take_no_write_lock(tmp_path):
+    s = SqliteJobStore(tmp_path / "jobs.db")
+    writer = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None, timeout=0.1)
+    with s.db.read() as cur:
+        cur.execute("SELECT COUNT(*) FROM jobs").fetchone()
+        writer.execute("BEGIN IMMEDIATE")  # would time out ("database is locked") under BEGIN IMMEDIATE
+        writer.execute("ROLLBACK")
+    writer.close()
+    s.close()
+
+
 def test_claim_next_is_fifo_and_atomic(store):
     ids = [store.create(phase=1, parameters={"i": i}).id for i in range(5)]
     claimed, lock = [], threading.Lock()

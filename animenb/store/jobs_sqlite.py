@@ -117,7 +117,7 @@ class SqliteJobStore(JobStoreBase):
             return self._get(cur, job_id)
 
     def get(self, job_id: str) -> JobRecord:
-        with self.db.transaction() as cur:
+        with self.db.read() as cur:
             return self._get(cur, job_id)
 
     def list(self, *, status=None, owner=None, visibility=None, phase=None, limit=50, cursor=None):
@@ -130,7 +130,7 @@ class SqliteJobStore(JobStoreBase):
             except (TypeError, ValueError):
                 raise ValueError(f"`cursor` must be a cursor returned by a previous page, got {cursor!r}.")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self.db.transaction() as cur:
+        with self.db.read() as cur:
             rows = cur.execute(f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*args, limit + 1)).fetchall()
         records = [self._record(r) for r in rows[:limit]]
         next_cursor = str(records[-1].seq) if len(rows) > limit else None
@@ -139,19 +139,19 @@ class SqliteJobStore(JobStoreBase):
     def count(self, *, status=None, owner=None, visibility=None, phase=None) -> int:
         clauses, args = self._where(status, owner, visibility, phase)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self.db.transaction() as cur:
+        with self.db.read() as cur:
             return cur.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
 
     def counts_by_status(self) -> dict[str, int]:
         counts = {s.value: 0 for s in JobStatus}
-        with self.db.transaction() as cur:
+        with self.db.read() as cur:
             for status, n in cur.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
                 counts[status] = n
         return counts
 
     def claim_next(self, worker: str) -> JobRecord | None:
         now = time.time()
-        with self.db.transaction() as cur:
+        with self.db.transaction(durable=False) as cur:
             row = cur.execute(CLAIM_NEXT_QUERY).fetchone()
             if row is None:
                 return None
@@ -164,14 +164,16 @@ class SqliteJobStore(JobStoreBase):
             return self._get(cur, row["id"])
 
     def next_queued(self, limit: int = 16) -> list[JobRecord]:
-        with self.db.transaction() as cur:
+        with self.db.read() as cur:
             return [self._record(row) for row in cur.execute(NEXT_QUEUED_QUERY, (int(limit),)).fetchall()]
 
     def transition(self, job_id, status, *, error=None, outputs=None, progress=None, expected=None,
                    worker=None) -> JobRecord:
         status = JobStatus(status)
         now = time.time()
-        with self.db.transaction() as cur:
+        # Only a terminal state or a re-queue must survive power loss (sqlite_database's docstring).
+        durable = status is not JobStatus.RUNNING
+        with self.db.transaction(durable=durable) as cur:
             current = self._get(cur, job_id)
             allowed = TRANSITIONS.get(current.status, frozenset())
             if expected is not None and current.status not in {JobStatus(s) for s in expected}:
@@ -206,13 +208,13 @@ class SqliteJobStore(JobStoreBase):
             return self._get(cur, job_id)
 
     def update_progress(self, job_id: str, progress: dict) -> bool:
-        with self.db.transaction() as cur:
+        with self.db.transaction(durable=False) as cur:
             cur.execute("UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ? AND status = 'running'",
                         (_dumps(progress), time.time(), job_id))
             return cur.rowcount == 1
 
     def queue_position(self, job_id: str) -> int | None:
-        with self.db.transaction() as cur:
+        with self.db.read() as cur:
             job = self._get(cur, job_id)
             if job.status is not JobStatus.QUEUED:
                 return None
