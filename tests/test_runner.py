@@ -195,9 +195,9 @@ def _run_warm(kernel, path: Path, out: Path, parameters: dict):
         kernel.reset_after_job()
 
 
-def test_parameters_and_injected_cells_run_as_one_execution_with_their_own_outputs(tmp_path, warm_kernel):
-    """One kernel execution (one execution count) for the parameters and injected-parameters cells; each cell
-    keeps its own outputs and papermill status; the run cell sees the injected values."""
+def test_parameters_injected_and_next_cell_run_as_one_execution_with_their_own_outputs(tmp_path, warm_kernel):
+    """One kernel execution (one execution count) for the parameters, injected-parameters and run cells; each
+    cell keeps its own outputs and papermill status; the run cell sees the injected values."""
     from animenb.runner.engine import BOUNDARY_MIME
 
     path = _parameterized_notebook(tmp_path, "x = 1\nprint('defaults', x)", "print('run', x, y)\nx * 10")
@@ -208,12 +208,42 @@ def test_parameters_and_injected_cells_run_as_one_execution_with_their_own_outpu
     assert [o["text"] for o in params.outputs] == ["defaults 1\n"]
     assert injected.outputs == []
     assert run.outputs[0]["text"] == "run 5 z\n" and run.outputs[1]["data"]["text/plain"] == "50"
-    assert params.execution_count == injected.execution_count == run.execution_count - 1
+    assert params.execution_count == injected.execution_count == run.execution_count
     assert all(c.metadata.papermill.status == "completed" for c in (params, injected, run))
     assert injected.metadata.papermill.end_time >= params.metadata.papermill.end_time
     assert params.source == "x = 1\nprint('defaults', x)"  # the joined source never reaches the notebook
     assert not any(BOUNDARY_MIME in o.get("data", {}) for c in saved.cells for o in c.get("outputs", []))
     assert nb.cells[2].execution_count == saved.cells[2].execution_count
+
+
+@pytest.mark.parametrize("run_source, joined", [
+    ("if True:\n    print('run', x)", False),       # a compound statement cannot share the first line
+    ("@staticmethod\ndef f():\n    pass\nprint('run', x)", False),
+    ("%time print('run', x)", False),                # IPython syntax: its own execution
+    ("# a comment first\nprint('run', x)", True),
+])
+def test_the_next_cell_joins_only_when_its_first_line_can_follow(tmp_path, warm_kernel, run_source, joined):
+    path = _parameterized_notebook(tmp_path, "x = 1", run_source)
+    _run_warm(warm_kernel, path, tmp_path / "out.ipynb", {"x": 7})
+    _title, params, injected, run = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+    assert run.metadata.papermill.status == "completed"
+    assert any("run 7" in o.get("text", "") for o in run.outputs), run.outputs
+    assert (params.execution_count == run.execution_count) is joined
+
+
+def test_a_joined_cells_traceback_has_its_own_line_numbers(tmp_path, warm_kernel):
+    import papermill as pm
+
+    path = _parameterized_notebook(tmp_path, "x = 1", "y = x + 1\n\nraise ValueError(f'boom {y}')")
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        _run_warm(warm_kernel, path, tmp_path / "out.ipynb", {"x": 2})
+    assert err.value.ename == "ValueError" and err.value.evalue == "boom 3"
+    params, injected, run = [c for c in nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+                             if c.cell_type == "code"]
+    assert params.execution_count == run.execution_count  # it did run joined
+    assert run.metadata.papermill.status == "failed" and injected.metadata.papermill.status == "completed"
+    traceback = "\n".join(run.outputs[-1]["traceback"])
+    assert "line 3" in traceback and "line 5" not in traceback, traceback
 
 
 @pytest.mark.parametrize("where", ["parameters", "injected"])

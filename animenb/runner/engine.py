@@ -26,12 +26,15 @@ interception. The job runner passes engine keyword arguments through
     the job runner's quality-gate cell: they run on the same kernel after the notebook's own cells and
     are saved with them, so the executed notebook is the whole record of the job.
 
-One round trip for the parameters: papermill puts an ``injected-parameters`` cell right after
-the notebook's ``parameters`` cell, and each cell costs a kernel round trip (6-12 ms on two busy
-CPUs). The client sends the two as one execution with a boundary display between them
-(``BOUNDARY_MIME``, consumed like progress), so each cell still gets its own outputs, its error
-and its papermill status; a parameters cell's trailing expression is not echoed (the injected
-assignments follow it), which parameters cells never rely on.
+No round trip of its own for the parameters: papermill puts an ``injected-parameters`` cell right
+after the notebook's ``parameters`` cell, and each cell costs a kernel round trip (6-12 ms on two busy
+CPUs). The client sends the two, and the code cell after them, as one execution (`joined_runs`):
+the parameters and injected cells as ``exec(<source>)`` calls on the first line, each followed by a
+boundary display (``BOUNDARY_MIME``, consumed like progress), then the next cell's own source,
+whose first line they share, so its line numbers in a traceback stay its own. Each cell still gets
+its own outputs, its error and its papermill status; the parameters and injected cells' trailing
+expressions are not echoed, which they never rely on. The third cell joins only when its first line
+can follow them (no compound statement or decorator there, no IPython-only syntax in the cell).
 
 Why the classes are built lazily: papermill imports this module through its entry point
 while ``papermill.engines`` is still being imported. If this module is imported first,
@@ -41,6 +44,7 @@ defined) ``NBClientEngine``, whichever import comes first.
 """
 from __future__ import annotations
 
+import ast
 import logging
 import threading
 
@@ -62,20 +66,47 @@ def _tags(cell) -> list:
     return cell.get("metadata", {}).get("tags", []) or []
 
 
-def parameter_pairs(cells) -> dict[int, int]:
-    """{index of a `parameters` cell: index of the `injected-parameters` code cell right after it}.
+def _parses(source: str) -> bool:
+    try:
+        ast.parse(source)
+    except SyntaxError:  # IPython-only syntax (magics, shell escapes) or broken code: run it on its own
+        return False
+    return True
 
-    Not for cells that may raise (`raises-exception`): an error in the first would skip the second.
+
+def _joinable(cell) -> bool:
+    return (cell.cell_type == "code" and bool(cell.source.strip()) and "raises-exception" not in _tags(cell)
+            and _parses(cell.source))
+
+
+def joined_source(sources: list[str], last_is_cell: bool) -> str:
+    """One execution for several cells (module docstring): ``exec`` calls and boundaries on the first line,
+    then, when `last_is_cell`, the last cell's own source from its first line on."""
+    leading = sources[:-1] if last_is_cell else sources
+    code = f"; {_BOUNDARY_CODE}; ".join(f"exec({source!r})" for source in leading)
+    return f"{code}; {_BOUNDARY_CODE}; {sources[-1]}" if last_is_cell else code
+
+
+def joined_runs(cells) -> dict[int, tuple[int, ...]]:
+    """{index of a `parameters` cell: the indices of the cells run with it as one execution}: it, the
+    `injected-parameters` code cell right after it and, when its first line can follow them, the code
+    cell after that (module docstring).
+
+    Not for cells that may raise (`raises-exception`): an error in one would skip the next.
     """
-    pairs = {}
+    runs = {}
     for index in range(len(cells) - 1):
         first, second = cells[index], cells[index + 1]
-        tags = _tags(first) + _tags(second)
-        if (first.cell_type == second.cell_type == "code" and "parameters" in _tags(first)
-                and "injected-parameters" in _tags(second) and "raises-exception" not in tags
-                and first.source.strip() and second.source.strip()):
-            pairs[index] = index + 1
-    return pairs
+        if not ("parameters" in _tags(first) and "injected-parameters" in _tags(second)
+                and _joinable(first) and _joinable(second)):
+            continue
+        run = (index, index + 1)
+        if index + 2 < len(cells) and _joinable(cells[index + 2]):
+            third = cells[index + 2].source
+            if _parses(joined_source([first.source, second.source, third], last_is_cell=True)):
+                run += (index + 2,)
+        runs[index] = run
+    return runs
 
 
 class JobCancelled(Exception):
@@ -121,25 +152,26 @@ def _define() -> None:
                     self.set_widgets_metadata()
                 return self.nb
 
-            # While a parameters + injected-parameters pair runs as one execution: their indices, and
-            # the index of the cell that receives outputs (the second once the boundary has passed).
+            # While cells run as one execution: their indices, and the index of the cell that receives
+            # outputs (the next one each time a boundary passes).
             _joined = None
             _current = None
 
             def papermill_execute_cells(self):
-                """Papermill's loop (clientwrap.py), with each parameters + injected-parameters pair sent
-                as one execution (module docstring). Each cell keeps its own papermill start, end, status."""
-                pairs = {} if self.allow_errors else parameter_pairs(self.nb.cells)
+                """Papermill's loop (clientwrap.py), with each parameters + injected-parameters pair (and
+                the cell after it) sent as one execution (module docstring). Each cell keeps its own
+                papermill start, end and status."""
+                runs = {} if self.allow_errors else joined_runs(self.nb.cells)
                 index = 0
                 while index < len(self.nb.cells):
-                    second = pairs.get(index)
-                    self._joined, self._current = (None if second is None else (index, second)), index
+                    run = runs.get(index)
+                    self._joined, self._current = run, index
                     try:
                         self.nb_man.cell_start(self.nb.cells[index], index)
-                        if second is None:
+                        if run is None:
                             self.execute_cell(self.nb.cells[index], index)
                         else:
-                            self._execute_joined(index, second)
+                            self._execute_joined(run)
                     except CellExecutionError as ex:
                         self.nb_man.cell_exception(self.nb.cells[self._current], cell_index=self._current,
                                                    exception=ex)
@@ -147,30 +179,32 @@ def _define() -> None:
                     finally:
                         self.nb_man.cell_complete(self.nb.cells[self._current], cell_index=self._current)
                         self._joined = None
-                    index = (index if second is None else second) + 1
+                    index = (index if run is None else run[-1]) + 1
 
-            def _execute_joined(self, first_index: int, second_index: int) -> None:
-                first, second = self.nb.cells[first_index], self.nb.cells[second_index]
-                source = first.source
-                second.outputs = []
-                first.source = f"{source}\n{_BOUNDARY_CODE}\n{second.source}"
+            def _execute_joined(self, run: tuple[int, ...]) -> None:
+                cells = [self.nb.cells[i] for i in run]
+                first, source = cells[0], cells[0].source
+                for cell in cells[1:]:
+                    cell.outputs = []
+                first.source = joined_source([c.source for c in cells], last_is_cell=len(run) > 2)
                 try:
-                    self.execute_cell(first, first_index)
+                    self.execute_cell(first, run[0])
                 finally:
                     first.source = source
-                    second.execution_count = first.get("execution_count")
+                    for cell in cells[1:]:
+                        cell.execution_count = first.get("execution_count")
 
             def process_message(self, msg, cell, cell_index):
                 if self._joined is not None:
-                    first, second = self._joined
                     data = msg.get("content", {}).get("data") or {}
                     if msg.get("msg_type") == "display_data" and BOUNDARY_MIME in data:
-                        self.nb_man.cell_complete(self.nb.cells[first], cell_index=first)
-                        self.nb_man.cell_start(self.nb.cells[second], second)
-                        self._current = second
+                        following = self._joined[self._joined.index(self._current) + 1]
+                        self.nb_man.cell_complete(self.nb.cells[self._current], cell_index=self._current)
+                        self.nb_man.cell_start(self.nb.cells[following], following)
+                        self._current = following
                         return None
-                    if self._current == second and msg.get("msg_type") not in ("execute_input", "status"):
-                        cell, cell_index = self.nb.cells[second], second
+                    if self._current != self._joined[0] and msg.get("msg_type") not in ("execute_input", "status"):
+                        cell, cell_index = self.nb.cells[self._current], self._current
                 if msg.get("msg_type") in ("display_data", "update_display_data"):
                     data = msg.get("content", {}).get("data") or {}
                     if PROGRESS_MIME in data:
