@@ -17,7 +17,7 @@ import pytest_asyncio
 from PIL import Image
 
 from animenb.progress import PROGRESS_MIME
-from serverkit import submit, wait_status, ws_messages
+from serverkit import submit, wait_running, wait_status, ws_messages
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
 
@@ -107,6 +107,27 @@ async def test_websocket_many_subscribers_and_unknown_job(srv):
     messages, close_code, reason = await ws_messages(f"ws://127.0.0.1:{srv.port}/ws/job/{'0' * 32}")
     assert messages == [] and close_code == 4404 and reason == f"Job not found: {'0' * 32}"
     assert job_id
+
+
+async def test_events_of_every_frame_size_reach_every_subscriber_intact(srv):
+    """Progress events go out as one frame built once for all subscribers: payloads under 126 bytes, under
+    64 KiB and over it (a preview image) each reach two clients byte for byte, in order, then the close."""
+    from animenb.runner.events import JobProgressEvent
+
+    data = await submit(srv, prompt="test:sleep 0.05", steps=60)
+    await wait_running(srv, data["job_id"])
+    readers = [asyncio.ensure_future(ws_messages(data["ws_url"])) for _ in range(2)]
+    deadline = time.monotonic() + 30
+    while srv.service.bus.subscriber_count(data["job_id"]) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    previews = ["", "p" * 300, "data:image/png;base64," + "A" * 70_000]
+    for preview in previews:
+        srv.service.bus.publish(JobProgressEvent.build(data["job_id"], {"percent": 1, "stage": "probe",
+                                                                        "preview": preview or None}))
+    for messages, close_code, _ in await asyncio.gather(*readers):
+        probes = [m for m in messages if m["event"] == "progress" and m["stage"] == "probe"]
+        assert [m.get("preview") or "" for m in probes] == previews
+        assert messages[-1]["event"] == "finished" and close_code == 1000
 
 
 async def test_status_shows_live_progress_and_store_is_throttled(srv):

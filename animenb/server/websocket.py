@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 
+from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from animenb.runner.events import JobEvent, JobFinishedEvent, JobStateEvent
@@ -54,26 +56,46 @@ class JobSocketHandler(WebSocketHandler):
 
     def _dump(self, event: JobEvent) -> str:
         """The event's wire form, serialised once and shared by every subscriber (200 subscribers: 1 dumps, not
-        200); a "finished" event, one per job, carries the status body with this client's URLs."""
-        if isinstance(event, JobFinishedEvent):
-            data = event.as_dict()
-            data["outputs"] = [views.output_url(event.job_id, f) for f in event.outputs]
-            data["state"] = self.service.status(self.service.store.get(event.job_id), self.ws_base())
-            return json.dumps(data, default=str)
-        wire = event.__dict__.get("_wire")
+        200); a "finished" event carries the status body with the URLs of the host the client used, so it is
+        made once per host."""
+        key = ("_wire", *self._variant(event))
+        wire = event.__dict__.get(key)
         if wire is None:
-            wire = event.__dict__["_wire"] = json.dumps(event.as_dict(), default=str)
+            data = event.as_dict()
+            if isinstance(event, JobFinishedEvent):
+                data["outputs"] = [views.output_url(event.job_id, f) for f in event.outputs]
+                data["state"] = self.service.status(self.service.store.get(event.job_id), self.ws_base())
+            wire = event.__dict__[key] = json.dumps(data, default=str)
         return wire
 
     def send(self, event: JobEvent) -> None:
         try:
-            self.write_message(self._dump(event))
-        except WebSocketClosedError:
+            self._write_shared_frame(event)
+        except (WebSocketClosedError, StreamClosedError):
             self._unsubscribe()
             return
         if event.terminal:
             self._unsubscribe()
             self.close(1000, "job finished")
+
+    def _write_shared_frame(self, event: JobEvent) -> None:
+        """Write the event as one text frame built once for every subscriber (`text_frame`) straight to this
+        socket's stream. Tornado's `write_message` frames each copy again and wraps it in a task: about 100 us
+        a subscriber on a 2-CPU box, 20 ms for 200 of them, where the bare write costs a third of that.
+        Valid because this server never negotiates compression (no `get_compression_options`) and never
+        masks (RFC 6455: server frames are unmasked)."""
+        connection = self.ws_connection
+        if connection is None or connection.is_closing():
+            raise WebSocketClosedError()
+        key = ("_frame", *self._variant(event))
+        frame = event.__dict__.get(key)
+        if frame is None:
+            frame = event.__dict__[key] = text_frame(self._dump(event))
+        connection.stream.write(frame)
+
+    def _variant(self, event: JobEvent) -> tuple:
+        """What a subscriber's copy of `event` depends on: nothing, or for "finished" the host in its URLs."""
+        return (self.ws_base(),) if isinstance(event, JobFinishedEvent) else ()
 
     def check_origin(self, origin: str) -> bool:
         """Same origin as tornado's default, plus the origins given with `--allow-origin`."""
@@ -142,6 +164,18 @@ class JobSocketHandler(WebSocketHandler):
         if self.counted_address is not None:
             self.service.websockets.release(self.counted_address)
             self.counted_address = None
+
+
+def text_frame(text: str) -> bytes:
+    """An unmasked, uncompressed, final WebSocket text frame holding `text` (RFC 6455 section 5.2)."""
+    data = text.encode("utf-8")
+    if len(data) < 126:
+        header = struct.pack("!BB", 0x81, len(data))
+    elif len(data) <= 0xFFFF:
+        header = struct.pack("!BBH", 0x81, 126, len(data))
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, len(data))
+    return header + data
 
 
 def close_reason(reason: str) -> str:
