@@ -2,7 +2,7 @@
 
 Small test notebooks (tests/notebooks/, selected by prompts "test:<name>") cover progress,
 cancel and kernel death quickly; the last tests run the real phase notebooks with the
-`tiny` profile (64x64, 2 steps), followed by the quality notebook.
+`tiny` profile (64x64, 2 steps), scored by the quality gate in the same kernel.
 """
 from __future__ import annotations
 
