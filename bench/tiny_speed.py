@@ -5,7 +5,7 @@
    phase 2 (20 frames rendered for a 16-frame loop) and phase 3 (an SVD source image, then 25
    frames) at 512 px with their default 15 steps. Prints wall and CPU seconds per phase and the
    split the manifest records (generate / write).
-2. With `--server`: a real `animenb serve --models tiny` (quality notebook on, as `make serve`),
+2. With `--server`: a real `animenb serve --models tiny` (jobs scored by the quality gate, as `make serve`),
    the contract's own request `POST /generate {"prompt":"anime girl","width":512,"height":512,
    "steps":10}`, submit -> terminal WebSocket event, after one warm-up job of the same size.
 
@@ -139,7 +139,7 @@ def main() -> None:
     figures.update({f"phase{r['phase']}_512_cpu_s": round(r["cpu_s"], 2) for r in rows})
     if args.server:
         served = asyncio.run(server_job(root, args.threads))
-        print(f"  through `animenb serve` (quality notebook on): the contract's POST /generate 512x512, 10 steps: "
+        print(f"  through `animenb serve` (quality gate on): the contract's POST /generate 512x512, 10 steps: "
               f"first job {served['first_job_s']:.1f} s (loads the models), warm job {served['warm_job_s']:.1f} s "
               f"(phase function {served['warm_job_phase_s']:.1f} s of it); server ready in "
               f"{served['server_ready_s']:.1f} s")
