@@ -35,14 +35,15 @@ def one_thread():
 def test_defaults_resolve_per_device_and_size():
     fast = FastPaths()
     assert fast.attention == "sdpa" and not fast.compile_unet and not fast.cpu_offload
-    assert not fast.use_channels_last("cpu") and fast.use_channels_last("cuda:0")
+    assert fast.use_channels_last("cpu") and fast.use_channels_last("cuda:0") and not fast.use_channels_last("mps")
     assert not fast.use_vae_slicing(64, 64) and fast.use_vae_slicing(512, 64)
     assert not fast.use_vae_tiling(1024, 1024) and fast.use_vae_tiling(1032, 64)
     assert fast.chunk_size("svd", "cpu") == fast.chunk_size("svd", "cuda") == 8
     assert fast.chunk_size("animatediff", "cpu") == 1 and fast.chunk_size("animatediff", "cuda") == 16
-    fixed = FastPaths(decode_chunk_size=4, vae_slicing=False, vae_tiling=True, channels_last=True)
+    fixed = FastPaths(decode_chunk_size=4, vae_slicing=False, vae_tiling=True, channels_last=False)
     assert fixed.chunk_size("svd", "cpu") == fixed.chunk_size("animatediff", "cuda") == 4
-    assert not fixed.use_vae_slicing(2048, 2048) and fixed.use_vae_tiling(64, 64) and fixed.use_channels_last("cpu")
+    assert not fixed.use_vae_slicing(2048, 2048) and fixed.use_vae_tiling(64, 64)
+    assert not fixed.use_channels_last("cuda")
 
 
 @pytest.mark.parametrize("data, message", [
@@ -82,7 +83,8 @@ def test_eager_attention_and_channels_last_are_applied_and_change_nothing_visibl
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     request = ImageRequest(prompt="anime girl", width=64, height=64, steps=2, seed=3)
-    plain = get_backend("diffusers", models=tiny_profile(tmp_path, "plain", "  attention: sdpa\n"))
+    plain = get_backend("diffusers", models=tiny_profile(
+        tmp_path, "plain", "  attention: sdpa\n  channels_last: false\n"))
     tuned = get_backend("diffusers", models=tiny_profile(
         tmp_path, "tuned", "  attention: eager\n  channels_last: true\n"))
     reference, image = plain.text_to_image(request), tuned.text_to_image(request)
