@@ -45,6 +45,9 @@ def test_run_phase1_under_papermill(phase1_run):
     nb = nbformat.read(out / "notebook.ipynb", as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and f'output_dir = "{out}"' in injected[0].source
+    # scored as a job is: the gate's cell ran last in the same kernel, with the run's own image encoder
+    assert nb.cells[-1].metadata["tags"] == ["animenb-job-step"] and "score_job(" in nb.cells[-1].source
+    assert "embedding_consistency" in manifest["quality"]["metrics"]
     # progress display data is consumed by the engine, not saved into the notebook
     assert "vnd.animenb.progress" not in json.dumps([c.get("outputs", []) for c in nb.cells])
     assert "CHARACTER_SHEET" in stderr and "16/16" in stderr  # the tqdm bar over 8 poses x 2 steps

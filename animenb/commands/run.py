@@ -192,10 +192,14 @@ def run(args: argparse.Namespace) -> int:
     # papermill warns about every commented default it cannot parse for its own inspection
     logging.getLogger("papermill").setLevel(logging.ERROR)
     bar = _Bar(f"{phase.id} {phase.name}", enabled=not args.no_progress)
+    # Scored as a job is: the quality gate's cell, appended, in the same kernel.
+    from ..runner.phase_jobs import quality_cell
+
+    extra_cells = () if args.no_score else (quality_cell(out, phase.id, None),)
     try:
         pm.execute_notebook(str(notebook), str(executed), parameters=params, kernel_name=args.kernel,
                             engine_name="animenb", progress_bar=False, progress_callback=bar,
-                            cwd=None, failure_output_path=str(executed))
+                            cwd=None, failure_output_path=str(executed), extra_cells=extra_cells)
     except PapermillExecutionError as exc:
         bar.close()
         raise ValueError(f"the {phase.name} notebook failed in cell {exc.exec_count}: {exc.ename}: "
@@ -203,14 +207,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
 
-    # 2. quality, as a job gets it, then where everything is
+    # 2. the gate's decision, then where everything is
     from ..manifest import read_manifest
 
     manifest = read_manifest(out)
-    if not args.no_score:
-        from ..quality import record_quality, score_output_dir
-
-        quality = record_quality(out, score_output_dir(out))
+    quality = manifest.get("quality") or {}
+    if quality.get("error"):
+        print(f"quality: not scored: {quality['error']['type']}: {quality['error']['message']}")
+    elif not args.no_score:
         gate = "passed" if quality["passed"] else "below"
         print(f"quality: {quality['score']:.3f} ({gate} the {quality['threshold']:.2f} gate)")
     print(f"seed: {manifest.get('seed')}  models: {manifest.get('models')}  "
