@@ -2,8 +2,9 @@
 
 The job runner appends one cell calling `score_job` to a phase job's notebook
 (`animenb.runner.phase_jobs.quality_cell`), so a job's executed `notebook.ipynb` shows the generation
-and the gate's decision together, and the scoring costs one kernel round trip instead of a second notebook. The figures and the metric table are for people:
-notebooks/04_quality.ipynb draws them for any run directory.
+and the gate's decision together, and the scoring costs one kernel round trip instead of a second
+notebook. The figures and the metric table are for people: notebooks/04_quality.ipynb draws them for
+any run directory.
 
 `score_job` never raises on a scoring failure: the generation stands, and the manifest's "quality"
 records the error (score None, passed False), as the status body shows it.
