@@ -75,7 +75,7 @@ def ray_cluster():
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def srv(ray_cluster, tmp_path_factory, start_live_server):
     async with start_live_server(tmp_path_factory.mktemp("ray"), models="tiny", executor="ray", ray_slots=2,
-                                 quality=False, cancel_grace=0.5) as server:
+                                 cancel_grace=0.5) as server:
         yield server
 
 
@@ -134,14 +134,15 @@ async def test_health_and_admin_stats_show_the_cluster(srv):
 
 async def test_a_job_on_an_actor_matches_the_same_job_run_locally(srv, tmp_path, start_live_server):
     """Files come back through the object store (the actors write to their own scratch folders): the same
-    bytes, the same manifest (timings aside) and the same executed notebook as a local run's."""
+    bytes, the same manifest (timings aside) and the same executed notebook as a local run's, the quality
+    gate's cell (run on the actor's kernel) included."""
     request = dict(prompt="a girl with red hair", seed=7, steps=2, width=64, height=64)
     remote = await submit(srv, **request)
     status = await wait_status(srv, remote["job_id"], 300)
     assert status["status"] == "succeeded", status["error"]
     actor_dir = slot_of(srv, remote["job_id"]).job_dir(remote["job_id"], Path("/unused"))
     assert not str(actor_dir).startswith(str(srv.service.outputs_dir))  # nothing assumed shared
-    async with start_live_server(tmp_path, models="tiny", quality=False) as local_srv:
+    async with start_live_server(tmp_path, models="tiny") as local_srv:
         local = await submit(local_srv, **request)
         assert (await wait_status(local_srv, local["job_id"], 300))["status"] == "succeeded"
         local_dir = local_srv.service.outputs_dir / local["job_id"]
@@ -157,9 +158,12 @@ async def test_a_job_on_an_actor_matches_the_same_job_run_locally(srv, tmp_path,
         data = json.loads((root / "manifest.json").read_text())
         data.pop("timings", None)
         data.pop("created_at", None)
+        data["quality"].pop("scored_at")  # and quality.json, which holds it
+        data["files"] = [f for f in data["files"] if f["path"] != "quality.json"]
         return data
 
     assert manifest(remote_dir) == manifest(local_dir)
+    assert status["quality"]["score"] == manifest(local_dir)["quality"]["score"] is not None
 
     def notebook(root: Path, job_id: str) -> list:
         nb = json.loads((root / "notebook.ipynb").read_text().replace(job_id, "<job>"))
