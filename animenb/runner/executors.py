@@ -127,6 +127,45 @@ class Slot(abc.ABC):
         return info
 
 
+def run_on_kernel(kernel: WarmKernel, notebook: str, output: Path, parameters: dict[str, Any], *, warm: bool,
+                  on_progress: Callable[[dict], None], cancel_event: threading.Event,
+                  execution_timeout: float | None, extra_cells: tuple[str, ...], label: str,
+                  replace_dead: Callable[[], bool] = lambda: True) -> None:
+    """On `kernel`'s own thread: reset it (or, cold, restart it) and run `notebook` with the animenb engine
+    (`animenb.runner.engine`), saved to `output`. A kernel that died is replaced before the error goes on
+    (unless `replace_dead()` says no, e.g. while stopping). Shared by the local slots and the Ray actors."""
+    import papermill as pm
+    from nbclient.exceptions import DeadKernelError
+
+    from . import engine  # registers the "animenb" engine with papermill, installed or not
+
+    if cancel_event.is_set():
+        raise JobCancelledBeforeStart("cancelled before start")
+    kernel.busy = True
+    try:
+        if warm:
+            kernel.ensure_clean()   # usually already reset right after the previous job
+        else:
+            kernel.restart()
+        kernel.clean = False
+        pm.execute_notebook(
+            notebook, str(output), parameters=parameters, engine_name=engine.ENGINE_NAME, progress_bar=False,
+            request_save_on_cell_execute=False, warm_kernel=kernel, progress_callback=on_progress,
+            cancel_event=cancel_event, failure_output_path=str(output), execution_timeout=execution_timeout,
+            extra_cells=extra_cells)
+    except DeadKernelError:
+        if not replace_dead():
+            raise
+        log.warning("%s died; starting a new one", label)
+        try:
+            kernel.restart()
+        except Exception:
+            log.exception("restarting %s failed", label)
+        raise
+    finally:
+        kernel.busy = False
+
+
 class LocalSlot(Slot):
     """A `WarmKernel` of this process. Papermill runs on the kernel's own thread (`kernel.executor`):
     never `asyncio.to_thread`, never papermill's `cwd=` (see `animenb.runner.kernels`)."""
@@ -153,43 +192,14 @@ class LocalSlot(Slot):
         await loop.run_in_executor(self.kernel.executor, self._execute, run, loop)
 
     def _execute(self, run: NotebookRun, loop: asyncio.AbstractEventLoop) -> None:
-        """Kernel thread: reset (or, cold, restart) the kernel and run one notebook on it."""
-        import papermill as pm
-        from nbclient.exceptions import DeadKernelError
-
-        from . import engine  # registers the "animenb" engine with papermill, installed or not
-
-        kernel = self.kernel
-        output = run.out_dir / run.output_name
-
+        """Kernel thread: run one notebook of the job on this slot's kernel."""
         def on_progress(payload: dict) -> None:
             loop.call_soon_threadsafe(run.on_progress, payload)
 
-        kernel.busy = True
-        try:
-            if run.cancel_event.is_set():
-                raise JobCancelledBeforeStart("cancelled before start")
-            if self.warm:
-                kernel.ensure_clean()   # usually already reset right after the previous job
-            else:
-                kernel.restart()
-            kernel.clean = False
-            pm.execute_notebook(
-                str(run.notebook), str(output), parameters=run.parameters, engine_name=engine.ENGINE_NAME,
-                progress_bar=False, request_save_on_cell_execute=False, warm_kernel=kernel,
-                progress_callback=on_progress, cancel_event=run.cancel_event, failure_output_path=str(output),
-                execution_timeout=run.execution_timeout, extra_cells=run.extra_cells)
-        except DeadKernelError:
-            if self.stopping:
-                raise
-            log.warning("job %s: kernel %s died; starting a new one", run.job_id, kernel.device)
-            try:
-                kernel.restart()
-            except Exception:
-                log.exception("restarting kernel %s failed", kernel.device)
-            raise
-        finally:
-            kernel.busy = False
+        run_on_kernel(self.kernel, str(run.notebook), run.out_dir / run.output_name, run.parameters,
+                      warm=self.warm, on_progress=on_progress, cancel_event=run.cancel_event,
+                      execution_timeout=run.execution_timeout, extra_cells=run.extra_cells,
+                      replace_dead=lambda: not self.stopping, label=f"job {run.job_id}: kernel {self.kernel.device}")
 
     async def interrupt(self) -> bool:
         return await self.kernel.interrupt()

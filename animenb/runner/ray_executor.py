@@ -43,7 +43,7 @@ from pathlib import Path
 
 from animenb.runner.public_paths import CHECKOUT
 
-from .executors import Executor, JobCancelledBeforeStart, NotebookRun, Slot, SlotLost
+from .executors import Executor, JobCancelledBeforeStart, NotebookRun, Slot, SlotLost, run_on_kernel
 from .kernels import WarmKernel
 
 log = logging.getLogger(__name__)
@@ -136,41 +136,14 @@ class KernelActor:
 
     def _execute(self, state: _JobState, notebook: str, output: Path, parameters: dict,
                  execution_timeout: float | None, extra_cells: tuple[str, ...]) -> None:
-        import papermill as pm
-        from nbclient.exceptions import DeadKernelError
-
-        from . import engine  # registers the "animenb" engine with papermill, installed or not
-
-        kernel = self.kernel
-
         def on_progress(payload: dict) -> None:
             with state.changed:
                 state.events.append(payload)
                 state.changed.notify_all()
 
-        if state.cancel_event.is_set():
-            raise JobCancelledBeforeStart("cancelled before start")
-        kernel.busy = True
-        try:
-            if self.warm:
-                kernel.ensure_clean()
-            else:
-                kernel.restart()
-            kernel.clean = False
-            pm.execute_notebook(
-                notebook, str(output), parameters=parameters, engine_name=engine.ENGINE_NAME, progress_bar=False,
-                request_save_on_cell_execute=False, warm_kernel=kernel, progress_callback=on_progress,
-                cancel_event=state.cancel_event, failure_output_path=str(output),
-                execution_timeout=execution_timeout, extra_cells=extra_cells)
-        except DeadKernelError:
-            log.warning("kernel of %s died; starting a new one", self.label)
-            try:
-                kernel.restart()
-            except Exception:
-                log.exception("restarting the kernel of %s failed", self.label)
-            raise
-        finally:
-            kernel.busy = False
+        run_on_kernel(self.kernel, notebook, output, parameters, warm=self.warm, on_progress=on_progress,
+                      cancel_event=state.cancel_event, execution_timeout=execution_timeout,
+                      extra_cells=extra_cells, label=f"the kernel of {self.label}")
 
     def _changed_files(self, state: _JobState, out_dir: Path) -> dict[str, bytes]:
         files = {}
