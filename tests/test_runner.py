@@ -231,6 +231,21 @@ def test_the_next_cell_joins_only_when_its_first_line_can_follow(tmp_path, warm_
     assert (params.execution_count == run.execution_count) is joined
 
 
+def test_a_print_that_arrives_in_pieces_is_one_output(tmp_path, warm_kernel):
+    """The kernel flushes stdout on a timer, so one line can reach the client in pieces: consecutive pieces of
+    one stream join, as a frontend shows them; another stream between them keeps them apart."""
+    source = ("import sys\n"
+              "sys.stdout.write('run '); sys.stdout.flush()\n"
+              "sys.stdout.write(f'{x}\\n'); sys.stdout.flush()\n"
+              "sys.stderr.write('warned\\n'); sys.stderr.flush()\n"
+              "print('after')")
+    path = _parameterized_notebook(tmp_path, "x = 1", source)
+    _run_warm(warm_kernel, path, tmp_path / "out.ipynb", {"x": 7})
+    run = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[-1]
+    assert [(o["name"], o["text"]) for o in run.outputs] == [
+        ("stdout", "run 7\n"), ("stderr", "warned\n"), ("stdout", "after\n")]
+
+
 def test_a_joined_cells_traceback_has_its_own_line_numbers(tmp_path, warm_kernel):
     import papermill as pm
 

@@ -216,6 +216,16 @@ def _define() -> None:
                         return None
                 return super().process_message(msg, cell, cell_index)
 
+            def output(self, outs, msg, display_id, cell_index):
+                out = super().output(outs, msg, display_id, cell_index)
+                # The kernel flushes stdout on a timer, so one print can arrive in pieces: join a piece to
+                # the stream before it, as a frontend shows them. The piece is returned for papermill's log.
+                if (out is not None and out.output_type == "stream" and len(outs) > 1 and outs[-1] is out
+                        and outs[-2].get("output_type") == "stream" and outs[-2].get("name") == out.name):
+                    outs.pop()
+                    outs[-1].text += out.text
+                return out
+
             async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
                 if self.cancel_event is not None and self.cancel_event.is_set():
                     raise JobCancelled(f"cancelled before cell {cell_index}")
