@@ -246,6 +246,28 @@ def test_a_print_that_arrives_in_pieces_is_one_output(tmp_path, warm_kernel):
         ("stdout", "run 7\n"), ("stderr", "warned\n"), ("stdout", "after\n")]
 
 
+def test_a_warm_kernel_skips_empty_flushes_and_keeps_output_order(tmp_path, warm_kernel):
+    """A flush with nothing written makes no round trip through the kernel's IOPub thread
+    (`QUIET_FLUSH_CODE`); prints and displays still arrive in the order the cell made them."""
+    source = ("import sys\n"
+              "from IPython.display import display\n"
+              "pub = sys.stdout.pub_thread\n"
+              "scheduled = []\n"
+              "pub.schedule = lambda f, schedule=pub.schedule: (scheduled.append(f), schedule(f))[1]\n"
+              "sys.stdout.flush(); sys.stderr.flush()\n"
+              "del pub.schedule\n"
+              "for i in range(x):\n"
+              "    print('line', i)\n"
+              "    display({'text/plain': f'shown {i}'}, raw=True)\n"
+              "print('round trips for empty flushes:', len(scheduled))")
+    path = _parameterized_notebook(tmp_path, "x = 1", source)
+    _run_warm(warm_kernel, path, tmp_path / "out.ipynb", {"x": 20})
+    run = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[-1]
+    seen = [o["text"] if o["output_type"] == "stream" else o["data"]["text/plain"] for o in run.outputs]
+    expected = [text for i in range(20) for text in (f"line {i}\n", f"shown {i}")]
+    assert seen == expected + ["round trips for empty flushes: 0\n"]
+
+
 def test_a_joined_cells_traceback_has_its_own_line_numbers(tmp_path, warm_kernel):
     import papermill as pm
 
