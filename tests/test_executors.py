@@ -81,3 +81,31 @@ def test_serve_takes_several_comfyui_urls():
 
     args = build_parser().parse_args(["serve", "--comfyui-url", "http://a:1", "--comfyui-url", "http://b:2"])
     assert args.comfyui_url == ["http://a:1", "http://b:2"] and args.executor == "local"
+
+
+def test_a_slot_that_fails_to_start_is_retried_until_it_starts_or_is_given_up(caplog):
+    import asyncio
+
+    from animenb.runner.executors import start_until_up
+
+    attempts = []
+
+    async def flaky_start():
+        attempts.append(len(attempts))
+        if len(attempts) < 3:
+            raise RuntimeError(f"no kernel yet ({len(attempts)})")
+
+    started = asyncio.run(start_until_up(flaky_start, given_up=lambda: False, what="slot cpu", retry_seconds=0.01))
+    assert started is True and len(attempts) == 3
+    assert [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()] == [
+        "starting slot cpu failed; retrying in 0.01 s"] * 2
+
+    stopping = []
+
+    async def failing_start():
+        stopping.append(True)  # the server stops while this start fails
+        raise RuntimeError("no kernel")
+
+    given_up = asyncio.run(start_until_up(failing_start, given_up=lambda: bool(stopping), what="slot cpu",
+                                          retry_seconds=0.01))
+    assert given_up is False and len(stopping) == 1

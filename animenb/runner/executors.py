@@ -77,6 +77,22 @@ def job_backend(job: JobRecord, default: str | None) -> str:
     return str(job.parameters.get("backend") or default or "diffusers")
 
 
+async def start_until_up(start: Callable[[], Any], *, given_up: Callable[[], bool], what: str,
+                         retry_seconds: float = 5.0) -> bool:
+    """Await `start()` until it succeeds (True), retrying every `retry_seconds` after logging the error,
+    or until `given_up()` (False): how a slot comes up, and how a lost one is replaced."""
+    while not given_up():
+        try:
+            await start()
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("starting %s failed; retrying in %g s", what, retry_seconds)
+            await asyncio.sleep(retry_seconds)
+    return False
+
+
 class Slot(abc.ABC):
     """One place where one job at a time runs (module docstring)."""
     device: str

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from animenb.runner.public_paths import CHECKOUT
 
-from .executors import Executor, JobCancelledBeforeStart, NotebookRun, Slot, SlotLost, run_on_kernel
+from .executors import Executor, JobCancelledBeforeStart, NotebookRun, Slot, SlotLost, run_on_kernel, start_until_up
 from .kernels import WarmKernel
 
 log = logging.getLogger(__name__)
@@ -343,16 +343,8 @@ class RaySlot(Slot):
         return reason
 
     async def _replace(self) -> None:
-        while not self._closed:
-            try:
-                await self.start()
-                self.replacements += 1
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("replacing the Ray actor of %s failed; retrying in 5 s", self.device)
-                await asyncio.sleep(5)
+        if await start_until_up(self.start, given_up=lambda: self._closed, what=f"a new Ray actor for {self.device}"):
+            self.replacements += 1
 
     async def interrupt(self) -> bool:
         actor = self.actor

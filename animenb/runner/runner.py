@@ -28,7 +28,7 @@ from animenb.store.jobs_sqlite import worker_name
 
 from .drivers import DriverRegistry, JobDriver, output_files
 from .events import EventBus, JobFinishedEvent, JobQueuedEvent
-from .executors import Executor, LocalExecutor, Slot, place
+from .executors import Executor, LocalExecutor, Slot, place, start_until_up
 from .kernels import KernelPool
 from .orchestration import OrchestrationDriver
 from .phase_jobs import NOTEBOOK_NAME, PHASE_KIND, PhaseJobDriver, default_notebook_for
@@ -237,15 +237,7 @@ class JobRunner:
 
     # -- dispatching -------------------------------------------------------------------------
     async def _start_slot(self, slot: Slot) -> None:
-        while not self._stopping:
-            try:
-                await slot.start()
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("slot %s failed to start; retrying in 5 s", slot.device)
-                await asyncio.sleep(5)
+        await start_until_up(slot.start, given_up=lambda: self._stopping, what=f"slot {slot.device}")
         self._wake.set()
 
     def _candidates(self) -> list[JobRecord]:
