@@ -35,14 +35,17 @@ log = logging.getLogger(__name__)
 BASELINE_CODE = "__animenb_baseline__ = frozenset(get_ipython().user_ns) | {'__animenb_baseline__'}"
 # Run silently right after start-up, before the baseline. ipykernel flushes stdout and stderr before each
 # display and twice after each execution, and every flush waits for a round trip through its IOPub
-# thread even when nothing was written: on a 2-CPU box that was ~10 ms of a warm job. A flush with
+# thread even when nothing was written: on a 2-CPU box that was ~5 ms of a warm job. A flush with
 # nothing pending is skipped here; output order is kept because IOPub sends in order and the client
-# waits for the "idle" status, which comes after every output. Left alone on an ipykernel without
-# these attributes.
+# waits for the "idle" status, which comes after every output. Left alone where stdout is not an
+# ipykernel stream with these attributes.
 QUIET_FLUSH_CODE = """\
 def __animenb_quiet_flushes__():
     import sys
-    from ipykernel.iostream import OutStream
+    try:
+        from ipykernel.iostream import OutStream
+    except ImportError:  # a kernel that is not ipykernel
+        return
     if not (isinstance(sys.stdout, OutStream)
             and all(hasattr(sys.stdout, a) for a in ("_flush_pending", "_subprocess_flush_pending"))):
         return
