@@ -63,6 +63,27 @@ def test_event_bus_seq_history_and_subscribers():
     assert len(got_a) == 5 and got_all[-1].as_dict()["event"] == "finished"
 
 
+def test_a_finished_event_keeps_its_record_out_of_its_wire_form():
+    """The WebSocket builds the status body from the record the event carries; the record is never sent."""
+    from animenb.store import JobError, JobOutputs, JobStatus, SqliteJobStore
+
+    store = SqliteJobStore()
+    try:
+        job = store.create(phase=1, parameters={})
+        store.transition(job.id, JobStatus.RUNNING)
+        done = store.transition(job.id, JobStatus.FAILED, error=JobError("Boom", "it broke"),
+                                outputs=JobOutputs(files=["a.png"]))
+    finally:
+        store.close()
+    event = JobFinishedEvent.build(done, duration=1.23456, seq=7)
+    assert event.record is done
+    wire = event.as_dict()
+    assert wire == {"event": "finished", "job_id": done.id, "seq": 7, "time": event.time, "status": "failed",
+                    "error": done.error.as_dict(), "outputs": ["a.png"], "duration_seconds": 1.235}
+    wire["outputs"].append("b.png")
+    assert event.outputs == ["a.png"]  # the wire form is a copy
+
+
 def test_progress_event_percent_never_decreases():
     event = JobProgressEvent.build("j", {"percent": 30, "step": 3, "total_steps": 10, "eta_seconds": 2.5}, floor=40.0)
     assert event.percent == 40.0 and event.eta_seconds == 2.5

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar
 
 from animenb.progress import PROGRESS_PARTS, ProgressEvent
@@ -117,6 +117,9 @@ class JobFinishedEvent(JobEvent):
     error: dict[str, str] | None = None
     outputs: list[str] = field(default_factory=list)
     duration_seconds: float | None = None
+    # The terminal record itself, for subscribers that send the status body with the event (the WebSocket)
+    # without reading the store again; not part of the event's wire form.
+    record: JobRecord | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(cls, job: JobRecord, *, duration: float | None = None, seq: int = 0) -> "JobFinishedEvent":
@@ -124,7 +127,15 @@ class JobFinishedEvent(JobEvent):
         if not job.terminal:
             raise ValueError(f"`job` must be terminal, got job {job.id} {job.status.value}.")
         return cls(job_id=job.id, seq=seq, status=job.status.value, error=job.error.as_dict() if job.error else None,
-                   outputs=list(job.outputs.files), duration_seconds=None if duration is None else round(duration, 3))
+                   outputs=list(job.outputs.files), duration_seconds=None if duration is None else round(duration, 3),
+                   record=job)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "record"}
+        data["error"] = dict(self.error) if self.error is not None else None
+        data["outputs"] = list(self.outputs)
+        data["event"] = self.event
+        return data
 
 
 Callback = Callable[[JobEvent], None]

@@ -64,7 +64,8 @@ class JobSocketHandler(WebSocketHandler):
             data = event.as_dict()
             if isinstance(event, JobFinishedEvent):
                 data["outputs"] = [views.output_url(event.job_id, f) for f in event.outputs]
-                data["state"] = self.service.status(self.service.store.get(event.job_id), self.ws_base())
+                job = event.record or self.service.store.get(event.job_id)
+                data["state"] = self.service.status(job, self.ws_base())
             wire = event.__dict__[key] = json.dumps(data, default=str)
         return wire
 
