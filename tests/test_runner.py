@@ -82,6 +82,9 @@ def test_a_finished_event_keeps_its_record_out_of_its_wire_form():
                     "error": done.error.as_dict(), "outputs": ["a.png"], "duration_seconds": 1.235}
     wire["outputs"].append("b.png")
     assert event.outputs == ["a.png"]  # the wire form is a copy
+    from animenb.server.openapi import event_schema
+
+    assert "record" not in event_schema(JobFinishedEvent)["properties"]
 
 
 def test_progress_event_percent_never_decreases():

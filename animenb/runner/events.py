@@ -22,6 +22,12 @@ from animenb.store import JobRecord
 log = logging.getLogger(__name__)
 
 
+def wire_fields(event) -> list:
+    """The fields of an event class (or event) that its JSON message carries: all but those marked
+    `metadata={"wire": False}`."""
+    return [f for f in fields(event) if f.metadata.get("wire", True)]
+
+
 @dataclass(kw_only=True)
 class JobEvent:
     event: ClassVar[str] = "job"
@@ -119,7 +125,7 @@ class JobFinishedEvent(JobEvent):
     duration_seconds: float | None = None
     # The terminal record itself, for subscribers that send the status body with the event (the WebSocket)
     # without reading the store again; not part of the event's wire form.
-    record: JobRecord | None = field(default=None, repr=False, compare=False)
+    record: JobRecord | None = field(default=None, repr=False, compare=False, metadata={"wire": False})
 
     @classmethod
     def build(cls, job: JobRecord, *, duration: float | None = None, seq: int = 0) -> "JobFinishedEvent":
@@ -131,7 +137,7 @@ class JobFinishedEvent(JobEvent):
                    record=job)
 
     def as_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "record"}
+        data = {f.name: getattr(self, f.name) for f in wire_fields(self)}
         data["error"] = dict(self.error) if self.error is not None else None
         data["outputs"] = list(self.outputs)
         data["event"] = self.event

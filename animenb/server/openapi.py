@@ -9,7 +9,6 @@ its messages under `x-websocket-messages` and as component schemas.
 """
 from __future__ import annotations
 
-import dataclasses
 import typing
 from functools import lru_cache
 from typing import Any
@@ -125,7 +124,7 @@ def event_schema(cls) -> dict:
     hints = typing.get_type_hints(cls)
     properties = {"event": {"const": cls.event}}
     required = ["event"]
-    for field in dataclasses.fields(cls):
+    for field in job_events.wire_fields(cls):
         properties[field.name] = _type_schema(hints[field.name])
         required.append(field.name)
     return {"type": "object", "title": cls.__name__, "description": (cls.__doc__ or "").strip().split("\n")[0],
