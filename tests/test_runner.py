@@ -219,6 +219,13 @@ def _run_warm(kernel, path: Path, out: Path, parameters: dict):
         kernel.reset_after_job()
 
 
+def _executed_run_cell(tmp_path, kernel, run_source: str, parameters: dict):
+    """The run cell of `_parameterized_notebook` (parameters `x = 1`) as saved after a warm run."""
+    path = _parameterized_notebook(tmp_path, "x = 1", run_source)
+    _run_warm(kernel, path, tmp_path / "out.ipynb", parameters)
+    return nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[-1]
+
+
 def test_parameters_injected_and_next_cell_run_as_one_execution_with_their_own_outputs(tmp_path, warm_kernel):
     """One kernel execution (one execution count) for the parameters, injected-parameters and run cells; each
     cell keeps its own outputs and papermill status; the run cell sees the injected values."""
@@ -263,9 +270,7 @@ def test_a_print_that_arrives_in_pieces_is_one_output(tmp_path, warm_kernel):
               "sys.stdout.write(f'{x}\\n'); sys.stdout.flush()\n"
               "sys.stderr.write('warned\\n'); sys.stderr.flush()\n"
               "print('after')")
-    path = _parameterized_notebook(tmp_path, "x = 1", source)
-    _run_warm(warm_kernel, path, tmp_path / "out.ipynb", {"x": 7})
-    run = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[-1]
+    run = _executed_run_cell(tmp_path, warm_kernel, source, {"x": 7})
     assert [(o["name"], o["text"]) for o in run.outputs] == [
         ("stdout", "run 7\n"), ("stderr", "warned\n"), ("stdout", "after\n")]
 
@@ -284,9 +289,7 @@ def test_a_warm_kernel_skips_empty_flushes_and_keeps_output_order(tmp_path, warm
               "    print('line', i)\n"
               "    display({'text/plain': f'shown {i}'}, raw=True)\n"
               "print('round trips for empty flushes:', len(scheduled))")
-    path = _parameterized_notebook(tmp_path, "x = 1", source)
-    _run_warm(warm_kernel, path, tmp_path / "out.ipynb", {"x": 20})
-    run = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[-1]
+    run = _executed_run_cell(tmp_path, warm_kernel, source, {"x": 20})
     seen = [o["text"] if o["output_type"] == "stream" else o["data"]["text/plain"] for o in run.outputs]
     expected = [text for i in range(20) for text in (f"line {i}\n", f"shown {i}")]
     assert seen == expected + ["round trips for empty flushes: 0\n"]
