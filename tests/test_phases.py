@@ -55,6 +55,15 @@ def test_character_sheet_files_and_metadata(sheet):
     assert recorded["sheet.png"] == _sha(out / "sheet.png")
 
 
+def test_a_result_shows_as_one_line_not_its_manifest(sheet):
+    """The notebook's last line displays the result: its text form names the run, not the whole manifest."""
+    result, _ = sheet
+    text = repr(result)
+    assert text.startswith("PhaseResult(CHARACTER_SHEET, seed=11, models='tiny (random weights)', ")
+    assert repr(str(result.output_dir)) in text and "\n" not in text
+    assert "sha256" not in text and "versions" not in text and len(text) < 200
+
+
 def test_character_sheet_progress_is_monotone_with_eta(sheet):
     _, events = sheet
     steps = [e for e in events if e.step > 0]

@@ -29,6 +29,13 @@ class PhaseResult:
         """Absolute path of a named output (e.g. "sheet", "gif", "mp4")."""
         return self.output_dir / self.manifest["outputs"][key]
 
+    def __repr__(self) -> str:
+        # One line, like the HTML form: the dataclass default printed the whole manifest into every
+        # executed notebook (3.5 kB for a tiny sheet), and formatting it cost a warm job ~1.5 ms.
+        m = self.manifest
+        return (f"PhaseResult({self.phase.name}, seed={m['seed']}, models={m['models']!r}, "
+                f"{m['timings']['total_seconds']:.2f} s, output_dir={str(self.output_dir)!r})")
+
     def _repr_html_(self) -> str:
         m = self.manifest
         return (f"<b>{self.phase.name}</b> seed {m['seed']} · {m['models']} · "
