@@ -295,6 +295,27 @@ def test_a_warm_kernel_skips_empty_flushes_and_keeps_output_order(tmp_path, warm
     assert seen == expected + ["round trips for empty flushes: 0\n"]
 
 
+def test_a_warm_kernel_transforms_each_cell_once(tmp_path, warm_kernel):
+    """ipykernel and IPython's run_cell each transform a cell's source; the warm kernel does it once
+    (`ONE_TRANSFORM_CODE`), and IPython syntax still runs."""
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[
+        new_code_cell("manager = get_ipython().input_transformer_manager\n"
+                      "calls = []\n"
+                      "manager.transform_cell = lambda cell, transform=manager.transform_cell: "
+                      "(calls.append(cell), transform(cell))[1]"),
+        new_code_cell("answer = !echo 42\nint(answer[0]) + 1"),
+        new_code_cell("del manager.transform_cell\nprint(len([c for c in calls if c.startswith('answer')]))"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    _run_warm(warm_kernel, tmp_path / "in.ipynb", tmp_path / "out.ipynb", {})
+    _, shell_cell, count_cell = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+    assert shell_cell.outputs[0]["data"]["text/plain"] == "43"
+    assert count_cell.outputs[0]["text"] == "1\n"
+
+
 def test_a_joined_cells_traceback_has_its_own_line_numbers(tmp_path, warm_kernel):
     import papermill as pm
 
