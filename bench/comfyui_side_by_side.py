@@ -11,6 +11,7 @@ ${ANIMENB_HOME:-~/.cache/animenb}/comfyui) and `animenb serve` on loopback, then
    so its cache never answers), POST /prompt -> `executing {node: null}` on its WebSocket;
    against animenb's warm in-job overhead (bench/job_overhead.py's definition: a tiny 64 px
    character sheet through `serve --no-quality`, job time - the phase function's own time).
+   Measured in interleaved pairs, one job on each side in turn, so both see the same load.
 4. Progress fan-out to 200 WebSocket subscribers, p95: ComfyUI's `status` broadcast after a
    POST /prompt (POST sent -> the last of 200 clients has it) against animenb's progress events
    (the kernel's timestamp -> the last of 200 subscribers; bench/load.py's measure, on the
@@ -118,37 +119,45 @@ def trivial_prompt(colour: int) -> dict:
             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "side_by_side"}}}
 
 
-async def comfy_trivial_jobs(client, url: str, runs: int) -> list[float]:
-    """Submit -> done (ms) of `runs` trivial prompts, after two uncounted ones."""
-    from tornado.websocket import websocket_connect
+class ComfyTrivialJobs:
+    """Trivial prompts over one WebSocket of ComfyUI's, as its own frontend follows them."""
 
-    client_id = uuid.uuid4().hex
-    ws = await websocket_connect(url.replace("http", "ws", 1) + f"/ws?clientId={client_id}")
-    times = []
-    try:
-        for index in range(runs + 2):
-            body = json.dumps({"prompt": trivial_prompt(index * 9973 % 0xFFFFFF), "client_id": client_id}).encode()
-            t0 = time.perf_counter()
-            answer = await client.fetch(url + "/prompt", method="POST", body=body)
-            prompt_id = json.loads(answer.body)["prompt_id"]
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                message = await asyncio.wait_for(ws.read_message(), timeout=30)
-                if message is None:
-                    raise RuntimeError("ComfyUI closed the WebSocket")
-                if isinstance(message, bytes):
-                    continue
-                message = json.loads(message)
-                data = message.get("data") or {}
-                if message["type"] == "execution_error":
-                    raise RuntimeError(f"ComfyUI: {data}")
-                if message["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
-                    break
-            if index >= 2:
-                times.append(1000 * (time.perf_counter() - t0))
-    finally:
-        ws.close()
-    return times
+    def __init__(self, client, url: str):
+        self.client, self.url = client, url
+        self.client_id = uuid.uuid4().hex
+        self.ws = None
+        self.sent = 0
+
+    async def __aenter__(self) -> "ComfyTrivialJobs":
+        from tornado.websocket import websocket_connect
+
+        self.ws = await websocket_connect(self.url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}")
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.ws.close()
+
+    async def run_one(self) -> float:
+        """Submit -> done (ms) of one prompt, a colour not used before (so its cache never answers)."""
+        self.sent += 1
+        body = json.dumps({"prompt": trivial_prompt(self.sent * 9973 % 0xFFFFFF), "client_id": self.client_id}).encode()
+        t0 = time.perf_counter()
+        answer = await self.client.fetch(self.url + "/prompt", method="POST", body=body)
+        prompt_id = json.loads(answer.body)["prompt_id"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            message = await asyncio.wait_for(self.ws.read_message(), timeout=30)
+            if message is None:
+                raise RuntimeError("ComfyUI closed the WebSocket")
+            if isinstance(message, bytes):
+                continue
+            message = json.loads(message)
+            data = message.get("data") or {}
+            if message["type"] == "execution_error":
+                raise RuntimeError(f"ComfyUI: {data}")
+            if message["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                return 1000 * (time.perf_counter() - t0)
+        raise RuntimeError(f"ComfyUI prompt {prompt_id} did not finish within 30 s")
 
 
 async def comfy_status_fanout(client, url: str, n: int, rounds: int) -> dict:
@@ -219,6 +228,40 @@ def ratio_text(animenb: float, comfy: float, higher_is_better: bool) -> tuple[fl
     return ratio, (f"{factor:.2f}x ahead" if ahead else f"{1 / factor:.2f}x behind")
 
 
+async def trivial_jobs_interleaved(client, comfy_url: str, root: Path, pairs: int) -> dict:
+    """Row 3 as pairs: one trivial ComfyUI prompt and one warm animenb job, in turn (the order flips every
+    pair), so a change in the machine's load hits both sides alike. animenb's figure is job_overhead.py's
+    in-job overhead: its `serve --no-quality` and its tiny 64 px sheet, job time - the phase function's time
+    in that job - the part of the function its manifest does not time (from direct calls here)."""
+    args = argparse.Namespace(threads=1, steps=2)
+    root = root / "warm"  # its home is $ANIMENB_HOME: the direct calls and the server share the tiny models
+    direct = [job_overhead.direct_call(root / "direct" / f"{i}", args) for i in range(4)]  # the first loads models
+    untimed = statistics.median(wall - timed for wall, timed in direct[1:])
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = job_overhead.start_server(root, "warm", port, args)
+    comfy, ours, totals = [], [], []
+    try:
+        await wait_ready(client, base, proc, timeout=180)
+        async with ComfyTrivialJobs(client, comfy_url) as comfy_jobs:
+            body = job_overhead.job_body(args)
+            for _ in range(2):  # uncounted: models into the kernel, ComfyUI's first prompts
+                await job_overhead.one_job(client, base, body, root / "warm")
+                await comfy_jobs.run_one()
+            for index in range(pairs):
+                for side in ("comfyui", "animenb") if index % 2 == 0 else ("animenb", "comfyui"):
+                    if side == "comfyui":
+                        comfy.append(await comfy_jobs.run_one())
+                    else:
+                        row = await job_overhead.one_job(client, base, body, root / "warm")
+                        ours.append(row["total"] - row["phase"] - untimed)
+                        totals.append(row["total"])
+    finally:
+        stop_server(proc)
+    return {"comfyui_ms": comfy, "animenb_overhead_ms": ours, "animenb_total_ms": totals,
+            "pair_ratios": [a / c for a, c in zip(ours, comfy)]}
+
+
 async def measure(args, root: Path, comfy_url: str) -> dict:
     from tornado.httpclient import AsyncHTTPClient
 
@@ -239,18 +282,12 @@ async def measure(args, root: Path, comfy_url: str) -> dict:
         out["list_comfyui"], out["list_animenb"] = await abba(
             (comfy_port, "/queue"), (port, f"{API}/jobs"), args.connections, args.duration)
         out["list_animenb"]["jobs_listed"] = len(json.loads((await client.fetch(base + f"{API}/jobs")).body)["jobs"])
-        out["job_comfyui_ms"] = await comfy_trivial_jobs(client, comfy_url, args.jobs)
     finally:
         stop_server(proc)
+    try:
+        out["trivial"] = await trivial_jobs_interleaved(client, comfy_url, root, args.jobs)
+    finally:
         client.close()
-    # Row 3, animenb side: job_overhead.py's warm mode (its own server on the real phase notebooks).
-    overhead_args = argparse.Namespace(threads=1, steps=2)
-    direct: list[tuple[float, float]] = []
-    job_overhead.direct_call(root / "direct" / "warmup", overhead_args)  # builds/loads the tiny models here
-    rows = await job_overhead.server_runs(args.jobs, root / "warm", "warm", overhead_args, direct=direct)
-    untimed = statistics.median(wall - timed for wall, timed in direct)
-    out["job_animenb_overhead_ms"] = [r["total"] - r["phase"] - untimed for r in rows]
-    out["job_animenb_total_ms"] = [r["total"] for r in rows]
     return out
 
 
@@ -258,7 +295,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per keep-alive load run")
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--jobs", type=int, default=10, help="trivial jobs measured on each side")
+    parser.add_argument("--jobs", type=int, default=16, help="row 3: pairs of trivial jobs (one on each side)")
     parser.add_argument("--rounds", type=int, default=20, help="ComfyUI status broadcasts measured")
     parser.add_argument("--subscribers", type=int, default=200)
     parser.add_argument("--fanout-steps", type=int, default=40, help="progress events of animenb's fan-out job")
@@ -287,7 +324,7 @@ def main() -> int:
         ("2. GET list, 16 keep-alive conns (req/s)", "/queue", f"{API}/jobs ({out['list_animenb']['jobs_listed']} jobs)",
          out["list_comfyui"]["rps"], out["list_animenb"]["rps"], True),
         ("3. trivial job: submit->done vs warm in-job overhead (ms, median)", "EmptyImage->Invert->Save",
-         "tiny sheet 64 px", med(out["job_comfyui_ms"]), med(out["job_animenb_overhead_ms"]), False),
+         "tiny sheet 64 px", med(out["trivial"]["comfyui_ms"]), med(out["trivial"]["animenb_overhead_ms"]), False),
         (f"4. progress to {args.subscribers} WebSockets, p95 (ms)", "status broadcast after POST",
          "kernel event -> last subscriber", out["fanout_comfyui"]["p95_ms"], out["fanout_animenb"]["last_p95_ms"],
          False),
@@ -302,8 +339,12 @@ def main() -> int:
         print(f"      ComfyUI: {comfy_what}; animenb: {ours}")
         figures[label.split(".")[0]] = {"comfyui": round(comfy_value, 2), "animenb": round(our_value, 2),
                                         "ratio": round(ratio, 3), "verdict": verdict}
-    print(f"  animenb trivial job, whole submit->done: median {med(out['job_animenb_total_ms']):.1f} ms; "
-          f"errors in the load runs: ComfyUI {out['health_comfyui']['errors'] + out['list_comfyui']['errors']}, "
+    ratios = sorted(out["trivial"]["pair_ratios"])
+    print(f"  row 3 in {len(ratios)} interleaved pairs: median of the pairs' ratios {med(ratios):.2f}x, quartiles "
+          f"{pct(ratios, 25):.2f}-{pct(ratios, 75):.2f}x; animenb's whole submit->done median "
+          f"{med(out['trivial']['animenb_total_ms']):.1f} ms")
+    print(f"  errors in the load runs: "
+          f"ComfyUI {out['health_comfyui']['errors'] + out['list_comfyui']['errors']}, "
           f"animenb {out['health_animenb']['errors'] + out['list_animenb']['errors']}")
     print(f"  fan-out p50: ComfyUI {out['fanout_comfyui']['p50_ms']:.1f} ms over {args.rounds} broadcasts, animenb "
           f"{out['fanout_animenb']['last_p50_ms']:.1f} ms over {out['fanout_animenb']['events_to_all']} events; "

@@ -79,42 +79,51 @@ def start_server(root: Path, mode: str, port: int, args) -> subprocess.Popen:
                              *MODES[mode]], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
 
 
+async def one_job(client, base: str, body: bytes, outputs: Path) -> dict:
+    """Submit one job and follow it on its WebSocket to the end: {total, phase, cells, quality_cells} in ms."""
+    from tornado.websocket import websocket_connect
+
+    t0 = time.perf_counter()
+    resp = await client.fetch(f"{base}/api/anime/generate", method="POST", body=body,
+                              headers={"Content-Type": "application/json"})
+    job = json.loads(resp.body)
+    conn = await websocket_connect(job["ws_url"])
+    status = None
+    while (msg := await conn.read_message()) is not None:
+        event = json.loads(msg)
+        if event["event"] == "finished":
+            status = event["status"]
+        elif event["event"] == "state" and event["state"]["status"] not in ("queued", "running"):
+            status = event["state"]["status"]
+    elapsed = 1000 * (time.perf_counter() - t0)
+    if status != "succeeded":
+        raise RuntimeError(f"job {job['job_id']} ended {status}")
+    out = outputs / job["job_id"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    own, appended = cell_times(out / "notebook.ipynb")
+    return {"total": elapsed, "phase": 1000 * manifest["timings"]["total_seconds"], "cells": own,
+            "quality_cells": appended}
+
+
+def job_body(args) -> bytes:
+    return json.dumps({"prompt": "anime girl", "seed": 1, "steps": args.steps, "width": 64, "height": 64}).encode()
+
+
 async def server_runs(n: int, root: Path, mode: str, args, direct: list | None = None) -> list[dict]:
     """n counted jobs (after one uncounted job that loads the models into the kernel). With `direct`,
     a direct phase-function call runs just before each job (the server is idle then)."""
     from tornado.httpclient import AsyncHTTPClient
-    from tornado.websocket import websocket_connect
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = start_server(root, mode, port, args)
     client = AsyncHTTPClient(force_instance=True)
-    body = json.dumps({"prompt": "anime girl", "seed": 1, "steps": args.steps, "width": 64, "height": 64}).encode()
     rows = []
     try:
         await wait_ready(client, base, proc, timeout=180)
         for i in range(n + 1):
             d = direct_call(root / "direct" / f"{mode}-{i}", args) if direct is not None else None
-            t0 = time.perf_counter()
-            resp = await client.fetch(f"{base}/api/anime/generate", method="POST", body=body,
-                                      headers={"Content-Type": "application/json"})
-            job = json.loads(resp.body)
-            conn = await websocket_connect(job["ws_url"])
-            status = None
-            while (msg := await conn.read_message()) is not None:
-                event = json.loads(msg)
-                if event["event"] == "finished":
-                    status = event["status"]
-                elif event["event"] == "state" and event["state"]["status"] not in ("queued", "running"):
-                    status = event["state"]["status"]
-            elapsed = 1000 * (time.perf_counter() - t0)
-            if status != "succeeded":
-                raise RuntimeError(f"job {job['job_id']} ended {status}")
-            out = root / mode / job["job_id"]
-            manifest = json.loads((out / "manifest.json").read_text())
-            own, appended = cell_times(out / "notebook.ipynb")
-            row = {"total": elapsed, "phase": 1000 * manifest["timings"]["total_seconds"], "cells": own,
-                   "quality_cells": appended}
+            row = await one_job(client, base, job_body(args), root / mode)
             if i:
                 rows.append(row)
                 if d is not None:
