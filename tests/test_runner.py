@@ -316,6 +316,80 @@ def test_a_warm_kernel_transforms_each_cell_once(tmp_path, warm_kernel):
     assert count_cell.outputs[0]["text"] == "1\n"
 
 
+def _run_and_save(kernel, path: Path, out: Path, parameters: dict, **kwargs):
+    """`animenb.runner.execute.execute_notebook` on the warm kernel, as a local slot runs a job's notebook."""
+    import threading
+
+    from animenb.runner.execute import execute_notebook
+
+    kernel.ensure_clean()
+    kernel.clean = False
+    kwargs.setdefault("cancel_event", threading.Event())
+    try:
+        return execute_notebook(path, out, parameters, warm_kernel=kernel, **kwargs)
+    finally:
+        kernel.reset_after_job()
+
+
+def test_a_job_notebook_appears_once_when_it_ends_in_its_public_form(tmp_path, warm_kernel):
+    """No notebook on disk while it runs; then the whole of it, through `public_text`, with no temporary
+    file left beside it."""
+    out = tmp_path / "job" / "notebook.ipynb"
+    out.parent.mkdir()
+    path = _parameterized_notebook(tmp_path, "x = 1", "import os\nprint('saved yet:', os.path.exists(out), 'in', here)")
+    _run_and_save(warm_kernel, path, out, {"x": 2, "here": str(tmp_path), "out": str(out)},
+                  public_text=lambda text: text.replace(str(tmp_path), "<root>"))
+    text = out.read_text(encoding="utf-8")
+    assert str(tmp_path) not in text
+    saved = nbformat.reads(text, as_version=4)
+    nbformat.validate(saved)
+    assert saved.cells[-1].outputs[0]["text"] == "saved yet: False in <root>\n"
+    assert saved.metadata.papermill.output_path == "<root>/job/notebook.ipynb"
+    assert saved.metadata.papermill.parameters == {"x": 2, "here": "<root>", "out": "<root>/job/notebook.ipynb"}
+    assert [p.name for p in out.parent.iterdir()] == ["notebook.ipynb"]
+
+
+def test_a_failed_job_notebook_is_saved_with_the_failed_cell_marked(tmp_path, warm_kernel):
+    import papermill as pm
+    from papermill.execute import ERROR_MARKER_TAG
+
+    path = _parameterized_notebook(tmp_path, "x = 1", "raise ValueError(f'bad {x} in {here}')")
+    out = tmp_path / "notebook.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        _run_and_save(warm_kernel, path, out, {"x": 3, "here": str(tmp_path)},
+                      public_text=lambda text: text.replace(str(tmp_path), "<root>"))
+    assert err.value.ename == "ValueError" and str(tmp_path) in err.value.evalue  # the server's log keeps it
+    assert str(tmp_path) not in out.read_text(encoding="utf-8")
+    saved = nbformat.read(out, as_version=4)
+    assert ERROR_MARKER_TAG in saved.cells[0].metadata.tags
+    failed = [c for c in saved.cells if c.cell_type == "code"][-1]
+    assert failed.metadata.papermill.status == "failed" and failed.outputs[-1]["evalue"] == "bad 3 in <root>"
+
+
+def test_a_job_notebook_cancelled_between_cells_is_saved_as_far_as_it_ran(tmp_path, warm_kernel):
+    """The engine raises `JobCancelled` before the next cell; the notebook is saved all the same."""
+    import threading
+
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from animenb.runner.engine import JobCancelled
+
+    nb = new_notebook(cells=[
+        new_code_cell("from IPython.display import display\nprint('first')\n"
+                      f"display({{{PROGRESS_MIME!r}: {{'percent': 50.0}}}}, raw=True)"),
+        new_code_cell("print('second')"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    cancel = threading.Event()
+    with pytest.raises(JobCancelled):
+        _run_and_save(warm_kernel, tmp_path / "in.ipynb", tmp_path / "out.ipynb", {}, cancel_event=cancel,
+                      progress_callback=lambda payload: cancel.set())
+    first, second = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+    assert first.outputs[0]["text"] == "first\n" and first.metadata.papermill.status == "completed"
+    assert second.outputs == [] and second.execution_count is None
+
+
 def test_a_joined_cells_traceback_has_its_own_line_numbers(tmp_path, warm_kernel):
     import papermill as pm
 

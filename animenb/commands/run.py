@@ -186,8 +186,9 @@ def run(args: argparse.Namespace) -> int:
     # 1. the notebook, in a fresh kernel, progress intercepted by the animenb engine
     import logging
 
-    import papermill as pm
     from papermill.exceptions import PapermillExecutionError
+
+    from ..runner.execute import execute_notebook
 
     # papermill warns about every commented default it cannot parse for its own inspection
     logging.getLogger("papermill").setLevel(logging.ERROR)
@@ -197,9 +198,8 @@ def run(args: argparse.Namespace) -> int:
 
     extra_cells = () if args.no_score else (quality_cell(out, phase.id, None),)
     try:
-        pm.execute_notebook(str(notebook), str(executed), parameters=params, kernel_name=args.kernel,
-                            engine_name="animenb", progress_bar=False, progress_callback=bar,
-                            cwd=None, failure_output_path=str(executed), extra_cells=extra_cells)
+        execute_notebook(notebook, executed, params, kernel_name=args.kernel, progress_callback=bar,
+                         extra_cells=extra_cells)
     except PapermillExecutionError as exc:
         bar.close()
         raise ValueError(f"the {phase.name} notebook failed in cell {exc.exec_count}: {exc.ename}: "

@@ -18,9 +18,6 @@ interception. The job runner passes engine keyword arguments through
 ``cancel_event``
     a ``threading.Event``; once set no further cell is started (the runner also
     interrupts the kernel, which stops the running cell).
-``failure_output_path``
-    where to save the partly executed notebook when execution ends in an exception that
-    papermill itself does not save for (dead kernel, cancel between cells).
 ``extra_cells``
     sources of code cells appended to the notebook before it runs (tagged ``EXTRA_CELL_TAG``), e.g.
     the job runner's quality-gate cell: they run on the same kernel after the notebook's own cells and
@@ -124,7 +121,6 @@ def _define() -> None:
         from nbclient.exceptions import CellExecutionError
         from papermill.clientwrap import PapermillNotebookClient
         from papermill.engines import NBClientEngine
-        from papermill.iorw import write_ipynb
         from papermill.utils import merge_kwargs, remove_args
         from traitlets import Any
 
@@ -238,22 +234,14 @@ def _define() -> None:
 
             @classmethod
             def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True, log_output=False,
-                                 autosave_cell_every=30, failure_output_path=None, extra_cells=(), **kwargs):
+                                 autosave_cell_every=30, extra_cells=(), **kwargs):
                 from nbformat.v4 import new_code_cell
 
                 for source in extra_cells or ():
                     nb.cells.append(new_code_cell(source, metadata={"tags": [EXTRA_CELL_TAG]}))
-                try:
-                    return super().execute_notebook(nb, kernel_name, output_path=output_path,
-                                                    progress_bar=progress_bar, log_output=log_output,
-                                                    autosave_cell_every=autosave_cell_every, **kwargs)
-                except BaseException:
-                    if failure_output_path:
-                        try:
-                            write_ipynb(nb, str(failure_output_path))
-                        except Exception:
-                            log.exception("could not save the failed notebook to %s", failure_output_path)
-                    raise
+                return super().execute_notebook(nb, kernel_name, output_path=output_path, progress_bar=progress_bar,
+                                                log_output=log_output, autosave_cell_every=autosave_cell_every,
+                                                **kwargs)
 
             @classmethod
             def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None,

@@ -64,6 +64,7 @@ class NotebookRun:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     execution_timeout: float | None = None
     extra_cells: tuple[str, ...] = ()     # code cells run after the notebook's own (the engine's `extra_cells`)
+    public_text: Callable[[str], str] | None = None  # the saved notebook's text as readers may see it
 
 
 def model_key(job: JobRecord, models: str) -> str | None:
@@ -98,6 +99,7 @@ class Slot(abc.ABC):
     device: str
     comfyui_url: str | None = None   # the ComfyUI server this slot's ComfyUI jobs use (None: the server's)
     comfyui_only: bool = False       # a worker of one of several ComfyUI URLs: takes only ComfyUI jobs
+    saves_public_notebook = False    # whether the notebook it saves already went through `run.public_text`
 
     def __init__(self):
         self.busy = False              # a job holds the slot (reserved by the runner)
@@ -146,14 +148,15 @@ class Slot(abc.ABC):
 def run_on_kernel(kernel: WarmKernel, notebook: str, output: Path, parameters: dict[str, Any], *, warm: bool,
                   on_progress: Callable[[dict], None], cancel_event: threading.Event,
                   execution_timeout: float | None, extra_cells: tuple[str, ...], label: str,
-                  replace_dead: Callable[[], bool] = lambda: True) -> None:
+                  replace_dead: Callable[[], bool] = lambda: True,
+                  public_text: Callable[[str], str] | None = None) -> None:
     """On `kernel`'s own thread: reset it (or, cold, restart it) and run `notebook` with the animenb engine
-    (`animenb.runner.engine`), saved to `output`. A kernel that died is replaced before the error goes on
-    (unless `replace_dead()` says no, e.g. while stopping). Shared by the local slots and the Ray actors."""
-    import papermill as pm
+    (`animenb.runner.engine`), saved to `output` once it ends, through `public_text` when given
+    (`animenb.runner.execute`). A kernel that died is replaced before the error goes on (unless
+    `replace_dead()` says no, e.g. while stopping). Shared by the local slots and the Ray actors."""
     from nbclient.exceptions import DeadKernelError
 
-    from . import engine  # registers the "animenb" engine with papermill, installed or not
+    from .execute import execute_notebook
 
     if cancel_event.is_set():
         raise JobCancelledBeforeStart("cancelled before start")
@@ -164,11 +167,9 @@ def run_on_kernel(kernel: WarmKernel, notebook: str, output: Path, parameters: d
         else:
             kernel.restart()
         kernel.clean = False
-        pm.execute_notebook(
-            notebook, str(output), parameters=parameters, engine_name=engine.ENGINE_NAME, progress_bar=False,
-            request_save_on_cell_execute=False, warm_kernel=kernel, progress_callback=on_progress,
-            cancel_event=cancel_event, failure_output_path=str(output), execution_timeout=execution_timeout,
-            extra_cells=extra_cells)
+        execute_notebook(notebook, output, parameters, public_text=public_text, warm_kernel=kernel,
+                         progress_callback=on_progress, cancel_event=cancel_event,
+                         execution_timeout=execution_timeout, extra_cells=extra_cells)
     except DeadKernelError:
         if not replace_dead():
             raise
@@ -185,6 +186,8 @@ def run_on_kernel(kernel: WarmKernel, notebook: str, output: Path, parameters: d
 class LocalSlot(Slot):
     """A `WarmKernel` of this process. Papermill runs on the kernel's own thread (`kernel.executor`):
     never `asyncio.to_thread`, never papermill's `cwd=` (see `animenb.runner.kernels`)."""
+
+    saves_public_notebook = True
 
     def __init__(self, kernel: WarmKernel, *, warm: bool = True, comfyui_url: str | None = None,
                  comfyui_only: bool = False):
@@ -215,7 +218,8 @@ class LocalSlot(Slot):
         run_on_kernel(self.kernel, str(run.notebook), run.out_dir / run.output_name, run.parameters,
                       warm=self.warm, on_progress=on_progress, cancel_event=run.cancel_event,
                       execution_timeout=run.execution_timeout, extra_cells=run.extra_cells,
-                      replace_dead=lambda: not self.stopping, label=f"job {run.job_id}: kernel {self.kernel.device}")
+                      replace_dead=lambda: not self.stopping, label=f"job {run.job_id}: kernel {self.kernel.device}",
+                      public_text=run.public_text)
 
     async def interrupt(self) -> bool:
         return await self.kernel.interrupt()

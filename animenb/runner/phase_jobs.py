@@ -185,8 +185,8 @@ class PhaseJobDriver(JobDriver):
         finally:
             if ctx.timeout_handle is not None:
                 ctx.timeout_handle.cancel()
-        # Readers of the job see no server paths.
-        await loop.run_in_executor(None, self.host.public_paths.scrub_file, out_dir / NOTEBOOK_NAME)
+        if not slot.saves_public_notebook:  # readers of the job see no server paths
+            await loop.run_in_executor(None, self.host.public_paths.scrub_file, out_dir / NOTEBOOK_NAME)
         if ctx.persist_handle is not None:
             ctx.persist_handle.cancel()
         progress = ctx.last_progress.progress_dict() if ctx.last_progress else {}
@@ -211,7 +211,8 @@ class PhaseJobDriver(JobDriver):
                       params: dict) -> NotebookRun:
         return NotebookRun(job_id=ctx.job.id, notebook=notebook, output_name=output_name, out_dir=out_dir,
                            parameters=params, on_progress=lambda payload: self._on_progress(ctx, payload),
-                           cancel_event=ctx.cancel_event, execution_timeout=self.host.execution_timeout)
+                           cancel_event=ctx.cancel_event, execution_timeout=self.host.execution_timeout,
+                           public_text=self.host.public_paths.scrub)
 
     def _slot_lost(self, job: JobRecord, out_dir: Path, exc: SlotLost) -> tuple[JobStatus, JobError]:
         """A job whose kernel's process (a Ray actor, its node) died: re-queued once if it wrote nothing,
