@@ -52,22 +52,27 @@ class Direct:
     async def connect(self):
         self.ws = await websocket_connect(self.url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}")
 
-    async def run(self, nodes: dict, output: str) -> Image.Image:
+    async def submit_and_wait(self, nodes: dict, timeout: float = 120) -> str:
+        """POST the prompt, then read the WebSocket until ComfyUI says it is done; its prompt id."""
         body = json.dumps({"prompt": nodes, "client_id": self.client_id}).encode()
         answer = await self.http.fetch(self.url + "/prompt", method="POST", body=body)
         prompt_id = json.loads(answer.body)["prompt_id"]
+        deadline = time.monotonic() + timeout
         while True:
-            message = await self.ws.read_message()
+            message = await asyncio.wait_for(self.ws.read_message(), max(0.1, deadline - time.monotonic()))
             if message is None:
-                raise RuntimeError("WebSocket closed")
+                raise RuntimeError("ComfyUI closed the WebSocket")
             if isinstance(message, bytes):
                 continue
             message = json.loads(message)
             data = message.get("data") or {}
             if message["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
-                break
+                return prompt_id
             if message["type"] == "execution_error":
-                raise RuntimeError(data)
+                raise RuntimeError(f"ComfyUI: {data}")
+
+    async def run(self, nodes: dict, output: str) -> Image.Image:
+        prompt_id = await self.submit_and_wait(nodes)
         history = json.loads((await self.http.fetch(f"{self.url}/history/{prompt_id}")).body)[prompt_id]
         entry = history["outputs"][output]["images"][0]
         query = urllib.parse.urlencode({k: entry[k] for k in ("filename", "subfolder", "type")})

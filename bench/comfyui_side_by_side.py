@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import job_overhead  # noqa: E402  (bench/: the warm in-job overhead, measured as that bench does)
+from comfyui_overhead import Direct  # noqa: E402  (bench/: a bare ComfyUI client)
 from load import API, free_port, pct, stop_server, subscribers, wait_ready  # noqa: E402
 from results import record  # noqa: E402
 
@@ -119,45 +120,11 @@ def trivial_prompt(colour: int) -> dict:
             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "side_by_side"}}}
 
 
-class ComfyTrivialJobs:
-    """Trivial prompts over one WebSocket of ComfyUI's, as its own frontend follows them."""
-
-    def __init__(self, client, url: str):
-        self.client, self.url = client, url
-        self.client_id = uuid.uuid4().hex
-        self.ws = None
-        self.sent = 0
-
-    async def __aenter__(self) -> "ComfyTrivialJobs":
-        from tornado.websocket import websocket_connect
-
-        self.ws = await websocket_connect(self.url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}")
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self.ws.close()
-
-    async def run_one(self) -> float:
-        """Submit -> done (ms) of one prompt, a colour not used before (so its cache never answers)."""
-        self.sent += 1
-        body = json.dumps({"prompt": trivial_prompt(self.sent * 9973 % 0xFFFFFF), "client_id": self.client_id}).encode()
-        t0 = time.perf_counter()
-        answer = await self.client.fetch(self.url + "/prompt", method="POST", body=body)
-        prompt_id = json.loads(answer.body)["prompt_id"]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            message = await asyncio.wait_for(self.ws.read_message(), timeout=30)
-            if message is None:
-                raise RuntimeError("ComfyUI closed the WebSocket")
-            if isinstance(message, bytes):
-                continue
-            message = json.loads(message)
-            data = message.get("data") or {}
-            if message["type"] == "execution_error":
-                raise RuntimeError(f"ComfyUI: {data}")
-            if message["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
-                return 1000 * (time.perf_counter() - t0)
-        raise RuntimeError(f"ComfyUI prompt {prompt_id} did not finish within 30 s")
+async def comfy_trivial_job(comfy: Direct, colour: int) -> float:
+    """Submit -> done (ms) of one trivial prompt; a new `colour` each time, so its cache never answers."""
+    t0 = time.perf_counter()
+    await comfy.submit_and_wait(trivial_prompt(colour), timeout=30)
+    return 1000 * (time.perf_counter() - t0)
 
 
 async def comfy_status_fanout(client, url: str, n: int, rounds: int) -> dict:
@@ -241,22 +208,25 @@ async def trivial_jobs_interleaved(client, comfy_url: str, root: Path, pairs: in
     base = f"http://127.0.0.1:{port}"
     proc = job_overhead.start_server(root, "warm", port, args)
     comfy, ours, totals = [], [], []
+    comfy_client = Direct(comfy_url)  # one WebSocket for all its prompts, as ComfyUI's own frontend
     try:
         await wait_ready(client, base, proc, timeout=180)
-        async with ComfyTrivialJobs(client, comfy_url) as comfy_jobs:
-            body = job_overhead.job_body(args)
-            for _ in range(2):  # uncounted: models into the kernel, ComfyUI's first prompts
-                await job_overhead.one_job(client, base, body, root / "warm")
-                await comfy_jobs.run_one()
-            for index in range(pairs):
-                for side in ("comfyui", "animenb") if index % 2 == 0 else ("animenb", "comfyui"):
-                    if side == "comfyui":
-                        comfy.append(await comfy_jobs.run_one())
-                    else:
-                        row = await job_overhead.one_job(client, base, body, root / "warm")
-                        ours.append(row["total"] - row["phase"] - untimed)
-                        totals.append(row["total"])
+        await comfy_client.connect()
+        body = job_overhead.job_body(args)
+        for colour in range(2):  # uncounted: models into the kernel, ComfyUI's first prompts
+            await job_overhead.one_job(client, base, body, root / "warm")
+            await comfy_trivial_job(comfy_client, colour)
+        for index in range(pairs):
+            for side in ("comfyui", "animenb") if index % 2 == 0 else ("animenb", "comfyui"):
+                if side == "comfyui":
+                    comfy.append(await comfy_trivial_job(comfy_client, (index + 2) * 9973 % 0xFFFFFF))
+                else:
+                    row = await job_overhead.one_job(client, base, body, root / "warm")
+                    ours.append(row["total"] - row["phase"] - untimed)
+                    totals.append(row["total"])
     finally:
+        if comfy_client.ws is not None:
+            comfy_client.ws.close()
         stop_server(proc)
     return {"comfyui_ms": comfy, "animenb_overhead_ms": ours, "animenb_total_ms": totals,
             "pair_ratios": [a / c for a, c in zip(ours, comfy)]}

@@ -79,7 +79,7 @@ def start_server(root: Path, mode: str, port: int, args) -> subprocess.Popen:
                              *MODES[mode]], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
 
 
-async def one_job(client, base: str, body: bytes, outputs: Path) -> dict:
+async def one_job(client, base: str, body: bytes, outputs: Path, timeout: float = 120) -> dict:
     """Submit one job and follow it on its WebSocket to the end: {total, phase, cells, quality_cells} in ms."""
     from tornado.websocket import websocket_connect
 
@@ -89,7 +89,8 @@ async def one_job(client, base: str, body: bytes, outputs: Path) -> dict:
     job = json.loads(resp.body)
     conn = await websocket_connect(job["ws_url"])
     status = None
-    while (msg := await conn.read_message()) is not None:
+    deadline = time.monotonic() + timeout
+    while (msg := await asyncio.wait_for(conn.read_message(), max(0.1, deadline - time.monotonic()))) is not None:
         event = json.loads(msg)
         if event["event"] == "finished":
             status = event["status"]

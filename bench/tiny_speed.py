@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from job_overhead import one_job  # bench/job_overhead.py: submit, then follow the job's WebSocket to its end
 from load import free_port, stop_server, wait_ready  # bench/load.py: the same server start and stop
 from results import record
 
@@ -56,7 +57,6 @@ async def server_job(root: Path, threads: int) -> dict:
     import subprocess
 
     from tornado.httpclient import AsyncHTTPClient
-    from tornado.websocket import websocket_connect
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -73,27 +73,8 @@ async def server_job(root: Path, threads: int) -> dict:
         await wait_ready(client, base, proc, timeout=180)
         ready = time.perf_counter() - started
         for _ in range(2):  # the first loads the models into the warm kernel
-            t0 = time.perf_counter()
-            resp = await client.fetch(f"{base}/api/anime/generate", method="POST", body=body,
-                                      headers={"Content-Type": "application/json"})
-            job = json.loads(resp.body)
-            conn = await websocket_connect(job["ws_url"])
-            status = None
-            deadline = time.monotonic() + 600
-            while status is None and time.monotonic() < deadline:
-                msg = await asyncio.wait_for(conn.read_message(), timeout=max(1.0, deadline - time.monotonic()))
-                if msg is None:
-                    break
-                event = json.loads(msg)
-                if event["event"] == "finished":
-                    status = event["status"]
-                elif event["event"] == "state" and event["state"]["status"] not in ("queued", "running"):
-                    status = event["state"]["status"]
-            conn.close()
-            if status != "succeeded":
-                raise RuntimeError(f"job {job['job_id']} ended {status}")
-            manifest = json.loads((root / "served" / job["job_id"] / "manifest.json").read_text())
-            times.append((time.perf_counter() - t0, manifest["timings"]["total_seconds"]))
+            row = await one_job(client, base, body, root / "served", timeout=600)
+            times.append((row["total"] / 1000, row["phase"] / 1000))
     finally:
         stop_server(proc)
         client.close()
