@@ -366,6 +366,15 @@ def test_a_failed_job_notebook_is_saved_with_the_failed_cell_marked(tmp_path, wa
     assert failed.metadata.papermill.status == "failed" and failed.outputs[-1]["evalue"] == "bad 3 in <root>"
 
 
+def test_a_notebook_that_cannot_be_saved_leaves_the_runs_own_error_to_report(tmp_path, warm_kernel):
+    import papermill as pm
+
+    path = _parameterized_notebook(tmp_path, "x = 1", "raise ValueError('its own')")
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        _run_and_save(warm_kernel, path, tmp_path / "no such folder" / "notebook.ipynb", {})
+    assert err.value.evalue == "its own"
+
+
 def test_a_job_notebook_cancelled_between_cells_is_saved_as_far_as_it_ran(tmp_path, warm_kernel):
     """The engine raises `JobCancelled` before the next cell; the notebook is saved all the same."""
     import threading

@@ -9,11 +9,14 @@ goes to a temporary file that replaces the output in one step, whatever way the 
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 from .engine import ENGINE_NAME
+
+log = logging.getLogger(__name__)
 
 
 def execute_notebook(input_path: str | Path, output_path: str | Path, parameters: dict[str, Any] | None = None, *,
@@ -40,8 +43,13 @@ def execute_notebook(input_path: str | Path, output_path: str | Path, parameters
             ENGINE_NAME, nb, input_path=input_path, output_path=None, kernel_name=kernel_name, progress_bar=False,
             **engine_kwargs)
         raise_for_execution_errors(nb, None)
-    finally:
-        save_notebook(nb, output_path, public_text)
+    except BaseException:
+        try:
+            save_notebook(nb, output_path, public_text)
+        except Exception:  # the run's own error is the one to report
+            log.exception("could not save the notebook to %s", output_path)
+        raise
+    save_notebook(nb, output_path, public_text)
     return nb
 
 
