@@ -10,11 +10,11 @@ goes to a temporary file that replaces the output in one step, whatever way the 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 from .engine import ENGINE_NAME
+from .public_paths import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,3 @@ def save_notebook(nb, path: str | Path, public_text: Callable[[str], str] | None
 
     text = nbformat.v4.writes(nb) + "\n"
     write_text_atomically(Path(path), public_text(text) if public_text else text)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """A reader sees the old file or the new one, never part of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(text):x}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -45,8 +45,15 @@ class PathScrubber:
         except FileNotFoundError:
             return
         clean = self.scrub(text)
-        if clean == text:
-            return
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(clean, encoding="utf-8")
+        if clean != text:
+            write_text_atomically(path, clean)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """A reader sees the old file or the new one, never part of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(text):x}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
