@@ -14,8 +14,9 @@ Layout of `output_dir` (default: outputs/<UTC stamp>-orchestration-<id>/):
     2_animation_loop/attempt_1/
     3_full_video/attempt_1/
 
-The policy, the overall progress and the record and manifest shapes are `animenb.chain`'s, shared with the
-job server's orchestrator (`animenb.runner.orchestration`), which runs each attempt as a child job.
+The loop itself (policy, retries, thresholds, overall progress, the record and the manifest) is
+`animenb.chain.ChainRun`, shared with the job server's orchestrator (`animenb.runner.orchestration`), which
+runs each attempt as a child job; this module only runs an attempt: a phase-function call, then its score.
 
 A gate failure is not an exception: the result has status "failed" and a reason. Real errors
 (bad input, a phase raising) propagate; `orchestration.json` then records status "error" (or
@@ -29,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .chain import (MAX_RETRIES_LIMIT, ORCHESTRATION, AttemptRecord, ChainProgress, ChainRecord, attempt_parameters,
-                    final_files, gate_decision, next_step, parent_manifest, resolve_thresholds)
+from .chain import (MAX_RETRIES, ORCHESTRATION, Attempt, AttemptOutcome, AttemptRecord, ChainRun, final_files,
+                    resolve_thresholds)
 from .phases import PHASE_FUNCTIONS, PhaseResult, get_phase
 from .phases.common import load_image, prepare_output_dir, resolve_backend, resolve_seed
 from .phases.spec import CHARACTER_SHEET
@@ -70,13 +71,6 @@ class OrchestrationResult:
                 f"<code>{html.escape(str(self.output_dir))}</code>")
 
 
-def _check_int(value, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"`{name}` must be an integer {bound}, got {value!r}.")
-    return value
-
-
 # ----------------------------------------------------------------------------- the orchestrator
 
 def orchestrate(
@@ -87,7 +81,7 @@ def orchestrate(
     width: int | None = None,
     height: int | None = None,
     reference_image: str | Path | None = None,
-    max_retries: int = 2,
+    max_retries: int = MAX_RETRIES.default,
     models: str | None = None,
     backend: str = "diffusers",
     backend_options: dict | None = None,
@@ -115,7 +109,7 @@ def orchestrate(
     seed = resolve_seed(seed)
     for name, value in (("prompt", prompt), ("seed", seed), ("steps", steps), ("width", width), ("height", height)):
         CHARACTER_SHEET.param(name).check(value)  # the same in every phase's spec (animenb.phases.spec)
-    _check_int(max_retries, "max_retries", 0, MAX_RETRIES_LIMIT)
+    MAX_RETRIES.check(max_retries)
     gates = resolve_thresholds(thresholds)
     options = {get_phase(k).name: dict(v) for k, v in (phase_options or {}).items()}
     for name, opts in options.items():
@@ -135,7 +129,6 @@ def orchestrate(
                   "max_retries": max_retries, "models": models, "backend": getattr(engine, "name", str(backend)),
                   "thresholds": thresholds if not isinstance(thresholds, Mapping)
                   else {str(k): v for k, v in thresholds.items()}, "phase_options": options}
-    record = ChainRecord(root, parameters=parameters, seed=seed, max_retries=max_retries, thresholds=gates)
     sink = ProgressDisplay(display, desc=ORCHESTRATION)
 
     def publish(event: ProgressEvent, milestone: bool) -> None:
@@ -143,68 +136,41 @@ def orchestrate(
             on_progress(event)
         sink.show(event, force=milestone)
 
-    progress = ChainProgress(attempts_allowed=max_retries + 1, publish=publish)
-    started = time.perf_counter()
-    attempts: list[AttemptRecord] = []
+    chain = ChainRun(root, parameters, seed=seed, max_retries=max_retries, thresholds=gates,
+                     phase_options=options, publish=publish)
     results: dict[str, PhaseResult] = {}
-    passed_dirs: dict[str, Path] = {}
 
-    def save_record() -> None:
-        record.save(time.perf_counter() - started)
+    def run_once(attempt: Attempt) -> AttemptOutcome:
+        """The phase function into the attempt's directory, then its quality report (quality.json)."""
+        t0 = time.perf_counter()
+        results[attempt.phase] = PHASE_FUNCTIONS[attempt.phase](
+            **attempt.parameters, output_dir=attempt.output_dir, backend=engine, display=None,
+            on_progress=chain.relay, cancel=cancel)
+        t1 = time.perf_counter()
+        chain.progress.stage("scoring")
+        report = score_output_dir(attempt.output_dir, threshold=attempt.threshold, embed="auto")
+        record_quality(attempt.output_dir, report)
+        return AttemptOutcome(attempt.output_dir, report.score, report.threshold, report.passed,
+                              metrics=dict(report.metrics), generate_seconds=round(t1 - t0, 4),
+                              score_seconds=round(time.perf_counter() - t1, 4))
 
-    def on_phase_event(event: ProgressEvent) -> None:
-        progress.on_phase_progress(event.percent, event.step, event.total_steps, event.stage, part=event.part,
-                                   preview=event.preview)
-
-    save_record()
+    chain.save()
     try:
-        # 1-3. each phase, attempt after attempt, until its gate passes or the retries run out
-        history: list[dict] = []
-        while (step := next_step(history, max_retries)).action == "run":
-            phase, attempt = get_phase(step.phase), step.attempt
-            kwargs = attempt_parameters(phase.name, attempt, prompt=prompt, seed=seed, root=root, passed=passed_dirs,
-                                        steps=steps, width=width, height=height, models=models,
-                                        reference_image=parameters["reference_image"], phase_options=options)
-            out = Path(kwargs.pop("output_dir"))
-            kwargs.pop("models")
-            record.begin_attempt(phase.name, {k: kwargs[k] for k in ("reference_image", "image") if k in kwargs})
-            progress.begin_attempt(phase.name, attempt)
-            t0 = time.perf_counter()
-            result = PHASE_FUNCTIONS[phase.name](**kwargs, output_dir=out, backend=engine, display=None,
-                                                 on_progress=on_phase_event, cancel=cancel)
-            t1 = time.perf_counter()
-            progress.stage("scoring")
-            report = score_output_dir(out, threshold=gates[phase.name], embed="auto")
-            record_quality(out, report)
-            row = AttemptRecord(
-                phase=phase.name, phase_id=phase.id, attempt=attempt, seed=kwargs["seed"],
-                seed_source=AttemptRecord.seed_source_of(attempt), output_dir=out.relative_to(root).as_posix(),
-                score=report.score, threshold=report.threshold, passed=report.passed,
-                decision=gate_decision(report.passed, attempt, max_retries), generate_seconds=round(t1 - t0, 4),
-                score_seconds=round(time.perf_counter() - t1, 4), metrics=dict(report.metrics))
-            attempts.append(row)
-            history.append(row.as_dict())
-            results[phase.name] = result
-            record.add_attempt(row)
-            progress.end_attempt(report.passed, report.score)
-            if report.passed:
-                passed_dirs[phase.name] = out
-            save_record()
-        status, reason = step.action, step.reason
+        while (attempt := chain.next_attempt()) is not None:
+            chain.add(attempt, run_once(attempt))
     except BaseException as exc:
-        record.finish("cancelled" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else "error",
-                      f"{type(exc).__name__}: {exc}")
-        save_record()
-        progress.finish(f"{record.status}: {record.reason}")
+        chain.finish("cancelled" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else "error",
+                     f"{type(exc).__name__}: {exc}")
+        chain.progress.finish(f"{chain.record.status}: {chain.record.reason}")
         sink.close()
         raise
 
-    # 4. the parent's record and manifest
-    record.finish(status, reason)
-    save_record()
-    manifest = parent_manifest(root, record, attempts,
-                               [(path, kind) for path, kind, _ in final_files(passed_dirs)])
-    progress.finish("done" if status == "succeeded" else f"failed: {reason}")
+    # the parent's record and manifest
+    assert chain.ended is not None
+    status, reason = chain.ended.action, chain.ended.reason
+    chain.finish(status, reason)
+    manifest = chain.write_manifest([(path, kind) for path, kind, _ in final_files(chain.passed)])
+    chain.progress.finish("done" if status == "succeeded" else f"failed: {reason}")
     sink.close()
-    return OrchestrationResult(status=status, reason=reason, output_dir=root, seed=seed, attempts=attempts,
-                               results=results, record=record.data, manifest=manifest)
+    return OrchestrationResult(status=status, reason=reason, output_dir=root, seed=seed, attempts=chain.attempts,
+                               results=results, record=chain.record.data, manifest=manifest)

@@ -1,4 +1,5 @@
-"""animenb.orchestrate: the gated chain offline with the tiny profile, its pure policy, the CLI and notebook 06.
+"""animenb.orchestrate: the gated chain offline with the tiny profile, the CLI and notebook 06 (the chain's
+pure policy: test_chain.py).
 
 Tiny random-weight outputs are noise and fail the default gates (the 8 poses are one pattern: pose
 distinctness), so the successful chain is tested with the gates set to 0.0 (which scales every
@@ -17,9 +18,7 @@ import pytest
 
 from animenb import cli
 from animenb.manifest import read_manifest
-from animenb.chain import (CHAIN, ORCHESTRATION, RECORD_NAME, NextStep, ProgressPlan, attempt_dir, attempt_parameters,
-                           attempt_seed, chain_inputs, eta_seconds, gate_decision, gate_failure_reason, next_step,
-                           resolve_thresholds)
+from animenb.chain import ORCHESTRATION, RECORD_NAME
 from animenb.orchestrate import orchestrate
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_orchestrate.ipynb"
@@ -80,110 +79,6 @@ def chain_fail(workdir, notebook_run, torch_one_thread):
     result = orchestrate("anime girl, blue hair", seed=11, thresholds=1.01, max_retries=2,
                          output_dir=workdir / "fail", on_progress=events.append, **FAST)
     return result, events
-
-
-# ----------------------------------------------------------------------------- pure policy
-
-def test_attempt_seed_is_the_base_seed_first_then_derived_deterministically():
-    assert attempt_seed(42, 1, 1) == attempt_seed(42, 2, 1) == 42
-    retries = [attempt_seed(42, phase, k) for phase in (1, 2, 3) for k in (2, 3, 4)]
-    assert len(set(retries)) == len(retries) and 42 not in retries
-    assert retries == [attempt_seed(42, phase, k) for phase in (1, 2, 3) for k in (2, 3, 4)]
-    assert all(0 <= s < 2**32 for s in retries)
-    assert attempt_seed(43, 1, 2) != attempt_seed(42, 1, 2)
-    with pytest.raises(ValueError, match="attempt"):
-        attempt_seed(42, 1, 0)
-
-
-@pytest.mark.parametrize("given, expected", [
-    (None, {"CHARACTER_SHEET": None, "ANIMATION_LOOP": None, "FULL_VIDEO": None}),
-    (0.5, {"CHARACTER_SHEET": 0.5, "ANIMATION_LOOP": 0.5, "FULL_VIDEO": 0.5}),
-    ({1: 0.9, "full_video": 1.01}, {"CHARACTER_SHEET": 0.9, "ANIMATION_LOOP": None, "FULL_VIDEO": 1.01}),
-])
-def test_resolve_thresholds(given, expected):
-    assert resolve_thresholds(given) == expected
-
-
-@pytest.mark.parametrize("bad", [-0.1, float("nan"), "0.8", True, {"phase9": 0.5}, {2: -1}])
-def test_resolve_thresholds_rejects(bad):
-    with pytest.raises(ValueError):
-        resolve_thresholds(bad)
-
-
-@pytest.mark.parametrize("passed, attempt, max_retries, expected", [
-    (True, 1, 2, "advance"), (True, 3, 2, "advance"), (False, 1, 2, "retry"), (False, 2, 2, "retry"),
-    (False, 3, 2, "fail"), (False, 1, 0, "fail"),
-])
-def test_gate_decision(passed, attempt, max_retries, expected):
-    assert gate_decision(passed, attempt, max_retries) == expected
-
-
-def test_gate_failure_reason_names_phase_attempts_seeds_and_scores():
-    reason = gate_failure_reason("ANIMATION_LOOP", [{"seed": 1, "score": 0.5, "threshold": 0.8},
-                                                    {"seed": 99, "score": 0.7123, "threshold": 0.8}])
-    assert reason == ("ANIMATION_LOOP failed its quality gate (threshold 0.80) after 2 attempts: "
-                      "seed 1 -> 0.500, seed 99 -> 0.712")
-
-
-def _h(phase, passed, seed=1, score=0.5):
-    return {"phase": phase, "passed": passed, "seed": seed, "score": score, "threshold": 0.8}
-
-
-@pytest.mark.parametrize("history, expected", [
-    ([], NextStep("run", "CHARACTER_SHEET", 1)),
-    ([_h("CHARACTER_SHEET", False)], NextStep("run", "CHARACTER_SHEET", 2)),
-    ([_h("CHARACTER_SHEET", False), _h("CHARACTER_SHEET", True)], NextStep("run", "ANIMATION_LOOP", 1)),
-    ([_h("CHARACTER_SHEET", True), _h("ANIMATION_LOOP", False), _h("ANIMATION_LOOP", False)],
-     NextStep("failed", "ANIMATION_LOOP", 2, "ANIMATION_LOOP failed its quality gate (threshold 0.80) after 2 "
-                                            "attempts: seed 1 -> 0.500, seed 1 -> 0.500")),
-    ([_h("CHARACTER_SHEET", True, score=0.9), _h("ANIMATION_LOOP", True, score=0.85), _h("FULL_VIDEO", True, score=0.8)],
-     NextStep("succeeded", reason="all 3 gates passed in 3 attempts (CHARACTER_SHEET 0.900, ANIMATION_LOOP 0.850, "
-                                  "FULL_VIDEO 0.800)")),
-])
-def test_next_step_is_the_chain_policy(history, expected):
-    assert next_step(history, max_retries=1) == expected
-
-
-def test_attempt_parameters_are_plain_json_notebook_parameters(tmp_path):
-    params = attempt_parameters("ANIMATION_LOOP", 2, prompt="p", seed=42, root=tmp_path, steps=2,
-                                passed={"CHARACTER_SHEET": tmp_path / "1_character_sheet" / "attempt_1"},
-                                phase_options={"ANIMATION_LOOP": {"frames": 8}})
-    assert params == {"prompt": "p", "seed": attempt_seed(42, 2, 2), "steps": 2, "width": None, "height": None,
-                      "models": "", "output_dir": str(tmp_path / "2_animation_loop" / "attempt_2"),
-                      "reference_image": str(tmp_path / "1_character_sheet" / "attempt_1"), "frames": 8}
-    assert json.loads(json.dumps(params)) == params
-
-
-def test_progress_plan_re_budgets_a_retry_without_going_back():
-    plan = ProgressPlan.for_chain()
-    assert plan.percent(0) == 0 and plan.percent(0.5) == pytest.approx(100 / 6)
-    seen = [plan.percent(f) for f in (0, 0.5, 1)]
-    plan = plan.retry()                       # phase 1 failed once: 4 units planned from 33.3 %
-    assert plan.base_percent == pytest.approx(100 / 3) and plan.units == (1.0, 1.0, 1.0)
-    seen += [plan.percent(f) for f in (0, 0.5, 1)]
-    plan = plan.advance()                     # phase 1 passed
-    seen += [plan.percent(f) for f in (0, 1)]
-    plan = plan.retry()                       # phase 2 failed once
-    seen += [plan.percent(f) for f in (0, 1)]
-    plan = plan.advance().advance()
-    seen.append(plan.percent(0.3))
-    assert seen == sorted(seen) and seen[-1] == 100.0
-    assert plan.remaining_units() == 0.0
-
-
-def test_eta_from_the_measured_rate():
-    assert eta_seconds(0.0, 3.0, 5.0) is None
-    assert eta_seconds(1.0, 2.0, 4.0) == pytest.approx(8.0)
-
-
-def test_chain_inputs_and_layout(tmp_path):
-    assert [link.phase for link in CHAIN] == ["CHARACTER_SHEET", "ANIMATION_LOOP", "FULL_VIDEO"]
-    assert chain_inputs("CHARACTER_SHEET", {}) == {}
-    assert chain_inputs("character_sheet".upper(), {}, "ref.png") == {"reference_image": "ref.png"}
-    assert chain_inputs("ANIMATION_LOOP", {"CHARACTER_SHEET": tmp_path}) == {"reference_image": str(tmp_path)}
-    with pytest.raises(ValueError, match="ANIMATION_LOOP"):
-        chain_inputs("FULL_VIDEO", {"CHARACTER_SHEET": tmp_path})
-    assert attempt_dir(tmp_path, "ANIMATION_LOOP", 2) == tmp_path / "2_animation_loop" / "attempt_2"
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -10,6 +10,8 @@ job server's parent job, `animenb.runner.orchestration`):
                                   run directory; phase 3's image = phase 2's first loop frame)
     attempt_seed(...)             attempt 1 uses the base seed, retries a seed derived from it
     attempt_dir(...)              where an in-process attempt writes
+    MAX_RETRIES, THRESHOLD        the chain's own parameters as spec `Param`s: default, range and type, which
+                                  `orchestrate`, POST /orchestrate and the OpenAPI document all read
     resolve_thresholds(...)       per-phase gate thresholds (None = parameters/quality.yaml)
     gate_decision(...)            "advance" | "retry" | "fail" after a scored attempt
     gate_failure_reason(...)      the status reason naming the phase, attempts, seeds and scores
@@ -17,15 +19,21 @@ job server's parent job, `animenb.runner.orchestration`):
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..manifest import read_manifest
 from ..phases.catalog import get_phase
+from ..phases.spec import Param, SpecError
 
 ORCHESTRATION = "ORCHESTRATION"   # the parent's phase name in its manifest and progress events
 MAX_RETRIES_LIMIT = 10
+MAX_THRESHOLD = 2.0               # a score is in [0, 1]: any gate above 1 fails (tests force failures with 1.01)
+MAX_RETRIES = Param("max_retries", "integer", default=2, minimum=0, maximum=MAX_RETRIES_LIMIT,
+                    description="retries per phase after a failed gate, each with a new seed")
+THRESHOLD = Param("threshold", "number", nullable=True, minimum=0.0, maximum=MAX_THRESHOLD,
+                  description="a phase's quality gate; null: its threshold in parameters/quality.yaml")
 SEED_DERIVATION = ("attempt 1: the base seed; attempt k > 1: sha256(f'{seed}:{phase_id}:{k}') "
                    "first 8 bytes mod 2**32")
 
@@ -87,22 +95,33 @@ def attempt_dir(root: str | Path, phase: str, attempt: int) -> Path:
     return Path(root) / f"{p.id}_{p.name.lower()}" / f"attempt_{attempt}"
 
 
-def resolve_thresholds(thresholds: Mapping[str | int, float | None] | float | None) -> dict[str, float | None]:
+def check_threshold(value: Any, name: str = "threshold") -> float | None:
+    """`value` as a gate threshold (`THRESHOLD`'s rules), or SpecError naming `name`."""
+    replace(THRESHOLD, name=name).check(value)
+    return None if value is None else float(value)
+
+
+def resolve_thresholds(thresholds: Mapping[str | int, float | None] | float | None,
+                       name: str = "thresholds") -> dict[str, float | None]:
     """Per-phase gate thresholds: None -> each phase's threshold in parameters/quality.yaml (None here);
     a number -> that threshold for every phase; a mapping by phase id or name -> those phases (others
-    None). Thresholds are finite numbers >= 0; above 1 forces a failure (tests use 1.01)."""
-    from ..quality.config import check_threshold  # lazily: animenb.quality imports numpy and OpenCV
-
+    None). Each follows `THRESHOLD` (a number in [0, MAX_THRESHOLD] or None); SpecError names `name`."""
     out: dict[str, float | None] = {link.phase: None for link in CHAIN}
     if thresholds is None:
         return out
-    if isinstance(thresholds, Mapping):
-        for key, value in thresholds.items():
-            name = get_phase(key).name
-            out[name] = None if value is None else check_threshold(value, f"thresholds[{key!r}]")
-        return out
-    value = check_threshold(thresholds, "thresholds")
-    return {name: value for name in out}
+    if not isinstance(thresholds, Mapping):
+        value = check_threshold(thresholds, name)
+        return {phase: value for phase in out}
+    for key, value in thresholds.items():
+        try:
+            phase = get_phase(key).name
+        except ValueError as exc:
+            raise SpecError(name, f"`{name}`: {exc}") from None
+        try:
+            out[phase] = check_threshold(value, f"{name}[{key!r}]")
+        except SpecError as exc:
+            raise SpecError(name, str(exc)) from None
+    return out
 
 
 def gate_decision(passed: bool, attempt: int, max_retries: int) -> str:

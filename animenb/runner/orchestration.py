@@ -48,9 +48,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from animenb.chain import (RECORD_KIND, RECORD_NAME, AttemptRecord, ChainProgress, ChainRecord,
-                           attempt_parameters, final_files, gate_decision, next_step, parent_manifest, parent_quality,
-                           read_record, resolve_thresholds)
+from animenb.chain import (CHAIN, MAX_RETRIES, RECORD_KIND, RECORD_NAME, Attempt, AttemptOutcome, ChainRun,
+                           final_files, parent_quality, read_record)
 from animenb.manifest import MANIFEST_NAME
 from animenb.phases.catalog import get_phase
 from animenb.progress import ProgressEvent
@@ -85,30 +84,29 @@ def child_row(job: JobRecord) -> dict:
 
 
 class Orchestrator:
-    """Drives one parent job (see module docstring). Created and started by `OrchestrationDriver`;
-    `on_finish(parent_id)` runs once the parent is terminal in the store, before its finished event."""
+    """Drives one parent job (see module docstring): the chain's loop is `animenb.chain.ChainRun`; this
+    runs each attempt as a child job. Created and started by `OrchestrationDriver`; `on_finish(parent_id)`
+    runs once the parent is terminal in the store, before its finished event."""
 
     def __init__(self, runner: JobHost, parent: JobRecord, on_finish: Callable[[str], None] | None = None):
         self.runner = runner
         self.parent = parent
         self.on_finish = on_finish
-        self.params: dict[str, Any] = dict(parent.parameters)
-        self.out_dir = runner.outputs_dir / parent.id
-        self.max_retries = int(self.params.get("max_retries", 2))
-        self.gates = resolve_thresholds(self.params.get("thresholds"))
-        self.record = ChainRecord(self.out_dir, parameters=self.params, seed=int(self.params.get("seed") or 0),
-                                  max_retries=self.max_retries, thresholds=self.gates, job_id=parent.id)
-        self.progress = ChainProgress(attempts_allowed=self.max_retries + 1, publish=self._publish)
-        self.attempts: list[AttemptRecord] = []
+        params = dict(parent.parameters)
+        common = {k: params[k] for k in COMMON_FIELDS if params.get(k) is not None}
+        self.chain = ChainRun(runner.outputs_dir / parent.id, params, seed=int(params.get("seed") or 0),
+                              max_retries=int(params.get("max_retries", MAX_RETRIES.default)),
+                              thresholds=params.get("thresholds"), phase_options={link.phase: common for link in CHAIN},
+                              job_id=parent.id, publish=self._publish)
+        self.out_dir = self.chain.root
         self.current_child: str | None = None
         self.cancel_requested = False
         self.task: asyncio.Task | None = None
         self._persisted_at = 0.0
-        self._started = time.perf_counter()
 
     @property
     def children(self) -> list[str]:
-        return self.record.children
+        return self.chain.record.children
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> asyncio.Task:
@@ -124,91 +122,69 @@ class Orchestrator:
 
     # -- the chain ------------------------------------------------------------------------
     async def _run(self) -> None:
-        runner, parent = self.runner, self.parent
+        runner, parent, chain = self.runner, self.parent, self.chain
         runner.bus.publish(JobStartedEvent(job_id=parent.id, phase=None, device="orchestrator",
                                            attempt=parent.attempts))
         status, error, reason = JobStatus.FAILED, None, ""
-        passed: dict[str, str] = {}
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            history, passed = self._resume()
-            while (step := next_step(history, self.max_retries)).action == "run":
+            self._resume()
+            while (attempt := chain.next_attempt("queued")) is not None:
                 if self.cancel_requested:
                     raise _Stop(JobStatus.CANCELLED, JobError("Cancelled", "Cancelled before "
-                                                              f"{step.phase} attempt {step.attempt} started."))
-                child = self._submit_child(step.phase, step.attempt, passed)
+                                                              f"{attempt.phase} attempt {attempt.number} started."))
+                child = self._submit_child(attempt)
                 self._save_record()  # the child is on record before it runs
-                self.progress.begin_attempt(step.phase, step.attempt, "queued")
-                done = await self._wait_child(child)
-                row = self._verdict(done)
-                history.append(row.as_dict())
-                self._add_attempt(row, passed)
-                self.progress.end_attempt(row.passed, row.score)
-                self._save_record()
-            status = JobStatus.SUCCEEDED if step.action == "succeeded" else JobStatus.FAILED
-            reason = step.reason
+                outcome = self._outcome(await self._wait_child(child))
+                assert outcome is not None
+                chain.add(attempt, outcome)
+            assert chain.ended is not None
+            status = JobStatus.SUCCEEDED if chain.ended.action == "succeeded" else JobStatus.FAILED
+            reason = chain.ended.reason
             if status is JobStatus.FAILED:
                 error = JobError("QualityGateFailed", reason)
         except _Stop as stop:
             status, error, reason = stop.status, stop.error, stop.error.message
         except asyncio.CancelledError:
             # The server is stopping: the parent stays `running`; recover_orchestrations decides at the next start.
-            self.record.data["reason"] = "server stopped"
+            chain.record.data["reason"] = "server stopped"
             self._save_record()
             raise
         except Exception as exc:  # a bug or a store failure: never leave the parent running
             log.exception("orchestration %s failed", parent.id)
             reason = self.runner.public_paths.scrub(str(exc))  # the log above keeps the absolute paths
             status, error = JobStatus.FAILED, JobError(type(exc).__name__, reason or type(exc).__name__)
-        self._finish(passed, status, error, reason)
+        self._finish(status, error, reason)
 
-    def _resume(self) -> tuple[list[dict], dict[str, str]]:
-        """History and passing runs from the children a previous process finished (restart policy)."""
-        history: list[dict] = []
-        passed: dict[str, str] = {}
+    def _resume(self) -> None:
+        """Replay the children a previous process finished (restart policy)."""
         previous = read_record(self.out_dir)
+        replayed = 0
         for child_id in (previous or {}).get("children", []):
             try:
                 job = self.runner.store.get(child_id)
             except JobNotFoundError:
                 continue
-            self.record.add_child(job.id)
-            row = self._verdict(job, strict=False)
-            if row is None:
+            self.chain.record.add_child(job.id)
+            outcome = self._outcome(job, strict=False)
+            if outcome is None:
                 continue
-            history.append(row.as_dict())
-            self._add_attempt(row, passed)
-            self.progress.replay(row.phase, row.attempt, row.passed)
+            info = child_info(job) or {}
+            self.chain.replay(get_phase(info.get("phase") or job.phase).name, int(info.get("attempt") or 1), outcome)
+            replayed += 1
         if previous:
-            log.info("orchestration %s resumes after %d finished attempt(s)", self.parent.id, len(history))
+            log.info("orchestration %s resumes after %d finished attempt(s)", self.parent.id, replayed)
         self._save_record()
-        return history, passed
 
-    def _add_attempt(self, row: AttemptRecord, passed: dict[str, str]) -> None:
-        self.attempts.append(row)
-        self.record.add_attempt(row)
-        if row.passed:
-            passed[row.phase] = str(self.runner.outputs_dir / row.job_id)
-
-    def _submit_child(self, phase: str, attempt: int, passed: dict[str, str]) -> JobRecord:
-        p = self.params
-        common = {k: p[k] for k in COMMON_FIELDS if p.get(k) is not None}
-        values = attempt_parameters(phase, attempt, prompt=p["prompt"], seed=int(p["seed"]), root=self.out_dir,
-                                    passed=passed, steps=int(p.get("steps", 15)), width=p.get("width"),
-                                    height=p.get("height"), reference_image=p.get("reference_image"),
-                                    phase_options={phase: common})
-        values.pop("output_dir")   # the runner gives every job outputs/<job_id>/
-        values.pop("models")       # ... and the server's model profile
-        for key in ("width", "height"):
-            if values.get(key) is None:
-                values.pop(key, None)
-        self.record.begin_attempt(phase, {k: values[k] for k in ("reference_image", "image") if k in values})
-        extra = {"orchestration": {"parent_id": self.parent.id, "phase": phase, "attempt": attempt},
-                 "quality_threshold": self.gates[phase]}
-        child = self.runner.submit(values, phase=get_phase(phase).id, owner=self.parent.owner,
+    def _submit_child(self, attempt: Attempt) -> JobRecord:
+        values = {k: v for k, v in attempt.parameters.items()
+                  if v is not None or k not in ("width", "height")}  # None: the notebook's own default
+        extra = {"orchestration": {"parent_id": self.parent.id, "phase": attempt.phase, "attempt": attempt.number},
+                 "quality_threshold": attempt.threshold}
+        child = self.runner.submit(values, phase=get_phase(attempt.phase).id, owner=self.parent.owner,
                                    visibility=self.parent.visibility, parent_id=self.parent.id, extra=extra,
                                    priority=True)
-        self.record.add_child(child.id)
+        self.chain.record.add_child(child.id)
         self.current_child = child.id
         return child
 
@@ -219,10 +195,9 @@ class Orchestrator:
 
         def on_event(event) -> None:
             if isinstance(event, JobProgressEvent):
-                self.progress.on_phase_progress(event.percent, event.step, event.total_steps, event.stage,
-                                                part=event.part, preview=event.preview)
+                self.chain.relay(event)
             elif isinstance(event, JobStartedEvent):
-                self.progress.stage("starting")
+                self.chain.progress.stage("starting")
             elif isinstance(event, JobFinishedEvent) and not done.done():
                 done.set_result(event.status)
 
@@ -236,9 +211,9 @@ class Orchestrator:
             self.current_child = None
         return self.runner.store.get(child.id)
 
-    def _verdict(self, job: JobRecord, strict: bool = True) -> AttemptRecord | None:
-        """The attempt row of a finished child. `strict`: a child that did not succeed stops the chain
-        (raises `_Stop`); otherwise (resuming) it is skipped and its attempt runs again."""
+    def _outcome(self, job: JobRecord, strict: bool = True) -> AttemptOutcome | None:
+        """The gate's verdict on a finished child. `strict`: a child that did not succeed stops the chain
+        (raises `_Stop`); otherwise (resuming) it is skipped (None) and its attempt runs again."""
         info = child_info(job) or {}
         if job.status is not JobStatus.SUCCEEDED:
             if not strict:
@@ -250,14 +225,10 @@ class Orchestrator:
             raise _Stop(JobStatus.FAILED, JobError(job.error.type if job.error else "ChildFailed",
                                                    f"{where} {job.status.value}: {message}"))
         quality = job.outputs.quality or {}
-        phase = get_phase(info.get("phase") or job.phase)
-        attempt = int(info.get("attempt") or 1)
-        passed = bool(quality.get("passed"))
-        return AttemptRecord(
-            phase=phase.name, phase_id=phase.id, attempt=attempt, seed=job.parameters.get("seed"),
-            seed_source=AttemptRecord.seed_source_of(attempt), output_dir=f"../{job.id}",
-            score=quality.get("score"), threshold=quality.get("threshold", self.gates.get(phase.name)),
-            passed=passed, decision=gate_decision(passed, attempt, self.max_retries),
+        phase = get_phase(info.get("phase") or job.phase).name
+        return AttemptOutcome(
+            self.runner.outputs_dir / job.id, quality.get("score"),
+            quality.get("threshold", self.chain.thresholds.get(phase)), bool(quality.get("passed")),
             metrics=dict(quality.get("metrics") or {}), job_id=job.id, error=quality.get("error"))
 
     # -- progress -----------------------------------------------------------------------
@@ -270,23 +241,24 @@ class Orchestrator:
             self.runner.store.update_progress(self.parent.id, self.progress_dict())
 
     def progress_dict(self) -> dict:
-        event = self.progress.last_event
+        progress = self.chain.progress
+        event = progress.last_event
         data = (JobProgressEvent.from_progress(self.parent.id, event).progress_dict() if event
-                else {"percent": self.progress.percent})
-        data.update(phase=self.progress.phase.name, attempt=self.progress.attempt, current_child=self.current_child)
+                else {"percent": progress.percent})
+        data.update(phase=progress.phase.name, attempt=progress.attempt, current_child=self.current_child)
         return data
 
     # -- record and outcome -----------------------------------------------------------------
     def _save_record(self) -> None:
         try:
-            self.record.save(time.perf_counter() - self._started)
+            self.chain.save()
         except OSError:
             log.exception("orchestration %s: could not write %s", self.parent.id, RECORD_NAME)
 
-    def _link_finals(self, passed: dict[str, str]) -> list[tuple[Path, str]]:
+    def _link_finals(self) -> list[tuple[Path, str]]:
         """Hard-link (or copy) the passing runs' final files into the parent's directory: (target, kind)."""
         linked = []
-        for source, kind, stem in final_files(passed):
+        for source, kind, stem in final_files(self.chain.passed):
             target = self.out_dir / f"{stem}{source.suffix}"
             try:
                 target.unlink(missing_ok=True)
@@ -299,23 +271,23 @@ class Orchestrator:
                 log.exception("orchestration %s: could not link %s", self.parent.id, source)
         return linked
 
-    def _finish(self, passed: dict[str, str], status: JobStatus, error: JobError | None, reason: str) -> None:
-        runner, parent = self.runner, self.parent
-        self.record.finish(status.value, reason)
+    def _finish(self, status: JobStatus, error: JobError | None, reason: str) -> None:
+        runner, parent, chain = self.runner, self.parent, self.chain
+        chain.record.finish(status.value, reason)
         self._save_record()
         listed: list[dict] = []
         ended_by_policy = status is JobStatus.SUCCEEDED or (error is not None and error.type == "QualityGateFailed")
-        if ended_by_policy and self.attempts:
+        if ended_by_policy and chain.attempts:
             try:
-                listed = parent_manifest(self.out_dir, self.record, self.attempts, self._link_finals(passed))["files"]
+                listed = chain.write_manifest(self._link_finals())["files"]
             except OSError as exc:  # e.g. a full disk: the parent fails clearly instead of staying running
                 log.exception("orchestration %s: could not write %s", parent.id, MANIFEST_NAME)
                 status = JobStatus.FAILED
                 reason = self.runner.public_paths.scrub(f"could not write the orchestration's {MANIFEST_NAME}: {exc}")
                 error = JobError(type(exc).__name__, reason)
         outputs = JobOutputs(files=output_files(self.out_dir), manifest=MANIFEST_NAME if listed else None,
-                             listed=listed, seed=self.params.get("seed"), record=RECORD_NAME, children=self.children,
-                             reason=reason, quality=parent_quality(self.attempts, status is JobStatus.SUCCEEDED))
+                             listed=listed, seed=chain.parameters.get("seed"), record=RECORD_NAME, children=self.children,
+                             reason=reason, quality=parent_quality(chain.attempts, status is JobStatus.SUCCEEDED))
         progress = self.progress_dict()
         stage = "done" if status is JobStatus.SUCCEEDED else status.value
         progress.update(stage=f"{stage}: {reason}" if reason else stage, current_child=None)
@@ -327,7 +299,7 @@ class Orchestrator:
             job = runner.store.get(parent.id)
         if self.on_finish is not None:
             self.on_finish(parent.id)
-        runner.finished(job, duration=time.perf_counter() - self._started)
+        runner.finished(job, duration=time.perf_counter() - chain.started)
 
     def children_summary(self) -> list[dict]:
         return children_summary(self.runner.store, self.children)

@@ -19,7 +19,9 @@ from animenb.runner import events as job_events
 from animenb.store import JobStatus
 
 from .handlers import BaseHandler
-from .orchestrate_validation import CHAIN_FIELDS, MAX_RETRIES_LIMIT
+from animenb.chain import MAX_RETRIES, THRESHOLD
+
+from .orchestrate_validation import CHAIN_FIELDS
 from .validation import JOB_ID_RE
 
 API = "/api/anime"
@@ -78,15 +80,15 @@ def generate_request(spec) -> dict:
 
 
 def orchestrate_request() -> dict:
-    """POST /orchestrate: the chain's fields (`orchestrate_validation.ACCEPTED`), ranges from phase 1's spec."""
+    """POST /orchestrate: the chain's fields (`orchestrate_validation.ACCEPTED`), ranges from phase 1's spec
+    and the chain's own (`animenb.chain.MAX_RETRIES`, `THRESHOLD`)."""
     shared = SPECS[1]
     properties = {name: param_schema(shared.param(name)) for name in CHAIN_FIELDS}
-    gate = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+    gate = {k: v for k, v in param_schema(THRESHOLD).items() if k not in ("default", "description")}
     properties.update({
         "reference_image": {"type": ["string", "null"],
                             "description": "phase 1's IP-Adapter reference: a job id or /api/anime/outputs/ URL"},
-        "max_retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES_LIMIT, "default": 2,
-                        "description": "retries per phase, each with a new seed"},
+        "max_retries": param_schema(MAX_RETRIES),
         "threshold": {**gate, "description": "the gate of every phase; null: parameters/quality.yaml"},
         "thresholds": {"type": ["object", "null"], "additionalProperties": gate,
                        "description": "per phase (id or name); not with `threshold`"},

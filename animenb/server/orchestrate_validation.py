@@ -4,33 +4,24 @@ The gated chain CHARACTER_SHEET -> ANIMATION_LOOP -> FULL_VIDEO runs as one pare
 per phase attempt (see animenb.runner.orchestration). Body: `prompt` (required) and optional `seed`,
 `steps`, `width`, `height`, `negative_prompt`, `guidance_scale`, `scheduler` (checked exactly as for
 POST /generate and passed to every phase), `reference_image` (a previous job's output, as for /generate;
-phase 1's IP-Adapter reference), `max_retries` (0-10, default 2: retries per phase after a failed gate),
-`threshold` (one gate for every phase) or `thresholds` ({phase id or name: number or null}; null or
-absent: the phase's threshold in parameters/quality.yaml), `models` (must name the server's profile, if
-given), `visibility`.
+phase 1's IP-Adapter reference), `max_retries` (retries per phase after a failed gate), `threshold` (one
+gate for every phase) or `thresholds` ({phase id or name: number or null}; null or absent: the phase's
+threshold in parameters/quality.yaml), `models` (must name the server's profile, if given), `visibility`.
+`max_retries` and the gates follow the chain's own spec (`animenb.chain.MAX_RETRIES`, `THRESHOLD`), as the
+in-process `orchestrate()` and the OpenAPI document do.
 """
 from __future__ import annotations
 
 import secrets
 
-from animenb.chain import MAX_RETRIES_LIMIT
-from animenb.phases.catalog import get_phase
+from animenb.chain import MAX_RETRIES, resolve_thresholds
 from animenb.phases.spec import CHARACTER_SHEET, SpecError
 from animenb.runner.orchestration import COMMON_FIELDS
 
-from .validation import FIELDS, invalid, resolve_output_ref
+from .validation import FIELDS, check_param, invalid, resolve_output_ref
 
-MAX_THRESHOLD = 2.0  # above 1 a gate always fails (tests force failures with 1.01)
 CHAIN_FIELDS = ("prompt", "seed", "steps", "width", "height") + COMMON_FIELDS
 ACCEPTED = CHAIN_FIELDS + ("reference_image", "max_retries", "threshold", "thresholds", "models", "visibility")
-
-
-def _threshold(field: str, value) -> float | None:
-    if value is None:
-        return None
-    if type(value) not in (int, float) or value != value or not 0 <= value <= MAX_THRESHOLD:
-        raise invalid(field, f"`{field}` must be a number in [0, {MAX_THRESHOLD}] or null, got {value!r}.")
-    return float(value)
 
 
 def validate_orchestrate(data: dict, outputs_dir, server_models: str, readable) -> tuple[dict, str | None]:
@@ -57,27 +48,8 @@ def validate_orchestrate(data: dict, outputs_dir, server_models: str, readable) 
         except SpecError as exc:  # in the caller's words, never the server's paths
             raise invalid("reference_image", str(exc).replace(reference, str(data["reference_image"]))) from None
         values["reference_image"] = reference
-    retries = data.get("max_retries", 2)
-    if type(retries) is not int or not 0 <= retries <= MAX_RETRIES_LIMIT:
-        raise invalid("max_retries", f"`max_retries` must be an integer in [0, {MAX_RETRIES_LIMIT}], got {retries!r}.")
-    values["max_retries"] = retries
-    if "threshold" in data and "thresholds" in data:
-        raise invalid("thresholds", "Give `threshold` (every phase) or `thresholds` (per phase), not both.")
-    thresholds = {get_phase(p).name: None for p in (1, 2, 3)}
-    if data.get("threshold") is not None:
-        gate = _threshold("threshold", data["threshold"])
-        thresholds = {name: gate for name in thresholds}
-    elif data.get("thresholds") is not None:
-        if not isinstance(data["thresholds"], dict):
-            raise invalid("thresholds", "`thresholds` must be an object {phase id or name: number or null}, "
-                                        f"got {type(data['thresholds']).__name__}.")
-        for key, gate in data["thresholds"].items():
-            try:
-                name = get_phase(key).name
-            except ValueError as exc:
-                raise invalid("thresholds", f"`thresholds`: {exc}") from None
-            thresholds[name] = _threshold(f"thresholds.{key}", gate)
-    values["thresholds"] = thresholds
+    values["max_retries"] = check_param(MAX_RETRIES, data.get("max_retries", MAX_RETRIES.default))
+    values["thresholds"] = _thresholds(data)
     models = data.get("models")
     if models is not None and models != server_models:
         raise invalid("models", f"`models` must be this server's profile {server_models!r} (or left out), "
@@ -86,3 +58,20 @@ def validate_orchestrate(data: dict, outputs_dir, server_models: str, readable) 
     if visibility is not None and visibility not in ("public", "private"):
         raise invalid("visibility", f"`visibility` must be one of public, private, got {visibility!r}.")
     return values, visibility
+
+
+def _thresholds(data: dict) -> dict[str, float | None]:
+    """{phase name: gate or None} from `threshold` (a number or null) or `thresholds` (an object or null)."""
+    if "threshold" in data and "thresholds" in data:
+        raise invalid("thresholds", "Give `threshold` (every phase) or `thresholds` (per phase), not both.")
+    field = "threshold" if "threshold" in data else "thresholds"
+    given = data.get(field)
+    if field == "thresholds" and given is not None and not isinstance(given, dict):
+        raise invalid(field, f"`{field}` must be an object {{phase id or name: number or null}}, "
+                             f"got {type(given).__name__}.")
+    if field == "threshold" and isinstance(given, dict):
+        raise invalid(field, f"`{field}` must be a number or null, got object; per phase: `thresholds`.")
+    try:
+        return resolve_thresholds(given, field)
+    except SpecError as exc:
+        raise invalid(exc.field, str(exc)) from None
