@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8328
 MODELS ?= tiny
 
-.PHONY: setup lab-setup serve test demo lab lock bench clean reference-notebooks
+.PHONY: setup lab-setup serve test lint demo lab lock bench clean reference-notebooks
 
 # Every version is pinned by the lock (pip-tools, from pyproject's test, lab and ray extras; `make lock`).
 LOCK := requirements/lock.txt
@@ -59,6 +59,14 @@ reference-notebooks: setup
 	$(TEST_ENV) $(STRICT_ENV) $(BIN)/python -c 'import os, sys, nbclient, nbformat; \
 	    [nbformat.write(nbclient.execute(nbformat.read(p, 4), cwd=os.path.dirname(p), record_timing=False), p) \
 	     for p in sys.argv[1:]]' $(STRICT_NOTEBOOKS)
+
+# ruff and mypy on animenb/ (settings in pyproject.toml), from the tools venv: neither needs the runtime
+# dependencies. .pre-commit-config.yaml runs the same versions.
+LINT_TOOLS := ruff==0.17.6 mypy==2.4.1
+lint:
+	test -x .venv-tools/bin/mypy || { $(PY) -m venv .venv-tools && .venv-tools/bin/pip install --quiet $(LINT_TOOLS); }
+	.venv-tools/bin/ruff check animenb
+	.venv-tools/bin/mypy
 
 demo: setup
 	$(BIN)/animenb demo --models tiny

@@ -56,7 +56,8 @@ class OrchestrationResult:
         return self.status == "succeeded"
 
     def rows(self) -> list[dict]:
-        """The attempts as flat dicts (metrics and the server-only fields left out): `pandas.DataFrame(result.rows())`."""
+        """The attempts as flat dicts (metrics and the server-only fields left out), for
+        `pandas.DataFrame(result.rows())`."""
         return [{k: v for k, v in a.as_dict().items() if k not in ("metrics", "job_id", "error")}
                 for a in self.attempts]
 

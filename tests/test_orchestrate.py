@@ -18,7 +18,7 @@ import pytest
 
 from animenb import cli
 from animenb.manifest import read_manifest
-from animenb.chain import ORCHESTRATION, RECORD_NAME
+from animenb.chain import ORCHESTRATION, RECORD_NAME, attempt_dir, attempt_seed
 from animenb.orchestrate import orchestrate
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_orchestrate.ipynb"

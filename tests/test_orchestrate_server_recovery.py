@@ -63,13 +63,15 @@ def test_resume_rebuilds_the_chain_from_finished_children(tmp_path):
     lost = make_child(runner, parent.id, 2, 1, JobStatus.LOST)
     (tmp_path / parent.id / RECORD_NAME).write_text(json.dumps({"children": [passed.id, lost.id]}))
     orch = Orchestrator(runner, runner.store.get(parent.id))
-    history, done = orch._resume()
-    assert [(h["phase"], h["attempt"], h["passed"]) for h in history] == [("CHARACTER_SHEET", 1, True)]
-    assert done == {"CHARACTER_SHEET": str(tmp_path / passed.id)}
-    assert orch.progress.plan.index == 1 and orch.progress.percent > 30  # the resumed chain's percent starts where it was
-    from animenb.chain import next_step
-
-    assert (next_step(history, 1).phase, next_step(history, 1).attempt) == ("ANIMATION_LOOP", 1)  # the lost one again
+    orch._resume()
+    chain = orch.chain
+    assert [(h["phase"], h["attempt"], h["passed"]) for h in chain.history] == [("CHARACTER_SHEET", 1, True)]
+    assert chain.passed == {"CHARACTER_SHEET": tmp_path / passed.id}
+    assert chain.attempts[0].output_dir == f"../{passed.id}"
+    assert chain.progress.plan.index == 1 and chain.progress.percent > 30  # the resumed chain's percent starts where it was
+    attempt = chain.next_attempt()
+    assert (attempt.phase, attempt.number) == ("ANIMATION_LOOP", 1)  # the lost one again
+    assert attempt.parameters["reference_image"] == str(tmp_path / passed.id)
 
 
 def test_a_parent_that_keeps_crashing_becomes_lost(tmp_path):

@@ -66,7 +66,7 @@ class ChainRun:
     `publish(event, milestone)` receives the overall progress (`ChainProgress`)."""
 
     def __init__(self, root: str | Path, parameters: Mapping[str, Any], *, seed: int, max_retries: int,
-                 thresholds: Mapping[str | int, float | None] | float | None = None,
+                 thresholds: Mapping[Any, float | None] | float | None = None,
                  phase_options: Mapping[str, Mapping[str, Any]] | None = None, job_id: str | None = None,
                  publish: Callable[[ProgressEvent, bool], None] | None = None):
         self.root = Path(root)

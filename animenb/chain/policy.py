@@ -63,7 +63,7 @@ def chain_inputs(phase: str, passed: Mapping[str, str | Path], reference_image: 
     """
     link = next((link for link in CHAIN if link.phase == phase), None)
     if link is None:
-        raise ValueError(f"`phase` must be one of {', '.join(l.phase for l in CHAIN)}, got {phase!r}.")
+        raise ValueError(f"`phase` must be one of {', '.join(link.phase for link in CHAIN)}, got {phase!r}.")
     if link.source is None:
         return {} if reference_image is None else {"reference_image": str(reference_image)}
     if link.source not in passed:
@@ -101,7 +101,7 @@ def check_threshold(value: Any, name: str = "threshold") -> float | None:
     return None if value is None else float(value)
 
 
-def resolve_thresholds(thresholds: Mapping[str | int, float | None] | float | None,
+def resolve_thresholds(thresholds: Mapping[Any, float | None] | float | None,
                        name: str = "thresholds") -> dict[str, float | None]:
     """Per-phase gate thresholds: None -> each phase's threshold in parameters/quality.yaml (None here);
     a number -> that threshold for every phase; a mapping by phase id or name -> those phases (others

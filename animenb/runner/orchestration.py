@@ -2,24 +2,24 @@
 FULL_VIDEO -> gate through child jobs.
 
 The parent is a job of kind "orchestration" (phase None), run by `OrchestrationDriver` (the
-runner's job-kind registry). It is queued like any job; when a worker claims it, the worker does
-not run a notebook: the driver starts an `Orchestrator` task on the event loop and the worker goes
-straight back to the queue, so the parent never holds a kernel while it waits for its children
-(one warm kernel is enough). The chain's policy, progress and record are `animenb.chain`'s, the
-same the in-process `orchestrate()` uses: this module submits the children, waits for them and
-applies the restart policy.
+runner's job-kind registry). It is queued like any job; when the runner claims it, no notebook
+runs: the driver starts an `Orchestrator` task on the event loop and the runner goes straight back to
+the queue, so the parent never holds a slot while it waits for its children (one warm slot is
+enough). The chain's loop (policy, retries, thresholds, progress, record) is `animenb.chain.ChainRun`,
+the same the in-process `orchestrate()` runs: this module runs each attempt as a child job, waits for
+it and applies the restart policy.
 
 Each phase attempt is a real child job (kind "phase", `parent_id` = the parent, its own
-outputs/<child_id>/): the phase notebook, scored in the same kernel with the attempt's
-threshold (the child's own `extra["quality_threshold"]`), on a warm kernel. Children jump the queue (the runner's priority list) so a chain is
-not interleaved with jobs queued after it started. The child's manifest["quality"] decides the
-gate; a failed gate retries the phase with `attempt_seed(seed, phase, k)` up to `max_retries`,
-then the parent fails with error {"type": "QualityGateFailed", "message": <reason>}. A child that
-fails for any other reason (a cell error, a dead kernel) fails the parent with that error.
+outputs/<child_id>/): the phase notebook, scored in the same kernel with the attempt's threshold
+(the child's own `extra["quality_threshold"]`), on a warm slot. Children jump the queue (the
+runner's priority list) so a chain is not interleaved with jobs queued after it started. The
+child's manifest["quality"] decides the gate; when the retries run out the parent fails with error
+{"type": "QualityGateFailed", "message": <reason>}. A child that fails for any other reason (a cell
+error, a dead kernel) fails the parent with that error.
 
-Progress: the parent publishes its own `JobProgressEvent`s (part "chain", from
-`animenb.chain.ChainProgress` fed with the children's events) and persists them, so
-`/generation/<parent>/status` and `/ws/job/<parent>` show the chain. `children_summary()` lists the children (id, phase, attempt,
+Progress: the parent publishes its own `JobProgressEvent`s (part "chain", the chain's progress fed
+with the children's events) and persists them, so `/generation/<parent>/status` and
+`/ws/job/<parent>` show the chain. `children_summary()` lists the children (id, phase, attempt,
 status, score).
 
 Cancel of the parent cancels its current child (queued or running) and stops the chain: the
@@ -33,7 +33,7 @@ succeeded parent has a gallery entry of its own.
 
 Restart policy (`recover_orchestrations`, run before the store's own `recover()`): a parent left
 `running` by a dead process does not vanish. Its active children become `lost` (running) or
-`cancelled` (queued), and the parent is re-queued: when a worker claims it again, it resumes
+`cancelled` (queued), and the parent is re-queued: when the runner claims it again, it resumes
 from its finished children listed in orchestration.json (their seeds are deterministic, so the
 resumed chain runs exactly the attempts that were missing). After `MAX_RESUMES` re-queues a
 parent becomes `lost` instead, so a chain that crashes the server cannot loop forever.
@@ -71,6 +71,15 @@ def child_info(job: JobRecord) -> dict | None:
     """The orchestration facts stored in a child's `extra` (None for other jobs)."""
     info = job.extra.get("orchestration")
     return info if isinstance(info, dict) else None
+
+
+def child_attempt(job: JobRecord) -> tuple[str, int]:
+    """(phase name, attempt number) of a child job."""
+    info = child_info(job) or {}
+    phase = info.get("phase") or job.phase
+    if phase is None:
+        raise ValueError(f"Job {job.id} is not a phase attempt of an orchestration.")
+    return get_phase(phase).name, int(info.get("attempt") or 1)
 
 
 def child_row(job: JobRecord) -> dict:
@@ -169,8 +178,7 @@ class Orchestrator:
             outcome = self._outcome(job, strict=False)
             if outcome is None:
                 continue
-            info = child_info(job) or {}
-            self.chain.replay(get_phase(info.get("phase") or job.phase).name, int(info.get("attempt") or 1), outcome)
+            self.chain.replay(*child_attempt(job), outcome)
             replayed += 1
         if previous:
             log.info("orchestration %s resumes after %d finished attempt(s)", self.parent.id, replayed)
@@ -225,7 +233,7 @@ class Orchestrator:
             raise _Stop(JobStatus.FAILED, JobError(job.error.type if job.error else "ChildFailed",
                                                    f"{where} {job.status.value}: {message}"))
         quality = job.outputs.quality or {}
-        phase = get_phase(info.get("phase") or job.phase).name
+        phase, _ = child_attempt(job)
         return AttemptOutcome(
             self.runner.outputs_dir / job.id, quality.get("score"),
             quality.get("threshold", self.chain.thresholds.get(phase)), bool(quality.get("passed")),
@@ -243,8 +251,8 @@ class Orchestrator:
     def progress_dict(self) -> dict:
         progress = self.chain.progress
         event = progress.last_event
-        data = (JobProgressEvent.from_progress(self.parent.id, event).progress_dict() if event
-                else {"percent": progress.percent})
+        data: dict[str, Any] = (JobProgressEvent.from_progress(self.parent.id, event).progress_dict() if event
+                                else {"percent": progress.percent})
         data.update(phase=progress.phase.name, attempt=progress.attempt, current_child=self.current_child)
         return data
 
@@ -286,7 +294,8 @@ class Orchestrator:
                 reason = self.runner.public_paths.scrub(f"could not write the orchestration's {MANIFEST_NAME}: {exc}")
                 error = JobError(type(exc).__name__, reason)
         outputs = JobOutputs(files=output_files(self.out_dir), manifest=MANIFEST_NAME if listed else None,
-                             listed=listed, seed=chain.parameters.get("seed"), record=RECORD_NAME, children=self.children,
+                             listed=listed, seed=chain.parameters.get("seed"), record=RECORD_NAME,
+                             children=self.children,
                              reason=reason, quality=parent_quality(chain.attempts, status is JobStatus.SUCCEEDED))
         progress = self.progress_dict()
         stage = "done" if status is JobStatus.SUCCEEDED else status.value
@@ -397,7 +406,7 @@ class OrchestrationDriver(JobDriver):
     async def cancel(self, job: JobRecord) -> JobRecord:
         """Cancel the current child and let the chain's task end the parent as cancelled (waits ~3 s at most)."""
         orchestrator = self.orchestrations.get(job.id)
-        if orchestrator is not None:
+        if orchestrator is not None and orchestrator.task is not None:
             await orchestrator.cancel()
             try:
                 await asyncio.wait_for(asyncio.shield(orchestrator.task), timeout=3 * self.host.cancel_grace + 2)
