@@ -14,11 +14,12 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
+
+from serverkit import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 LAB_PYTHON = REPO / ".venv-lab" / "bin" / "python"
@@ -36,12 +37,6 @@ SETTINGS = {
 def chromium_path() -> str | None:
     path = os.environ.get("ANIMENB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     return path if path and Path(path).is_file() else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class JupyterLab:
@@ -84,7 +79,7 @@ class JupyterLab:
             path = self.workdir / "jupyter" / "settings" / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(values))
-        self.port = _free_port()
+        self.port = free_port()
         log = open(self.workdir / "jupyterlab.log", "ab")
         self.proc = subprocess.Popen(
             [str(LAB_PYTHON), "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",

@@ -9,10 +9,10 @@ import asyncio
 import json
 import os
 import sys
-import time
 
 import pytest
 import pytest_asyncio
+from serverkit import wait_for, wait_status
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
 
@@ -43,16 +43,6 @@ async def submit(srv, **body):
     return data["job_id"]
 
 
-async def wait_status(srv, job_id, wanted, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _, data, _ = await srv.request("GET", f"/api/anime/generation/{job_id}/status")
-        if data["status"] in wanted:
-            return data
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {job_id} never reached {wanted}")
-
-
 async def test_watch_succeeded_job_exits_0_with_a_bar(srv):
     job_id = await submit(srv, prompt="test:progress 0.05", steps=20)
     code, out, err = await cli("watch", job_id, "--url", srv.base)
@@ -75,8 +65,11 @@ async def test_watch_failed_and_cancelled_exit_1(srv):
 
     long = await submit(srv, prompt="test:sleep 0.1", steps=150)
     watcher = asyncio.create_task(cli("watch", long, "--url", srv.base))
-    await wait_status(srv, long, {"running"})
-    await asyncio.sleep(1.0)
+    await wait_status(srv, long, {"running"}, timeout=60)
+    # the watcher is connected, then the job takes two more steps: the bar has moved
+    await wait_for(lambda: srv.service.bus.subscriber_count(long) >= 1, 60, what="the watcher connected")
+    step = srv.service.store.get(long).progress.get("step", 0)
+    await wait_for(lambda: srv.service.store.get(long).progress.get("step", 0) >= step + 2, 60, what="two steps")
     code, body, _ = await srv.request("DELETE", f"/api/anime/generation/{long}?cancel_token={CANCEL_TOKENS[long]}")
     assert code == 200 and body["status"] == "cancelled"
     code, out, err = await watcher
@@ -86,7 +79,7 @@ async def test_watch_failed_and_cancelled_exit_1(srv):
 
 async def test_jobs_table_json_and_filters(srv):
     job_id = await submit(srv, prompt="test:echo a prompt\twith\ttabs and a long tail " + "x" * 80, seed=3)
-    await wait_status(srv, job_id, {"succeeded"})
+    await wait_status(srv, job_id, {"succeeded"}, timeout=60)
     code, out, err = await cli("jobs", "--url", srv.base)
     assert code == 0, err
     lines = out.splitlines()

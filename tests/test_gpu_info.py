@@ -15,6 +15,7 @@ import pytest
 
 from animenb import gpu_info
 from animenb.phases.catalog import get_phase
+from serverkit import free_port
 
 TEST_NOTEBOOKS = Path(__file__).parent / "notebooks"
 
@@ -78,11 +79,7 @@ def _get(port: int, path: str, token: str | None = None):
 
 @pytest.mark.timeout(180)
 def test_serve_process_never_loads_torch(tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     (notebooks / get_phase(1).notebook).write_bytes((TEST_NOTEBOOKS / "progress.ipynb").read_bytes())

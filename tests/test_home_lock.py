@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from animenb.server.home_lock import HomeInUseError, HomeLock
-from test_serve_kill_restart import free_port, start_server
+from serverkit import free_port
+from test_serve_kill_restart import start_server
 
 pytestmark = [pytest.mark.timeout(240)]
 

@@ -8,8 +8,7 @@ import time
 
 import pytest
 import pytest_asyncio
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
+from serverkit import call, wait_done, wait_for, ws_messages
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
 
@@ -24,56 +23,30 @@ async def srv(tmp_path_factory, start_live_server):
         yield server
 
 
-async def call(srv, method, path, body=None, token=None):
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
-    resp = await srv.client.fetch(srv.base + path, method=method, body=data, headers=headers, raise_error=False,
-                                  request_timeout=60, allow_nonstandard_methods=True)
-    ctype = resp.headers.get("Content-Type", "")
-    return resp.code, (json.loads(resp.body) if ctype.startswith("application/json") and resp.body else resp.body)
-
-
 async def orchestrate(srv, **body):
     body = {"prompt": "anime girl with blue hair", "seed": 7, "steps": 2, "width": 64, "height": 64,
             "visibility": "public", **body}
-    code, data = await call(srv, "POST", f"{API}/orchestrate", body, token=srv.admin)
+    code, data, _ = await call(srv, "POST", f"{API}/orchestrate", body, token=srv.admin)
     assert code == 202, data
     assert data["kind"] == "orchestration" and data["status"] == "queued"
     return data
 
 
 async def ws_events(url, timeout=180):
-    conn = await websocket_connect(HTTPRequest(url))
-    events, deadline = [], time.monotonic() + timeout
-    while True:
-        msg = await asyncio.wait_for(conn.read_message(), timeout=max(0.1, deadline - time.monotonic()))
-        if msg is None:
-            return events
-        events.append(json.loads(msg))
+    return (await ws_messages(url, timeout=timeout))[0]
 
 
 async def status(srv, job_id):
-    code, body = await call(srv, "GET", f"{API}/generation/{job_id}/status", token=srv.admin)
+    code, body, _ = await call(srv, "GET", f"{API}/generation/{job_id}/status", token=srv.admin)
     assert code == 200, body
     return body
 
 
-async def wait_for(predicate, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (value := await predicate()):
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 async def test_auth_and_validation(srv):
     body = {"prompt": "x", "steps": 2}
-    code, data = await call(srv, "POST", f"{API}/orchestrate", body)
+    code, data, _ = await call(srv, "POST", f"{API}/orchestrate", body)
     assert code == 401 and data["error"]["code"] == "auth_required"
-    code, data = await call(srv, "POST", f"{API}/orchestrate", body, token=srv.user)
+    code, data, _ = await call(srv, "POST", f"{API}/orchestrate", body, token=srv.user)
     assert code == 403 and data["error"]["code"] == "forbidden"
     bad = [({"steps": 2}, "prompt"), ({"prompt": "x", "max_retries": 11}, "max_retries"),
            ({"prompt": "x", "threshold": "high"}, "threshold"), ({"prompt": "x", "thresholds": {"9": 0.5}}, "thresholds"),
@@ -82,13 +55,13 @@ async def test_auth_and_validation(srv):
            ({"prompt": "x", "reference_image": "../../etc/passwd"}, "reference_image")]
     before = srv.service.store.count()
     for payload, field in bad:
-        code, data = await call(srv, "POST", f"{API}/orchestrate", payload, token=srv.admin)
+        code, data, _ = await call(srv, "POST", f"{API}/orchestrate", payload, token=srv.admin)
         assert 400 <= code < 500 and data["error"]["field"] == field, (payload, code, data)
     # a server started with `--no-quality` cannot gate: refused, nothing stored
     runner = srv.service.runner
     runner.quality = False
     try:
-        code, data = await call(srv, "POST", f"{API}/orchestrate", body, token=srv.admin)
+        code, data, _ = await call(srv, "POST", f"{API}/orchestrate", body, token=srv.admin)
     finally:
         runner.quality = True
     assert code == 409 and data["error"]["code"] == "quality_disabled"
@@ -130,14 +103,14 @@ async def test_full_chain_succeeds_with_children_progress_and_outputs(srv, chain
     for child in children:
         child_status = await status(srv, child["job_id"])
         assert any(u.endswith("/notebook.ipynb") for u in child_status["outputs"])
-        code, nb = await call(srv, "GET", f"{API}/outputs/{child['job_id']}/notebook.ipynb")
+        code, nb, _ = await call(srv, "GET", f"{API}/outputs/{child['job_id']}/notebook.ipynb")
         assert code == 200 and _json(nb)["cells"]
     # the parent's own files: the record, and the final outputs linked from the passing runs
     names = [u.rsplit("/", 1)[1] for u in body["outputs"]]
     assert {"orchestration.json", "manifest.json", "sheet.png", "video.mp4"} <= set(names), names
-    code, sheet = await call(srv, "GET", f"{API}/outputs/{job['job_id']}/sheet.png")
+    code, sheet, _ = await call(srv, "GET", f"{API}/outputs/{job['job_id']}/sheet.png")
     assert code == 200 and sheet[:8] == b"\x89PNG\r\n\x1a\n"
-    code, record = await call(srv, "GET", f"{API}/outputs/{job['job_id']}/orchestration.json")
+    code, record, _ = await call(srv, "GET", f"{API}/outputs/{job['job_id']}/orchestration.json")
     assert code == 200 and _json(record)["status"] == "succeeded"
 
 
@@ -147,9 +120,9 @@ async def test_one_status_model_everywhere_children_included(srv, chain_ok):
     job, events = chain_ok
     job_id = job["job_id"]
     bodies = {"status": await status(srv, job_id)}
-    code, bodies["generation"] = await call(srv, "GET", f"{API}/generation/{job_id}", token=srv.admin)
+    code, bodies["generation"], _ = await call(srv, "GET", f"{API}/generation/{job_id}", token=srv.admin)
     assert code == 200
-    code, listing = await call(srv, "GET", f"{API}/jobs?limit=200", token=srv.admin)
+    code, listing, _ = await call(srv, "GET", f"{API}/jobs?limit=200", token=srv.admin)
     assert code == 200
     bodies["jobs row"] = next(row for row in listing["jobs"] if row["job_id"] == job_id)
     replay = await ws_events(job["ws_url"] + f"?token={srv.admin}")
@@ -236,7 +209,7 @@ async def test_cancel_mid_chain_cancels_the_child_and_stops(srv):
 
     child = await wait_for(running_child)
     t0 = time.monotonic()
-    code, body = await call(srv, "DELETE", f"{API}/generation/{parent}", token=srv.admin)
+    code, body, _ = await call(srv, "DELETE", f"{API}/generation/{parent}", token=srv.admin)
     assert code == 200 and body["status"] == "cancelled", body
     assert time.monotonic() - t0 < 8
     body = await status(srv, parent)
@@ -246,18 +219,13 @@ async def test_cancel_mid_chain_cancels_the_child_and_stops(srv):
     # the running child is cancelled (or, if it finished in the instant before the cancel, the chain stops there)
     assert kids[-1]["status"] == "cancelled" or (kids[-1]["status"] == "succeeded"
                                                  and "before" in body["error"]["message"]), body
-    await asyncio.sleep(0.3)
+    # the chain's task has ended, so no further child can come
+    assert parent not in srv.service.runner.drivers["orchestration"].active()
     assert len((await status(srv, parent))["children"]) == len(kids)
     # the kernel is free for the next job
-    code, data = await call(srv, "POST", f"{API}/generate", {"prompt": "test:progress", "steps": 2})
+    code, data, _ = await call(srv, "POST", f"{API}/generate", {"prompt": "test:progress", "steps": 2})
     assert code == 202
-    done = await wait_for(lambda: _terminal(srv, data["job_id"]))
-    assert done == "succeeded"
-
-
-async def _terminal(srv, job_id):
-    job = srv.service.store.get(job_id)
-    return job.status.value if job.terminal else None
+    assert (await wait_done(srv, data["job_id"])).status.value == "succeeded"
 
 
 def _json(body):

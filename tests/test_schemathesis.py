@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,20 +16,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from serverkit import free_port
 
 pytestmark = pytest.mark.timeout(600)
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "ANIMENB_THREADS": "1"}
     log = open(tmp_path / "serve.log", "ab")
     proc = subprocess.Popen([str(BIN / "animenb"), "serve", "--port", str(port), "--models", "tiny",

@@ -25,19 +25,12 @@ import psutil
 import pytest
 
 from animenb.phases.catalog import get_phase
+from serverkit import free_port
 
 TEST_NOTEBOOKS = Path(__file__).parent / "notebooks"
 
 pytestmark = [pytest.mark.timeout(240)]
 API = "/api/anime"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(port: int, method: str, path: str, body=None):

@@ -17,7 +17,7 @@ import pytest_asyncio
 from PIL import Image
 
 from animenb.progress import PROGRESS_MIME
-from serverkit import submit, wait_running, wait_status, ws_messages
+from serverkit import submit, wait_for, wait_running, wait_status, ws_messages
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
 
@@ -117,9 +117,7 @@ async def test_events_of_every_frame_size_reach_every_subscriber_intact(srv):
     data = await submit(srv, prompt="test:sleep 0.05", steps=60)
     await wait_running(srv, data["job_id"])
     readers = [asyncio.ensure_future(ws_messages(data["ws_url"])) for _ in range(2)]
-    deadline = time.monotonic() + 30
-    while srv.service.bus.subscriber_count(data["job_id"]) < 2 and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await wait_for(lambda: srv.service.bus.subscriber_count(data["job_id"]) >= 2, 30, what="two subscribers")
     previews = ["", "p" * 300, "data:image/png;base64," + "A" * 70_000]
     for preview in previews:
         srv.service.bus.publish(JobProgressEvent.build(data["job_id"], {"percent": 1, "stage": "probe",
@@ -133,17 +131,14 @@ async def test_events_of_every_frame_size_reach_every_subscriber_intact(srv):
 async def test_status_shows_live_progress_and_store_is_throttled(srv):
     data = await submit(srv, prompt="test:sleep 0.05", steps=40)
     job_id = data["job_id"]
-    seen = []
-    for _ in range(100):
-        code, status, _ = await srv.request("GET", f"/api/anime/generation/{job_id}/status")
-        if status["status"] == "running" and status["progress"]["percent"] > 20:
-            seen.append(status["progress"])
-            break
-        await asyncio.sleep(0.05)
-    assert seen and seen[0]["total_steps"] == 40
-    await asyncio.sleep(0.4)
-    stored = srv.service.store.get(job_id).progress
-    assert stored.get("percent", 0) > 0  # persisted (throttled to <= 4 writes a second)
+
+    async def live_progress():
+        _, status, _ = await srv.request("GET", f"/api/anime/generation/{job_id}/status")
+        return status["progress"] if status["status"] == "running" and status["progress"]["percent"] > 20 else None
+
+    assert (await wait_for(live_progress, 60, interval=0.05, what="live progress"))["total_steps"] == 40
+    # persisted too (throttled to <= 4 writes a second)
+    await wait_for(lambda: srv.service.store.get(job_id).progress.get("percent", 0) > 0, 60, what="stored progress")
     assert (await wait_status(srv, job_id))["status"] == "failed"  # sleep.ipynb writes no manifest
     assert srv.service.store.get(job_id).error.type == "MissingOutputError"
 
@@ -152,16 +147,15 @@ async def test_status_shows_live_progress_and_store_is_throttled(srv):
 async def test_cancel_queued_and_running(srv):
     running = await submit(srv, prompt="test:sleep 0.05", steps=150)
     queued = await submit(srv, prompt="test:progress", steps=2)
-    for _ in range(200):
-        if srv.service.store.get(running["job_id"]).status.value == "running":
-            break
-        await asyncio.sleep(0.02)
+    await wait_running(srv, running["job_id"])
     assert queued["queue_position"] == 2 or (await srv.request("GET", queued["status_url"]))[1]["queue_position"] == 1
 
     code, body, _ = await srv.request("DELETE", f"/api/anime/generation/{queued['job_id']}"
                                                 f"?cancel_token={queued['cancel_token']}")
     assert code == 200 and body["status"] == "cancelled" and body["started_at"] is None
-    await asyncio.sleep(0.3)  # let the sleep job get going
+    # the sleep job is in its loop (a step done), so the cancel interrupts a running cell
+    await wait_for(lambda: srv.service.store.get(running["job_id"]).progress.get("step", 0) >= 1, 60,
+                   what="the first step")
     t0 = time.monotonic()
     code, body, _ = await srv.request("DELETE", f"/api/anime/generation/{running['job_id']}"
                                                 f"?cancel_token={running['cancel_token']}")
