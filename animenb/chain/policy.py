@@ -1,7 +1,7 @@
 """The chain's policy as pure functions: which phase runs next, with which seed and inputs, and why it stopped.
 
-Both orchestrators drive their loop with `next_step` (the in-process `animenb.orchestrate.orchestrate` and the
-job server's parent job, `animenb.runner.orchestration`):
+The chain's loop (`animenb.chain.loop.ChainRun`, which both orchestrators run) asks `next_step` after every
+attempt:
 
     next_step(history, max_retries)  what to do after the scored attempts so far: run (phase, attempt),
                                   or stop with "succeeded" / "failed" and the reason
@@ -23,9 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..manifest import read_manifest
 from ..phases.catalog import get_phase
-from ..phases.spec import Param, SpecError
+from ..phases.spec import Param, SpecError, image_source
 
 ORCHESTRATION = "ORCHESTRATION"   # the parent's phase name in its manifest and progress events
 MAX_RETRIES_LIMIT = 10
@@ -57,23 +56,20 @@ def chain_inputs(phase: str, passed: Mapping[str, str | Path], reference_image: 
     """The phase-function keyword arguments that chain `phase` to the phases before it.
 
     `passed` maps phase name -> the run directory of its passing attempt. Phase 2 gets phase 1's run
-    directory as `reference_image` (the phase function loads its reference pose); phase 3 gets the
-    path of phase 2's first loop frame as `image` (a phase-2 directory would resolve to its
-    reference image, not a frame). Phase 1 gets the caller's `reference_image`, if any.
+    directory as `reference_image` (the phase function loads its reference pose from it); phase 3 gets
+    the path of phase 2's first loop frame as `image` (what `phases.spec.image_source` takes from a loop
+    run), so the record names the frame itself. Phase 1 gets the caller's `reference_image`, if any.
     """
     link = next((link for link in CHAIN if link.phase == phase), None)
     if link is None:
         raise ValueError(f"`phase` must be one of {', '.join(link.phase for link in CHAIN)}, got {phase!r}.")
-    if link.source is None:
+    if link.parameter is None or link.source is None:
         return {} if reference_image is None else {"reference_image": str(reference_image)}
     if link.source not in passed:
         raise ValueError(f"{phase} needs the passing run of {link.source}, which is not in `passed`.")
     source = Path(passed[link.source])
     if link.source == "ANIMATION_LOOP":
-        frames = read_manifest(source)["outputs"].get("frames") or []
-        if not frames:
-            raise ValueError(f"{source} has no loop frames to animate.")
-        return {link.parameter: str(source / frames[0])}
+        return {link.parameter: str(image_source(source, link.parameter))}
     return {link.parameter: str(source)}
 
 
@@ -161,8 +157,7 @@ class NextStep:
 
 def next_step(history: Sequence[Mapping[str, Any]], max_retries: int) -> NextStep:
     """The whole chain policy as a function of the scored attempts so far (each a mapping with at least
-    "phase", "seed", "score", "threshold", "passed", in order). The job server's parent job calls it
-    after every child; `orchestrate` drives its own loop with it."""
+    "phase", "seed", "score", "threshold", "passed", in order). `ChainRun.next_attempt` calls it."""
     if not history:
         return NextStep("run", CHAIN[0].phase, 1)
     last = history[-1]
