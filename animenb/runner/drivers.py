@@ -3,10 +3,10 @@
 A job's `kind` names its driver. The runner claims queued jobs of every kind the same way (when a slot of
 its executor is idle, priority jobs first) and hands each to its kind's driver:
 
-    "phase"          `animenb.runner.phase_jobs.PhaseJobDriver`: the phase notebook, then the quality
-                     notebook, on the worker's warm kernel (the worker waits for it)
+    "phase"          `animenb.runner.phase_jobs.PhaseJobDriver`: the phase notebook, scored by the quality
+                     gate in the same kernel, on the slot the job was placed on
     "orchestration"  `animenb.runner.orchestration.OrchestrationDriver`: a task on the event loop that
-                     submits one child job per chain attempt (the worker goes straight back to the queue)
+                     submits one child job per chain attempt (it holds no slot while its children run)
 
 A driver sees the runner only through `JobHost` (what it may use of it) and never imports the runner, so
 the modules read top to bottom: runner -> drivers -> events / store.
@@ -40,6 +40,7 @@ class JobHost(Protocol):
     quality_threshold: float | None
     warm: bool
     execution_timeout: float | None
+    job_timeout: float | None      # seconds a phase job may run, its scoring included (None: no limit)
     public_paths: PathScrubber     # what a stored error or a saved notebook may show of the paths
 
     @property
