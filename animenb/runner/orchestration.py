@@ -384,7 +384,7 @@ def recover_orchestrations(runner: JobHost) -> list[JobRecord]:
 
 class OrchestrationDriver(JobDriver):
     """Job kind "orchestration": each claimed parent gets an `Orchestrator` task on the event loop and the
-    worker goes straight back to the queue (a parent never holds a kernel while its children run)."""
+    runner goes straight back to the queue (a parent never holds a slot while its children run)."""
     kind = ORCHESTRATION_KIND
     uses_slot = False
 
