@@ -120,14 +120,14 @@ def orchestrate(
             raise ValueError(f"`phase_options[{name!r}]` may not set {sorted(clash)}: orchestrate sets them.")
     if reference_image is not None:
         load_image(reference_image, "reference_image")  # an image file or a run directory with a reference
-    engine = resolve_backend(backend, models, backend_options)
+    phase_backend = resolve_backend(backend, models, backend_options)  # one backend (and model cache) for every phase
     root = prepare_output_dir(output_dir, ORCHESTRATION)
 
     from .quality import record_quality, score_output_dir
 
     parameters = {"prompt": prompt, "seed": seed, "steps": steps, "width": width, "height": height,
                   "reference_image": None if reference_image is None else str(reference_image),
-                  "max_retries": max_retries, "models": models, "backend": getattr(engine, "name", str(backend)),
+                  "max_retries": max_retries, "models": models, "backend": getattr(phase_backend, "name", str(backend)),
                   "thresholds": thresholds if not isinstance(thresholds, Mapping)
                   else {str(k): v for k, v in thresholds.items()}, "phase_options": options}
     sink = ProgressDisplay(display, desc=ORCHESTRATION)
@@ -145,7 +145,7 @@ def orchestrate(
         """The phase function into the attempt's directory, then its quality report (quality.json)."""
         t0 = time.perf_counter()
         results[attempt.phase] = PHASE_FUNCTIONS[attempt.phase](
-            **attempt.parameters, output_dir=attempt.output_dir, backend=engine, display=None,
+            **attempt.parameters, output_dir=attempt.output_dir, backend=phase_backend, display=None,
             on_progress=chain.relay, cancel=cancel)
         t1 = time.perf_counter()
         chain.progress.stage("scoring")
@@ -155,6 +155,7 @@ def orchestrate(
                               metrics=dict(report.metrics), generate_seconds=round(t1 - t0, 4),
                               score_seconds=round(time.perf_counter() - t1, 4))
 
+    # 1-3. each phase, attempt after attempt, until its gate passes or the retries run out
     chain.save()
     try:
         while (attempt := chain.next_attempt()) is not None:
@@ -166,7 +167,7 @@ def orchestrate(
         sink.close()
         raise
 
-    # the parent's record and manifest
+    # 4. the parent's record and manifest
     assert chain.ended is not None
     status, reason = chain.ended.action, chain.ended.reason
     chain.finish(status, reason)
