@@ -12,6 +12,7 @@ from animenb.chain import (CHAIN, MAX_RETRIES, MAX_THRESHOLD, NextStep, Progress
                            attempt_seed, chain_inputs, eta_seconds, gate_decision, gate_failure_reason, next_step,
                            resolve_thresholds)
 from animenb.orchestrate import orchestrate
+from animenb.phases.spec import CHARACTER_SHEET
 from animenb.server.openapi import orchestrate_request
 from animenb.server.orchestrate_validation import validate_orchestrate
 from animenb.server.validation import APIError
@@ -156,8 +157,9 @@ def test_max_retries_one_rule_in_function_server_and_openapi(max_retries, tmp_pa
     assert verdicts[0] == (type(max_retries) is int and 0 <= max_retries <= MAX_RETRIES.maximum)
 
 
-def test_max_retries_has_one_default():
+def test_the_chain_defaults_are_the_specs():
     assert orchestrate.__kwdefaults__["max_retries"] == MAX_RETRIES.default
+    assert orchestrate.__kwdefaults__["steps"] == CHARACTER_SHEET.defaults["steps"]
     assert orchestrate_request()["properties"]["max_retries"]["default"] == MAX_RETRIES.default
     values, _ = validate_orchestrate({"prompt": "girl"}, ".", "tiny", readable=lambda job_id: False)
     assert values["max_retries"] == MAX_RETRIES.default
