@@ -72,7 +72,8 @@ def _h(phase, passed, seed=1, score=0.5):
     ([_h("CHARACTER_SHEET", True), _h("ANIMATION_LOOP", False), _h("ANIMATION_LOOP", False)],
      NextStep("failed", "ANIMATION_LOOP", 2, "ANIMATION_LOOP failed its quality gate (threshold 0.80) after 2 "
                                             "attempts: seed 1 -> 0.500, seed 1 -> 0.500")),
-    ([_h("CHARACTER_SHEET", True, score=0.9), _h("ANIMATION_LOOP", True, score=0.85), _h("FULL_VIDEO", True, score=0.8)],
+    ([_h("CHARACTER_SHEET", True, score=0.9), _h("ANIMATION_LOOP", True, score=0.85),
+      _h("FULL_VIDEO", True, score=0.8)],
      NextStep("succeeded", reason="all 3 gates passed in 3 attempts (CHARACTER_SHEET 0.900, ANIMATION_LOOP 0.850, "
                                   "FULL_VIDEO 0.800)")),
 ])
