@@ -49,7 +49,8 @@ async def test_auth_and_validation(srv):
     code, data, _ = await call(srv, "POST", f"{API}/orchestrate", body, token=srv.user)
     assert code == 403 and data["error"]["code"] == "forbidden"
     bad = [({"steps": 2}, "prompt"), ({"prompt": "x", "max_retries": 11}, "max_retries"),
-           ({"prompt": "x", "threshold": "high"}, "threshold"), ({"prompt": "x", "thresholds": {"9": 0.5}}, "thresholds"),
+           ({"prompt": "x", "threshold": "high"}, "threshold"),
+           ({"prompt": "x", "thresholds": {"9": 0.5}}, "thresholds"),
            ({"prompt": "x", "threshold": 0.5, "thresholds": {}}, "thresholds"), ({"prompt": "x", "width": 65}, "width"),
            ({"prompt": "x", "models": "sd15"}, "models"), ({"prompt": "x", "phase": 2}, "phase"),
            ({"prompt": "x", "reference_image": "../../etc/passwd"}, "reference_image")]

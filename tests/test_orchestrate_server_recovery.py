@@ -45,7 +45,8 @@ def test_a_running_parent_is_requeued_and_its_active_children_settled(tmp_path):
     done = make_child(runner, parent.id, 1, 1, JobStatus.SUCCEEDED, {"score": 0.9, "passed": True, "threshold": 0.5})
     running = make_child(runner, parent.id, 2, 1, JobStatus.RUNNING)
     queued = make_child(runner, parent.id, 2, 2, JobStatus.QUEUED)
-    (tmp_path / parent.id / RECORD_NAME).write_text(json.dumps({"children": [done.id, running.id]}))  # queued: by parent_id
+    # the queued child is found by its parent_id
+    (tmp_path / parent.id / RECORD_NAME).write_text(json.dumps({"children": [done.id, running.id]}))
     other = store.create(phase=1, parameters={"prompt": "q"})  # an ordinary queued job: untouched
 
     changed = recover_orchestrations(runner)
@@ -68,7 +69,8 @@ def test_resume_rebuilds_the_chain_from_finished_children(tmp_path):
     assert [(h["phase"], h["attempt"], h["passed"]) for h in chain.history] == [("CHARACTER_SHEET", 1, True)]
     assert chain.passed == {"CHARACTER_SHEET": tmp_path / passed.id}
     assert chain.attempts[0].output_dir == f"../{passed.id}"
-    assert chain.progress.plan.index == 1 and chain.progress.percent > 30  # the resumed chain's percent starts where it was
+    # the resumed chain's percent starts where it was
+    assert chain.progress.plan.index == 1 and chain.progress.percent > 30
     attempt = chain.next_attempt()
     assert (attempt.phase, attempt.number) == ("ANIMATION_LOOP", 1)  # the lost one again
     assert attempt.parameters["reference_image"] == str(tmp_path / passed.id)
