@@ -2,11 +2,11 @@
 retry), the current phase and attempt, and the ETA from the measured work rate.
 
     ProgressPlan, eta_seconds     the arithmetic (pure)
-    ChainProgress                 the tracker of the chain's loop (`ChainRun`), fed with the attempt's own
-                                  progress: a phase function's `ProgressEvent`s in process, a child job's
-                                  progress events on the server. It publishes one `ProgressEvent` (phase "ORCHESTRATION",
-                                  part "chain") per change; the caller decides where it goes (a display,
-                                  the job event bus, the store).
+    ChainProgress                 the tracker of the chain's loop (`ChainRun`), fed with the attempt's
+                                  own progress: a phase function's `ProgressEvent`s in process, a child
+                                  job's progress events on the server. It publishes one `ProgressEvent`
+                                  (phase "ORCHESTRATION", part "chain") per change; the caller decides
+                                  where it goes (a display, the job event bus, the store).
 """
 from __future__ import annotations
 
