@@ -17,7 +17,7 @@ import abc
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Protocol
 
-from animenb.store import JobRecord, JobStoreBase
+from animenb.store import JobRecord, JobStatus, JobStoreBase
 
 from .events import EventBus
 from .executors import Slot
@@ -50,6 +50,9 @@ class JobHost(Protocol):
                extra: dict[str, Any] | None = None, priority: bool = False) -> JobRecord: ...
 
     async def cancel(self, job_id: str) -> JobRecord: ...
+
+    async def record_end(self, job_id: str, status: JobStatus, **fields) -> JobRecord:
+        """Store a job's end off the event loop, retried until the store takes it; returns the stored record."""
 
     def finished(self, job: JobRecord, duration: float | None = None) -> None:
         """Publish `job`'s terminal event (`JobFinishedEvent.build`)."""

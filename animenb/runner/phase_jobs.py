@@ -41,7 +41,7 @@ from typing import Callable
 
 from animenb.manifest import MANIFEST_NAME, read_manifest
 from animenb.phases.catalog import PHASES, get_phase
-from animenb.store import InvalidTransitionError, JobError, JobOutputs, JobRecord, JobStatus
+from animenb.store import JobError, JobOutputs, JobRecord, JobStatus, StoreUnavailable
 
 from .drivers import JobDriver, output_files
 from .events import JobProgressEvent, JobStartedEvent
@@ -195,9 +195,7 @@ class PhaseJobDriver(JobDriver):
         if status is JobStatus.QUEUED:
             progress = None
         try:
-            final = self.host.store.transition(job.id, status, error=error, outputs=outputs, progress=progress)
-        except InvalidTransitionError:
-            final = self.host.store.get(job.id)
+            final = await self.host.record_end(job.id, status, error=error, outputs=outputs, progress=progress)
         finally:
             self.running.pop(job.id, None)
         slot.after_job(job.id, warm=self.host.warm and not self.host.stopping,
@@ -247,7 +245,10 @@ class PhaseJobDriver(JobDriver):
         ctx.persist_handle = None
         ctx.persisted_at = time.monotonic()
         if ctx.last_progress is not None and ctx.job.id in self.running:
-            self.host.store.update_progress(ctx.job.id, ctx.last_progress.progress_dict())
+            try:
+                self.host.store.update_progress(ctx.job.id, ctx.last_progress.progress_dict())
+            except StoreUnavailable:
+                pass  # progress also reaches listeners as events; the next one or the job's end is stored
 
     def _collect_outputs(self, out_dir: Path) -> JobOutputs:
         if not (out_dir / MANIFEST_NAME).is_file():

@@ -19,11 +19,13 @@ import asyncio
 import collections
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 from animenb import config
-from animenb.store import InvalidTransitionError, JobError, JobNotFoundError, JobRecord, JobStatus, JobStoreBase
+from animenb.store import (InvalidTransitionError, JobError, JobNotFoundError, JobRecord, JobStatus, JobStoreBase,
+                           StoreUnavailable)
 from animenb.store.jobs_sqlite import worker_name
 
 from .drivers import DriverRegistry, JobDriver, output_files
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # Job kind -> driver: the registry a JobRunner instantiates (one driver per kind).
 job_drivers = DriverRegistry()
+DISPATCHER_MAX_PAUSE = 5.0  # seconds between restarts of a dispatcher that keeps failing
+END_WRITE_MAX_PAUSE = 5.0   # seconds between tries of a job-end write that keeps failing
 job_drivers.register(PhaseJobDriver.kind, PhaseJobDriver)
 job_drivers.register(OrchestrationDriver.kind, OrchestrationDriver)
 
@@ -96,7 +100,12 @@ class JobRunner:
         self._wake: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
         self._jobs: set[asyncio.Task] = set()
+        # Job-end writes run here, off the event loop (`record_end`); one thread keeps them in order.
+        self._store_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="animenb-store-writer")
+        self._unrecorded: set[str] = set()
         self._stopping = False
+        # The dispatcher's supervision (`_supervise_dispatcher`), for /health.
+        self.dispatcher = {"restarts": 0, "failing": False, "last_error": None, "last_error_at": None}
 
     @property
     def stopping(self) -> bool:
@@ -124,7 +133,7 @@ class JobRunner:
         await self.executor.prepare()
         self._workers = [asyncio.create_task(self._start_slot(s), name=f"animenb-start-{s.device}")
                          for s in self.slots]
-        self._workers.append(asyncio.create_task(self._dispatch(), name="animenb-dispatcher"))
+        self._workers.append(asyncio.create_task(self._supervise_dispatcher(), name="animenb-dispatcher"))
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until every slot has started (tests and benchmarks)."""
@@ -149,6 +158,7 @@ class JobRunner:
             except (asyncio.CancelledError, Exception):
                 pass
         await self.executor.close()
+        self._store_writer.shutdown(wait=False)
 
     def _has_output(self, job: JobRecord) -> bool:
         return any(f != NOTEBOOK_NAME for f in output_files(self.outputs_dir / job.id))
@@ -188,6 +198,36 @@ class JobRunner:
             return job
         return await driver.cancel(job)
 
+    async def record_end(self, job_id: str, status: JobStatus, **fields) -> JobRecord:
+        """Write a job's end (`store.transition(job_id, status, **fields)`) off the event loop, retried until
+        it lands: its outputs are on disk, so a store hiccup (a lock held by another process, a full disk)
+        must delay the record, never lose it. Returns the stored record (as it is, if the job had ended
+        already). Gives up only when the runner stops: the restart policy then settles the job."""
+        loop = asyncio.get_running_loop()
+        failures = 0
+        self._unrecorded.add(job_id)
+        try:
+            while True:
+                try:
+                    return await loop.run_in_executor(self._store_writer, self._transition_or_get, job_id,
+                                                      status, fields)
+                except StoreUnavailable as exc:
+                    failures += 1
+                    if self._stopping:
+                        raise
+                    pause = min(END_WRITE_MAX_PAUSE, 0.1 * 2 ** min(failures, 8))
+                    log.warning("job %s: recording its end (%s) failed %d time(s): %s; retrying in %.1f s",
+                                job_id, status.value, failures, exc, pause)
+                    await asyncio.sleep(pause)
+        finally:
+            self._unrecorded.discard(job_id)
+
+    def _transition_or_get(self, job_id: str, status: JobStatus, fields: dict) -> JobRecord:
+        try:
+            return self.store.transition(job_id, status, **fields)
+        except InvalidTransitionError:
+            return self.store.get(job_id)
+
     def finished(self, job: JobRecord, duration: float | None = None) -> None:
         """Publish `job`'s terminal event."""
         self.bus.publish(JobFinishedEvent.build(job, duration=duration))
@@ -217,11 +257,13 @@ class JobRunner:
 
     def health(self, stall_after: float = 120.0) -> dict:
         """For /health: `warm`, `kernels` (each kernel's description), `generating`, `scored` (phase jobs get
-        a quality score) and `stalled` (no kernel ready `stall_after` s after start)."""
+        a quality score), `stalled` (no kernel ready `stall_after` s after start), `dispatcher` (its
+        supervision) and `unrecorded_ends` (jobs that ended whose end the store has not taken yet)."""
         kernels = [s.describe() for s in self.slots]
         stalled = time.time() - self.started_at > stall_after and not any(k["ready"] for k in kernels)
         return {"warm": self.warm, "kernels": kernels, "generating": self.generating(), "scored": self.quality,
-                "stalled": stalled, "executor": self.describe_executor()}
+                "stalled": stalled, "executor": self.describe_executor(), "dispatcher": dict(self.dispatcher),
+                "unrecorded_ends": len(self._unrecorded)}
 
     def describe_executor(self) -> dict:
         """The executor (kind; for Ray the cluster) and how placement went."""
@@ -285,10 +327,32 @@ class JobRunner:
             return True
         return False
 
+    async def _supervise_dispatcher(self) -> None:
+        """Run the dispatcher; when it crashes (e.g. the store cannot write a claim), log it, report it in
+        /health (`dispatcher`) and restart it after a pause that grows while it keeps failing."""
+        failures = 0
+        while not self._stopping:
+            try:
+                await self._dispatch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                pause = min(DISPATCHER_MAX_PAUSE, 0.1 * 2 ** min(failures, 8))
+                if isinstance(exc, StoreUnavailable):
+                    log.warning("dispatcher: %s; restarting in %.1f s", exc, pause)
+                else:
+                    log.exception("dispatcher crashed; restarting in %.1f s", pause)
+                self.dispatcher.update(restarts=self.dispatcher["restarts"] + 1, failing=True,
+                                       last_error=f"{type(exc).__name__}: {exc}", last_error_at=time.time())
+                await asyncio.sleep(pause)
+
     async def _dispatch(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            if self._dispatch_next():
+            started = self._dispatch_next()
+            self.dispatcher["failing"] = False
+            if started:
                 continue
             # Slots that are still starting (or being replaced) wake nobody: look again shortly.
             timeout = None if all(s.ready for s in self.slots) else 0.5
@@ -300,7 +364,7 @@ class JobRunner:
     async def _run(self, job: JobRecord, driver: JobDriver | None, slot: Slot | None) -> None:
         try:
             if driver is None:  # a kind this version does not know (an older or newer database)
-                self.finished(self.store.transition(job.id, JobStatus.FAILED, error=JobError(
+                self.finished(await self.record_end(job.id, JobStatus.FAILED, error=JobError(
                     "UnknownJobKind", f"No driver for job kind {job.kind!r}; known: {', '.join(self.drivers)}.")))
                 return
             await driver.start(job, slot)

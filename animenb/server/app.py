@@ -224,12 +224,28 @@ class AnimeService:
             degraded.append("comfyui")
         if runner["stalled"]:
             degraded.append("kernels")
+        store = self.store_health(runner["unrecorded_ends"])
+        if store["status"] != "healthy":
+            degraded.append("store")
+        if runner["dispatcher"]["failing"]:
+            degraded.append("dispatcher")
         body = views.health_body(
             service=SERVICE_NAME, version=API_VERSION, uptime_seconds=time.time() - self.started_at,
             counts=self.store.counts_by_status(), comfyui=comfyui, gpu=await self.gpu.info(), runner=runner,
             models=self.models, backend=self.config.backend or "diffusers", degraded=degraded)
+        body["components"]["store"] = store
+        body["components"]["dispatcher"] = {"status": "degraded" if runner["dispatcher"]["failing"] else "healthy",
+                                            **runner["dispatcher"]}
         body["limits"] = self.limits()
         return body
+
+    def store_health(self, pending: int) -> dict:
+        """The store's part of /health: "degraded" with the reason while writes fail (reads still answer);
+        `pending` jobs ended whose end is not stored yet (`JobRunner.record_end`)."""
+        fault = getattr(getattr(self.store, "db", None), "fault", None)
+        if fault is None:
+            return {"status": "healthy", "unrecorded_ends": pending}
+        return {"status": "degraded", "reason": fault["reason"], "since": fault["since"], "unrecorded_ends": pending}
 
     # -- submitting --------------------------------------------------------------------------------
     def generate(self, data: dict, caller: Caller) -> tuple[JobRecord, dict]:

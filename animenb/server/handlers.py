@@ -6,6 +6,7 @@ writes the answer. Every error is JSON, `{"error": {"code", "message", "field"}}
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import mimetypes
@@ -17,7 +18,7 @@ from tornado.web import HTTPError
 
 from animenb.phases.catalog import get_phase
 from animenb.retention import parse_age
-from animenb.store import JobStatus
+from animenb.store import JobStatus, StoreUnavailable
 
 from . import views
 from .auth import AuthMixin, require_role
@@ -29,13 +30,34 @@ from .websocket import JobSocketHandler
 
 log = logging.getLogger(__name__)
 API = views.API
+STORE_RETRY_AFTER = "2"  # seconds: a lock held by another process is usually brief
 mimetypes.add_type("application/x-ipynb+json", ".ipynb")
 
 
+def storage_error(exc: BaseException | None) -> APIError | None:
+    """The answer to a write that could not happen: 507 when the disk is full (nothing was written), 503 +
+    Retry-After while the database is locked; None for any other error."""
+    if isinstance(exc, StoreUnavailable) and exc.full or isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return APIError(507, "insufficient_storage", "The server's disk is full; nothing was written. "
+                                                     "Retry once an operator has freed space.")
+    if isinstance(exc, StoreUnavailable):
+        return APIError(503, "store_unavailable", f"The job store cannot write now ({exc.reason}); nothing was "
+                        f"written. Retry after {STORE_RETRY_AFTER} s.", headers={"Retry-After": STORE_RETRY_AFTER})
+    return None
+
+
 class JSONErrorMixin:
+    def log_exception(self, typ, value, tb) -> None:
+        if storage_error(value) is not None:  # an expected fault, reported by /health: no traceback
+            log.warning("%s %s: %s", self.request.method, self.request.path, value)
+            return
+        super().log_exception(typ, value, tb)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        exc = storage_error(exc) or exc
         if isinstance(exc, APIError):
+            self.set_status(exc.status_code)
             error = {"code": exc.code, "message": exc.message, "field": exc.field}
         elif isinstance(exc, HTTPError) and status_code < 500:
             message = exc.log_message % exc.args if exc.log_message and exc.args else (exc.log_message or self._reason)
