@@ -1,12 +1,19 @@
 """Faults that must never stop the queue, injected into a real server (real kernels, SQLite, processes).
 
-A cancel at any moment of a job, the first import of a package included, leaves the warm kernel
-known-good or replaced: the next job on it succeeds every time.
+- A cancel at any moment of a job, the first import of a package included, leaves the warm kernel
+  known-good or replaced: the next job on it succeeds every time.
+- Another process holding the database's write lock across a job's end: reads answer, writes answer 503,
+  /health says why; the job's end is recorded once the lock goes, and the queue moves on.
+- The home disk full (a tiny tmpfs; skipped only where mounting is refused): 507, nothing written.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -137,3 +144,97 @@ async def test_a_cancel_in_the_step_loop_keeps_the_warm_kernel(import_server):
         after = await submit(srv, prompt="import warm")
         assert (await wait_done(srv, after["job_id"])).status.value == "succeeded"
         assert kernel.starts == starts and kernel.replaced == 0
+
+
+# -- the store: a database locked by another process, a full disk ---------------------------------------
+# Another process holds the database's write lock until it reads a line on stdin.
+LOCKER = """\
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+"""
+
+
+@contextlib.contextmanager
+def database_locked_by_another_process(path: Path):
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert locker.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        locker.communicate("\n", timeout=30)
+
+
+async def _health(srv) -> dict:
+    code, body, _ = await call(srv, "GET", "/api/anime/health")
+    assert code == 200
+    return body
+
+
+async def test_a_database_locked_across_a_job_end_delays_its_record_and_never_stops_the_queue(tmp_path,
+                                                                                         start_live_server):
+    async with start_live_server(tmp_path, models="tiny", quality=False) as srv:
+        job = await submit(srv, prompt="test:progress 0.2", steps=5)
+        await wait_running(srv, job["job_id"])
+        with database_locked_by_another_process(srv.service.store.db.path):
+            # The job ends while the lock is held: its end waits, reported by /health, which answers.
+            while (health := await _health(srv))["components"]["store"]["unrecorded_ends"] != 1:
+                await asyncio.sleep(0.05)
+            assert health["status"] == "degraded" and "store" in health["degraded_components"]
+            assert "locked" in health["components"]["store"]["reason"]
+            assert (tmp_path / "outputs" / job["job_id"] / "manifest.json").is_file()
+            code, body, _ = await call(srv, "GET", f"/api/anime/generation/{job['job_id']}/status")
+            assert code == 200 and body["status"] == "running"  # reads answer
+            code, body, headers = await call(srv, "POST", "/api/anime/generate", {"prompt": "test:progress"})
+            assert code == 503 and body["error"]["code"] == "store_unavailable" and int(headers["Retry-After"]) > 0
+            assert srv.service.store.count() == 1  # nothing half-written
+        assert (await wait_done(srv, job["job_id"])).status.value == "succeeded"
+        after = await submit(srv, prompt="test:progress", steps=2)
+        assert (await wait_done(srv, after["job_id"])).status.value == "succeeded"
+        health = await _health(srv)
+        assert health["status"] == "healthy" and health["components"]["store"]["unrecorded_ends"] == 0
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(path: Path, size: str = "4m"):
+    path.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    """Write zeros into `folder` until its disk is full; the file to delete to free it."""
+    filler = folder / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+async def test_a_full_home_disk_answers_507_and_writes_nothing(tmp_path, start_live_server):
+    with tiny_tmpfs(tmp_path / "home") as home:
+        async with start_live_server(tmp_path, models="tiny", quality=False) as srv:
+            assert Path(srv.service.store.db.path).parent == home
+            filler = _fill(home)
+            code, body, _ = await call(srv, "POST", "/api/anime/generate", {"prompt": "test:progress"})
+            assert code == 507 and body["error"]["code"] == "insufficient_storage"
+            assert srv.service.store.count() == 0 and not any((tmp_path / "outputs").iterdir())
+            health = await _health(srv)
+            assert health["status"] == "degraded" and "full" in health["components"]["store"]["reason"]
+            filler.unlink()
+            job = await submit(srv, prompt="test:progress", steps=2)
+            assert (await wait_done(srv, job["job_id"])).status.value == "succeeded"
