@@ -238,3 +238,17 @@ async def test_a_full_home_disk_answers_507_and_writes_nothing(tmp_path, start_l
             filler.unlink()
             job = await submit(srv, prompt="test:progress", steps=2)
             assert (await wait_done(srv, job["job_id"])).status.value == "succeeded"
+
+
+# -- fair turns ---------------------------------------------------------------------------------------
+async def test_one_callers_many_jobs_delay_anothers_next_job_by_one_turn(tmp_path, start_live_server):
+    async with start_live_server(tmp_path, models="tiny", quality=False) as srv:
+        _, token = srv.service.tokens.create("alice", "user")
+        first = await submit(srv, prompt="test:progress 0.2", steps=10)
+        await wait_running(srv, first["job_id"])
+        flood = [await submit(srv, prompt="test:progress 0.01", steps=1) for _ in range(5)]
+        alices = await submit(srv, token=token, prompt="test:progress 0.01", steps=1)
+        jobs = [await wait_done(srv, j["job_id"]) for j in (first, *flood, alices)]
+        assert all(j.status.value == "succeeded" for j in jobs)
+        by_start = sorted(jobs, key=lambda j: j.started_at)
+        assert by_start[1].id == alices["job_id"]  # next after the job running when it came, not after the flood

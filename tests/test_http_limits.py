@@ -258,3 +258,17 @@ window.attempts = (async () => {{
                 await browser.close()
     finally:
         hostile.stop()
+
+
+@pytest.mark.parametrize("address, key", [
+    ("203.0.113.7", "203.0.113.7"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),   # the same /64: the same client
+    ("::ffff:203.0.113.7", "203.0.113.7"),
+    ("127.0.0.2", "loopback"),
+    ("::1", "loopback"),
+])
+async def test_a_client_is_an_ipv4_address_an_ipv6_64_or_loopback(address, key):
+    from animenb.server.limits import client_key
+
+    assert client_key(address) == key

@@ -2,9 +2,10 @@
 
 The runner claims the next job when a slot of its executor is idle (`animenb.runner.executors`: a warm
 kernel of this process by default, or a Ray actor's with `executor="ray"`): first the priority jobs
-(orchestration children, so a chain is not interleaved with jobs queued after it started), then the
-oldest queued job in the store that an idle slot can take (`place`: a slot already holding the job's
-models first). It hands the job, and the slot, to the driver of its kind (`animenb.runner.drivers`):
+(orchestration children, so a chain is not interleaved with jobs queued after it started), then, taking
+turns between callers (a token's name, an anonymous client: `TURN_KEY`), the oldest queued job of the
+caller whose last turn is oldest, that an idle slot can take (`place`: a slot already holding the job's
+models first). The per-caller allowance (`max_queued_per_user`) still bounds how many a caller queues. It hands the job, and the slot, to the driver of its kind (`animenb.runner.drivers`):
 
     "phase"          `PhaseJobDriver`: the phase notebook, scored by the quality gate, on the slot
     "orchestration"  `OrchestrationDriver`: a task that submits the chain's child jobs; it holds no slot
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,10 +42,18 @@ log = logging.getLogger(__name__)
 
 # Job kind -> driver: the registry a JobRunner instantiates (one driver per kind).
 job_drivers = DriverRegistry()
+# A job's `extra` key naming whose turn it takes (the server sets it: a token's name, an anonymous client);
+# jobs without it take their owner's.
+TURN_KEY = "turn"
 DISPATCHER_MAX_PAUSE = 5.0  # seconds between restarts of a dispatcher that keeps failing
 END_WRITE_MAX_PAUSE = 5.0   # seconds between tries of a job-end write that keeps failing
 job_drivers.register(PhaseJobDriver.kind, PhaseJobDriver)
 job_drivers.register(OrchestrationDriver.kind, OrchestrationDriver)
+
+
+def turn_of(job: JobRecord) -> str:
+    """Whose turn `job` takes in the queue (`TURN_KEY`)."""
+    return str(job.extra.get(TURN_KEY) or job.owner)
 
 
 class JobRunner:
@@ -93,6 +103,8 @@ class JobRunner:
                                          home=Path(env.get("ANIMENB_HOME") or config.home_dir()))
         self.drivers: dict[str, JobDriver] = {kind: job_drivers.get(kind)(self) for kind in job_drivers}
         self._priority: collections.deque[str] = collections.deque()  # child jobs, claimed before the queue
+        self._turns: dict[str, int] = {}  # caller (`turn_of`) -> when its last job was claimed
+        self._turn_clock = itertools.count()
         self.placements = {"placed": 0, "model_hits": 0}  # jobs placed on a slot; of those, on one holding their models
         self.started_at = time.time()
         self.recovered: list[JobRecord] = []
@@ -283,7 +295,9 @@ class JobRunner:
         self._wake.set()
 
     def _candidates(self) -> list[JobRecord]:
-        """Priority jobs still queued (oldest first), then the oldest queued jobs of the store."""
+        """Priority jobs still queued (oldest first); then each caller's oldest queued job, the caller whose
+        last turn is oldest first (round-robin: one caller's many jobs delay another's next job by at most
+        one job per slot); then the oldest queued jobs of the store (for a slot none of those fit)."""
         jobs, seen = [], set()
         for job_id in list(self._priority):
             try:
@@ -295,7 +309,12 @@ class JobRunner:
                 continue
             jobs.append(job)
             seen.add(job_id)
-        return jobs + [j for j in self.store.next_queued(64) if j.id not in seen]
+        heads = sorted(self.store.queued_heads(64), key=lambda j: (self._turns.get(turn_of(j), -1), j.seq))
+        for job in heads + self.store.next_queued(64):
+            if job.id not in seen:
+                jobs.append(job)
+                seen.add(job.id)
+        return jobs
 
     def _dispatch_next(self) -> bool:
         """Claim the first candidate job an idle slot can take and start it; False when none could start."""
@@ -317,6 +336,7 @@ class JobRunner:
                 return True  # cancelled meanwhile: look again
             if job.id in self._priority:
                 self._priority.remove(job.id)
+            self._turns[turn_of(job)] = next(self._turn_clock)
             if slot is not None:
                 slot.busy = True
                 self.placements["placed"] += 1

@@ -36,7 +36,7 @@ from animenb.phases.cost import images_per_step, job_cost, orchestration_cost
 from animenb.retention import collect_garbage
 from animenb.runner.events import EventBus
 from animenb.runner.orchestration import ORCHESTRATION_KIND
-from animenb.runner.runner import JobRunner
+from animenb.runner.runner import TURN_KEY, JobRunner
 from animenb.store import JobNotFoundError, JobRecord, JobStatus, SqliteJobStore
 from animenb.store.tokens_base import ANONYMOUS
 from animenb.store.tokens_sqlite import SqliteTokenStore
@@ -261,9 +261,10 @@ class AnimeService:
         if visibility == "private" and caller.identity is None:
             raise APIError(401, "auth_required", "A private job needs a token (only its owner could see it).",
                            "visibility")
-        cancel_token, extra = new_cancel_token() if caller.identity is None else (None, None)
+        cancel_token, extra = new_cancel_token() if caller.identity is None else (None, {})
         job = self.admit(JobRequest(kind="phase", phase=phase, parameters=values, owner=caller.name,
-                                    visibility=visibility, extra=extra, exempt_from_user_limit=caller.is_admin,
+                                    visibility=visibility, extra={**extra, TURN_KEY: caller.turn},
+                                    exempt_from_user_limit=caller.is_admin,
                                     role=caller.role))
         reply = {**self._accepted(job, caller), "phase": phase}
         if cancel_token is not None:  # an anonymous job: whoever holds this may cancel it

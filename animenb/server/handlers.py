@@ -100,7 +100,7 @@ class BaseHandler(LimitedBodyMixin, JSONErrorMixin, AuthMixin, tornado.web.Reque
         return job
 
     def caller(self) -> Caller:
-        return Caller(identity=self.current_user, ws_base=self.ws_base())
+        return Caller(identity=self.current_user, ws_base=self.ws_base(), address=self.request.remote_ip)
 
     def write_accepted(self, reply: dict) -> None:
         """202 with `Location`: the new job's status URL."""

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import collections
+import ipaddress
 from dataclasses import dataclass
 
 from tornado.httpserver import HTTPServer
@@ -98,20 +99,42 @@ class LimitedBodyMixin:
         self.request.body += chunk
 
 
+def client_key(address: str) -> str:
+    """Who a client address is, for per-client caps and turns: an IPv4 address as it is, an IPv6 address
+    by its /64 (one host or home network is usually given a whole /64), any loopback address as one.
+    Behind a reverse proxy every client has the proxy's address: start tornado with `xheaders=True` only
+    where the proxy sets X-Real-IP / X-Forwarded-For, else they all share one key."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return "loopback"
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 class WebSocketCounter:
-    """Open job WebSockets per client address; `acquire` refuses past the cap."""
+    """Open job WebSockets per client (`client_key` of the address); `acquire` refuses past the cap."""
 
     def __init__(self, cap: int):
         self.cap = cap
         self.open: collections.Counter[str] = collections.Counter()
 
+    def full(self, address: str) -> bool:
+        return self.open[client_key(address)] >= self.cap
+
     def acquire(self, address: str) -> bool:
-        if self.open[address] >= self.cap:
+        if self.full(address):
             return False
-        self.open[address] += 1
+        self.open[client_key(address)] += 1
         return True
 
     def release(self, address: str) -> None:
-        self.open[address] -= 1
-        if self.open[address] <= 0:
-            del self.open[address]
+        key = client_key(address)
+        self.open[key] -= 1
+        if self.open[key] <= 0:
+            del self.open[key]

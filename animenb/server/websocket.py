@@ -9,8 +9,9 @@ state and its "finished" event, then the close. An unknown job id is accepted an
 at once with code 4404 and reason "Job not found: <id>" (a browser sees the reason;
 a failed handshake would hide it); a path that is not a 32-hex job id is a plain 404.
 Close reasons are cut to the 123 bytes a close frame holds. Origins: the server's own or one
-given with `--allow-origin` (else 403). One client address may hold at most
-`HttpLimits.max_websockets_per_client` job sockets open; past that the handshake is a 429.
+given with `--allow-origin` (else 403). One client may hold at most
+`HttpLimits.max_websockets_per_client` job sockets open (a client: an IPv4 address, an IPv6 /64, or all of
+loopback; see `limits.client_key`, also for proxies); past that the handshake is a 429.
 
 A private job needs its owner's (or an admin's) token, as `Authorization: Bearer <token>`
 or `?token=<token>`; without it the job is "not found" (4404). A bad or revoked token
@@ -105,7 +106,7 @@ class JobSocketHandler(WebSocketHandler):
     async def get(self, *args, **kwargs) -> None:
         # Past the per-address cap the handshake is refused before the upgrade (429 JSON).
         counter = self.service.websockets
-        if counter.open[self.request.remote_ip] >= counter.cap:
+        if counter.full(self.request.remote_ip):
             self.set_status(429)
             self.set_header("Content-Type", "application/json; charset=UTF-8")
             self.set_header("Retry-After", "5")
