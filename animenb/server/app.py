@@ -32,7 +32,7 @@ import tornado.web
 
 from animenb import config
 from animenb.gpu_info import gpu_facts
-from animenb.phases.cost import images_per_step, job_cost, orchestration_cost
+from animenb.phases.cost import frames_handled, images_per_step, job_cost, orchestration_cost
 from animenb.retention import collect_garbage
 from animenb.runner.events import EventBus
 from animenb.runner.orchestration import ORCHESTRATION_KIND
@@ -320,7 +320,8 @@ class AnimeService:
         if cap is not None and cost > cap:
             p = request.parameters
             size = f"{p.get('width') or self.default_size} x {p.get('height') or self.default_size} px"
-            what = (f"{size} x {p.get('steps')} steps x {images_per_step(request.phase, p)} images"
+            what = (f"{size} x {p.get('steps')} steps x {images_per_step(request.phase, p)} images, "
+                    f"{frames_handled(request.phase, p)} frames"
                     if request.kind != ORCHESTRATION_KIND else f"{size}, {p.get('steps')} steps, the whole chain")
             hint = ", or send a token" if request.role == "anonymous" else ""
             raise APIError(422, "job_too_costly", f"This job costs {cost:,.0f} megapixel-steps ({what}); "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from tornado.httpserver import HTTPServer
 
-from animenb.phases.cost import UNIT
+from animenb.phases.cost import FORMULA, UNIT
 
 from .validation import MAX_BODY_BYTES, APIError
 
@@ -49,7 +49,7 @@ ROLES = ("anonymous", "user", "admin")
 @dataclass(frozen=True)
 class JobLimits:
     """What one job may ask: its cost (`animenb.phases.cost`, megapixel-steps) by the caller's role, and
-    how long it may run. A default 512 px job of any phase costs 32-103; 2048 px x 150 steps x 64
+    how long it may run. A default 512 px job of any phase costs 32-111; 2048 px x 150 steps x 64
     frames costs about 40,000. None: no limit."""
     anonymous: float | None = 150.0
     user: float | None = 1500.0
@@ -68,7 +68,8 @@ class JobLimits:
         return getattr(self, role)
 
     def as_dict(self) -> dict:
-        return {"job_cost": {"unit": UNIT, "max_by_role": {role: self.max_cost(role) for role in ROLES}},
+        return {"job_cost": {"unit": UNIT, "formula": FORMULA,
+                             "max_by_role": {role: self.max_cost(role) for role in ROLES}},
                 "job_timeout_seconds": self.timeout_seconds}
 
 
