@@ -45,6 +45,8 @@ job_drivers = DriverRegistry()
 # A job's `extra` key naming whose turn it takes (the server sets it: a token's name, an anonymous client);
 # jobs without it take their owner's.
 TURN_KEY = "turn"
+# Process ids of the kernels (and Ray actors): for /admin/stats, not for /health, which anyone may read.
+ADMIN_ONLY_SLOT_FIELDS = frozenset({"pid", "kernel_pid"})
 DISPATCHER_MAX_PAUSE = 5.0  # seconds between restarts of a dispatcher that keeps failing
 END_WRITE_MAX_PAUSE = 5.0   # seconds between tries of a job-end write that keeps failing
 job_drivers.register(PhaseJobDriver.kind, PhaseJobDriver)
@@ -271,7 +273,7 @@ class JobRunner:
         """For /health: `warm`, `kernels` (each kernel's description), `generating`, `scored` (phase jobs get
         a quality score), `stalled` (no kernel ready `stall_after` s after start), `dispatcher` (its
         supervision) and `unrecorded_ends` (jobs that ended whose end the store has not taken yet)."""
-        kernels = [s.describe() for s in self.slots]
+        kernels = [{k: v for k, v in s.describe().items() if k not in ADMIN_ONLY_SLOT_FIELDS} for s in self.slots]
         stalled = time.time() - self.started_at > stall_after and not any(k["ready"] for k in kernels)
         return {"warm": self.warm, "kernels": kernels, "generating": self.generating(), "scored": self.quality,
                 "stalled": stalled, "executor": self.describe_executor(), "dispatcher": dict(self.dispatcher),

@@ -22,7 +22,7 @@ from animenb.store import JobStatus, StoreUnavailable
 
 from . import views
 from .auth import AuthMixin, require_role
-from .csrf import check_csrf
+from .csrf import check_csrf, check_host
 from .limits import LimitedBodyMixin
 from .requests import Caller
 from .validation import JOB_ID_RE, APIError, invalid, parse_cursor, parse_json_body, parse_limit
@@ -80,6 +80,7 @@ class BaseHandler(LimitedBodyMixin, JSONErrorMixin, AuthMixin, tornado.web.Reque
 
     def prepare(self):
         self.check_body_size()  # 413 from the Content-Length alone
+        check_host(self.request, self.service.config.host, self.service.config.allow_origins)
         check_csrf(self.request, self.service.config.allow_origins)
         self.current_user  # a bad or revoked token is a 401 everywhere, never a quiet anonymous
 
@@ -216,6 +217,9 @@ class OutputHandler(JSONErrorMixin, AuthMixin, tornado.web.StaticFileHandler):
 
     def initialize(self, **kwargs) -> None:  # root comes from the service
         super().initialize(path=str(self.settings["animenb"].outputs_dir))
+
+    def prepare(self) -> None:
+        check_host(self.request, self.service.config.host, self.service.config.allow_origins)
 
     async def get(self, path: str, include_body: bool = True) -> None:
         job_id, _, rel = path.partition("/")

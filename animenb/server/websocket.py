@@ -30,7 +30,7 @@ from animenb.runner.events import JobEvent, JobFinishedEvent, JobStateEvent
 
 from . import views
 from .auth import identify
-from .csrf import origin_allowed
+from .csrf import host_allowed, origin_allowed
 from .validation import APIError
 
 log = logging.getLogger(__name__)
@@ -104,17 +104,24 @@ class JobSocketHandler(WebSocketHandler):
         return origin_allowed(origin, self.request, self.service.config.allow_origins)
 
     async def get(self, *args, **kwargs) -> None:
-        # Past the per-address cap the handshake is refused before the upgrade (429 JSON).
-        counter = self.service.websockets
+        config, counter = self.service.config, self.service.websockets
+        if not host_allowed(self.request.host, config.host, config.allow_origins):  # DNS rebinding (csrf.py)
+            self._refuse(421, "host_not_allowed", "Host", f"This server does not answer to host "
+                                                          f"{self.request.host[:100]!r}.")
+            return
+        # Past the per-client cap the handshake is refused before the upgrade (429 JSON).
         if counter.full(self.request.remote_ip):
-            self.set_status(429)
-            self.set_header("Content-Type", "application/json; charset=UTF-8")
             self.set_header("Retry-After", "5")
-            self.finish(json.dumps({"error": {
-                "code": "too_many_websockets", "field": None,
-                "message": f"At most {counter.cap} job WebSockets may be open from one address at once."}}))
+            self._refuse(429, "too_many_websockets", None,
+                         f"At most {counter.cap} job WebSockets may be open from one address at once.")
             return
         await super().get(*args, **kwargs)
+
+    def _refuse(self, status: int, code: str, field: str | None, message: str) -> None:
+        """Answer the handshake with a JSON error instead of upgrading."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"error": {"code": code, "field": field, "message": message}}))
 
     def open(self, job_id: str) -> None:
         self.job_id = job_id
