@@ -252,3 +252,25 @@ async def test_one_callers_many_jobs_delay_anothers_next_job_by_one_turn(tmp_pat
         assert all(j.status.value == "succeeded" for j in jobs)
         by_start = sorted(jobs, key=lambda j: j.started_at)
         assert by_start[1].id == alices["job_id"]  # next after the job running when it came, not after the flood
+
+
+# -- thumbnails ------------------------------------------------------------------------------------------
+async def test_twenty_first_requests_for_one_video_thumbnail_all_get_it(tmp_path, start_live_server):
+    from PIL import Image
+
+    from animenb import media
+    from animenb.store import JobStatus
+
+    async with start_live_server(tmp_path, models="tiny", quality=False) as srv:
+        store = srv.service.store
+        job = store.create(phase=2, parameters={"prompt": "a loop"})
+        store.transition(job.id, JobStatus.RUNNING)
+        store.transition(job.id, JobStatus.SUCCEEDED)
+        frames = [Image.new("RGB", (320, 240), (i * 20, 80, 160)) for i in range(12)]
+        media.save_mp4(frames, tmp_path / "outputs" / job.id / "loop.mp4", 8)
+        answers = await asyncio.gather(*(call(srv, "GET", f"/api/anime/thumbnails/{job.id}/loop.mp4")
+                                         for _ in range(20)))
+        assert [code for code, _, _ in answers] == [200] * 20
+        assert len({body for _, body, _ in answers}) == 1
+        folder = srv.service.thumbnails_dir / job.id
+        assert [p.name for p in folder.iterdir()] == ["loop.mp4.png"]  # no temporary file left behind

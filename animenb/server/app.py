@@ -53,7 +53,7 @@ from .pages import page_handlers  # the gallery page at / and /gallery
 from .redaction import install_log_redaction
 from .requests import Caller, JobRequest
 from .stats import admin_stats, typical_duration
-from .thumbnails import make_thumbnail
+from .thumbnails import SingleFlight, make_thumbnail
 from .validation import APIError, validate_generate
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,7 @@ class AnimeService:
         self.home_lock.acquire()  # before the store: a second server on this home must not touch its jobs
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
         self.thumbnails_dir = self.home / "thumbnails"
+        self._thumbnails = SingleFlight()  # one making of each thumbnail at a time
         self.store = store or SqliteJobStore(self.home / STORE_NAME)
         self.tokens = SqliteTokenStore(self.store.db)  # same database: `animenb token` writes, we read
         self.bus = EventBus()
@@ -361,7 +362,8 @@ class AnimeService:
         target = self.thumbnails_dir / job.id / f"{rel}.png"
         if not target.is_file() or target.stat().st_mtime < source.stat().st_mtime:
             try:
-                await asyncio.get_running_loop().run_in_executor(None, make_thumbnail, source, target)
+                await self._thumbnails.run(target, lambda: asyncio.get_running_loop().run_in_executor(
+                    None, make_thumbnail, source, target))
             except Exception:
                 log.exception("thumbnail of %s failed", source)  # details (paths) stay in the server log
                 raise APIError(422, "thumbnail_failed", f"Could not make a thumbnail of {rel}.", "file") from None
