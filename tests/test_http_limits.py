@@ -163,7 +163,7 @@ async def test_cross_site_requests_are_refused(srv, headers, status, code):
     resp = await srv.client.fetch(srv.base + GEN, method="POST", body=b'{"prompt": "test:echo csrf"}',
                                   headers=headers, raise_error=False)
     if "Content-Type" not in headers:  # tornado's client would add a form type: send none at all
-        resp_raw = await raw_exchange(srv.port, f"POST {GEN} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        resp_raw = await raw_exchange(srv.port, f"POST {GEN} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n"
                                                 f"Connection: close\r\n\r\n".encode(), b"{}")
         assert resp_raw.startswith(f"HTTP/1.1 {status}".encode()), resp_raw[:200]
     assert resp.code == status and json.loads(resp.body)["error"]["code"] == code, resp.body
