@@ -274,3 +274,29 @@ async def test_twenty_first_requests_for_one_video_thumbnail_all_get_it(tmp_path
         assert len({body for _, body, _ in answers}) == 1
         folder = srv.service.thumbnails_dir / job.id
         assert [p.name for p in folder.iterdir()] == ["loop.mp4.png"]  # no temporary file left behind
+
+
+# -- restart policy ----------------------------------------------------------------------------------------
+async def test_a_job_left_running_with_complete_outputs_succeeds_at_the_next_start(tmp_path, start_live_server):
+    from animenb.manifest import file_entry, write_manifest
+    from animenb.store import JobStatus, SqliteJobStore
+
+    store = SqliteJobStore(tmp_path / "home" / "jobs.sqlite")
+    jobs = {}
+    for name in ("complete", "partial", "untouched"):
+        jobs[name] = store.create(phase=1, parameters={"prompt": "test:progress", "steps": 2}).id
+        store.transition(jobs[name], JobStatus.RUNNING)
+    for name in ("complete", "partial"):
+        out = tmp_path / "outputs" / jobs[name]
+        out.mkdir(parents=True)
+        (out / "image.png").write_bytes(b"png")
+    out = tmp_path / "outputs" / jobs["complete"]
+    write_manifest(out, {"phase": {"id": 1, "name": "TEST"}, "parameters": {}, "seed": 0, "outputs": {},
+                         "files": [file_entry(out, out / "image.png", "image")]})
+    store.close()
+
+    async with start_live_server(tmp_path, models="tiny", quality=False) as srv:
+        complete = srv.service.store.get(jobs["complete"])
+        assert complete.status is JobStatus.SUCCEEDED and "image.png" in complete.outputs.files
+        assert srv.service.store.get(jobs["partial"]).status is JobStatus.LOST  # nothing vouches for its files
+        assert (await wait_done(srv, jobs["untouched"])).status is JobStatus.SUCCEEDED  # re-run

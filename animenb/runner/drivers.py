@@ -24,6 +24,16 @@ from .executors import Slot
 from .public_paths import PathScrubber
 
 
+def running_jobs(store: JobStoreBase) -> list[JobRecord]:
+    """Every job the store has as `running` (what a restart policy looks at)."""
+    jobs, cursor = [], None
+    while True:
+        page, cursor = store.list(status="running", limit=500, cursor=cursor)
+        jobs += page
+        if cursor is None:
+            return jobs
+
+
 class JobHost(Protocol):
     """What a driver may use of the runner: its store, bus and settings, submitting, cancelling and
     announcing the end of a job. Settings are read when used, so a change applies to the next job."""
