@@ -38,16 +38,10 @@ from tornado.httpclient import AsyncHTTPClient
 from load import API, REPO, free_port, pct, wait_ready
 from results import record
 
+sys.path.insert(0, str(REPO / "tests"))
+from faultkit import database_locked_by_another_process, kill_group  # noqa: E402 (the tests' fault helpers)
+
 CALLERS = ("flood", "bob", "carol", "anonymous")
-# Another process holds the database's write lock until it reads a line on stdin.
-LOCKER = """\
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-sys.stdin.readline()
-conn.execute("COMMIT")
-"""
 
 
 def start_server(root: Path, port: int) -> subprocess.Popen:
@@ -62,18 +56,6 @@ def start_server(root: Path, port: int) -> subprocess.Popen:
                              "--home", str(root / "home"), "--outputs", str(root / "outputs"), "--no-quality",
                              "--notebooks", str(notebooks), "--max-queue", "1000", "--max-queued-per-user", "1000",
                              "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the server and its kernels, as a machine crash or the OOM killer would."""
-    children = psutil.Process(proc.pid).children(recursive=True)
-    proc.kill()
-    proc.wait(10)
-    for child in children:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def kernels_of(proc: subprocess.Popen) -> list[psutil.Process]:
@@ -172,12 +154,9 @@ class Chaos:
                 kernel.kill()
                 self.faults["kernel_kills"] += 1
             await asyncio.sleep(self.rng.uniform(1, 3))
-        locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(self.root / "home" / "jobs.sqlite")],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        locker.stdout.readline()
-        self.faults["locks"] += 1
-        await asyncio.sleep(self.args.lock)
-        locker.communicate("\n", timeout=30)
+        with database_locked_by_another_process(self.root / "home" / "jobs.sqlite"):
+            self.faults["locks"] += 1
+            await asyncio.sleep(self.args.lock)
         await asyncio.sleep(self.rng.uniform(1, 3))
         kill_group(self.proc)  # the server, mid-run
         self.faults["server_kills"] += 1

@@ -13,13 +13,13 @@ import contextlib
 import errno
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from faultkit import database_locked_by_another_process
 from serverkit import call, submit, wait_done, wait_running
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(900)]
@@ -147,28 +147,6 @@ async def test_a_cancel_in_the_step_loop_keeps_the_warm_kernel(import_server):
 
 
 # -- the store: a database locked by another process, a full disk ---------------------------------------
-# Another process holds the database's write lock until it reads a line on stdin.
-LOCKER = """\
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-sys.stdin.readline()
-conn.execute("COMMIT")
-"""
-
-
-@contextlib.contextmanager
-def database_locked_by_another_process(path: Path):
-    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert locker.stdout.readline().strip() == "locked"
-        yield
-    finally:
-        locker.communicate("\n", timeout=30)
-
-
 async def _health(srv) -> dict:
     code, body, _ = await call(srv, "GET", "/api/anime/health")
     assert code == 200

@@ -21,10 +21,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import psutil
 import pytest
 
 from animenb.phases.catalog import get_phase
+from faultkit import kill_group
 
 TEST_NOTEBOOKS = Path(__file__).parent / "notebooks"
 
@@ -72,19 +72,6 @@ def start_server(tmp_path: Path, port: int) -> subprocess.Popen:
             pass
         time.sleep(0.2)
     raise AssertionError("animenb serve did not become ready")
-
-
-def kill_group(proc: subprocess.Popen) -> list[int]:
-    children = psutil.Process(proc.pid).children(recursive=True)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(10)
-    for child in children:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(children, timeout=10)
-    return [c.pid for c in children]
 
 
 def test_kill_9_mid_job_then_restart(tmp_path):
