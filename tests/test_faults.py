@@ -278,3 +278,35 @@ async def test_a_job_left_running_with_complete_outputs_succeeds_at_the_next_sta
         assert complete.status is JobStatus.SUCCEEDED and "image.png" in complete.outputs.files
         assert srv.service.store.get(jobs["partial"]).status is JobStatus.LOST  # nothing vouches for its files
         assert (await wait_done(srv, jobs["untouched"])).status is JobStatus.SUCCEEDED  # re-run
+
+
+# -- a kernel killed at any stage of a job -------------------------------------------------------------------
+def _complete(out: Path) -> bool:
+    from animenb.manifest import read_manifest
+
+    try:
+        files = read_manifest(out).get("files") or []
+    except (OSError, ValueError):
+        return False
+    return bool(files) and all((out / f["path"]).is_file() for f in files)
+
+
+KILL_MOMENTS = [0.0, 0.05, 0.2, 0.4, 0.7, 1.0]  # its reset, its first cells, its step loop, its output write
+
+
+async def test_a_kernel_killed_at_any_stage_fails_only_its_job(tmp_path, start_live_server):
+    async with start_live_server(tmp_path, models="tiny", quality=False) as srv:
+        kernel = srv.service.runner.slots[0].kernel
+        for moment in KILL_MOMENTS:
+            job = await submit(srv, prompt="test:progress 0.08", steps=8)
+            await wait_running(srv, job["job_id"])
+            await asyncio.sleep(moment)
+            kernel.kill()
+            done = await wait_done(srv, job["job_id"])
+            # One terminal state that matches its files: succeeded only with all of them, else KernelDied.
+            if done.status.value == "succeeded":
+                assert _complete(tmp_path / "outputs" / job["job_id"]), moment
+            else:
+                assert done.status.value == "failed" and done.error.type == "KernelDied", (moment, done)
+            after = await submit(srv, prompt="test:progress", steps=2)
+            assert (await wait_done(srv, after["job_id"])).status.value == "succeeded", moment
