@@ -1,13 +1,25 @@
 """Faults from outside a server, for tests and bench/chaos.py: another process holding the database's write
-lock, a SIGKILL of a server and its kernels."""
+lock, a SIGKILL of a server and its kernels; a real `animenb serve` to inflict them on (`start_server`: its
+phase-1 notebook is tests/notebooks/progress.ipynb)."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
+
+from animenb.phases.catalog import get_phase
+
+TEST_NOTEBOOKS = Path(__file__).parent / "notebooks"
+API = "/api/anime"
 
 # Another process holds the database's write lock until it reads a line on stdin.
 LOCKER = """\
@@ -44,3 +56,43 @@ def kill_group(proc: subprocess.Popen) -> list[int]:
             pass
     psutil.wait_procs(children, timeout=10)
     return [c.pid for c in children]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(port: int, method: str, path: str, body=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def start_server(tmp_path: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ANIMENB_THREADS": "1"}
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir(exist_ok=True)
+    (notebooks / get_phase(1).notebook).write_bytes((TEST_NOTEBOOKS / "progress.ipynb").read_bytes())
+    log = open(tmp_path / f"serve-{time.time_ns()}.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "animenb.cli", "serve", "--port", str(port), "--models", "tiny",
+                             "--home", str(tmp_path / "home"), "--outputs", str(tmp_path / "outputs"),
+                             "--notebooks", str(notebooks)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (tmp_path / log.name).read_text()[-3000:]
+        try:
+            code, health = http(port, "GET", f"{API}/health")
+            if code == 200 and health["components"]["kernels"]["ready"] >= 1:
+                return proc
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError("animenb serve did not become ready")

@@ -5,6 +5,9 @@
 - Another process holding the database's write lock across a job's end: reads answer, writes answer 503,
   /health says why; the job's end is recorded once the lock goes, and the queue moves on.
 - The home disk full (a tiny tmpfs; skipped only where mounting is refused): 507, nothing written.
+- A kernel killed at any stage of a job, or the whole server SIGKILLed at random moments and restarted:
+  every job ends in one terminal state that matches its files, nothing stays running, the queue moves.
+- One caller's flood delays another caller's job by one turn; 20 first requests for one thumbnail.
 """
 from __future__ import annotations
 
@@ -12,17 +15,20 @@ import asyncio
 import contextlib
 import errno
 import os
+import random
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from faultkit import database_locked_by_another_process
+from faultkit import API, database_locked_by_another_process, free_port, http, kill_group, start_server
 from serverkit import call, submit, wait_done, wait_running
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.timeout(900)]
 
 # A package whose first import takes ~1.2 s and, interrupted in the middle, leaves `<name>.sub` in
 # sys.modules but not bound on a re-imported `<name>`: what an interrupted `import diffusers` did to
@@ -310,3 +316,38 @@ async def test_a_kernel_killed_at_any_stage_fails_only_its_job(tmp_path, start_l
                 assert done.status.value == "failed" and done.error.type == "KernelDied", (moment, done)
             after = await submit(srv, prompt="test:progress", steps=2)
             assert (await wait_done(srv, after["job_id"])).status.value == "succeeded", moment
+
+
+# -- the server SIGKILLed at random moments -----------------------------------------------------------------
+def test_a_server_killed_at_random_moments_leaves_every_job_in_one_state_that_matches_its_files(tmp_path):
+    rng = random.Random(22)
+    port = free_port()
+    proc = start_server(tmp_path, port)
+    ids = []
+    try:
+        for _ in range(3):
+            for _ in range(4):
+                code, data = http(port, "POST", f"{API}/generate", {"prompt": "anime 0.03", "width": 64, "height": 64,
+                                                                    "steps": 6, "seed": len(ids)})
+                assert code == 202, data
+                ids.append(data["job_id"])
+            time.sleep(rng.uniform(0.3, 2.0))
+            kill_group(proc)
+            proc = start_server(tmp_path, port)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            jobs = [http(port, "GET", f"{API}/generation/{job_id}/status")[1] for job_id in ids]
+            if all(j["status"] not in ("queued", "running") for j in jobs):
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"the queue did not drain: {[j['status'] for j in jobs]}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    for job in jobs:
+        complete = _complete(tmp_path / "outputs" / job["job_id"])
+        if job["status"] == "succeeded":
+            assert complete, job
+        else:
+            assert job["status"] == "lost" and not complete, job  # nothing is lost whose outputs are complete
