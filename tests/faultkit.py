@@ -21,20 +21,22 @@ from animenb.phases.catalog import get_phase
 TEST_NOTEBOOKS = Path(__file__).parent / "notebooks"
 API = "/api/anime"
 
-# Another process holds the database's write lock until it reads a line on stdin.
+# Another process holds the database's write lock until it reads a line on stdin (or for argv[2] seconds).
 LOCKER = """\
-import sqlite3, sys
+import sqlite3, sys, time
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
 conn.execute("BEGIN IMMEDIATE")
 print("locked", flush=True)
-sys.stdin.readline()
+time.sleep(float(sys.argv[2])) if len(sys.argv) > 2 else sys.stdin.readline()
 conn.execute("COMMIT")
 """
 
 
 @contextlib.contextmanager
-def database_locked_by_another_process(path: str | Path):
-    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(path)], stdin=subprocess.PIPE,
+def database_locked_by_another_process(path: str | Path, seconds: float | None = None):
+    """Another process holds `path`'s write lock from entering until leaving (or for `seconds`)."""
+    held = [] if seconds is None else [str(seconds)]
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(path), *held], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert locker.stdout.readline().strip() == "locked"

@@ -351,3 +351,16 @@ def test_a_server_killed_at_random_moments_leaves_every_job_in_one_state_that_ma
             assert complete, job
         else:
             assert job["status"] == "lost" and not complete, job  # nothing is lost whose outputs are complete
+
+
+async def test_a_server_starting_on_a_locked_database_waits_for_it(tmp_path, start_live_server):
+    from animenb.store import JobStatus, SqliteJobStore
+
+    store = SqliteJobStore(tmp_path / "home" / "jobs.sqlite")
+    left = store.create(phase=1, parameters={"prompt": "test:progress", "steps": 2}).id
+    store.transition(left, JobStatus.RUNNING)
+    store.close()
+    # The lock goes after 2 s: the store's migrator and the restart policy wait for it; the start does not crash.
+    with database_locked_by_another_process(tmp_path / "home" / "jobs.sqlite", seconds=2):
+        async with start_live_server(tmp_path, models="tiny", quality=False) as srv:
+            assert (await wait_done(srv, left)).status is JobStatus.SUCCEEDED  # re-queued, then run

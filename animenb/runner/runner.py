@@ -136,10 +136,16 @@ class JobRunner:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
-        recovered: list[JobRecord] = []
-        for driver in self.drivers.values():  # e.g. orchestration parents settle their children first
-            recovered += driver.recover()
-        self.recovered = recovered + self.store.recover(self._has_output)
+        self.recovered = []
+        while True:  # a store another process holds locked delays the start; each step is its own transaction
+            try:
+                for driver in self.drivers.values():  # e.g. orchestration parents settle their children first
+                    self.recovered += driver.recover()
+                self.recovered += self.store.recover(self._has_output)
+                break
+            except StoreUnavailable as exc:
+                log.warning("restart policy: %s; retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
         for job in self.recovered:
             log.warning("job %s was left running by a dead process: now %s", job.id, job.status.value)
             if job.terminal:

@@ -232,7 +232,7 @@ class SqliteJobStore(JobStoreBase):
 
     def recover(self, has_output: Callable[[JobRecord], bool]) -> list[JobRecord]:
         changed = []
-        with self.db.transaction() as cur:
+        with self.db.transaction(patient=True) as cur:  # start-up: may wait for a lock
             rows = cur.execute("SELECT * FROM jobs WHERE status = 'running' ORDER BY seq").fetchall()
             for job in map(self._record, rows):
                 if job.requeues == 0 and job.outputs.is_empty and not has_output(job):

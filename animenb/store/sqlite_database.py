@@ -74,10 +74,11 @@ class SqliteDatabase:
             return cur.execute("PRAGMA journal_mode").fetchone()[0]
 
     @contextmanager
-    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Cursor]:
+    def transaction(self, *, durable: bool = True, patient: bool = False) -> Iterator[sqlite3.Cursor]:
         """Yield a cursor inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any exception); `durable=False`
         commits without the fsync (module docstring). Raises `StoreUnavailable` when the write cannot
-        happen now.
+        happen now; `patient` waits the full busy timeout even on the event loop's thread (start-up,
+        before any request is served).
 
         Re-entrant on one thread: a nested call joins the outer transaction (and its durability).
         """
@@ -85,7 +86,7 @@ class SqliteDatabase:
             with self._lock:
                 yield self._conn.cursor()
             return
-        on_loop = _on_event_loop()
+        on_loop = not patient and _on_event_loop()
         if not self._lock.acquire(timeout=LOOP_WAIT if on_loop else -1):
             raise self._failed("another write of this server holds the database")
         self._writing.depth = 1
