@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import psutil
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from load import API, REPO, free_port, pct, wait_ready
 from results import record
@@ -100,7 +100,7 @@ class Chaos:
             resp = await self.client.fetch(self.base + path, method=method, raise_error=False, headers=headers,
                                            body=None if body is None else json.dumps(body), request_timeout=30,
                                            allow_nonstandard_methods=True)
-        except OSError:  # the server is restarting
+        except (OSError, HTTPClientError):  # the server is restarting (refused, or a stream closed mid-answer)
             return 0, {}, {}
         data = json.loads(resp.body) if resp.body and resp.headers.get("Content-Type", "").startswith(
             "application/json") else {}
