@@ -98,3 +98,14 @@ def start_server(tmp_path: Path, port: int) -> subprocess.Popen:
             pass
         time.sleep(0.2)
     raise AssertionError("animenb serve did not become ready")
+
+
+def wait_terminal(port: int, ids: list[str], timeout: float) -> list[dict]:
+    """The /status bodies of jobs `ids` once none is queued or running (AssertionError after `timeout` s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = [http(port, "GET", f"{API}/generation/{job_id}/status")[1] for job_id in ids]
+        if all(s["status"] not in ("queued", "running") for s in statuses):
+            return statuses
+        time.sleep(0.2)
+    raise AssertionError(f"the jobs did not finish: {[s['status'] for s in statuses]}")

@@ -25,7 +25,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from faultkit import API, database_locked_by_another_process, free_port, http, kill_group, start_server
+from faultkit import (API, database_locked_by_another_process, free_port, http, kill_group, start_server,
+                      wait_terminal)
 from serverkit import call, submit, wait_done, wait_running
 
 pytestmark = [pytest.mark.timeout(900)]
@@ -334,14 +335,7 @@ def test_a_server_killed_at_random_moments_leaves_every_job_in_one_state_that_ma
             time.sleep(rng.uniform(0.3, 2.0))
             kill_group(proc)
             proc = start_server(tmp_path, port)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            jobs = [http(port, "GET", f"{API}/generation/{job_id}/status")[1] for job_id in ids]
-            if all(j["status"] not in ("queued", "running") for j in jobs):
-                break
-            time.sleep(0.3)
-        else:
-            raise AssertionError(f"the queue did not drain: {[j['status'] for j in jobs]}")
+        jobs = wait_terminal(port, ids, timeout=300)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

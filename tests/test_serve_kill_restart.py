@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from faultkit import free_port, http, kill_group, start_server
+from faultkit import free_port, http, kill_group, start_server, wait_terminal
 
 pytestmark = [pytest.mark.timeout(240)]
 API = "/api/anime"
@@ -50,14 +50,7 @@ def test_kill_9_mid_job_then_restart(tmp_path):
 
     proc = start_server(tmp_path, port)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            statuses = [http(port, "GET", f"{API}/generation/{i}/status")[1] for i in ids]
-            if all(s["status"] not in ("queued", "running") for s in statuses):
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"jobs did not finish after the restart: {statuses}")
+        statuses = wait_terminal(port, ids, timeout=180)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
