@@ -11,13 +11,14 @@ so no image may be saved by two threads at once.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
@@ -189,20 +190,23 @@ def close_loop(frames: list[Image.Image], length: int) -> list[Image.Image]:
     return out
 
 
-def retime(frames: list[Image.Image], seconds: float, fps: int) -> list[Image.Image]:
-    """Resample a clip to exactly round(seconds * fps) frames by linear blending of neighbours."""
+def retime(frames: list[Image.Image], seconds: float, fps: int) -> Iterator[Image.Image]:
+    """Resample a clip to exactly round(seconds * fps) frames by linear blending of neighbours, made one at
+    a time as they are taken (`save_mp4` streams them): 30 s at 60 fps of 2048 px would be 22 GB at once."""
     count = round(seconds * fps)
     if count < 2 or len(frames) < 2:
         raise ValueError(f"`retime` needs >= 2 input and output frames, got {len(frames)} -> {count}.")
-    arrays = [np.asarray(f.convert("RGB"), dtype=np.float32) for f in frames]
-    positions = np.linspace(0, len(arrays) - 1, count)
-    out = []
+    return _blend_at(frames, np.linspace(0, len(frames) - 1, count))
+
+
+def _blend_at(frames: list[Image.Image], positions: np.ndarray) -> Iterator[Image.Image]:
     for p in positions:
         lo = int(np.floor(p))
-        hi = min(lo + 1, len(arrays) - 1)
+        hi = min(lo + 1, len(frames) - 1)
         t = p - lo
-        out.append(Image.fromarray(np.rint((1 - t) * arrays[lo] + t * arrays[hi]).astype(np.uint8)))
-    return out
+        a = np.asarray(frames[lo].convert("RGB"), dtype=np.float32)
+        b = np.asarray(frames[hi].convert("RGB"), dtype=np.float32)
+        yield Image.fromarray(np.rint((1 - t) * a + t * b).astype(np.uint8))
 
 
 def frame_durations_ms(count: int, fps: int, tick_ms: int) -> list[int]:
@@ -248,11 +252,14 @@ def save_webp(frames: list[Image.Image], path: Path, fps: int) -> Path:
     return Path(path)
 
 
-def save_mp4(frames: list[Image.Image], path: Path, fps: int) -> Path:
-    """H.264 MP4 (yuv420p, so any player plays it) at `fps`: duration = len(frames) / fps exactly."""
+def save_mp4(frames: Iterable[Image.Image], path: Path, fps: int) -> Path:
+    """H.264 MP4 (yuv420p, so any player plays it) at `fps`: duration = frame count / fps exactly. `frames`
+    may be an iterator (`retime`): each frame goes to the encoder as it comes, none is kept."""
     import imageio_ffmpeg
 
-    width, height = frames[0].size
+    frames = iter(frames)
+    first = next(frames)
+    width, height = first.size
     if width % 2 or height % 2:
         raise ValueError(f"MP4 (yuv420p) needs even width and height, got {width}x{height}.")
     with atomic_path(path) as tmp:
@@ -260,7 +267,7 @@ def save_mp4(frames: list[Image.Image], path: Path, fps: int) -> Path:
             str(tmp), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=2,
             output_params=["-movflags", "+faststart", "-crf", "18"], ffmpeg_log_level="error")
         writer.send(None)
-        for frame in frames:
+        for frame in itertools.chain([first], frames):
             writer.send(np.ascontiguousarray(np.asarray(frame.convert("RGB"))))
         writer.close()
     return Path(path)

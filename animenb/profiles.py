@@ -74,9 +74,20 @@ class ModelProfile:
             return str(folder)
         return spec.source
 
+    def public_path(self) -> str | None:
+        """The profile's file as a public record (a job's manifest) may show it: relative to the repository's
+        parameters folder for a shipped profile, else its file name only (no server paths)."""
+        if not self.path:
+            return None
+        path = Path(self.path)
+        try:
+            return path.resolve().relative_to(parameters_dir().resolve().parent).as_posix()
+        except ValueError:
+            return path.name
+
     def as_dict(self) -> dict:
         return {"profile": self.name, "label": self.label, "tiny": self.is_tiny,
-                "path": str(self.path) if self.path else None,
+                "path": self.public_path(),
                 "roles": {k: v.source for k, v in self.roles.items()}, "fast_paths": self.fast_paths.as_dict()}
 
 

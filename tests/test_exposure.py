@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -171,3 +172,36 @@ async def test_websocket_routes_match_job_ids_only(srv, caplog):
     messages, code, reason = await ws_messages(f"{srv.ws}/ws/job/{'0' * 32}")
     assert code == 4404 and reason == f"Job not found: {'0' * 32}"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@aio
+async def test_health_shows_no_kernel_pids_and_admin_stats_does(srv):
+    _, health, _ = await call(srv, "GET", f"{API}/health")
+    assert all("pid" not in k and "kernel_pid" not in k for k in health["components"]["kernels"]["devices"])
+    code, stats, _ = await call(srv, "GET", f"{API}/admin/stats", token=srv.tok["admin"])
+    assert code == 200 and all(k.get("pid") for k in stats["kernels"]["devices"])
+
+
+@aio
+@pytest.mark.parametrize("host, allowed", [
+    ("127.0.0.1:{port}", True), ("localhost:{port}", True), ("[::1]:{port}", True),
+    ("evil.example", False), ("evil.example:{port}", False), ("10.0.0.5:{port}", False),
+])
+async def test_only_hosts_the_server_answers_to_pass_dns_rebinding(srv, host, allowed):
+    host = host.format(port=srv.port)
+    headers = {"Host": host, "Origin": f"http://{host}"}  # a rebinding page: Origin and Host agree
+    code, body, _ = await call(srv, "GET", f"{API}/jobs", headers=headers)
+    assert (code == 200) if allowed else (code == 421 and body["error"]["code"] == "host_not_allowed")
+    code, body, _ = await call(srv, "POST", f"{API}/generate", {"prompt": ""}, headers=headers)
+    assert (code == 422) if allowed else (code == 421)
+
+
+@aio
+async def test_a_job_manifest_shows_no_server_paths(srv):
+    job = await submit(srv, prompt="a fox", phase=1)
+    assert (await wait_done(srv, job["job_id"], timeout=300)).status.value == "succeeded"
+    code, manifest, _ = await call(srv, "GET", f"{API}/outputs/{job['job_id']}/manifest.json")
+    assert code == 200
+    text = manifest.decode() if isinstance(manifest, bytes) else json.dumps(manifest)
+    for server_path in (srv.service.home, srv.service.outputs_dir, Path(__file__).resolve().parents[1]):
+        assert str(server_path) not in text  # e.g. the model profile's file

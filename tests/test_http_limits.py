@@ -163,7 +163,7 @@ async def test_cross_site_requests_are_refused(srv, headers, status, code):
     resp = await srv.client.fetch(srv.base + GEN, method="POST", body=b'{"prompt": "test:echo csrf"}',
                                   headers=headers, raise_error=False)
     if "Content-Type" not in headers:  # tornado's client would add a form type: send none at all
-        resp_raw = await raw_exchange(srv.port, f"POST {GEN} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        resp_raw = await raw_exchange(srv.port, f"POST {GEN} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n"
                                                 f"Connection: close\r\n\r\n".encode(), b"{}")
         assert resp_raw.startswith(f"HTTP/1.1 {status}".encode()), resp_raw[:200]
     assert resp.code == status and json.loads(resp.body)["error"]["code"] == code, resp.body
@@ -258,3 +258,17 @@ window.attempts = (async () => {{
                 await browser.close()
     finally:
         hostile.stop()
+
+
+@pytest.mark.parametrize("address, key", [
+    ("203.0.113.7", "203.0.113.7"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),   # the same /64: the same client
+    ("::ffff:203.0.113.7", "203.0.113.7"),
+    ("127.0.0.2", "loopback"),
+    ("::1", "loopback"),
+])
+async def test_a_client_is_an_ipv4_address_an_ipv6_64_or_loopback(address, key):
+    from animenb.server.limits import client_key
+
+    assert client_key(address) == key

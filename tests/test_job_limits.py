@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import pytest_asyncio
 
-from animenb.phases.cost import job_cost, orchestration_cost
+from animenb.phases.cost import MIN_STEPS, job_cost, orchestration_cost
 from animenb.server.limits import JobLimits
 from serverkit import call, submit, wait_done, wait_running
 
@@ -14,13 +14,29 @@ aio = pytest.mark.asyncio(loop_scope="module")
 LIMITS = JobLimits(anonymous=1.0, user=10.0, admin=100.0, timeout_seconds=3.0)
 
 
-def test_cost_is_pixels_steps_images():
-    assert job_cost(1, {"width": 512, "height": 512, "steps": 10}, default_size=64) == 512 * 512 * 10 * 8 / 1e6
-    assert job_cost(2, {"steps": 15}, default_size=512) == 512 * 512 * 15 * (16 + 4) / 1e6
-    assert job_cost(3, {"steps": 15}, default_size=512) == 512 * 512 * 15 * (25 + 1) / 1e6  # + the source image
-    assert job_cost(3, {"steps": 15, "image": "x.png"}, default_size=512) == 512 * 512 * 15 * 25 / 1e6
+def test_cost_is_pixels_steps_images_plus_frames():
+    mp = 512 * 512 / 1e6
+    assert job_cost(1, {"width": 512, "height": 512, "steps": 10}, default_size=64) == pytest.approx(
+        mp * (10 * 8 + 0.25 * 8))
+    assert job_cost(2, {"steps": 15}, default_size=512) == pytest.approx(mp * (15 + 0.25) * (16 + 4))
+    # phase 3: SVD's frames (+ the source image), then the re-timed seconds x fps frames
+    assert job_cost(3, {"steps": 15}, default_size=512) == pytest.approx(mp * (15 * 26 + 0.25 * (25 + 120)))
+    assert job_cost(3, {"steps": 15, "image": "x.png"}, default_size=512) == pytest.approx(
+        mp * (15 * 25 + 0.25 * (25 + 120)))
     chain = orchestration_cost({"steps": 2, "width": 64, "height": 64, "max_retries": 2}, default_size=512)
-    assert chain == pytest.approx(3 * 64 * 64 * 2 * (8 + 20 + 25) / 1e6)
+    per_try = sum(job_cost(phase, {"steps": 2, "width": 64, "height": 64, "image": "chained"}, default_size=512)
+                  for phase in (1, 2, 3))
+    assert chain == pytest.approx(3 * per_try)  # the same function prices each step of the chain
+
+
+def test_one_step_or_many_output_frames_cannot_hide_the_work():
+    limits = JobLimits()
+    # 1,800 re-timed frames of 2048 px from 2 SVD frames at 1 step: once 8.4, under the anonymous cap
+    huge_video = {"image": "x.png", "steps": 1, "frames": 2, "width": 2048, "height": 2048, "seconds": 30, "fps": 60}
+    assert job_cost(3, huge_video, default_size=512) > limits.max_cost("user")
+    # phase 2 at 2048 px and 1 step (97 s, 4.9 GB on the kernel): counted as MIN_STEPS steps
+    assert job_cost(2, {"steps": 1, "width": 2048, "height": 2048}, default_size=512) > limits.max_cost("anonymous")
+    assert job_cost(2, {"steps": 1}, default_size=512) == job_cost(2, {"steps": MIN_STEPS}, default_size=512)
 
 
 def test_default_caps_keep_default_jobs_and_refuse_the_abusive_one():
@@ -48,7 +64,7 @@ async def srv(tmp_path_factory, start_live_server):
 @pytest.mark.timeout(180)
 async def test_cost_caps_by_role(srv):
     before = srv.service.store.count()
-    # 256 px x 15 steps x 8 poses = 7.9; 512 px: 31.5; 1024 px x 60 steps: 503
+    # 256 px x (15 steps x 8 poses + 8 frames / 4) = 8.0; 512 px: 32.0; 1024 px x 60 steps: 504
     for body, allowed in (({"width": 256, "height": 256, "steps": 15}, {"user", "admin"}),
                           ({"width": 512, "height": 512, "steps": 15}, {"admin"}),
                           ({"width": 1024, "height": 1024, "steps": 60}, set())):
@@ -76,6 +92,7 @@ async def test_limits_are_published(srv):
         limits = body["limits"]
         assert limits["job_cost"]["max_by_role"] == {"anonymous": 1.0, "user": 10.0, "admin": 100.0}
         assert "megapixel-steps" in limits["job_cost"]["unit"] and limits["job_timeout_seconds"] == 3.0
+        assert "seconds x fps" in limits["job_cost"]["formula"]
         assert limits["http"]["max_body_bytes"] == 64 * 1024 and limits["profile_default_size"] == 64
 
 

@@ -35,6 +35,8 @@ def test_gif_webp_mp4_durations_read_back(tmp_path):
     assert media.animation_frames_and_seconds(media.save_gif(frames, tmp_path / "a.gif", 8)) == (16, 2.0)
     assert media.animation_frames_and_seconds(media.save_webp(frames, tmp_path / "a.webp", 8)) == (16, 2.0)
     assert media.video_frames_and_seconds(media.save_mp4(frames, tmp_path / "a.mp4", 8)) == (16, 2.0)
+    streamed = media.save_mp4(media.retime(frames, seconds=3.0, fps=8), tmp_path / "streamed.mp4", 8)
+    assert media.video_frames_and_seconds(streamed) == (24, 3.0)
 
 
 def test_mp4_rejects_odd_sizes(tmp_path):
@@ -65,7 +67,9 @@ def test_close_loop_makes_wraparound_an_ordinary_step():
 
 
 def test_retime_hits_exact_count_and_endpoints():
-    out = media.retime(_flat(25), seconds=5.0, fps=24)
+    stream = media.retime(_flat(25), seconds=5.0, fps=24)
+    assert not isinstance(stream, list)  # made as taken: 30 s x 60 fps of large frames never sit in memory
+    out = list(stream)
     assert len(out) == 120
     assert np.asarray(out[0])[0, 0, 0] == 0 and np.asarray(out[-1])[0, 0, 0] == 240
     means = [np.asarray(f).mean() for f in out]

@@ -12,72 +12,16 @@ re-run job's directory.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
-import psutil
 import pytest
 
-from animenb.phases.catalog import get_phase
-from serverkit import free_port
-
-TEST_NOTEBOOKS = Path(__file__).parent / "notebooks"
+from faultkit import free_port, http, kill_group, start_server, wait_terminal
 
 pytestmark = [pytest.mark.timeout(240)]
 API = "/api/anime"
-
-
-def http(port: int, method: str, path: str, body=None):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-                                 data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def start_server(tmp_path: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ANIMENB_THREADS": "1"}
-    notebooks = tmp_path / "notebooks"
-    notebooks.mkdir(exist_ok=True)
-    (notebooks / get_phase(1).notebook).write_bytes((TEST_NOTEBOOKS / "progress.ipynb").read_bytes())
-    log = open(tmp_path / f"serve-{time.time_ns()}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "animenb.cli", "serve", "--port", str(port), "--models", "tiny",
-                             "--home", str(tmp_path / "home"), "--outputs", str(tmp_path / "outputs"),
-                             "--notebooks", str(notebooks)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (tmp_path / log.name).read_text()[-3000:]
-        try:
-            code, health = http(port, "GET", f"{API}/health")
-            if code == 200 and health["components"]["kernels"]["ready"] >= 1:
-                return proc
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError("animenb serve did not become ready")
-
-
-def kill_group(proc: subprocess.Popen) -> list[int]:
-    children = psutil.Process(proc.pid).children(recursive=True)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(10)
-    for child in children:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(children, timeout=10)
-    return [c.pid for c in children]
 
 
 def test_kill_9_mid_job_then_restart(tmp_path):
@@ -106,14 +50,7 @@ def test_kill_9_mid_job_then_restart(tmp_path):
 
     proc = start_server(tmp_path, port)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            statuses = [http(port, "GET", f"{API}/generation/{i}/status")[1] for i in ids]
-            if all(s["status"] not in ("queued", "running") for s in statuses):
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"jobs did not finish after the restart: {statuses}")
+        statuses = wait_terminal(port, ids, timeout=180)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -93,7 +93,8 @@ def full_video(
     raw = engine.image_to_video(replace(video_request, image=source), on_step=progress.on_step)
     timer.mark("generate")
     progress.start_stage("re-timing and encoding")
-    video = retime(raw, seconds, fps)
+    video = retime(raw, seconds, fps)  # made frame by frame as the MP4 encoder takes them
+    video_frames = round(seconds * fps)
     source_model = model_name(description, "sd") if image is None else None  # None: the image was given
     pngs = [(source, out / "source.png",
              png_parameters(PHASE, parameters, seed, label, model=source_model, kind="source"))]
@@ -110,7 +111,7 @@ def full_video(
     files.append((out / "video.mp4", "mp4"))
     timer.mark("write")
     outputs = {"mp4": "video.mp4", "source_image": "source.png", "frames": frame_paths, "fps": fps,
-               "frame_count": len(video), "duration_seconds": len(video) / fps}
+               "frame_count": video_frames, "duration_seconds": video_frames / fps}
     manifest = write_phase_manifest(PHASE, out, parameters, seed, engine, timer, outputs, files)
     progress.finish()
     return PhaseResult(PHASE, out, manifest, video)

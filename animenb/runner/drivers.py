@@ -17,11 +17,21 @@ import abc
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Protocol
 
-from animenb.store import JobRecord, JobStoreBase
+from animenb.store import JobRecord, JobStatus, JobStoreBase
 
 from .events import EventBus
 from .executors import Slot
 from .public_paths import PathScrubber
+
+
+def running_jobs(store: JobStoreBase) -> list[JobRecord]:
+    """Every job the store has as `running` (what a restart policy looks at)."""
+    jobs, cursor = [], None
+    while True:
+        page, cursor = store.list(status="running", limit=500, cursor=cursor)
+        jobs += page
+        if cursor is None:
+            return jobs
 
 
 class JobHost(Protocol):
@@ -51,6 +61,9 @@ class JobHost(Protocol):
                extra: dict[str, Any] | None = None, priority: bool = False) -> JobRecord: ...
 
     async def cancel(self, job_id: str) -> JobRecord: ...
+
+    async def record_end(self, job_id: str, status: JobStatus, **fields) -> JobRecord:
+        """Store a job's end off the event loop, retried until the store takes it; returns the stored record."""
 
     def finished(self, job: JobRecord, duration: float | None = None) -> None:
         """Publish `job`'s terminal event (`JobFinishedEvent.build`)."""

@@ -13,7 +13,9 @@ resets right after a job ends (`reset_after_job`, queued on the kernel thread wh
 records the outcome), so the next job finds the kernel `clean` and skips the round trip;
 `ensure_clean()` resets only when that has not happened.
 Imported modules, and so the module-level model cache in `sys.modules`, survive.
-A dead kernel is replaced by a fresh one (`restart()`); the models reload there.
+A dead kernel is replaced by a fresh one (`restart()`); the models reload there. So is a kernel whose
+reset fails, e.g. because a cancel's interrupt landed inside an import or a model load
+(`INTERRUPT_GUARD_CODE`): a cancel at any moment leaves the kernel known-good or replaced.
 
 `KernelPool` holds one warm kernel per device: `cuda:N` kernels see only their GPU
 (`CUDA_VISIBLE_DEVICES=N`); on a CPU-only machine there is one `cpu` kernel.
@@ -76,12 +78,44 @@ def __animenb_one_transform__():
 __animenb_one_transform__()
 del __animenb_one_transform__
 """
+# Run silently right after start-up. A cancel interrupts the kernel wherever it is; inside an import that
+# leaves half-initialised modules in sys.modules (a later `import diffusers` then fails for every job), and
+# inside a model load a half-built pipeline. ipykernel installs `default_int_handler` for each execution:
+# this wrapper notes where the interrupt landed (in `sys`, which a reset keeps) before raising as usual, and
+# the next reset finds the note and replaces the kernel (`reset`). Interrupts elsewhere (the step loop,
+# sleeps, file writes) keep the warm kernel and its model cache.
+INTERRUPT_GUARD_CODE = """\
+def __animenb_interrupt_guard__():
+    import sys
+    try:
+        import ipykernel.kernelbase as kernelbase
+    except ImportError:  # a kernel that is not ipykernel
+        return
+    raise_interrupt = kernelbase.default_int_handler
+    unsafe_calls = {("animenb.models", "_load")}
+    def guarded_int_handler(signum, frame):
+        where = frame
+        while where is not None and not hasattr(sys, "_animenb_unsafe_interrupt"):
+            code = where.f_code
+            if code.co_filename.startswith("<frozen importlib") and code.co_name == "_find_and_load":
+                sys._animenb_unsafe_interrupt = "while importing " + str(where.f_locals.get("name"))
+            elif (where.f_globals.get("__name__"), code.co_name) in unsafe_calls:
+                sys._animenb_unsafe_interrupt = "while loading a model"
+            where = where.f_back
+        raise_interrupt(signum, frame)
+    kernelbase.default_int_handler = guarded_int_handler
+__animenb_interrupt_guard__()
+del __animenb_interrupt_guard__
+"""
 # ipykernel sleeps 0.5 ms after each execution for the flushes above (its own comment calls it a
 # work-around); the client waits for "idle" anyway.
 KERNEL_ARGUMENTS = ["--HistoryManager.enabled=False",  # no history database writes from a long-lived kernel
                     "--IPythonKernel._execute_sleep=0"]
-# Run silently before every job: names added by the previous job go, the output cache is emptied.
+# Run silently before every job: names added by the previous job go, the output cache is emptied. A kernel an
+# interrupt left unsafe (INTERRUPT_GUARD_CODE) fails it, and `reset` replaces the kernel.
 RESET_CODE = """\
+if getattr(__import__('sys'), '_animenb_unsafe_interrupt', None):
+    raise RuntimeError('interrupted ' + __import__('sys')._animenb_unsafe_interrupt)
 for __animenb_name__ in [n for n in get_ipython().user_ns if n not in __animenb_baseline__]:
     get_ipython().user_ns.pop(__animenb_name__, None)
 get_ipython().user_ns.pop('__animenb_name__', None)
@@ -123,6 +157,7 @@ class WarmKernel:
         self.kc = None
         self.starts = 0
         self.jobs_run = 0
+        self.replaced = 0           # restarts because a reset failed (module docstring)
         self.started_at: float | None = None
         self.busy = False
         self.clean = False          # True after a reset, until the next job starts on the kernel
@@ -142,7 +177,7 @@ class WarmKernel:
 
     def describe(self) -> dict:
         return {"device": self.device, "ready": self.ready, "busy": self.busy, "pid": self.pid(),
-                "starts": self.starts, "jobs_run": self.jobs_run,
+                "starts": self.starts, "replaced": self.replaced, "jobs_run": self.jobs_run,
                 "uptime_seconds": None if self.started_at is None else round(time.time() - self.started_at, 1)}
 
     async def interrupt(self) -> bool:
@@ -184,13 +219,20 @@ class WarmKernel:
         run_sync(self._ashutdown)()
 
     def reset(self) -> None:
-        """Delete names added since the baseline; restarts the kernel if it is dead."""
+        """Delete names added since the baseline; replaces the kernel if it is dead, or if the reset fails
+        (an interrupt landed in an import or a model load, or in the reset itself): it is not known-good."""
         from jupyter_core.utils import run_sync
 
         if not self.ready or not self.is_alive():
             self.restart()
             return
-        run_sync(self._arun_silent)(RESET_CODE, 30.0)
+        try:
+            run_sync(self._arun_silent)(RESET_CODE, 30.0)
+        except KernelError as exc:
+            log.warning("replacing kernel %s: %s", self.device, exc)
+            self.replaced += 1
+            self.restart()
+            return
         self.clean = True
 
     def ensure_clean(self) -> None:
@@ -236,7 +278,8 @@ class WarmKernel:
             raise KernelError(f"kernel for {self.device} did not start: {exc}") from exc
         kc.allow_stdin = False
         self.km, self.kc = km, kc
-        await self._arun_silent(QUIET_FLUSH_CODE + ONE_TRANSFORM_CODE + BASELINE_CODE, self.startup_timeout)
+        await self._arun_silent(QUIET_FLUSH_CODE + ONE_TRANSFORM_CODE + INTERRUPT_GUARD_CODE + BASELINE_CODE,
+                                self.startup_timeout)
         self.language_info = None
         self.clean = True
         self.starts += 1

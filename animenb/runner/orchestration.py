@@ -55,7 +55,7 @@ from animenb.phases.catalog import get_phase
 from animenb.progress import ProgressEvent
 from animenb.store import InvalidTransitionError, JobError, JobNotFoundError, JobOutputs, JobRecord, JobStatus
 
-from .drivers import JobDriver, JobHost, output_files
+from .drivers import JobDriver, JobHost, output_files, running_jobs
 from .events import JobFinishedEvent, JobProgressEvent, JobStartedEvent
 from .executors import Slot
 
@@ -335,13 +335,7 @@ def recover_orchestrations(runner: JobHost) -> list[JobRecord]:
     store's `recover()`, so their children are settled here, not re-queued as orphans."""
     store = runner.store
     changed: list[JobRecord] = []
-    cursor = None
-    parents: list[JobRecord] = []
-    while True:
-        page, cursor = store.list(status="running", limit=500, cursor=cursor)
-        parents += [j for j in page if j.kind == ORCHESTRATION_KIND]
-        if cursor is None:
-            break
+    parents = [j for j in running_jobs(store) if j.kind == ORCHESTRATION_KIND]
     active: list[JobRecord] = []  # children are found by parent_id too, in case the record missed one
     if parents:
         cursor = None

@@ -11,6 +11,7 @@ it can claim success):
 - running past the runner's `job_timeout` -> failed {"type": "Timeout"}; the kernel is interrupted
   (and, if need be, killed) exactly as for a cancel
 - `DeadKernelError` -> failed {"type": "KernelDied"}; the kernel is replaced and the next job runs
+- left `running` by a dead server with its outputs complete -> succeeded at the next start (`recover`)
 - `SlotLost` (the Ray actor or node owning the kernel died) -> re-queued once if the job wrote nothing,
   else lost {"type": "Lost"} with the reason; the executor replaces the actor
 - a cell error -> failed {"type": <exception name>, "message": ...}
@@ -41,9 +42,9 @@ from typing import Callable
 
 from animenb.manifest import MANIFEST_NAME, read_manifest
 from animenb.phases.catalog import PHASES, get_phase
-from animenb.store import InvalidTransitionError, JobError, JobOutputs, JobRecord, JobStatus
+from animenb.store import JobError, JobOutputs, JobRecord, JobStatus, StoreUnavailable
 
-from .drivers import JobDriver, output_files
+from .drivers import JobDriver, output_files, running_jobs
 from .events import JobProgressEvent, JobStartedEvent
 from .executors import NotebookRun, Slot, SlotLost, model_key
 from .parameters import phase_parameters
@@ -107,6 +108,22 @@ class PhaseJobDriver(JobDriver):
         if ctx is None or ctx.last_progress is None:
             return None
         return ctx.last_progress.progress_dict()
+
+    def recover(self) -> list[JobRecord]:
+        """Phase jobs a dead process left running whose outputs are complete (a manifest, and every file it
+        lists on disk): succeeded, as they were about to be; the store's restart policy takes the rest.
+        Orchestration children are their parent's to settle."""
+        settled = []
+        for job in running_jobs(self.host.store):
+            if job.kind != PHASE_KIND or job.parent_id:
+                continue
+            try:
+                outputs = self._collect_outputs(self.host.outputs_dir / job.id)
+            except (MissingOutputError, OSError, ValueError):  # nothing, partial, or a half-written manifest
+                continue
+            settled.append(self.host.store.transition(job.id, JobStatus.SUCCEEDED, outputs=outputs,
+                                                      progress={**job.progress, "percent": 100.0, "stage": "done"}))
+        return settled
 
     async def start(self, job: JobRecord, slot: Slot) -> None:
         self._loop = asyncio.get_running_loop()
@@ -195,9 +212,7 @@ class PhaseJobDriver(JobDriver):
         if status is JobStatus.QUEUED:
             progress = None
         try:
-            final = self.host.store.transition(job.id, status, error=error, outputs=outputs, progress=progress)
-        except InvalidTransitionError:
-            final = self.host.store.get(job.id)
+            final = await self.host.record_end(job.id, status, error=error, outputs=outputs, progress=progress)
         finally:
             self.running.pop(job.id, None)
         slot.after_job(job.id, warm=self.host.warm and not self.host.stopping,
@@ -247,7 +262,10 @@ class PhaseJobDriver(JobDriver):
         ctx.persist_handle = None
         ctx.persisted_at = time.monotonic()
         if ctx.last_progress is not None and ctx.job.id in self.running:
-            self.host.store.update_progress(ctx.job.id, ctx.last_progress.progress_dict())
+            try:
+                self.host.store.update_progress(ctx.job.id, ctx.last_progress.progress_dict())
+            except StoreUnavailable:
+                pass  # progress also reaches listeners as events; the next one or the job's end is stored
 
     def _collect_outputs(self, out_dir: Path) -> JobOutputs:
         if not (out_dir / MANIFEST_NAME).is_file():

@@ -2,9 +2,10 @@
 
 The runner claims the next job when a slot of its executor is idle (`animenb.runner.executors`: a warm
 kernel of this process by default, or a Ray actor's with `executor="ray"`): first the priority jobs
-(orchestration children, so a chain is not interleaved with jobs queued after it started), then the
-oldest queued job in the store that an idle slot can take (`place`: a slot already holding the job's
-models first). It hands the job, and the slot, to the driver of its kind (`animenb.runner.drivers`):
+(orchestration children, so a chain is not interleaved with jobs queued after it started), then, taking
+turns between callers (a token's name, an anonymous client: `TURN_KEY`), the oldest queued job of the
+caller whose last turn is oldest, that an idle slot can take (`place`: a slot already holding the job's
+models first). The per-caller allowance (`max_queued_per_user`) still bounds how many a caller queues. It hands the job, and the slot, to the driver of its kind (`animenb.runner.drivers`):
 
     "phase"          `PhaseJobDriver`: the phase notebook, scored by the quality gate, on the slot
     "orchestration"  `OrchestrationDriver`: a task that submits the chain's child jobs; it holds no slot
@@ -17,13 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 from animenb import config
-from animenb.store import InvalidTransitionError, JobError, JobNotFoundError, JobRecord, JobStatus, JobStoreBase
+from animenb.store import (InvalidTransitionError, JobError, JobNotFoundError, JobRecord, JobStatus, JobStoreBase,
+                           StoreUnavailable)
 from animenb.store.jobs_sqlite import worker_name
 
 from .drivers import DriverRegistry, JobDriver, output_files
@@ -38,8 +42,20 @@ log = logging.getLogger(__name__)
 
 # Job kind -> driver: the registry a JobRunner instantiates (one driver per kind).
 job_drivers = DriverRegistry()
+# A job's `extra` key naming whose turn it takes (the server sets it: a token's name, an anonymous client);
+# jobs without it take their owner's.
+TURN_KEY = "turn"
+# Process ids of the kernels (and Ray actors): for /admin/stats, not for /health, which anyone may read.
+ADMIN_ONLY_SLOT_FIELDS = frozenset({"pid", "kernel_pid"})
+DISPATCHER_MAX_PAUSE = 5.0  # seconds between restarts of a dispatcher that keeps failing
+END_WRITE_MAX_PAUSE = 5.0   # seconds between tries of a job-end write that keeps failing
 job_drivers.register(PhaseJobDriver.kind, PhaseJobDriver)
 job_drivers.register(OrchestrationDriver.kind, OrchestrationDriver)
+
+
+def turn_of(job: JobRecord) -> str:
+    """Whose turn `job` takes in the queue (`TURN_KEY`)."""
+    return str(job.extra.get(TURN_KEY) or job.owner)
 
 
 class JobRunner:
@@ -89,6 +105,8 @@ class JobRunner:
                                          home=Path(env.get("ANIMENB_HOME") or config.home_dir()))
         self.drivers: dict[str, JobDriver] = {kind: job_drivers.get(kind)(self) for kind in job_drivers}
         self._priority: collections.deque[str] = collections.deque()  # child jobs, claimed before the queue
+        self._turns: dict[str, int] = {}  # caller (`turn_of`) -> when its last job was claimed
+        self._turn_clock = itertools.count()
         self.placements = {"placed": 0, "model_hits": 0}  # jobs placed on a slot; of those, on one holding their models
         self.started_at = time.time()
         self.recovered: list[JobRecord] = []
@@ -96,7 +114,12 @@ class JobRunner:
         self._wake: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
         self._jobs: set[asyncio.Task] = set()
+        # Job-end writes run here, off the event loop (`record_end`); one thread keeps them in order.
+        self._store_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="animenb-store-writer")
+        self._unrecorded: set[str] = set()
         self._stopping = False
+        # The dispatcher's supervision (`_supervise_dispatcher`), for /health.
+        self.dispatcher = {"restarts": 0, "failing": False, "last_error": None, "last_error_at": None}
 
     @property
     def stopping(self) -> bool:
@@ -113,10 +136,16 @@ class JobRunner:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
-        recovered: list[JobRecord] = []
-        for driver in self.drivers.values():  # e.g. orchestration parents settle their children first
-            recovered += driver.recover()
-        self.recovered = recovered + self.store.recover(self._has_output)
+        self.recovered = []
+        while True:  # a store another process holds locked delays the start; each step is its own transaction
+            try:
+                for driver in self.drivers.values():  # e.g. orchestration parents settle their children first
+                    self.recovered += driver.recover()
+                self.recovered += self.store.recover(self._has_output)
+                break
+            except StoreUnavailable as exc:
+                log.warning("restart policy: %s; retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
         for job in self.recovered:
             log.warning("job %s was left running by a dead process: now %s", job.id, job.status.value)
             if job.terminal:
@@ -124,7 +153,7 @@ class JobRunner:
         await self.executor.prepare()
         self._workers = [asyncio.create_task(self._start_slot(s), name=f"animenb-start-{s.device}")
                          for s in self.slots]
-        self._workers.append(asyncio.create_task(self._dispatch(), name="animenb-dispatcher"))
+        self._workers.append(asyncio.create_task(self._supervise_dispatcher(), name="animenb-dispatcher"))
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until every slot has started (tests and benchmarks)."""
@@ -149,6 +178,7 @@ class JobRunner:
             except (asyncio.CancelledError, Exception):
                 pass
         await self.executor.close()
+        self._store_writer.shutdown(wait=False)
 
     def _has_output(self, job: JobRecord) -> bool:
         return any(f != NOTEBOOK_NAME for f in output_files(self.outputs_dir / job.id))
@@ -188,6 +218,36 @@ class JobRunner:
             return job
         return await driver.cancel(job)
 
+    async def record_end(self, job_id: str, status: JobStatus, **fields) -> JobRecord:
+        """Write a job's end (`store.transition(job_id, status, **fields)`) off the event loop, retried until
+        it lands: its outputs are on disk, so a store hiccup (a lock held by another process, a full disk)
+        must delay the record, never lose it. Returns the stored record (as it is, if the job had ended
+        already). Gives up only when the runner stops: the restart policy then settles the job."""
+        loop = asyncio.get_running_loop()
+        failures = 0
+        self._unrecorded.add(job_id)
+        try:
+            while True:
+                try:
+                    return await loop.run_in_executor(self._store_writer, self._transition_or_get, job_id,
+                                                      status, fields)
+                except StoreUnavailable as exc:
+                    failures += 1
+                    if self._stopping:
+                        raise
+                    pause = min(END_WRITE_MAX_PAUSE, 0.1 * 2 ** min(failures, 8))
+                    log.warning("job %s: recording its end (%s) failed %d time(s): %s; retrying in %.1f s",
+                                job_id, status.value, failures, exc, pause)
+                    await asyncio.sleep(pause)
+        finally:
+            self._unrecorded.discard(job_id)
+
+    def _transition_or_get(self, job_id: str, status: JobStatus, fields: dict) -> JobRecord:
+        try:
+            return self.store.transition(job_id, status, **fields)
+        except InvalidTransitionError:
+            return self.store.get(job_id)
+
     def finished(self, job: JobRecord, duration: float | None = None) -> None:
         """Publish `job`'s terminal event."""
         self.bus.publish(JobFinishedEvent.build(job, duration=duration))
@@ -217,11 +277,13 @@ class JobRunner:
 
     def health(self, stall_after: float = 120.0) -> dict:
         """For /health: `warm`, `kernels` (each kernel's description), `generating`, `scored` (phase jobs get
-        a quality score) and `stalled` (no kernel ready `stall_after` s after start)."""
-        kernels = [s.describe() for s in self.slots]
+        a quality score), `stalled` (no kernel ready `stall_after` s after start), `dispatcher` (its
+        supervision) and `unrecorded_ends` (jobs that ended whose end the store has not taken yet)."""
+        kernels = [{k: v for k, v in s.describe().items() if k not in ADMIN_ONLY_SLOT_FIELDS} for s in self.slots]
         stalled = time.time() - self.started_at > stall_after and not any(k["ready"] for k in kernels)
         return {"warm": self.warm, "kernels": kernels, "generating": self.generating(), "scored": self.quality,
-                "stalled": stalled, "executor": self.describe_executor()}
+                "stalled": stalled, "executor": self.describe_executor(), "dispatcher": dict(self.dispatcher),
+                "unrecorded_ends": len(self._unrecorded)}
 
     def describe_executor(self) -> dict:
         """The executor (kind; for Ray the cluster) and how placement went."""
@@ -241,7 +303,9 @@ class JobRunner:
         self._wake.set()
 
     def _candidates(self) -> list[JobRecord]:
-        """Priority jobs still queued (oldest first), then the oldest queued jobs of the store."""
+        """Priority jobs still queued (oldest first); then each caller's oldest queued job, the caller whose
+        last turn is oldest first (round-robin: one caller's many jobs delay another's next job by at most
+        one job per slot); then the oldest queued jobs of the store (for a slot none of those fit)."""
         jobs, seen = [], set()
         for job_id in list(self._priority):
             try:
@@ -253,7 +317,12 @@ class JobRunner:
                 continue
             jobs.append(job)
             seen.add(job_id)
-        return jobs + [j for j in self.store.next_queued(64) if j.id not in seen]
+        heads = sorted(self.store.queued_heads(64), key=lambda j: (self._turns.get(turn_of(j), -1), j.seq))
+        for job in heads + self.store.next_queued(64):
+            if job.id not in seen:
+                jobs.append(job)
+                seen.add(job.id)
+        return jobs
 
     def _dispatch_next(self) -> bool:
         """Claim the first candidate job an idle slot can take and start it; False when none could start."""
@@ -275,6 +344,7 @@ class JobRunner:
                 return True  # cancelled meanwhile: look again
             if job.id in self._priority:
                 self._priority.remove(job.id)
+            self._turns[turn_of(job)] = next(self._turn_clock)
             if slot is not None:
                 slot.busy = True
                 self.placements["placed"] += 1
@@ -285,10 +355,32 @@ class JobRunner:
             return True
         return False
 
+    async def _supervise_dispatcher(self) -> None:
+        """Run the dispatcher; when it crashes (e.g. the store cannot write a claim), log it, report it in
+        /health (`dispatcher`) and restart it after a pause that grows while it keeps failing."""
+        failures = 0
+        while not self._stopping:
+            try:
+                await self._dispatch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                pause = min(DISPATCHER_MAX_PAUSE, 0.1 * 2 ** min(failures, 8))
+                if isinstance(exc, StoreUnavailable):
+                    log.warning("dispatcher: %s; restarting in %.1f s", exc, pause)
+                else:
+                    log.exception("dispatcher crashed; restarting in %.1f s", pause)
+                self.dispatcher.update(restarts=self.dispatcher["restarts"] + 1, failing=True,
+                                       last_error=f"{type(exc).__name__}: {exc}", last_error_at=time.time())
+                await asyncio.sleep(pause)
+
     async def _dispatch(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            if self._dispatch_next():
+            started = self._dispatch_next()
+            self.dispatcher["failing"] = False
+            if started:
                 continue
             # Slots that are still starting (or being replaced) wake nobody: look again shortly.
             timeout = None if all(s.ready for s in self.slots) else 0.5
@@ -300,7 +392,7 @@ class JobRunner:
     async def _run(self, job: JobRecord, driver: JobDriver | None, slot: Slot | None) -> None:
         try:
             if driver is None:  # a kind this version does not know (an older or newer database)
-                self.finished(self.store.transition(job.id, JobStatus.FAILED, error=JobError(
+                self.finished(await self.record_end(job.id, JobStatus.FAILED, error=JobError(
                     "UnknownJobKind", f"No driver for job kind {job.kind!r}; known: {', '.join(self.drivers)}.")))
                 return
             await driver.start(job, slot)

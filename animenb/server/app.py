@@ -32,11 +32,11 @@ import tornado.web
 
 from animenb import config
 from animenb.gpu_info import gpu_facts
-from animenb.phases.cost import images_per_step, job_cost, orchestration_cost
+from animenb.phases.cost import frames_handled, images_per_step, job_cost, orchestration_cost
 from animenb.retention import collect_garbage
 from animenb.runner.events import EventBus
 from animenb.runner.orchestration import ORCHESTRATION_KIND
-from animenb.runner.runner import JobRunner
+from animenb.runner.runner import TURN_KEY, JobRunner
 from animenb.store import JobNotFoundError, JobRecord, JobStatus, SqliteJobStore
 from animenb.store.tokens_base import ANONYMOUS
 from animenb.store.tokens_sqlite import SqliteTokenStore
@@ -53,7 +53,7 @@ from .pages import page_handlers  # the gallery page at / and /gallery
 from .redaction import install_log_redaction
 from .requests import Caller, JobRequest
 from .stats import admin_stats, typical_duration
-from .thumbnails import make_thumbnail
+from .thumbnails import SingleFlight, make_thumbnail
 from .validation import APIError, validate_generate
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,7 @@ class AnimeService:
         self.home_lock.acquire()  # before the store: a second server on this home must not touch its jobs
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
         self.thumbnails_dir = self.home / "thumbnails"
+        self._thumbnails = SingleFlight()  # one making of each thumbnail at a time
         self.store = store or SqliteJobStore(self.home / STORE_NAME)
         self.tokens = SqliteTokenStore(self.store.db)  # same database: `animenb token` writes, we read
         self.bus = EventBus()
@@ -224,12 +225,28 @@ class AnimeService:
             degraded.append("comfyui")
         if runner["stalled"]:
             degraded.append("kernels")
+        store = self.store_health(runner["unrecorded_ends"])
+        if store["status"] != "healthy":
+            degraded.append("store")
+        if runner["dispatcher"]["failing"]:
+            degraded.append("dispatcher")
         body = views.health_body(
             service=SERVICE_NAME, version=API_VERSION, uptime_seconds=time.time() - self.started_at,
             counts=self.store.counts_by_status(), comfyui=comfyui, gpu=await self.gpu.info(), runner=runner,
             models=self.models, backend=self.config.backend or "diffusers", degraded=degraded)
+        body["components"]["store"] = store
+        body["components"]["dispatcher"] = {"status": "degraded" if runner["dispatcher"]["failing"] else "healthy",
+                                            **runner["dispatcher"]}
         body["limits"] = self.limits()
         return body
+
+    def store_health(self, pending: int) -> dict:
+        """The store's part of /health: "degraded" with the reason while writes fail (reads still answer);
+        `pending` jobs ended whose end is not stored yet (`JobRunner.record_end`)."""
+        fault = getattr(getattr(self.store, "db", None), "fault", None)
+        if fault is None:
+            return {"status": "healthy", "unrecorded_ends": pending}
+        return {"status": "degraded", "reason": fault["reason"], "since": fault["since"], "unrecorded_ends": pending}
 
     # -- submitting --------------------------------------------------------------------------------
     def generate(self, data: dict, caller: Caller) -> tuple[JobRecord, dict]:
@@ -245,9 +262,10 @@ class AnimeService:
         if visibility == "private" and caller.identity is None:
             raise APIError(401, "auth_required", "A private job needs a token (only its owner could see it).",
                            "visibility")
-        cancel_token, extra = new_cancel_token() if caller.identity is None else (None, None)
+        cancel_token, extra = new_cancel_token() if caller.identity is None else (None, {})
         job = self.admit(JobRequest(kind="phase", phase=phase, parameters=values, owner=caller.name,
-                                    visibility=visibility, extra=extra, exempt_from_user_limit=caller.is_admin,
+                                    visibility=visibility, extra={**extra, TURN_KEY: caller.turn},
+                                    exempt_from_user_limit=caller.is_admin,
                                     role=caller.role))
         reply = {**self._accepted(job, caller), "phase": phase}
         if cancel_token is not None:  # an anonymous job: whoever holds this may cancel it
@@ -303,7 +321,8 @@ class AnimeService:
         if cap is not None and cost > cap:
             p = request.parameters
             size = f"{p.get('width') or self.default_size} x {p.get('height') or self.default_size} px"
-            what = (f"{size} x {p.get('steps')} steps x {images_per_step(request.phase, p)} images"
+            what = (f"{size} x {p.get('steps')} steps x {images_per_step(request.phase, p)} images, "
+                    f"{frames_handled(request.phase, p)} frames"
                     if request.kind != ORCHESTRATION_KIND else f"{size}, {p.get('steps')} steps, the whole chain")
             hint = ", or send a token" if request.role == "anonymous" else ""
             raise APIError(422, "job_too_costly", f"This job costs {cost:,.0f} megapixel-steps ({what}); "
@@ -343,7 +362,8 @@ class AnimeService:
         target = self.thumbnails_dir / job.id / f"{rel}.png"
         if not target.is_file() or target.stat().st_mtime < source.stat().st_mtime:
             try:
-                await asyncio.get_running_loop().run_in_executor(None, make_thumbnail, source, target)
+                await self._thumbnails.run(target, lambda: asyncio.get_running_loop().run_in_executor(
+                    None, make_thumbnail, source, target))
             except Exception:
                 log.exception("thumbnail of %s failed", source)  # details (paths) stay in the server log
                 raise APIError(422, "thumbnail_failed", f"Could not make a thumbnail of {rel}.", "file") from None

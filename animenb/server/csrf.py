@@ -11,9 +11,17 @@ handler's `prepare` before anything else reads the request:
   Requests without `Origin` (curl, the CLI, scripts) are not browsers' cross-site requests.
 
 The job WebSocket uses the same origin rule (`origin_allowed`) in its `check_origin`.
+
+DNS rebinding: a page on evil.example can point its own name at 127.0.0.1 and then talk to this server
+as a same-origin site (its `Origin` and `Host` agree). So every API request, WebSocket and output file
+also needs a `Host` this server answers to (`check_host`, 421 `host_not_allowed` otherwise): its listen
+address, `localhost` or a loopback address, or the host of an `--allow-origin`; on a wildcard listen
+address (0.0.0.0, ::) any IP address too. A name that reaches the server some other way (a LAN name, a
+proxy's public name) is given with `--allow-origin http://NAME:PORT`.
 """
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
 from .validation import APIError
@@ -40,6 +48,29 @@ def origin_allowed(origin: str, request, allowed: tuple[str, ...] | list[str] = 
     own = normalise_origin(f"{request.protocol}://{request.host}")
     given = normalise_origin(origin)
     return bool(given) and (given == own or given in {normalise_origin(a) for a in allowed})
+
+
+def host_allowed(host_header: str, listen_host: str, allowed_origins: tuple[str, ...] | list[str] = ()) -> bool:
+    """Whether `host_header` (`Host`, with its port) names this server (module docstring)."""
+    host = (urlsplit(f"//{host_header.strip()}").hostname or "") if host_header else ""
+    if not host:
+        return False
+    if host == "localhost" or host == listen_host.strip("[]").lower():
+        return True
+    if host in {urlsplit(normalise_origin(origin)).hostname for origin in allowed_origins}:
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a DNS name nobody allowed
+    return ip.is_loopback or listen_host in ("", "0.0.0.0", "::")
+
+
+def check_host(request, listen_host: str, allowed_origins: tuple[str, ...] | list[str] = ()) -> None:
+    """Raise APIError 421 unless the request's `Host` names this server (module docstring)."""
+    if not host_allowed(request.host, listen_host, allowed_origins):
+        raise APIError(421, "host_not_allowed", f"This server does not answer to host {request.host[:100]!r}; "
+                                                f"start it with --allow-origin http://HOST:PORT to allow it.", "Host")
 
 
 def is_json_media(content_type: str | None) -> bool:

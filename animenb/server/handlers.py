@@ -6,6 +6,7 @@ writes the answer. Every error is JSON, `{"error": {"code", "message", "field"}}
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import mimetypes
@@ -17,11 +18,11 @@ from tornado.web import HTTPError
 
 from animenb.phases.catalog import get_phase
 from animenb.retention import parse_age
-from animenb.store import JobStatus
+from animenb.store import JobStatus, StoreUnavailable
 
 from . import views
 from .auth import AuthMixin, require_role
-from .csrf import check_csrf
+from .csrf import check_csrf, check_host
 from .limits import LimitedBodyMixin
 from .requests import Caller
 from .validation import JOB_ID_RE, APIError, invalid, parse_cursor, parse_json_body, parse_limit
@@ -29,13 +30,34 @@ from .websocket import JobSocketHandler
 
 log = logging.getLogger(__name__)
 API = views.API
+STORE_RETRY_AFTER = "2"  # seconds: a lock held by another process is usually brief
 mimetypes.add_type("application/x-ipynb+json", ".ipynb")
 
 
+def storage_error(exc: BaseException | None) -> APIError | None:
+    """The answer to a write that could not happen: 507 when the disk is full (nothing was written), 503 +
+    Retry-After while the database is locked; None for any other error."""
+    if isinstance(exc, StoreUnavailable) and exc.full or isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return APIError(507, "insufficient_storage", "The server's disk is full; nothing was written. "
+                                                     "Retry once an operator has freed space.")
+    if isinstance(exc, StoreUnavailable):
+        return APIError(503, "store_unavailable", f"The job store cannot write now ({exc.reason}); nothing was "
+                        f"written. Retry after {STORE_RETRY_AFTER} s.", headers={"Retry-After": STORE_RETRY_AFTER})
+    return None
+
+
 class JSONErrorMixin:
+    def log_exception(self, typ, value, tb) -> None:
+        if storage_error(value) is not None:  # an expected fault, reported by /health: no traceback
+            log.warning("%s %s: %s", self.request.method, self.request.path, value)
+            return
+        super().log_exception(typ, value, tb)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        exc = storage_error(exc) or exc
         if isinstance(exc, APIError):
+            self.set_status(exc.status_code)
             error = {"code": exc.code, "message": exc.message, "field": exc.field}
         elif isinstance(exc, HTTPError) and status_code < 500:
             message = exc.log_message % exc.args if exc.log_message and exc.args else (exc.log_message or self._reason)
@@ -58,6 +80,7 @@ class BaseHandler(LimitedBodyMixin, JSONErrorMixin, AuthMixin, tornado.web.Reque
 
     def prepare(self):
         self.check_body_size()  # 413 from the Content-Length alone
+        check_host(self.request, self.service.config.host, self.service.config.allow_origins)
         check_csrf(self.request, self.service.config.allow_origins)
         self.current_user  # a bad or revoked token is a 401 everywhere, never a quiet anonymous
 
@@ -78,7 +101,7 @@ class BaseHandler(LimitedBodyMixin, JSONErrorMixin, AuthMixin, tornado.web.Reque
         return job
 
     def caller(self) -> Caller:
-        return Caller(identity=self.current_user, ws_base=self.ws_base())
+        return Caller(identity=self.current_user, ws_base=self.ws_base(), address=self.request.remote_ip)
 
     def write_accepted(self, reply: dict) -> None:
         """202 with `Location`: the new job's status URL."""
@@ -194,6 +217,9 @@ class OutputHandler(JSONErrorMixin, AuthMixin, tornado.web.StaticFileHandler):
 
     def initialize(self, **kwargs) -> None:  # root comes from the service
         super().initialize(path=str(self.settings["animenb"].outputs_dir))
+
+    def prepare(self) -> None:
+        check_host(self.request, self.service.config.host, self.service.config.allow_origins)
 
     async def get(self, path: str, include_body: bool = True) -> None:
         job_id, _, rel = path.partition("/")

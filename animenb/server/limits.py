@@ -16,11 +16,12 @@
 from __future__ import annotations
 
 import collections
+import ipaddress
 from dataclasses import dataclass
 
 from tornado.httpserver import HTTPServer
 
-from animenb.phases.cost import UNIT
+from animenb.phases.cost import FORMULA, UNIT
 
 from .validation import MAX_BODY_BYTES, APIError
 
@@ -48,7 +49,7 @@ ROLES = ("anonymous", "user", "admin")
 @dataclass(frozen=True)
 class JobLimits:
     """What one job may ask: its cost (`animenb.phases.cost`, megapixel-steps) by the caller's role, and
-    how long it may run. A default 512 px job of any phase costs 32-103; 2048 px x 150 steps x 64
+    how long it may run. A default 512 px job of any phase costs 32-111; 2048 px x 150 steps x 64
     frames costs about 40,000. None: no limit."""
     anonymous: float | None = 150.0
     user: float | None = 1500.0
@@ -67,7 +68,8 @@ class JobLimits:
         return getattr(self, role)
 
     def as_dict(self) -> dict:
-        return {"job_cost": {"unit": UNIT, "max_by_role": {role: self.max_cost(role) for role in ROLES}},
+        return {"job_cost": {"unit": UNIT, "formula": FORMULA,
+                             "max_by_role": {role: self.max_cost(role) for role in ROLES}},
                 "job_timeout_seconds": self.timeout_seconds}
 
 
@@ -98,20 +100,42 @@ class LimitedBodyMixin:
         self.request.body += chunk
 
 
+def client_key(address: str) -> str:
+    """Who a client address is, for per-client caps and turns: an IPv4 address as it is, an IPv6 address
+    by its /64 (one host or home network is usually given a whole /64), any loopback address as one.
+    Behind a reverse proxy every client has the proxy's address: start tornado with `xheaders=True` only
+    where the proxy sets X-Real-IP / X-Forwarded-For, else they all share one key."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return "loopback"
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 class WebSocketCounter:
-    """Open job WebSockets per client address; `acquire` refuses past the cap."""
+    """Open job WebSockets per client (`client_key` of the address); `acquire` refuses past the cap."""
 
     def __init__(self, cap: int):
         self.cap = cap
         self.open: collections.Counter[str] = collections.Counter()
 
+    def full(self, address: str) -> bool:
+        return self.open[client_key(address)] >= self.cap
+
     def acquire(self, address: str) -> bool:
-        if self.open[address] >= self.cap:
+        if self.full(address):
             return False
-        self.open[address] += 1
+        self.open[client_key(address)] += 1
         return True
 
     def release(self, address: str) -> None:
-        self.open[address] -= 1
-        if self.open[address] <= 0:
-            del self.open[address]
+        key = client_key(address)
+        self.open[key] -= 1
+        if self.open[key] <= 0:
+            del self.open[key]

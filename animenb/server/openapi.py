@@ -175,7 +175,7 @@ def _schemas() -> dict:
                             **PAGE}),
         "Health": _object({"status": {"enum": ["healthy", "degraded"]}, "service": STRING, "version": STRING,
                            "components": _object({"comfyui": OBJECT, "gpu": OBJECT, "jobs": OBJECT,
-                                                  "models": OBJECT}),
+                                                  "models": OBJECT, "store": OBJECT, "dispatcher": OBJECT}),
                            "degraded_components": {"type": "array", "items": STRING}}),
         "Phases": _object({"phases": {"type": "array", "items": _object({"id": INTEGER, "name": STRING,
                                                                            "notebook": STRING})},
@@ -197,7 +197,9 @@ def _paths() -> dict:
                 "415": _error("not `Content-Type: application/json`"),
                 "422": _error("a field the phase's spec refuses (`field` names it)"),
                 "401": _error("a bad or revoked token"), "403": _error("a foreign Origin (CSRF) or no right"),
-                "429": _error("too many queued jobs (Retry-After)")}
+                "429": _error("too many queued jobs (Retry-After)"),
+                "503": _error("the job store cannot write now: locked by another process (Retry-After)"),
+                "507": _error("the server's disk is full; nothing was written")}
     anyone = {"401": _error("a bad or revoked token")}
     job_404 = {"404": _error("no such job, or not yours")}
     ws_messages = [_ref(cls.__name__) for cls in EVENT_CLASSES]

@@ -7,19 +7,27 @@ from typing import Any
 from animenb.store.tokens_base import ANONYMOUS
 
 from .auth import Identity
+from .limits import client_key
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who makes a request, as its handler found out: the identity (None: anonymous) and the base of the
-    WebSocket URLs in replies (`ws://host` or `wss://host`, from the request)."""
+    """Who makes a request, as its handler found out: the identity (None: anonymous), the base of the
+    WebSocket URLs in replies (`ws://host` or `wss://host`, from the request) and the client's address."""
     identity: Identity | None = None
     ws_base: str = ""
+    address: str = ""  # the client's address (request.remote_ip)
 
     @property
     def name(self) -> str:
         """The owner name of the caller's jobs: the token's name, or "anonymous"."""
         return self.identity.name if self.identity is not None else ANONYMOUS
+
+    @property
+    def turn(self) -> str:
+        """Whose turn a job of this caller takes in the queue (`JobRunner`: round-robin between callers):
+        the token's name, or an anonymous caller's client (`client_key` of its address)."""
+        return self.name if self.identity is not None else f"{ANONYMOUS}@{client_key(self.address)}"
 
     @property
     def is_admin(self) -> bool:

@@ -1,8 +1,15 @@
-"""Thumbnails of a job's images and videos: a PNG of at most `THUMBNAIL_SIZE` px (first frame of a video)."""
+"""Thumbnails of a job's images and videos: a PNG of at most `THUMBNAIL_SIZE` px (first frame of a video).
+
+Made once per file however many requests ask at the same time (`SingleFlight`: one ffmpeg for 20
+concurrent first requests), each write under its own temporary name, then renamed into place.
+"""
 from __future__ import annotations
 
+import asyncio
 import os
+import tempfile
 from pathlib import Path
+from typing import Awaitable, Callable
 
 from . import views
 
@@ -27,10 +34,26 @@ def make_thumbnail(source: Path, target: Path, size: int = THUMBNAIL_SIZE) -> No
     image = image.convert("RGB")
     image.thumbnail((size, size))
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         image.save(tmp, format="PNG")
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class SingleFlight:
+    """One run of `make()` per key at a time: callers that ask while it runs await the same result."""
+
+    def __init__(self):
+        self._running: dict[object, asyncio.Future] = {}
+
+    async def run(self, key: object, make: Callable[[], Awaitable[None]]) -> None:
+        running = self._running.get(key)
+        if running is None:
+            running = self._running[key] = asyncio.ensure_future(make())
+            running.add_done_callback(lambda _: self._running.pop(key, None))
+        await asyncio.shield(running)  # one caller going away does not cancel it for the others

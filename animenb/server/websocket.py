@@ -9,8 +9,9 @@ state and its "finished" event, then the close. An unknown job id is accepted an
 at once with code 4404 and reason "Job not found: <id>" (a browser sees the reason;
 a failed handshake would hide it); a path that is not a 32-hex job id is a plain 404.
 Close reasons are cut to the 123 bytes a close frame holds. Origins: the server's own or one
-given with `--allow-origin` (else 403). One client address may hold at most
-`HttpLimits.max_websockets_per_client` job sockets open; past that the handshake is a 429.
+given with `--allow-origin` (else 403). One client may hold at most
+`HttpLimits.max_websockets_per_client` job sockets open (a client: an IPv4 address, an IPv6 /64, or all of
+loopback; see `limits.client_key`, also for proxies); past that the handshake is a 429.
 
 A private job needs its owner's (or an admin's) token, as `Authorization: Bearer <token>`
 or `?token=<token>`; without it the job is "not found" (4404). A bad or revoked token
@@ -29,7 +30,7 @@ from animenb.runner.events import JobEvent, JobFinishedEvent, JobStateEvent
 
 from . import views
 from .auth import identify
-from .csrf import origin_allowed
+from .csrf import host_allowed, origin_allowed
 from .validation import APIError
 
 log = logging.getLogger(__name__)
@@ -103,17 +104,24 @@ class JobSocketHandler(WebSocketHandler):
         return origin_allowed(origin, self.request, self.service.config.allow_origins)
 
     async def get(self, *args, **kwargs) -> None:
-        # Past the per-address cap the handshake is refused before the upgrade (429 JSON).
-        counter = self.service.websockets
-        if counter.open[self.request.remote_ip] >= counter.cap:
-            self.set_status(429)
-            self.set_header("Content-Type", "application/json; charset=UTF-8")
+        config, counter = self.service.config, self.service.websockets
+        if not host_allowed(self.request.host, config.host, config.allow_origins):  # DNS rebinding (csrf.py)
+            self._refuse(421, "host_not_allowed", "Host", f"This server does not answer to host "
+                                                          f"{self.request.host[:100]!r}.")
+            return
+        # Past the per-client cap the handshake is refused before the upgrade (429 JSON).
+        if counter.full(self.request.remote_ip):
             self.set_header("Retry-After", "5")
-            self.finish(json.dumps({"error": {
-                "code": "too_many_websockets", "field": None,
-                "message": f"At most {counter.cap} job WebSockets may be open from one address at once."}}))
+            self._refuse(429, "too_many_websockets", None,
+                         f"At most {counter.cap} job WebSockets may be open from one address at once.")
             return
         await super().get(*args, **kwargs)
+
+    def _refuse(self, status: int, code: str, field: str | None, message: str) -> None:
+        """Answer the handshake with a JSON error instead of upgrading."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"error": {"code": code, "field": field, "message": message}}))
 
     def open(self, job_id: str) -> None:
         self.job_id = job_id

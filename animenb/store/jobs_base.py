@@ -51,6 +51,10 @@ class JobStoreBase(ABC):
         """The oldest queued jobs, oldest first, without claiming them (a dispatcher that places jobs on
         workers of different kinds looks ahead, then claims one with `transition(..., expected=[QUEUED])`)."""
 
+    def queued_heads(self, limit: int = 64) -> list[JobRecord]:
+        """The oldest queued job of each caller (its `extra["turn"]`, else its owner), oldest first."""
+        return self.next_queued(limit)
+
     @abstractmethod
     def transition(self, job_id: str, status: JobStatus | str, *, error: JobError | None = None,
                    outputs: JobOutputs | None = None, progress: dict[str, Any] | None = None,

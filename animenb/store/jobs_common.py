@@ -34,6 +34,15 @@ class StoreError(RuntimeError):
     """The job store failed (database unreadable, migration failed...)."""
 
 
+class StoreUnavailable(StoreError):
+    """A write could not happen now (the database is locked by another process, or its disk is full);
+    nothing was written. The server answers 503 + Retry-After (507 when `full`); retrying may succeed."""
+
+    def __init__(self, reason: str, *, full: bool = False):
+        super().__init__(reason)
+        self.reason, self.full = reason, full
+
+
 class JobNotFoundError(KeyError):
     """No job with that id."""
 

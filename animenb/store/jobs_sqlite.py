@@ -33,6 +33,12 @@ CLAIM_NEXT_QUERY = """--sql
 NEXT_QUEUED_QUERY = """--sql
     SELECT * FROM jobs WHERE status = 'queued' ORDER BY seq ASC LIMIT ?
 """
+# The oldest queued job of each caller (`extra.turn`, else the owner): the runner takes turns between them.
+QUEUED_HEADS_QUERY = """--sql
+    SELECT * FROM jobs WHERE seq IN (
+        SELECT MIN(seq) FROM jobs WHERE status = 'queued' GROUP BY COALESCE(json_extract(extra, '$.turn'), owner)
+    ) ORDER BY seq ASC LIMIT ?
+"""
 QUEUE_POSITION_QUERY = """--sql
     SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= ?
 """
@@ -167,6 +173,10 @@ class SqliteJobStore(JobStoreBase):
         with self.db.read() as cur:
             return [self._record(row) for row in cur.execute(NEXT_QUEUED_QUERY, (int(limit),)).fetchall()]
 
+    def queued_heads(self, limit: int = 64) -> list[JobRecord]:
+        with self.db.read() as cur:
+            return [self._record(row) for row in cur.execute(QUEUED_HEADS_QUERY, (int(limit),)).fetchall()]
+
     def transition(self, job_id, status, *, error=None, outputs=None, progress=None, expected=None,
                    worker=None) -> JobRecord:
         status = JobStatus(status)
@@ -222,7 +232,7 @@ class SqliteJobStore(JobStoreBase):
 
     def recover(self, has_output: Callable[[JobRecord], bool]) -> list[JobRecord]:
         changed = []
-        with self.db.transaction() as cur:
+        with self.db.transaction(patient=True) as cur:  # start-up: may wait for a lock
             rows = cur.execute("SELECT * FROM jobs WHERE status = 'running' ORDER BY seq").fetchall()
             for job in map(self._record, rows):
                 if job.requeues == 0 and job.outputs.is_empty and not has_output(job):

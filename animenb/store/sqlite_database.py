@@ -8,17 +8,31 @@ process and never corrupts, and it skips the fsync (0.6 ms on a quiet disk, seve
 images; on the event loop's thread). Reads (`read()`) take no write lock.
 The file is created 0600 (it holds private prompts and token hashes) in a 0700 folder when
 it makes one; SQLite gives the -wal and -shm files the database file's mode.
-One connection per database, shared across threads behind an RLock; every read and
-write goes through `transaction()`, which commits or rolls back.
+Two connections per database, each shared across threads behind its own lock: one for writes
+(`transaction()`, which commits or rolls back) and one for reads (`read()`), so a read never waits
+behind a write that waits for another process's lock.
+
+A write that cannot happen (another process holds the write lock past the busy timeout, or the disk is
+full) raises `StoreUnavailable`; nothing was written, and `fault` says why until a write succeeds again
+(/health reports it). On the event loop's thread a write waits at most `LOOP_WAIT` s, for the lock of
+this process and for the database's: requests answer 503 instead of freezing the server. Other threads
+(the job-end writer) wait the full busy timeout.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from .jobs_common import StoreUnavailable
+
+BUSY_TIMEOUT_MS = 5000
+LOOP_WAIT = 0.25  # seconds a write on the event loop's thread may wait (module docstring)
 
 
 def make_private(path: Path) -> None:
@@ -36,13 +50,23 @@ class SqliteDatabase:
         if self.path != ":memory:":
             make_private(Path(self.path))
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA busy_timeout = 5000")
-        self._conn.execute("PRAGMA foreign_keys = ON")
+        self._conn = self._connect()
         if self.path != ":memory:":
             self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = FULL")
+        # ":memory:" is one database per connection: there, reads share the writer's.
+        self._read_lock = self._lock if self.path == ":memory:" else threading.RLock()
+        self._reader = self._conn if self.path == ":memory:" else self._connect()
+        self._writing = threading.local()  # a thread inside transaction(): its reads join it
+        self.fault: dict | None = None  # {"reason", "since"} while writes fail (module docstring)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                               timeout=BUSY_TIMEOUT_MS / 1000)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
 
     @property
     def journal_mode(self) -> str:
@@ -50,42 +74,89 @@ class SqliteDatabase:
             return cur.execute("PRAGMA journal_mode").fetchone()[0]
 
     @contextmanager
-    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Cursor]:
+    def transaction(self, *, durable: bool = True, patient: bool = False) -> Iterator[sqlite3.Cursor]:
         """Yield a cursor inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any exception); `durable=False`
-        commits without the fsync (module docstring).
+        commits without the fsync (module docstring). Raises `StoreUnavailable` when the write cannot
+        happen now; `patient` waits the full busy timeout even on the event loop's thread (start-up,
+        before any request is served).
 
         Re-entrant on one thread: a nested call joins the outer transaction (and its durability).
         """
-        with self._begin("BEGIN IMMEDIATE", durable) as cur:
-            yield cur
+        if getattr(self._writing, "depth", 0):
+            with self._lock:
+                yield self._conn.cursor()
+            return
+        on_loop = not patient and _on_event_loop()
+        if not self._lock.acquire(timeout=LOOP_WAIT if on_loop else -1):
+            raise self._failed("another write of this server holds the database")
+        self._writing.depth = 1
+        try:
+            if on_loop:
+                self._conn.execute(f"PRAGMA busy_timeout = {int(LOOP_WAIT * 1000)}")
+            try:
+                with self._begin(self._conn, "BEGIN IMMEDIATE", durable) as cur:
+                    yield cur
+            except sqlite3.OperationalError as exc:
+                unavailable = self._unavailable(exc)
+                if unavailable is None:
+                    raise
+                raise unavailable from exc
+            self.fault = None
+        finally:
+            if on_loop:
+                self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._writing.depth = 0
+            self._lock.release()
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Cursor]:
-        """Yield a cursor inside a deferred BEGIN ... COMMIT: one consistent snapshot, no write lock."""
-        with self._begin("BEGIN", True) as cur:
+        """Yield a cursor inside a deferred BEGIN ... COMMIT: one consistent snapshot, no write lock.
+        Inside `transaction()` on the same thread it joins that transaction (and sees its writes)."""
+        if getattr(self._writing, "depth", 0):
+            with self._lock:
+                yield self._conn.cursor()
+            return
+        with self._read_lock, self._begin(self._reader, "BEGIN", True) as cur:
             yield cur
 
+    @staticmethod
     @contextmanager
-    def _begin(self, begin: str, durable: bool) -> Iterator[sqlite3.Cursor]:
-        with self._lock:
-            if self._conn.in_transaction:
-                yield self._conn.cursor()
-                return
-            cur = self._conn.cursor()
-            if not durable:
-                cur.execute("PRAGMA synchronous = NORMAL")
+    def _begin(conn: sqlite3.Connection, begin: str, durable: bool) -> Iterator[sqlite3.Cursor]:
+        if conn.in_transaction:  # ":memory:", a read inside a write: join it
+            yield conn.cursor()
+            return
+        cur = conn.cursor()
+        if not durable:
+            cur.execute("PRAGMA synchronous = NORMAL")
+        try:
             cur.execute(begin)
             try:
                 yield cur
             except BaseException:
-                self._conn.rollback()
+                conn.rollback()
                 raise
             else:
-                self._conn.commit()
-            finally:
-                if not durable:
-                    cur.execute("PRAGMA synchronous = FULL")
-                cur.close()
+                conn.commit()
+        finally:
+            if not durable:
+                cur.execute("PRAGMA synchronous = FULL")
+            cur.close()
+
+    def _unavailable(self, exc: sqlite3.OperationalError) -> StoreUnavailable | None:
+        """`StoreUnavailable` for a lock, a full disk or an I/O error; None for any other error (a bug)."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+            return self._failed("the disk of the database is full", full=True)
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc) or "busy" in str(exc):
+            return self._failed("the database is locked by another process")
+        if code == sqlite3.SQLITE_IOERR or "disk I/O error" in str(exc):
+            return self._failed(f"the database cannot be written ({exc})")
+        return None
+
+    def _failed(self, reason: str, *, full: bool = False) -> StoreUnavailable:
+        if self.fault is None or self.fault["reason"] != reason:
+            self.fault = {"reason": reason, "since": time.time()}
+        return StoreUnavailable(reason, full=full)
 
     def checkpoint(self) -> None:
         """Fold the WAL into the main file (before copying it as a backup)."""
@@ -93,5 +164,16 @@ class SqliteDatabase:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._conn.close()
+            if self._reader is not self._conn:
+                self._reader.close()
+
+
+def _on_event_loop() -> bool:
+    """Whether this thread runs an asyncio event loop now (module docstring)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

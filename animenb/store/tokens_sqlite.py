@@ -10,6 +10,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from .jobs_common import StoreUnavailable
 from .migrations import Migrator
 from .sqlite_database import SqliteDatabase
 from .tokens_base import TOKEN_PREFIX, TokenError, TokenRecord, TokenStoreBase, check_name, check_role, hash_secret
@@ -49,15 +50,19 @@ class SqliteTokenStore(TokenStoreBase):
     def authenticate(self, token: str) -> TokenRecord | None:
         if type(token) is not str or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
-        with self.db.transaction() as cur:
+        with self.db.read() as cur:
             row = cur.execute("SELECT * FROM tokens WHERE secret_hash = ? AND revoked_at IS NULL",
                               (hash_secret(token),)).fetchone()
-            if row is None:
-                return None
-            now = time.time()
-            if row["last_used_at"] is None or now - row["last_used_at"] > LAST_USED_RESOLUTION:
-                cur.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, row["id"]))
-            return self._record(row)
+        if row is None:
+            return None
+        now = time.time()
+        if row["last_used_at"] is None or now - row["last_used_at"] > LAST_USED_RESOLUTION:
+            try:
+                with self.db.transaction(durable=False) as cur:
+                    cur.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, row["id"]))
+            except StoreUnavailable:
+                pass  # a hint for operators: a locked database must not refuse a valid token
+        return self._record(row)
 
     def revoke(self, name_or_id: str) -> TokenRecord:
         with self.db.transaction() as cur:

@@ -51,7 +51,7 @@ class Migrator:
         return self.migrations[-1].to_version if self.migrations else 0
 
     def version(self) -> int:
-        with self.db.transaction() as cur:
+        with self.db.transaction(patient=True) as cur:  # start-up: may wait for a lock
             return cur.execute("PRAGMA user_version").fetchone()[0]
 
     def run(self) -> int:
@@ -64,7 +64,7 @@ class Migrator:
             self.db.checkpoint()
             shutil.copy2(self.db.path, backup)
         try:
-            with self.db.transaction() as cur:
+            with self.db.transaction(patient=True) as cur:  # start-up: may wait for a lock
                 for migration in pending:
                     migration.callback(cur)
                     cur.execute(f"PRAGMA user_version = {int(migration.to_version)}")
