@@ -32,6 +32,7 @@ import tornado.web
 
 from animenb import config
 from animenb.gpu_info import gpu_facts
+from animenb.phases.catalog import PHASES
 from animenb.phases.cost import images_per_step, job_cost, orchestration_cost
 from animenb.retention import collect_garbage
 from animenb.runner.events import EventBus
@@ -219,11 +220,16 @@ class AnimeService:
         """GET /health: components, job counts and what this server offers; "degraded" names what is down."""
         comfyui = await self.comfyui_health()
         runner = self.runner.health()
-        degraded = []
+        degraded: dict[str, str] = {}  # component -> why
         if comfyui.get("status") not in ("healthy", "not configured"):
-            degraded.append("comfyui")
+            degraded["comfyui"] = f"ComfyUI is {comfyui.get('status')}"
         if runner["stalled"]:
-            degraded.append("kernels")
+            degraded["kernels"] = "no kernel is ready"
+        missing = [p.notebook for p in PHASES if not (self.runner.notebooks_dir / p.notebook).is_file()]
+        if missing:  # e.g. an installed package without its notebooks: every job would fail
+            degraded["notebooks"] = f"missing from {self.runner.notebooks_dir}: {', '.join(missing)}"
+        if "error" in self.models:
+            degraded["models"] = self.models["error"]
         body = views.health_body(
             service=SERVICE_NAME, version=API_VERSION, uptime_seconds=time.time() - self.started_at,
             counts=self.store.counts_by_status(), comfyui=comfyui, gpu=await self.gpu.info(), runner=runner,

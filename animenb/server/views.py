@@ -153,8 +153,9 @@ def features(scored: bool) -> list[str]:
 
 
 def health_body(*, service: str, version: str, uptime_seconds: float, counts: dict[str, int], comfyui: dict,
-                gpu: dict, runner: dict, models: dict, backend: str, degraded: list[str]) -> dict:
-    """GET /health from the facts `AnimeService.health` gathered (`runner`: `JobRunner.health()`)."""
+                gpu: dict, runner: dict, models: dict, backend: str, degraded: dict[str, str]) -> dict:
+    """GET /health from the facts `AnimeService.health` gathered (`runner`: `JobRunner.health()`;
+    `degraded`: component -> why). `version` is the API's, `animenb_version` the package's."""
     kernels = runner["kernels"]
     return {
         "status": "degraded" if degraded else "healthy",
@@ -174,6 +175,7 @@ def health_body(*, service: str, version: str, uptime_seconds: float, counts: di
                         "devices": kernels},
             "executor": runner["executor"],
         },
-        "degraded_components": degraded,
+        "degraded_components": list(degraded),
+        "degraded_reasons": degraded,
         "bulletproof_features": features(runner["scored"]),
     }
