@@ -93,6 +93,7 @@ def orchestrate(
     backend_options: dict | None = None,
     output_dir: str | Path | None = None,
     thresholds: Mapping[str | int, float | None] | float | None = None,
+    advisory_gates: bool = False,
     phase_options: Mapping[str, Mapping[str, Any]] | None = None,
     on_progress: Callable[[ProgressEvent], None] | None = None,
     display: str | None = "auto",
@@ -106,6 +107,8 @@ def orchestrate(
     `attempt_seed(seed, phase_id, k)` up to `max_retries` times; then the chain stops with status
     "failed" and a reason naming the phase, attempts, seeds and scores. `thresholds`: None (each
     phase's threshold in parameters/quality.yaml), one number for all phases, or a mapping by phase.
+    `advisory_gates=True` scores and records every gate but runs the chain through whatever they say
+    (each phase once; a failed attempt still feeds the next phase), for random-weight profiles.
     `phase_options` passes extra keyword arguments to one phase function, by phase name (e.g.
     {"FULL_VIDEO": {"frames": 14}}). `on_progress` receives the overall `ProgressEvent`s; `display`
     as for the phase functions ("auto", "kernel", "tqdm" or None); `cancel` (an
@@ -132,7 +135,8 @@ def orchestrate(
 
     parameters = {"prompt": prompt, "seed": seed, "steps": steps, "width": width, "height": height,
                   "reference_image": None if reference_image is None else str(reference_image),
-                  "max_retries": max_retries, "models": models, "backend": getattr(engine, "name", str(backend)),
+                  "max_retries": max_retries, "advisory_gates": advisory_gates, "models": models,
+                  "backend": getattr(engine, "name", str(backend)),
                   "thresholds": thresholds if not isinstance(thresholds, Mapping)
                   else {str(k): v for k, v in thresholds.items()}, "phase_options": options}
     record = ChainRecord(root, parameters=parameters, seed=seed, max_retries=max_retries, thresholds=gates)
@@ -160,7 +164,7 @@ def orchestrate(
     try:
         # 1-3. each phase, attempt after attempt, until its gate passes or the retries run out
         history: list[dict] = []
-        while (step := next_step(history, max_retries)).action == "run":
+        while (step := next_step(history, max_retries, advisory_gates)).action == "run":
             phase, attempt = get_phase(step.phase), step.attempt
             kwargs = attempt_parameters(phase.name, attempt, prompt=prompt, seed=seed, root=root, passed=passed_dirs,
                                         steps=steps, width=width, height=height, models=models,
@@ -180,14 +184,15 @@ def orchestrate(
                 phase=phase.name, phase_id=phase.id, attempt=attempt, seed=kwargs["seed"],
                 seed_source=AttemptRecord.seed_source_of(attempt), output_dir=out.relative_to(root).as_posix(),
                 score=report.score, threshold=report.threshold, passed=report.passed,
-                decision=gate_decision(report.passed, attempt, max_retries), generate_seconds=round(t1 - t0, 4),
-                score_seconds=round(time.perf_counter() - t1, 4), metrics=dict(report.metrics))
+                decision=gate_decision(report.passed, attempt, max_retries, advisory_gates),
+                generate_seconds=round(t1 - t0, 4), score_seconds=round(time.perf_counter() - t1, 4),
+                metrics=dict(report.metrics), failures=list(report.failures))
             attempts.append(row)
             history.append(row.as_dict())
             results[phase.name] = result
             record.add_attempt(row)
             progress.end_attempt(report.passed, report.score)
-            if report.passed:
+            if report.passed or advisory_gates:
                 passed_dirs[phase.name] = out
             save_record()
         status, reason = step.action, step.reason

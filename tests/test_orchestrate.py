@@ -125,6 +125,24 @@ def test_gate_failure_reason_names_phase_attempts_seeds_and_scores():
                       "seed 1 -> 0.500, seed 99 -> 0.712")
 
 
+def test_gate_failure_reason_names_the_rules_that_failed_each_attempt():
+    reason = gate_failure_reason("CHARACTER_SHEET", [
+        {"seed": 1, "score": 0.133, "threshold": 0.1, "failures": ["pose_distinctness 0.212 < floor 0.5"]},
+        {"seed": 7, "score": 0.05, "threshold": 0.1, "failures": ["score 0.050 < threshold 0.1"]}])
+    assert reason == ("CHARACTER_SHEET failed its quality gate (threshold 0.10) after 2 attempts: "
+                      "seed 1 -> 0.133 (pose_distinctness 0.212 < floor 0.5), seed 7 -> 0.050")
+
+
+def test_advisory_gates_run_the_chain_through():
+    assert gate_decision(False, 1, 2, advisory=True) == "advance"
+    history = [_h("CHARACTER_SHEET", False)]
+    assert next_step(history, 2, advisory=True) == NextStep("run", "ANIMATION_LOOP", 1)
+    history += [_h("ANIMATION_LOOP", True, score=0.9), _h("FULL_VIDEO", False, seed=5, score=0.2)]
+    assert next_step(history, 2, advisory=True) == NextStep(
+        "succeeded", reason="ran through with advisory gates in 3 attempts; failed: CHARACTER_SHEET seed 1 -> 0.500, "
+                            "FULL_VIDEO seed 5 -> 0.200")
+
+
 def _h(phase, passed, seed=1, score=0.5):
     return {"phase": phase, "passed": passed, "seed": seed, "score": score, "threshold": 0.8}
 
@@ -318,6 +336,25 @@ def test_cli_exit_codes(chain_ok, workdir, monkeypatch, capsys):
     assert [line.split()[:3] for line in out.splitlines()[:3]] == [
         ["phase", "1", "CHARACTER_SHEET"], ["phase", "2", "ANIMATION_LOOP"], ["phase", "3", "FULL_VIDEO"]]
     assert "SUCCEEDED: all 3 gates passed" in out
+
+
+def test_cli_on_tiny_names_the_failed_property_and_runs_through_with_advisory_gates(workdir, capsys):
+    args = ["orchestrate", "--models", "tiny", "girl", "--seed", "3", "--steps", "2", "--max-retries", "0", "--quiet"]
+    assert cli.main(args + ["--output-dir", str(workdir / "cli_tiny")]) == 1
+    out, err = capsys.readouterr()
+    assert "random weights fail the quality gates by design" in err and "--advisory-gates" in err
+    attempt_line = next(line for line in out.splitlines() if line.startswith("phase 1"))
+    assert "FAILED -> fail: " in attempt_line and " < " in attempt_line.split("FAILED -> fail: ")[1]
+    record = json.loads((workdir / "cli_tiny" / "orchestration.json").read_text())
+    failures = record["attempts"][0]["failures"]
+    assert failures and all(f.split()[0] in out for f in failures)  # each failed rule is named in the output
+
+    assert cli.main(args + ["--advisory-gates", "--output-dir", str(workdir / "cli_tiny_through")]) == 0
+    out, err = capsys.readouterr()
+    assert "advisory" not in err
+    assert [line.split()[:3] for line in out.splitlines()[:3]] == [
+        ["phase", "1", "CHARACTER_SHEET"], ["phase", "2", "ANIMATION_LOOP"], ["phase", "3", "FULL_VIDEO"]]
+    assert "SUCCEEDED: ran through with advisory gates" in out
 
 
 def test_notebook_has_one_parameters_cell_and_no_outputs():

@@ -258,7 +258,8 @@ class Orchestrator:
             seed_source=AttemptRecord.seed_source_of(attempt), output_dir=f"../{job.id}",
             score=quality.get("score"), threshold=quality.get("threshold", self.gates.get(phase.name)),
             passed=passed, decision=gate_decision(passed, attempt, self.max_retries),
-            metrics=dict(quality.get("metrics") or {}), job_id=job.id, error=quality.get("error"))
+            metrics=dict(quality.get("metrics") or {}), job_id=job.id, error=quality.get("error"),
+            failures=list(quality.get("failures") or []))
 
     # -- progress -----------------------------------------------------------------------
     def _publish(self, event: ProgressEvent, milestone: bool) -> None:
