@@ -47,6 +47,9 @@ def _progress(job: JobRecord, live: dict | None) -> dict:
                                         "elapsed_seconds", "updated_at") if k in stored})
     if job.status is JobStatus.SUCCEEDED:
         base.update(percent=100.0, eta_seconds=0.0)
+    if job.terminal and job.started_at is not None and job.finished_at is not None:
+        # the whole run, scoring included (a progress event's own figure stops at its last step)
+        base["elapsed_seconds"] = round(job.finished_at - job.started_at, 3)
     return base
 
 
