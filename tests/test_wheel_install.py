@@ -38,11 +38,17 @@ def readme_blocks(section: str) -> list[str]:
 
 
 def cpu_recipe() -> list[str]:
-    """The CPU install line of the README's Install section, as pip arguments (without `pip install`)."""
+    """The CPU install line of the README's Install section, as pip arguments (without `pip install`).
+    Where pip is given a local wheel folder (PIP_FIND_LINKS, as on CI machines without PyTorch's index),
+    the lock's torch comes from there and the recipe's PyTorch index is left out."""
     for block in readme_blocks("Install"):
         for line in block.splitlines():
             if line.startswith("pip install") and "lock.txt" in line:
-                return shlex.split(line.split("#", 1)[0])[2:]
+                args = shlex.split(line.split("#", 1)[0])[2:]
+                if os.environ.get("PIP_FIND_LINKS") and "--extra-index-url" in args:
+                    at = args.index("--extra-index-url")
+                    del args[at:at + 2]
+                return args
     raise AssertionError("README's Install section has no `pip install ... -c requirements/lock.txt` line")
 
 
@@ -147,7 +153,8 @@ def test_the_readme_tour_runs_as_written(installed):
     server = Served(env, work, serve.strip().split("#", 1)[0].strip() + " --port {port}")
     try:
         server.health()
+        tour_env = {**env, "ANIMENB_URL": server.url}  # the client commands' default server
         for block in steps:
-            run(block.replace("127.0.0.1:8328", f"127.0.0.1:{server.port}"), env, work)
+            run(block.replace("127.0.0.1:8328", f"127.0.0.1:{server.port}"), tour_env, work)
     finally:
         server.stop()
