@@ -37,8 +37,9 @@ def _shipped_dir(name: str) -> Path:
     checkout = repo_root()
     if (checkout / "pyproject.toml").is_file() and (checkout / name).is_dir():
         return checkout / name
-    # A wheel installs as plain files, so the resource is the folder itself.
-    return Path(str(importlib.resources.files(f"animenb._{name}")))
+    # Through the regular package: `animenb._<name>` itself has no __init__.py, so its files() would be a
+    # namespace's MultiplexedPath. A wheel installs as plain files, so the resource is the folder itself.
+    return Path(str(importlib.resources.files("animenb") / f"_{name}"))
 
 
 def notebooks_dir() -> Path:
