@@ -440,23 +440,3 @@ def test_an_error_in_a_joined_cell_is_that_cells_error(tmp_path, warm_kernel, wh
         "pending" if where == "parameters" else "completed")
     assert run.metadata.papermill.status == "pending" and run.outputs == []
 
-
-def test_a_local_kernel_talks_over_unix_sockets_in_the_private_runtime_folder(capfd):
-    import glob
-    import os
-
-    from jupyter_core.paths import jupyter_runtime_dir
-
-    from animenb.runner.kernels import WarmKernel
-
-    kernel = WarmKernel("cpu")
-    kernel.start()
-    try:
-        km = kernel.km
-        sockets = glob.glob(km.ip + "-*")
-        assert km.transport == "ipc" and os.path.dirname(km.ip) == jupyter_runtime_dir()
-        assert len(sockets) == 5 and all(Path(s).is_socket() for s in sockets)  # shell, iopub, stdin, control, hb
-    finally:
-        kernel.shutdown()
-    assert not glob.glob(km.ip + "-*")  # removed with the kernel
-    assert "without encryption" not in capfd.readouterr().err

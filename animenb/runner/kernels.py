@@ -24,7 +24,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -81,22 +80,6 @@ del __animenb_one_transform__
 # work-around); the client waits for "idle" anyway.
 KERNEL_ARGUMENTS = ["--HistoryManager.enabled=False",  # no history database writes from a long-lived kernel
                     "--IPythonKernel._execute_sleep=0"]
-
-
-def local_transport() -> dict:
-    """AsyncKernelManager's transport for a kernel on this machine: Unix sockets in Jupyter's private (0700)
-    runtime folder, removed with the kernel, so no TCP port is open to other users and ipykernel does not
-    warn about unencrypted TCP. TCP where IPC is missing (Windows) or the socket path would pass the
-    ~104-byte limit of Unix socket names."""
-    from jupyter_core.paths import jupyter_runtime_dir
-
-    prefix = os.path.join(jupyter_runtime_dir(), f"animenb-{uuid.uuid4().hex[:12]}")  # one per kernel
-    if os.name != "posix" or len(prefix) > 90:
-        return {}
-    os.makedirs(jupyter_runtime_dir(), mode=0o700, exist_ok=True)
-    return {"transport": "ipc", "ip": prefix}
-
-
 # Run silently before every job: names added by the previous job go, the output cache is emptied.
 RESET_CODE = """\
 for __animenb_name__ in [n for n in get_ipython().user_ns if n not in __animenb_baseline__]:
@@ -241,7 +224,7 @@ class WarmKernel:
         if self.device.startswith("cuda:"):
             env["CUDA_VISIBLE_DEVICES"] = self.device.split(":", 1)[1]
         t0 = time.perf_counter()
-        km = AsyncKernelManager(kernel_name=self.kernel_name, **local_transport())
+        km = AsyncKernelManager(kernel_name=self.kernel_name)
         await km.start_kernel(env=env, cwd=self.cwd, extra_arguments=KERNEL_ARGUMENTS)
         kc = km.client()
         kc.start_channels()
