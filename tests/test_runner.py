@@ -439,4 +439,3 @@ def test_an_error_in_a_joined_cell_is_that_cells_error(tmp_path, warm_kernel, wh
     assert other.outputs == [] and other.metadata.papermill.status == (
         "pending" if where == "parameters" else "completed")
     assert run.metadata.papermill.status == "pending" and run.outputs == []
-
