@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from tornado.testing import bind_unused_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the install counts in the first test's time
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
