@@ -71,8 +71,10 @@ lint:
 demo: setup
 	$(BIN)/animenb demo --models tiny
 
+# Containers usually run as root, where JupyterLab refuses to start without --allow-root.
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: setup lab-setup
-	$(LAB_ENV) $(LAB_VENV)/bin/jupyter lab notebooks
+	$(LAB_ENV) $(LAB_VENV)/bin/jupyter lab $(LAB_ROOT) notebooks
 
 # Re-resolve the locks (needs PyPI and the CPU torch wheel, as setup does), then refuse CUDA packages.
 PIP_COMPILE := pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links

@@ -6,6 +6,7 @@ ANIMENB_OUTPUTS where runs write outputs/<job_id>/; default ./outputs
 """
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
 
@@ -25,13 +26,27 @@ def outputs_dir() -> Path:
 
 
 def repo_root() -> Path:
-    """The checkout holding notebooks/ and parameters/ (animenb is installed editable)."""
+    """The folder above the package: the checkout when animenb runs from one, else site-packages."""
     return Path(__file__).resolve().parent.parent
 
 
+def _shipped_dir(name: str) -> Path:
+    """The top-level `name` folder of the checkout animenb runs from (editable install or PYTHONPATH);
+    from a wheel, the same files shipped as the resource package `animenb._<name>` (pyproject maps one
+    to the other). The checkout's own folder wins so that an edited notebook is the one that runs."""
+    checkout = repo_root()
+    if (checkout / "pyproject.toml").is_file() and (checkout / name).is_dir():
+        return checkout / name
+    # Through the regular package: `animenb._<name>` itself has no __init__.py, so its files() would be a
+    # namespace's MultiplexedPath. A wheel installs as plain files, so the resource is the folder itself.
+    return Path(str(importlib.resources.files("animenb") / f"_{name}"))
+
+
 def notebooks_dir() -> Path:
-    return repo_root() / "notebooks"
+    """The phase notebooks (01_character_sheet.ipynb ...); `animenb serve --notebooks` overrides them."""
+    return _shipped_dir("notebooks")
 
 
 def parameters_dir() -> Path:
-    return repo_root() / "parameters"
+    """parameters/: per-phase YAML, quality.yaml and the model profiles under models/."""
+    return _shipped_dir("parameters")

@@ -1,6 +1,6 @@
 """Speed settings of a model profile (`fast_paths:` in parameters/models/<profile>.yaml).
 
-Each setting has a default measured on the machines in the README ("Measured"); "auto"
+Each setting has a default measured on the machines in bench/results/README.md; "auto"
 picks per device and request size. Load-time settings (attention, channels_last,
 compile_unet, cpu_offload) are applied once when a pipeline enters the model cache; per-call
 settings (vae_slicing, vae_tiling, decode_chunk_size) are resolved for each request.

@@ -88,6 +88,7 @@ def orchestrate(
     backend_options: dict | None = None,
     output_dir: str | Path | None = None,
     thresholds: Mapping[str | int, float | None] | float | None = None,
+    advisory_gates: bool = False,
     phase_options: Mapping[str, Mapping[str, Any]] | None = None,
     on_progress: Callable[[ProgressEvent], None] | None = None,
     display: str | None = "auto",
@@ -101,6 +102,8 @@ def orchestrate(
     `attempt_seed(seed, phase_id, k)` up to `max_retries` times; then the chain stops with status
     "failed" and a reason naming the phase, attempts, seeds and scores. `thresholds`: None (each
     phase's threshold in parameters/quality.yaml), one number for all phases, or a mapping by phase.
+    `advisory_gates=True` scores and records every gate but runs the chain through whatever they say
+    (each phase once; a failed attempt still feeds the next phase), for random-weight profiles.
     `phase_options` passes extra keyword arguments to one phase function, by phase name (e.g.
     {"FULL_VIDEO": {"frames": 14}}). `on_progress` receives the overall `ProgressEvent`s; `display`
     as for the phase functions ("auto", "kernel", "tqdm" or None); `cancel` (an
@@ -127,7 +130,8 @@ def orchestrate(
 
     parameters = {"prompt": prompt, "seed": seed, "steps": steps, "width": width, "height": height,
                   "reference_image": None if reference_image is None else str(reference_image),
-                  "max_retries": max_retries, "models": models, "backend": getattr(phase_backend, "name", str(backend)),
+                  "max_retries": max_retries, "advisory_gates": advisory_gates, "models": models,
+                  "backend": getattr(phase_backend, "name", str(backend)),
                   "thresholds": thresholds if not isinstance(thresholds, Mapping)
                   else {str(k): v for k, v in thresholds.items()}, "phase_options": options}
     sink = ProgressDisplay(display, desc=ORCHESTRATION)
@@ -138,7 +142,7 @@ def orchestrate(
         sink.show(event, force=milestone)
 
     chain = ChainRun(root, parameters, seed=seed, max_retries=max_retries, thresholds=gates,
-                     phase_options=options, publish=publish)
+                     phase_options=options, publish=publish, advisory=advisory_gates)
     results: dict[str, PhaseResult] = {}
 
     def run_once(attempt: Attempt) -> AttemptOutcome:
@@ -153,7 +157,7 @@ def orchestrate(
         record_quality(attempt.output_dir, report)
         return AttemptOutcome(attempt.output_dir, report.score, report.threshold, report.passed,
                               metrics=dict(report.metrics), generate_seconds=round(t1 - t0, 4),
-                              score_seconds=round(time.perf_counter() - t1, 4))
+                              score_seconds=round(time.perf_counter() - t1, 4), failures=list(report.failures))
 
     # 1-3. each phase, attempt after attempt, until its gate passes or the retries run out
     chain.save()

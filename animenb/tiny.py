@@ -11,7 +11,7 @@ Sized to be fast at every size the API accepts (64-2048 px), not only at the tes
 the UNets have 4 levels with attention only at the lowest one (latent / 8), and the VAEs are
 as narrow as their GroupNorms allow, without the SD VAE's mid-block attention. Attention at
 the full latent resolution made a 512 px pose cost ~2 s per step on one CPU (4096 tokens,
-quadratic), the same pose now costs ~35 ms per step; see the README's "Measured".
+quadratic), the same pose now costs ~35 ms per step; see bench/results/README.md.
 
 Folders live under `<ANIMENB_HOME>/tiny/<TINY_VERSION>/<role>` and are rebuilt when missing.
 """

@@ -61,6 +61,24 @@ def test_gate_failure_reason_names_phase_attempts_seeds_and_scores():
                       "seed 1 -> 0.500, seed 99 -> 0.712")
 
 
+def test_gate_failure_reason_names_the_rules_that_failed_each_attempt():
+    reason = gate_failure_reason("CHARACTER_SHEET", [
+        {"seed": 1, "score": 0.133, "threshold": 0.1, "failures": ["pose_distinctness 0.212 < floor 0.5"]},
+        {"seed": 7, "score": 0.05, "threshold": 0.1, "failures": ["score 0.050 < threshold 0.1"]}])
+    assert reason == ("CHARACTER_SHEET failed its quality gate (threshold 0.10) after 2 attempts: "
+                      "seed 1 -> 0.133 (pose_distinctness 0.212 < floor 0.5), seed 7 -> 0.050")
+
+
+def test_advisory_gates_run_the_chain_through():
+    assert gate_decision(False, 1, 2, advisory=True) == "advance"
+    history = [_h("CHARACTER_SHEET", False)]
+    assert next_step(history, 2, advisory=True) == NextStep("run", "ANIMATION_LOOP", 1)
+    history += [_h("ANIMATION_LOOP", True, score=0.9), _h("FULL_VIDEO", False, seed=5, score=0.2)]
+    assert next_step(history, 2, advisory=True) == NextStep(
+        "succeeded", reason="ran through with advisory gates in 3 attempts; failed: CHARACTER_SHEET seed 1 -> 0.500, "
+                            "FULL_VIDEO seed 5 -> 0.200")
+
+
 def _h(phase, passed, seed=1, score=0.5):
     return {"phase": phase, "passed": passed, "seed": seed, "score": score, "threshold": 0.8}
 

@@ -52,9 +52,11 @@ async def test_watch_succeeded_job_exits_0_with_a_bar(srv):
     assert f"notebook: {srv.base}/api/anime/outputs/{job_id}/notebook.ipynb" in out
     assert "100%" in err and "step 20/20" in err  # the tqdm bar (stderr)
 
-    # a finished job: state, then "finished" at once
+    # a finished job: state, then "finished" at once, with how long the job ran (as its status says)
     code, out, err = await cli("watch", job_id, "--url", srv.base, "--no-progress")
-    assert code == 0 and out.startswith(f"job {job_id} succeeded") and err == ""
+    assert code == 0 and out.startswith(f"job {job_id} succeeded in ") and err == ""
+    _, status, _ = await srv.request("GET", f"/api/anime/generation/{job_id}/status")
+    assert f" in {status['progress']['elapsed_seconds']:.1f} s" in out.splitlines()[0]
 
 
 async def test_watch_failed_and_cancelled_exit_1(srv):

@@ -51,6 +51,7 @@ def test_run_phase1_under_papermill(phase1_run):
     # progress display data is consumed by the engine, not saved into the notebook
     assert "vnd.animenb.progress" not in json.dumps([c.get("outputs", []) for c in nb.cells])
     assert "CHARACTER_SHEET" in stderr and "16/16" in stderr  # the tqdm bar over 8 poses x 2 steps
+    assert "16/16" in stderr.split("scoring")[0] and "| 0/1 " not in stderr  # scoring said on that bar
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -42,6 +42,12 @@ def test_redact_removes_every_secret_shape(text):
     assert "SECRET" not in redact(text) and "<redacted>" in redact(text)
 
 
+def test_redact_leaves_placeholders_and_the_sentence_around_a_secret():
+    message = "This endpoint needs `Authorization: Bearer <token>`."
+    assert redact(message) == message
+    assert redact("sent `Authorization: Bearer SECRET`.") == "sent `Authorization: Bearer <redacted>`."
+
+
 @aio
 async def test_tokens_never_reach_the_log(srv, caplog):
     secret = srv.tok["alice"]

@@ -215,6 +215,25 @@ def test_cli_exit_codes(chain_ok, workdir, monkeypatch, capsys):
     assert "SUCCEEDED: all 3 gates passed" in out
 
 
+def test_cli_on_tiny_names_the_failed_property_and_runs_through_with_advisory_gates(workdir, capsys):
+    args = ["orchestrate", "--models", "tiny", "girl", "--seed", "3", "--steps", "2", "--max-retries", "0", "--quiet"]
+    assert cli.main(args + ["--output-dir", str(workdir / "cli_tiny")]) == 1
+    out, err = capsys.readouterr()
+    assert "random weights fail the quality gates by design" in err and "--advisory-gates" in err
+    attempt_line = next(line for line in out.splitlines() if line.startswith("phase 1"))
+    assert "FAILED -> fail: " in attempt_line and " < " in attempt_line.split("FAILED -> fail: ")[1]
+    record = json.loads((workdir / "cli_tiny" / "orchestration.json").read_text())
+    failures = record["attempts"][0]["failures"]
+    assert failures and all(f.split()[0] in out for f in failures)  # each failed rule is named in the output
+
+    assert cli.main(args + ["--advisory-gates", "--output-dir", str(workdir / "cli_tiny_through")]) == 0
+    out, err = capsys.readouterr()
+    assert "advisory" not in err
+    assert [line.split()[:3] for line in out.splitlines()[:3]] == [
+        ["phase", "1", "CHARACTER_SHEET"], ["phase", "2", "ANIMATION_LOOP"], ["phase", "3", "FULL_VIDEO"]]
+    assert "SUCCEEDED: ran through with advisory gates" in out
+
+
 def test_notebook_has_one_parameters_cell_and_no_outputs():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]

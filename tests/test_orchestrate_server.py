@@ -53,7 +53,8 @@ async def test_auth_and_validation(srv):
            ({"prompt": "x", "thresholds": {"9": 0.5}}, "thresholds"),
            ({"prompt": "x", "threshold": 0.5, "thresholds": {}}, "thresholds"), ({"prompt": "x", "width": 65}, "width"),
            ({"prompt": "x", "models": "sd15"}, "models"), ({"prompt": "x", "phase": 2}, "phase"),
-           ({"prompt": "x", "reference_image": "../../etc/passwd"}, "reference_image")]
+           ({"prompt": "x", "reference_image": "../../etc/passwd"}, "reference_image"),
+           ({"prompt": "x", "advisory_gates": "yes"}, "advisory_gates")]
     before = srv.service.store.count()
     for payload, field in bad:
         code, data, _ = await call(srv, "POST", f"{API}/orchestrate", payload, token=srv.admin)
@@ -197,6 +198,18 @@ async def test_failed_gate_retries_with_new_seeds_then_fails_with_reason(srv):
         (1, 1, "succeeded", False), (1, 2, "succeeded", False)]
     assert children[0]["seed"] == 7 and children[1]["seed"] != 7
     assert all(c["threshold"] == 1.01 for c in children)
+
+
+async def test_advisory_gates_run_the_chain_through_and_record_each_failure(srv):
+    job = await orchestrate(srv, threshold=1.01, max_retries=1, advisory_gates=True)
+    events = await ws_events(job["ws_url"])
+    assert events[-1]["status"] == "succeeded"
+    body = await status(srv, job["job_id"])
+    assert "ran through with advisory gates in 3 attempts" in body["reason"]
+    assert [(c["phase"], c["attempt"], c["passed"]) for c in body["children"]] == [
+        (1, 1, False), (2, 1, False), (3, 1, False)]
+    record = json.loads((srv.service.outputs_dir / job["job_id"] / "orchestration.json").read_text())
+    assert all(any(f.startswith("score ") for f in a["failures"]) for a in record["attempts"])
 
 
 async def test_cancel_mid_chain_cancels_the_child_and_stops(srv):

@@ -56,6 +56,7 @@ class AttemptOutcome:
     score_seconds: float | None = None
     job_id: str | None = None   # the child job (server)
     error: dict | None = None   # the quality step's error, when the run could not be scored (server)
+    failures: list[str] = field(default_factory=list)  # the quality report's reasons the gate failed
 
 
 class ChainRun:
@@ -63,16 +64,18 @@ class ChainRun:
 
     `parameters` are the chain's, as recorded; the attempts read `prompt`, `steps`, `width`, `height`,
     `models` and `reference_image` from them. `phase_options` adds parameters per phase name.
-    `publish(event, milestone)` receives the overall progress (`ChainProgress`)."""
+    `publish(event, milestone)` receives the overall progress (`ChainProgress`). `advisory`: gates are
+    scored and recorded but a failed one neither retries nor stops the chain (random-weight profiles)."""
 
     def __init__(self, root: str | Path, parameters: Mapping[str, Any], *, seed: int, max_retries: int,
                  thresholds: Mapping[Any, float | None] | float | None = None,
                  phase_options: Mapping[str, Mapping[str, Any]] | None = None, job_id: str | None = None,
-                 publish: Callable[[ProgressEvent, bool], None] | None = None):
+                 publish: Callable[[ProgressEvent, bool], None] | None = None, advisory: bool = False):
         self.root = Path(root)
         self.parameters = dict(parameters)
         self.seed = int(seed)
         self.max_retries = max_retries
+        self.advisory = advisory
         self.thresholds = resolve_thresholds(thresholds)
         self.phase_options = {name: dict(options) for name, options in (phase_options or {}).items()}
         self.record = ChainRecord(self.root, parameters=self.parameters, seed=self.seed, max_retries=max_retries,
@@ -87,7 +90,7 @@ class ChainRun:
     def next_attempt(self, stage: str = "starting") -> Attempt | None:
         """The policy's next attempt, on record and in the progress at `stage`; None once the chain ended
         (then `ended` says how)."""
-        step = next_step(self.history, self.max_retries)
+        step = next_step(self.history, self.max_retries, self.advisory)
         if step.action != "run":
             self.ended = step
             return None
@@ -129,13 +132,14 @@ class ChainRun:
             seed_source=AttemptRecord.seed_source_of(number),
             output_dir=Path(os.path.relpath(outcome.run_dir, self.root)).as_posix(),
             score=outcome.score, threshold=outcome.threshold, passed=outcome.passed,
-            decision=gate_decision(outcome.passed, number, self.max_retries),
+            decision=gate_decision(outcome.passed, number, self.max_retries, self.advisory),
             generate_seconds=outcome.generate_seconds, score_seconds=outcome.score_seconds,
-            metrics=dict(outcome.metrics), job_id=outcome.job_id, error=outcome.error)
+            metrics=dict(outcome.metrics), job_id=outcome.job_id, error=outcome.error,
+            failures=list(outcome.failures))
         self.attempts.append(row)
         self.history.append(row.as_dict())
         self.record.add_attempt(row)
-        if row.passed:
+        if row.passed or self.advisory:  # advisory: a failed attempt still feeds the next phase
             self.passed[row.phase] = Path(outcome.run_dir)
         return row
 

@@ -4,7 +4,8 @@ The chain's loop (`animenb.chain.loop.ChainRun`, which both orchestrators run) a
 attempt:
 
     next_step(history, max_retries)  what to do after the scored attempts so far: run (phase, attempt),
-                                  or stop with "succeeded" / "failed" and the reason
+                                  or stop with "succeeded" / "failed" and the reason (`advisory=True`:
+                                  gates are scored and recorded, but a failed one neither retries nor stops)
     attempt_parameters(...)       plain-JSON parameters of one attempt = the phase notebook's parameters
     CHAIN / chain_inputs(...)     which phase feeds which (phase 2's IP-Adapter reference = phase 1's
                                   run directory; phase 3's image = phase 2's first loop frame)
@@ -120,30 +121,42 @@ def resolve_thresholds(thresholds: Mapping[Any, float | None] | float | None,
     return out
 
 
-def gate_decision(passed: bool, attempt: int, max_retries: int) -> str:
+def gate_decision(passed: bool, attempt: int, max_retries: int, advisory: bool = False) -> str:
     """After attempt `attempt` (from 1) of a phase was scored: "advance" to the next phase, "retry"
-    this phase with a new seed, or "fail" the chain (the gate failed on attempt max_retries + 1)."""
-    if passed:
+    this phase with a new seed, or "fail" the chain (the gate failed on attempt max_retries + 1).
+    Advisory gates always advance (random-weight models fail every gate by design)."""
+    if passed or advisory:
         return "advance"
     return "retry" if attempt <= max_retries else "fail"
 
 
+def attempt_verdict(attempt: Mapping[str, Any]) -> str:
+    """E.g. "seed 42 -> 0.133 (pose_distinctness 0.212 < floor 0.5)": the score and, when the gate failed,
+    the rules that failed it (`failures` of the quality report; a low score is already in the number)."""
+    if attempt.get("score") is None:
+        return f"seed {attempt['seed']} -> not scored"
+    failed = [f for f in attempt.get("failures") or () if not f.startswith("score ")]
+    return f"seed {attempt['seed']} -> {attempt['score']:.3f}" + (f" ({'; '.join(failed)})" if failed else "")
+
+
 def gate_failure_reason(phase: str, attempts: list[Mapping[str, Any]]) -> str:
-    """E.g. "CHARACTER_SHEET failed its quality gate (threshold 1.01) after 3 attempts:
-    seed 42 -> 0.797, seed 2919... -> 0.812, seed 1234... -> 0.790"."""
+    """E.g. "CHARACTER_SHEET failed its quality gate (threshold 0.80) after 3 attempts:
+    seed 42 -> 0.797, seed 2919... -> 0.812 (pose_distinctness 0.212 < floor 0.5), seed 1234... -> 0.790"."""
     thresholds = sorted({a["threshold"] for a in attempts if a.get("threshold") is not None})
     gate = ", ".join(f"{t:.2f}" for t in thresholds) or "?"
-    tries = ", ".join(f"seed {a['seed']} -> {a['score']:.3f}" if a.get("score") is not None
-                      else f"seed {a['seed']} -> not scored" for a in attempts)
+    tries = ", ".join(attempt_verdict(a) for a in attempts)
     n = len(attempts)
     return f"{phase} failed its quality gate (threshold {gate}) after {n} attempt{'s' * (n != 1)}: {tries}"
 
 
 def success_reason(history: Sequence[Mapping[str, Any]]) -> str:
-    passed = [h for h in history if h["passed"]]
     n = len(history)
+    failed = [h for h in history if not h["passed"]]
+    if failed:  # advisory gates: the chain ran through
+        return (f"ran through with advisory gates in {n} attempt{'s' * (n != 1)}; failed: "
+                + ", ".join(f"{h['phase']} {attempt_verdict(h)}" for h in failed))
     return (f"all {len(CHAIN)} gates passed in {n} attempt{'s' * (n != 1)} ("
-            + ", ".join(f"{h['phase']} {h['score']:.3f}" for h in passed) + ")")
+            + ", ".join(f"{h['phase']} {h['score']:.3f}" for h in history) + ")")
 
 
 @dataclass(frozen=True)
@@ -155,14 +168,14 @@ class NextStep:
     reason: str = ""
 
 
-def next_step(history: Sequence[Mapping[str, Any]], max_retries: int) -> NextStep:
+def next_step(history: Sequence[Mapping[str, Any]], max_retries: int, advisory: bool = False) -> NextStep:
     """The whole chain policy as a function of the scored attempts so far (each a mapping with at least
     "phase", "seed", "score", "threshold", "passed", in order). `ChainRun.next_attempt` calls it."""
     if not history:
         return NextStep("run", CHAIN[0].phase, 1)
     last = history[-1]
     tries = [h for h in history if h["phase"] == last["phase"]]
-    decision = gate_decision(bool(last["passed"]), len(tries), max_retries)
+    decision = gate_decision(bool(last["passed"]), len(tries), max_retries, advisory)
     if decision == "retry":
         return NextStep("run", last["phase"], len(tries) + 1)
     if decision == "fail":

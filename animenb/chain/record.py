@@ -53,7 +53,8 @@ class AttemptRecord:
     """One phase attempt: where it wrote, its seed (and how it was derived), its gate verdict, timings.
 
     `output_dir` is relative to the parent's directory; `job_id` is the child job (server only);
-    `error` is the quality step's error when the attempt could not be scored (server only)."""
+    `error` is the quality step's error when the attempt could not be scored (server only); `failures`
+    the quality report's reasons the gate failed (empty when it passed)."""
     phase: str
     phase_id: int
     attempt: int
@@ -69,6 +70,7 @@ class AttemptRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     job_id: str | None = None
     error: dict | None = None
+    failures: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)

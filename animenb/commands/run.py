@@ -140,6 +140,10 @@ class _Bar:
         self.last = event
         if not self.enabled:
             return
+        if event.get("part") == "quality":  # scoring comes after the last step: said on the steps' bar
+            if self.bar is not None:
+                self.bar.set_postfix_str("scoring")
+            return
         total = int(event.get("total_steps") or 1)
         if self.bar is None or self.bar.total != total:
             from tqdm.auto import tqdm

@@ -106,7 +106,8 @@ class Orchestrator:
         self.chain = ChainRun(runner.outputs_dir / parent.id, params, seed=int(params.get("seed") or 0),
                               max_retries=int(params.get("max_retries", MAX_RETRIES.default)),
                               thresholds=params.get("thresholds"), phase_options={link.phase: common for link in CHAIN},
-                              job_id=parent.id, publish=self._publish)
+                              job_id=parent.id, publish=self._publish,
+                              advisory=bool(params.get("advisory_gates")))
         self.out_dir = self.chain.root
         self.current_child: str | None = None
         self.cancel_requested = False
@@ -237,7 +238,8 @@ class Orchestrator:
         return AttemptOutcome(
             self.runner.outputs_dir / job.id, quality.get("score"),
             quality.get("threshold", self.chain.thresholds.get(phase)), bool(quality.get("passed")),
-            metrics=dict(quality.get("metrics") or {}), job_id=job.id, error=quality.get("error"))
+            metrics=dict(quality.get("metrics") or {}), job_id=job.id, error=quality.get("error"),
+            failures=list(quality.get("failures") or []))
 
     # -- progress -----------------------------------------------------------------------
     def _publish(self, event: ProgressEvent, milestone: bool) -> None:

@@ -32,6 +32,7 @@ import tornado.web
 
 from animenb import config
 from animenb.gpu_info import gpu_facts
+from animenb.phases.catalog import PHASES
 from animenb.phases.cost import frames_handled, images_per_step, job_cost, orchestration_cost
 from animenb.retention import collect_garbage
 from animenb.runner.events import EventBus
@@ -220,16 +221,21 @@ class AnimeService:
         """GET /health: components, job counts and what this server offers; "degraded" names what is down."""
         comfyui = await self.comfyui_health()
         runner = self.runner.health()
-        degraded = []
+        degraded: dict[str, str] = {}  # component -> why
         if comfyui.get("status") not in ("healthy", "not configured"):
-            degraded.append("comfyui")
+            degraded["comfyui"] = f"ComfyUI is {comfyui.get('status')}"
         if runner["stalled"]:
-            degraded.append("kernels")
+            degraded["kernels"] = "no kernel is ready"
         store = self.store_health(runner["unrecorded_ends"])
         if store["status"] != "healthy":
-            degraded.append("store")
+            degraded["store"] = store["reason"]
         if runner["dispatcher"]["failing"]:
-            degraded.append("dispatcher")
+            degraded["dispatcher"] = "the dispatcher is failing and restarting"
+        missing = [p.notebook for p in PHASES if not (self.runner.notebooks_dir / p.notebook).is_file()]
+        if missing:  # e.g. an installed package without its notebooks: every job would fail
+            degraded["notebooks"] = f"missing from {self.runner.notebooks_dir}: {', '.join(missing)}"
+        if "error" in self.models:
+            degraded["models"] = self.models["error"]
         body = views.health_body(
             service=SERVICE_NAME, version=API_VERSION, uptime_seconds=time.time() - self.started_at,
             counts=self.store.counts_by_status(), comfyui=comfyui, gpu=await self.gpu.info(), runner=runner,

@@ -21,7 +21,8 @@ from animenb.runner.orchestration import COMMON_FIELDS
 from .validation import FIELDS, check_param, invalid, resolve_output_ref
 
 CHAIN_FIELDS = ("prompt", "seed", "steps", "width", "height") + COMMON_FIELDS
-ACCEPTED = CHAIN_FIELDS + ("reference_image", "max_retries", "threshold", "thresholds", "models", "visibility")
+ACCEPTED = CHAIN_FIELDS + ("reference_image", "max_retries", "advisory_gates", "threshold", "thresholds", "models",
+                            "visibility")
 
 
 def validate_orchestrate(data: dict, outputs_dir, server_models: str, readable) -> tuple[dict, str | None]:
@@ -50,6 +51,10 @@ def validate_orchestrate(data: dict, outputs_dir, server_models: str, readable) 
         values["reference_image"] = reference
     values["max_retries"] = check_param(MAX_RETRIES, data.get("max_retries", MAX_RETRIES.default))
     values["thresholds"] = _thresholds(data)
+    advisory = data.get("advisory_gates", False)
+    if not isinstance(advisory, bool):
+        raise invalid("advisory_gates", f"`advisory_gates` must be true or false, got {advisory!r}.")
+    values["advisory_gates"] = advisory
     models = data.get("models")
     if models is not None and models != server_models:
         raise invalid("models", f"`models` must be this server's profile {server_models!r} (or left out), "

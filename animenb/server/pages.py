@@ -7,11 +7,13 @@ so an injected tag could not run even if one got through.
 """
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 
 import tornado.web
 
-STATIC_DIR = Path(__file__).parent / "static"
+# Package data (pyproject's package-data); a wheel installs it as plain files.
+STATIC_DIR = Path(str(importlib.resources.files("animenb.server") / "static"))
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
        "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 

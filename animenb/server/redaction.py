@@ -15,7 +15,8 @@ from animenb.store.tokens_base import TOKEN_PREFIX
 REDACTED = "<redacted>"
 _SECRET_PATTERNS = (
     re.compile(r"(?i)((?:^|[?&;\s])[a-z_]*token=)[^&\s\"'#]+"),     # ?token=..., &cancel_token=...
-    re.compile(r"(?i)(bearer\s+)[^\s\"',;]+"),                     # Authorization: Bearer ...
+    # Authorization: Bearer ...; a placeholder such as `Bearer <token>` in a message is not a secret.
+    re.compile(r"(?i)(bearer\s+)(?!<[a-z_-]+>)[^\s\"'`,;]+"),
     re.compile(rf"(){re.escape(TOKEN_PREFIX)}[A-Za-z0-9_\-]+"),     # a bare animenb token anywhere
 )
 _installed = False

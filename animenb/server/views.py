@@ -47,6 +47,9 @@ def _progress(job: JobRecord, live: dict | None) -> dict:
                                         "elapsed_seconds", "updated_at") if k in stored})
     if job.status is JobStatus.SUCCEEDED:
         base.update(percent=100.0, eta_seconds=0.0)
+    if job.terminal and job.started_at is not None and job.finished_at is not None:
+        # the whole run, scoring included (a progress event's own figure stops at its last step)
+        base["elapsed_seconds"] = round(job.finished_at - job.started_at, 3)
     return base
 
 
@@ -153,8 +156,9 @@ def features(scored: bool) -> list[str]:
 
 
 def health_body(*, service: str, version: str, uptime_seconds: float, counts: dict[str, int], comfyui: dict,
-                gpu: dict, runner: dict, models: dict, backend: str, degraded: list[str]) -> dict:
-    """GET /health from the facts `AnimeService.health` gathered (`runner`: `JobRunner.health()`)."""
+                gpu: dict, runner: dict, models: dict, backend: str, degraded: dict[str, str]) -> dict:
+    """GET /health from the facts `AnimeService.health` gathered (`runner`: `JobRunner.health()`;
+    `degraded`: component -> why). `version` is the API's, `animenb_version` the package's."""
     kernels = runner["kernels"]
     return {
         "status": "degraded" if degraded else "healthy",
@@ -174,6 +178,7 @@ def health_body(*, service: str, version: str, uptime_seconds: float, counts: di
                         "devices": kernels},
             "executor": runner["executor"],
         },
-        "degraded_components": degraded,
+        "degraded_components": list(degraded),
+        "degraded_reasons": degraded,
         "bulletproof_features": features(runner["scored"]),
     }

@@ -155,7 +155,8 @@ class JobSocketHandler(WebSocketHandler):
                                  seq=bus.last_seq(job_id))
         self.write_message(self._dump(snapshot))
         if job.terminal:
-            self.send(JobFinishedEvent.build(job, seq=bus.last_seq(job_id)))
+            ran = None if job.started_at is None or job.finished_at is None else job.finished_at - job.started_at
+            self.send(JobFinishedEvent.build(job, duration=ran, seq=bus.last_seq(job_id)))
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         super().close(code, close_reason(reason) if reason is not None else None)

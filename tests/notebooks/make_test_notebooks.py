@@ -55,6 +55,21 @@ write_manifest(out, {"phase": {"id": 1, "name": "TEST"}, "parameters": {"prompt"
                      "files": [file_entry(out, out / "image.png", "image")]})
 print("wrote", out)'''])
 
+write("previews", ["#md Steps faster than the kernel's progress rate limit: each preview comes right after a "
+                   "shown event, so it is one the rate limit skips.", PARAMS,
+DELAY + '''import time
+from animenb.progress import ProgressReporter
+PREVIEW = "data:image/png;base64,iVBORw0KGgo="
+reporter = ProgressReporter("TEST", total_steps=steps, stage_count=1, display="kernel")
+reporter.start_stage("denoise")
+for step in range(1, steps + 1):
+    if step % 2:
+        time.sleep(delay)  # longer than the rate limit: this event is shown
+        reporter.on_step()
+    else:
+        reporter.on_step(preview=PREVIEW)  # at once: within the rate limit of the one shown
+reporter.finish()'''])
+
 write("crash", ["#md The kernel process exits in the middle of a job.", PARAMS,
 '''import os, time
 from animenb.progress import ProgressReporter
