@@ -114,7 +114,8 @@ async def main(args) -> None:
                 stop_server(proc)
             db = home / "jobs.sqlite"
             print(f"  {size:>9,} jobs: imported in {fill_s:.1f} s, store {db.stat().st_size / 1e6:.0f} MB, "
-                  f"server ready in {start_s:.1f} s", flush=True)
+                  f"server ready in {start_s:.1f} s; p50 ms: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in results[size].items() if k != "start (s)"), flush=True)
     base = sizes[0]
     header = f"{'endpoint':<26}" + "".join(f"{f'{s:,} jobs':>14}" for s in sizes) + \
         "".join(f"{f'growth {s:,}':>18}" for s in sizes[1:])
