@@ -421,7 +421,8 @@ class RaySlot(Slot):
     def describe(self) -> dict:
         info = super().describe()
         facts = self.info or {}
-        info.update({"node_ip": facts.get("node_ip"), "node_id": facts.get("node_id"), "pid": facts.get("pid"),
+        info.update({"job_id": self.current_job if self.busy else None,
+                     "node_ip": facts.get("node_ip"), "node_id": facts.get("node_id"), "pid": facts.get("pid"),
                      "kernel_pid": facts.get("kernel_pid"), "gpu_ids": facts.get("gpu_ids"),
                      "resources": self.resources, "replacements": self.replacements, "last_loss": self.last_loss})
         return info
