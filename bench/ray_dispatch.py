@@ -113,15 +113,17 @@ async def stop_runner(timed: Timed) -> None:
 
 async def two_nodes(args, home: Path, env: dict) -> None:
     import ray
-    from raycluster import RayNode, free_port  # tests/raycluster.py
+    from raycluster import RayNode, free_port, token_env  # tests/raycluster.py
 
     root = Path(f"/tmp/anr-bench-{os.getpid()}")  # short: Ray's socket paths must fit in 107 bytes
     root.mkdir(exist_ok=True)
     port = free_port()
-    nodes = [RayNode(root / "head", head_port=port)]
+    ray_env = token_env(root)
+    os.environ.update(ray_env)  # this process is the driver
+    nodes = [RayNode(root / "head", head_port=port, env=ray_env)]
     try:
         await asyncio.sleep(5)
-        nodes.append(RayNode(root / "worker", address=f"127.0.0.1:{port}"))
+        nodes.append(RayNode(root / "worker", address=f"127.0.0.1:{port}", env=ray_env))
         ray.init(address=f"127.0.0.1:{port}", log_to_driver=False, configure_logging=False)
         while sum(1 for n in ray.nodes() if n["Alive"]) < 2:
             await asyncio.sleep(0.5)

@@ -6,6 +6,7 @@ bench/ray_dispatch.py.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,6 +20,16 @@ PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent
               "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
 
 
+def token_env(root: Path) -> dict[str, str]:
+    """Ray's token authentication as an operator sets it up: one token file, handed to every node and to
+    the server (here through RAY_AUTH_TOKEN_PATH, so no one's ~/.ray/auth_token is used or written)."""
+    path = root / "auth_token"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -28,7 +39,8 @@ def free_port() -> int:
 class RayNode:
     """One `ray start --block` process group; `kill()` is the node dying, `stop()` a clean stop."""
 
-    def __init__(self, temp_dir: Path, *, head_port: int | None = None, address: str | None = None, gpus: int = 1):
+    def __init__(self, temp_dir: Path, *, head_port: int | None = None, address: str | None = None, gpus: int = 1,
+                 env: dict[str, str] | None = None):
         if (head_port is None) == (address is None):
             raise ValueError("give `head_port` (a head) or `address` (a worker)")
         self.temp_dir = temp_dir
@@ -42,7 +54,7 @@ class RayNode:
         else:
             args += ["--address", address]
         self.log = temp_dir.with_suffix(".log")
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(args, start_new_session=True, stdout=log, stderr=subprocess.STDOUT, env=env)
 

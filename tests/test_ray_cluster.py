@@ -21,7 +21,7 @@ import pytest_asyncio
 from tornado.httpclient import AsyncHTTPClient
 
 from animenb.phases.catalog import get_phase
-from raycluster import RAY, RayNode, free_port
+from raycluster import RAY, RayNode, free_port, token_env
 
 REPO = Path(__file__).resolve().parent.parent
 API = "/api/anime"
@@ -37,10 +37,12 @@ class Cluster:
         self.root, self.port = root, free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: dict[str, RayNode] = {}
+        self.env = token_env(root)
 
     def add(self, name: str) -> RayNode:
         head = not self.nodes
-        node = RayNode(self.root / name, head_port=self.port if head else None, address=None if head else self.address)
+        node = RayNode(self.root / name, head_port=self.port if head else None, address=None if head else self.address,
+                       env=self.env)
         self.nodes[name] = node
         return node
 
@@ -50,14 +52,14 @@ class Cluster:
 
 
 class Server:
-    def __init__(self, root: Path, address: str):
+    def __init__(self, root: Path, address: str, ray_env: dict[str, str]):
         self.root, self.port = root, free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         notebooks = root / "notebooks"
         notebooks.mkdir()
         (notebooks / get_phase(1).notebook).write_bytes((REPO / "tests" / "notebooks" / "progress.ipynb").read_bytes())
         self.outputs = root / "outputs"
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **ray_env}
         self.log = open(root / "serve.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "animenb.cli", "serve", "--port", str(self.port), "--models", "tiny",
@@ -115,7 +117,7 @@ async def cluster(tmp_path_factory):
     cluster.add("head")
     await asyncio.sleep(5)  # the head's GCS first; a worker that finds none gives up
     cluster.add("worker1")
-    server = Server(tmp_path_factory.mktemp("serve"), cluster.address)
+    server = Server(tmp_path_factory.mktemp("serve"), cluster.address, cluster.env)
     try:
         async def both_actors_up():
             if server.proc.poll() is not None:
