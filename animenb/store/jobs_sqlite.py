@@ -9,6 +9,10 @@ Restart policy (`recover()`, run once at start-up before any worker): a job foun
   error {"type": "Lost", ...}: partial files are kept for inspection, and the job is
   never reported as succeeded, since nothing checked its outputs.
 Queued jobs stay queued and run in their original order.
+
+Scale: every listing is one index range per status read newest first (`list_queries`), counts come
+from the trigger-kept `job_counts` table (migration 3), and recovery reads only the running jobs, so
+none of them grows with the history; tests/test_store_scale.py checks the plans at 200k jobs.
 """
 from __future__ import annotations
 
