@@ -112,14 +112,15 @@ async def stop_runner(timed: Timed) -> None:
 
 
 async def two_nodes(args, home: Path, env: dict) -> None:
-    import ray
     from raycluster import RayNode, free_port, token_env  # tests/raycluster.py
 
     root = Path(f"/tmp/anr-bench-{os.getpid()}")  # short: Ray's socket paths must fit in 107 bytes
     root.mkdir(exist_ok=True)
     port = free_port()
     ray_env = token_env(root)
-    os.environ.update(ray_env)  # this process is the driver
+    os.environ.update(ray_env)  # this process is the driver; Ray reads these when imported
+    import ray
+
     nodes = [RayNode(root / "head", head_port=port, env=ray_env)]
     try:
         await asyncio.sleep(5)
@@ -162,14 +163,13 @@ async def two_nodes(args, home: Path, env: dict) -> None:
 
 
 async def main(args) -> None:
-    import ray
-
     if args.two_nodes:
         home = Path(tempfile.mkdtemp(prefix="animenb-bench-ray-"))
         os.environ.setdefault("ANIMENB_THREADS", "1")
         await two_nodes(args, home, {"ANIMENB_HOME": os.environ.get("ANIMENB_HOME", str(home / "home")),
                                      "OMP_NUM_THREADS": "1"})
         return
+    import ray
 
     home = Path(tempfile.mkdtemp(prefix="animenb-bench-ray-"))
     os.environ.setdefault("ANIMENB_THREADS", "1")
