@@ -117,11 +117,11 @@ async def main(args) -> None:
                   f"server ready in {start_s:.1f} s; p50 ms: "
                   + ", ".join(f"{k} {v:.1f}" for k, v in results[size].items() if k != "start (s)"), flush=True)
     base = sizes[0]
-    header = f"{'endpoint':<26}" + "".join(f"{f'{s:,} jobs':>14}" for s in sizes) + \
+    header = f"{'endpoint':<26}" + "".join(f"{f'{s:,} jobs':>16}" for s in sizes) + \
         "".join(f"{f'growth {s:,}':>18}" for s in sizes[1:])
     print(header)
     for name in results[base]:
-        row = f"{name:<26}" + "".join(f"{results[s][name]:>14.1f}" for s in sizes)
+        row = f"{name:<26}" + "".join(f"{results[s][name]:>16.1f}" for s in sizes)
         row += "".join(f"{results[s][name] / results[base][name]:>17.2f}x" for s in sizes[1:])
         print(row)
     print("target: every listing endpoint within 2x of its figure at the smallest size")
