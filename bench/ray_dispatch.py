@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -160,6 +161,8 @@ async def two_nodes(args, home: Path, env: dict) -> None:
         ray.shutdown()
         for node in reversed(nodes):
             node.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 async def main(args) -> None:
