@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -151,7 +152,7 @@ async def cluster(tmp_path_factory):
     finally:
         server.stop()
         cluster.stop()
-        subprocess.run(["rm", "-rf", str(root)], check=False)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 async def nodes_of(server: Server, job_ids: list[str]) -> dict[str, str]:
