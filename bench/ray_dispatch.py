@@ -17,10 +17,16 @@ terminal event on the event bus (what the server's WebSocket sends).
                      per second and the 2-actor / 1-actor ratio (target >= 1.5x with ANIMENB_THREADS=1)
 - placement          ray2's model hits: jobs placed on an actor that had already run their models
 
+`--two-nodes`: the same runners on a two-node cluster started like an operator's (tests/raycluster.py:
+`ray start --head` and `ray start --address`, each node one logical GPU, one CPU and its own object
+store) instead: throughput of ray2 (one actor per node) vs ray1 (one actor; each runs alone, as the
+cluster has two GPUs; target >= 1.5x), and the progress latency p95 on two nodes vs local (the node
+hop and object-store return; target <= 15 ms added).
+
 Prints figures and ratios; asserts nothing. Absolute times on a shared 2-core box swing 3-4x between
 runs: only the ratios of one run mean anything.
 
-    ANIMENB_THREADS=1 python bench/ray_dispatch.py [--jobs 10] [--batch 8] [--rounds 2]
+    ANIMENB_THREADS=1 python bench/ray_dispatch.py [--jobs 10] [--batch 8] [--rounds 2] [--two-nodes]
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -35,6 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from animenb.runner.events import EventBus, JobFinishedEvent, JobProgressEvent  # noqa: E402
 from animenb.runner.runner import JobRunner  # noqa: E402
@@ -90,7 +98,80 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
+async def start_runner(name: str, home: Path, env: dict, executor: str, options: dict | None) -> Timed:
+    store = SqliteJobStore(home / f"{name}.sqlite")
+    runner = JobRunner(store, EventBus(), outputs_dir=home / name, models="tiny", quality=False,
+                       executor=executor, executor_options=options, kernel_env=env, notebook_for=notebook_for)
+    await runner.start()
+    await runner.wait_ready(300)
+    return Timed(name, runner)
+
+
+async def stop_runner(timed: Timed) -> None:
+    await timed.runner.stop()
+    timed.runner.store.close()
+
+
+async def two_nodes(args, home: Path, env: dict) -> None:
+    from raycluster import RayNode, free_port, token_env  # tests/raycluster.py
+
+    root = Path(f"/tmp/anr-bench-{os.getpid()}")  # short: Ray's socket paths must fit in 107 bytes
+    root.mkdir(exist_ok=True)
+    port = free_port()
+    ray_env = token_env(root)
+    os.environ.update(ray_env)  # this process is the driver; Ray reads these when imported
+    import ray
+
+    nodes = [RayNode(root / "head", head_port=port, env=ray_env)]
+    try:
+        await asyncio.sleep(5)
+        nodes.append(RayNode(root / "worker", address=f"127.0.0.1:{port}", env=ray_env))
+        ray.init(address=f"127.0.0.1:{port}", log_to_driver=False, configure_logging=False)
+        while sum(1 for n in ray.nodes() if n["Alive"]) < 2:
+            await asyncio.sleep(0.5)
+        print(f"Ray {ray.__version__}: two nodes on this machine; {os.cpu_count()} CPUs, "
+              f"Python {platform.python_version()}, ANIMENB_THREADS={os.environ['ANIMENB_THREADS']}")
+        local = await start_runner("local", home, env, "local", None)
+        await local.run(1)
+        local.latencies.clear()
+        rates, latencies = {}, {}
+        for name, slots in (("ray1", 1), ("ray2", 2)):  # one at a time: the cluster has two GPUs
+            timed = await start_runner(name, home, env, "ray", {"address": f"127.0.0.1:{port}", "slots": slots})
+            try:
+                await timed.run(2 * slots)  # warm-up: models built and loaded on every actor
+                timed.latencies.clear()
+                spans = [await timed.run(args.batch) for _ in range(args.rounds)]
+                rates[name] = args.batch / statistics.median(spans)
+                latencies[name] = timed.latencies
+                placed = {s.info["node_id"] for s in timed.runner.slots if s.info}
+                print(f"  {name}: {slots} actor(s) on {len(placed)} node(s), {rates[name]:.2f} jobs/s")
+            finally:
+                await stop_runner(timed)
+        for _ in range(args.rounds):  # the local baseline for progress latency
+            await local.run(args.batch)
+        await stop_runner(local)
+        print(f"\nthroughput, two nodes: 2 actors / 1 actor {rates['ray2'] / rates['ray1']:.2f}x (target >= 1.5x)")
+        lat = {"local": local.latencies, **latencies}
+        for name, values in lat.items():
+            ms = [1000 * x for x in values]
+            print(f"  progress {name:6s} p50 {pct(ms, 0.5):6.2f} ms   p95 {pct(ms, 0.95):6.2f} ms ({len(ms)} events)")
+        added = 1000 * (pct(lat["ray2"], 0.95) - pct(lat["local"], 0.95))
+        print(f"  added by two nodes at p95 {added:+.2f} ms (target <= 15 ms)")
+    finally:
+        ray.shutdown()
+        for node in reversed(nodes):
+            node.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
 async def main(args) -> None:
+    if args.two_nodes:
+        home = Path(tempfile.mkdtemp(prefix="animenb-bench-ray-"))
+        os.environ.setdefault("ANIMENB_THREADS", "1")
+        await two_nodes(args, home, {"ANIMENB_HOME": os.environ.get("ANIMENB_HOME", str(home / "home")),
+                                     "OMP_NUM_THREADS": "1"})
+        return
     import ray
 
     home = Path(tempfile.mkdtemp(prefix="animenb-bench-ray-"))
@@ -105,13 +186,7 @@ async def main(args) -> None:
     try:
         for name, executor, options in (("local", "local", None), ("ray1", "ray", {"slots": 1}),
                                         ("ray2", "ray", {"slots": 2})):
-            store = SqliteJobStore(home / f"{name}.sqlite")
-            runner = JobRunner(store, EventBus(), outputs_dir=home / name, models="tiny", quality=False,
-                               executor=executor, executor_options=options, kernel_env=env,
-                               notebook_for=notebook_for)
-            await runner.start()
-            await runner.wait_ready(300)
-            runners[name] = Timed(name, runner)
+            runners[name] = await start_runner(name, home, env, executor, options)
         local, ray1, ray2 = runners["local"], runners["ray1"], runners["ray2"]
         for timed in (local, ray1, ray2, ray2):  # warm-up: models built and loaded (both ray2 actors)
             await timed.run(2 if timed is ray2 else 1)
@@ -154,8 +229,7 @@ async def main(args) -> None:
               f"already run their models")
     finally:
         for timed in runners.values():
-            await timed.runner.stop()
-            timed.runner.store.close()
+            await stop_runner(timed)
         ray.shutdown()
 
 
@@ -164,4 +238,5 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=10, help="per-job pairs (local, ray1) to time")
     parser.add_argument("--batch", type=int, default=8, help="jobs per throughput batch")
     parser.add_argument("--rounds", type=int, default=2, help="throughput rounds per executor")
+    parser.add_argument("--two-nodes", action="store_true", help="two Ray nodes started with `ray start` instead")
     asyncio.run(main(parser.parse_args()))

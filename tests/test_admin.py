@@ -63,6 +63,9 @@ async def test_admin_stats_body(srv):
     assert isinstance(stats["models"]["cache"], list) and stats["models"]["profile"]["profile"]
     disk = stats["disk"]
     assert disk["outputs_bytes"] > 0 and disk["output_dirs"] == 3 and disk["free_bytes"] > 0 and disk["store_bytes"] > 0
+    assert disk["outputs_age_seconds"] >= 0
+    assert stats["recent"]["last_hour"] == stats["recent"]["last_day"] == {
+        "succeeded": 2, "failed": 1, "cancelled": 0, "lost": 0}
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -213,10 +213,15 @@ async def test_an_actor_killed_mid_job_requeues_it_once_then_it_is_lost(srv):
     store, runner = srv.service.store, srv.service.runner
     job = await submit(srv, prompt="test:sleep 0.4", steps=150)
 
+    scratch: list[Path] = []
+
     async def kill_its_actor() -> None:
         await wait_for(lambda: store.get(job["job_id"]).status.value == "running"
                        and runner.live_progress(job["job_id"]), what="the job running")
-        os.kill(slot_of(srv, job["job_id"]).info["pid"], signal.SIGKILL)
+        info = slot_of(srv, job["job_id"]).info
+        scratch.append(Path(info["outputs_root"]))
+        assert (scratch[-1] / job["job_id"]).is_dir()  # the job's files are being written there
+        os.kill(info["pid"], signal.SIGKILL)
 
     await kill_its_actor()
     await wait_for(lambda: store.get(job["job_id"]).requeues == 1, what="the job re-queued")
@@ -226,6 +231,7 @@ async def test_an_actor_killed_mid_job_requeues_it_once_then_it_is_lost(srv):
     assert "died" in final["error"]["message"] and "re-queued once" in final["error"]["message"]
     await wait_for(lambda: all(s.ready for s in runner.slots), 180, "replacement actors")
     assert sum(s.replacements for s in runner.slots) >= 2
+    assert not any(path.exists() for path in scratch)  # the replacements swept the killed actors' scratch
     after = await submit(srv, prompt="test:progress", steps=2)
     assert (await wait_status(srv, after["job_id"]))["status"] == "succeeded"
 

@@ -12,7 +12,8 @@ one (`animenb.runner.executors.place`).
 Outputs: an actor writes the job's files into a scratch folder on its node and returns them through
 Ray's object store with each notebook's result (only files new or changed since the previous notebook
 of the job); the server writes them into its own outputs/<job_id>/, with the scratch path in executed
-notebooks replaced by the server's, so manifests, hashes and notebooks read as a local run's. With
+notebooks replaced by the server's, so manifests, hashes and notebooks read as a local run's. A new
+actor deletes the scratch folders of actors on its node whose process is gone (killed mid-job). With
 `--ray-shared-outputs` (the server's outputs folder mounted at the same path on every node) actors write
 in place and nothing travels.
 
@@ -25,12 +26,19 @@ ends the actor (`ray.kill`) and a replacement starts. An actor or node that dies
 `SlotLost`: the job is re-queued once if it wrote nothing, else `lost` with the reason, and the slot
 starts a new actor.
 
+Cluster: `--ray-address HOST:PORT` joins a cluster an operator started (`ray start --head`, then
+`ray start --address` on each worker); connecting runs on a thread, so the server answers while it
+does. Nodes may join and leave: the list /health shows is refreshed every `NODES_REFRESH` s off the
+event loop, and a replacement actor goes wherever Ray finds its resources, a node that joined later
+included (docs/cluster.md).
+
 Ray is an optional extra (`pip install -e '.[ray]'`): it is imported only here, when the executor
 starts.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -50,6 +58,8 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT = 180.0   # seconds for an actor to be placed and its kernel to start
 POLL_SECONDS = 1.0      # how long one progress call waits for new events
+NODES_REFRESH = 2.0     # seconds between two reads of the cluster's node list (for /health)
+SCRATCH_PREFIXES = ("animenb-ray-", "animenb-ray-notebooks-")  # + the actor's pid, in the node's temp dir
 # Environment the server passes on to actors' kernels (a remote node does not inherit the server's).
 FORWARDED_ENV = ("ANIMENB_THREADS", "TRANSFORMERS_VERBOSITY", "HF_HUB_OFFLINE", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -64,6 +74,28 @@ class _JobState:
         self.sent: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns) already returned
 
 
+def sweep_dead_scratch(temp_dir: Path) -> list[Path]:
+    """Delete the scratch folders of actors whose process is gone (returns them); a live pid's are kept."""
+    import shutil
+
+    removed = []
+    for path in temp_dir.iterdir() if temp_dir.is_dir() else []:
+        prefix = next((p for p in sorted(SCRATCH_PREFIXES, key=len, reverse=True) if path.name.startswith(p)), None)
+        pid = path.name[len(prefix):] if prefix else ""
+        if not pid.isdigit() or not path.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or another user's): not ours to delete
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 class KernelActor:
     """Runs inside a Ray worker process (`ray.remote(KernelActor)`): one warm kernel and its model cache.
 
@@ -73,6 +105,7 @@ class KernelActor:
     def __init__(self, *, env: dict, warm: bool = True, shared_outputs: str | None = None, label: str = "slot"):
         self.warm = warm
         self.shared = shared_outputs is not None
+        self.swept = [str(p) for p in sweep_dead_scratch(Path(tempfile.gettempdir()))]
         root = Path(shared_outputs) if self.shared else Path(tempfile.gettempdir()) / f"animenb-ray-{os.getpid()}"
         self.outputs_root = root.resolve()
         self.outputs_root.mkdir(parents=True, exist_ok=True)
@@ -92,6 +125,7 @@ class KernelActor:
                 "node_id": ctx.get_node_id(), "actor_id": ctx.get_actor_id(),
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "ready": self.kernel.ready,
                 "jobs_run": self.jobs_run, "outputs_root": str(self.outputs_root), "shared_outputs": self.shared,
+                "swept_scratch": self.swept,
                 "roots": {"checkout": str(CHECKOUT), "python": sys.prefix}}
 
     def start(self) -> dict:
@@ -387,7 +421,8 @@ class RaySlot(Slot):
     def describe(self) -> dict:
         info = super().describe()
         facts = self.info or {}
-        info.update({"node_ip": facts.get("node_ip"), "node_id": facts.get("node_id"), "pid": facts.get("pid"),
+        info.update({"job_id": self.current_job if self.busy else None,
+                     "node_ip": facts.get("node_ip"), "node_id": facts.get("node_id"), "pid": facts.get("pid"),
                      "kernel_pid": facts.get("kernel_pid"), "gpu_ids": facts.get("gpu_ids"),
                      "resources": self.resources, "replacements": self.replacements, "last_loss": self.last_loss})
         return info
@@ -412,6 +447,9 @@ class RayExecutor(Executor):
         self.comfyui_urls = list(comfyui_urls or [])
         self.owns_ray = False
         self._actor_class = None
+        self._nodes: list[dict] | None = None  # ray.nodes() as of the last refresh
+        self._nodes_error: str | None = None
+        self._watch_nodes: asyncio.Task | None = None
 
     def actor_class(self):
         if self._actor_class is None:
@@ -426,15 +464,23 @@ class RayExecutor(Executor):
             import ray
         except ImportError:
             raise RuntimeError("`--executor ray` needs Ray: pip install -e '.[ray]'") from None
+        loop = asyncio.get_running_loop()
         if not ray.is_initialized():
-            # On this thread, not a worker thread: a local cluster's processes die with the thread that
-            # started them (PR_SET_PDEATHSIG). It blocks start-up only, before any job runs.
             t0 = time.perf_counter()
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING, configure_logging=False)
+            connect = functools.partial(ray.init, address=self.address, include_dashboard=False,
+                                        log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
+            if self.address is None:
+                # A local cluster's processes die with the *thread* that started them (PR_SET_PDEATHSIG):
+                # this one, which lives as long as the server. Joining a running cluster starts nothing here,
+                # so it runs on a thread and the server keeps answering meanwhile.
+                connect()
+            else:
+                await loop.run_in_executor(None, connect)
             self.owns_ray = True
             log.info("connected to Ray cluster %s in %.1f s", self.address or "(local)", time.perf_counter() - t0)
-        gpus = int(ray.cluster_resources().get("GPU", 0))
+        await self._refresh_nodes()
+        self._watch_nodes = loop.create_task(self._keep_nodes_fresh(), name="animenb-ray-nodes")
+        gpus = int((await loop.run_in_executor(None, ray.cluster_resources)).get("GPU", 0))
         if gpus:
             count, resources = self.requested_slots or gpus, {"num_gpus": 1, "num_cpus": 0}
         else:
@@ -444,7 +490,24 @@ class RayExecutor(Executor):
             self.slots += [RaySlot(self, i, resources={"num_cpus": 0}, comfyui_url=url, comfyui_only=True)
                            for i, url in enumerate(self.comfyui_urls)]
 
+    async def _refresh_nodes(self) -> None:
+        import ray
+
+        try:
+            nodes = await asyncio.get_running_loop().run_in_executor(None, ray.nodes)
+        except Exception as exc:  # health must answer even when the cluster does not
+            self._nodes_error = str(exc) or type(exc).__name__
+            return
+        self._nodes, self._nodes_error = nodes, None
+
+    async def _keep_nodes_fresh(self) -> None:
+        while True:
+            await asyncio.sleep(NODES_REFRESH)
+            await self._refresh_nodes()
+
     async def close(self) -> None:
+        if self._watch_nodes is not None:
+            self._watch_nodes.cancel()
         await super().close()
         if self.owns_ray:
             import ray
@@ -452,18 +515,23 @@ class RayExecutor(Executor):
             ray.shutdown()
 
     def describe(self) -> dict:
+        """The executor for /health and /admin/stats: every node Ray knows (alive or gone, as of the last
+        refresh), its resources and the slots whose actor runs there."""
         info = {"kind": self.kind, "address": self.address or "local",
                 "outputs": "shared filesystem" if self.shared_outputs else "returned through the object store"}
-        try:
-            import ray
-
-            if ray.is_initialized():
-                nodes = [n for n in ray.nodes() if n.get("Alive")]
-                total = ray.cluster_resources()
-                info["cluster"] = {"nodes": [{"node_id": n.get("NodeID"), "ip": n.get("NodeManagerAddress"),
-                                              "gpus": n.get("Resources", {}).get("GPU", 0),
-                                              "cpus": n.get("Resources", {}).get("CPU", 0)} for n in nodes],
-                                   "gpus": total.get("GPU", 0), "cpus": total.get("CPU", 0)}
-        except Exception as exc:  # health must answer even when the cluster does not
-            info["cluster_error"] = str(exc) or type(exc).__name__
+        if self._nodes_error is not None:
+            info["cluster_error"] = self._nodes_error
+        if self._nodes is None:
+            return info
+        on_node: dict[str, list[str]] = {}
+        for slot in self.slots:
+            node = (getattr(slot, "info", None) or {}).get("node_id")
+            if node:
+                on_node.setdefault(node, []).append(slot.device)
+        nodes = [{"node_id": n.get("NodeID"), "ip": n.get("NodeManagerAddress"), "alive": bool(n.get("Alive")),
+                  "gpus": n.get("Resources", {}).get("GPU", 0), "cpus": n.get("Resources", {}).get("CPU", 0),
+                  "slots": on_node.get(n.get("NodeID"), [])} for n in self._nodes]
+        alive = [n for n in nodes if n["alive"]]
+        info["cluster"] = {"nodes": alive, "gone": [n for n in nodes if not n["alive"]],
+                           "gpus": sum(n["gpus"] for n in alive), "cpus": sum(n["cpus"] for n in alive)}
         return info

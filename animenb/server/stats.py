@@ -1,6 +1,8 @@
 """`GET /api/anime/admin/stats`: what the service knows about its own work, and where each figure comes from.
 
-- queue and jobs by state: the job store (exact counts).
+- queue and jobs by state: the job store (exact counts, kept by the store as jobs change).
+- recent: jobs finished in the last hour and day, by state (an index on finish time: the
+  cost follows the window, not the history).
 - per-phase durations (p50/p95 of started -> finished of succeeded jobs), step rate
   (denoising steps per second: the last progress event's `step / elapsed_seconds`, else
   `parameters.steps / duration`) and quality pass rate (`outputs.quality.passed`, copied
@@ -12,8 +14,9 @@
   `animenb.models.cache_info()` (pipelines, dtype, parameter bytes) and torch's CUDA
   allocator figures; a busy kernel is not disturbed and its last answer is shown with its
   age (`as_of`). Kernel RSS comes from psutil.
-- warm kernels, uptime: the runner. Disk: the outputs directory (walked in a thread),
-  free space on its filesystem, and the store file.
+- warm kernels, uptime: the runner. Disk: free space and the store file, live; the outputs
+  directory's size is walked in a thread at most every `DISK_WALK_SECONDS` (a year of outputs
+  takes a while), and shown with its age.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ from animenb.retention import dir_bytes
 from animenb.store import JobStatus
 
 WINDOW = 500
+RECENT = {"last_hour": 3600.0, "last_day": 86400.0}
+DISK_WALK_SECONDS = 60.0
 KERNEL_QUERY_TIMEOUT = 2.0
 # One expression, evaluated in the kernel; defines no names (the namespace reset stays trivial).
 KERNEL_EXPRESSION = (
@@ -43,6 +48,8 @@ KERNEL_EXPRESSION = (
     "(__import__('sys'), __import__('json'))")
 
 _kernel_cache: dict[int, dict] = {}  # id(kernel) -> last answer
+_disk_walks: dict[str, dict] = {}  # outputs dir -> {"outputs_bytes", "output_dirs", "as_of"}
+_disk_walking: set[str] = set()
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -196,11 +203,41 @@ def host_figures() -> dict:
     return info
 
 
+def recent_figures(store, now: float) -> dict:
+    return {name: store.finished_since(now - seconds) for name, seconds in RECENT.items()}
+
+
+def walk_outputs(outputs_dir: Path) -> dict:
+    jobs = [p for p in outputs_dir.iterdir() if p.is_dir()] if outputs_dir.is_dir() else []
+    return {"outputs_bytes": dir_bytes(outputs_dir), "output_dirs": len(jobs), "as_of": time.time()}
+
+
+async def outputs_size(outputs_dir: Path) -> dict:
+    """The last walk of the outputs directory; the first request waits for one, later ones start a new
+    walk in the background once it is `DISK_WALK_SECONDS` old."""
+    loop = asyncio.get_running_loop()
+    key = str(outputs_dir)
+
+    async def walk() -> None:
+        _disk_walking.add(key)
+        try:
+            _disk_walks[key] = await loop.run_in_executor(None, walk_outputs, outputs_dir)
+        finally:
+            _disk_walking.discard(key)
+
+    if key not in _disk_walks:
+        await walk()
+    elif time.time() - _disk_walks[key]["as_of"] > DISK_WALK_SECONDS and key not in _disk_walking:
+        _disk_walking.add(key)  # before the task runs: one walk at a time
+        asyncio.ensure_future(walk())
+    last = _disk_walks[key]
+    return {"outputs_bytes": last["outputs_bytes"], "output_dirs": last["output_dirs"],
+            "outputs_age_seconds": round(time.time() - last["as_of"], 1)}
+
+
 def disk_figures(outputs_dir: Path, store_path: str) -> dict:
     usage = shutil.disk_usage(outputs_dir)
-    jobs = [p for p in outputs_dir.iterdir() if p.is_dir()] if outputs_dir.is_dir() else []
-    info = {"outputs_dir": str(outputs_dir), "outputs_bytes": dir_bytes(outputs_dir), "output_dirs": len(jobs),
-            "free_bytes": usage.free, "total_bytes": usage.total}
+    info = {"outputs_dir": str(outputs_dir), "free_bytes": usage.free, "total_bytes": usage.total}
     if store_path and store_path != ":memory:":
         info["store_bytes"] = sum(os.path.getsize(p) for p in (store_path, store_path + "-wal")
                                   if os.path.exists(p))
@@ -213,7 +250,9 @@ async def admin_stats(service) -> dict:
     counts = store.counts_by_status()
     gpu = await service.gpu.info()
     figures = await loop.run_in_executor(None, job_figures, store)
+    recent = await loop.run_in_executor(None, recent_figures, store, time.time())
     disk = await loop.run_in_executor(None, disk_figures, service.outputs_dir, getattr(store.db, "path", ""))
+    disk.update(await outputs_size(service.outputs_dir))
     kernels = await kernel_figures(runner)
     return {
         "uptime_seconds": round(time.time() - service.started_at, 1),
@@ -223,6 +262,7 @@ async def admin_stats(service) -> dict:
         "phases": figures["phases"],
         "quality": figures["quality"],
         "window": {"finished_jobs": figures["window"], "limit": WINDOW},
+        "recent": recent,
         "gpu": gpu,
         "host": host_figures(),
         "kernels": {"warm": runner.warm, "ready": sum(k["ready"] for k in kernels), "total": len(kernels),

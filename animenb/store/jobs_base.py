@@ -42,6 +42,14 @@ class JobStoreBase(ABC):
     def counts_by_status(self) -> dict[str, int]:
         """{status: count} for every status (zeros included)."""
 
+    def finished_since(self, since: float) -> dict[str, int]:
+        """{terminal status: jobs that reached it at or after `since` (epoch s)} (stats windows)."""
+        raise NotImplementedError(f"{type(self).__name__} does not count by finish time")
+
+    def import_records(self, records: Iterable[JobRecord]) -> int:
+        """Insert whole records as they are, in order (moving a history between stores); returns how many."""
+        raise NotImplementedError(f"{type(self).__name__} does not import records")
+
     @abstractmethod
     def claim_next(self, worker: str) -> JobRecord | None:
         """Atomically move the oldest queued job to running (attempts + 1) and return it."""

@@ -9,6 +9,10 @@ Restart policy (`recover()`, run once at start-up before any worker): a job foun
   error {"type": "Lost", ...}: partial files are kept for inspection, and the job is
   never reported as succeeded, since nothing checked its outputs.
 Queued jobs stay queued and run in their original order.
+
+Scale: every listing is one index range per status read newest first (`list_queries`), counts come
+from the trigger-kept `job_counts` table (migration 3), and recovery reads only the running jobs, so
+none of them grows with the history; tests/test_store_scale.py checks the plans at 200k jobs.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .jobs_base import JobStoreBase
 from .jobs_common import (TERMINAL_STATES, TRANSITIONS, InvalidTransitionError, JobError, JobNotFoundError,
@@ -39,18 +43,39 @@ QUEUED_HEADS_QUERY = """--sql
         SELECT MIN(seq) FROM jobs WHERE status = 'queued' GROUP BY COALESCE(json_extract(extra, '$.turn'), owner)
     ) ORDER BY seq ASC LIMIT ?
 """
+# Start-up recovery reads the jobs in flight only (an index range), whatever the history.
+RUNNING_QUERY = """--sql
+    SELECT * FROM jobs WHERE status = 'running' ORDER BY seq
+"""
 QUEUE_POSITION_QUERY = """--sql
     SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= ?
 """
 MAX_PAGE = 500
+# A bulk import keeps the pages it touches in memory rather than spilling them to the WAL mid-transaction.
+IMPORT_CACHE_KIB = 256 * 1024
+# One page of a listing: a range of the index matching the filters (migration 3), read newest first.
+# Several statuses are one such query each, merged (an IN list would make SQLite sort every match).
+LIST_QUERY = """--sql
+    SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ?
+"""
+# Counts read the trigger-kept `job_counts` (a few rows per status and owner), never `jobs`.
+COUNT_QUERY = """--sql
+    SELECT IFNULL(SUM(n), 0) FROM job_counts {where}
+"""
+# Stats windows: jobs finished since a time, by status, from the (finished_at, status) index alone. Named:
+# left to itself SQLite walks (status, seq) whole to skip sorting the groups.
+FINISHED_SINCE_QUERY = """--sql
+    SELECT status, COUNT(*) FROM jobs INDEXED BY jobs_finished_status WHERE finished_at >= ? GROUP BY status
+"""
 # Retention (`animenb gc`): finished before the cutoff, and not tied to an active parent or child
-# (an orchestration still running keeps its finished steps).
+# (an orchestration still running keeps its finished steps); oldest first along the finish-time index, named
+# because SQLite would otherwise read every finished job through (status, seq) and sort them.
 GC_CANDIDATES_QUERY = """--sql
-    SELECT * FROM jobs AS j
+    SELECT * FROM jobs AS j INDEXED BY jobs_finished_status
     WHERE j.status IN ('succeeded', 'failed', 'cancelled', 'lost') AND j.finished_at < ?
       AND NOT EXISTS (SELECT 1 FROM jobs AS c WHERE c.parent_id = j.id AND c.status IN ('queued', 'running'))
       AND NOT EXISTS (SELECT 1 FROM jobs AS p WHERE p.id = j.parent_id AND p.status IN ('queued', 'running'))
-    ORDER BY j.seq ASC LIMIT ?
+    ORDER BY j.finished_at ASC LIMIT ?
 """
 
 
@@ -82,14 +107,21 @@ class SqliteJobStore(JobStoreBase):
             updated_at=row["updated_at"], extra=json.loads(row["extra"]))
 
     @staticmethod
-    def _where(status=None, owner=None, visibility=None, phase=None) -> tuple[list[str], list[Any]]:
+    def _statuses(status) -> list[str] | None:
+        if status is None:
+            return None
+        statuses = [status] if isinstance(status, (str, JobStatus)) else list(status)
+        return list(dict.fromkeys(JobStatus(s).value for s in statuses))
+
+    @classmethod
+    def _where(cls, status=None, owner=None, visibility=None, phase=None) -> tuple[list[str], list[Any]]:
+        """Filters shared by `jobs` and `job_counts` (the same column names)."""
         clauses, args = [], []
         if phase is not None:
             clauses.append("phase = ?")
             args.append(int(phase))
-        if status is not None:
-            statuses = [status] if isinstance(status, (str, JobStatus)) else list(status)
-            statuses = [JobStatus(s).value for s in statuses]
+        statuses = cls._statuses(status)
+        if statuses is not None:
             clauses.append(f"status IN ({','.join('?' * len(statuses))})")
             args.extend(statuses)
         if owner is not None:
@@ -99,6 +131,15 @@ class SqliteJobStore(JobStoreBase):
             clauses.append("visibility = ?")
             args.append(visibility)
         return clauses, args
+
+    @staticmethod
+    def _cursor(cursor) -> int | None:
+        if cursor is None:
+            return None
+        try:
+            return int(cursor)
+        except (TypeError, ValueError):
+            raise ValueError(f"`cursor` must be a cursor returned by a previous page, got {cursor!r}.") from None
 
     def _get(self, cur, job_id: str) -> JobRecord:
         row = cur.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -126,32 +167,53 @@ class SqliteJobStore(JobStoreBase):
         with self.db.read() as cur:
             return self._get(cur, job_id)
 
+    def list_queries(self, *, status=None, owner=None, visibility=None, phase=None, limit=50,
+                     cursor=None) -> list[tuple[str, list[Any]]]:
+        """The SQL `list()` runs: one (query, args) per status (tests EXPLAIN these)."""
+        limit = max(1, min(int(limit), MAX_PAGE))
+        before = self._cursor(cursor)
+        statuses = self._statuses(status)
+        queries = []
+        for one in [None] if statuses is None else [[s] for s in statuses]:
+            clauses, args = self._where(one, owner, visibility, phase)
+            if before is not None:
+                clauses.append("seq < ?")
+                args.append(before)
+            where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+            queries.append((LIST_QUERY.format(where=where), [*args, limit + 1]))
+        return queries
+
     def list(self, *, status=None, owner=None, visibility=None, phase=None, limit=50, cursor=None):
         limit = max(1, min(int(limit), MAX_PAGE))
-        clauses, args = self._where(status, owner, visibility, phase)
-        if cursor is not None:
-            try:
-                clauses.append("seq < ?")
-                args.append(int(cursor))
-            except (TypeError, ValueError):
-                raise ValueError(f"`cursor` must be a cursor returned by a previous page, got {cursor!r}.")
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        queries = self.list_queries(status=status, owner=owner, visibility=visibility, phase=phase, limit=limit,
+                                    cursor=cursor)
         with self.db.read() as cur:
-            rows = cur.execute(f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*args, limit + 1)).fetchall()
+            rows = [row for sql, args in queries for row in cur.execute(sql, args).fetchall()]
+        rows.sort(key=lambda row: row["seq"], reverse=True)
         records = [self._record(r) for r in rows[:limit]]
         next_cursor = str(records[-1].seq) if len(rows) > limit else None
         return records, next_cursor
 
-    def count(self, *, status=None, owner=None, visibility=None, phase=None) -> int:
+    def count_query(self, *, status=None, owner=None, visibility=None, phase=None) -> tuple[str, list[Any]]:
         clauses, args = self._where(status, owner, visibility, phase)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        return COUNT_QUERY.format(where=f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
+
+    def count(self, *, status=None, owner=None, visibility=None, phase=None) -> int:
+        sql, args = self.count_query(status=status, owner=owner, visibility=visibility, phase=phase)
         with self.db.read() as cur:
-            return cur.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
+            return cur.execute(sql, args).fetchone()[0]
 
     def counts_by_status(self) -> dict[str, int]:
         counts = {s.value: 0 for s in JobStatus}
         with self.db.read() as cur:
-            for status, n in cur.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
+            for status, n in cur.execute("SELECT status, SUM(n) FROM job_counts GROUP BY status"):
+                counts[status] = n
+        return counts
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        counts = {s.value: 0 for s in TERMINAL_STATES}
+        with self.db.read() as cur:
+            for status, n in cur.execute(FINISHED_SINCE_QUERY, (float(since),)):
                 counts[status] = n
         return counts
 
@@ -233,7 +295,7 @@ class SqliteJobStore(JobStoreBase):
     def recover(self, has_output: Callable[[JobRecord], bool]) -> list[JobRecord]:
         changed = []
         with self.db.transaction(patient=True) as cur:  # start-up: may wait for a lock
-            rows = cur.execute("SELECT * FROM jobs WHERE status = 'running' ORDER BY seq").fetchall()
+            rows = cur.execute(RUNNING_QUERY).fetchall()
             for job in map(self._record, rows):
                 if job.requeues == 0 and job.outputs.is_empty and not has_output(job):
                     changed.append(self.transition(job.id, JobStatus.QUEUED))
@@ -251,7 +313,8 @@ class SqliteJobStore(JobStoreBase):
         in the same transaction. The caller removes the output files afterwards (a crash in
         between leaves orphan files, never a row whose files are gone).
         """
-        with self.db.transaction() as cur:
+        # One short write transaction per batch, so other writers get the lock in between; a dry run only reads.
+        with self.db.read() if dry_run else self.db.transaction() as cur:
             jobs = [self._record(r) for r in cur.execute(GC_CANDIDATES_QUERY, (before, int(limit))).fetchall()]
             if jobs and not dry_run:
                 ids = [j.id for j in jobs]
@@ -260,6 +323,24 @@ class SqliteJobStore(JobStoreBase):
                       AND status IN ('succeeded', 'failed', 'cancelled', 'lost')
                     """, ids)
         return jobs
+
+    def import_records(self, records: Iterable[JobRecord]) -> int:
+        """Insert whole records as they are (a history moved from another store, a benchmark's), in one
+        transaction and in the given order, which becomes their `seq` order. Returns how many."""
+        rows = ((r.id, r.kind, r.phase, JobStatus(r.status).value, r.status_sequence, _dumps(r.parameters),
+                 _dumps(r.progress), _dumps(vars(r.outputs)), r.error.type if r.error else None,
+                 r.error.message if r.error else None, r.owner, r.visibility, r.parent_id, r.attempts, r.requeues,
+                 r.worker, _dumps(r.extra), r.created_at, r.started_at, r.finished_at, r.updated_at)
+                for r in records)
+        with self.db.transaction() as cur, self.db.cache_size(IMPORT_CACHE_KIB):
+            cur.executemany(
+                """--sql
+                INSERT INTO jobs (id, kind, phase, status, status_sequence, parameters, progress, outputs, error_type,
+                                  error_message, owner, visibility, parent_id, attempts, requeues, worker, extra,
+                                  created_at, started_at, finished_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, rows)
+            return cur.rowcount  # executemany sums the rows it inserted (trigger writes not included)
 
     def close(self) -> None:
         self.db.close()

@@ -158,6 +158,17 @@ class SqliteDatabase:
             self.fault = {"reason": reason, "since": time.time()}
         return StoreUnavailable(reason, full=full)
 
+    @contextmanager
+    def cache_size(self, kib: int) -> Iterator[None]:
+        """Use a page cache of `kib` KiB for the duration (a bulk write), then SQLite's default again."""
+        with self._lock:
+            previous = self._conn.execute("PRAGMA cache_size").fetchone()[0]
+            self._conn.execute(f"PRAGMA cache_size = {-int(kib)}")
+            try:
+                yield
+            finally:
+                self._conn.execute(f"PRAGMA cache_size = {int(previous)}")
+
     def checkpoint(self) -> None:
         """Fold the WAL into the main file (before copying it as a backup)."""
         with self._lock:
