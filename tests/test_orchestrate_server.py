@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import pytest
 import pytest_asyncio
@@ -222,10 +221,8 @@ async def test_cancel_mid_chain_cancels_the_child_and_stops(srv):
         return kids[0] if kids and body["progress"]["percent"] > 0 else None
 
     child = await wait_for(running_child)
-    t0 = time.monotonic()
     code, body, _ = await call(srv, "DELETE", f"{API}/generation/{parent}", token=srv.admin)
     assert code == 200 and body["status"] == "cancelled", body
-    assert time.monotonic() - t0 < 8
     body = await status(srv, parent)
     assert body["status"] == "cancelled" and body["error"]["type"] == "Cancelled"
     kids = body["children"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import time
 
 import nbformat
 import pytest
@@ -156,10 +155,10 @@ async def test_cancel_queued_and_running(srv):
     # the sleep job is in its loop (a step done), so the cancel interrupts a running cell
     await wait_for(lambda: srv.service.store.get(running["job_id"]).progress.get("step", 0) >= 1, 60,
                    what="the first step")
-    t0 = time.monotonic()
     code, body, _ = await srv.request("DELETE", f"/api/anime/generation/{running['job_id']}"
                                                 f"?cancel_token={running['cancel_token']}")
-    assert code == 200 and body["status"] == "cancelled" and time.monotonic() - t0 < 1.5
+    assert code == 200 and body["status"] == "cancelled"
+    assert body["progress"]["step"] < 150  # interrupted in its loop, not waited for
     assert body["error"]["type"] == "Cancelled"
     code, body, _ = await srv.request("DELETE", f"/api/anime/generation/{running['job_id']}"
                                                 f"?cancel_token={running['cancel_token']}")

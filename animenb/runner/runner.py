@@ -47,6 +47,7 @@ job_drivers = DriverRegistry()
 TURN_KEY = "turn"
 # Process ids of the kernels (and Ray actors): for /admin/stats, not for /health, which anyone may read.
 ADMIN_ONLY_SLOT_FIELDS = frozenset({"pid", "kernel_pid"})
+CLAIM_TO_START_WAIT = 5.0  # seconds a cancel waits for a just-claimed job to reach its driver
 DISPATCHER_MAX_PAUSE = 5.0  # seconds between restarts of a dispatcher that keeps failing
 END_WRITE_MAX_PAUSE = 5.0   # seconds between tries of a job-end write that keeps failing
 job_drivers.register(PhaseJobDriver.kind, PhaseJobDriver)
@@ -214,8 +215,16 @@ class JobRunner:
             except InvalidTransitionError:
                 job = self.store.get(job_id)  # claimed meanwhile: cancel it as a running job
         driver = self.drivers.get(job.kind)
-        if job.status is not JobStatus.RUNNING or driver is None or job_id not in driver.active():
+        if job.status is not JobStatus.RUNNING or driver is None:
             return job
+        # Claimed, but its driver takes it only when the job's task first runs: wait for that, else this
+        # cancel would be lost and the job would run on.
+        deadline = time.monotonic() + CLAIM_TO_START_WAIT
+        while job_id not in driver.active():
+            if job.status is not JobStatus.RUNNING or time.monotonic() > deadline:
+                return job
+            await asyncio.sleep(0.01)
+            job = self.store.get(job_id)
         return await driver.cancel(job)
 
     async def record_end(self, job_id: str, status: JobStatus, **fields) -> JobRecord:
