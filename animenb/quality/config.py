@@ -12,6 +12,7 @@ from ..config import parameters_dir
 from ..phases import DEFAULT_GATE, get_phase
 
 CONFIG_NAME = "quality.yaml"
+DEFAULT_REVIEW_MARGIN = 0.0  # without one in the config the gate only passes or fails
 
 # Metrics each phase can compute: weights and multipliers must name these.
 PHASE_METRICS: dict[str, frozenset[str]] = {
@@ -103,6 +104,8 @@ def validate_config(config: dict) -> dict:
         m = {k: _check_number(v, f"phases.{name}.multipliers.{k}", positive=True) for k, v in multipliers.items()}
         c = {k: _check_number(v, f"phases.{name}.critical.{k}") for k, v in critical.items()}
         out[name] = {"threshold": check_threshold(section.get("threshold", DEFAULT_GATE), f"phases.{name}.threshold"),
+                     "review_margin": _check_number(section.get("review_margin", DEFAULT_REVIEW_MARGIN),
+                                                    f"phases.{name}.review_margin"),
                      "weights": w, "multipliers": m, "critical": c}
     cfg["phases"] = out
     return cfg
