@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .chain import (MAX_RETRIES_LIMIT, ORCHESTRATION, AttemptRecord, ChainProgress, ChainRecord, attempt_parameters,
-                    final_files, gate_decision, next_step, parent_manifest, resolve_thresholds)
+                    check_on_review, final_files, gate_decision, next_step, parent_manifest, resolve_thresholds)
 from .phases import PHASE_FUNCTIONS, PhaseResult, get_phase
 from .phases.common import load_image, prepare_output_dir, resolve_backend, resolve_seed
 from .phases.spec import CHARACTER_SHEET
@@ -88,6 +88,7 @@ def orchestrate(
     height: int | None = None,
     reference_image: str | Path | None = None,
     max_retries: int = 2,
+    on_review: str = "continue",
     models: str | None = None,
     backend: str = "diffusers",
     backend_options: dict | None = None,
@@ -106,6 +107,7 @@ def orchestrate(
     `attempt_seed(seed, phase_id, k)` up to `max_retries` times; then the chain stops with status
     "failed" and a reason naming the phase, attempts, seeds and scores. `thresholds`: None (each
     phase's threshold in parameters/quality.yaml), one number for all phases, or a mapping by phase.
+    `on_review`: what a gate's "review" verdict does ("continue" flagged, "retry", or "stop").
     `phase_options` passes extra keyword arguments to one phase function, by phase name (e.g.
     {"FULL_VIDEO": {"frames": 14}}). `on_progress` receives the overall `ProgressEvent`s; `display`
     as for the phase functions ("auto", "kernel", "tqdm" or None); `cancel` (an
@@ -116,6 +118,7 @@ def orchestrate(
     for name, value in (("prompt", prompt), ("seed", seed), ("steps", steps), ("width", width), ("height", height)):
         CHARACTER_SHEET.param(name).check(value)  # the same in every phase's spec (animenb.phases.spec)
     _check_int(max_retries, "max_retries", 0, MAX_RETRIES_LIMIT)
+    check_on_review(on_review)
     gates = resolve_thresholds(thresholds)
     options = {get_phase(k).name: dict(v) for k, v in (phase_options or {}).items()}
     for name, opts in options.items():
@@ -160,7 +163,7 @@ def orchestrate(
     try:
         # 1-3. each phase, attempt after attempt, until its gate passes or the retries run out
         history: list[dict] = []
-        while (step := next_step(history, max_retries)).action == "run":
+        while (step := next_step(history, max_retries, on_review)).action == "run":
             phase, attempt = get_phase(step.phase), step.attempt
             kwargs = attempt_parameters(phase.name, attempt, prompt=prompt, seed=seed, root=root, passed=passed_dirs,
                                         steps=steps, width=width, height=height, models=models,
@@ -179,8 +182,9 @@ def orchestrate(
             row = AttemptRecord(
                 phase=phase.name, phase_id=phase.id, attempt=attempt, seed=kwargs["seed"],
                 seed_source=AttemptRecord.seed_source_of(attempt), output_dir=out.relative_to(root).as_posix(),
-                score=report.score, threshold=report.threshold, passed=report.passed,
-                decision=gate_decision(report.passed, attempt, max_retries), generate_seconds=round(t1 - t0, 4),
+                score=report.score, threshold=report.threshold, passed=report.passed, verdict=report.verdict,
+                decision=gate_decision(report.passed, attempt, max_retries, report.verdict, on_review),
+                generate_seconds=round(t1 - t0, 4),
                 score_seconds=round(time.perf_counter() - t1, 4), metrics=dict(report.metrics))
             attempts.append(row)
             history.append(row.as_dict())

@@ -8,15 +8,15 @@ attempt). What they share lives here, so they cannot drift apart:
     progress   the overall percent and ETA across the chain (`ChainProgress`)
     record     orchestration.json and the parent's manifest.json (one shape)
 """
-from .policy import (CHAIN, MAX_RETRIES_LIMIT, ORCHESTRATION, ChainLink, NextStep, attempt_dir, attempt_parameters,
-                     attempt_seed, chain_inputs, gate_decision, gate_failure_reason, next_step, resolve_thresholds,
+from .policy import (CHAIN, MAX_RETRIES_LIMIT, ON_REVIEW, ORCHESTRATION, ChainLink, NextStep, attempt_dir, attempt_parameters,
+                     attempt_seed, chain_inputs, check_on_review, gate_decision, gate_failure_reason, next_step, resolve_thresholds,
                      success_reason)
 from .progress import PHASE_COST, SCORING_SHARE, ChainProgress, ProgressPlan, eta_seconds
 from .record import (FINAL_FILES, RECORD_KIND, RECORD_NAME, AttemptRecord, ChainRecord, final_attempts, final_files,
                      parent_manifest, parent_quality, read_record)
 
-__all__ = ["CHAIN", "FINAL_FILES", "MAX_RETRIES_LIMIT", "ORCHESTRATION", "PHASE_COST", "RECORD_KIND", "RECORD_NAME",
+__all__ = ["CHAIN", "FINAL_FILES", "MAX_RETRIES_LIMIT", "ON_REVIEW", "ORCHESTRATION", "PHASE_COST", "RECORD_KIND", "RECORD_NAME",
            "SCORING_SHARE", "AttemptRecord", "ChainLink", "ChainProgress", "ChainRecord", "NextStep", "ProgressPlan",
-           "attempt_dir", "attempt_parameters", "attempt_seed", "chain_inputs", "eta_seconds", "final_attempts",
+           "attempt_dir", "attempt_parameters", "attempt_seed", "chain_inputs", "check_on_review", "eta_seconds", "final_attempts",
            "final_files", "gate_decision", "gate_failure_reason", "next_step", "parent_manifest", "parent_quality",
            "read_record", "resolve_thresholds", "success_reason"]

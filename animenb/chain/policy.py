@@ -11,7 +11,8 @@ job server's parent job, `animenb.runner.orchestration`):
     attempt_seed(...)             attempt 1 uses the base seed, retries a seed derived from it
     attempt_dir(...)              where an in-process attempt writes
     resolve_thresholds(...)       per-phase gate thresholds (None = parameters/quality.yaml)
-    gate_decision(...)            "advance" | "retry" | "fail" after a scored attempt
+    gate_decision(...)            "advance" | "retry" | "fail" after a scored attempt (`on_review` says what a
+                                  "review" verdict does: "continue" and flag it, "retry", or "stop")
     gate_failure_reason(...)      the status reason naming the phase, attempts, seeds and scores
 """
 from __future__ import annotations
@@ -26,6 +27,10 @@ from ..phases.catalog import get_phase
 
 ORCHESTRATION = "ORCHESTRATION"   # the parent's phase name in its manifest and progress events
 MAX_RETRIES_LIMIT = 10
+# What a gate's "review" verdict (a measure within its margin of a floor) does to the chain: go on and
+# flag the output for a person (default: an unattended chain should not throw away work it cannot judge),
+# retry the phase like a failure, or stop the chain for a person to look.
+ON_REVIEW = ("continue", "retry", "stop")
 SEED_DERIVATION = ("attempt 1: the base seed; attempt k > 1: sha256(f'{seed}:{phase_id}:{k}') "
                    "first 8 bytes mod 2**32")
 
@@ -105,9 +110,22 @@ def resolve_thresholds(thresholds: Mapping[str | int, float | None] | float | No
     return {name: value for name in out}
 
 
-def gate_decision(passed: bool, attempt: int, max_retries: int) -> str:
+def check_on_review(on_review: Any) -> str:
+    if on_review not in ON_REVIEW:
+        raise ValueError(f"`on_review` must be one of {', '.join(ON_REVIEW)}, got {on_review!r}.")
+    return on_review
+
+
+def gate_decision(passed: bool, attempt: int, max_retries: int, verdict: str | None = None,
+                  on_review: str = "continue") -> str:
     """After attempt `attempt` (from 1) of a phase was scored: "advance" to the next phase, "retry"
-    this phase with a new seed, or "fail" the chain (the gate failed on attempt max_retries + 1)."""
+    this phase with a new seed, or "fail" the chain (the gate failed on attempt max_retries + 1).
+    A "review" `verdict` advances (flagged) with `on_review` "continue", fails the chain with "stop",
+    and counts as a failed gate with "retry"."""
+    if verdict == "review" and check_on_review(on_review) != "continue":
+        if on_review == "stop":
+            return "fail"
+        passed = False
     if passed:
         return "advance"
     return "retry" if attempt <= max_retries else "fail"
@@ -140,17 +158,20 @@ class NextStep:
     reason: str = ""
 
 
-def next_step(history: Sequence[Mapping[str, Any]], max_retries: int) -> NextStep:
+def next_step(history: Sequence[Mapping[str, Any]], max_retries: int, on_review: str = "continue") -> NextStep:
     """The whole chain policy as a function of the scored attempts so far (each a mapping with at least
-    "phase", "seed", "score", "threshold", "passed", in order). The job server's parent job calls it
-    after every child; `orchestrate` drives its own loop with it."""
+    "phase", "seed", "score", "threshold", "passed", and "verdict" where the gate gave one, in order).
+    The job server's parent job calls it after every child; `orchestrate` drives its own loop with it."""
     if not history:
         return NextStep("run", CHAIN[0].phase, 1)
     last = history[-1]
     tries = [h for h in history if h["phase"] == last["phase"]]
-    decision = gate_decision(bool(last["passed"]), len(tries), max_retries)
+    decision = gate_decision(bool(last["passed"]), len(tries), max_retries, last.get("verdict"), on_review)
     if decision == "retry":
         return NextStep("run", last["phase"], len(tries) + 1)
+    if decision == "fail" and last.get("verdict") == "review" and on_review == "stop":
+        return NextStep("failed", last["phase"], len(tries),
+                        f"{last['phase']} needs a review (on_review=stop): seed {last['seed']} -> {last['score']:.3f}")
     if decision == "fail":
         return NextStep("failed", last["phase"], len(tries), gate_failure_reason(last["phase"], tries))
     index = [link.phase for link in CHAIN].index(last["phase"])

@@ -69,6 +69,7 @@ class AttemptRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     job_id: str | None = None
     error: dict | None = None
+    verdict: str | None = None  # pass | review | fail (the gate's three-way verdict; None before it had one)
 
     def as_dict(self) -> dict:
         return asdict(self)

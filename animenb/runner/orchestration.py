@@ -95,6 +95,7 @@ class Orchestrator:
         self.params: dict[str, Any] = dict(parent.parameters)
         self.out_dir = runner.outputs_dir / parent.id
         self.max_retries = int(self.params.get("max_retries", 2))
+        self.on_review = self.params.get("on_review", "continue")
         self.gates = resolve_thresholds(self.params.get("thresholds"))
         self.record = ChainRecord(self.out_dir, parameters=self.params, seed=int(self.params.get("seed") or 0),
                                   max_retries=self.max_retries, thresholds=self.gates, job_id=parent.id)
@@ -132,7 +133,7 @@ class Orchestrator:
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             history, passed = self._resume()
-            while (step := next_step(history, self.max_retries)).action == "run":
+            while (step := next_step(history, self.max_retries, self.on_review)).action == "run":
                 if self.cancel_requested:
                     raise _Stop(JobStatus.CANCELLED, JobError("Cancelled", "Cancelled before "
                                                               f"{step.phase} attempt {step.attempt} started."))
@@ -252,12 +253,13 @@ class Orchestrator:
         quality = job.outputs.quality or {}
         phase = get_phase(info.get("phase") or job.phase)
         attempt = int(info.get("attempt") or 1)
-        passed = bool(quality.get("passed"))
+        passed, verdict = bool(quality.get("passed")), quality.get("verdict")
         return AttemptRecord(
             phase=phase.name, phase_id=phase.id, attempt=attempt, seed=job.parameters.get("seed"),
             seed_source=AttemptRecord.seed_source_of(attempt), output_dir=f"../{job.id}",
             score=quality.get("score"), threshold=quality.get("threshold", self.gates.get(phase.name)),
-            passed=passed, decision=gate_decision(passed, attempt, self.max_retries),
+            passed=passed, verdict=verdict,
+            decision=gate_decision(passed, attempt, self.max_retries, verdict, self.on_review),
             metrics=dict(quality.get("metrics") or {}), job_id=job.id, error=quality.get("error"))
 
     # -- progress -----------------------------------------------------------------------

@@ -87,6 +87,8 @@ def orchestrate_request() -> dict:
                             "description": "phase 1's IP-Adapter reference: a job id or /api/anime/outputs/ URL"},
         "max_retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES_LIMIT, "default": 2,
                         "description": "retries per phase, each with a new seed"},
+        "on_review": {"type": "string", "enum": ["continue", "retry", "stop"], "default": "continue",
+                      "description": "what a gate's review verdict does: go on and flag it, retry, or stop"},
         "threshold": {**gate, "description": "the gate of every phase; null: parameters/quality.yaml"},
         "thresholds": {"type": ["object", "null"], "additionalProperties": gate,
                        "description": "per phase (id or name); not with `threshold`"},

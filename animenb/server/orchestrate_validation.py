@@ -5,6 +5,7 @@ per phase attempt (see animenb.runner.orchestration). Body: `prompt` (required) 
 `steps`, `width`, `height`, `negative_prompt`, `guidance_scale`, `scheduler` (checked exactly as for
 POST /generate and passed to every phase), `reference_image` (a previous job's output, as for /generate;
 phase 1's IP-Adapter reference), `max_retries` (0-10, default 2: retries per phase after a failed gate),
+`on_review` (continue | retry | stop, default continue: what a gate's "review" verdict does),
 `threshold` (one gate for every phase) or `thresholds` ({phase id or name: number or null}; null or
 absent: the phase's threshold in parameters/quality.yaml), `models` (must name the server's profile, if
 given), `visibility`.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 
-from animenb.chain import MAX_RETRIES_LIMIT
+from animenb.chain import MAX_RETRIES_LIMIT, ON_REVIEW
 from animenb.phases.catalog import get_phase
 from animenb.phases.spec import CHARACTER_SHEET, SpecError
 from animenb.runner.orchestration import COMMON_FIELDS
@@ -22,7 +23,7 @@ from .validation import FIELDS, invalid, resolve_output_ref
 
 MAX_THRESHOLD = 2.0  # above 1 a gate always fails (tests force failures with 1.01)
 CHAIN_FIELDS = ("prompt", "seed", "steps", "width", "height") + COMMON_FIELDS
-ACCEPTED = CHAIN_FIELDS + ("reference_image", "max_retries", "threshold", "thresholds", "models", "visibility")
+ACCEPTED = CHAIN_FIELDS + ("reference_image", "max_retries", "on_review", "threshold", "thresholds", "models", "visibility")
 
 
 def _threshold(field: str, value) -> float | None:
@@ -61,6 +62,10 @@ def validate_orchestrate(data: dict, outputs_dir, server_models: str, readable) 
     if type(retries) is not int or not 0 <= retries <= MAX_RETRIES_LIMIT:
         raise invalid("max_retries", f"`max_retries` must be an integer in [0, {MAX_RETRIES_LIMIT}], got {retries!r}.")
     values["max_retries"] = retries
+    on_review = data.get("on_review", "continue")
+    if on_review not in ON_REVIEW:
+        raise invalid("on_review", f"`on_review` must be one of {', '.join(ON_REVIEW)}, got {on_review!r}.")
+    values["on_review"] = on_review
     if "threshold" in data and "thresholds" in data:
         raise invalid("thresholds", "Give `threshold` (every phase) or `thresholds` (per phase), not both.")
     thresholds = {get_phase(p).name: None for p in (1, 2, 3)}

@@ -75,11 +75,13 @@ function qualityBadges(quality) {
   const score = Number(quality.score);
   const threshold = quality.threshold === undefined || quality.threshold === null ? null : Number(quality.threshold);
   const passed = !!quality.passed;
+  const review = quality.verdict === "review";  // close to a floor: a person should look
+  const reasons = review && Array.isArray(quality.review_reasons) ? ` (${quality.review_reasons.join("; ")})` : "";
   return [
     el("span", { class: "badge score", text: `quality ${score.toFixed(3)}` }),
-    el("span", { class: `badge gate ${passed ? "pass" : "fail"}`,
-                 text: passed ? "gate passed" : "below gate",
-                 title: threshold === null ? null : `gate at ${threshold.toFixed(2)}` }),
+    el("span", { class: `badge gate ${review ? "review" : passed ? "pass" : "fail"}`,
+                 text: review ? "needs review" : passed ? "gate passed" : "below gate",
+                 title: threshold === null ? null : `gate at ${threshold.toFixed(2)}${reasons}` }),
   ];
 }
 
