@@ -70,6 +70,10 @@ def main() -> None:
     args = ap.parse_args()
     config = load_quality_config(args.config)
     wanted = set(args.families.split(",")) if args.families else set(FAMILIES)
+    for name in sorted(wanted):
+        if not FAMILIES[name].available():
+            print(f"family {name} skipped: its art is not installed (bash tests/art/install.sh)")
+            wanted.discard(name)
     if args.rows:
         rows = [r for r in json.loads(Path(args.rows).read_text()) if r["family"] in wanted]
         rows = redecide(rows, config)

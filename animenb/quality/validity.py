@@ -23,6 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from . import families as F
+from . import real_art as R
 from . import synthetic as S
 from .scoring import FAIL, PASS, REVIEW, QualityReport, score_animation_loop, score_character_sheet, score_full_video
 
@@ -191,22 +192,26 @@ class Family:
     modes: dict
     good_variants: tuple[tuple[int, int], ...] = SCENE_GOOD_VARIANTS
     variants: tuple[tuple[int, int], ...] = SCENE_VARIANTS
+    available: Callable[[], bool] = lambda: True  # art that is installed at test time may be missing
 
 
 FAMILIES: dict[str, Family] = {
     "drawn": Family(CALIBRATION, "round-headed characters on a plain background, circle/sway/bob motion, 64-512 px",
                     MODES, GOOD_VARIANTS, VARIANTS),
     "scenes": Family(CALIBRATION, "walking figures (line art or flat) over sky gradients and textured walls",
-                     F.modes(F.Style(("gradient", "wall")))),
+                     F.modes(F.SceneDrawer(F.Style(("gradient", "wall"))))),
     "street": Family(HELD_OUT, "large line-art figures on busy streets, the camera panning with them",
-                     F.modes(F.Style(("street",), outline=True, scale=1.3, loop_pan=0.5, pan=0.3, travel=0.0))),
+                     F.modes(F.SceneDrawer(F.Style(("street",), outline=True, scale=1.3, loop_pan=0.5, pan=0.3, travel=0.0)))),
     "dusk_slow": Family(HELD_OUT, "flat-colour figures at dusk moving slowly (a quarter of a stride per video), "
-                        "expression sheets", F.modes(F.Style(("dusk",), outline=False, swing=0.35, travel=0.06,
-                                                             cycles=0.25, sheet="expressions"))),
+                        "expression sheets", F.modes(F.SceneDrawer(F.Style(("dusk",), outline=False, swing=0.35, travel=0.06,
+                                                             cycles=0.25, sheet="expressions")))),
     "camera": Family(HELD_OUT, "small figures standing still while the camera pans and zooms, sheets whose poses "
-                     "differ by arms, tilt and facing", F.modes(F.Style(("street", "wall", "dusk"), scale=0.6,
+                     "differ by arms, tilt and facing", F.modes(F.SceneDrawer(F.Style(("street", "wall", "dusk"), scale=0.6,
                                                                     loop_pan=0.5, travel=0.0, pan=0.4, zoom=1.3,
-                                                                    swing=0.5, sheet="subtle"))),
+                                                                    swing=0.5, sheet="subtle")))),
+    "supertux": Family(HELD_OUT, "real hand-drawn game characters (SuperTux sprites: their own walk cycles and "
+                       "action frames) over painted level backgrounds; tests/art/install.sh fetches them",
+                       F.modes(R.SpriteDrawer()), available=R.available),
 }
 
 
