@@ -1,9 +1,12 @@
 """Reviewers' verdicts: POST /generation/{id}/review and GET /reviews on a live server (real SQLite, Tornado)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytest_asyncio
 
+from animenb.server.reviews import review_store
 from animenb.store.reviews_sqlite import SqliteReviewStore
 from serverkit import call, submit, wait_done
 
@@ -58,3 +61,30 @@ async def test_review_store_keeps_one_verdict_per_reviewer():
     assert len(store.list()) == 2
     with pytest.raises(ValueError, match="verdict"):
         store.record("j1", "ann", "fine")
+
+
+async def test_calibrate_fits_the_gates_to_verdicts_and_the_server_uses_them(srv, capsys):
+    """Reviewers call scored outputs good or bad; `animenb calibrate` writes a config into the home that
+    /health then names. Jobs here are scored by hand-written quality summaries in the store."""
+    from animenb.cli import main
+    from animenb.quality.config import CALIBRATED_NAME
+
+    store, reviews = srv.service.store, review_store(srv.service)
+    for k in range(12):
+        job = await submit(srv, prompt=f"test:echo calibrate {k}")
+        await wait_done(srv, job["job_id"])
+        good = k % 2 == 0
+        metrics = {"loop_seam": 0.9 if good else 0.2, "temporal_flicker": 0.9, "motion_smoothness": 0.9,
+                   "motion_regularity": 0.9, "subject_consistency": 0.9, "cleanliness": 0.9}
+        outputs = {**store.get(job["job_id"]).outputs.as_dict(),
+                   "quality": {"phase": "ANIMATION_LOOP", "score": 0.9, "passed": True, "metrics": metrics}}
+        with store.db.transaction() as cur:  # what the quality step writes for a scored phase job
+            cur.execute("UPDATE jobs SET outputs = ? WHERE id = ?", (json.dumps(outputs), job["job_id"]))
+        reviews.record(job["job_id"], "alice", "good" if good else "bad")
+    home = srv.service.home
+    assert main(["calibrate", "--home", str(home), "--no-suite", "--folds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "12 reviewed outputs" in out and "cross-validated" in out
+    assert (home / CALIBRATED_NAME).is_file()
+    code, body, _ = await call(srv, "GET", API + "/health")
+    assert body["quality_config"].endswith(CALIBRATED_NAME)

@@ -230,6 +230,9 @@ class AnimeService:
             counts=self.store.counts_by_status(), comfyui=comfyui, gpu=await self.gpu.info(), runner=runner,
             models=self.models, backend=self.config.backend or "diffusers", degraded=degraded)
         body["limits"] = self.limits()
+        from animenb.quality.config import active_config_path  # lazily: animenb.quality loads OpenCV
+
+        body["quality_config"] = str(active_config_path(self.home))  # calibrated once `animenb calibrate` ran
         return body
 
     # -- submitting --------------------------------------------------------------------------------
