@@ -199,3 +199,15 @@ def test_real_walk_cycles_and_their_frames_are_not_rejected(supertux, phase, mod
 def test_real_art_broken_the_never_pass_ways_is_not_passed(supertux, phase, mode):
     report = Case(phase, mode, 0, 192, "supertux").score()
     assert report.verdict != "pass", report.metrics
+
+
+def test_orchestrate_body_checks_on_review(tmp_path):
+    from animenb.server.orchestrate_validation import validate_orchestrate
+    from animenb.server.validation import APIError
+
+    values, _ = validate_orchestrate({"prompt": "a", "on_review": "stop"}, tmp_path, "tiny", lambda job_id: None)
+    assert values["on_review"] == "stop"
+    assert validate_orchestrate({"prompt": "a"}, tmp_path, "tiny", lambda job_id: None)[0]["on_review"] == "continue"
+    with pytest.raises(APIError) as err:
+        validate_orchestrate({"prompt": "a", "on_review": "ask"}, tmp_path, "tiny", lambda job_id: None)
+    assert err.value.status_code == 422 and err.value.field == "on_review"
