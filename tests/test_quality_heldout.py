@@ -211,3 +211,21 @@ def test_orchestrate_body_checks_on_review(tmp_path):
     with pytest.raises(APIError) as err:
         validate_orchestrate({"prompt": "a", "on_review": "ask"}, tmp_path, "tiny", lambda job_id: None)
     assert err.value.status_code == 422 and err.value.field == "on_review"
+
+
+def test_an_encoder_the_colours_contradict_asks_for_review():
+    """With an encoder the identity is its cosine; when the colours say another character is in the sheet,
+    the gate does not pass on the encoder's word alone."""
+    inputs = Case("CHARACTER_SHEET", "character_switch", 0, 128).inputs()
+
+    def blind(images):  # an encoder that cannot tell the characters apart
+        return np.ones((len(images), 4))
+
+    from animenb.quality import score_character_sheet
+
+    report = score_character_sheet(inputs["poses"], inputs["reference"], embed=blind)
+    assert report.metrics["identity_consistency"] == 1.0 and report.verdict == "review"
+    assert any("signals disagree" in r for r in report.review_reasons), report.review_reasons
+    same = Case("CHARACTER_SHEET", "good", 0, 128).inputs()
+    agreed = score_character_sheet(same["poses"], same["reference"], embed=blind)
+    assert not any("disagree" in r for r in agreed.review_reasons)

@@ -85,10 +85,13 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def combine(phase: str, metrics: dict[str, float], config: dict, threshold: float | None = None) -> QualityReport:
+def combine(phase: str, metrics: dict[str, float], config: dict, threshold: float | None = None,
+            second_opinions: dict[str, float] | None = None) -> QualityReport:
     """Weighted mean of the available weighted metrics times the validity multipliers; the gate also
     needs every available critical metric at or above its floor. A `threshold` other than the
-    configured one scales the floors by threshold / configured threshold."""
+    configured one scales the floors by threshold / configured threshold. `second_opinions` are other
+    measures of a critical property (identity from colours beside an encoder's): a pass they contradict
+    becomes a review."""
     section = config["phases"][phase]
     weights = {k: w for k, w in section["weights"].items() if k in metrics and w > 0}
     if not weights:
@@ -113,6 +116,10 @@ def combine(phase: str, metrics: dict[str, float], config: dict, threshold: floa
     # further below its floor still fails, whatever else is close. A threshold of 0 or above 1 is forced.
     reviews = [f"{k} {v:.3f} within {margin:g} of {'threshold' if k == 'score' else 'floor'} {f:g}"
                for k, v, f in checks if abs(v - f) <= margin] if 0 < threshold <= 1 and margin > 0 else []
+    for k, other in (second_opinions or {}).items():
+        floor = critical.get(k)
+        if floor is not None and 0 < threshold <= 1 and (other >= floor) != (metrics[k] >= floor):
+            reviews.append(f"{k} signals disagree: {metrics[k]:.3f} vs {other:.3f} (floor {floor:g})")
     if any(v < f - margin for _, v, f in checks) or (failures and not reviews):
         verdict = FAIL
     elif reviews:
@@ -247,15 +254,19 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
         identity_m, identity_source = embed_m, "embedding"
     typical = M.typicality([M.dominant_colours(a[m]) for a, m in zip(imgs, masks)], mp["identity_distance"])
     details["typicality_per_pose"] = typical
+    colour_identity = M.map_linear(min(M.outlier_identity(colour_identity_m), float(typical.min())),
+                                   mp["identity_low"], mp["identity_high"])
+    second_opinions = {}
     if identity_source == "colour":
-        metrics["identity_consistency"] = M.map_linear(min(M.outlier_identity(identity_m), float(typical.min())),
-                                                       mp["identity_low"], mp["identity_high"])
-    else:  # the encoder decides alone, already mapped to [0, 1]
+        metrics["identity_consistency"] = colour_identity
+    else:  # the encoder decides, already mapped to [0, 1]; the colours are a second opinion
         metrics["identity_consistency"] = M.outlier_identity(identity_m)
+        second_opinions["identity_consistency"] = colour_identity
+        details["colour_identity_consistency"] = colour_identity
     details["identity_source"] = identity_source
     total = sum(p[0] for p in parts) or 1.0
     details["pose_similarity"] = sum(p[0] * p[1] for p in parts) / total
-    report = combine("CHARACTER_SHEET", metrics, cfg, threshold)
+    report = combine("CHARACTER_SHEET", metrics, cfg, threshold, second_opinions)
     return _with_details(report, details)
 
 
