@@ -134,6 +134,36 @@ function mediaFor(item) {
   return box;
 }
 
+// Reviewers' verdicts (POST /generation/{id}/review) need a user token: asked once, kept for the tab.
+async function postReview(jobId, verdict, button) {
+  let token = sessionStorage.getItem("animenb-token");
+  if (!token) {
+    token = window.prompt("An animenb token (animenb token create NAME) to record your verdict:");
+    if (!token) return;
+    sessionStorage.setItem("animenb-token", token.trim());
+  }
+  const resp = await fetch(`${API}/generation/${encodeURIComponent(jobId)}/review`, {
+    method: "POST", body: JSON.stringify({ verdict }),
+    headers: { "Content-Type": "application/json", Accept: "application/json",
+               Authorization: `Bearer ${sessionStorage.getItem("animenb-token")}` },
+  });
+  const body = await resp.json().catch(() => null);
+  if (resp.status === 401) sessionStorage.removeItem("animenb-token");
+  button.parentNode.dataset.verdict = resp.ok ? verdict : "";
+  button.title = resp.ok ? `recorded: ${verdict}` : (body && body.error ? body.error.message : `HTTP ${resp.status}`);
+}
+
+function reviewButtons(jobId) {
+  const box = el("div", { class: "review" });
+  for (const verdict of ["good", "bad"]) {
+    const button = el("button", { type: "button", class: `review-${verdict}`, text: verdict,
+                                  title: `record "${verdict}" for this output (calibrates the gates)` });
+    button.addEventListener("click", () => postReview(jobId, verdict, button));
+    box.append(button);
+  }
+  return box;
+}
+
 function galleryCard(item) {
   const badges = el("div", { class: "badges" }, phaseBadge(item.phase, item.phase_name), ...qualityBadges(item.quality));
   const details = el("div", { class: "meta" });
@@ -155,7 +185,8 @@ function galleryCard(item) {
       badges,
       el("div", { class: "meta", text: `seed ${item.seed ?? "–"} · ${item.finished_at ? item.finished_at.replace("T", " ").slice(0, 19) : ""}` }),
       details,
-      links));
+      links,
+      reviewButtons(item.job_id)));
   fillModels(item.job_id, badges, details);
   return card;
 }
