@@ -126,6 +126,8 @@ def test_a_stopped_chain_says_it_needs_a_review():
     history = [{"phase": "CHARACTER_SHEET", "seed": 7, "score": 0.81, "threshold": 0.8, "passed": True,
                 "verdict": "review"}]
     assert next_step(history, 2).action == "run" and next_step(history, 2).phase == "ANIMATION_LOOP"
+    done = history + [{**history[0], "phase": p, "verdict": "pass"} for p in ("ANIMATION_LOOP", "FULL_VIDEO")]
+    assert next_step(done, 2).reason.endswith("flagged for review: CHARACTER_SHEET")
     stop = next_step(history, 2, "stop")
     assert stop.action == "failed" and "needs a review" in stop.reason
     assert next_step(history, 2, "retry").attempt == 2

@@ -145,8 +145,10 @@ def gate_failure_reason(phase: str, attempts: list[Mapping[str, Any]]) -> str:
 def success_reason(history: Sequence[Mapping[str, Any]]) -> str:
     passed = [h for h in history if h["passed"]]
     n = len(history)
+    flagged = [h["phase"] for h in passed if h.get("verdict") == "review"]
     return (f"all {len(CHAIN)} gates passed in {n} attempt{'s' * (n != 1)} ("
-            + ", ".join(f"{h['phase']} {h['score']:.3f}" for h in passed) + ")")
+            + ", ".join(f"{h['phase']} {h['score']:.3f}" for h in passed) + ")"
+            + (f"; flagged for review: {', '.join(flagged)}" if flagged else ""))
 
 
 @dataclass(frozen=True)
