@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .chain import (MAX_RETRIES, ORCHESTRATION, Attempt, AttemptOutcome, AttemptRecord, ChainRun, final_files,
-                    resolve_thresholds)
+from .chain import (MAX_RETRIES, ORCHESTRATION, Attempt, AttemptOutcome, AttemptRecord, ChainRun, check_on_review,
+                    final_files, resolve_thresholds)
 from .phases import PHASE_FUNCTIONS, PhaseResult, get_phase
 from .phases.common import load_image, prepare_output_dir, resolve_backend, resolve_seed
 from .phases.spec import CHARACTER_SHEET
@@ -89,6 +89,7 @@ def orchestrate(
     output_dir: str | Path | None = None,
     thresholds: Mapping[str | int, float | None] | float | None = None,
     advisory_gates: bool = False,
+    on_review: str = "continue",
     phase_options: Mapping[str, Mapping[str, Any]] | None = None,
     on_progress: Callable[[ProgressEvent], None] | None = None,
     display: str | None = "auto",
@@ -104,6 +105,7 @@ def orchestrate(
     phase's threshold in parameters/quality.yaml), one number for all phases, or a mapping by phase.
     `advisory_gates=True` scores and records every gate but runs the chain through whatever they say
     (each phase once; a failed attempt still feeds the next phase), for random-weight profiles.
+    `on_review`: what a gate's "review" verdict does ("continue" flagged, "retry", or "stop").
     `phase_options` passes extra keyword arguments to one phase function, by phase name (e.g.
     {"FULL_VIDEO": {"frames": 14}}). `on_progress` receives the overall `ProgressEvent`s; `display`
     as for the phase functions ("auto", "kernel", "tqdm" or None); `cancel` (an
@@ -114,6 +116,7 @@ def orchestrate(
     for name, value in (("prompt", prompt), ("seed", seed), ("steps", steps), ("width", width), ("height", height)):
         CHARACTER_SHEET.param(name).check(value)  # the same in every phase's spec (animenb.phases.spec)
     MAX_RETRIES.check(max_retries)
+    check_on_review(on_review)
     gates = resolve_thresholds(thresholds)
     options = {get_phase(k).name: dict(v) for k, v in (phase_options or {}).items()}
     for name, opts in options.items():
@@ -130,7 +133,8 @@ def orchestrate(
 
     parameters = {"prompt": prompt, "seed": seed, "steps": steps, "width": width, "height": height,
                   "reference_image": None if reference_image is None else str(reference_image),
-                  "max_retries": max_retries, "advisory_gates": advisory_gates, "models": models,
+                  "max_retries": max_retries, "advisory_gates": advisory_gates, "on_review": on_review,
+                  "models": models,
                   "backend": getattr(phase_backend, "name", str(backend)),
                   "thresholds": thresholds if not isinstance(thresholds, Mapping)
                   else {str(k): v for k, v in thresholds.items()}, "phase_options": options}
@@ -142,7 +146,8 @@ def orchestrate(
         sink.show(event, force=milestone)
 
     chain = ChainRun(root, parameters, seed=seed, max_retries=max_retries, thresholds=gates,
-                     phase_options=options, publish=publish, advisory=advisory_gates)
+                     phase_options=options, publish=publish, advisory=advisory_gates,
+                     on_review=on_review)
     results: dict[str, PhaseResult] = {}
 
     def run_once(attempt: Attempt) -> AttemptOutcome:
@@ -157,7 +162,8 @@ def orchestrate(
         record_quality(attempt.output_dir, report)
         return AttemptOutcome(attempt.output_dir, report.score, report.threshold, report.passed,
                               metrics=dict(report.metrics), generate_seconds=round(t1 - t0, 4),
-                              score_seconds=round(time.perf_counter() - t1, 4), failures=list(report.failures))
+                              score_seconds=round(time.perf_counter() - t1, 4), failures=list(report.failures),
+                              verdict=report.verdict)
 
     # 1-3. each phase, attempt after attempt, until its gate passes or the retries run out
     chain.save()

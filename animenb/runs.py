@@ -35,7 +35,7 @@ from .phases.character_sheet import POSES
 
 COLUMNS = ["run", "job_id", "status", "phase_id", "phase", "prompt", "seed", "steps", "scheduler",
            "guidance_scale", "width", "height", "models", "backend", "duration_seconds", "generate_seconds",
-           "denoising_steps", "step_rate", "quality_score", "passed", "threshold", "created_at", "parent",
+           "denoising_steps", "step_rate", "quality_score", "passed", "verdict", "threshold", "created_at", "parent",
            "output_dir", "notebook", "source"]
 _PHASE_COLOURS = {"CHARACTER_SHEET": "#4a7ebb", "ANIMATION_LOOP": "#d0782a", "FULL_VIDEO": "#4c9a55"}
 
@@ -102,7 +102,7 @@ def row_from_manifest(manifest: dict, output_dir: Path, root: Path | None = None
         "denoising_steps": steps_total,
         "step_rate": steps_total / generate if steps_total and generate and generate > 0 else math.nan,
         "quality_score": _number(quality.get("score")), "passed": quality.get("passed"),
-        "threshold": _number(quality.get("threshold")), "created_at": _timestamp(manifest.get("created_at")),
+        "verdict": quality.get("verdict"), "threshold": _number(quality.get("threshold")), "created_at": _timestamp(manifest.get("created_at")),
         "parent": None, "output_dir": str(output_dir), "notebook": str(notebook) if notebook.is_file() else None,
         "source": "manifest",
     }
@@ -169,7 +169,8 @@ def rows_from_store(store, outputs_dir: str | Path | None = None) -> list[dict]:
                        width=params.get("width"), height=params.get("height"), duration_seconds=duration,
                        generate_seconds=math.nan, denoising_steps=denoising_steps(phase or "", params),
                        step_rate=math.nan, quality_score=_number(quality.get("score")),
-                       passed=quality.get("passed"), threshold=_number(quality.get("threshold")),
+                       passed=quality.get("passed"), verdict=quality.get("verdict"),
+                       threshold=_number(quality.get("threshold")),
                        output_dir=str(out) if out.is_dir() else None)
         row.update(job_id=job.id, status=str(job.status), created_at=_timestamp(job.created_at), source="store")
         if job.parent_id:

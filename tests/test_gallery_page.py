@@ -102,6 +102,15 @@ async def test_gallery_in_chromium(srv, tmp_path):
             assert resp.ok and "cells" in await resp.json()
             await page.screenshot(path=str(tmp_path / "gallery-finished.png"), full_page=True)
 
+            # 1b. a reviewer's verdict from the card's buttons (the token is kept for the tab)
+            token = srv.service.tokens.create("reviewer", "user")[1]
+            await page.evaluate("t => sessionStorage.setItem('animenb-token', t)", token)
+            await card.locator(".review-bad").click()
+            await card.locator('.review[data-verdict="bad"]').wait_for(timeout=10_000)
+            from animenb.server.reviews import review_store
+            assert [(r["reviewer"], r["verdict"]) for r in review_store(srv.service).list(finished["job_id"])] == [
+                ("reviewer", "bad")]
+
             # 2. filter by phase
             await page.click('#filters button[data-phase="2"]')
             assert await card.is_hidden()

@@ -59,14 +59,16 @@ def test_the_suite_covers_twenty_failure_modes_with_good_twins():
 
 @pytest.mark.parametrize("case", SUITE, ids=lambda c: c.name)
 def test_gate_decides_like_a_reviewer(case):
+    """A good output is never failed and a broken one never passed; a "review" (a measure within the
+    margin of its floor) is allowed either way, and counted by test_confusion_matrix_is_perfect_on_the_suite."""
     row = result(case)
     if case.expected_pass:
-        assert row["passed"], (case.name, row["score"], row["failures"])
+        assert row["verdict"] != "fail", (case.name, row["score"], row["failures"])
     else:
-        assert not row["passed"], (case.name, row["score"], row["failures"])
+        assert row["verdict"] != "pass", (case.name, row["score"], row["review_reasons"])
         reasons = EXPECTED_REASON.get((case.phase, case.mode))
         if reasons:
-            failed = {f.split()[0] for f in row["failures"]}
+            failed = {f.split()[0] for f in row["failures"] + row["review_reasons"]}
             assert failed & reasons, (case.name, row["failures"], reasons)
 
 
@@ -75,6 +77,7 @@ def test_confusion_matrix_is_perfect_on_the_suite():
     print("\n" + "\n".join(f"{k}: {v}" for k, v in report.items()))
     assert report["all"]["accuracy"] == 1.0
     assert report["all"]["false_accept"] == 0 and report["all"]["false_reject"] == 0
+    assert report["all"]["review_rate"] <= 0.02  # the suite's outputs are clear cut: few reviews
 
 
 def test_a_high_score_does_not_override_a_failed_critical_property():
@@ -101,7 +104,7 @@ def test_failures_are_empty_on_pass_and_name_score_and_floors_on_fail():
     good = Case("ANIMATION_LOOP", GOOD, 1, 128).score()
     assert good.passed and good.failures == []
     assert set(good.summary()) >= {"failures", "critical", "score", "passed", "threshold"}
-    low = Case("ANIMATION_LOOP", GOOD, 1, 128).score(threshold=0.999)
+    low = Case("ANIMATION_LOOP", GOOD, 1, 128).score(threshold=1.01)  # above 1: a forced failure, no review
     assert not low.passed and low.failures[0].startswith("score ")
 
 

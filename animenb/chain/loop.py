@@ -24,7 +24,8 @@ from typing import Any, Callable, Mapping
 
 from ..phases.catalog import get_phase
 from ..progress import ProgressEvent
-from .policy import NextStep, attempt_parameters, attempt_seed, gate_decision, next_step, resolve_thresholds
+from .policy import (NextStep, attempt_parameters, attempt_seed, check_on_review, gate_decision, next_step,
+                     resolve_thresholds)
 from .progress import ChainProgress
 from .record import AttemptRecord, ChainRecord, parent_manifest
 
@@ -57,6 +58,7 @@ class AttemptOutcome:
     job_id: str | None = None   # the child job (server)
     error: dict | None = None   # the quality step's error, when the run could not be scored (server)
     failures: list[str] = field(default_factory=list)  # the quality report's reasons the gate failed
+    verdict: str | None = None  # the gate's pass | review | fail (None: a run scored before verdicts)
 
 
 class ChainRun:
@@ -65,17 +67,20 @@ class ChainRun:
     `parameters` are the chain's, as recorded; the attempts read `prompt`, `steps`, `width`, `height`,
     `models` and `reference_image` from them. `phase_options` adds parameters per phase name.
     `publish(event, milestone)` receives the overall progress (`ChainProgress`). `advisory`: gates are
-    scored and recorded but a failed one neither retries nor stops the chain (random-weight profiles)."""
+    scored and recorded but a failed one neither retries nor stops the chain (random-weight profiles).
+    `on_review`: what a gate's "review" verdict does (`policy.ON_REVIEW`)."""
 
     def __init__(self, root: str | Path, parameters: Mapping[str, Any], *, seed: int, max_retries: int,
                  thresholds: Mapping[Any, float | None] | float | None = None,
                  phase_options: Mapping[str, Mapping[str, Any]] | None = None, job_id: str | None = None,
-                 publish: Callable[[ProgressEvent, bool], None] | None = None, advisory: bool = False):
+                 publish: Callable[[ProgressEvent, bool], None] | None = None, advisory: bool = False,
+                 on_review: str = "continue"):
         self.root = Path(root)
         self.parameters = dict(parameters)
         self.seed = int(seed)
         self.max_retries = max_retries
         self.advisory = advisory
+        self.on_review = check_on_review(on_review)
         self.thresholds = resolve_thresholds(thresholds)
         self.phase_options = {name: dict(options) for name, options in (phase_options or {}).items()}
         self.record = ChainRecord(self.root, parameters=self.parameters, seed=self.seed, max_retries=max_retries,
@@ -90,7 +95,7 @@ class ChainRun:
     def next_attempt(self, stage: str = "starting") -> Attempt | None:
         """The policy's next attempt, on record and in the progress at `stage`; None once the chain ended
         (then `ended` says how)."""
-        step = next_step(self.history, self.max_retries, self.advisory)
+        step = next_step(self.history, self.max_retries, self.on_review, self.advisory)
         if step.action != "run":
             self.ended = step
             return None
@@ -132,10 +137,11 @@ class ChainRun:
             seed_source=AttemptRecord.seed_source_of(number),
             output_dir=Path(os.path.relpath(outcome.run_dir, self.root)).as_posix(),
             score=outcome.score, threshold=outcome.threshold, passed=outcome.passed,
-            decision=gate_decision(outcome.passed, number, self.max_retries, self.advisory),
+            decision=gate_decision(outcome.passed, number, self.max_retries, outcome.verdict, self.on_review,
+                                   self.advisory),
             generate_seconds=outcome.generate_seconds, score_seconds=outcome.score_seconds,
             metrics=dict(outcome.metrics), job_id=outcome.job_id, error=outcome.error,
-            failures=list(outcome.failures))
+            failures=list(outcome.failures), verdict=outcome.verdict)
         self.attempts.append(row)
         self.history.append(row.as_dict())
         self.record.add_attempt(row)

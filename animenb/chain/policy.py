@@ -14,7 +14,8 @@ attempt:
     MAX_RETRIES, THRESHOLD        the chain's own parameters as spec `Param`s: default, range and type, which
                                   `orchestrate`, POST /orchestrate and the OpenAPI document all read
     resolve_thresholds(...)       per-phase gate thresholds (None = parameters/quality.yaml)
-    gate_decision(...)            "advance" | "retry" | "fail" after a scored attempt
+    gate_decision(...)            "advance" | "retry" | "fail" after a scored attempt (`on_review` says what a
+                                  "review" verdict does: "continue" and flag it, "retry", or "stop")
     gate_failure_reason(...)      the status reason naming the phase, attempts, seeds and scores
 """
 from __future__ import annotations
@@ -34,6 +35,10 @@ MAX_RETRIES = Param("max_retries", "integer", default=2, minimum=0, maximum=MAX_
                     description="retries per phase after a failed gate, each with a new seed")
 THRESHOLD = Param("threshold", "number", nullable=True, minimum=0.0, maximum=MAX_THRESHOLD,
                   description="a phase's quality gate; null: its threshold in parameters/quality.yaml")
+# What a gate's "review" verdict (a measure within its margin of a floor) does to the chain: go on and
+# flag the output for a person (default: an unattended chain should not throw away work it cannot judge),
+# retry the phase like a failure, or stop the chain for a person to look.
+ON_REVIEW = ("continue", "retry", "stop")
 SEED_DERIVATION = ("attempt 1: the base seed; attempt k > 1: sha256(f'{seed}:{phase_id}:{k}') "
                    "first 8 bytes mod 2**32")
 
@@ -121,11 +126,26 @@ def resolve_thresholds(thresholds: Mapping[Any, float | None] | float | None,
     return out
 
 
-def gate_decision(passed: bool, attempt: int, max_retries: int, advisory: bool = False) -> str:
+def check_on_review(on_review: Any) -> str:
+    if on_review not in ON_REVIEW:
+        raise ValueError(f"`on_review` must be one of {', '.join(ON_REVIEW)}, got {on_review!r}.")
+    return on_review
+
+
+def gate_decision(passed: bool, attempt: int, max_retries: int, verdict: str | None = None,
+                  on_review: str = "continue", advisory: bool = False) -> str:
     """After attempt `attempt` (from 1) of a phase was scored: "advance" to the next phase, "retry"
     this phase with a new seed, or "fail" the chain (the gate failed on attempt max_retries + 1).
-    Advisory gates always advance (random-weight models fail every gate by design)."""
-    if passed or advisory:
+    A "review" `verdict` advances (flagged) with `on_review` "continue", fails the chain with "stop",
+    and counts as a failed gate with "retry". Advisory gates always advance (random-weight models fail
+    every gate by design)."""
+    if advisory:
+        return "advance"
+    if verdict == "review" and check_on_review(on_review) != "continue":
+        if on_review == "stop":
+            return "fail"
+        passed = False
+    if passed:
         return "advance"
     return "retry" if attempt <= max_retries else "fail"
 
@@ -149,14 +169,19 @@ def gate_failure_reason(phase: str, attempts: list[Mapping[str, Any]]) -> str:
     return f"{phase} failed its quality gate (threshold {gate}) after {n} attempt{'s' * (n != 1)}: {tries}"
 
 
-def success_reason(history: Sequence[Mapping[str, Any]]) -> str:
+def success_reason(history: Sequence[Mapping[str, Any]], advisory: bool = False) -> str:
+    """Why a chain that reached its end succeeded: every gate passed (the passing attempt of each phase,
+    and those a person should review), or, with advisory gates, it ran through (and which gates failed)."""
     n = len(history)
     failed = [h for h in history if not h["passed"]]
-    if failed:  # advisory gates: the chain ran through
+    if advisory and failed:
         return (f"ran through with advisory gates in {n} attempt{'s' * (n != 1)}; failed: "
                 + ", ".join(f"{h['phase']} {attempt_verdict(h)}" for h in failed))
+    passed = [h for h in history if h["passed"]]
+    flagged = [h["phase"] for h in passed if h.get("verdict") == "review"]
     return (f"all {len(CHAIN)} gates passed in {n} attempt{'s' * (n != 1)} ("
-            + ", ".join(f"{h['phase']} {h['score']:.3f}" for h in history) + ")")
+            + ", ".join(f"{h['phase']} {h['score']:.3f}" for h in passed) + ")"
+            + (f"; flagged for review: {', '.join(flagged)}" if flagged else ""))
 
 
 @dataclass(frozen=True)
@@ -168,21 +193,27 @@ class NextStep:
     reason: str = ""
 
 
-def next_step(history: Sequence[Mapping[str, Any]], max_retries: int, advisory: bool = False) -> NextStep:
+def next_step(history: Sequence[Mapping[str, Any]], max_retries: int, on_review: str = "continue",
+              advisory: bool = False) -> NextStep:
     """The whole chain policy as a function of the scored attempts so far (each a mapping with at least
-    "phase", "seed", "score", "threshold", "passed", in order). `ChainRun.next_attempt` calls it."""
+    "phase", "seed", "score", "threshold", "passed", and "verdict" where the gate gave one, in order).
+    `ChainRun.next_attempt` calls it."""
     if not history:
         return NextStep("run", CHAIN[0].phase, 1)
     last = history[-1]
     tries = [h for h in history if h["phase"] == last["phase"]]
-    decision = gate_decision(bool(last["passed"]), len(tries), max_retries, advisory)
+    decision = gate_decision(bool(last["passed"]), len(tries), max_retries, last.get("verdict"), on_review,
+                             advisory)
     if decision == "retry":
         return NextStep("run", last["phase"], len(tries) + 1)
+    if decision == "fail" and last.get("verdict") == "review" and on_review == "stop":
+        return NextStep("failed", last["phase"], len(tries),
+                        f"{last['phase']} needs a review (on_review=stop): seed {last['seed']} -> {last['score']:.3f}")
     if decision == "fail":
         return NextStep("failed", last["phase"], len(tries), gate_failure_reason(last["phase"], tries))
     index = [link.phase for link in CHAIN].index(last["phase"])
     if index + 1 == len(CHAIN):
-        return NextStep("succeeded", reason=success_reason(history))
+        return NextStep("succeeded", reason=success_reason(history, advisory))
     return NextStep("run", CHAIN[index + 1].phase, 1)
 
 

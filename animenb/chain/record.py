@@ -71,6 +71,7 @@ class AttemptRecord:
     job_id: str | None = None
     error: dict | None = None
     failures: list[str] = field(default_factory=list)
+    verdict: str | None = None  # pass | review | fail (the gate's three-way verdict; None before it had one)
 
     def as_dict(self) -> dict:
         return asdict(self)

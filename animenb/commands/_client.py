@@ -53,11 +53,14 @@ def api_error(code: int, body: bytes) -> str:
 
 
 def get_json(url: str, path: str, token: str | None = None, query: dict[str, Any] | None = None,
-             timeout: float = 30.0) -> Any:
+             timeout: float = 30.0, body: dict | None = None) -> Any:
+    """GET `path` (with `query`); with `body`, POST it as JSON instead."""
     full = base_url(url) + path
     if query:
         full += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
-    request = urllib.request.Request(full, headers=headers(token))
+    data = None if body is None else json.dumps(body).encode()
+    extra = {} if body is None else {"Content-Type": "application/json"}
+    request = urllib.request.Request(full, data=data, headers={**headers(token), **extra})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return json.loads(resp.read())

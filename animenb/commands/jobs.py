@@ -36,7 +36,8 @@ def format_table(jobs: list[dict]) -> str:
         percent = progress.get("percent")
         quality = job.get("quality") or {}
         score = quality.get("score")
-        gate = "" if score is None else (" pass" if quality.get("passed") else " below")
+        gate = "" if score is None else (" review" if quality.get("verdict") == "review"
+                                         else " pass" if quality.get("passed") else " below")
         phase = job.get("phase_name") or job.get("phase") or ""
         rows.append((job["job_id"], job.get("status", ""), _cell(phase, 16),
                      "" if percent is None else f"{percent:.0f}%",

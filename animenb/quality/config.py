@@ -8,10 +8,12 @@ from typing import Any
 
 import yaml
 
-from ..config import parameters_dir
+from ..config import home_dir, parameters_dir
 from ..phases import DEFAULT_GATE, get_phase
 
 CONFIG_NAME = "quality.yaml"
+CALIBRATED_NAME = "quality.calibrated.yaml"  # written by `animenb calibrate` into the server's home
+DEFAULT_REVIEW_MARGIN = 0.0  # without one in the config the gate only passes or fails
 
 # Metrics each phase can compute: weights and multipliers must name these.
 PHASE_METRICS: dict[str, frozenset[str]] = {
@@ -42,6 +44,13 @@ ORDERED_MAPPINGS = (("structure_low", "structure_high"), ("embedding_low", "embe
 
 def default_config_path() -> Path:
     return parameters_dir() / CONFIG_NAME
+
+
+def active_config_path(home: str | Path | None = None) -> Path:
+    """The config the gates use: `animenb calibrate`'s in the server's home (`home`, default $ANIMENB_HOME)
+    when there is one, else parameters/quality.yaml."""
+    calibrated = Path(home or home_dir()) / CALIBRATED_NAME
+    return calibrated if calibrated.is_file() else default_config_path()
 
 
 def check_threshold(threshold: Any, name: str = "threshold") -> float:
@@ -103,16 +112,19 @@ def validate_config(config: dict) -> dict:
         m = {k: _check_number(v, f"phases.{name}.multipliers.{k}", positive=True) for k, v in multipliers.items()}
         c = {k: _check_number(v, f"phases.{name}.critical.{k}") for k, v in critical.items()}
         out[name] = {"threshold": check_threshold(section.get("threshold", DEFAULT_GATE), f"phases.{name}.threshold"),
+                     "review_margin": _check_number(section.get("review_margin", DEFAULT_REVIEW_MARGIN),
+                                                    f"phases.{name}.review_margin"),
                      "weights": w, "multipliers": m, "critical": c}
     cfg["phases"] = out
     return cfg
 
 
 def load_quality_config(path: str | Path | dict | None = None) -> dict:
-    """Read and validate `parameters/quality.yaml` (or `path`; a dict is validated as is)."""
+    """Read and validate the active config (`active_config_path`: a calibrated one in the home, else
+    parameters/quality.yaml), or `path`; a dict is validated as is."""
     if isinstance(path, dict):
         return validate_config(path)
-    path = Path(path) if path is not None else default_config_path()
+    path = Path(path) if path is not None else active_config_path()
     if not path.is_file():
         raise FileNotFoundError(f"No quality config at {path}.")
     return validate_config(yaml.safe_load(path.read_text()) or {})

@@ -82,17 +82,50 @@ def not_blank(image: np.ndarray, std_floor: float = 12.0) -> float:
 
 def border_colour(image: np.ndarray, width: int = 2) -> np.ndarray:
     """Median colour of a `width`-pixel frame around the image: the background estimate."""
-    b = np.concatenate([image[:width].reshape(-1, 3), image[-width:].reshape(-1, 3),
-                        image[:, :width].reshape(-1, 3), image[:, -width:].reshape(-1, 3)])
-    return np.median(b, axis=0)
+    return np.median(border_pixels(image, width), axis=0)
+
+
+def border_pixels(image: np.ndarray, width: int = 2) -> np.ndarray:
+    """The pixels of a `width`-pixel frame around the image, as an Nx3 array."""
+    return np.concatenate([image[:width].reshape(-1, 3), image[-width:].reshape(-1, 3),
+                           image[:, :width].reshape(-1, 3), image[:, -width:].reshape(-1, 3)])
+
+
+def plain_background(image: np.ndarray, tolerance: float = 30.0, share: float = 0.75) -> bool:
+    """Whether the picture's border is (mostly) one colour: at least `share` of the border pixels within
+    `tolerance` (max channel) of its median. Only then does "different from the border colour" find the
+    subject, and only then are foreground centroids trustworthy positions."""
+    b = border_pixels(image).astype(np.int16)
+    return bool((np.abs(b - np.median(b, axis=0).round().astype(np.int16)).max(axis=1) <= tolerance).mean() >= share)
+
+
+def scene_colours(image: np.ndarray, tolerance: float = 30.0, cell: int = 8, min_share: float = 0.004) -> np.ndarray:
+    """A boolean RGB lookup table (256/`cell` cells a side): True for colours within `tolerance` (max
+    channel, to the cell) of a colour that covers at least `min_share` of the border: the scene's colours."""
+    n = 256 // cell
+    q = border_pixels(image).astype(np.int32) // cell
+    counts = np.bincount((q[:, 0] * n + q[:, 1]) * n + q[:, 2], minlength=n ** 3).reshape(n, n, n)
+    seen = (counts >= max(1, min_share * len(q))).astype(np.uint8)
+    r = int(np.ceil(tolerance / cell))
+    kernel = np.ones((2 * r + 1, 2 * r + 1), np.uint8)  # max-channel distance: a cube, dilated axis by axis
+    seen = np.stack([cv2.dilate(seen[i], kernel) for i in range(n)])
+    seen = np.stack([cv2.dilate(np.ascontiguousarray(seen[:, :, k]), np.ones((2 * r + 1, 1), np.uint8))
+                     for k in range(n)], axis=2)
+    return seen.astype(bool)
 
 
 def foreground_mask(image: np.ndarray, tolerance: float = 30.0, min_fraction: float = 0.005) -> np.ndarray:
-    """The character region: pixels whose max channel distance to the border colour exceeds
-    `tolerance`. Falls back to the whole image when under `min_fraction` of it is foreground
-    (busy or empty backgrounds), so the metrics degrade to whole-image versions rather than fail."""
-    dist = np.abs(image.astype(np.int16) - border_colour(image).round().astype(np.int16)).max(axis=2)
-    mask = dist > tolerance
+    """The character region. On a plain background (`plain_background`): pixels whose max channel distance
+    to the border colour exceeds `tolerance`. On a busy one (a street, a painted scene): pixels whose colour
+    is not one of the scene's colours seen on the border (`scene_colours`): the subject is what brings
+    colours of its own. Falls back to the whole image when under `min_fraction` of it is foreground, so the
+    metrics degrade to whole-image versions rather than fail."""
+    if plain_background(image, tolerance):
+        dist = np.abs(image.astype(np.int16) - border_colour(image).round().astype(np.int16)).max(axis=2)
+        mask = dist > tolerance
+    else:
+        q = image.astype(np.int32) // 8
+        mask = ~scene_colours(image, tolerance)[q[..., 0], q[..., 1], q[..., 2]]
     if mask.mean() < min_fraction:
         return np.ones(mask.shape, dtype=bool)
     return mask
@@ -478,21 +511,56 @@ def mask_iou(a: np.ndarray, b: np.ndarray, tolerance: float = 30.0) -> float:
 
 
 def jitter_ratio(points: np.ndarray, cyclic: bool = False, min_speed: float = 0.01) -> float:
-    """Jitter, raw: ``mean_t |p_{t+1} - 2 p_t + p_{t-1}| / max(mean_t |p_{t+1} - p_t|, min_speed)`` on the
-    `trajectory`. Smooth motion changes velocity a little each step (a circle in 16 steps: 2 sin(π/16) ≈
-    0.39); random jumps or stop-and-go stutter change it by as much as the motion itself (≥ 1.4). Below
-    `min_speed` (fraction of the image per step) a still subject is judged on its absolute wobble.
-    With `cyclic` the sequence wraps around (a loop: the seam is a step like the others)."""
+    """Jitter of a position path (e.g. the `trajectory`): ``velocity_jitter`` of its steps
+    ``p_{t+1} - p_t`` (with `cyclic`, the wrap-around step p_0 - p_{T-1} too)."""
     p = np.asarray(points, dtype=np.float64)
     if len(p) < 3:
         return 0.0
-    if cyclic:
-        p = np.concatenate([p[-1:], p, p[:1]])
-    velocity = np.linalg.norm(np.diff(p, axis=0), axis=1)
-    accel = np.linalg.norm(p[2:] - 2 * p[1:-1] + p[:-2], axis=1)
-    if cyclic:
-        velocity = velocity[1:]  # each step once
-    return float(accel.mean() / max(float(velocity.mean()), min_speed))
+    steps = np.diff(np.concatenate([p, p[:1]]) if cyclic else p, axis=0)
+    return velocity_jitter(steps, cyclic, min_speed)
+
+
+def velocity_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01) -> float:
+    """Jitter, raw: ``mean_t |v_{t+1} - v_t| / max(mean_t |v_t|, min_speed)``: the change of velocity from
+    step to step against the motion's own speed. Smooth motion changes velocity a little each step (a
+    circle in 16 steps: 2 sin(π/16) ≈ 0.39) whether it is fast or slow; random jumps or stop-and-go
+    stutter change it by as much as the motion itself (≥ 1.4). Below `min_speed` (fraction of the image
+    per step) a still subject is judged on its absolute wobble. With `cyclic` the steps wrap around (a
+    loop: the last step, the seam, is followed by the first)."""
+    v = np.asarray(velocities, dtype=np.float64).reshape(len(velocities), -1)
+    if len(v) < 2:
+        return 0.0
+    accel = np.linalg.norm(v - np.roll(v, 1, axis=0), axis=1) if cyclic else np.linalg.norm(np.diff(v, axis=0), axis=1)
+    return float(accel.mean() / max(float(np.linalg.norm(v, axis=1).mean()), min_speed))
+
+
+def camera_motion(flow: np.ndarray, step: int = 4, tolerance: float = 0.5) -> np.ndarray:
+    """The camera's motion in one flow field: a similarity transform (pan, zoom, roll; 2x3) fitted to the
+    flow sampled every `step` px with RANSAC (Fischler & Bolles 1981) at `tolerance` px, so the background
+    (most of the picture) decides and the subject's own motion is left out as outliers."""
+    h, w = flow.shape[:2]
+    ys, xs = np.mgrid[0:h:step, 0:w:step]
+    src = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+    dst = src + flow[ys.ravel(), xs.ravel()].astype(np.float32)
+    a, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=tolerance)
+    return np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float64) if a is None else a
+
+
+def subject_velocities(flow_list: Sequence[np.ndarray], moving: float = 0.5) -> np.ndarray:
+    """Per step, the subject's velocity relative to the background, in fractions of the shorter side: the
+    flow minus the `camera_motion`, averaged over the pixels that move more than `moving` px relative to
+    it (0 when nothing does). A camera pan or zoom over a still subject, or a slow walk, is slow and
+    smooth here; a subject jumping about is not, whatever the camera does."""
+    out = []
+    for f in flow_list:
+        h, w = f.shape[:2]
+        a = camera_motion(f)
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+        camera = np.stack([a[0, 0] * gx + a[0, 1] * gy + a[0, 2] - gx, a[1, 0] * gx + a[1, 1] * gy + a[1, 2] - gy], 2)
+        residual = f - camera
+        m = np.linalg.norm(residual, axis=2) > moving
+        out.append(residual[m].mean(axis=0) / min(h, w) if m.any() else np.zeros(2))
+    return np.asarray(out, dtype=np.float64).reshape(len(out), 2)
 
 
 def pose_differences(crops: Sequence[np.ndarray]) -> np.ndarray:

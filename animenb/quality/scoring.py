@@ -1,7 +1,10 @@
 """Phase scores and gate decisions: the metrics of animenb.quality.metrics, combined as quality.yaml says.
 
-    score  = (Σ_i w_i m_i / Σ_i w_i) × Π_j min(1, g_j / floor_j)
-    passed = score >= threshold  and  c_k >= floor_k for every critical property k
+    score   = (Σ_i w_i m_i / Σ_i w_i) × Π_j min(1, g_j / floor_j)
+    verdict = "fail"   when score < threshold - margin or some c_k < floor_k - margin
+              "review" when the score or some c_k lies within `review_margin` of its threshold / floor
+              "pass"   otherwise
+    passed  = verdict != "fail"    (the chain may go on; a review is flagged, see chain.policy on_review)
 
 m_i are the weighted metrics that could be computed for this input (no reference -> no
 `reference_consistency`, no `embed` -> no `embedding_consistency`; the rest are renormalised), g_j
@@ -10,7 +13,9 @@ phase's critical properties (e.g. one identity across the poses, a closed seam, 
 A threshold given by the caller (orchestrator, notebook) scales the floors by threshold / configured
 threshold, so that one number still sets the whole gate's strictness.
 The weighted mean ranks outputs; the critical floors make the decision: a phase that fails the one
-property it exists for fails its gate however well it does on the others. `failures` says why.
+property it exists for fails its gate however well it does on the others. `failures` says why a gate
+failed, `review_reasons` why it asks for a person: a measure this close to its floor is within the
+metrics' own error on outputs they were not fitted to, so the gate does not pretend to know.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from . import metrics as M
 from .config import check_threshold, load_quality_config, phase_name
 
 Embed = Callable[[list[Image.Image]], np.ndarray]
+PASS, REVIEW, FAIL = "pass", "review", "fail"
+VERDICTS = (PASS, REVIEW, FAIL)
 
 
 @dataclass(frozen=True)
@@ -45,10 +52,17 @@ class QualityReport:
     critical: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    verdict: str = ""
+    review_reasons: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.verdict:  # reports built without a verdict (older callers): the boolean decides
+            object.__setattr__(self, "verdict", PASS if self.passed else FAIL)
 
     def summary(self) -> dict:
         """The part that goes into manifest.json under "quality"."""
-        return {"phase": self.phase, "score": self.score, "passed": self.passed, "threshold": self.threshold,
+        return {"phase": self.phase, "score": self.score, "passed": self.passed, "verdict": self.verdict,
+                "review_reasons": list(self.review_reasons), "threshold": self.threshold,
                 "failures": list(self.failures), "metrics": dict(self.metrics), "weights": dict(self.weights),
                 "multipliers": dict(self.multipliers), "critical": dict(self.critical)}
 
@@ -71,10 +85,13 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def combine(phase: str, metrics: dict[str, float], config: dict, threshold: float | None = None) -> QualityReport:
+def combine(phase: str, metrics: dict[str, float], config: dict, threshold: float | None = None,
+            second_opinions: dict[str, float] | None = None) -> QualityReport:
     """Weighted mean of the available weighted metrics times the validity multipliers; the gate also
     needs every available critical metric at or above its floor. A `threshold` other than the
-    configured one scales the floors by threshold / configured threshold."""
+    configured one scales the floors by threshold / configured threshold. `second_opinions` are other
+    measures of a critical property (identity from colours beside an encoder's): a pass they contradict
+    becomes a review."""
     section = config["phases"][phase]
     weights = {k: w for k, w in section["weights"].items() if k in metrics and w > 0}
     if not weights:
@@ -90,14 +107,31 @@ def combine(phase: str, metrics: dict[str, float], config: dict, threshold: floa
     # (0 accepts everything, above the configured value every floor rises too).
     scale = threshold / configured if configured > 0 else 1.0
     critical = {k: round(floor * scale, 6) for k, floor in section["critical"].items() if k in metrics}
-    failures = [f"{k} {metrics[k]:.3f} < floor {floor:g}" for k, floor in critical.items() if metrics[k] < floor]
+    margin = section["review_margin"]
+    checks = [("score", score, threshold)] + [(k, metrics[k], floor) for k, floor in critical.items()]
+    failures = [f"{k} {value:.3f} < floor {floor:g}" for k, value, floor in checks[1:] if value < floor]
     if score < threshold:
         failures.insert(0, f"score {score:.3f} < threshold {threshold:g}")
-    return QualityReport(phase=phase, score=score, threshold=threshold, passed=not failures,
+    # Within the margin of a floor (either side) the gate asks for a person instead of deciding; a measure
+    # further below its floor still fails, whatever else is close. A threshold of 0 or above 1 is forced.
+    reviews = [f"{k} {v:.3f} within {margin:g} of {'threshold' if k == 'score' else 'floor'} {f:g}"
+               for k, v, f in checks if abs(v - f) <= margin] if 0 < threshold <= 1 and margin > 0 else []
+    for k, other in (second_opinions or {}).items():
+        floor = critical.get(k)
+        if floor is not None and 0 < threshold <= 1 and (other >= floor) != (metrics[k] >= floor):
+            reviews.append(f"{k} signals disagree: {metrics[k]:.3f} vs {other:.3f} (floor {floor:g})")
+    if any(v < f - margin for _, v, f in checks) or (failures and not reviews):
+        verdict = FAIL
+    elif reviews:
+        verdict = REVIEW
+    else:
+        verdict = PASS
+    return QualityReport(phase=phase, score=score, threshold=threshold, passed=verdict != FAIL,
                          metrics={k: round(float(v), 6) for k, v in metrics.items()},
                          weights={k: round(w, 6) for k, w in weights.items()},
                          multipliers={k: round(v, 6) for k, v in factors.items()}, critical=critical,
-                         failures=failures)
+                         failures=failures if verdict == FAIL else [], verdict=verdict,
+                         review_reasons=reviews if verdict == REVIEW else [])
 
 
 def _config(config: str | Path | dict | None) -> dict:
@@ -220,15 +254,19 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
         identity_m, identity_source = embed_m, "embedding"
     typical = M.typicality([M.dominant_colours(a[m]) for a, m in zip(imgs, masks)], mp["identity_distance"])
     details["typicality_per_pose"] = typical
+    colour_identity = M.map_linear(min(M.outlier_identity(colour_identity_m), float(typical.min())),
+                                   mp["identity_low"], mp["identity_high"])
+    second_opinions = {}
     if identity_source == "colour":
-        metrics["identity_consistency"] = M.map_linear(min(M.outlier_identity(identity_m), float(typical.min())),
-                                                       mp["identity_low"], mp["identity_high"])
-    else:  # the encoder decides alone, already mapped to [0, 1]
+        metrics["identity_consistency"] = colour_identity
+    else:  # the encoder decides, already mapped to [0, 1]; the colours are a second opinion
         metrics["identity_consistency"] = M.outlier_identity(identity_m)
+        second_opinions["identity_consistency"] = colour_identity
+        details["colour_identity_consistency"] = colour_identity
     details["identity_source"] = identity_source
     total = sum(p[0] for p in parts) or 1.0
     details["pose_similarity"] = sum(p[0] * p[1] for p in parts) / total
-    report = combine("CHARACTER_SHEET", metrics, cfg, threshold)
+    report = combine("CHARACTER_SHEET", metrics, cfg, threshold, second_opinions)
     return _with_details(report, details)
 
 
@@ -261,7 +299,10 @@ def _temporal(frames: Sequence[M.ImageLike], cfg: dict, embed: Embed | None,
     warp_err = M.warping_errors(small, flow_list)
     diffs = M.adjacent_diffs(imgs)
     path = M.trajectory(imgs, tol, masks)
-    jitter = M.jitter_ratio(path, cyclic=cyclic, min_speed=mp["jitter_min_speed"])
+    # Regularity on the subject's motion relative to the background (camera pans and zooms removed),
+    # against the motion's own speed; a loop's wrap-around step counts as a step.
+    velocities = M.subject_velocities(flow_list + ([M.farneback(small[-1], small[0])] if cyclic else []))
+    jitter = M.velocity_jitter(velocities, cyclic=cyclic, min_speed=mp["jitter_min_speed"])
     metrics = {"temporal_flicker": M.temporal_flicker(imgs, mp["flicker_low"]),
                "motion_smoothness": float(np.clip(1 - warp_err.mean() / mp["smoothness_scale"], 0, 1)),
                "motion_regularity": M.map_linear(jitter, mp["jitter_high"], mp["jitter_low"]),
@@ -272,7 +313,8 @@ def _temporal(frames: Sequence[M.ImageLike], cfg: dict, embed: Embed | None,
                "sharpness": float(np.mean(sharp)), "noise_free": float(np.mean(quiet)), "not_blank": float(min(blank))}
     details: dict[str, Any] = {"frame_count": len(imgs), "adjacent_abs_diff": diffs, "warping_error": warp_err,
                                "flow_magnitude": M.flow_magnitudes(flow_list), "subject_consistency_curve": subject_curve,
-                               "subject_consistency_mean": subject_raw, "trajectory": path, "jitter_ratio": jitter,
+                               "subject_consistency_mean": subject_raw, "trajectory": path, "subject_velocity": velocities,
+                               "jitter_ratio": jitter, "plain_background": all(M.plain_background(a, tol) for a in imgs),
                                "sharpness_per_frame": sharp, "noise_free_per_frame": quiet, **clean_details,
                                "not_blank_per_frame": blank,
                                "vbench_temporal_flickering": M.vbench_temporal_flickering(imgs)}
@@ -308,7 +350,9 @@ def score_animation_loop(frames: Sequence[M.ImageLike], reference: M.ImageLike |
     cfg = _config(config)
     mp = cfg["mappings"]
     metrics, details, imgs, palettes, small, warp_err = _temporal(frames, cfg, embed, reference, cyclic=True)
-    path, min_speed = details["trajectory"], mp["jitter_min_speed"]
+    # Where the subject is says how big the seam should be only when the background lets us find it.
+    path = details["trajectory"] if details["plain_background"] else None
+    min_speed = mp["jitter_min_speed"]
     metrics["loop_seam"] = M.loop_seam(imgs, mp["seam_tolerance"], small, warp_err, path, min_speed)
     details["loop_seam_ratio"] = M.loop_seam_ratio(imgs, small, warp_err, path, min_speed)
     details["seam_warping_error"] = float(M.warping_errors([small[-1], small[0]])[0])

@@ -22,8 +22,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from . import families as F
+from . import real_art as R
 from . import synthetic as S
-from .scoring import QualityReport, score_animation_loop, score_character_sheet, score_full_video
+from .scoring import FAIL, PASS, REVIEW, QualityReport, score_animation_loop, score_character_sheet, score_full_video
 
 GOOD = "good"  # modes named good or good_* must pass; every other mode must fail
 # (seed, size) of every variant: each failure mode is drawn from every one of them, good outputs from
@@ -173,6 +175,46 @@ SCORERS = {"CHARACTER_SHEET": lambda i, **kw: score_character_sheet(i["poses"], 
            "FULL_VIDEO": lambda i, **kw: score_full_video(i["frames"], i["source_image"], **kw)}
 
 
+# ----------------------------------------------------------------------------- families and splits
+
+CALIBRATION, HELD_OUT = "calibration", "held_out"
+SCENE_GOOD_VARIANTS: tuple[tuple[int, int], ...] = ((0, 128), (1, 192), (2, 256), (3, 320), (4, 160), (5, 224))
+SCENE_VARIANTS: tuple[tuple[int, int], ...] = ((0, 128), (1, 192), (2, 320))
+
+
+@dataclass(frozen=True)
+class Family:
+    """One way of drawing outputs. `split` says what it is for: calibration families are the only ones
+    floors and thresholds may be fitted on (animenb.quality.calibration); held-out families differ in
+    generator (style, background, scale, motion, kind of sheet) and only report."""
+    split: str
+    description: str
+    modes: dict
+    good_variants: tuple[tuple[int, int], ...] = SCENE_GOOD_VARIANTS
+    variants: tuple[tuple[int, int], ...] = SCENE_VARIANTS
+    available: Callable[[], bool] = lambda: True  # art that is installed at test time may be missing
+
+
+FAMILIES: dict[str, Family] = {
+    "drawn": Family(CALIBRATION, "round-headed characters on a plain background, circle/sway/bob motion, 64-512 px",
+                    MODES, GOOD_VARIANTS, VARIANTS),
+    "scenes": Family(CALIBRATION, "walking figures (line art or flat) over sky gradients and textured walls",
+                     F.modes(F.SceneDrawer(F.Style(("gradient", "wall"))))),
+    "street": Family(HELD_OUT, "large line-art figures on busy streets, the camera panning with them",
+                     F.modes(F.SceneDrawer(F.Style(("street",), outline=True, scale=1.3, loop_pan=0.5, pan=0.3, travel=0.0)))),
+    "dusk_slow": Family(HELD_OUT, "flat-colour figures at dusk moving slowly (a quarter of a stride per video), "
+                        "expression sheets", F.modes(F.SceneDrawer(F.Style(("dusk",), outline=False, swing=0.35, travel=0.06,
+                                                             cycles=0.25, sheet="expressions")))),
+    "camera": Family(HELD_OUT, "small figures standing still while the camera pans and zooms, sheets whose poses "
+                     "differ by arms, tilt and facing", F.modes(F.SceneDrawer(F.Style(("street", "wall", "dusk"), scale=0.6,
+                                                                    loop_pan=0.5, travel=0.0, pan=0.4, zoom=1.3,
+                                                                    swing=0.5, sheet="subtle")))),
+    "supertux": Family(HELD_OUT, "real hand-drawn game characters (SuperTux sprites: their own walk cycles and "
+                       "action frames) over painted level backgrounds; tests/art/install.sh fetches them",
+                       F.modes(R.SpriteDrawer()), available=R.available),
+}
+
+
 @dataclass(frozen=True)
 class Case:
     """One drawn output: `mode` is "good" or the name of a failure mode; good ones must pass."""
@@ -180,6 +222,11 @@ class Case:
     mode: str
     seed: int
     size: int
+    family: str = "drawn"
+
+    @property
+    def split(self) -> str:
+        return FAMILIES[self.family].split
 
     @property
     def expected_pass(self) -> bool:
@@ -187,17 +234,26 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{self.phase}/{self.mode}/seed{self.seed}/{self.size}px"
+        name = f"{self.phase}/{self.mode}/seed{self.seed}/{self.size}px"
+        return name if self.family == "drawn" else f"{self.family}/{name}"
 
     def inputs(self) -> Inputs:
-        return MODES[self.phase][self.mode](self.seed, self.size)
+        return FAMILIES[self.family].modes[self.phase][self.mode](self.seed, self.size)
 
     def score(self, config: str | Path | dict | None = None, threshold: float | None = None) -> QualityReport:
         return SCORERS[self.phase](self.inputs(), config=config, threshold=threshold)
 
 
-SUITE: tuple[Case, ...] = tuple(Case(phase, mode, seed, size) for phase, modes in MODES.items() for mode in modes
-                                for seed, size in (GOOD_VARIANTS if mode == GOOD else VARIANTS))
+def family_cases(name: str) -> tuple[Case, ...]:
+    family = FAMILIES[name]
+    return tuple(Case(phase, mode, seed, size, name) for phase, modes in family.modes.items() for mode in modes
+                 for seed, size in (family.good_variants if mode == GOOD else family.variants))
+
+
+SUITE: tuple[Case, ...] = family_cases("drawn")  # the original suite, every decision asserted by the tests
+CASES: tuple[Case, ...] = tuple(c for name in FAMILIES for c in family_cases(name))
+CALIBRATION_CASES = tuple(c for c in CASES if c.split == CALIBRATION)
+HELD_OUT_CASES = tuple(c for c in CASES if c.split == HELD_OUT)
 
 
 def run_suite(cases: Iterable[Case] = SUITE, config: str | Path | dict | None = None,
@@ -208,12 +264,21 @@ def run_suite(cases: Iterable[Case] = SUITE, config: str | Path | dict | None = 
     for case in cases:
         report = case.score(config, threshold)
         critical_ok = all(report.metrics[k] >= floor for k, floor in report.critical.items())
-        rows.append({"phase": case.phase, "mode": case.mode, "seed": case.seed, "size": case.size,
-                     "expected_pass": case.expected_pass, "passed": report.passed, "score": report.score,
-                     "threshold": report.threshold, "critical_passed": critical_ok,
-                     "correct": report.passed == case.expected_pass, "failures": list(report.failures),
-                     **{f"metric.{k}": v for k, v in report.metrics.items()}})
+        rows.append(decision_row(case, report, critical_ok))
     return rows
+
+
+def decision_row(case: Case, report: QualityReport, critical_ok: bool | None = None) -> dict:
+    """One case's row: `passed` is a plain pass (a review is not an acceptance here), `verdict` the
+    three-way verdict, `correct` whether it is the expected pass / fail (a review is neither)."""
+    if critical_ok is None:
+        critical_ok = all(report.metrics[k] >= floor for k, floor in report.critical.items())
+    return {"family": case.family, "split": case.split, "phase": case.phase, "mode": case.mode, "seed": case.seed,
+            "size": case.size, "expected_pass": case.expected_pass, "verdict": report.verdict,
+            "passed": report.verdict == PASS, "score": report.score, "threshold": report.threshold,
+            "critical_passed": critical_ok, "correct": report.verdict == (PASS if case.expected_pass else FAIL),
+            "failures": list(report.failures), "review_reasons": list(report.review_reasons),
+            **{f"metric.{k}": v for k, v in report.metrics.items()}}
 
 
 def sweep(rows: Iterable[dict], thresholds: Iterable[float], critical: bool = True) -> list[dict]:
@@ -223,6 +288,7 @@ def sweep(rows: Iterable[dict], thresholds: Iterable[float], critical: bool = Tr
     out = []
     for t in thresholds:
         decided = [{**r, "passed": r["score"] >= t and (r["critical_passed"] or not critical)} for r in rows]
+        decided = [{**r, "verdict": PASS if r["passed"] else FAIL} for r in decided]
         for phase, c in confusion(decided).items():
             out.append({"phase": phase, "threshold": round(float(t), 4), "critical_floors": critical,
                         "accuracy": c["accuracy"], "false_accept_rate": c["false_accept_rate"],
@@ -231,19 +297,28 @@ def sweep(rows: Iterable[dict], thresholds: Iterable[float], critical: bool = Tr
 
 
 def confusion(rows: Iterable[dict]) -> dict[str, dict[str, float]]:
-    """Per phase (and "all"): true/false accepts/rejects, accuracy, false-accept rate (broken cases that
-    passed / broken cases) and false-reject rate (good cases that failed / good cases)."""
+    """Per phase (and "all"): true/false accepts/rejects and reviews of good and broken cases; accuracy
+    (right pass/fail decisions / decisions made: reviews are not decisions), false-accept rate (broken
+    cases that passed / broken cases), false-reject rate (good cases that failed / good cases) and review
+    rate (reviews / cases)."""
     out: dict[str, dict[str, float]] = {}
     for row in rows:
+        verdict = row.get("verdict") or (PASS if row["passed"] else FAIL)
         for key in (row["phase"], "all"):
-            c = out.setdefault(key, {"true_accept": 0, "false_reject": 0, "true_reject": 0, "false_accept": 0})
-            if row["expected_pass"]:
-                c["true_accept" if row["passed"] else "false_reject"] += 1
+            c = out.setdefault(key, {"true_accept": 0, "false_reject": 0, "true_reject": 0, "false_accept": 0,
+                                     "review_good": 0, "review_bad": 0})
+            if verdict == REVIEW:
+                c["review_good" if row["expected_pass"] else "review_bad"] += 1
+            elif row["expected_pass"]:
+                c["true_accept" if verdict == PASS else "false_reject"] += 1
             else:
-                c["false_accept" if row["passed"] else "true_reject"] += 1
+                c["false_accept" if verdict == PASS else "true_reject"] += 1
     for c in out.values():
-        good, bad = c["true_accept"] + c["false_reject"], c["true_reject"] + c["false_accept"]
-        c["accuracy"] = (c["true_accept"] + c["true_reject"]) / max(1, good + bad)
+        good = c["true_accept"] + c["false_reject"] + c["review_good"]
+        bad = c["true_reject"] + c["false_accept"] + c["review_bad"]
+        decided = good + bad - c["review_good"] - c["review_bad"]
+        c["accuracy"] = (c["true_accept"] + c["true_reject"]) / max(1, decided)
         c["false_accept_rate"] = c["false_accept"] / max(1, bad)
         c["false_reject_rate"] = c["false_reject"] / max(1, good)
+        c["review_rate"] = (c["review_good"] + c["review_bad"]) / max(1, good + bad)
     return out

@@ -107,7 +107,8 @@ class Orchestrator:
                               max_retries=int(params.get("max_retries", MAX_RETRIES.default)),
                               thresholds=params.get("thresholds"), phase_options={link.phase: common for link in CHAIN},
                               job_id=parent.id, publish=self._publish,
-                              advisory=bool(params.get("advisory_gates")))
+                              advisory=bool(params.get("advisory_gates")),
+                              on_review=params.get("on_review", "continue"))
         self.out_dir = self.chain.root
         self.current_child: str | None = None
         self.cancel_requested = False
@@ -239,7 +240,7 @@ class Orchestrator:
             self.runner.outputs_dir / job.id, quality.get("score"),
             quality.get("threshold", self.chain.thresholds.get(phase)), bool(quality.get("passed")),
             metrics=dict(quality.get("metrics") or {}), job_id=job.id, error=quality.get("error"),
-            failures=list(quality.get("failures") or []))
+            failures=list(quality.get("failures") or []), verdict=quality.get("verdict"))
 
     # -- progress -----------------------------------------------------------------------
     def _publish(self, event: ProgressEvent, milestone: bool) -> None:

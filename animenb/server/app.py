@@ -51,6 +51,7 @@ from .limits import HttpLimits, JobLimits, WebSocketCounter, make_http_server
 from .openapi import openapi_handlers
 from .orchestrate_validation import validate_orchestrate
 from .pages import page_handlers  # the gallery page at / and /gallery
+from .reviews import review_handlers
 from .redaction import install_log_redaction
 from .requests import Caller, JobRequest
 from .stats import admin_stats, typical_duration
@@ -244,6 +245,9 @@ class AnimeService:
         body["components"]["dispatcher"] = {"status": "degraded" if runner["dispatcher"]["failing"] else "healthy",
                                             **runner["dispatcher"]}
         body["limits"] = self.limits()
+        from animenb.quality.config import active_config_path  # lazily: animenb.quality loads OpenCV
+
+        body["quality_config"] = str(active_config_path(self.home))  # calibrated once `animenb calibrate` ran
         return body
 
     def store_health(self, pending: int) -> dict:
@@ -422,7 +426,7 @@ def make_app(service: AnimeService, **settings: Any) -> tornado.web.Application:
                 "websocket_max_message_size": 64 * 1024, "serve_traceback": False,
                 "default_handler_class": NotFoundHandler}
     install_log_redaction()
-    app = tornado.web.Application(default_handlers + openapi_handlers + page_handlers, animenb=service, **{**defaults, **settings})
+    app = tornado.web.Application(default_handlers + review_handlers + openapi_handlers + page_handlers, animenb=service, **{**defaults, **settings})
     app.add_transform(SecurityHeaders)
     return app
 

@@ -19,7 +19,7 @@ from animenb.runner import events as job_events
 from animenb.store import JobStatus
 
 from .handlers import BaseHandler
-from animenb.chain import MAX_RETRIES, THRESHOLD
+from animenb.chain import MAX_RETRIES, ON_REVIEW, THRESHOLD
 
 from .orchestrate_validation import CHAIN_FIELDS
 from .validation import JOB_ID_RE
@@ -91,6 +91,8 @@ def orchestrate_request() -> dict:
         "max_retries": param_schema(MAX_RETRIES),
         "advisory_gates": {"type": "boolean", "default": False,
                            "description": "score and record every gate, but run the chain through (random weights)"},
+        "on_review": {"type": "string", "enum": list(ON_REVIEW), "default": "continue",
+                      "description": "what a gate's review verdict does: go on and flag it, retry, or stop"},
         "threshold": {**gate, "description": "the gate of every phase; null: parameters/quality.yaml"},
         "thresholds": {"type": ["object", "null"], "additionalProperties": gate,
                        "description": "per phase (id or name); not with `threshold`"},

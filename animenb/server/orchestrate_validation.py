@@ -4,8 +4,9 @@ The gated chain CHARACTER_SHEET -> ANIMATION_LOOP -> FULL_VIDEO runs as one pare
 per phase attempt (see animenb.runner.orchestration). Body: `prompt` (required) and optional `seed`,
 `steps`, `width`, `height`, `negative_prompt`, `guidance_scale`, `scheduler` (checked exactly as for
 POST /generate and passed to every phase), `reference_image` (a previous job's output, as for /generate;
-phase 1's IP-Adapter reference), `max_retries` (retries per phase after a failed gate), `threshold` (one
-gate for every phase) or `thresholds` ({phase id or name: number or null}; null or absent: the phase's
+phase 1's IP-Adapter reference), `max_retries` (retries per phase after a failed gate), `on_review`
+(continue | retry | stop, default continue: what a gate's "review" verdict does), `advisory_gates` (run
+the chain through whatever the gates say), `threshold` (one gate for every phase) or `thresholds` ({phase id or name: number or null}; null or absent: the phase's
 threshold in parameters/quality.yaml), `models` (must name the server's profile, if given), `visibility`.
 `max_retries` and the gates follow the chain's own spec (`animenb.chain.MAX_RETRIES`, `THRESHOLD`), as the
 in-process `orchestrate()` and the OpenAPI document do.
@@ -14,14 +15,14 @@ from __future__ import annotations
 
 import secrets
 
-from animenb.chain import MAX_RETRIES, resolve_thresholds
+from animenb.chain import MAX_RETRIES, ON_REVIEW, resolve_thresholds
 from animenb.phases.spec import CHARACTER_SHEET, SpecError
 from animenb.runner.orchestration import COMMON_FIELDS
 
 from .validation import FIELDS, check_param, invalid, resolve_output_ref
 
 CHAIN_FIELDS = ("prompt", "seed", "steps", "width", "height") + COMMON_FIELDS
-ACCEPTED = CHAIN_FIELDS + ("reference_image", "max_retries", "advisory_gates", "threshold", "thresholds", "models",
+ACCEPTED = CHAIN_FIELDS + ("reference_image", "max_retries", "advisory_gates", "on_review", "threshold", "thresholds", "models",
                             "visibility")
 
 
@@ -55,6 +56,10 @@ def validate_orchestrate(data: dict, outputs_dir, server_models: str, readable) 
     if not isinstance(advisory, bool):
         raise invalid("advisory_gates", f"`advisory_gates` must be true or false, got {advisory!r}.")
     values["advisory_gates"] = advisory
+    on_review = data.get("on_review", "continue")
+    if on_review not in ON_REVIEW:
+        raise invalid("on_review", f"`on_review` must be one of {', '.join(ON_REVIEW)}, got {on_review!r}.")
+    values["on_review"] = on_review
     models = data.get("models")
     if models is not None and models != server_models:
         raise invalid("models", f"`models` must be this server's profile {server_models!r} (or left out), "

@@ -57,7 +57,7 @@ def _quality(job: JobRecord) -> dict | None:
     quality = job.outputs.quality
     if quality is None:
         return None
-    return {k: quality.get(k) for k in ("score", "passed", "threshold", "failures", "error") if k in quality}
+    return {k: quality.get(k) for k in ("score", "passed", "verdict", "review_reasons", "threshold", "failures", "error") if k in quality}
 
 
 def job_status(job: JobRecord, *, live_progress: dict | None = None, queue_position: int | None = None,

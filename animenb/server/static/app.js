@@ -75,11 +75,13 @@ function qualityBadges(quality) {
   const score = Number(quality.score);
   const threshold = quality.threshold === undefined || quality.threshold === null ? null : Number(quality.threshold);
   const passed = !!quality.passed;
+  const review = quality.verdict === "review";  // close to a floor: a person should look
+  const reasons = review && Array.isArray(quality.review_reasons) ? ` (${quality.review_reasons.join("; ")})` : "";
   return [
     el("span", { class: "badge score", text: `quality ${score.toFixed(3)}` }),
-    el("span", { class: `badge gate ${passed ? "pass" : "fail"}`,
-                 text: passed ? "gate passed" : "below gate",
-                 title: threshold === null ? null : `gate at ${threshold.toFixed(2)}` }),
+    el("span", { class: `badge gate ${review ? "review" : passed ? "pass" : "fail"}`,
+                 text: review ? "needs review" : passed ? "gate passed" : "below gate",
+                 title: threshold === null ? null : `gate at ${threshold.toFixed(2)}${reasons}` }),
   ];
 }
 
@@ -132,6 +134,36 @@ function mediaFor(item) {
   return box;
 }
 
+// Reviewers' verdicts (POST /generation/{id}/review) need a user token: asked once, kept for the tab.
+async function postReview(jobId, verdict, button) {
+  let token = sessionStorage.getItem("animenb-token");
+  if (!token) {
+    token = window.prompt("An animenb token (animenb token create NAME) to record your verdict:");
+    if (!token) return;
+    sessionStorage.setItem("animenb-token", token.trim());
+  }
+  const resp = await fetch(`${API}/generation/${encodeURIComponent(jobId)}/review`, {
+    method: "POST", body: JSON.stringify({ verdict }),
+    headers: { "Content-Type": "application/json", Accept: "application/json",
+               Authorization: `Bearer ${sessionStorage.getItem("animenb-token")}` },
+  });
+  const body = await resp.json().catch(() => null);
+  if (resp.status === 401) sessionStorage.removeItem("animenb-token");
+  button.parentNode.dataset.verdict = resp.ok ? verdict : "";
+  button.title = resp.ok ? `recorded: ${verdict}` : (body && body.error ? body.error.message : `HTTP ${resp.status}`);
+}
+
+function reviewButtons(jobId) {
+  const box = el("div", { class: "review" });
+  for (const verdict of ["good", "bad"]) {
+    const button = el("button", { type: "button", class: `review-${verdict}`, text: verdict,
+                                  title: `record "${verdict}" for this output (calibrates the gates)` });
+    button.addEventListener("click", () => postReview(jobId, verdict, button));
+    box.append(button);
+  }
+  return box;
+}
+
 function galleryCard(item) {
   const badges = el("div", { class: "badges" }, phaseBadge(item.phase, item.phase_name), ...qualityBadges(item.quality));
   const details = el("div", { class: "meta" });
@@ -153,7 +185,8 @@ function galleryCard(item) {
       badges,
       el("div", { class: "meta", text: `seed ${item.seed ?? "–"} · ${item.finished_at ? item.finished_at.replace("T", " ").slice(0, 19) : ""}` }),
       details,
-      links));
+      links,
+      reviewButtons(item.job_id)));
   fillModels(item.job_id, badges, details);
   return card;
 }
