@@ -8,6 +8,7 @@ models first). It hands the job, and the slot, to the driver of its kind (`anime
 
     "phase"          `PhaseJobDriver`: the phase notebook, scored by the quality gate, on the slot
     "orchestration"  `OrchestrationDriver`: a task that submits the chain's child jobs; it holds no slot
+    "sweep"          `SweepDriver`: a task that submits one child job per cell of a sweep; it holds no slot
 
 The runner owns what every kind shares: submitting (a queued job, committed, then the dispatcher
 woken), cancelling a queued job, the terminal event of every job (`finished`), the restart policy order
@@ -33,6 +34,7 @@ from .kernels import KernelPool
 from .orchestration import OrchestrationDriver
 from .phase_jobs import NOTEBOOK_NAME, PHASE_KIND, PhaseJobDriver, default_notebook_for
 from .public_paths import PathScrubber
+from .sweep_jobs import SweepDriver
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 job_drivers = DriverRegistry()
 job_drivers.register(PhaseJobDriver.kind, PhaseJobDriver)
 job_drivers.register(OrchestrationDriver.kind, OrchestrationDriver)
+job_drivers.register(SweepDriver.kind, SweepDriver)
 
 
 class JobRunner:
