@@ -145,3 +145,25 @@ def run_report(sweep_dir: Path, notebooks_dir: Path, *, public_text=None) -> Pat
         if public_text is not None and target.is_file():
             target.write_text(public_text(target.read_text(encoding="utf-8")), encoding="utf-8")
     return target
+
+
+def plot_against_axes(df, axes: Sequence[str]):
+    """Quality score (top row) and time (bottom row) against each swept axis: one dot per cell, the line the
+    mean per value (other axes averaged out)."""
+    import matplotlib.pyplot as plt
+
+    fig, grid = plt.subplots(2, len(axes), figsize=(4.0 * len(axes), 6.0), squeeze=False)
+    for column, axis in enumerate(axes):
+        for row, (y, label) in enumerate((("quality_score", "quality score"), ("duration_seconds", "seconds"))):
+            ax = grid[row][column]
+            data = df[[axis, y]].dropna() if y in df else df[[axis]].iloc[0:0]
+            categorical = data[axis].dtype == object
+            x = data[axis].astype(str) if categorical else data[axis]
+            ax.scatter(x, data[y] if y in data else [], s=16, alpha=0.7)
+            if len(data):
+                means = data.groupby(axis, sort=True)[y].mean()
+                ax.plot(means.index.astype(str) if categorical else means.index, means.values, color="0.3", linewidth=1)
+            ax.set(xlabel=axis, ylabel=label)
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
