@@ -156,7 +156,7 @@ async def test_cancelling_a_sweep_cancels_its_cells(srv):
 
 @pytest.mark.asyncio(loop_scope="function")
 async def test_a_server_restart_mid_sweep_keeps_the_finished_cells(tmp_path, start_live_server):
-    body = {"parameters": {**TINY, "prompt": "test:sleep 0.1"}, "axes": {"steps": [2, 30, 31]}}
+    body = {"parameters": {**TINY, "prompt": "test:progress 0.1"}, "axes": {"steps": [2, 30, 31]}}
     async with start_live_server(tmp_path, models="tiny") as srv:
         _, srv.user = srv.service.tokens.create("restart-user", "user")
         parent = (await sweep(srv, **body))["job_id"]
@@ -166,7 +166,7 @@ async def test_a_server_restart_mid_sweep_keeps_the_finished_cells(tmp_path, sta
             kids = [j for j in store.list(limit=20)[0] if j.parent_id == parent]
             if any(k.status is JobStatus.SUCCEEDED for k in kids) and any(k.status is JobStatus.RUNNING for k in kids):
                 break
-            assert time.monotonic() < deadline, kids
+            assert time.monotonic() < deadline, [(k.status, k.error) for k in kids] + [store.get(parent)]
             await asyncio.sleep(0.05)
         done_before = {k.id for k in kids if k.status is JobStatus.SUCCEEDED}
     async with start_live_server(tmp_path, models="tiny") as srv:

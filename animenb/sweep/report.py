@@ -53,6 +53,8 @@ def cell_row(plan: SweepPlan, index: int, run_dir: Path | None, *, status: str |
     row.update(job_id=job_id, status=status or ("succeeded" if manifest else "missing"),
                verdict=verdict(quality), error=error, output_dir=str(run_dir) if run_dir else None)
     row.setdefault("seed", plan.values(index).get("seed"))
+    for column in ("quality_score", "duration_seconds"):  # every table has them, a cell without a run too
+        row.setdefault(column, math.nan)
     if seconds is not None and not (isinstance(row.get("duration_seconds"), float)
                                     and math.isfinite(row["duration_seconds"])):
         row["duration_seconds"] = seconds
