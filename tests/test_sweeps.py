@@ -12,7 +12,7 @@ import pytest_asyncio
 from PIL import Image
 
 from animenb.store import JobStatus
-from animenb.sweep.grid import GridLayout
+from animenb.sweeps.grid import GridLayout
 from serverkit import call, wait_running, ws_messages
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
@@ -177,3 +177,32 @@ async def test_a_server_restart_mid_sweep_keeps_the_finished_cells(tmp_path, sta
         assert done_before <= {k.id for k in kids}  # finished cells are kept, not run again
         steps = sorted(k.parameters["steps"] for k in kids)
         assert steps == [2, 30, 31]
+
+
+async def test_the_cli_submits_a_sweep_to_a_server(srv, capsys):
+    from animenb.cli import main
+
+    argv = ["sweep", "1", "-p", "prompt", "test:progress 0.01", "-p", "width", "64", "-p", "height", "64",
+            "-p", "seed", "5", "--axis", "steps=1-2", "--url", srv.base, "--token", srv.user, "--quiet"]
+    code = await asyncio.get_running_loop().run_in_executor(None, main, argv)
+    out = capsys.readouterr().out
+    assert code == 0 and "SUCCEEDED: 2 of 2 cells succeeded" in out and "grid.png" in out, out
+    assert await asyncio.get_running_loop().run_in_executor(None, main, argv[:-5] + ["--axis", "colour=1",
+                                                                                     "--url", srv.base]) == 2
+
+
+def test_the_cli_and_the_notebook_function_run_a_sweep_here(tmp_path, capsys):
+    import animenb
+    from animenb.cli import main
+
+    base = ["-p", "prompt", "anime girl", "-p", "width", "64", "-p", "height", "64", "-p", "seed", "3"]
+    assert main(["sweep", "1", *base, "--axis", "steps=1-2", "--models", "tiny", "--quiet",
+                 "--output-dir", str(tmp_path / "cli")]) == 0
+    out = capsys.readouterr().out
+    assert "report:" in out and (tmp_path / "cli" / "report.ipynb").is_file(), out
+    assert Image.open(tmp_path / "cli" / "grid.png").size == GridLayout(columns=2, rows=1).size
+    df = animenb.sweep(1, {"prompt": "anime girl", "seed": 3, "width": 64, "height": 64},
+                       {"steps": [1], "guidance_scale": "5-7:2"}, models="tiny", out_dir=tmp_path / "nb", show=False,
+                       progress=False)
+    assert list(df["guidance_scale"]) == [5.0, 7.0] and df["quality_score"].notna().all()
+    assert set(df["verdict"]) <= {"pass", "fail"} and df.attrs["sweep_dir"] == str(tmp_path / "nb")

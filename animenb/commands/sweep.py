@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _local(args, parameters: dict, axes: dict) -> int:
     from animenb import config
-    from animenb.sweep.local import run_sweep
-    from animenb.sweep.report import REPORT_NAME, run_report
+    from animenb.sweeps.local import run_sweep
+    from animenb.sweeps.report import REPORT_NAME, run_report
 
     df = run_sweep(args.phase, parameters, axes, mode=args.mode, out_dir=args.output_dir, models=args.models,
                    progress=not args.quiet)

@@ -11,7 +11,7 @@ the cells' percents, `step`/`total_steps` count finished cells, the ETA comes fr
 
 Cancel of the parent cancels every child still queued or running; the parent becomes `cancelled`.
 
-When every cell has ended, the parent writes its results into outputs/<parent_id>/ (`animenb.sweep.report`:
+When every cell has ended, the parent writes its results into outputs/<parent_id>/ (`animenb.sweeps.report`:
 sweep.json, grid.png, manifest.json) and executes the comparison notebook there (report.ipynb). It succeeds
 when at least one cell succeeded (the failed cells are named in its `reason`) and fails when none did.
 
@@ -28,8 +28,8 @@ import time
 
 from animenb.manifest import MANIFEST_NAME
 from animenb.store import InvalidTransitionError, JobError, JobNotFoundError, JobOutputs, JobRecord, JobStatus
-from animenb.sweep.plan import SweepPlan, plan_from_dict
-from animenb.sweep.report import (RECORD_NAME, SWEEP_KIND, cell_row, read_record, run_report, write_record,
+from animenb.sweeps.plan import SweepPlan, plan_from_dict
+from animenb.sweeps.report import (RECORD_NAME, SWEEP_KIND, cell_row, read_record, run_report, write_record,
                                   write_results)
 
 from .drivers import JobDriver, JobHost, output_files

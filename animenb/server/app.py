@@ -40,8 +40,8 @@ from animenb.runner.runner import JobRunner
 from animenb.store import JobNotFoundError, JobRecord, JobStatus, SqliteJobStore
 from animenb.store.tokens_base import ANONYMOUS
 from animenb.store.tokens_sqlite import SqliteTokenStore
-from animenb.sweep.plan import plan_from_dict
-from animenb.sweep.report import SWEEP_KIND
+from animenb.sweeps.plan import plan_from_dict
+from animenb.sweeps.report import SWEEP_KIND
 
 from . import views
 from .auth import Identity, can_cancel, can_read, new_cancel_token

@@ -3,7 +3,7 @@ caller's sweeps, as /jobs lists jobs).
 
 Body: `phase` (1, 2, 3 or a name; default 1), `parameters` (what every cell shares: the fields of POST
 /generate, checked the same way), `axes` ({parameter: values}, 1 to 3 of them; values a list or an A1111
-string like "8-40:8", see `animenb.sweep.plan`), `mode` ("grid", default, or "zip"), `visibility`.
+string like "8-40:8", see `animenb.sweeps.plan`), `mode` ("grid", default, or "zip"), `visibility`.
 Every axis is checked against the phase's spec value by value and every cell as a whole before anything is
 stored; an error names `axes.<name>`, `parameters.<name>`, `axes` (too many cells) or `mode`.
 
@@ -14,8 +14,8 @@ The 202 reply adds `kind` "sweep", `cells` and `cost`.
 from __future__ import annotations
 
 from animenb.store.tokens_base import ANONYMOUS
-from animenb.sweep.plan import SweepError, build_plan
-from animenb.sweep.report import SWEEP_KIND
+from animenb.sweeps.plan import SweepError, build_plan
+from animenb.sweeps.report import SWEEP_KIND
 
 from . import views
 from .auth import require_role

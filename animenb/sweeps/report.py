@@ -2,7 +2,7 @@
 comparison notebook (notebooks/08_sweep_report.ipynb) executed into the sweep's folder.
 
 The folder of a sweep holds `sweep.json` (the record: the recipe and one entry per cell: its axis values,
-job id, status, run directory), `grid.png` (`animenb.sweep.grid`), `manifest.json` (so the sweep is a
+job id, status, run directory), `grid.png` (`animenb.sweeps.grid`), `manifest.json` (so the sweep is a
 run of its own: the gallery card shows the grid) and `report.ipynb`. Each cell's run is a folder of its
 own (a job's outputs/<job_id>/, or <sweep>/cells/<k>/ locally), as any phase run.
 

@@ -1,5 +1,5 @@
 """Run a sweep in this process: each cell is the phase function (as the phase notebook calls it), scored by
-the quality gate, into <out_dir>/cells/<k>/; then the record, grid and manifest (`animenb.sweep.report`).
+the quality gate, into <out_dir>/cells/<k>/; then the record, grid and manifest (`animenb.sweeps.report`).
 
 Models load once (the phase functions' module-level cache), so the cells after the first cost their
 generation only. `animenb.sweep(...)` in a notebook and the notebooks' demos use it.
