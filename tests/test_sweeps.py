@@ -134,6 +134,12 @@ async def test_a_2x2_grid_runs_every_cell_and_writes_its_report(srv, grid_2x2):
     assert str(srv.service.outputs_dir) not in report.decode()
     assert any("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
 
+    from animenb.runs import to_dataframe
+
+    runs = to_dataframe(store, outputs_dir=srv.service.outputs_dir)
+    members = runs[runs["sweep"] == reply["job_id"]]
+    assert sorted(members["phase"]) == ["CHARACTER_SHEET"] * 4 + ["SWEEP"]
+
     code, listing, _ = await call(srv, "GET", f"{API}/sweeps", token=srv.user)
     assert code == 200 and reply["job_id"] in [s["job_id"] for s in listing["sweeps"]]
 
@@ -206,3 +212,6 @@ def test_the_cli_and_the_notebook_function_run_a_sweep_here(tmp_path, capsys):
                        progress=False)
     assert list(df["guidance_scale"]) == [5.0, 7.0] and df["quality_score"].notna().all()
     assert set(df["verdict"]) <= {"pass", "fail"} and df.attrs["sweep_dir"] == str(tmp_path / "nb")
+    from animenb.runs import to_dataframe
+
+    assert to_dataframe(tmp_path).groupby("sweep").size().to_dict() == {"cli": 3, "nb": 3}  # 2 cells + the sweep
