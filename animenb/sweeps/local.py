@@ -21,14 +21,27 @@ CELLS_DIR = "cells"
 
 
 def run_plan(plan: SweepPlan, out_dir: str | Path, *, models: str | None = None, score: bool = True,
-             threshold: float | None = None, on_cell: Callable[[int, dict], None] | None = None) -> Path:
+             threshold: float | None = None, on_cell: Callable[[int, dict], None] | None = None,
+             run_cell: Callable[[int, dict, Path], None] | None = None,
+             stop_on: tuple[type[BaseException], ...] = ()) -> Path:
     """Run every cell of `plan` in this process into `out_dir`; `on_cell(index, row)` after each. A cell that
-    raises is recorded as failed and the sweep goes on. Returns `out_dir`."""
+    raises is recorded as failed and the sweep goes on, except for `stop_on` exceptions (a cancel), which end
+    it. `run_cell(index, values, run_dir)` runs one cell (default: the phase function, then the quality gate;
+    the explorer passes its own, with its previews and cancel). Returns `out_dir`."""
     from animenb.phases import PHASE_FUNCTIONS, get_phase
 
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     phase = PHASE_FUNCTIONS[get_phase(plan.phase).name]
+
+    def run_phase(index: int, values: dict, run_dir: Path) -> None:
+        phase(**values, output_dir=run_dir, models=models, display=None)
+        if score:
+            from animenb.quality import record_quality, score_output_dir
+
+            record_quality(run_dir, score_output_dir(run_dir, phase=plan.phase, threshold=threshold))
+
+    run_cell = run_cell or run_phase
     entries: list[dict[str, Any]] = []
     rows = []
     for index in range(len(plan.cells)):
@@ -38,12 +51,10 @@ def run_plan(plan: SweepPlan, out_dir: str | Path, *, models: str | None = None,
                                  "run_dir": f"{CELLS_DIR}/{index:03d}"}
         started = time.perf_counter()
         try:
-            phase(**values, output_dir=run_dir, models=models, display=None)
-            if score:
-                from animenb.quality import record_quality, score_output_dir
-
-                record_quality(run_dir, score_output_dir(run_dir, phase=plan.phase, threshold=threshold))
+            run_cell(index, values, run_dir)
             entry["status"] = "succeeded"
+        except stop_on:
+            raise
         except Exception as exc:  # the cell fails; the sweep goes on
             traceback.print_exc()
             entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
