@@ -140,6 +140,10 @@ async def test_a_2x2_grid_runs_every_cell_and_writes_its_report(srv, grid_2x2):
     members = runs[runs["sweep"] == reply["job_id"]]
     assert sorted(members["phase"]) == ["CHARACTER_SHEET"] * 4 + ["SWEEP"]
 
+    code, gallery, _ = await call(srv, "GET", f"{API}/gallery")  # the sweep is one card: its grid
+    card = next(g for g in gallery["gallery"] if g["job_id"] == reply["job_id"])
+    assert card["url"].endswith("/grid.png") and card["thumbnail_url"].endswith("/grid.png")
+
     code, listing, _ = await call(srv, "GET", f"{API}/sweeps", token=srv.user)
     assert code == 200 and reply["job_id"] in [s["job_id"] for s in listing["sweeps"]]
 
