@@ -13,7 +13,7 @@ from PIL import Image
 
 from animenb.store import JobStatus
 from animenb.sweeps.grid import GridLayout
-from serverkit import call, wait_running, ws_messages
+from serverkit import call, ws_messages
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
 

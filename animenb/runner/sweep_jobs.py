@@ -16,8 +16,8 @@ sweep.json, grid.png, manifest.json) and executes the comparison notebook there 
 when at least one cell succeeded (the failed cells are named in its `reason`) and fails when none did.
 
 Restart (`recover_sweeps`, before the store's `recover()`): a parent left `running` is re-queued (at most
-`MAX_RESUMES` times, then `lost`); its children are ordinary jobs the store's own policy settles. When the
-parent runs again it reads sweep.json: cells whose child finished are kept, a child still queued or running
+`MAX_RESUMES` times, then `lost`: the orchestration's `requeue_parent`); its children are ordinary jobs the
+store's own policy settles. When the parent runs again it reads sweep.json: cells whose child finished are kept, a child still queued or running
 is waited for, and a cell whose child was lost is submitted again.
 """
 from __future__ import annotations
@@ -27,19 +27,18 @@ import logging
 import time
 
 from animenb.manifest import MANIFEST_NAME
-from animenb.store import InvalidTransitionError, JobError, JobNotFoundError, JobOutputs, JobRecord, JobStatus
+from animenb.store import JobError, JobNotFoundError, JobOutputs, JobRecord, JobStatus
 from animenb.sweeps.plan import SweepPlan, plan_from_dict
 from animenb.sweeps.report import (RECORD_NAME, SWEEP_KIND, cell_row, read_record, run_report, write_record,
                                   write_results)
 
-from .drivers import JobDriver, JobHost, output_files
+from .drivers import JobHost, output_files
 from .events import JobFinishedEvent, JobProgressEvent, JobStartedEvent
 from .executors import Slot
-from .orchestration import child_row
+from .orchestration import OrchestrationDriver, child_row, end_parent, requeue_parent, running_parents
 
 log = logging.getLogger(__name__)
 
-MAX_RESUMES = 2
 RESUBMITTED = (JobStatus.LOST,)  # a cell whose child ended so is run again when the parent resumes
 
 
@@ -235,17 +234,10 @@ class SweepRun:
         outputs = JobOutputs(files=output_files(self.out_dir), manifest=MANIFEST_NAME if listed else None,
                              listed=listed, seed=self.plan.parameters.get("seed"), record=RECORD_NAME,
                              children=[c for c in self.child_ids if c], reason=reason)
-        progress = {**self.progress_dict(), "stage": f"{'done' if status is JobStatus.SUCCEEDED else status.value}: "
-                                                     f"{reason}"}
-        if status is JobStatus.SUCCEEDED:
-            progress.update(percent=100.0, eta_seconds=0.0)
-        try:
-            job = host.store.transition(parent.id, status, error=error, outputs=outputs, progress=progress)
-        except InvalidTransitionError:
-            job = host.store.get(parent.id)
-        if self.on_finish is not None:
-            self.on_finish(parent.id)
-        host.finished(job, duration=time.perf_counter() - self._started)
+        stage = "done" if status is JobStatus.SUCCEEDED else status.value
+        end_parent(host, parent.id, status, error=error, outputs=outputs,
+                   progress={**self.progress_dict(), "stage": f"{stage}: {reason}"}, on_finish=self.on_finish,
+                   duration=time.perf_counter() - self._started)
 
     def children_summary(self) -> list[dict]:
         return children_rows(self.host.store, [c for c in self.child_ids if c])
@@ -267,77 +259,33 @@ def children_rows(store, child_ids: list[str]) -> list[dict]:
 
 def recover_sweeps(host: JobHost) -> list[JobRecord]:
     """Restart policy for sweep parents a dead process left running (module docstring)."""
-    store, changed, cursor, parents = host.store, [], None, []
-    while True:
-        page, cursor = store.list(status="running", limit=500, cursor=cursor)
-        parents += [j for j in page if j.kind == SWEEP_KIND]
-        if cursor is None:
-            break
-    for parent in parents:
-        try:
-            if parent.requeues < MAX_RESUMES:
-                changed.append(store.transition(parent.id, JobStatus.QUEUED))
-            else:
-                changed.append(store.transition(parent.id, JobStatus.LOST, error=JobError(
-                    "Lost", f"The server stopped while this sweep ran, {parent.requeues + 1} times; not resumed "
-                            "again. Finished cells are kept.")))
-        except InvalidTransitionError:
-            pass
+    changed: list[JobRecord] = []
+    for parent in running_parents(host.store, SWEEP_KIND):
+        changed += requeue_parent(host.store, parent, "sweep", "cells")
     return changed
 
 
-class SweepDriver(JobDriver):
-    """Job kind "sweep": each claimed parent gets a `SweepRun` task; the worker goes straight back to the queue."""
+class SweepDriver(OrchestrationDriver):
+    """Job kind "sweep": each claimed parent gets a `SweepRun` task and the worker goes straight back to the
+    queue. Cancel, live progress and stop are the orchestration driver's (a `SweepRun` drives its parent as an
+    `Orchestrator` does: `cancel()`, `task`, `progress_dict()`)."""
     kind = SWEEP_KIND
-    uses_slot = False
-
-    def __init__(self, host: JobHost):
-        super().__init__(host)
-        self.sweeps: dict[str, SweepRun] = {}
 
     def recover(self) -> list[JobRecord]:
         return recover_sweeps(self.host)
 
     async def start(self, job: JobRecord, slot: Slot | None) -> None:
-        run = SweepRun(self.host, job, on_finish=lambda job_id: self.sweeps.pop(job_id, None))
-        self.sweeps[job.id] = run
+        run = SweepRun(self.host, job, on_finish=self._forget)
+        self.orchestrations[job.id] = run
         run.start()
 
-    async def cancel(self, job: JobRecord) -> JobRecord:
-        """Cancel every child still queued or running; the sweep's task then ends the parent as cancelled."""
-        run = self.sweeps.get(job.id)
-        if run is not None:
-            await run.cancel()
-            try:
-                await asyncio.wait_for(asyncio.shield(run.task), timeout=3 * self.host.cancel_grace + 2)
-            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
-                pass
-        return self.host.store.get(job.id)
-
-    def active(self) -> list[str]:
-        return list(self.sweeps)
-
     def describe(self) -> dict:
-        return {"sweeps": sorted(self.sweeps)}
-
-    def live_progress(self, job_id: str) -> dict | None:
-        run = self.sweeps.get(job_id)
-        return None if run is None else run.progress_dict()
+        return {"sweeps": sorted(self.orchestrations)}
 
     def children(self, job: JobRecord) -> list[dict]:
-        live = self.sweeps.get(job.id)
+        live = self.orchestrations.get(job.id)
         if live is not None:
             return live.children_summary()
         ids = job.outputs.children or [c.get("job_id") for c in (read_record(self.host.outputs_dir / job.id) or {})
                                        .get("cells", [])]
         return children_rows(self.host.store, [i for i in ids if isinstance(i, str)])
-
-    async def stop(self) -> None:
-        tasks = [r.task for r in self.sweeps.values() if r.task is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
