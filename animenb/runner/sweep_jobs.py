@@ -67,11 +67,17 @@ class SweepRun:
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"animenb-sweep-{self.parent.id}")
         return self.task
 
-    async def cancel(self) -> None:
+    async def cancel(self, rounds: int = 50) -> None:
+        """Cancel every child still queued or running. A child claimed a moment ago may not be stoppable yet
+        (its driver has not started it): it is cancelled again, every 0.1 s, for up to `rounds` rounds."""
         self.cancel_requested = True
-        for child_id in self.child_ids:
-            if child_id is not None and not self.host.store.get(child_id).terminal:
+        for _ in range(rounds):
+            active = [c for c in self.child_ids if c is not None and not self.host.store.get(c).terminal]
+            if not active:
+                return
+            for child_id in active:
                 await self.host.cancel(child_id)
+            await asyncio.sleep(0.1)
 
     # -- the cells -----------------------------------------------------------------------------
     async def _run(self) -> None:
