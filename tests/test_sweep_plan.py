@@ -77,3 +77,24 @@ def test_grid_pages_have_the_layouts_size():
     zipped = build_plan(1, {"prompt": "x"}, {"steps": [1, 2], "seed": [1, 2]}, "zip")
     pages = grid_pages(zipped.axes, zipped.cells, results[:2], [None, None], mode="zip", cell=64)
     assert len(pages) == 1 and pages[0].size == GridLayout(columns=2, rows=1, cell=64).size
+
+
+def test_a_stored_recipe_this_version_refuses_fails_the_parent(tmp_path):
+    import asyncio
+    from types import SimpleNamespace
+
+    from animenb.runner.events import EventBus
+    from animenb.runner.public_paths import PathScrubber
+    from animenb.runner.sweep_jobs import SweepDriver
+    from animenb.store import JobStatus, SqliteJobStore
+
+    store = SqliteJobStore()
+    finished = []
+    host = SimpleNamespace(store=store, bus=EventBus(), outputs_dir=tmp_path, public_paths=PathScrubber(outputs_dir=tmp_path),
+                           finished=lambda job, duration=None: finished.append(job))
+    bad = {"phase": 1, "parameters": {"prompt": "x"}, "axes": {"steps": [0]}, "mode": "grid"}
+    store.create(phase=1, kind="sweep", parameters={"prompt": "x", "sweep": bad})
+    parent = store.claim_next("w")
+    asyncio.run(SweepDriver(host).start(parent, None))
+    job = store.get(parent.id)
+    assert job.status is JobStatus.FAILED and "axes.steps" in job.error.message and finished == [job]

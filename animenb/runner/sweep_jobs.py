@@ -281,7 +281,14 @@ class SweepDriver(OrchestrationDriver):
         return recover_sweeps(self.host)
 
     async def start(self, job: JobRecord, slot: Slot | None) -> None:
-        run = SweepRun(self.host, job, on_finish=self._forget)
+        try:
+            run = SweepRun(self.host, job, on_finish=self._forget)
+        except Exception as exc:  # a stored recipe this version refuses: the parent fails, never stays running
+            log.exception("sweep %s: cannot start", job.id)
+            end_parent(self.host, job.id, JobStatus.FAILED, error=JobError(
+                type(exc).__name__, self.host.public_paths.scrub(str(exc)) or type(exc).__name__),
+                outputs=JobOutputs(), progress={}, on_finish=None, duration=0.0)
+            return
         self.orchestrations[job.id] = run
         run.start()
 
