@@ -12,6 +12,9 @@ only: `list()` paged to the end; a job's files are `outputs_dir/<job_id>/`), or 
 of those. A run found both in a store and under a directory is one row (the store adds
 `status`). One row per run, columns `COLUMNS`:
 
+- `sweep` names the sweep a run is a cell of (`df.groupby("sweep")`), from the sweep's record
+  (`animenb.sweeps`); a sweep's own row has phase "SWEEP" and its own name there.
+
 - `steps` is the per-image denoising steps parameter; `denoising_steps` counts every
   denoising step of the run (8 poses x steps for a sheet, + the source image for a
   video made from a prompt), and `step_rate` = denoising_steps / generate_seconds.
@@ -36,7 +39,8 @@ from .phases.character_sheet import POSES
 COLUMNS = ["run", "job_id", "status", "phase_id", "phase", "prompt", "seed", "steps", "scheduler",
            "guidance_scale", "width", "height", "models", "backend", "duration_seconds", "generate_seconds",
            "denoising_steps", "step_rate", "quality_score", "passed", "verdict", "threshold", "created_at", "parent",
-           "output_dir", "notebook", "source"]
+           "sweep", "output_dir", "notebook", "source"]
+SWEEP = "SWEEP"  # the phase of a sweep's own row (animenb.sweeps)
 _PHASE_COLOURS = {"CHARACTER_SHEET": "#4a7ebb", "ANIMATION_LOOP": "#d0782a", "FULL_VIDEO": "#4c9a55"}
 
 
@@ -179,6 +183,21 @@ def rows_from_store(store, outputs_dir: str | Path | None = None) -> list[dict]:
     return rows
 
 
+def _mark_sweeps(rows: list[dict]) -> None:
+    """Fill `sweep` from every sweep row's record: the sweep's run name on itself and on each of its cells."""
+    from .sweeps.report import read_record
+
+    by_dir = {str(Path(r["output_dir"]).resolve()): r for r in rows if r.get("output_dir")}
+    for row in [r for r in rows if r.get("phase") == SWEEP and r.get("output_dir")]:
+        sweep_dir = Path(row["output_dir"])
+        row["sweep"] = row["run"]
+        for cell in (read_record(sweep_dir) or {}).get("cells", []):
+            if isinstance(cell, dict) and isinstance(cell.get("run_dir"), str):
+                member = by_dir.get(str((sweep_dir / cell["run_dir"]).resolve()))
+                if member is not None:
+                    member["sweep"] = row["run"]
+
+
 def _is_store(source: Any) -> bool:
     return callable(getattr(source, "list", None)) and callable(getattr(source, "get", None))
 
@@ -209,7 +228,7 @@ def to_dataframe(source: Any = None, *, phase: int | str | Iterable[int | str] |
 
     `source`: None (the outputs directory, `$ANIMENB_OUTPUTS` or ./outputs), a directory, a
     job store, or a list of those. `outputs_dir` is where a store's jobs wrote their files
-    (default: the outputs directory). `phase`: 1/2/3, a name ("ORCHESTRATION" too), or a list of them.
+    (default: the outputs directory). `phase`: 1/2/3, a name ("ORCHESTRATION", "SWEEP" too), or a list of them.
     """
     import pandas as pd
 
@@ -232,6 +251,7 @@ def to_dataframe(source: Any = None, *, phase: int | str | Iterable[int | str] |
         if key in merged and merged[key]["source"] == "store" and row["source"] != "store":
             continue
         merged[key] = row
+    _mark_sweeps(list(merged.values()))
     df = pd.DataFrame(list(merged.values()), columns=COLUMNS)
     df["created_at"] = pd.to_datetime(df["created_at"], utc=True)
     for column in ("duration_seconds", "generate_seconds", "step_rate", "quality_score", "threshold"):
@@ -241,7 +261,7 @@ def to_dataframe(source: Any = None, *, phase: int | str | Iterable[int | str] |
 
     if phase is not None:
         wanted = [phase] if isinstance(phase, (int, str)) else list(phase)
-        names = {"ORCHESTRATION" if str(p).upper() == "ORCHESTRATION" else get_phase(p).name for p in wanted}
+        names = {str(p).upper() if str(p).upper() in ("ORCHESTRATION", SWEEP) else get_phase(p).name for p in wanted}
         df = df[df["phase"].isin(names)]
     lower, upper = _bound(since, False), _bound(until, True)
     if lower is not None:

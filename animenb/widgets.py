@@ -3,7 +3,7 @@
     from animenb.widgets import explore
     panel = explore(models="tiny")      # displays as the panel in JupyterLab
     panel.generate()                    # what the Generate button does, synchronously
-    panel.compare([8, 15, 25, 40])      # same seed at several step counts: images, time, quality
+    panel.compare([8, 15, 25, 40])      # same seed at several step counts (a one-axis sweep): images, time, quality
 
 Every button handler is a plain method (`generate`, `compare`, `cancel`, `new_seed`), so the
 panel works headless: tests construct it, set widget values and call the methods (or
@@ -38,6 +38,8 @@ from .phases import PHASE_FUNCTIONS, PHASES, PhaseResult, get_phase
 from .phases.common import stamped_output_dir
 from .phases.spec import phase_spec
 from .progress import CancelToken, Cancelled, ProgressEvent
+from .sweeps.local import run_plan
+from .sweeps.plan import build_plan
 
 DEFAULT_COMPARE_STEPS = (8, 15, 25, 40)
 SIZES: tuple[tuple[str, tuple[int | None, int | None]], ...] = (
@@ -362,16 +364,24 @@ class ExplorerPanel:
         if self.seed.value is None:
             self.new_seed()
         root = self._run_dir("compare")
+        # A one-axis sweep (animenb.sweeps): checked by the phase's spec, recorded with its grid image in `root`.
+        names = phase_spec(self.phase.value).names
+        shared = {k: v for k, v in self.parameters().items() if k in names and k != "steps"}
+        plan = build_plan(self.phase.value, {**shared, "prompt": self.prompt.value}, {"steps": steps_list})
         self._warm()
         self.comparison_runs = []
         self.compare_grid.children = ()
         self.compare_table.value = ""
-        for steps in steps_list:
+
+        def run_cell(index: int, values: dict, run_dir: Path) -> None:
+            steps = values["steps"]
             if self._cancel.cancelled:
                 raise Cancelled(f"comparison cancelled before {steps} steps")
-            record = self._run_phase(steps, root / f"steps_{steps:03d}", f"{steps} steps")
+            record = self._run_phase(steps, run_dir, f"{steps} steps")
             self.comparison_runs.append(record)
             self.compare_grid.children = tuple(self._card(r, width=190) for r in self.comparison_runs)
+
+        run_plan(plan, root, run_cell=run_cell, stop_on=(Cancelled,))
         table = pd.DataFrame([{"steps": r.steps, "seconds": r.seconds, "step_rate": r.step_rate,
                                "score": r.score, "passed": r.passed, "seed": r.seed,
                                "output_dir": str(r.output_dir)} for r in self.comparison_runs])

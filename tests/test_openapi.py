@@ -14,6 +14,7 @@ from animenb.phases.spec import SPECS
 from animenb.server.handlers import default_handlers
 from animenb.server.openapi import openapi_document, openapi_handlers
 from animenb.server.orchestrate_validation import ACCEPTED
+from animenb.server.sweeps import sweep_handlers
 
 pytestmark = [pytest.mark.timeout(600)]
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -51,7 +52,7 @@ def test_the_document_is_valid_and_documents_every_route(doc):
     jsonschema.Draft202012Validator.check_schema({"$schema": DIALECT, "components": doc["components"]})
     for schema in doc["components"]["schemas"].values():
         jsonschema.Draft202012Validator.check_schema(schema)
-    routes = [(PathMatches(pattern), handler) for pattern, handler, *_ in default_handlers + openapi_handlers]
+    routes = [(PathMatches(pattern), handler) for pattern, handler, *_ in default_handlers + sweep_handlers + openapi_handlers]
     documented = set()
     for template in doc["paths"]:
         url = template.replace("{job_id}", SAMPLE_ID).replace("{path}", f"{SAMPLE_ID}/sheet.png").replace(
@@ -60,7 +61,7 @@ def test_the_document_is_valid_and_documents_every_route(doc):
                     is not None]
         assert handlers, f"documented but not served: {template}"
         documented.add(handlers[0])
-    served = {handler for _pattern, handler, *_ in default_handlers + openapi_handlers}
+    served = {handler for _pattern, handler, *_ in default_handlers + sweep_handlers + openapi_handlers}
     assert served == documented, f"served but not documented: {served - documented}"
 
 

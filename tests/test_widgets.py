@@ -9,6 +9,7 @@ from PIL import Image
 
 from animenb import widgets
 from animenb.backends.base import SCHEDULERS
+from animenb.sweeps.grid import GridLayout
 from animenb.widgets import ExplorerPanel, RunRecord, explore, parse_steps
 
 
@@ -106,6 +107,9 @@ def test_compare_button_renders_the_grid_and_table(used_panel):
     assert list(table.columns) == ["steps", "seconds", "step_rate", "score", "passed", "seed", "output_dir"]
     one, two = panel.comparison_runs
     assert one.output_dir.parent == two.output_dir.parent  # one comparison folder
+    sweep = one.output_dir.parent.parent  # a one-axis sweep: its record and grid image beside the runs
+    assert json.loads((sweep / "sweep.json").read_text())["axes"] == {"steps": [1, 2]}
+    assert Image.open(sweep / "grid.png").size == GridLayout(columns=2, rows=1).size
     assert one.result.images[0].tobytes() != two.result.images[0].tobytes()  # steps changed the image
     cards = panel.compare_grid.children
     assert len(cards) == 2 and "1 steps" in cards[0].children[1].value and "q " in cards[1].children[1].value

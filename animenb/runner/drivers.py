@@ -7,6 +7,7 @@ its executor is idle, priority jobs first) and hands each to its kind's driver:
                      gate in the same kernel, on the slot the job was placed on
     "orchestration"  `animenb.runner.orchestration.OrchestrationDriver`: a task on the event loop that
                      submits one child job per chain attempt (it holds no slot while its children run)
+    "sweep"          `animenb.runner.sweep_jobs.SweepDriver`: the same for one child job per cell of a sweep
 
 A driver sees the runner only through `JobHost` (what it may use of it) and never imports the runner, so
 the modules read top to bottom: runner -> drivers -> events / store.
@@ -46,6 +47,7 @@ class JobHost(Protocol):
     backend: str | None
     comfyui_url: str | None
     notebook_for: Callable[[JobRecord], Path]
+    notebooks_dir: Path            # the phase notebooks and the reports (a sweep's comparison notebook)
     quality: bool  # phase jobs are scored (animenb.quality.job_step)
     quality_threshold: float | None
     warm: bool

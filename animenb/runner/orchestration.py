@@ -303,18 +303,27 @@ class Orchestrator:
         progress = self.progress_dict()
         stage = "done" if status is JobStatus.SUCCEEDED else status.value
         progress.update(stage=f"{stage}: {reason}" if reason else stage, current_child=None)
-        if status is JobStatus.SUCCEEDED:
-            progress.update(percent=100.0, eta_seconds=0.0)
-        try:
-            job = runner.store.transition(parent.id, status, error=error, outputs=outputs, progress=progress)
-        except InvalidTransitionError:
-            job = runner.store.get(parent.id)
-        if self.on_finish is not None:
-            self.on_finish(parent.id)
-        runner.finished(job, duration=time.perf_counter() - chain.started)
+        end_parent(runner, parent.id, status, error=error, outputs=outputs, progress=progress,
+                   on_finish=self.on_finish, duration=time.perf_counter() - chain.started)
 
     def children_summary(self) -> list[dict]:
         return children_summary(self.runner.store, self.children)
+
+
+def end_parent(host: JobHost, parent_id: str, status: JobStatus, *, error: JobError | None, outputs: JobOutputs,
+               progress: dict, on_finish: Callable[[str], None] | None, duration: float) -> JobRecord:
+    """A parent job (an orchestration, a sweep) made terminal: stored (100 % when it succeeded), `on_finish`
+    told, then its finished event published."""
+    if status is JobStatus.SUCCEEDED:
+        progress.update(percent=100.0, eta_seconds=0.0)
+    try:
+        job = host.store.transition(parent_id, status, error=error, outputs=outputs, progress=progress)
+    except InvalidTransitionError:
+        job = host.store.get(parent_id)
+    if on_finish is not None:
+        on_finish(parent_id)
+    host.finished(job, duration=duration)
+    return job
 
 
 class _Stop(Exception):
@@ -338,7 +347,7 @@ def recover_orchestrations(runner: JobHost) -> list[JobRecord]:
     store's `recover()`, so their children are settled here, not re-queued as orphans."""
     store = runner.store
     changed: list[JobRecord] = []
-    parents = [j for j in running_jobs(store) if j.kind == ORCHESTRATION_KIND]
+    parents = running_parents(store, ORCHESTRATION_KIND)
     active: list[JobRecord] = []  # children are found by parent_id too, in case the record missed one
     if parents:
         cursor = None
@@ -367,16 +376,26 @@ def recover_orchestrations(runner: JobHost) -> list[JobRecord]:
                                      "the orchestration runs this attempt again.")))
             except InvalidTransitionError:
                 pass
-        try:
-            if parent.requeues < MAX_RESUMES:
-                changed.append(store.transition(parent.id, JobStatus.QUEUED))
-            else:
-                changed.append(store.transition(parent.id, JobStatus.LOST, error=JobError(
-                    "Lost", f"The server stopped while this orchestration ran, {parent.requeues + 1} times; "
-                            "not resumed again. Finished children are kept.")))
-        except InvalidTransitionError:
-            pass
+        changed += requeue_parent(store, parent, "orchestration", "children")
     return changed
+
+
+def running_parents(store, kind: str) -> list[JobRecord]:
+    """Every job of `kind` left `running` (an index range of the store, whatever the history)."""
+    return [j for j in running_jobs(store) if j.kind == kind]
+
+
+def requeue_parent(store, parent: JobRecord, what: str, kept: str) -> list[JobRecord]:
+    """A parent a dead process left running goes back to the queue, or becomes `lost` after `MAX_RESUMES`
+    re-queues (so a parent that crashes the server cannot loop forever). Returns the changed record, if any."""
+    try:
+        if parent.requeues < MAX_RESUMES:
+            return [store.transition(parent.id, JobStatus.QUEUED)]
+        return [store.transition(parent.id, JobStatus.LOST, error=JobError(
+            "Lost", f"The server stopped while this {what} ran, {parent.requeues + 1} times; "
+                    f"not resumed again. Finished {kept} are kept."))]
+    except InvalidTransitionError:
+        return []
 
 
 class OrchestrationDriver(JobDriver):

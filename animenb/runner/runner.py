@@ -9,6 +9,7 @@ models first). The per-caller allowance (`max_queued_per_user`) still bounds how
 
     "phase"          `PhaseJobDriver`: the phase notebook, scored by the quality gate, on the slot
     "orchestration"  `OrchestrationDriver`: a task that submits the chain's child jobs; it holds no slot
+    "sweep"          `SweepDriver`: a task that submits one child job per cell of a sweep; it holds no slot
 
 The runner owns what every kind shares: submitting (a queued job, committed, then the dispatcher
 woken), cancelling a queued job, the terminal event of every job (`finished`), the restart policy order
@@ -37,6 +38,7 @@ from .kernels import KernelPool
 from .orchestration import OrchestrationDriver
 from .phase_jobs import NOTEBOOK_NAME, PHASE_KIND, PhaseJobDriver, default_notebook_for
 from .public_paths import PathScrubber
+from .sweep_jobs import SweepDriver
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ DISPATCHER_MAX_PAUSE = 5.0  # seconds between restarts of a dispatcher that keep
 END_WRITE_MAX_PAUSE = 5.0   # seconds between tries of a job-end write that keeps failing
 job_drivers.register(PhaseJobDriver.kind, PhaseJobDriver)
 job_drivers.register(OrchestrationDriver.kind, OrchestrationDriver)
+job_drivers.register(SweepDriver.kind, SweepDriver)
 
 
 def turn_of(job: JobRecord) -> str:

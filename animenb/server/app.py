@@ -41,6 +41,8 @@ from animenb.runner.runner import TURN_KEY, JobRunner
 from animenb.store import JobNotFoundError, JobRecord, JobStatus, SqliteJobStore
 from animenb.store.tokens_base import ANONYMOUS
 from animenb.store.tokens_sqlite import SqliteTokenStore
+from animenb.sweeps.plan import plan_from_dict
+from animenb.sweeps.report import SWEEP_KIND
 
 from . import views
 from .auth import Identity, can_cancel, can_read, new_cancel_token
@@ -55,6 +57,7 @@ from .reviews import review_handlers
 from .redaction import install_log_redaction
 from .requests import Caller, JobRequest
 from .stats import admin_stats, typical_duration
+from .sweeps import sweep_handlers
 from .thumbnails import SingleFlight, make_thumbnail
 from .validation import APIError, validate_generate
 
@@ -305,9 +308,10 @@ class AnimeService:
         insert are not interleaved with another request's."""
         cfg, store = self.config, self.store
         self.check_cost(request)
-        queued = store.count(status=JobStatus.QUEUED)
+        queued = store.count(status=JobStatus.QUEUED) + request.children
         user_full = (not request.exempt_from_user_limit and cfg.max_queued_per_user is not None
-                     and store.count(status=JobStatus.QUEUED, owner=request.owner) >= cfg.max_queued_per_user)
+                     and store.count(status=JobStatus.QUEUED, owner=request.owner) + request.children
+                     >= cfg.max_queued_per_user)
         if queued >= cfg.max_queue or user_full:
             kernels = max(1, len(self.runner.slots))
             wait = typical_duration(store) * (min(queued, cfg.max_queue) if not user_full else 1) / kernels
@@ -325,6 +329,8 @@ class AnimeService:
         """The request's cost (animenb.phases.cost); 422 `job_too_costly` past its role's cap."""
         if request.kind == ORCHESTRATION_KIND:
             cost = orchestration_cost(request.parameters, default_size=self.default_size)
+        elif request.kind == SWEEP_KIND:
+            cost = plan_from_dict(request.parameters["sweep"]).cost(default_size=self.default_size)
         else:
             cost = job_cost(request.phase, request.parameters, default_size=self.default_size)
         cap = self.config.job_limits.max_cost(request.role)
@@ -333,7 +339,8 @@ class AnimeService:
             size = f"{p.get('width') or self.default_size} x {p.get('height') or self.default_size} px"
             what = (f"{size} x {p.get('steps')} steps x {images_per_step(request.phase, p)} images, "
                     f"{frames_handled(request.phase, p)} frames"
-                    if request.kind != ORCHESTRATION_KIND else f"{size}, {p.get('steps')} steps, the whole chain")
+                    if request.kind == "phase" else f"{size}, {p.get('steps')} steps, the whole chain"
+                    if request.kind == ORCHESTRATION_KIND else f"{request.children} cells together")
             hint = ", or send a token" if request.role == "anonymous" else ""
             raise APIError(422, "job_too_costly", f"This job costs {cost:,.0f} megapixel-steps ({what}); "
                            f"{request.role} callers may queue at most {cap:,.0f}. Ask for fewer pixels, steps or "
@@ -426,7 +433,8 @@ def make_app(service: AnimeService, **settings: Any) -> tornado.web.Application:
                 "websocket_max_message_size": 64 * 1024, "serve_traceback": False,
                 "default_handler_class": NotFoundHandler}
     install_log_redaction()
-    app = tornado.web.Application(default_handlers + review_handlers + openapi_handlers + page_handlers, animenb=service, **{**defaults, **settings})
+    handlers = default_handlers + review_handlers + sweep_handlers + openapi_handlers + page_handlers
+    app = tornado.web.Application(handlers, animenb=service, **{**defaults, **settings})
     app.add_transform(SecurityHeaders)
     return app
 

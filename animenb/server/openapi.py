@@ -18,6 +18,8 @@ from animenb.phases.spec import SPECS, Param
 from animenb.runner import events as job_events
 from animenb.store import JobStatus
 
+from animenb.sweeps.plan import MAX_AXES, MAX_CELLS, MODES
+
 from .handlers import BaseHandler
 from animenb.chain import MAX_RETRIES, ON_REVIEW, THRESHOLD
 
@@ -101,6 +103,19 @@ def orchestrate_request() -> dict:
     })
     return {"type": "object", "title": "Orchestrate", "properties": properties, "required": ["prompt"],
             "additionalProperties": False}
+
+
+def sweep_request() -> dict:
+    """POST /sweeps (`animenb.server.sweeps`): the shared parameters are a /generate body's fields."""
+    values = {"oneOf": [{"type": "array", "minItems": 1}, {"type": "string", "examples": ["8-40:8", "1-4", "5,7"]}]}
+    return {"type": "object", "title": "Sweep", "required": ["axes"], "additionalProperties": False, "properties": {
+        "phase": {"description": "1, 2, 3 or a phase name", "default": 1},
+        "parameters": {"type": "object", "description": "what every cell shares: the fields of POST /generate"},
+        "axes": {"type": "object", "minProperties": 1, "maxProperties": MAX_AXES, "additionalProperties": values,
+                 "description": f"{{parameter: values}} in X, Y, Z order; at most {MAX_CELLS} cells in all"},
+        "mode": {"enum": list(MODES), "default": "grid",
+                 "description": "grid: every combination; zip: the i-th values together"},
+        "visibility": {"type": "string", "enum": ["public", "private"], "default": "private"}}}
 
 
 # -- WebSocket messages from the typed job events ------------------------------------------------------
@@ -191,6 +206,9 @@ def _schemas() -> dict:
         "AdminStats": OBJECT,
         "GcReport": OBJECT,
         "Orchestrate": orchestrate_request(),
+        "Sweep": sweep_request(),
+        "SweepList": _object({"sweeps": {"type": "array", "items": _ref("JobState")}, "limit": INTEGER,
+                              "next_cursor": NULLABLE_STRING}),
     }
     for spec in SPECS.values():
         schemas[generate_request(spec)["title"]] = generate_request(spec)
@@ -243,6 +261,17 @@ def _paths() -> dict:
             "summary": "Queue the chain 1 -> gate -> 2 -> gate -> 3 -> gate (needs a token)",
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Orchestrate")}}},
             "responses": {"202": _json(_ref("JobAccepted"), "queued"), **bad_body}}},
+        f"{API}/sweeps": {
+            "post": {"summary": "Queue a parameter sweep: one parent job, one child job per cell (needs a token)",
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Sweep")}}},
+                     "responses": {"202": _json(_ref("JobAccepted"), "queued (adds kind, cells, axes, mode, cost)"),
+                                   **bad_body}},
+            "get": {"summary": "The caller's sweeps (anonymous: public ones), newest first, paged",
+                    "parameters": [{"name": "status", "in": "query", "schema": STRING},
+                                   {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                                   {"name": "cursor", "in": "query", "schema": STRING}],
+                    "responses": {"200": _json(_ref("SweepList"), "sweeps"), "422": _error("a bad query value"),
+                                  **anyone}}},
         f"{API}/generation/{{job_id}}/status": {"get": {
             "summary": "A job's status", "parameters": [JOB_ID],
             "responses": {"200": _json(_ref("JobState"), "status"), **job_404, **anyone}}},

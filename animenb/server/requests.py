@@ -42,7 +42,7 @@ class Caller:
 @dataclass(frozen=True)
 class JobRequest:
     """A validated job asking to be queued (what `AnimeService.admit` decides on)."""
-    kind: str                      # a runner job kind: "phase" or "orchestration"
+    kind: str                      # a runner job kind: "phase", "orchestration" or "sweep"
     phase: int | None
     parameters: dict[str, Any] = field(repr=False)
     owner: str = ANONYMOUS
@@ -50,3 +50,4 @@ class JobRequest:
     extra: dict[str, Any] | None = None   # the job's `extra` (e.g. an anonymous job's cancel-token hash)
     exempt_from_user_limit: bool = False  # admins' jobs do not count against the per-user limit
     role: str = "anonymous"               # the caller's role: its cap on the job's cost (JobLimits)
+    children: int = 0                     # jobs it queues at once besides itself (a sweep's cells): they count too

@@ -14,7 +14,7 @@ API = "/api/anime"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".webm"}
 # Which listed output represents a job in the gallery, best first (manifest "kind" values).
-PRIMARY_KINDS = ("sheet", "loop", "gif", "video", "mp4", "image")
+PRIMARY_KINDS = ("grid", "sheet", "loop", "gif", "video", "mp4", "image")  # "grid": a sweep's card
 
 
 def output_url(job_id: str, path: str) -> str:
