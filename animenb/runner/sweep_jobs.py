@@ -67,17 +67,12 @@ class SweepRun:
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"animenb-sweep-{self.parent.id}")
         return self.task
 
-    async def cancel(self, rounds: int = 50) -> None:
-        """Cancel every child still queued or running. A child claimed a moment ago may not be stoppable yet
-        (its driver has not started it): it is cancelled again, every 0.1 s, for up to `rounds` rounds."""
+    async def cancel(self) -> None:
+        """Cancel every child still queued or running, all at once (the runner's cancel also stops a child
+        claimed a moment ago, once its driver has it)."""
         self.cancel_requested = True
-        for _ in range(rounds):
-            active = [c for c in self.child_ids if c is not None and not self.host.store.get(c).terminal]
-            if not active:
-                return
-            for child_id in active:
-                await self.host.cancel(child_id)
-            await asyncio.sleep(0.1)
+        active = [c for c in self.child_ids if c is not None and not self.host.store.get(c).terminal]
+        await asyncio.gather(*(self.host.cancel(child_id) for child_id in active))
 
     # -- the cells -----------------------------------------------------------------------------
     async def _run(self) -> None:
