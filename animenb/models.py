@@ -2,8 +2,9 @@
 
 Each pipeline is loaded once per process (key: kind, profile, device, dtype) and kept in
 a module-level dict, which survives the job runner's namespace reset because it lives in
-`sys.modules`. AnimateDiff is built from the cached SD pipeline with `from_pipe`, so the
-text encoder, tokenizer and VAE are shared rather than loaded twice.
+`sys.modules`. AnimateDiff and the pose-controlled SD pipeline (`sd_controlnet`) are built from
+the cached SD pipeline with `from_pipe`, so the text encoder, tokenizer, VAE (and for ControlNet the
+UNet with its IP-Adapter) are shared rather than loaded twice.
 
 Device and dtype are explicit: "auto" means CUDA + float16 when a GPU is present, else
 CPU + float32; a profile, an environment variable (ANIMENB_DEVICE, ANIMENB_DTYPE) or an
@@ -19,7 +20,7 @@ from typing import Any
 from .fast_paths import apply_load_time
 from .profiles import ModelNotAvailableError, ModelProfile, load_profile
 
-KINDS = ("sd", "animatediff", "svd")
+KINDS = ("sd", "animatediff", "svd", "sd_controlnet")
 _CACHE: dict[tuple, Any] = {}
 _LOCK = threading.RLock()
 
@@ -132,11 +133,33 @@ def _load(kind: str, profile: ModelProfile, placement: Placement):
         pipe = diffusers.AnimateDiffPipeline.from_pipe(sd, motion_adapter=adapter, dtype=dtype)
     elif kind == "svd":
         pipe = _from_pretrained(diffusers.StableVideoDiffusionPipeline, profile, "svd", dtype=dtype)
+    elif kind == "sd_controlnet":
+        return _load_controlnet_pipeline(profile, placement)
     else:
         raise ValueError(f"`kind` must be one of {', '.join(KINDS)}, got {kind!r}.")
     if not profile.fast_paths.cpu_offload:  # offload places each model itself, on use
         pipe.to(placement.device)
     apply_load_time(pipe, kind, profile.fast_paths, placement.device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _load_controlnet_pipeline(profile: ModelProfile, placement: Placement):
+    """SD + the profile's `controlnet` role, sharing the warm SD pipeline's modules (IP-Adapter included).
+
+    The shared UNet and VAE already had their load-time settings applied with the SD pipeline;
+    only the ControlNet is placed here (or offloaded with the rest).
+    """
+    import diffusers
+
+    controlnet = _from_pretrained(diffusers.ControlNetModel, profile, "controlnet", dtype=placement.torch_dtype)
+    sd = pipeline("sd", profile, placement)
+    pipe = diffusers.StableDiffusionControlNetPipeline.from_pipe(sd, controlnet=controlnet,
+                                                                  dtype=placement.torch_dtype)
+    if profile.fast_paths.cpu_offload:
+        pipe.enable_model_cpu_offload(device=placement.device)
+    else:
+        controlnet.to(placement.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -13,7 +13,7 @@ import yaml
 from .config import default_profile, parameters_dir
 from .fast_paths import FastPaths, parse_fast_paths
 
-ROLES = ("sd", "motion_adapter", "svd", "ip_adapter")
+ROLES = ("sd", "motion_adapter", "svd", "ip_adapter", "controlnet")
 TINY_LABEL = "tiny (random weights)"
 
 

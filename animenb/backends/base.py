@@ -22,6 +22,7 @@ MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
 SEED_LIMIT = 2**63
 MAX_MODEL_FRAMES = 64  # AnimateDiff / SVD frames in one generation (a loop's overlap included)
+MAX_CONTROL_SCALE = 2.0  # ControlNet conditioning scale (A1111's "Control Weight" slider goes to 2)
 
 
 class BackendError(RuntimeError):
@@ -53,7 +54,11 @@ def _check_common(prompt: str, width: int, height: int, steps: int, seed: int, g
 
 @dataclass(frozen=True)
 class ImageRequest:
-    """Text (+ optional IP-Adapter reference) to one image."""
+    """Text (+ optional IP-Adapter reference, + optional ControlNet pose image) to one image.
+
+    `control_image` (an OpenPose render, see animenb.poses) steers the pose through the profile's
+    `controlnet` role at `control_scale`; None or a scale of 0 generates without ControlNet.
+    """
     prompt: str
     negative_prompt: str = ""
     width: int = 512
@@ -64,10 +69,25 @@ class ImageRequest:
     scheduler: str = "dpmpp_2m"
     ip_adapter_image: Image.Image | None = None
     ip_adapter_scale: float = 0.6
+    control_image: Image.Image | None = None
+    control_scale: float = 1.0
 
     def __post_init__(self):
         _check_common(self.prompt, self.width, self.height, self.steps, self.seed, self.guidance_scale,
                       self.scheduler)
+        _check_control(self.control_image, self.control_scale)
+
+    @property
+    def controlled(self) -> bool:
+        """Whether this request goes through the ControlNet (an image and a scale above 0)."""
+        return self.control_image is not None and self.control_scale > 0
+
+
+def _check_control(image, scale) -> None:
+    if image is not None and not isinstance(image, Image.Image):
+        raise ValueError(f"`control_image` must be a PIL image or None, got {type(image).__name__}.")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 <= scale <= MAX_CONTROL_SCALE:
+        raise ValueError(f"`control_scale` must be a number in [0, {MAX_CONTROL_SCALE:g}], got {scale!r}.")
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ ANIMATEDIFF_PACK = NodePack(
 )
 # Built-in nodes the graphs rely on (present in every ComfyUI since SVD support, 2023-11).
 SVD_NODES = ("ImageOnlyCheckpointLoader", "SVD_img2vid_Conditioning", "VideoLinearCFGGuidance")
+CONTROLNET_NODES = ("ControlNetLoader", "ControlNetApplyAdvanced")
 
 
 @dataclass
@@ -84,12 +85,24 @@ def _ip_adapter(graph: Graph, model, *, image_name: str, scale: float, ipadapter
     return [patched, 0]
 
 
+def _controlnet(graph: Graph, positive, negative, vae, *, image_name: str, strength: float,
+                controlnet_model: str):
+    """Condition both prompts on the uploaded pose image through ControlNetApplyAdvanced (built in)."""
+    controlnet = graph.add("ControlNetLoader", control_net_name=controlnet_model)
+    pose = graph.add("LoadImage", image=image_name)
+    applied = graph.add("ControlNetApplyAdvanced", positive=positive, negative=negative,
+                        control_net=[controlnet, 0], image=[pose, 0], strength=float(strength),
+                        start_percent=0.0, end_percent=1.0, vae=vae)
+    return [applied, 0], [applied, 1]
+
+
 def text_to_image(request: ImageRequest, *, checkpoint: str, ip_adapter: dict | None = None,
-                  batch_size: int = 1) -> Graph:
+                  batch_size: int = 1, controlnet: dict | None = None) -> Graph:
     """CheckpointLoaderSimple -> CLIPTextEncode x2 -> EmptyLatentImage -> KSampler -> VAEDecode -> PreviewImage.
 
     `ip_adapter` = {"image_name", "ipadapter_model", "clip_vision_model"} inserts IPAdapterAdvanced
-    between the checkpoint and the sampler. `batch_size` > 1 is the AnimateDiff frame count.
+    between the checkpoint and the sampler. `controlnet` = {"image_name", "controlnet_model"} conditions
+    both prompts on the pose image at `request.control_scale`. `batch_size` > 1 is the AnimateDiff frame count.
     """
     graph = Graph()
     # 1. Models and conditioning.
@@ -97,11 +110,15 @@ def text_to_image(request: ImageRequest, *, checkpoint: str, ip_adapter: dict | 
     model = [loader, 0]
     positive = graph.add("CLIPTextEncode", text=request.prompt, clip=[loader, 1])
     negative = graph.add("CLIPTextEncode", text=request.negative_prompt, clip=[loader, 1])
+    positive, negative = [positive, 0], [negative, 0]
     if ip_adapter is not None:
         model = _ip_adapter(graph, model, scale=request.ip_adapter_scale, **ip_adapter)
+    if controlnet is not None:
+        positive, negative = _controlnet(graph, positive, negative, [loader, 2], strength=request.control_scale,
+                                         **controlnet)
     # 2. Latents, denoising, decode.
     latent = graph.add("EmptyLatentImage", width=request.width, height=request.height, batch_size=batch_size)
-    sampler = _sampler(graph, model, [positive, 0], [negative, 0], [latent, 0], seed=request.seed,
+    sampler = _sampler(graph, model, positive, negative, [latent, 0], seed=request.seed,
                        steps=request.steps, cfg=request.guidance_scale, scheduler=request.scheduler)
     decoded = graph.add("VAEDecode", samples=[sampler, 0], vae=[loader, 2])
     # 3. PreviewImage writes a lossless PNG to ComfyUI's temp dir (cleared on restart), not its outputs.

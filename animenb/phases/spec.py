@@ -27,8 +27,8 @@ from typing import Any, Callable, Mapping
 
 # The generation bounds are the backends' own (what one generation may ask of a model): the spec
 # builds on them, so a phase never accepts what its backend would refuse.
-from ..backends.base import (MAX_GUIDANCE, MAX_MODEL_FRAMES, MAX_SIZE, MAX_STEPS, MIN_SIZE, SCHEDULERS, SEED_LIMIT,
-                             SIZE_MULTIPLE)
+from ..backends.base import (MAX_CONTROL_SCALE, MAX_GUIDANCE, MAX_MODEL_FRAMES, MAX_SIZE, MAX_STEPS, MIN_SIZE,
+                             SCHEDULERS, SEED_LIMIT, SIZE_MULTIPLE)
 from .catalog import get_phase
 
 BACKENDS = ("diffusers", "comfyui")
@@ -249,11 +249,22 @@ def _reference_image(what: str) -> Param:
 IP_ADAPTER_SCALE = Param("ip_adapter_scale", "number", 0.6, minimum=0.0, maximum=2.0, api=False,
                          description="how strongly the reference steers the image")
 
+# Pose control (phase 1): an OpenPose ControlNet fed one skeleton per pose (animenb.poses).
+# 1.0 is A1111's / ComfyUI's default ControlNet weight and what the OpenPose ControlNet was trained at.
+POSE_PARAMS = (
+    Param("pose_strength", "number", 1.0, minimum=0.0, maximum=MAX_CONTROL_SCALE,
+          description="how strongly each pose follows its OpenPose skeleton (ControlNet weight); 0: prompt only, "
+                      "no ControlNet"),
+    Param("pose_images", "string", None, nullable=True, api=False,
+          description="a folder of 8 OpenPose images (name order = sheet order) used instead of the built-in "
+                      "skeletons; null: built-in"),
+)
+
 CHARACTER_SHEET = PhaseSpec(1, "CHARACTER_SHEET", _common(
     negative_prompt="lowres, bad anatomy, blurry, extra limbs, text, watermark", guidance_scale=7.0) + (
     _reference_image("a previous run's output directory"),
     IP_ADAPTER_SCALE,
-))
+) + POSE_PARAMS)
 
 ANIMATION_LOOP = PhaseSpec(2, "ANIMATION_LOOP", _common(
     negative_prompt="lowres, bad anatomy, blurry, flicker, text, watermark", guidance_scale=7.5,
