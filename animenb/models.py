@@ -21,6 +21,11 @@ from .fast_paths import apply_load_time
 from .profiles import ModelNotAvailableError, ModelProfile, load_profile
 
 KINDS = ("sd", "animatediff", "svd", "sd_controlnet")
+# AnimateDiff's motion modules were trained on a linear beta schedule, not SD's scaled-linear one: the
+# settings of diffusers' AnimateDiff examples (DDIMScheduler.from_pretrained(..., clip_sample=False,
+# timestep_spacing="linspace", beta_schedule="linear", steps_offset=1)); every sampler is built from them.
+ANIMATEDIFF_SCHEDULER = {"beta_schedule": "linear", "timestep_spacing": "linspace", "clip_sample": False,
+                         "steps_offset": 1}
 _CACHE: dict[tuple, Any] = {}
 _LOCK = threading.RLock()
 
@@ -131,6 +136,7 @@ def _load(kind: str, profile: ModelProfile, placement: Placement):
         adapter = _from_pretrained(diffusers.MotionAdapter, profile, "motion_adapter", dtype=dtype)
         sd = pipeline("sd", profile, placement)
         pipe = diffusers.AnimateDiffPipeline.from_pipe(sd, motion_adapter=adapter, dtype=dtype)
+        pipe.scheduler = pipe.scheduler.from_config(pipe.scheduler.config, **ANIMATEDIFF_SCHEDULER)
     elif kind == "svd":
         pipe = _from_pretrained(diffusers.StableVideoDiffusionPipeline, profile, "svd", dtype=dtype)
     elif kind == "sd_controlnet":

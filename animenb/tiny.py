@@ -39,6 +39,8 @@ _SVD_CHANNELS = (32, 32, 32, 32)
 # blocks keep one resnet each). A 512 px step runs 50 frames (25 x 2 for guidance) at 64x64 latents,
 # and the full-resolution resnets were most of it: 1.7 -> 0.95 s per step on 2 CPUs.
 _SVD_LAYERS = (0, 0, 0, 1)
+# The ControlNet's hint encoder (pose image -> latent size), whose first two convolutions run at full resolution.
+_HINT_CHANNELS = (1, 2, 4, 8)
 _COMPLETE = ".complete"
 
 
@@ -227,12 +229,13 @@ def build_controlnet(folder: Path) -> None:
     `ControlNetModel.from_unet` copies the UNet's encoder and zero-initialises the convolutions that
     feed it back (as training starts); zero would make control a no-op, so those get small seeded
     random weights: a different skeleton then gives a different image, which the tests check.
-    The hint encoder is narrower than SD's (16, 32, 96, 256): it runs at full image resolution.
+    The hint encoder is far narrower than SD's (16, 32, 96, 256): it runs at full image resolution on
+    every step, and at (8, 8, 16, 16) it cost 4x the tiny UNet's step at 512 px (see bench/pose_control.py).
     """
     import torch
     from diffusers import ControlNetModel
 
-    controlnet = ControlNetModel.from_unet(_unet(), conditioning_embedding_out_channels=(8, 8, 16, 16))
+    controlnet = ControlNetModel.from_unet(_unet(), conditioning_embedding_out_channels=_HINT_CHANNELS)
     generator = torch.Generator().manual_seed(_SEED + 8)
     with torch.no_grad():
         # He-scaled hint encoder: with PyTorch's default init the skeleton's signal fades to ~1e-6

@@ -126,8 +126,13 @@ class ImageToVideoRequest:
     noise_aug_strength: float = 0.02
     min_guidance_scale: float = 1.0
     max_guidance_scale: float = 3.0
+    decode_chunk_size: int | None = None  # frames per temporal VAE decode; None: the backend's choice
 
     def __post_init__(self):
+        if self.decode_chunk_size is not None and (type(self.decode_chunk_size) is not int
+                                                   or not 1 <= self.decode_chunk_size <= MAX_MODEL_FRAMES):
+            raise ValueError(f"`decode_chunk_size` must be None or an integer in [1, {MAX_MODEL_FRAMES}], "
+                             f"got {self.decode_chunk_size!r}.")
         if not isinstance(self.image, Image.Image):
             raise ValueError(f"`image` must be a PIL image, got {type(self.image).__name__}.")
         _check_common("image", self.width, self.height, self.steps, self.seed, 1.0, "dpmpp_2m")

@@ -181,7 +181,7 @@ class DiffusersBackend(Backend):
     def image_to_video(self, request: ImageToVideoRequest,
                        on_step: StepCallback | None = None) -> list[Image.Image]:
         pipe = self._pipeline("svd")
-        chunk = self.profile.fast_paths.chunk_size("svd", self.placement.device)
+        chunk = request.decode_chunk_size or self.profile.fast_paths.chunk_size("svd", self.placement.device)
         image = request.image.convert("RGB").resize((request.width, request.height), Image.LANCZOS)
         return self._run(lambda: list(pipe(
             image=image, width=request.width, height=request.height, num_frames=request.frames,

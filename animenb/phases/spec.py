@@ -290,10 +290,17 @@ FULL_VIDEO = PhaseSpec(3, "FULL_VIDEO", _common(
     Param("image", "string", None, nullable=True, image_ref=True,
           description="the image to animate: an image or a phase-1/phase-2 output directory; null: from `prompt`"),
     Param("frames", "integer", 25, minimum=2, maximum=MAX_MODEL_FRAMES, description="SVD frames"),
-    Param("svd_fps", "integer", 7, minimum=1, maximum=60, api=False, description="SVD's fps conditioning"),
-    Param("motion_bucket_id", "integer", 127, minimum=0, maximum=255, api=False, description="SVD motion amount"),
+    # SVD's conditioning, defaults from diffusers' StableVideoDiffusionPipeline (and its SVD-XT example).
+    Param("svd_fps", "integer", 7, minimum=1, maximum=60, api=False,
+          description="SVD's fps conditioning (7: the rate SVD-XT was fine-tuned at; diffusers' default)"),
+    Param("motion_bucket_id", "integer", 127, minimum=0, maximum=255, api=False,
+          description="SVD motion amount, higher moves more (127: diffusers' default, SVD's training median)"),
     Param("noise_aug_strength", "number", 0.02, minimum=0.0, maximum=1.0, api=False,
-          description="noise added to the conditioning image"),
+          description="noise added to the conditioning image, more lets the video depart from it (0.02: diffusers' "
+                      "default)"),
+    Param("decode_chunk_size", "integer", None, nullable=True, minimum=1, maximum=MAX_MODEL_FRAMES, api=False,
+          description="frames the temporal VAE decodes together, fewer saves memory (null: the profile's fast "
+                      "path, 8 as in diffusers' SVD example)"),
     Param("seconds", "number", 5.0, minimum=1.0, maximum=30.0, description="length of the video"),
     Param("fps", "integer", 24, minimum=1, maximum=60, description="frames per second of the MP4"),
 ), rules=(
