@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from results import record
+from tiny_speed import load_tiny  # bench/tiny_speed.py: threads pinned, tiny models homed and loaded
 
 TARGET_RATIO = 1.35
 
@@ -41,22 +42,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ["ANIMENB_THREADS"] = str(args.threads)
     root = Path(tempfile.mkdtemp(prefix="animenb-pose-control-"))
-    os.environ.setdefault("ANIMENB_HOME", str(root / "home"))
-
-    import torch
-
-    from animenb.models import pipeline
-
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    for kind in ("sd", "sd_controlnet"):
-        pipeline(kind, "tiny")
+    load = load_tiny(root, args.threads, ("sd", "sd_controlnet"))
     print(f"tiny profile, phase 1 at {args.size} px, {args.steps} steps, 8 poses ({platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch threads {args.threads}, load average {os.getloadavg()[0]:.1f}); "
-          f"build+load {time.perf_counter() - t0:.1f} s")
+          f"build+load {load:.1f} s")
     plain, controlled = [], []
     for index in range(args.pairs):
         plain.append(run_sheet(root, f"plain{index}", args.size, args.steps, 0.0))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -12,14 +11,6 @@ from animenb.backends.diffusers_backend import use_scheduler
 from animenb.models import pipeline
 from animenb.phases import full_video
 from animenb.profiles import load_profile
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_animatediff_samples_on_its_linear_beta_schedule_and_sd_keeps_its_own():

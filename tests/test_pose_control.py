@@ -8,7 +8,6 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from animenb.backends import ImageRequest, get_backend
@@ -24,14 +23,6 @@ from animenb.quality.scoring import score_output_dir
 
 FAST = dict(models="tiny", steps=2, width=64, height=64, display=None)
 KEYS = [key for key, _caption, _suffix in POSES]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # byte comparisons below
-    yield
-    torch.set_num_threads(previous)
 
 
 def _pixels(image) -> np.ndarray:

@@ -113,7 +113,8 @@ class ComfyUIBackend(Backend):
 
     def describe(self) -> dict:
         info = {"backend": "comfyui", "url": self.url, "checkpoint": self.checkpoint,
-                "svd_checkpoint": self.svd_checkpoint, "controlnet_model": self.controlnet_model, "comfyui_version": None, "devices": []}
+                "svd_checkpoint": self.svd_checkpoint, "controlnet_model": self.controlnet_model,
+                "comfyui_version": None, "devices": []}
         try:
             if self._system_stats is None:
                 self._system_stats = self.client.get_json("/system_stats")

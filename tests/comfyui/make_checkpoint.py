@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comfyui-dir", required=True, help="ComfyUI's source directory (holds main.py)")
     parser.add_argument("--out", default=DEFAULT_NAME, help="file name under models/checkpoints")
-    parser.add_argument("--controlnet", default=None, help="also write a ControlNet of this name under models/controlnet")
+    parser.add_argument("--controlnet", default=None,
+                        help="also write a ControlNet of this name under models/controlnet")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if the file exists")
     args = parser.parse_args(argv)
