@@ -137,6 +137,7 @@ def _load(kind: str, profile: ModelProfile, placement: Placement):
         sd = pipeline("sd", profile, placement)
         pipe = diffusers.AnimateDiffPipeline.from_pipe(sd, motion_adapter=adapter, dtype=dtype)
         pipe.scheduler = pipe.scheduler.from_config(pipe.scheduler.config, **ANIMATEDIFF_SCHEDULER)
+        _scale_motion_modules(pipe.unet)
     elif kind == "svd":
         pipe = _from_pretrained(diffusers.StableVideoDiffusionPipeline, profile, "svd", dtype=dtype)
     elif kind == "sd_controlnet":
@@ -148,6 +149,30 @@ def _load(kind: str, profile: ModelProfile, placement: Placement):
     apply_load_time(pipe, kind, profile.fast_paths, placement.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _scale_motion_modules(unet) -> None:
+    """Let `set_motion_scale` scale what each motion module adds to its input.
+
+    A motion module returns `input + f(input)`; a hook makes it `input + scale * f(input)` (scale 1:
+    untouched), which is what AnimateDiff-Evolved's motion scale does in ComfyUI.
+    """
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    unet._animenb_motion_scale = 1.0
+
+    def scaled(module, args, output):
+        scale = unet._animenb_motion_scale
+        return output if scale == 1.0 else args[0] + scale * (output - args[0])
+
+    for module in unet.modules():
+        if isinstance(module, AnimateDiffTransformer3D):
+            module.register_forward_hook(scaled)
+
+
+def set_motion_scale(pipe, scale: float) -> None:
+    """The motion scale of an AnimateDiff pipeline loaded here (see `_scale_motion_modules`)."""
+    pipe.unet._animenb_motion_scale = float(scale)
 
 
 def _load_controlnet_pipeline(profile: ModelProfile, placement: Placement):

@@ -1,7 +1,10 @@
-"""Each phase as its model expects: AnimateDiff's own noise schedule, per-role native sizes (SVD-XT's
-1024x576 at the source's aspect), SVD's decode chunk through the spec."""
+"""Each phase as its model expects: AnimateDiff's own noise schedule and motion scale, per-role native sizes
+(SVD-XT's 1024x576 at the source's aspect), SVD's decode chunk through the spec."""
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -63,3 +66,35 @@ def test_decode_chunk_size_is_checked_with_the_request():
         ImageToVideoRequest(image=Image.new("RGB", (64, 64)), decode_chunk_size=0)
     with pytest.raises(ValueError, match="`decode_chunk_size` must be an integer in"):
         full_video(image=Image.new("RGB", (64, 64)), models="tiny", decode_chunk_size=100, display=None)
+
+
+def test_motion_scale_scales_what_the_motion_modules_add():
+    from animenb.backends import VideoRequest, get_backend
+
+    backend = get_backend("diffusers", models="tiny")
+    base = VideoRequest("a cat", width=64, height=64, steps=2, seed=3, frames=4)
+
+    def frames(request):
+        return np.stack([np.asarray(f, dtype=np.int16) for f in backend.text_to_video(request)])
+
+    trained = frames(base)
+    assert np.array_equal(trained, frames(replace(base, motion_scale=1.0)))
+    calm, still = frames(replace(base, motion_scale=0.5)), frames(replace(base, motion_scale=0.0))
+    assert not np.array_equal(trained, calm) and not np.array_equal(calm, still)
+    assert np.array_equal(trained, frames(base))  # the scale is per request: nothing carries into the next
+    with pytest.raises(ValueError, match=r"`motion_scale` must be a number in \[0, 2\]"):
+        replace(base, motion_scale=3.0)
+
+
+def test_comfyui_motion_scale_is_animatediff_evolved_scale_multival():
+    from animenb.backends import VideoRequest
+    from animenb.backends import comfyui_graphs as graphs
+
+    request = VideoRequest("a cat", width=64, height=64, steps=2, frames=4, motion_scale=1.3)
+    graph = graphs.text_to_video(request, checkpoint="sd15.safetensors", motion_model="mm.ckpt")
+    applied = next(n["inputs"] for n in graph.nodes.values() if n["class_type"] == "ADE_ApplyAnimateDiffModelSimple")
+    assert graph.nodes[applied["scale_multival"][0]] == {"class_type": "ADE_MultivalDynamic",
+                                                         "inputs": {"float_val": 1.3}}
+    plain = graphs.text_to_video(replace(request, motion_scale=1.0), checkpoint="sd15.safetensors",
+                                 motion_model="mm.ckpt")
+    assert "ADE_MultivalDynamic" not in {n["class_type"] for n in plain.nodes.values()}

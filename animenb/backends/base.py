@@ -23,6 +23,7 @@ MAX_GUIDANCE = 30.0
 SEED_LIMIT = 2**63
 MAX_MODEL_FRAMES = 64  # AnimateDiff / SVD frames in one generation (a loop's overlap included)
 MAX_CONTROL_SCALE = 2.0  # ControlNet conditioning scale (A1111's "Control Weight" slider goes to 2)
+MAX_MOTION_SCALE = 2.0  # AnimateDiff motion scale (AnimateDiff-Evolved's scale_multival)
 
 
 class BackendError(RuntimeError):
@@ -104,12 +105,16 @@ class VideoRequest:
     frames: int = 16
     ip_adapter_image: Image.Image | None = None
     ip_adapter_scale: float = 0.6
+    motion_scale: float = 1.0  # the motion modules' contribution: 1 as trained, below calmer, above livelier
 
     def __post_init__(self):
         _check_common(self.prompt, self.width, self.height, self.steps, self.seed, self.guidance_scale,
                       self.scheduler)
         if not isinstance(self.frames, int) or not 2 <= self.frames <= MAX_MODEL_FRAMES:
             raise ValueError(f"`frames` must be an integer in [2, {MAX_MODEL_FRAMES}], got {self.frames!r}.")
+        if isinstance(self.motion_scale, bool) or not isinstance(self.motion_scale, (int, float)) \
+                or not 0.0 <= self.motion_scale <= MAX_MOTION_SCALE:
+            raise ValueError(f"`motion_scale` must be a number in [0, {MAX_MOTION_SCALE:g}], got {self.motion_scale!r}.")
 
 
 @dataclass(frozen=True)

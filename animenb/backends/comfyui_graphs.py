@@ -42,7 +42,8 @@ IPADAPTER_PACK = NodePack(
 )
 ANIMATEDIFF_PACK = NodePack(
     name="ComfyUI-AnimateDiff-Evolved (Kosinkadink)",
-    nodes=("ADE_LoadAnimateDiffModel", "ADE_ApplyAnimateDiffModelSimple", "ADE_UseEvolvedSampling"),
+    nodes=("ADE_LoadAnimateDiffModel", "ADE_ApplyAnimateDiffModelSimple", "ADE_UseEvolvedSampling",
+           "ADE_MultivalDynamic"),
     feature="text-to-video (AnimateDiff)",
 )
 # Built-in nodes the graphs rely on (present in every ComfyUI since SVD support, 2023-11).
@@ -136,7 +137,10 @@ def text_to_video(request: VideoRequest, *, checkpoint: str, motion_model: str,
     graph = text_to_image(image_request, checkpoint=checkpoint, ip_adapter=ip_adapter, batch_size=request.frames)
     sampler = graph.nodes[graph.sampler]["inputs"]
     motion = graph.add("ADE_LoadAnimateDiffModel", model_name=motion_model)
-    applied = graph.add("ADE_ApplyAnimateDiffModelSimple", motion_model=[motion, 0])
+    scale = {}
+    if request.motion_scale != 1.0:  # AnimateDiff-Evolved's motion scale, as a constant multival
+        scale["scale_multival"] = [graph.add("ADE_MultivalDynamic", float_val=float(request.motion_scale)), 0]
+    applied = graph.add("ADE_ApplyAnimateDiffModelSimple", motion_model=[motion, 0], **scale)
     evolved = graph.add("ADE_UseEvolvedSampling", model=sampler["model"], beta_schedule="autoselect",
                         m_models=[applied, 0])
     sampler["model"] = [evolved, 0]

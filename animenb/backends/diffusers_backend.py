@@ -163,8 +163,11 @@ class DiffusersBackend(Backend):
                                       controlnet_conditioning_scale=float(request.control_scale)).images[0])
 
     def text_to_video(self, request: VideoRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
+        from ..models import set_motion_scale
+
         pipe = self._pipeline("animatediff")
         use_scheduler(pipe, request.scheduler)
+        set_motion_scale(pipe, request.motion_scale)
         self._set_vae_modes(pipe, request.width, request.height)
         chunk = self.profile.fast_paths.chunk_size("animatediff", self.placement.device)
         reference = request.ip_adapter_image

@@ -27,8 +27,8 @@ from typing import Any, Callable, Mapping
 
 # The generation bounds are the backends' own (what one generation may ask of a model): the spec
 # builds on them, so a phase never accepts what its backend would refuse.
-from ..backends.base import (MAX_CONTROL_SCALE, MAX_GUIDANCE, MAX_MODEL_FRAMES, MAX_SIZE, MAX_STEPS, MIN_SIZE,
-                             SCHEDULERS, SEED_LIMIT, SIZE_MULTIPLE)
+from ..backends.base import (MAX_CONTROL_SCALE, MAX_GUIDANCE, MAX_MODEL_FRAMES, MAX_MOTION_SCALE, MAX_SIZE, MAX_STEPS,
+                             MIN_SIZE, SCHEDULERS, SEED_LIMIT, SIZE_MULTIPLE)
 from .catalog import get_phase
 
 BACKENDS = ("diffusers", "comfyui")
@@ -275,6 +275,9 @@ ANIMATION_LOOP = PhaseSpec(2, "ANIMATION_LOOP", _common(
           description="extra frames cross-faded into the head to close the loop"),
     _reference_image("a phase-1 output directory"),
     IP_ADAPTER_SCALE,
+    Param("motion_scale", "number", 1.0, minimum=0.0, maximum=MAX_MOTION_SCALE, api=False,
+          description="how much the motion modules move the frames: 1 as trained (AnimateDiff's own setting), "
+                      "below calmer, above livelier (AnimateDiff-Evolved's motion scale)"),
 ), rules=(
     Rule("frames", "loop_overlap <= frames // 2",
          "`frames` must be at least 2 x loop_overlap ({loop_overlap}) for the loop's cross-fade, got {frames}.",
