@@ -36,6 +36,7 @@ POSES: tuple[tuple[str, str, str], ...] = (
     ("surprised", "surprised", "upper body, front view, surprised expression"),
 )
 SHEET_SUFFIX = "character sheet, simple white background, consistent character design"
+CAPTIONS = [f"{index + 1}. {caption}" for index, (_key, caption, _suffix) in enumerate(POSES)]  # sheet labels
 
 
 def pose_prompts(prompt: str) -> list[str]:
@@ -58,10 +59,11 @@ def pose_skeletons(pose_strength: float, pose_images, width: int, height: int) -
 
 def _pose_images_record(pose_images) -> str | list | None:
     """`pose_images` as the manifest records it: a path, paths, or "<image>" for in-memory images."""
-    if pose_images is None or isinstance(pose_images, (str, Path)):
-        return None if pose_images is None else str(pose_images)
-    return [item if isinstance(item, str) else "<image>" if isinstance(item, Image.Image) else str(item)
-            for item in pose_images]
+    if pose_images is None:
+        return None
+    if isinstance(pose_images, (str, Path)):
+        return str(pose_images)
+    return ["<image>" if isinstance(item, Image.Image) else str(item) for item in pose_images]
 
 
 def character_sheet(
@@ -140,13 +142,12 @@ def character_sheet(
             reference = poses[0]
     timer.mark("generate")
 
-    # 2. files: single poses, the labelled sheet, the reference the poses followed
+    # 2. files: single poses, the labelled sheet, the reference the poses followed (and their skeletons)
     progress.start_stage("writing files")
     pngs = [(image, out / "poses" / f"pose_{index + 1:02d}_{key}.png",
              png_parameters(PHASE, {**parameters, "prompt": p}, seed, label, model=model, pose=key))
             for index, ((key, _caption, _suffix), image, p) in enumerate(zip(POSES, poses, prompts))]
-    sheet = compose_sheet(poses, [f"{i + 1}. {c}" for i, (_k, c, _s) in enumerate(POSES)],
-                          title=prompt[:80], footer=f"seed {seed} · {label}")
+    sheet = compose_sheet(poses, CAPTIONS, title=prompt[:80], footer=f"seed {seed} · {label}")
     pngs.append((sheet, out / "sheet.png", png_parameters(PHASE, parameters, seed, label, model=model, kind="sheet")))
     # The reference is usually pose 1 itself: a copy, since one image cannot be saved from two threads.
     pngs.append((reference.copy(), out / "reference.png",
@@ -156,8 +157,7 @@ def character_sheet(
         skeleton_pngs = [(image, out / "poses" / f"pose_{index + 1:02d}_{key}.openpose.png",
                           png_parameters(PHASE, parameters, seed, label, model=model, pose=key, kind="openpose"))
                          for index, ((key, _caption, _suffix), image) in enumerate(zip(POSES, skeletons))]
-        skeleton_sheet = compose_sheet(skeletons, [f"{i + 1}. {c}" for i, (_k, c, _s) in enumerate(POSES)],
-                                       title=f"OpenPose skeletons · pose strength {pose_strength:g}")
+        skeleton_sheet = compose_sheet(skeletons, CAPTIONS, title=f"OpenPose skeletons · pose strength {pose_strength:g}")
         skeleton_pngs.append((skeleton_sheet, out / "skeletons.png",
                               png_parameters(PHASE, parameters, seed, label, model=model, kind="skeletons")))
         pngs += skeleton_pngs
