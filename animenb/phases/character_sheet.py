@@ -157,7 +157,8 @@ def character_sheet(
         skeleton_pngs = [(image, out / "poses" / f"pose_{index + 1:02d}_{key}.openpose.png",
                           png_parameters(PHASE, parameters, seed, label, model=model, pose=key, kind="openpose"))
                          for index, ((key, _caption, _suffix), image) in enumerate(zip(POSES, skeletons))]
-        skeleton_sheet = compose_sheet(skeletons, CAPTIONS, title=f"OpenPose skeletons · pose strength {pose_strength:g}")
+        skeleton_sheet = compose_sheet(skeletons, CAPTIONS,
+                                       title=f"OpenPose skeletons · pose strength {pose_strength:g}")
         skeleton_pngs.append((skeleton_sheet, out / "skeletons.png",
                               png_parameters(PHASE, parameters, seed, label, model=model, kind="skeletons")))
         pngs += skeleton_pngs
