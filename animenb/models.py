@@ -2,8 +2,9 @@
 
 Each pipeline is loaded once per process (key: kind, profile, device, dtype) and kept in
 a module-level dict, which survives the job runner's namespace reset because it lives in
-`sys.modules`. AnimateDiff is built from the cached SD pipeline with `from_pipe`, so the
-text encoder, tokenizer and VAE are shared rather than loaded twice.
+`sys.modules`. AnimateDiff and the pose-controlled SD pipeline (`sd_controlnet`) are built from
+the cached SD pipeline with `from_pipe`, so the text encoder, tokenizer, VAE (and for ControlNet the
+UNet with its IP-Adapter) are shared rather than loaded twice.
 
 Device and dtype are explicit: "auto" means CUDA + float16 when a GPU is present, else
 CPU + float32; a profile, an environment variable (ANIMENB_DEVICE, ANIMENB_DTYPE) or an
@@ -19,7 +20,12 @@ from typing import Any
 from .fast_paths import apply_load_time
 from .profiles import ModelNotAvailableError, ModelProfile, load_profile
 
-KINDS = ("sd", "animatediff", "svd")
+KINDS = ("sd", "animatediff", "svd", "sd_controlnet")
+# AnimateDiff's motion modules were trained on a linear beta schedule, not SD's scaled-linear one: the
+# settings of diffusers' AnimateDiff examples (DDIMScheduler.from_pretrained(..., clip_sample=False,
+# timestep_spacing="linspace", beta_schedule="linear", steps_offset=1)); every sampler is built from them.
+ANIMATEDIFF_SCHEDULER = {"beta_schedule": "linear", "timestep_spacing": "linspace", "clip_sample": False,
+                         "steps_offset": 1}
 _CACHE: dict[tuple, Any] = {}
 _LOCK = threading.RLock()
 
@@ -130,13 +136,61 @@ def _load(kind: str, profile: ModelProfile, placement: Placement):
         adapter = _from_pretrained(diffusers.MotionAdapter, profile, "motion_adapter", dtype=dtype)
         sd = pipeline("sd", profile, placement)
         pipe = diffusers.AnimateDiffPipeline.from_pipe(sd, motion_adapter=adapter, dtype=dtype)
+        pipe.scheduler = pipe.scheduler.from_config(pipe.scheduler.config, **ANIMATEDIFF_SCHEDULER)
+        _scale_motion_modules(pipe.unet)
     elif kind == "svd":
         pipe = _from_pretrained(diffusers.StableVideoDiffusionPipeline, profile, "svd", dtype=dtype)
+    elif kind == "sd_controlnet":
+        return _load_controlnet_pipeline(profile, placement)
     else:
         raise ValueError(f"`kind` must be one of {', '.join(KINDS)}, got {kind!r}.")
     if not profile.fast_paths.cpu_offload:  # offload places each model itself, on use
         pipe.to(placement.device)
     apply_load_time(pipe, kind, profile.fast_paths, placement.device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _scale_motion_modules(unet) -> None:
+    """Let `set_motion_scale` scale what each motion module adds to its input.
+
+    A motion module returns `input + f(input)`; a hook makes it `input + scale * f(input)` (scale 1:
+    untouched), which is what AnimateDiff-Evolved's motion scale does in ComfyUI.
+    """
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    unet._animenb_motion_scale = 1.0
+
+    def scaled(module, args, output):
+        scale = unet._animenb_motion_scale
+        return output if scale == 1.0 else args[0] + scale * (output - args[0])
+
+    for module in unet.modules():
+        if isinstance(module, AnimateDiffTransformer3D):
+            module.register_forward_hook(scaled)
+
+
+def set_motion_scale(pipe, scale: float) -> None:
+    """The motion scale of an AnimateDiff pipeline loaded here (see `_scale_motion_modules`)."""
+    pipe.unet._animenb_motion_scale = float(scale)
+
+
+def _load_controlnet_pipeline(profile: ModelProfile, placement: Placement):
+    """SD + the profile's `controlnet` role, sharing the warm SD pipeline's modules (IP-Adapter included).
+
+    The shared UNet and VAE already had their load-time settings applied with the SD pipeline;
+    only the ControlNet is placed here (or offloaded with the rest).
+    """
+    import diffusers
+
+    controlnet = _from_pretrained(diffusers.ControlNetModel, profile, "controlnet", dtype=placement.torch_dtype)
+    sd = pipeline("sd", profile, placement)
+    pipe = diffusers.StableDiffusionControlNetPipeline.from_pipe(sd, controlnet=controlnet,
+                                                                  dtype=placement.torch_dtype)
+    if profile.fast_paths.cpu_offload:
+        pipe.enable_model_cpu_offload(device=placement.device)
+    else:
+        controlnet.to(placement.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -13,7 +13,7 @@ import yaml
 from .config import default_profile, parameters_dir
 from .fast_paths import FastPaths, parse_fast_paths
 
-ROLES = ("sd", "motion_adapter", "svd", "ip_adapter")
+ROLES = ("sd", "motion_adapter", "svd", "ip_adapter", "controlnet")
 TINY_LABEL = "tiny (random weights)"
 
 
@@ -47,6 +47,22 @@ class ModelProfile:
     dtype: str = "auto"
     fast_paths: FastPaths = field(default_factory=FastPaths)
     path: Path | None = field(default=None, compare=False)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # role -> native (width, height)
+
+    def native_size(self, role: str, aspect: float | None = None) -> tuple[int, int]:
+        """`role`'s native (width, height): `sizes.<role>` of the profile, else `default_size` square.
+
+        With `aspect` (width / height of the image it starts from), the same pixel count at that aspect,
+        sides rounded to multiples of 64: SVD-XT's 1024x576 stays 1024x576 for a 16:9 source, becomes
+        576x1024 for 9:16 and 768x768 for a square one, instead of stretching the source.
+        """
+        width, height = self.sizes.get(role, (self.default_size, self.default_size))
+        if aspect is None or role not in self.sizes:
+            return width, height
+        area = width * height
+        fitted_width = max(64, round((area * aspect) ** 0.5 / 64) * 64)
+        fitted_height = max(64, round((area / aspect) ** 0.5 / 64) * 64)
+        return min(fitted_width, 2048), min(fitted_height, 2048)
 
     @property
     def is_tiny(self) -> bool:
@@ -110,9 +126,16 @@ def load_profile(name_or_path: str | Path | None = None) -> ModelProfile:
         if role not in ROLES:
             raise ValueError(f"Profile {path}: unknown role `{role}`; roles are {', '.join(ROLES)}.")
         roles[role] = RoleSource(source=spec) if isinstance(spec, str) else RoleSource(**spec)
+    sizes = {}
+    for role, size in (data.get("sizes") or {}).items():
+        if role not in ROLES or not isinstance(size, list) or len(size) != 2 or \
+                not all(type(v) is int and 64 <= v <= 2048 and v % 8 == 0 for v in size):
+            raise ValueError(f"Profile {path}: `sizes.{role}` must be [width, height] (multiples of 8 in [64, 2048]) "
+                             f"for one of the roles {', '.join(ROLES)}, got {size!r}.")
+        sizes[role] = (size[0], size[1])
     name = data.get("name", path.stem)
     tiny = bool(roles) and all(r.is_tiny for r in roles.values())
     return ModelProfile(name=name, label=TINY_LABEL if tiny else data.get("label", name),
                         default_size=int(data.get("default_size", 512)), roles=roles,
                         device=str(data.get("device", "auto")), dtype=str(data.get("dtype", "auto")),
-                        fast_paths=parse_fast_paths(data.get("fast_paths"), path), path=path)
+                        fast_paths=parse_fast_paths(data.get("fast_paths"), path), path=path, sizes=sizes)

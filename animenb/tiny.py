@@ -5,7 +5,8 @@ the code real weights use (`from_pretrained`, `load_ip_adapter`). Shapes follow 
 at a small scale (see FACTS.md): 8x8 latents for a 64 px image from a 4-block VAE, a
 byte-level CLIP tokenizer that needs no download, an AnimateDiff MotionAdapter matching
 the UNet, an SVD pipeline whose image encoder takes 224 px inputs, and an IP-Adapter
-folder in h94/IP-Adapter's layout. Outputs of these models are noise by construction.
+folder in h94/IP-Adapter's layout, and an
+OpenPose-role ControlNet made from the UNet. Outputs of these models are noise by construction.
 
 Sized to be fast at every size the API accepts (64-2048 px), not only at the tests' 64 px:
 the UNets have 4 levels with attention only at the lowest one (latent / 8), and the VAEs are
@@ -25,7 +26,7 @@ from pathlib import Path
 from .config import home_dir
 
 TINY_VERSION = "v3"  # in the cache path: a new shape never reuses an old folder
-ROLES = ("sd", "motion_adapter", "svd", "ip_adapter")
+ROLES = ("sd", "motion_adapter", "svd", "ip_adapter", "controlnet")
 IP_ADAPTER_WEIGHT = "ip-adapter_tiny.safetensors"
 _SEED = 0
 _CROSS_DIM = 32
@@ -38,6 +39,8 @@ _SVD_CHANNELS = (32, 32, 32, 32)
 # blocks keep one resnet each). A 512 px step runs 50 frames (25 x 2 for guidance) at 64x64 latents,
 # and the full-resolution resnets were most of it: 1.7 -> 0.95 s per step on 2 CPUs.
 _SVD_LAYERS = (0, 0, 0, 1)
+# The ControlNet's hint encoder (pose image -> latent size), whose first two convolutions run at full resolution.
+_HINT_CHANNELS = (1, 2, 4, 8)
 _COMPLETE = ".complete"
 
 
@@ -220,5 +223,31 @@ def build_ip_adapter(folder: Path) -> None:
     save_file({k: v.contiguous() for k, v in state.items()}, str(models / IP_ADAPTER_WEIGHT))
 
 
+def build_controlnet(folder: Path) -> None:
+    """An OpenPose-role ControlNet for the tiny UNet, in diffusers' folder layout.
+
+    `ControlNetModel.from_unet` copies the UNet's encoder and zero-initialises the convolutions that
+    feed it back (as training starts); zero would make control a no-op, so those get small seeded
+    random weights: a different skeleton then gives a different image, which the tests check.
+    The hint encoder is far narrower than SD's (16, 32, 96, 256): it runs at full image resolution on
+    every step, and at (8, 8, 16, 16) it cost 4x the tiny UNet's step at 512 px (see bench/pose_control.py).
+    """
+    import torch
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel.from_unet(_unet(), conditioning_embedding_out_channels=_HINT_CHANNELS)
+    generator = torch.Generator().manual_seed(_SEED + 8)
+    with torch.no_grad():
+        # He-scaled hint encoder: with PyTorch's default init the skeleton's signal fades to ~1e-6
+        # through its 8 narrow convolutions, and every skeleton gives the same image.
+        for conv in controlnet.controlnet_cond_embedding.modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                fan_in = conv.weight[0].numel()
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.1)
+    controlnet.save_pretrained(folder)
+
+
 _BUILDERS = {"sd": build_sd, "motion_adapter": build_motion_adapter, "svd": build_svd,
-             "ip_adapter": build_ip_adapter}
+             "ip_adapter": build_ip_adapter, "controlnet": build_controlnet}

@@ -13,7 +13,8 @@ after every step:
            (cold = first, with model load; warm = second); files exist, PNGs decode, pixels are not
            one flat value / mostly black (fp16 VAE NaN -> black), manifest device/dtype = the
            placement animenb resolved (CUDA + float16 when a GPU is present)
-  finite   the cached pipelines called directly with output_type="np": every value finite
+  finite   the cached pipelines called directly with output_type="np": every value finite (SD, SD + the
+           OpenPose ControlNet on a built-in skeleton, AnimateDiff, SVD)
   large    the three phases at --large-size (default 512) with --large-steps (default 15), twice:
            seconds per denoising step for tiny models on this device (CUDA only unless --cpu-large);
            s/step = the manifest's generate_seconds / denoising steps (text/image encoders, VAE
@@ -309,6 +310,7 @@ class Check:
         from PIL import Image
 
         from animenb.models import pipeline
+        from animenb.poses import builtin_skeletons
         from animenb.profiles import load_profile
 
         profile = load_profile("tiny")
@@ -324,6 +326,13 @@ class Check:
         ad.set_ip_adapter_scale(0.0)
         checks["animatediff"] = ad(prompt=PROMPT, num_frames=8, width=size, height=size, num_inference_steps=n,
                                    generator=gen(), ip_adapter_image=neutral, output_type="np").frames
+        # The sheet's pose control: SD + ControlNet built from the warm SD pipeline (IP-Adapter kept).
+        controlled = pipeline("sd_controlnet", profile, self.placement)
+        controlled.set_ip_adapter_scale(0.0)
+        skeleton = builtin_skeletons(["front"], size, size)[0]
+        checks["sd_controlnet"] = controlled(prompt=PROMPT, image=skeleton, width=size, height=size,
+                                             num_inference_steps=n, generator=gen(), ip_adapter_image=neutral,
+                                             output_type="np").images
         svd = pipeline("svd", profile, self.placement)
         checks["svd"] = svd(image=Image.new("RGB", (size, size), (200, 120, 90)), width=size, height=size,
                             num_frames=4, num_inference_steps=n, decode_chunk_size=8, generator=gen(),
@@ -334,11 +343,16 @@ class Check:
             finite = bool(np.isfinite(arr).all())
             stats = {"shape": list(arr.shape), "finite": finite, "nan": int(np.isnan(arr).sum()),
                      "min": float(np.nanmin(arr)), "max": float(np.nanmax(arr)), "std": float(np.nanstd(arr))}
-            pipe = {"sd": sd, "animatediff": ad, "svd": svd}[kind]
+            pipe = {"sd": sd, "animatediff": ad, "sd_controlnet": controlled, "svd": svd}[kind]
             param = next(pipe.unet.parameters())
             stats["unet_param"] = f"{param.device}/{str(param.dtype).replace('torch.', '')}"
             vae = next(pipe.vae.parameters())
             stats["vae_param"] = f"{vae.device}/{str(vae.dtype).replace('torch.', '')}"
+            if kind == "sd_controlnet":
+                control = next(pipe.controlnet.parameters())
+                stats["controlnet_param"] = f"{control.device}/{str(control.dtype).replace('torch.', '')}"
+                if self.cuda and not stats["controlnet_param"].startswith("cuda"):
+                    problems.append(f"{kind}: controlnet on {stats['controlnet_param']}")
             out[kind] = stats
             if not finite or stats["std"] == 0.0:
                 problems.append(f"{kind}: finite={finite} std={stats['std']:.4g}")

@@ -40,6 +40,24 @@ RUNS = {  # phase: (function name, kwargs, frame-steps of work)
 }
 
 
+def load_tiny(root: Path, threads: int, kinds: tuple[str, ...]) -> float:
+    """Pin torch's threads, home the tiny models under `root` (unless ANIMENB_HOME is set), load the
+    pipelines `kinds` of the tiny profile; returns the build + load seconds."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ["ANIMENB_THREADS"] = str(threads)
+    os.environ.setdefault("ANIMENB_HOME", str(root / "home"))
+
+    import torch
+
+    from animenb.models import pipeline
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    for kind in kinds:
+        pipeline(kind, "tiny")
+    return time.perf_counter() - started
+
+
 def run_phase(phase: int, root: Path) -> dict:
     import animenb.phases as phases
 
@@ -91,20 +109,8 @@ def main() -> None:
     phases = [int(p) for p in args.phases.split(",") if p]
     if not set(phases) <= set(RUNS):
         parser.error(f"--phases must name phases among 1,2,3, got {args.phases!r}")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ["ANIMENB_THREADS"] = str(args.threads)
     root = Path(tempfile.mkdtemp(prefix="animenb-tiny-speed-"))
-    os.environ.setdefault("ANIMENB_HOME", str(root / "home"))
-
-    import torch
-
-    from animenb.models import pipeline
-
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    for kind in ("sd", "animatediff", "svd"):
-        pipeline(kind, "tiny")
-    load = time.perf_counter() - t0
+    load = load_tiny(root, args.threads, ("sd", "animatediff", "svd"))
     print(f"tiny profile at 512 px ({platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}, "
           f"load average {os.getloadavg()[0]:.1f}); build+load of the three pipelines {load:.1f} s")
     print(f"  {'phase':<32}{'wall s':>9}{'cpu s':>9}{'generate':>10}{'write':>8}{'budget s':>10}{'wall/budget':>13}")

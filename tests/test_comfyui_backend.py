@@ -16,9 +16,10 @@ from animenb.backends.base import BackendError, ImageRequest, ImageToVideoReques
 from animenb.backends.comfyui import ComfyUIBackend, comfyui_health
 
 try:
-    from comfyui.fixtures import CHECKPOINT, comfyui_factory, comfyui_install, comfyui_packs_server, comfyui_server  # noqa: F401
+    from comfyui.fixtures import (CHECKPOINT, CONTROLNET, comfyui_factory, comfyui_install,  # noqa: F401
+                                  comfyui_packs_server, comfyui_server)
 except ImportError:  # run from another rootdir
-    from tests.comfyui.fixtures import (CHECKPOINT, comfyui_factory, comfyui_install,  # noqa: F401
+    from tests.comfyui.fixtures import (CHECKPOINT, CONTROLNET, comfyui_factory, comfyui_install,  # noqa: F401
                                         comfyui_packs_server, comfyui_server)
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.timeout(900)]
@@ -156,7 +157,10 @@ def test_character_sheet_through_comfyui(comfyui_packs_server, tmp_path):
         result = character_sheet("a girl with red hair", seed=7, steps=2, width=64, height=64, backend=engine,
                                  output_dir=tmp_path, on_progress=events.append, display=None)
     assert (tmp_path / "sheet.png").exists()
-    assert len(list((tmp_path / "poses").glob("*.png"))) == 8
+    pngs = [path.name for path in (tmp_path / "poses").glob("*.png")]
+    skeletons = [name for name in pngs if name.endswith(".openpose.png")]  # each pose's skeleton beside it
+    assert len(pngs) == 16 and len(skeletons) == 8 and (tmp_path / "skeletons.png").exists()
+    assert result.manifest["backend"]["controlnet_model"] == CONTROLNET
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert json.dumps(manifest).count("comfyui") >= 1
     steps = [event.step for event in events if event.step]

@@ -77,10 +77,12 @@ def test_pose_pngs_load_back_into_comfyui_and_a1111_readers(comfyui_packs_server
         result = character_sheet("a girl with red hair, smiling", seed=21, steps=2, width=64, height=64,
                                  backend=engine, output_dir=tmp_path, display=None)
     poses = [tmp_path / path for path in result.manifest["outputs"]["poses"]]
-    # Pose 1 is plain text-to-image; pose 2 follows pose 1 through IP-Adapter (an uploaded reference).
+    # Pose 1 is text-to-image; pose 2 follows pose 1 through IP-Adapter (an uploaded reference). Both follow
+    # their uploaded OpenPose skeleton through the ControlNet, and the graph still reproduces the image.
     for path in poses[:2]:
         with Image.open(path) as im:
             graph = json.loads(im.text["prompt"])
+            assert "ControlNetApplyAdvanced" in {node["class_type"] for node in graph.values()}
             pixels = im.convert("RGB").tobytes()
             info = ParserManager().parse(im)
         (sampler,) = info.samplers

@@ -22,6 +22,8 @@ MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
 SEED_LIMIT = 2**63
 MAX_MODEL_FRAMES = 64  # AnimateDiff / SVD frames in one generation (a loop's overlap included)
+MAX_CONTROL_SCALE = 2.0  # ControlNet conditioning scale (A1111's "Control Weight" slider goes to 2)
+MAX_MOTION_SCALE = 2.0  # AnimateDiff motion scale (AnimateDiff-Evolved's scale_multival)
 
 
 class BackendError(RuntimeError):
@@ -53,7 +55,11 @@ def _check_common(prompt: str, width: int, height: int, steps: int, seed: int, g
 
 @dataclass(frozen=True)
 class ImageRequest:
-    """Text (+ optional IP-Adapter reference) to one image."""
+    """Text (+ optional IP-Adapter reference, + optional ControlNet pose image) to one image.
+
+    `control_image` (an OpenPose render, see animenb.poses) steers the pose through the profile's
+    `controlnet` role at `control_scale`; None or a scale of 0 generates without ControlNet.
+    """
     prompt: str
     negative_prompt: str = ""
     width: int = 512
@@ -64,10 +70,25 @@ class ImageRequest:
     scheduler: str = "dpmpp_2m"
     ip_adapter_image: Image.Image | None = None
     ip_adapter_scale: float = 0.6
+    control_image: Image.Image | None = None
+    control_scale: float = 1.0
 
     def __post_init__(self):
         _check_common(self.prompt, self.width, self.height, self.steps, self.seed, self.guidance_scale,
                       self.scheduler)
+        _check_control(self.control_image, self.control_scale)
+
+    @property
+    def controlled(self) -> bool:
+        """Whether this request goes through the ControlNet (an image and a scale above 0)."""
+        return self.control_image is not None and self.control_scale > 0
+
+
+def _check_control(image, scale) -> None:
+    if image is not None and not isinstance(image, Image.Image):
+        raise ValueError(f"`control_image` must be a PIL image or None, got {type(image).__name__}.")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 <= scale <= MAX_CONTROL_SCALE:
+        raise ValueError(f"`control_scale` must be a number in [0, {MAX_CONTROL_SCALE:g}], got {scale!r}.")
 
 
 @dataclass(frozen=True)
@@ -84,12 +105,16 @@ class VideoRequest:
     frames: int = 16
     ip_adapter_image: Image.Image | None = None
     ip_adapter_scale: float = 0.6
+    motion_scale: float = 1.0  # the motion modules' contribution: 1 as trained, below calmer, above livelier
 
     def __post_init__(self):
         _check_common(self.prompt, self.width, self.height, self.steps, self.seed, self.guidance_scale,
                       self.scheduler)
         if not isinstance(self.frames, int) or not 2 <= self.frames <= MAX_MODEL_FRAMES:
             raise ValueError(f"`frames` must be an integer in [2, {MAX_MODEL_FRAMES}], got {self.frames!r}.")
+        if isinstance(self.motion_scale, bool) or not isinstance(self.motion_scale, (int, float)) \
+                or not 0.0 <= self.motion_scale <= MAX_MOTION_SCALE:
+            raise ValueError(f"`motion_scale` must be a number in [0, {MAX_MOTION_SCALE:g}], got {self.motion_scale!r}.")
 
 
 @dataclass(frozen=True)
@@ -106,8 +131,13 @@ class ImageToVideoRequest:
     noise_aug_strength: float = 0.02
     min_guidance_scale: float = 1.0
     max_guidance_scale: float = 3.0
+    decode_chunk_size: int | None = None  # frames per temporal VAE decode; None: the backend's choice
 
     def __post_init__(self):
+        if self.decode_chunk_size is not None and (type(self.decode_chunk_size) is not int
+                                                   or not 1 <= self.decode_chunk_size <= MAX_MODEL_FRAMES):
+            raise ValueError(f"`decode_chunk_size` must be None or an integer in [1, {MAX_MODEL_FRAMES}], "
+                             f"got {self.decode_chunk_size!r}.")
         if not isinstance(self.image, Image.Image):
             raise ValueError(f"`image` must be a PIL image, got {type(self.image).__name__}.")
         _check_common("image", self.width, self.height, self.steps, self.seed, 1.0, "dpmpp_2m")

@@ -44,7 +44,8 @@ class ComfyUIBackend(Backend):
     `checkpoint` (an SD 1.5-class file in ComfyUI's models/checkpoints) defaults to the first
     one ComfyUI lists; `svd_checkpoint` to the first listed name containing "svd";
     `motion_model`, `ipadapter_model` and `clip_vision_model` likewise to the first file each
-    community loader lists. `timeout` bounds one whole job; `http_timeout` one request.
+    community loader lists; `controlnet_model` (pose control) to the first ControlNetLoader lists whose
+    name contains "openpose", else its first. `timeout` bounds one whole job; `http_timeout` one request.
     """
 
     name = "comfyui"
@@ -52,7 +53,7 @@ class ComfyUIBackend(Backend):
     def __init__(self, url: str = DEFAULT_URL, checkpoint: str | None = None, timeout: float = 1800.0, *,
                  svd_checkpoint: str | None = None, motion_model: str | None = None,
                  ipadapter_model: str | None = None, clip_vision_model: str | None = None,
-                 http_timeout: float = 30.0, **_ignored):
+                 controlnet_model: str | None = None, http_timeout: float = 30.0, **_ignored):
         self.client = ComfyUIClient(url, http_timeout)  # checks `url`
         if not timeout or timeout <= 0:
             raise ValueError(f"`timeout` must be > 0 seconds, got {timeout!r}.")
@@ -64,6 +65,7 @@ class ComfyUIBackend(Backend):
         self.motion_model = motion_model
         self.ipadapter_model = ipadapter_model
         self.clip_vision_model = clip_vision_model
+        self.controlnet_model = controlnet_model
         self.timeout = float(timeout)
         self.http_timeout = float(http_timeout)
         self._object_info: dict | None = None
@@ -78,7 +80,9 @@ class ComfyUIBackend(Backend):
         ip_adapter = None
         if request.ip_adapter_image is not None:
             ip_adapter = self._ip_adapter_inputs(request.ip_adapter_image)
-        graph = graphs.text_to_image(request, checkpoint=self._checkpoint(), ip_adapter=ip_adapter)
+        controlnet = self._controlnet_inputs(request.control_image) if request.controlled else None
+        graph = graphs.text_to_image(request, checkpoint=self._checkpoint(), ip_adapter=ip_adapter,
+                                     controlnet=controlnet)
         return self.run_graph(graph, on_step)[0]
 
     def text_to_video(self, request: VideoRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
@@ -109,7 +113,8 @@ class ComfyUIBackend(Backend):
 
     def describe(self) -> dict:
         info = {"backend": "comfyui", "url": self.url, "checkpoint": self.checkpoint,
-                "svd_checkpoint": self.svd_checkpoint, "comfyui_version": None, "devices": []}
+                "svd_checkpoint": self.svd_checkpoint, "controlnet_model": self.controlnet_model,
+                "comfyui_version": None, "devices": []}
         try:
             if self._system_stats is None:
                 self._system_stats = self.client.get_json("/system_stats")
@@ -310,6 +315,20 @@ class ComfyUIBackend(Backend):
                                                                          "CLIP vision model (models/clip_vision)")
         return {"image_name": self.upload_image(image), "ipadapter_model": ipadapter_model,
                 "clip_vision_model": clip_vision_model}
+
+    def _controlnet_inputs(self, image: Image.Image) -> dict:
+        missing = [node for node in graphs.CONTROLNET_NODES if node not in self.object_info()]
+        if missing:
+            raise BackendError(f"ComfyUI at {self.url} lacks the built-in ControlNet nodes {', '.join(missing)}; "
+                               "update ComfyUI.")
+        if self.controlnet_model is None:
+            choices = self._choices("ControlNetLoader", "control_net_name")
+            if not choices:
+                raise BackendError(f"ComfyUI at {self.url} lists no ControlNet (models/controlnet) for pose control: "
+                                   "add an OpenPose ControlNet (e.g. control_v11p_sd15_openpose), pass "
+                                   "`controlnet_model=`, or set pose_strength=0.")
+            self.controlnet_model = next((name for name in choices if "openpose" in name.lower()), choices[0])
+        return {"image_name": self.upload_image(image), "controlnet_model": self.controlnet_model}
 
     def _frames(self, images: list[Image.Image], expected: int) -> list[Image.Image]:
         if len(images) != expected:

@@ -42,11 +42,13 @@ IPADAPTER_PACK = NodePack(
 )
 ANIMATEDIFF_PACK = NodePack(
     name="ComfyUI-AnimateDiff-Evolved (Kosinkadink)",
-    nodes=("ADE_LoadAnimateDiffModel", "ADE_ApplyAnimateDiffModelSimple", "ADE_UseEvolvedSampling"),
+    nodes=("ADE_LoadAnimateDiffModel", "ADE_ApplyAnimateDiffModelSimple", "ADE_UseEvolvedSampling",
+           "ADE_MultivalDynamic"),
     feature="text-to-video (AnimateDiff)",
 )
 # Built-in nodes the graphs rely on (present in every ComfyUI since SVD support, 2023-11).
 SVD_NODES = ("ImageOnlyCheckpointLoader", "SVD_img2vid_Conditioning", "VideoLinearCFGGuidance")
+CONTROLNET_NODES = ("ControlNetLoader", "ControlNetApplyAdvanced")
 
 
 @dataclass
@@ -84,12 +86,24 @@ def _ip_adapter(graph: Graph, model, *, image_name: str, scale: float, ipadapter
     return [patched, 0]
 
 
+def _controlnet(graph: Graph, positive, negative, vae, *, image_name: str, strength: float,
+                controlnet_model: str):
+    """Condition both prompts on the uploaded pose image through ControlNetApplyAdvanced (built in)."""
+    controlnet = graph.add("ControlNetLoader", control_net_name=controlnet_model)
+    pose = graph.add("LoadImage", image=image_name)
+    applied = graph.add("ControlNetApplyAdvanced", positive=positive, negative=negative,
+                        control_net=[controlnet, 0], image=[pose, 0], strength=float(strength),
+                        start_percent=0.0, end_percent=1.0, vae=vae)
+    return [applied, 0], [applied, 1]
+
+
 def text_to_image(request: ImageRequest, *, checkpoint: str, ip_adapter: dict | None = None,
-                  batch_size: int = 1) -> Graph:
+                  batch_size: int = 1, controlnet: dict | None = None) -> Graph:
     """CheckpointLoaderSimple -> CLIPTextEncode x2 -> EmptyLatentImage -> KSampler -> VAEDecode -> PreviewImage.
 
     `ip_adapter` = {"image_name", "ipadapter_model", "clip_vision_model"} inserts IPAdapterAdvanced
-    between the checkpoint and the sampler. `batch_size` > 1 is the AnimateDiff frame count.
+    between the checkpoint and the sampler. `controlnet` = {"image_name", "controlnet_model"} conditions
+    both prompts on the pose image at `request.control_scale`. `batch_size` > 1 is the AnimateDiff frame count.
     """
     graph = Graph()
     # 1. Models and conditioning.
@@ -97,11 +111,15 @@ def text_to_image(request: ImageRequest, *, checkpoint: str, ip_adapter: dict | 
     model = [loader, 0]
     positive = graph.add("CLIPTextEncode", text=request.prompt, clip=[loader, 1])
     negative = graph.add("CLIPTextEncode", text=request.negative_prompt, clip=[loader, 1])
+    positive, negative = [positive, 0], [negative, 0]
     if ip_adapter is not None:
         model = _ip_adapter(graph, model, scale=request.ip_adapter_scale, **ip_adapter)
+    if controlnet is not None:
+        positive, negative = _controlnet(graph, positive, negative, [loader, 2], strength=request.control_scale,
+                                         **controlnet)
     # 2. Latents, denoising, decode.
     latent = graph.add("EmptyLatentImage", width=request.width, height=request.height, batch_size=batch_size)
-    sampler = _sampler(graph, model, [positive, 0], [negative, 0], [latent, 0], seed=request.seed,
+    sampler = _sampler(graph, model, positive, negative, [latent, 0], seed=request.seed,
                        steps=request.steps, cfg=request.guidance_scale, scheduler=request.scheduler)
     decoded = graph.add("VAEDecode", samples=[sampler, 0], vae=[loader, 2])
     # 3. PreviewImage writes a lossless PNG to ComfyUI's temp dir (cleared on restart), not its outputs.
@@ -119,7 +137,10 @@ def text_to_video(request: VideoRequest, *, checkpoint: str, motion_model: str,
     graph = text_to_image(image_request, checkpoint=checkpoint, ip_adapter=ip_adapter, batch_size=request.frames)
     sampler = graph.nodes[graph.sampler]["inputs"]
     motion = graph.add("ADE_LoadAnimateDiffModel", model_name=motion_model)
-    applied = graph.add("ADE_ApplyAnimateDiffModelSimple", motion_model=[motion, 0])
+    scale = {}
+    if request.motion_scale != 1.0:  # AnimateDiff-Evolved's motion scale, as a constant multival
+        scale["scale_multival"] = [graph.add("ADE_MultivalDynamic", float_val=float(request.motion_scale)), 0]
+    applied = graph.add("ADE_ApplyAnimateDiffModelSimple", motion_model=[motion, 0], **scale)
     evolved = graph.add("ADE_UseEvolvedSampling", model=sampler["model"], beta_schedule="autoselect",
                         m_models=[applied, 0])
     sampler["model"] = [evolved, 0]

@@ -132,23 +132,42 @@ class DiffusersBackend(Backend):
         if hasattr(vae, "use_tiling"):
             vae.use_tiling = fast.use_vae_tiling(width, height)
 
-    def text_to_image(self, request: ImageRequest, on_step: StepCallback | None = None) -> Image.Image:
-        pipe = self._pipeline("sd")
+    def _image_call(self, pipe, request: ImageRequest, on_step: StepCallback | None) -> dict:
+        """Set `pipe` up for `request` and return the call arguments SD and SD + ControlNet share."""
         use_scheduler(pipe, request.scheduler)
         self._set_vae_modes(pipe, request.width, request.height)
         reference = request.ip_adapter_image
         pipe.set_ip_adapter_scale(request.ip_adapter_scale if reference is not None else 0.0)
-        return self._run(lambda: pipe(
+        return dict(
             prompt=request.prompt, negative_prompt=request.negative_prompt or None,
             width=request.width, height=request.height, num_inference_steps=request.steps,
             guidance_scale=request.guidance_scale, generator=self._generator(request.seed),
             ip_adapter_image=reference if reference is not None else _NEUTRAL_REFERENCE,
-            callback_on_step_end=_step_callback(on_step, "bchw", request.steps), output_type="pil",
-        ).images[0])
+            callback_on_step_end=_step_callback(on_step, "bchw", request.steps), output_type="pil")
+
+    def text_to_image(self, request: ImageRequest, on_step: StepCallback | None = None) -> Image.Image:
+        if request.controlled:
+            return self._text_to_image_controlled(request, on_step)
+        pipe = self._pipeline("sd")
+        arguments = self._image_call(pipe, request, on_step)
+        return self._run(lambda: pipe(**arguments).images[0])
+
+    def _text_to_image_controlled(self, request: ImageRequest, on_step: StepCallback | None) -> Image.Image:
+        """text_to_image through the profile's ControlNet (StableDiffusionControlNetPipeline, IP-Adapter kept)."""
+        pipe = self._pipeline("sd_controlnet")
+        arguments = self._image_call(pipe, request, on_step)
+        control = request.control_image.convert("RGB")
+        if control.size != (request.width, request.height):
+            control = control.resize((request.width, request.height), Image.LANCZOS)
+        return self._run(lambda: pipe(**arguments, image=control,
+                                      controlnet_conditioning_scale=float(request.control_scale)).images[0])
 
     def text_to_video(self, request: VideoRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
+        from ..models import set_motion_scale
+
         pipe = self._pipeline("animatediff")
         use_scheduler(pipe, request.scheduler)
+        set_motion_scale(pipe, request.motion_scale)
         self._set_vae_modes(pipe, request.width, request.height)
         chunk = self.profile.fast_paths.chunk_size("animatediff", self.placement.device)
         reference = request.ip_adapter_image
@@ -165,7 +184,7 @@ class DiffusersBackend(Backend):
     def image_to_video(self, request: ImageToVideoRequest,
                        on_step: StepCallback | None = None) -> list[Image.Image]:
         pipe = self._pipeline("svd")
-        chunk = self.profile.fast_paths.chunk_size("svd", self.placement.device)
+        chunk = request.decode_chunk_size or self.profile.fast_paths.chunk_size("svd", self.placement.device)
         image = request.image.convert("RGB").resize((request.width, request.height), Image.LANCZOS)
         return self._run(lambda: list(pipe(
             image=image, width=request.width, height=request.height, num_frames=request.frames,

@@ -37,6 +37,7 @@ def animation_loop(
     loop_overlap: int = _DEFAULTS["loop_overlap"],
     reference_image: str | Path | Image.Image | None = None,
     ip_adapter_scale: float = _DEFAULTS["ip_adapter_scale"],
+    motion_scale: float = _DEFAULTS["motion_scale"],
     models: str | None = None,
     backend: str | Backend = _DEFAULTS["backend"],
     backend_options: dict | None = None,
@@ -58,8 +59,8 @@ def animation_loop(
     check_inputs(SPEC, dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, width=width,
                             height=height, guidance_scale=guidance_scale, scheduler=scheduler, frames=frames,
                             fps=fps, loop_overlap=loop_overlap, reference_image=reference_image,
-                            ip_adapter_scale=ip_adapter_scale, models=models, backend=backend,
-                            output_dir=output_dir))
+                            ip_adapter_scale=ip_adapter_scale, motion_scale=motion_scale, models=models,
+                            backend=backend, output_dir=output_dir))
     seed = resolve_seed(seed)
     engine = resolve_backend(backend, models, backend_options)
     width, height = default_size(engine, width, height)
@@ -68,11 +69,12 @@ def animation_loop(
                            negative_prompt=negative_prompt, width=width, height=height, steps=steps,
                            guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,
                            frames=frames + loop_overlap, ip_adapter_image=reference,
-                           ip_adapter_scale=ip_adapter_scale)
+                           ip_adapter_scale=ip_adapter_scale, motion_scale=motion_scale)
     out = prepare_output_dir(output_dir, PHASE.name)
     parameters = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
                   "width": width, "height": height, "guidance_scale": guidance_scale, "scheduler": scheduler,
                   "frames": frames, "fps": fps, "loop_overlap": loop_overlap, "ip_adapter_scale": ip_adapter_scale,
+                  "motion_scale": motion_scale,
                   "reference_image": None if reference_image is None or isinstance(reference_image, Image.Image)
                   else str(reference_image)}
     description = engine.describe()

@@ -1,4 +1,9 @@
-"""Phase 1, CHARACTER_SHEET: one character in 8 poses, kept consistent with IP-Adapter."""
+"""Phase 1, CHARACTER_SHEET: one character in 8 poses, kept consistent with IP-Adapter.
+
+Each pose is steered by an OpenPose skeleton through the profile's ControlNet (animenb.poses: the
+8 built-in views, or the user's pose images); the prompt suffixes still name the view. With
+`pose_strength=0` the sheet is prompt-only, as SD 1.5 sheets were before pose control.
+"""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -9,6 +14,7 @@ from PIL import Image
 
 from ..backends import Backend, ImageRequest
 from ..media import compose_sheet, save_pngs
+from ..poses import builtin_skeletons, load_pose_images, pose_image_paths
 from ..progress import CancelToken, ProgressEvent, ProgressReporter
 from .catalog import get_phase
 from .common import (PhaseResult, Timer, check_inputs, default_size, load_image, model_name, models_label,
@@ -30,6 +36,7 @@ POSES: tuple[tuple[str, str, str], ...] = (
     ("surprised", "surprised", "upper body, front view, surprised expression"),
 )
 SHEET_SUFFIX = "character sheet, simple white background, consistent character design"
+CAPTIONS = [f"{index + 1}. {caption}" for index, (_key, caption, _suffix) in enumerate(POSES)]  # sheet labels
 
 
 def pose_prompts(prompt: str) -> list[str]:
@@ -39,6 +46,24 @@ def pose_prompts(prompt: str) -> list[str]:
 
 SPEC = phase_spec(PHASE.id)
 _DEFAULTS = SPEC.defaults
+
+
+def pose_skeletons(pose_strength: float, pose_images, width: int, height: int) -> list[Image.Image | None]:
+    """The OpenPose image each pose follows (Nones when `pose_strength` is 0: no control)."""
+    if not pose_strength:
+        return [None] * len(POSES)
+    if pose_images is None:
+        return builtin_skeletons([key for key, _caption, _suffix in POSES], width, height)
+    return load_pose_images(pose_images, len(POSES), width, height)
+
+
+def _pose_images_record(pose_images) -> str | list | None:
+    """`pose_images` as the manifest records it: a path, paths, or "<image>" for in-memory images."""
+    if pose_images is None:
+        return None
+    if isinstance(pose_images, (str, Path)):
+        return str(pose_images)
+    return ["<image>" if isinstance(item, Image.Image) else str(item) for item in pose_images]
 
 
 def character_sheet(
@@ -53,6 +78,8 @@ def character_sheet(
     scheduler: str = _DEFAULTS["scheduler"],
     reference_image: str | Path | Image.Image | None = None,
     ip_adapter_scale: float = _DEFAULTS["ip_adapter_scale"],
+    pose_strength: float = _DEFAULTS["pose_strength"],
+    pose_images: str | Path | list | None = _DEFAULTS["pose_images"],
     models: str | None = None,
     backend: str | Backend = _DEFAULTS["backend"],
     backend_options: dict | None = None,
@@ -65,29 +92,39 @@ def character_sheet(
 
     Every pose uses the same seed (shared initial noise keeps proportions and palette aligned)
     and an IP-Adapter reference: `reference_image` if given (an image, a path, or a run's
-    output directory), else the first (front) pose for the other seven. Parameters, defaults
-    and ranges: `SPEC` (animenb.phases.spec).
+    output directory), else the first (front) pose for the other seven. Each pose follows an
+    OpenPose skeleton at `pose_strength` (0: no ControlNet): the built-in views, or `pose_images`
+    (a folder of 8 images in name order, or a list of 8 paths / PIL images); the skeletons used are
+    kept as poses/pose_XX_<key>.openpose.png and skeletons.png. Parameters, defaults and ranges:
+    `SPEC` (animenb.phases.spec).
     `cancel` (an `animenb.progress.CancelToken`) stops the run at its next step with `Cancelled`.
     """
     # 0. check inputs before any model is touched
     check_inputs(SPEC, dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, width=width,
                             height=height, guidance_scale=guidance_scale, scheduler=scheduler,
-                            reference_image=reference_image, ip_adapter_scale=ip_adapter_scale, models=models,
-                            backend=backend, output_dir=output_dir))
+                            reference_image=reference_image, ip_adapter_scale=ip_adapter_scale,
+                            pose_strength=pose_strength, models=models, backend=backend, output_dir=output_dir))
+    if pose_images is not None:  # a folder or a list of 8 images (the spec only types the folder's path)
+        if not isinstance(pose_images, (str, Path)):
+            pose_images = list(pose_images)
+        pose_image_paths(pose_images, len(POSES))
     seed = resolve_seed(seed)
     engine = resolve_backend(backend, models, backend_options)
     width, height = default_size(engine, width, height)
     prompts = pose_prompts(prompt)
+    skeletons = pose_skeletons(pose_strength, pose_images, width, height)
     requests = [ImageRequest(prompt=p, negative_prompt=negative_prompt, width=width, height=height, steps=steps,
                              guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,
-                             ip_adapter_scale=ip_adapter_scale) for p in prompts]
+                             ip_adapter_scale=ip_adapter_scale, control_image=skeleton, control_scale=pose_strength)
+                for p, skeleton in zip(prompts, skeletons)]
     reference = load_image(reference_image, "reference_image") if reference_image is not None else None
     out = prepare_output_dir(output_dir, PHASE.name)
     parameters = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
                   "width": width, "height": height, "guidance_scale": guidance_scale, "scheduler": scheduler,
                   "ip_adapter_scale": ip_adapter_scale,
                   "reference_image": None if reference_image is None or isinstance(reference_image, Image.Image)
-                  else str(reference_image)}
+                  else str(reference_image),
+                  "pose_strength": pose_strength, "pose_images": _pose_images_record(pose_images)}
     description = engine.describe()
     label, model = models_label(description), model_name(description, "sd")
     timer = Timer()
@@ -105,23 +142,36 @@ def character_sheet(
             reference = poses[0]
     timer.mark("generate")
 
-    # 2. files: single poses, the labelled sheet, the reference the poses followed
+    # 2. files: single poses, the labelled sheet, the reference the poses followed (and their skeletons)
     progress.start_stage("writing files")
     pngs = [(image, out / "poses" / f"pose_{index + 1:02d}_{key}.png",
              png_parameters(PHASE, {**parameters, "prompt": p}, seed, label, model=model, pose=key))
             for index, ((key, _caption, _suffix), image, p) in enumerate(zip(POSES, poses, prompts))]
-    sheet = compose_sheet(poses, [f"{i + 1}. {c}" for i, (_k, c, _s) in enumerate(POSES)],
-                          title=prompt[:80], footer=f"seed {seed} · {label}")
+    sheet = compose_sheet(poses, CAPTIONS, title=prompt[:80], footer=f"seed {seed} · {label}")
     pngs.append((sheet, out / "sheet.png", png_parameters(PHASE, parameters, seed, label, model=model, kind="sheet")))
     # The reference is usually pose 1 itself: a copy, since one image cannot be saved from two threads.
     pngs.append((reference.copy(), out / "reference.png",
                  png_parameters(PHASE, parameters, seed, label, model=model, kind="reference")))
+    controlled = skeletons[0] is not None
+    if controlled:  # the skeletons each pose was asked to follow, beside it and as one sheet
+        skeleton_pngs = [(image, out / "poses" / f"pose_{index + 1:02d}_{key}.openpose.png",
+                          png_parameters(PHASE, parameters, seed, label, model=model, pose=key, kind="openpose"))
+                         for index, ((key, _caption, _suffix), image) in enumerate(zip(POSES, skeletons))]
+        skeleton_sheet = compose_sheet(skeletons, CAPTIONS,
+                                       title=f"OpenPose skeletons · pose strength {pose_strength:g}")
+        skeleton_pngs.append((skeleton_sheet, out / "skeletons.png",
+                              png_parameters(PHASE, parameters, seed, label, model=model, kind="skeletons")))
+        pngs += skeleton_pngs
     save_pngs(pngs)
     files = [(path, "pose") for _, path, _ in pngs[:len(poses)]]
     files += [(out / "sheet.png", "sheet"), (out / "reference.png", "reference")]
     pose_paths = [path.relative_to(out).as_posix() for path, _ in files[:len(poses)]]
-    timer.mark("write")
     outputs = {"sheet": "sheet.png", "poses": pose_paths, "reference": "reference.png"}
+    if controlled:
+        files += [(path, "skeleton") for _, path, _ in skeleton_pngs[:-1]] + [(out / "skeletons.png", "skeletons")]
+        outputs["skeletons"] = "skeletons.png"
+        outputs["pose_skeletons"] = [path.relative_to(out).as_posix() for _, path, _ in skeleton_pngs[:-1]]
+    timer.mark("write")
     manifest = write_phase_manifest(PHASE, out, parameters, seed, engine, timer, outputs, files)
     progress.finish()
     return PhaseResult(PHASE, out, manifest, poses)

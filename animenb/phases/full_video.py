@@ -20,6 +20,15 @@ SPEC = phase_spec(PHASE.id)
 _DEFAULTS = SPEC.defaults
 
 
+def svd_size(backend: Backend, source_size: tuple[int, int]) -> tuple[int, int]:
+    """SVD's (width, height) for a source of `source_size`: the profile's native SVD size (`sizes.svd`,
+    1024x576 for SVD-XT) at the source's aspect; without one, the profile's default size, as before."""
+    profile = getattr(backend, "profile", None)
+    if profile is None:
+        return default_size(backend, None, None)
+    return profile.native_size("svd", aspect=source_size[0] / source_size[1])
+
+
 def full_video(
     prompt: str = _DEFAULTS["prompt"],
     *,
@@ -35,6 +44,7 @@ def full_video(
     svd_fps: int = _DEFAULTS["svd_fps"],
     motion_bucket_id: int = _DEFAULTS["motion_bucket_id"],
     noise_aug_strength: float = _DEFAULTS["noise_aug_strength"],
+    decode_chunk_size: int | None = _DEFAULTS["decode_chunk_size"],
     seconds: float = _DEFAULTS["seconds"],
     fps: int = _DEFAULTS["fps"],
     models: str | None = None,
@@ -58,24 +68,29 @@ def full_video(
     check_inputs(SPEC, dict(prompt=prompt, image=image, negative_prompt=negative_prompt, seed=seed, steps=steps,
                             width=width, height=height, guidance_scale=guidance_scale, scheduler=scheduler,
                             frames=frames, svd_fps=svd_fps, motion_bucket_id=motion_bucket_id,
-                            noise_aug_strength=noise_aug_strength, seconds=seconds, fps=fps, models=models,
+                            noise_aug_strength=noise_aug_strength, decode_chunk_size=decode_chunk_size,
+                            seconds=seconds, fps=fps, models=models,
                             backend=backend, output_dir=output_dir))
     seed = resolve_seed(seed)
     engine = resolve_backend(backend, models, backend_options)
+    sized = width is not None or height is not None
     width, height = default_size(engine, width, height)
     source = load_image(image, "image") if image is not None else None
     source_request = None if source is not None else ImageRequest(
         prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, steps=steps,
         guidance_scale=guidance_scale, seed=seed, scheduler=scheduler)
+    if not sized:  # SVD at its own native size, at the aspect of the image it animates
+        width, height = svd_size(engine, source.size if source is not None else (width, height))
     placeholder = source or Image.new("RGB", (width, height))
     video_request = ImageToVideoRequest(image=placeholder, width=width, height=height, steps=steps, seed=seed,
                                         frames=frames, fps=svd_fps, motion_bucket_id=motion_bucket_id,
-                                        noise_aug_strength=noise_aug_strength)
+                                        noise_aug_strength=noise_aug_strength, decode_chunk_size=decode_chunk_size)
     out = prepare_output_dir(output_dir, PHASE.name)
     parameters = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
                   "width": width, "height": height, "guidance_scale": guidance_scale, "scheduler": scheduler,
                   "frames": frames, "svd_fps": svd_fps, "motion_bucket_id": motion_bucket_id,
-                  "noise_aug_strength": noise_aug_strength, "seconds": seconds, "fps": fps,
+                  "noise_aug_strength": noise_aug_strength, "decode_chunk_size": decode_chunk_size,
+                  "seconds": seconds, "fps": fps,
                   "image": None if image is None or isinstance(image, Image.Image) else str(image)}
     description = engine.describe()
     label = models_label(description)

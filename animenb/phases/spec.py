@@ -27,8 +27,8 @@ from typing import Any, Callable, Mapping
 
 # The generation bounds are the backends' own (what one generation may ask of a model): the spec
 # builds on them, so a phase never accepts what its backend would refuse.
-from ..backends.base import (MAX_GUIDANCE, MAX_MODEL_FRAMES, MAX_SIZE, MAX_STEPS, MIN_SIZE, SCHEDULERS, SEED_LIMIT,
-                             SIZE_MULTIPLE)
+from ..backends.base import (MAX_CONTROL_SCALE, MAX_GUIDANCE, MAX_MODEL_FRAMES, MAX_MOTION_SCALE, MAX_SIZE, MAX_STEPS,
+                             MIN_SIZE, SCHEDULERS, SEED_LIMIT, SIZE_MULTIPLE)
 from .catalog import get_phase
 
 BACKENDS = ("diffusers", "comfyui")
@@ -249,11 +249,22 @@ def _reference_image(what: str) -> Param:
 IP_ADAPTER_SCALE = Param("ip_adapter_scale", "number", 0.6, minimum=0.0, maximum=2.0, api=False,
                          description="how strongly the reference steers the image")
 
+# Pose control (phase 1): an OpenPose ControlNet fed one skeleton per pose (animenb.poses).
+# 1.0 is A1111's / ComfyUI's default ControlNet weight and what the OpenPose ControlNet was trained at.
+POSE_PARAMS = (
+    Param("pose_strength", "number", 1.0, minimum=0.0, maximum=MAX_CONTROL_SCALE,
+          description="how strongly each pose follows its OpenPose skeleton (ControlNet weight); 0: prompt only, "
+                      "no ControlNet"),
+    Param("pose_images", "string", None, nullable=True, api=False,
+          description="a folder of 8 OpenPose images (name order = sheet order) used instead of the built-in "
+                      "skeletons; null: built-in"),
+)
+
 CHARACTER_SHEET = PhaseSpec(1, "CHARACTER_SHEET", _common(
     negative_prompt="lowres, bad anatomy, blurry, extra limbs, text, watermark", guidance_scale=7.0) + (
     _reference_image("a previous run's output directory"),
     IP_ADAPTER_SCALE,
-))
+) + POSE_PARAMS)
 
 ANIMATION_LOOP = PhaseSpec(2, "ANIMATION_LOOP", _common(
     negative_prompt="lowres, bad anatomy, blurry, flicker, text, watermark", guidance_scale=7.5,
@@ -264,6 +275,9 @@ ANIMATION_LOOP = PhaseSpec(2, "ANIMATION_LOOP", _common(
           description="extra frames cross-faded into the head to close the loop"),
     _reference_image("a phase-1 output directory"),
     IP_ADAPTER_SCALE,
+    Param("motion_scale", "number", 1.0, minimum=0.0, maximum=MAX_MOTION_SCALE, api=False,
+          description="how much the motion modules move the frames: 1 as trained (AnimateDiff's own setting), "
+                      "below calmer, above livelier (AnimateDiff-Evolved's motion scale)"),
 ), rules=(
     Rule("frames", "loop_overlap <= frames // 2",
          "`frames` must be at least 2 x loop_overlap ({loop_overlap}) for the loop's cross-fade, got {frames}.",
@@ -279,10 +293,17 @@ FULL_VIDEO = PhaseSpec(3, "FULL_VIDEO", _common(
     Param("image", "string", None, nullable=True, image_ref=True,
           description="the image to animate: an image or a phase-1/phase-2 output directory; null: from `prompt`"),
     Param("frames", "integer", 25, minimum=2, maximum=MAX_MODEL_FRAMES, description="SVD frames"),
-    Param("svd_fps", "integer", 7, minimum=1, maximum=60, api=False, description="SVD's fps conditioning"),
-    Param("motion_bucket_id", "integer", 127, minimum=0, maximum=255, api=False, description="SVD motion amount"),
+    # SVD's conditioning, defaults from diffusers' StableVideoDiffusionPipeline (and its SVD-XT example).
+    Param("svd_fps", "integer", 7, minimum=1, maximum=60, api=False,
+          description="SVD's fps conditioning (7: the rate SVD-XT was fine-tuned at; diffusers' default)"),
+    Param("motion_bucket_id", "integer", 127, minimum=0, maximum=255, api=False,
+          description="SVD motion amount, higher moves more (127: diffusers' default, SVD's training median)"),
     Param("noise_aug_strength", "number", 0.02, minimum=0.0, maximum=1.0, api=False,
-          description="noise added to the conditioning image"),
+          description="noise added to the conditioning image, more lets the video depart from it (0.02: diffusers' "
+                      "default)"),
+    Param("decode_chunk_size", "integer", None, nullable=True, minimum=1, maximum=MAX_MODEL_FRAMES, api=False,
+          description="frames the temporal VAE decodes together, fewer saves memory (null: the profile's fast "
+                      "path, 8 as in diffusers' SVD example)"),
     Param("seconds", "number", 5.0, minimum=1.0, maximum=30.0, description="length of the video"),
     Param("fps", "integer", 24, minimum=1, maximum=60, description="frames per second of the MP4"),
 ), rules=(

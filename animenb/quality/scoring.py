@@ -29,6 +29,7 @@ from PIL import Image
 
 from . import metrics as M
 from .config import check_threshold, load_quality_config, phase_name
+from .pose_following import pose_following
 
 Embed = Callable[[list[Image.Image]], np.ndarray]
 PASS, REVIEW, FAIL = "pass", "review", "fail"
@@ -179,7 +180,8 @@ def _identity_matrix(bands: list, distance: float) -> np.ndarray:
 
 def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike | None = None,
                           embed: Embed | None = None, *, threshold: float | None = None,
-                          config: str | Path | dict | None = None) -> QualityReport:
+                          config: str | Path | dict | None = None,
+                          skeletons: Sequence[M.ImageLike] | None = None) -> QualityReport:
     """Score a character sheet's poses (8 expected, at least 2).
 
     identity_consistency  critical: one character. Without an encoder, the smaller of ``min_i median_{j≠i} S_ij``
@@ -199,6 +201,9 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
     embedding_consistency mean off-diagonal cosine of `embed` features, mapped [low, high] -> [0, 1]
     not_blank             worst pose's contrast score (multiplier)
     not_collapsed         min(1, mean pairwise |pose_i - pose_j| / floor) (multiplier)
+    pose_following        with `skeletons` (the OpenPose images the poses were given): the fraction of poses
+                          whose silhouette matches their own skeleton best (animenb.quality.pose_following;
+                          informational)
     """
     _check_images(poses, "poses", 2)
     cfg = _config(config)
@@ -266,6 +271,9 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
     details["identity_source"] = identity_source
     total = sum(p[0] for p in parts) or 1.0
     details["pose_similarity"] = sum(p[0] * p[1] for p in parts) / total
+    if skeletons is not None:
+        metrics["pose_following"], following = pose_following(poses, skeletons, tolerance=tol)
+        details.update(following)
     report = combine("CHARACTER_SHEET", metrics, cfg, threshold, second_opinions)
     return _with_details(report, details)
 
@@ -451,8 +459,9 @@ def score_output_dir(output_dir: str | Path, phase: int | str | None = None, *, 
         raise ValueError(f"{root / MANIFEST_NAME} has no outputs.{key} to score for phase {name}.")
     images = [_open(root, p) for p in paths]
     if name == "CHARACTER_SHEET":
+        skeletons = [_open(root, p) for p in outputs.get("pose_skeletons") or []] or None
         return score_character_sheet(images, _open(root, outputs.get("reference")), embed,
-                                     threshold=threshold, config=config)
+                                     threshold=threshold, config=config, skeletons=skeletons)
     if name == "ANIMATION_LOOP":
         return score_animation_loop(images, _open(root, outputs.get("reference")), embed,
                                     threshold=threshold, config=config)

@@ -30,6 +30,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 CHECKPOINT = "animenb-tiny-sd15.safetensors"
+CONTROLNET = "animenb-tiny-openpose-sd15.safetensors"  # models/controlnet: the sheet's pose control
 # ComfyUI's torch threads: 1 keeps a 2-core machine that also runs the test process (and other
 # suites) from oversubscribing; with 2 threads a busy machine made sampling ~5x slower.
 THREADS = os.environ.get("ANIMENB_COMFYUI_THREADS", "1")
@@ -58,7 +59,7 @@ def ensure_install() -> Path:
     if done.returncode != 0:
         raise RuntimeError(f"install.sh exited {done.returncode}:\n{done.stderr[-3000:]}")
     made = subprocess.run([str(root / "venv" / "bin" / "python"), str(HERE / "make_checkpoint.py"),
-                           "--comfyui-dir", str(root / "src"), "--out", CHECKPOINT],
+                           "--comfyui-dir", str(root / "src"), "--out", CHECKPOINT, "--controlnet", CONTROLNET],
                           capture_output=True, text=True, timeout=600, env=_server_env(root))
     if made.returncode != 0:
         raise RuntimeError(f"make_checkpoint.py exited {made.returncode}:\n{made.stderr[-3000:]}")

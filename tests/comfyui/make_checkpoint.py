@@ -4,12 +4,14 @@ Run with ComfyUI's own interpreter (it builds the modules from ComfyUI's classes
 keys are exactly the ones ComfyUI loads):
 
     <root>/venv/bin/python tests/comfyui/make_checkpoint.py --comfyui-dir <root>/src [--out NAME]
+        [--controlnet NAME]
 
 The UNet keeps what `comfy.model_detection` checks for SD 1.5 (320 model channels,
 context 768, conv-in transformers, no adm, no temporal layers) but has 2 levels of 320
 channels, one block each, instead of 4 levels (~32 M parameters); CLIP-L and the VAE are full size. Weights are random (seeded):
 images are noise. Written as fp16 safetensors (~480 MB) in a few seconds; an existing
-file is left alone.
+file is left alone. `--controlnet` also writes a ControlNet of the same reduced shape (ComfyUI's
+own `cldm.ControlNet`, original single-file layout) into models/controlnet, for pose control.
 """
 from __future__ import annotations
 
@@ -19,6 +21,11 @@ import sys
 import time
 
 DEFAULT_NAME = "animenb-tiny-sd15.safetensors"
+CONTROLNET_NAME = "animenb-tiny-openpose-sd15.safetensors"
+# SD 1.5's block structure at two levels: what comfy.model_detection still accepts as SD 1.5.
+UNET_SHAPE = dict(image_size=32, in_channels=4, model_channels=320, num_res_blocks=[1, 1], channel_mult=[1, 1],
+                  num_heads=8, num_head_channels=-1, use_spatial_transformer=True, transformer_depth=[1, 1],
+                  transformer_depth_middle=1, context_dim=768, use_linear_in_transformer=False, legacy=False)
 
 
 def _init_weights(module, generator) -> None:
@@ -37,15 +44,19 @@ def _init_weights(module, generator) -> None:
                     param.zero_()
 
 
-def build_state_dict(seed: int = 0) -> dict:
-    import torch
-
+def _comfy_cpu() -> None:
     import comfy.options
 
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
+
+
+def build_state_dict(seed: int = 0) -> dict:
+    import torch
+
+    _comfy_cpu()
     import comfy.ops
     import comfy.sd1_clip
     from comfy.ldm.models.autoencoder import AutoencoderKL
@@ -55,11 +66,8 @@ def build_state_dict(seed: int = 0) -> dict:
     generator = torch.Generator().manual_seed(seed)
 
     # 1. UNet: SD 1.5's block structure, two levels.
-    unet = UNetModel(
-        image_size=32, in_channels=4, model_channels=320, out_channels=4, num_res_blocks=[1, 1],
-        channel_mult=[1, 1], num_heads=8, num_head_channels=-1, use_spatial_transformer=True,
-        transformer_depth=[1, 1], transformer_depth_middle=1, transformer_depth_output=[1, 1, 1, 1],
-        context_dim=768, use_linear_in_transformer=False, legacy=False, operations=ops, dtype=torch.float32)
+    unet = UNetModel(**UNET_SHAPE, out_channels=4, transformer_depth_output=[1, 1, 1, 1], operations=ops,
+                     dtype=torch.float32)
     # 2. CLIP-L text encoder, as ComfyUI's SD 1.5 loader builds it.
     clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
     # 3. The SD VAE.
@@ -78,29 +86,53 @@ def build_state_dict(seed: int = 0) -> dict:
     return state
 
 
+def build_controlnet_state_dict(seed: int = 1) -> dict:
+    """A ControlNet for the reduced UNet: its zero convolutions get random weights too, so a skeleton
+    changes the image (trained ControlNets start from zeros)."""
+    import torch
+
+    _comfy_cpu()
+    import comfy.ops
+    from comfy.cldm.cldm import ControlNet
+
+    control = ControlNet(**UNET_SHAPE, hint_channels=3, operations=comfy.ops.disable_weight_init,
+                         dtype=torch.float32)
+    _init_weights(control, torch.Generator().manual_seed(seed))
+    return {key: value.to(torch.float16).contiguous() for key, value in control.state_dict().items()}
+
+
+def _write(target: str, build, note: str) -> None:
+    from safetensors.torch import save_file
+
+    started = time.perf_counter()
+    state = build()
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = target + ".tmp"
+    save_file(state, tmp, metadata={"animenb": note})
+    os.replace(tmp, target)
+    print(f"wrote {target} ({len(state)} tensors, {os.path.getsize(target) / 1e6:.0f} MB) "
+          f"in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comfyui-dir", required=True, help="ComfyUI's source directory (holds main.py)")
     parser.add_argument("--out", default=DEFAULT_NAME, help="file name under models/checkpoints")
+    parser.add_argument("--controlnet", default=None,
+                        help="also write a ControlNet of this name under models/controlnet")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if the file exists")
     args = parser.parse_args(argv)
 
-    target = os.path.join(args.comfyui_dir, "models", "checkpoints", args.out)
-    if os.path.exists(target) and not args.force:
-        print(target)
-        return 0
     sys.path.insert(0, os.path.abspath(args.comfyui_dir))
-    from safetensors.torch import save_file
-
-    started = time.perf_counter()
-    state = build_state_dict(args.seed)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = target + ".tmp"
-    save_file(state, tmp, metadata={"animenb": "reduced SD1.5 layout, random weights; images are noise"})
-    os.replace(tmp, target)
-    print(f"wrote {target} ({len(state)} tensors, {os.path.getsize(target) / 1e6:.0f} MB) "
-          f"in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    target = os.path.join(args.comfyui_dir, "models", "checkpoints", args.out)
+    if args.force or not os.path.exists(target):
+        _write(target, lambda: build_state_dict(args.seed), "reduced SD1.5 layout, random weights; images are noise")
+    if args.controlnet:
+        controlnet = os.path.join(args.comfyui_dir, "models", "controlnet", args.controlnet)
+        if args.force or not os.path.exists(controlnet):
+            _write(controlnet, lambda: build_controlnet_state_dict(args.seed + 1),
+                   "ControlNet for the reduced SD1.5 layout, random weights")
     print(target)
     return 0
 
