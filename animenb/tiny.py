@@ -394,3 +394,31 @@ def build_embedding(path: Path, *, seed: int = _SEED + 30, vectors: int = 2, dim
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file({"emb_params": torch.randn(vectors, dim, generator=generator)}, str(path))
     return Path(path)
+
+
+def build_lora_for_checkpoint(checkpoint: Path, path: Path, *, seed: int = _SEED + 21, rank: int = 4) -> Path:
+    """A kohya-layout LoRA that fits an original-layout SD 1.x `checkpoint` (any width, e.g. the reduced
+    one ComfyUI's tests use): one pair per attention projection, named after the checkpoint's own keys
+    (`lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q`), as kohya's LDM-named LoRAs are."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    unet, clip = "model.diffusion_model.", "cond_stage_model.transformer."
+    modules = {}
+    with safe_open(str(checkpoint), framework="pt") as f:
+        for key in f.keys():
+            if not key.endswith(".weight"):
+                continue
+            stem = key.removesuffix(".weight")
+            if key.startswith(unet) and stem.endswith(("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+                                                       "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")):
+                modules["lora_unet_" + stem[len(unet):].replace(".", "_")] = tuple(f.get_slice(key).get_shape())
+            elif key.startswith(clip) and stem.endswith(("q_proj", "k_proj", "v_proj", "out_proj")):
+                modules["lora_te_" + stem[len(clip):].replace(".", "_")] = tuple(f.get_slice(key).get_shape())
+    if not modules:
+        raise ValueError(f"{checkpoint} has no SD 1.x attention weights in the original layout.")
+    state = _kohya_lora(modules, rank, torch.Generator().manual_seed(seed), scale=0.5)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"ss_network_module": "networks.lora", "ss_network_dim": str(rank)})
+    return Path(path)

@@ -7,6 +7,8 @@ bytes across machines). `on_step` runs in `callback_on_step_end`; whatever it ra
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from PIL import Image
 
 from ..profiles import ModelProfile, load_profile
@@ -100,14 +102,27 @@ class DiffusersBackend(Backend):
         self.placement = resolve_placement(self.profile, device, dtype)
         self.last_models: dict = {}
 
-    def _pipeline(self, kind: str, checkpoint: str | None = None):
+    def _profile_for(self, checkpoint: str | None) -> ModelProfile:
         from ..model_files import find
+
+        if checkpoint is None:
+            return self.profile
+        return self.profile.with_checkpoint(find("checkpoints", checkpoint).path)
+
+    def _pipeline(self, kind: str, checkpoint: str | None = None):
         from ..models import pipeline
 
-        profile = self.profile
-        if checkpoint is not None:
-            profile = profile.with_checkpoint(find("checkpoints", checkpoint).path)
-        return pipeline(kind, profile, self.placement)
+        return pipeline(kind, self._profile_for(checkpoint), self.placement)
+
+    def _single_file_model(self, checkpoint: str | None) -> dict:
+        """A1111's `Model` and `Model hash` when the SD model is one file (a hub model or folder has no hash)."""
+        from ..model_files import ModelFile, short_hash
+
+        profile = self._profile_for(checkpoint)
+        if not profile.role("sd").is_single_file:
+            return {}
+        path = Path(profile.resolve("sd"))
+        return {"model": path.stem, "model_hash": short_hash(ModelFile("checkpoints", path.stem, path))}
 
     def _use_models(self, pipe, request) -> dict:
         """The request's LoRAs (after the profile's), embeddings and clip skip on `pipe`; the pipeline call's
@@ -116,7 +131,7 @@ class DiffusersBackend(Backend):
         embeddings = use_embeddings(pipe, request.prompt, request.negative_prompt)
         clip_skip = request.clip_skip if request.clip_skip is not None else self.profile.clip_skip
         self.last_models = {"loras": loras, "embeddings": embeddings, "clip_skip": clip_skip,
-                            "checkpoint": request.checkpoint}
+                            "checkpoint": request.checkpoint, **self._single_file_model(request.checkpoint)}
         return prompt_embeds(pipe, strip_comfyui_embedding_syntax(request.prompt),
                              strip_comfyui_embedding_syntax(request.negative_prompt) or None, clip_skip)
 
