@@ -180,3 +180,42 @@ def test_profile_loras_and_clip_skip(model_dirs, tmp_path):
     profile.write_text(profile.read_text().replace("clip_skip: 2", "clip_skip: 7"))
     with pytest.raises(ValueError, match=r"styled.yaml: `clip_skip` must be an integer in \[1, 4\]"):
         load_profile(str(profile))
+
+
+def test_sheet_pngs_carry_the_recipe_as_a1111_writes_it(model_dirs, tmp_path):
+    from sd_parsers import ParserManager
+
+    from animenb.phases import character_sheet
+
+    result = character_sheet("a girl", negative_prompt="EasyNegative", seed=5, steps=2, scheduler="DPM++ 2M Karras",
+                             checkpoint="toon", loras=[{"name": "alice", "weight": 0.75}], clip_skip=2,
+                             models="tiny", output_dir=tmp_path / "run", display=None)
+    path = result.output_dir / "sheet.png"
+    from PIL import Image
+
+    with Image.open(path) as image:
+        text = image.text["parameters"]
+    toon = model_dirs / "checkpoints" / "toon.safetensors"
+    assert f"Model hash: {hashlib.sha256(toon.read_bytes()).hexdigest()[:10]}, Model: toon" in text
+    assert "<lora:alice:0.75>" in text.splitlines()[0]
+    assert 'Clip skip: 2, Lora hashes: "alice: ' in text and 'TI hashes: "EasyNegative: ' in text
+    info = ParserManager().parse(str(path))
+    sampler = info.samplers[0]
+    assert (sampler.name, sampler.parameters["scheduler"]) == ("DPM++ 2M", "Karras")
+    assert sampler.model.name == "toon" and sampler.model.hash == hashlib.sha256(toon.read_bytes()).hexdigest()[:10]
+    assert "<lora:alice:0.75>" in sampler.prompts[0].value
+    assert info.metadata["Clip skip"] == "2"
+    assert sampler.negative_prompts[0].value == "EasyNegative"
+
+
+@pytest.mark.parametrize("name", [*SAMPLERS])
+def test_sd_parsers_reads_every_sampler_back(name, tmp_path):
+    from PIL import Image
+    from sd_parsers import ParserManager
+
+    from animenb import media
+
+    path = media.save_png(Image.new("RGB", (8, 8)), tmp_path / "x.png",
+                          {"prompt": "p", "steps": 2, "sampler": name, "cfg_scale": 7.0, "seed": 1, "size": "8x8"})
+    sampler = ParserManager().parse(str(path)).samplers[0]
+    assert (sampler.name, sampler.parameters["scheduler"]) == SAMPLERS[name].a1111

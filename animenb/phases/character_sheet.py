@@ -53,6 +53,9 @@ def character_sheet(
     scheduler: str = _DEFAULTS["scheduler"],
     reference_image: str | Path | Image.Image | None = None,
     ip_adapter_scale: float = _DEFAULTS["ip_adapter_scale"],
+    checkpoint: str | None = _DEFAULTS["checkpoint"],
+    loras: list = _DEFAULTS["loras"],
+    clip_skip: int | None = _DEFAULTS["clip_skip"],
     models: str | None = None,
     backend: str | Backend = _DEFAULTS["backend"],
     backend_options: dict | None = None,
@@ -72,7 +75,8 @@ def character_sheet(
     # 0. check inputs before any model is touched
     check_inputs(SPEC, dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, width=width,
                             height=height, guidance_scale=guidance_scale, scheduler=scheduler,
-                            reference_image=reference_image, ip_adapter_scale=ip_adapter_scale, models=models,
+                            reference_image=reference_image, ip_adapter_scale=ip_adapter_scale,
+                            checkpoint=checkpoint, loras=list(loras or []), clip_skip=clip_skip, models=models,
                             backend=backend, output_dir=output_dir))
     seed = resolve_seed(seed)
     engine = resolve_backend(backend, models, backend_options)
@@ -80,12 +84,14 @@ def character_sheet(
     prompts = pose_prompts(prompt)
     requests = [ImageRequest(prompt=p, negative_prompt=negative_prompt, width=width, height=height, steps=steps,
                              guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,
-                             ip_adapter_scale=ip_adapter_scale) for p in prompts]
+                             ip_adapter_scale=ip_adapter_scale, checkpoint=checkpoint, loras=loras or (),
+                             clip_skip=clip_skip) for p in prompts]
     reference = load_image(reference_image, "reference_image") if reference_image is not None else None
     out = prepare_output_dir(output_dir, PHASE.name)
     parameters = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
                   "width": width, "height": height, "guidance_scale": guidance_scale, "scheduler": scheduler,
                   "ip_adapter_scale": ip_adapter_scale,
+                  "checkpoint": checkpoint, "loras": list(loras or []), "clip_skip": clip_skip,
                   "reference_image": None if reference_image is None or isinstance(reference_image, Image.Image)
                   else str(reference_image)}
     description = engine.describe()
@@ -104,18 +110,19 @@ def character_sheet(
         if reference is None:
             reference = poses[0]
     timer.mark("generate")
+    used = getattr(engine, "last_models", {})  # the LoRAs, embeddings and clip skip, for PNG info
 
     # 2. files: single poses, the labelled sheet, the reference the poses followed
     progress.start_stage("writing files")
     pngs = [(image, out / "poses" / f"pose_{index + 1:02d}_{key}.png",
-             png_parameters(PHASE, {**parameters, "prompt": p}, seed, label, model=model, pose=key))
+             png_parameters(PHASE, {**parameters, "prompt": p}, seed, label, model=model, used=used, pose=key))
             for index, ((key, _caption, _suffix), image, p) in enumerate(zip(POSES, poses, prompts))]
     sheet = compose_sheet(poses, [f"{i + 1}. {c}" for i, (_k, c, _s) in enumerate(POSES)],
                           title=prompt[:80], footer=f"seed {seed} · {label}")
-    pngs.append((sheet, out / "sheet.png", png_parameters(PHASE, parameters, seed, label, model=model, kind="sheet")))
+    pngs.append((sheet, out / "sheet.png", png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="sheet")))
     # The reference is usually pose 1 itself: a copy, since one image cannot be saved from two threads.
     pngs.append((reference.copy(), out / "reference.png",
-                 png_parameters(PHASE, parameters, seed, label, model=model, kind="reference")))
+                 png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="reference")))
     save_pngs(pngs)
     files = [(path, "pose") for _, path, _ in pngs[:len(poses)]]
     files += [(out / "sheet.png", "sheet"), (out / "reference.png", "reference")]

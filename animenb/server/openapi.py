@@ -52,6 +52,8 @@ def param_schema(param: Param) -> dict:
         schema["enum"] = list(param.enum) + ([None] if param.nullable else [])
     if param.type == "string" and not param.blank:
         schema["pattern"] = r"\S"
+    if param.items is not None:
+        schema["items"] = param.items
     if not param.required:
         schema["default"] = param.default
     if param.description:
