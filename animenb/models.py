@@ -168,7 +168,8 @@ def _load(kind: str, profile: ModelProfile, placement: Placement):
     dtype = placement.torch_dtype
     if kind == "sd":
         pipe = _load_sd(profile, dtype)
-        _load_ip_adapter(pipe, profile)
+        if "ip_adapter" in profile.roles:  # a profile without one does plain text-to-image
+            _load_ip_adapter(pipe, profile)
     elif kind == "animatediff":
         adapter = _from_pretrained(diffusers.MotionAdapter, profile, "motion_adapter", dtype=dtype)
         sd = pipeline("sd", profile, placement)

@@ -362,14 +362,19 @@ def _kohya_lora(modules: dict, rank: int, generator, scale: float) -> dict:
     return state
 
 
-def build_lora(path: Path, *, seed: int = _SEED + 20, rank: int = 4, text_encoder: bool = True) -> Path:
-    """A LoRA for the tiny SD model in the kohya key layout Civitai LoRAs use (`lora_unet_*`, `lora_te_*`
-    with `lora_down` / `lora_up` / `alpha`) on every attention projection."""
+def build_lora(path: Path, *, seed: int = _SEED + 20, rank: int = 4, text_encoder: bool = True,
+               pipe=None) -> Path:
+    """A LoRA for the tiny SD model (or `pipe`'s UNet and text encoder) in the kohya key layout Civitai
+    LoRAs use (`lora_unet_*`, `lora_te_*` with `lora_down` / `lora_up` / `alpha`) on every attention
+    projection."""
     import torch
     from safetensors.torch import save_file
 
-    tokenizer = _byte_tokenizer()
-    unet, encoder = _unet(), _text_encoder(len(tokenizer))
+    if pipe is not None:
+        unet, encoder = pipe.unet, pipe.text_encoder
+    else:
+        tokenizer = _byte_tokenizer()
+        unet, encoder = _unet(), _text_encoder(len(tokenizer))
     modules = {}
     for name, module in unet.named_modules():
         if isinstance(module, torch.nn.Linear) and ".attn" in name and name.rsplit(".", 1)[-1] in (

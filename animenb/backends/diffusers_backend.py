@@ -124,6 +124,18 @@ class DiffusersBackend(Backend):
         path = Path(profile.resolve("sd"))
         return {"model": path.stem, "model_hash": short_hash(ModelFile("checkpoints", path.stem, path))}
 
+    def _ip_adapter_inputs(self, pipe, request) -> dict:
+        """The reference at its scale, or the neutral one at scale 0 (see _NEUTRAL_REFERENCE); nothing for a
+        profile without an IP-Adapter role."""
+        reference = request.ip_adapter_image
+        if getattr(pipe.unet, "encoder_hid_proj", None) is None:
+            if reference is not None:
+                raise ValueError(f"`ip_adapter_image` needs an `ip_adapter` role; profile `{self.profile.name}` "
+                                 "has none.")
+            return {}
+        pipe.set_ip_adapter_scale(request.ip_adapter_scale if reference is not None else 0.0)
+        return {"ip_adapter_image": reference if reference is not None else _NEUTRAL_REFERENCE}
+
     def _use_models(self, pipe, request) -> dict:
         """The request's LoRAs (after the profile's), embeddings and clip skip on `pipe`; the pipeline call's
         extra arguments. What was used is kept in `self.last_models` for PNG info."""
@@ -165,12 +177,10 @@ class DiffusersBackend(Backend):
         use_scheduler(pipe, request.scheduler)
         self._set_vae_modes(pipe, request.width, request.height)
         extra = self._use_models(pipe, request)
-        reference = request.ip_adapter_image
-        pipe.set_ip_adapter_scale(request.ip_adapter_scale if reference is not None else 0.0)
+        extra.update(self._ip_adapter_inputs(pipe, request))
         return self._run(lambda: pipe(
             **extra, width=request.width, height=request.height, num_inference_steps=request.steps,
             guidance_scale=request.guidance_scale, generator=self._generator(request.seed),
-            ip_adapter_image=reference if reference is not None else _NEUTRAL_REFERENCE,
             callback_on_step_end=_step_callback(on_step, "bchw", request.steps), output_type="pil",
         ).images[0])
 
@@ -186,13 +196,11 @@ class DiffusersBackend(Backend):
         self._set_vae_modes(pipe, request.width, request.height)
         chunk = self.profile.fast_paths.chunk_size("animatediff", self.placement.device)
         extra = self._use_models(pipe, request)
-        reference = request.ip_adapter_image
-        pipe.set_ip_adapter_scale(request.ip_adapter_scale if reference is not None else 0.0)
+        extra.update(self._ip_adapter_inputs(pipe, request))
         return self._run(lambda: list(pipe(
             **extra, num_frames=request.frames, width=request.width, height=request.height,
             num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
             generator=self._generator(request.seed), decode_chunk_size=chunk,
-            ip_adapter_image=reference if reference is not None else _NEUTRAL_REFERENCE,
             callback_on_step_end=_step_callback(on_step, "bcfhw", request.steps), output_type="pil",
         ).frames[0]))
 
