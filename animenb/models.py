@@ -173,6 +173,11 @@ def _load(kind: str, profile: ModelProfile, placement: Placement):
     elif kind == "animatediff":
         adapter = _from_pretrained(diffusers.MotionAdapter, profile, "motion_adapter", dtype=dtype)
         sd = pipeline("sd", profile, placement)
+        if getattr(sd, "_animenb_loras", None):
+            # UNetMotionModel.from_unet2d copies plain weights: a UNet holding peft LoRA layers (an earlier
+            # image job's) cannot be copied, so they are unloaded first (a later image job loads them again).
+            sd.unload_lora_weights()
+            sd._animenb_loras = []
         pipe = diffusers.AnimateDiffPipeline.from_pipe(sd, motion_adapter=adapter, dtype=dtype)
     elif kind == "svd":
         pipe = _from_pretrained(diffusers.StableVideoDiffusionPipeline, profile, "svd", dtype=dtype)

@@ -219,3 +219,17 @@ def test_sd_parsers_reads_every_sampler_back(name, tmp_path):
                           {"prompt": "p", "steps": 2, "sampler": name, "cfg_scale": 7.0, "seed": 1, "size": "8x8"})
     sampler = ParserManager().parse(str(path)).samplers[0]
     assert (sampler.name, sampler.parameters["scheduler"]) == SAMPLERS[name].a1111
+
+
+def test_animation_after_an_image_job_with_loras(backend):
+    from animenb.backends import VideoRequest
+    from animenb.models import clear_cache
+
+    clear_cache()  # the AnimateDiff pipeline is built from an SD pipeline that holds LoRA layers
+    backend.text_to_image(ImageRequest(**REQUEST, loras=[{"name": "alice", "weight": 1.0}]))
+    frames = backend.text_to_video(VideoRequest("a girl", width=64, height=64, steps=2, frames=4))
+    assert len(frames) == 4
+    assert png_digest(backend.text_to_image(ImageRequest(**REQUEST, loras=[{"name": "alice", "weight": 1.0}])))
+    with pytest.raises(ValueError, match="not supported for animation"):
+        backend.text_to_video(VideoRequest("a girl", width=64, height=64, steps=2, frames=4,
+                                           loras=[{"name": "alice", "weight": 1.0}]))
