@@ -124,18 +124,18 @@ def main() -> int:
                 started = time.perf_counter()
                 backend.text_to_image(ImageRequest(**small, seed=index, loras=[{"name": name, "weight": 0.8}]))
                 bucket.append(time.perf_counter() - started)
-        info = server  # noqa: F841  (kept alive until here)
         comfy, ours = statistics.median(times["comfyui"]), statistics.median(times["animenb"])
         ratios = [a / c for a, c in zip(times["animenb"], times["comfyui"])]
         switch = (statistics.median(switched) - statistics.median(same)) / statistics.median(same)
-        print(f"{CHECKPOINT} ({checkpoint.stat().st_size / 1e6:.0f} MB) on {platform.processor() or platform.machine()},"
+        machine = platform.processor() or platform.machine()
+        print(f"{CHECKPOINT} ({checkpoint.stat().st_size / 1e6:.0f} MB) on {machine},"
               f" {os.environ['ANIMENB_THREADS']} torch thread(s); {args.size}px, {args.steps} steps, {args.sampler}, "
               f"{args.pairs} interleaved pairs; diffusers first load {load_seconds:.1f} s")
         print(f"ComfyUI KSampler (/prompt + WS): median {comfy:.2f} s/image")
         print(f"animenb diffusers (from_single_file): median {ours:.2f} s/image")
         print(f"ratio of medians: {ours / comfy:.3f} (median pairwise {statistics.median(ratios):.3f}; target <= 1.05)")
-        print(f"LoRA switch between warm jobs: {switch * 100:+.1f}% of a job (same LoRA {statistics.median(same):.2f} s, "
-              f"switched {statistics.median(switched):.2f} s; target <= 10%)")
+        print(f"LoRA switch between warm jobs: {switch * 100:+.1f}% of a job "
+              f"(same LoRA {statistics.median(same):.2f} s, switched {statistics.median(switched):.2f} s; target <= 10%)")
         record("same_checkpoint", {"size": args.size, "steps": args.steps, "sampler": args.sampler,
                                    "comfyui_s": comfy, "animenb_s": ours, "ratio": ours / comfy,
                                    "pairwise_ratio": statistics.median(ratios), "lora_switch_share": switch})

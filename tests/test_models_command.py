@@ -19,7 +19,8 @@ roles:
   ip_adapter: {source: org/ip, subfolder: models, weight_name: ip-adapter_sd15.safetensors}
 """
 # Distinct contents: huggingface_hub fetches one blob per ETag.
-SD_FILES = {"model_index.json": b'{"m": 1}', "unet/config.json": b'{"u": 1}', "unet/diffusion_pytorch_model.safetensors": b"U" * 300,
+SD_FILES = {"model_index.json": b'{"m": 1}', "unet/config.json": b'{"u": 1}',
+            "unet/diffusion_pytorch_model.safetensors": b"U" * 300,
             "unet/diffusion_pytorch_model.fp16.safetensors": b"H" * 150, "unet/diffusion_pytorch_model.bin": b"B" * 900,
             "tokenizer/vocab.json": b'{"v": 1}', "tokenizer/merges.txt": b"#version: 0.2"}
 IP_FILES = {"models/ip-adapter_sd15.safetensors": b"I" * 40, "models/ip-adapter-plus_sd15.safetensors": b"P" * 80,
@@ -48,7 +49,8 @@ def test_check_reads_the_hub_cache_offline(tmp_path, profile):
     assert "animenb models download" in missing.stderr
     write_hub_cache(cache, "org/anime-sd", SD_FILES)
     half = animenb("check", str(profile), env=env)
-    assert half.returncode == 1 and "sd               present" in half.stdout and "ip_adapter       MISSING" in half.stdout
+    assert half.returncode == 1
+    assert "sd               present" in half.stdout and "ip_adapter       MISSING" in half.stdout
     write_hub_cache(cache, "org/ip", IP_FILES)
     done = animenb("check", str(profile), env=env)
     assert done.returncode == 0 and "MISSING" not in done.stdout, done.stdout
@@ -57,7 +59,8 @@ def test_check_reads_the_hub_cache_offline(tmp_path, profile):
 
 def test_download_shows_sizes_and_licences_then_fetches_only_the_roles_files(tmp_path, profile):
     with FakeHub({"org/anime-sd": (SD_FILES, "creativeml-openrail-m"), "org/ip": (IP_FILES, "apache-2.0")}) as hub:
-        env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test", "HF_HUB_DISABLE_XET": "1"}
+        env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test",
+               "HF_HUB_DISABLE_XET": "1"}
         refused = animenb("download", str(profile), env=env)
         assert refused.returncode == 2 and "--yes" in refused.stderr, refused.stdout + refused.stderr
         assert "licence: creativeml-openrail-m" in refused.stdout and "licence: apache-2.0" in refused.stdout

@@ -16,7 +16,7 @@ from PIL import Image
 StepCallback = Callable[..., None]
 
 from ..profiles import check_clip_skip, parse_loras
-from .samplers import SCHEDULER_NAMES as SCHEDULERS
+from .samplers import SCHEDULER_NAMES as SCHEDULERS  # noqa: F401  (the names the spec and widgets offer)
 from .samplers import sampler
 # What one generation may ask of a model; the phase specs (animenb.phases.spec) build on these.
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 64, 2048, 8

@@ -316,7 +316,8 @@ class ComfyUIBackend(Backend):
         text = f"{request.prompt}\n{request.negative_prompt}"
         named = [e for e in self._embeddings()
                  if f"embedding:{e}" in text or graphs.with_embedding_syntax(text, [e]) != text]
-        self.last_models = {"loras": [{"name": n, "weight": w, "hash": _local_hash("loras", n)} for n, w in request.loras],
+        self.last_models = {"loras": [{"name": n, "weight": w, "hash": _local_hash("loras", n)}
+                                      for n, w in request.loras],
                             "embeddings": [{"name": e, "hash": _local_hash("embeddings", e)} for e in named],
                             "clip_skip": request.clip_skip, "checkpoint": request.checkpoint}
         return {"loras": loras, "clip_skip": request.clip_skip, "embeddings": named}

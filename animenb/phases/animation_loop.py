@@ -97,9 +97,11 @@ def animation_loop(
     # 2. files
     progress.start_stage("encoding")
     pngs = [(frame, out / "frames" / f"frame_{index:03d}.png",
-             png_parameters(PHASE, parameters, seed, label, model=model, used=used, frame=index)) for index, frame in enumerate(loop)]
+             png_parameters(PHASE, parameters, seed, label, model=model, used=used, frame=index))
+            for index, frame in enumerate(loop)]
     if reference is not None:
-        pngs.append((reference, out / "reference.png", png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="reference")))
+        pngs.append((reference, out / "reference.png",
+                     png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="reference")))
     save_pngs(pngs)
     # Then the animations, side by side: only WebP saves the frames themselves (see animenb.media).
     encode_concurrently(lambda: save_gif(loop, out / "loop.gif", fps), lambda: save_mp4(loop, out / "loop.mp4", fps),

@@ -119,7 +119,8 @@ def character_sheet(
             for index, ((key, _caption, _suffix), image, p) in enumerate(zip(POSES, poses, prompts))]
     sheet = compose_sheet(poses, [f"{i + 1}. {c}" for i, (_k, c, _s) in enumerate(POSES)],
                           title=prompt[:80], footer=f"seed {seed} · {label}")
-    pngs.append((sheet, out / "sheet.png", png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="sheet")))
+    pngs.append((sheet, out / "sheet.png",
+                 png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="sheet")))
     # The reference is usually pose 1 itself: a copy, since one image cannot be saved from two threads.
     pngs.append((reference.copy(), out / "reference.png",
                  png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="reference")))
