@@ -23,6 +23,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
+from .backends.samplers import SCHEDULER_NAMES, sampler
+
 # The text chunks ComfyUI writes into its PNGs and reads back when a PNG is dropped on it.
 COMFYUI_CHUNKS = ("prompt", "workflow")
 
@@ -41,21 +43,19 @@ def atomic_path(path: Path):
         Path(tmp).unlink(missing_ok=True)
 
 
-# animenb scheduler name -> A1111's (Sampler, Schedule type), the names A1111-reading tools
-# (sd-parsers, image browsers, model sites) know. "euler_karras" is what SVD samples with.
+# animenb scheduler name (A1111's own or an alias) -> A1111's (Sampler, Schedule type), the names
+# A1111-reading tools (sd-parsers, image browsers, model sites) know. "euler_karras" is what SVD samples with.
 A1111_SAMPLERS: dict[str, tuple[str, str]] = {
-    "dpmpp_2m": ("DPM++ 2M", "Uniform"),
-    "dpmpp_2m_karras": ("DPM++ 2M", "Karras"),
-    "ddim": ("DDIM", "DDIM"),
-    "euler": ("Euler", "Uniform"),
-    "euler_a": ("Euler a", "Uniform"),
+    **{name: sampler(name).a1111 for name in SCHEDULER_NAMES},
     "euler_karras": ("Euler", "Karras"),
 }
 # A1111's own fields, in its order: (animenb key, A1111 name). Any other key is appended as `Key name`.
 _A1111_FIELDS = (("steps", "Steps"), ("sampler", None), ("cfg_scale", "CFG scale"), ("seed", "Seed"),
-                 ("size", "Size"), ("model_hash", "Model hash"), ("model", "Model"))
+                 ("size", "Size"), ("model_hash", "Model hash"), ("model", "Model"), ("vae_hash", "VAE hash"),
+                 ("vae", "VAE"), ("clip_skip", "Clip skip"), ("lora_hashes", "Lora hashes"),
+                 ("ti_hashes", "TI hashes"))
 # Kept out of the text: the prompts have their own lines; the JSON chunk carries everything.
-_NOT_IN_TEXT = {"prompt", "negative_prompt", "sampler", "animenb"}
+_NOT_IN_TEXT = {"prompt", "negative_prompt", "sampler", "animenb", "lora_tags"}
 
 
 def a1111_quote(value) -> str:
@@ -74,7 +74,7 @@ def parameters_text(params: dict) -> str:
     scheduler name, written as A1111's sampler and schedule type (`dpmpp_2m_karras` ->
     `Sampler: DPM++ 2M, Schedule type: Karras`).
     """
-    lines = [str(params.get("prompt", ""))]
+    lines = [" ".join(str(p) for p in (params.get("prompt", ""), params.get("lora_tags")) if p)]
     if params.get("negative_prompt"):
         lines.append(f"Negative prompt: {params['negative_prompt']}")
     fields: list[tuple[str, object]] = []
@@ -96,6 +96,24 @@ def parameters_text(params: dict) -> str:
         fields.append(("Version", f"animenb {params['animenb']}"))
     lines.append(", ".join(f"{name}: {a1111_quote(value)}" for name, value in fields))
     return "\n".join(lines)
+
+
+def a1111_model_fields(used: dict) -> dict:
+    """PNG-info fields for the models a job used (a backend's `last_models`): the prompt with A1111's
+    `<lora:name:weight>` tags appended (how A1111 records LoRAs, and what readers such as sd-parsers keep),
+    `Clip skip`, `Lora hashes` and `TI hashes` (`"name: hash, ..."`, as A1111 writes them)."""
+    fields: dict = {}
+    loras = used.get("loras") or []
+    if loras:
+        fields["lora_tags"] = " ".join(f"<lora:{e['name']}:{e['weight']:g}>" for e in loras)
+        fields["lora_hashes"] = ", ".join(f"{e['name']}: {e['hash']}" for e in loras)
+    if used.get("embeddings"):
+        fields["ti_hashes"] = ", ".join(f"{e['name']}: {e['hash']}" for e in used["embeddings"])
+    if used.get("clip_skip") is not None:
+        fields["clip_skip"] = used["clip_skip"]
+    if used.get("model_hash"):  # a single-file checkpoint: A1111's `Model` is its file name's stem
+        fields.update(model=used["model"], model_hash=used["model_hash"])
+    return fields
 
 
 def save_png(image: Image.Image, path: Path, params: dict) -> Path:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from .fast_paths import apply_load_time
@@ -106,8 +107,51 @@ def _from_pretrained(cls, profile: ModelProfile, role: str, **kwargs):
         raise ModelNotAvailableError(
             f"Model role `{role}` of profile `{profile.name}`: cannot load {source!r} "
             f"({str(exc).splitlines()[0][:200]}). Fix: run once with network access so huggingface_hub can "
-            f"cache it, download it with `huggingface-cli download {source}`, or point `roles.{role}.source` "
+            f"cache it, fetch it with `animenb models download {profile.name}`, or point `roles.{role}.source` "
             f"in {profile.path} at a local folder. For offline work use `--models tiny`.") from exc
+
+
+def _from_single_file(cls, profile: ModelProfile, role: str, **kwargs):
+    """`cls.from_single_file` for a role held in one original-layout file, with a local config (or a cached
+    hub config): diffusers would otherwise fetch configs from the hub at every load."""
+    source, config = profile.resolve(role), profile.single_file_config(role)
+    try:
+        return cls.from_single_file(source, config=config, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelNotAvailableError(
+            f"Model role `{role}` of profile `{profile.name}`: cannot load the single file {Path(source).name} "
+            f"with config {config!r} ({str(exc).splitlines()[0][:200]}). Fix: set `roles.{role}.config` to a "
+            f"local diffusers folder of the same architecture, or fetch {config!r} once with "
+            f"`animenb models download {profile.name}`.") from exc
+
+
+def _load_vae(profile: ModelProfile, dtype):
+    """The profile's VAE override (a single file or a diffusers folder), or None."""
+    from diffusers import AutoencoderKL
+
+    if "vae" not in profile.roles:
+        return None
+    spec = profile.role("vae")
+    if spec.is_single_file:
+        if spec.config is None:  # a VAE file takes the SD model's VAE config
+            sd = profile.role("sd")
+            config = sd.config if sd.is_single_file else sd.source
+            profile = profile.with_role("vae", replace(spec, config=config))
+        return _from_single_file(AutoencoderKL, profile, "vae", subfolder="vae", torch_dtype=dtype)
+    kwargs = {"subfolder": spec.subfolder} if spec.subfolder else {}
+    return _from_pretrained(AutoencoderKL, profile, "vae", torch_dtype=dtype, **kwargs)
+
+
+def _load_sd(profile: ModelProfile, dtype):
+    import diffusers
+
+    kwargs = {"safety_checker": None, "requires_safety_checker": False}
+    vae = _load_vae(profile, dtype)
+    if vae is not None:
+        kwargs["vae"] = vae
+    if profile.role("sd").is_single_file:
+        return _from_single_file(diffusers.StableDiffusionPipeline, profile, "sd", torch_dtype=dtype, **kwargs)
+    return _from_pretrained(diffusers.StableDiffusionPipeline, profile, "sd", dtype=dtype, **kwargs)
 
 
 def _load_ip_adapter(pipe, profile: ModelProfile) -> None:
@@ -129,12 +173,17 @@ def _load(kind: str, profile: ModelProfile, placement: Placement):
     _quiet()
     dtype = placement.torch_dtype
     if kind == "sd":
-        pipe = _from_pretrained(diffusers.StableDiffusionPipeline, profile, "sd", dtype=dtype,
-                                safety_checker=None, requires_safety_checker=False)
-        _load_ip_adapter(pipe, profile)
+        pipe = _load_sd(profile, dtype)
+        if "ip_adapter" in profile.roles:  # a profile without one does plain text-to-image
+            _load_ip_adapter(pipe, profile)
     elif kind == "animatediff":
         adapter = _from_pretrained(diffusers.MotionAdapter, profile, "motion_adapter", dtype=dtype)
         sd = pipeline("sd", profile, placement)
+        if getattr(sd.unet, "_animenb_loras", None):
+            # UNetMotionModel.from_unet2d copies plain weights: a UNet holding peft LoRA layers (an earlier
+            # image job's) cannot be copied, so they are unloaded first (a later image job loads them again).
+            sd.unload_lora_weights()
+            sd.unet._animenb_loras = []
         pipe = diffusers.AnimateDiffPipeline.from_pipe(sd, motion_adapter=adapter, dtype=dtype)
         pipe.scheduler = pipe.scheduler.from_config(pipe.scheduler.config, **ANIMATEDIFF_SCHEDULER)
         _scale_motion_modules(pipe.unet)
@@ -200,7 +249,9 @@ def pipeline(kind: str, profile: ModelProfile | str | None = None, placement: Pl
     if not isinstance(profile, ModelProfile):
         profile = load_profile(profile)
     placement = placement or resolve_placement(profile)
-    key = (kind, profile.name, profile.path, placement.device, placement.dtype, profile.fast_paths)
+    # The roles are in the key: a request's `checkpoint` is the same profile with another `sd` file.
+    key = (kind, profile.name, profile.path, placement.device, placement.dtype, profile.fast_paths,
+           tuple(sorted(profile.roles.items())))
     with _LOCK:
         if key not in _CACHE:
             _CACHE[key] = _load(kind, profile, placement)

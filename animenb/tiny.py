@@ -251,3 +251,208 @@ def build_controlnet(folder: Path) -> None:
 
 _BUILDERS = {"sd": build_sd, "motion_adapter": build_motion_adapter, "svd": build_svd,
              "ip_adapter": build_ip_adapter, "controlnet": build_controlnet}
+
+
+# ---- The files researchers bring: a single-file checkpoint, a kohya-layout LoRA, an embedding ---------
+# Written from the tiny SD folder, so diffusers' `from_single_file(path, config=<tiny sd folder>)` and
+# `load_lora_weights` / `load_textual_inversion` read them through the code real Civitai files take.
+
+def _resnet_to_original(name: str) -> str:
+    for diffusers_name, original in (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
+                                     ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"),
+                                     ("conv_shortcut", "skip_connection")):
+        if name.startswith(diffusers_name + "."):
+            return original + name[len(diffusers_name):]
+    raise ValueError(f"unexpected UNet resnet parameter {name!r}")
+
+
+def _unet_key_to_original(key: str, layers: int, attention_up_blocks: set[int]) -> str:
+    """A diffusers UNet2DConditionModel key as the original (LDM) UNet names it; the inverse of
+    diffusers' `convert_ldm_unet_checkpoint` for any depth and `layers_per_block`."""
+    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    module, _, leaf = key.rpartition(".")
+    if module in fixed:
+        return f"{fixed[module]}.{leaf}"
+    parts = key.split(".")
+    kind, block = parts[0], int(parts[1]) if parts[1].isdigit() else None
+    if kind == "down_blocks":
+        sub, index, rest = parts[2], int(parts[3]), ".".join(parts[4:])
+        if sub == "downsamplers":  # down_blocks.i.downsamplers.0.conv.weight
+            return f"input_blocks.{(block + 1) * (layers + 1)}.0.op.{parts[-1]}"
+        slot = 1 + block * (layers + 1) + index
+        return f"input_blocks.{slot}.0.{_resnet_to_original(rest)}" if sub == "resnets" else \
+            f"input_blocks.{slot}.1.{rest}"
+    if kind == "up_blocks":
+        sub, index, rest = parts[2], int(parts[3]), ".".join(parts[4:])
+        if sub == "upsamplers":
+            slot = block * (layers + 1) + layers
+            return f"output_blocks.{slot}.{2 if block in attention_up_blocks else 1}.conv.{parts[-1]}"
+        slot = block * (layers + 1) + index
+        return f"output_blocks.{slot}.0.{_resnet_to_original(rest)}" if sub == "resnets" else \
+            f"output_blocks.{slot}.1.{rest}"
+    if kind == "mid_block":
+        sub, index, rest = parts[1], int(parts[2]), ".".join(parts[3:])
+        if sub == "resnets":
+            return f"middle_block.{2 * index}.{_resnet_to_original(rest)}"
+        return f"middle_block.1.{rest}"
+    raise ValueError(f"unexpected UNet parameter {key!r}")
+
+
+def _vae_key_to_original(key: str, levels: int) -> str:
+    """A diffusers AutoencoderKL key as the original VAE names it (the inverse of `convert_ldm_vae_checkpoint`)."""
+    renames = {"conv_norm_out": "norm_out"}
+    parts = key.split(".")
+    coder = parts[0]
+    if parts[1] in ("down_blocks", "up_blocks"):
+        block, sub = int(parts[2]), parts[3]
+        original_block = block if coder == "encoder" else levels - 1 - block
+        stage = "down" if coder == "encoder" else "up"
+        if sub in ("downsamplers", "upsamplers"):  # ...samplers.0.conv.weight
+            return f"{coder}.{stage}.{original_block}.{stage}sample.conv.{parts[-1]}"
+        rest = ".".join(parts[5:]).replace("conv_shortcut", "nin_shortcut")
+        return f"{coder}.{stage}.{original_block}.block.{parts[4]}.{rest}"
+    if parts[1] == "mid_block" and parts[2] == "resnets":
+        rest = ".".join(parts[4:]).replace("conv_shortcut", "nin_shortcut")
+        return f"{coder}.mid.block_{int(parts[3]) + 1}.{rest}"
+    if parts[1] in renames:
+        return ".".join([coder, renames[parts[1]], *parts[2:]])
+    if coder in ("encoder", "decoder", "quant_conv", "post_quant_conv"):
+        return key
+    raise ValueError(f"unexpected VAE parameter {key!r}")
+
+
+def original_layout_state_dict(pipe) -> dict:
+    """An SD 1.x pipeline's weights as one original-layout checkpoint (`model.diffusion_model.*`,
+    `first_stage_model.*`, `cond_stage_model.transformer.*`): what A1111 and Civitai files hold."""
+    unet = pipe.unet
+    layers = unet.config.layers_per_block
+    attention_up = {i for i, t in enumerate(unet.config.up_block_types) if "CrossAttn" in t}
+    state = {}
+    for key, value in unet.state_dict().items():
+        state["model.diffusion_model." + _unet_key_to_original(key, layers, attention_up)] = value
+    levels = len(pipe.vae.config.block_out_channels)
+    for key, value in pipe.vae.state_dict().items():
+        state["first_stage_model." + _vae_key_to_original(key, levels)] = value
+    for key, value in pipe.text_encoder.state_dict().items():
+        # Original files name CLIP's weights `text_model.*` (transformers 5's CLIPTextModel drops the prefix).
+        state["cond_stage_model.transformer." + (key if key.startswith("text_model.") else "text_model." + key)] = value
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def vae_original_state_dict(vae) -> dict:
+    """A standalone VAE file's keys (A1111's `vae-ft-mse-840000-ema-pruned.safetensors` layout: no prefix)."""
+    levels = len(vae.config.block_out_channels)
+    return {_vae_key_to_original(k, levels): v.detach().contiguous() for k, v in vae.state_dict().items()}
+
+
+def build_single_file_checkpoint(path: Path, *, seed: int = _SEED + 10, vae_path: Path | None = None) -> Path:
+    """The tiny SD pipeline with re-seeded UNet weights (so it draws unlike `tiny:sd`), saved as one
+    original-layout `.safetensors` (or `.ckpt`, a pickled `{"state_dict": ...}`). With `vae_path`, a
+    VAE override file (another seed) is written there too."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(ensure_tiny_models()["sd"]), safety_checker=None,
+                                                   requires_safety_checker=False)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in pipe.unet.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    _save_state(original_layout_state_dict(pipe), Path(path))
+    if vae_path is not None:
+        with torch.no_grad():
+            for param in pipe.vae.decoder.parameters():
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+        _save_state(vae_original_state_dict(pipe.vae), Path(vae_path))
+    return Path(path)
+
+
+def _save_state(state: dict, path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".ckpt":
+        torch.save({"state_dict": state}, path)
+    else:
+        save_file(state, str(path), metadata={"animenb": "tiny random weights; images are noise"})
+
+
+def _kohya_lora(modules: dict, rank: int, generator, scale: float) -> dict:
+    """kohya/A1111 LoRA tensors for {kohya name: (out_features, in_features)}: lora_down, lora_up, alpha."""
+    import torch
+
+    state = {}
+    for name, (out_features, in_features) in modules.items():
+        state[f"{name}.lora_down.weight"] = torch.randn(rank, in_features, generator=generator) * scale
+        state[f"{name}.lora_up.weight"] = torch.randn(out_features, rank, generator=generator) * scale
+        state[f"{name}.alpha"] = torch.tensor(float(rank))
+    return state
+
+
+def build_lora(path: Path, *, seed: int = _SEED + 20, rank: int = 4, text_encoder: bool = True,
+               pipe=None) -> Path:
+    """A LoRA for the tiny SD model (or `pipe`'s UNet and text encoder) in the kohya key layout Civitai
+    LoRAs use (`lora_unet_*`, `lora_te_*` with `lora_down` / `lora_up` / `alpha`) on every attention
+    projection."""
+    import torch
+    from safetensors.torch import save_file
+
+    if pipe is not None:
+        unet, encoder = pipe.unet, pipe.text_encoder
+    else:
+        tokenizer = _byte_tokenizer()
+        unet, encoder = _unet(), _text_encoder(len(tokenizer))
+    modules = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".attn" in name and name.rsplit(".", 1)[-1] in (
+                "to_q", "to_k", "to_v", "0"):
+            modules["lora_unet_" + name.replace(".", "_")] = (module.out_features, module.in_features)
+    if text_encoder:
+        for name, module in encoder.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.endswith(("q_proj", "k_proj", "v_proj", "out_proj")):
+                modules["lora_te_" + name.replace(".", "_")] = (module.out_features, module.in_features)
+    state = _kohya_lora(modules, rank, torch.Generator().manual_seed(seed), scale=0.5)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"ss_network_module": "networks.lora", "ss_network_dim": str(rank)})
+    return Path(path)
+
+
+def build_embedding(path: Path, *, seed: int = _SEED + 30, vectors: int = 2, dim: int = _CROSS_DIM) -> Path:
+    """A textual-inversion embedding in A1111's safetensors layout (`emb_params`: vectors x dim)."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file({"emb_params": torch.randn(vectors, dim, generator=generator)}, str(path))
+    return Path(path)
+
+
+def build_lora_for_checkpoint(checkpoint: Path, path: Path, *, seed: int = _SEED + 21, rank: int = 4) -> Path:
+    """A kohya-layout LoRA that fits an original-layout SD 1.x `checkpoint` (any width, e.g. the reduced
+    one ComfyUI's tests use): one pair per attention projection, named after the checkpoint's own keys
+    (`lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q`), as kohya's LDM-named LoRAs are."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    unet, clip = "model.diffusion_model.", "cond_stage_model.transformer."
+    modules = {}
+    with safe_open(str(checkpoint), framework="pt") as f:
+        for key in f.keys():
+            if not key.endswith(".weight"):
+                continue
+            stem = key.removesuffix(".weight")
+            if key.startswith(unet) and stem.endswith(("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+                                                       "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")):
+                modules["lora_unet_" + stem[len(unet):].replace(".", "_")] = tuple(f.get_slice(key).get_shape())
+            elif key.startswith(clip) and stem.endswith(("q_proj", "k_proj", "v_proj", "out_proj")):
+                modules["lora_te_" + stem[len(clip):].replace(".", "_")] = tuple(f.get_slice(key).get_shape())
+    if not modules:
+        raise ValueError(f"{checkpoint} has no SD 1.x attention weights in the original layout.")
+    state = _kohya_lora(modules, rank, torch.Generator().manual_seed(seed), scale=0.5)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"ss_network_module": "networks.lora", "ss_network_dim": str(rank)})
+    return Path(path)

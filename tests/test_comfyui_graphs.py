@@ -138,3 +138,26 @@ def test_unreachable_server_is_reported_quickly():
     assert info["comfyui_version"] is None and "unreachable" in info["error"]
     assert comfyui_health("http://127.0.0.1:9")["status"] == "unreachable"
     assert time.monotonic() - started < 5
+
+
+def test_loras_chain_then_clip_skip_then_prompts():
+    request = ImageRequest("a cat, EasyNegative", negative_prompt="EasyNegative, embedding:bad", seed=1, width=64,
+                           height=64, loras=[{"name": "a", "weight": 0.5}], clip_skip=2)
+    graph = graphs.text_to_image(request, checkpoint="sd15.safetensors",
+                                 loras=[("a.safetensors", 0.5), ("b.safetensors", 1.0)], clip_skip=2,
+                                 embeddings=["EasyNegative", "bad"])
+    links = _links(graph)
+    assert ("CheckpointLoaderSimple", "LoraLoader") in links and ("LoraLoader", "LoraLoader") in links
+    assert ("LoraLoader", "CLIPSetLastLayer") in links and ("CLIPSetLastLayer", "CLIPTextEncode") in links
+    assert ("LoraLoader", "KSampler") in links and ("CheckpointLoaderSimple", "KSampler") not in links
+    last_layer = next(n for n in graph.nodes.values() if n["class_type"] == "CLIPSetLastLayer")
+    assert last_layer["inputs"]["stop_at_clip_layer"] == -2
+    texts = [n["inputs"]["text"] for n in graph.nodes.values() if n["class_type"] == "CLIPTextEncode"]
+    assert texts == ["a cat, embedding:EasyNegative", "embedding:EasyNegative, embedding:bad"]
+
+
+def test_a1111_sampler_names_map_to_ksampler_pairs():
+    assert graphs.SAMPLERS["DPM++ 2M Karras"] == graphs.SAMPLERS["dpmpp_2m_karras"] == ("dpmpp_2m", "karras")
+    assert graphs.SAMPLERS["Euler a"] == ("euler_ancestral", "normal")
+    assert graphs.SAMPLERS["DPM++ SDE Karras"] == ("dpmpp_sde", "karras")
+    assert graphs.SAMPLERS["UniPC"] == ("uni_pc", "normal") and graphs.SAMPLERS["LCM"] == ("lcm", "normal")

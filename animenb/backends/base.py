@@ -15,7 +15,9 @@ from PIL import Image
 # Called after every denoising step; may raise to stop generation (see animenb.progress).
 StepCallback = Callable[..., None]
 
-SCHEDULERS = ("dpmpp_2m", "dpmpp_2m_karras", "ddim", "euler", "euler_a")
+from ..profiles import check_clip_skip, parse_loras
+from .samplers import SCHEDULER_NAMES as SCHEDULERS  # noqa: F401  (the names the spec and widgets offer)
+from .samplers import sampler
 # What one generation may ask of a model; the phase specs (animenb.phases.spec) build on these.
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 64, 2048, 8
 MAX_STEPS = 150
@@ -49,8 +51,15 @@ def _check_common(prompt: str, width: int, height: int, steps: int, seed: int, g
         raise ValueError(f"`seed` must be an integer in [0, 2**63), got {seed!r}.")
     if not 0.0 <= float(guidance_scale) <= MAX_GUIDANCE:
         raise ValueError(f"`guidance_scale` must be in [0, {MAX_GUIDANCE:g}], got {guidance_scale!r}.")
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"`scheduler` must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}.")
+    sampler(scheduler)
+
+
+def _check_models(request) -> None:
+    """The model choices a request may add to its profile's: `checkpoint`, `loras`, `clip_skip`."""
+    if request.checkpoint is not None and (not isinstance(request.checkpoint, str) or not request.checkpoint.strip()):
+        raise ValueError(f"`checkpoint` must be a checkpoint name or null, got {request.checkpoint!r}.")
+    object.__setattr__(request, "loras", parse_loras(request.loras))
+    check_clip_skip(request.clip_skip)
 
 
 @dataclass(frozen=True)
@@ -72,11 +81,15 @@ class ImageRequest:
     ip_adapter_scale: float = 0.6
     control_image: Image.Image | None = None
     control_scale: float = 1.0
+    checkpoint: str | None = None   # a single file in the checkpoints folder instead of the profile's model
+    loras: tuple = ()               # ((name or path, weight), ...) after the profile's own
+    clip_skip: int | None = None    # A1111's: 1 = the last CLIP layer; null: the profile's
 
     def __post_init__(self):
         _check_common(self.prompt, self.width, self.height, self.steps, self.seed, self.guidance_scale,
                       self.scheduler)
         _check_control(self.control_image, self.control_scale)
+        _check_models(self)
 
     @property
     def controlled(self) -> bool:
@@ -106,10 +119,14 @@ class VideoRequest:
     ip_adapter_image: Image.Image | None = None
     ip_adapter_scale: float = 0.6
     motion_scale: float = 1.0  # the motion modules' contribution: 1 as trained, below calmer, above livelier
+    checkpoint: str | None = None   # a single file in the checkpoints folder instead of the profile's model
+    loras: tuple = ()               # ((name or path, weight), ...) after the profile's own
+    clip_skip: int | None = None    # A1111's: 1 = the last CLIP layer; null: the profile's
 
     def __post_init__(self):
         _check_common(self.prompt, self.width, self.height, self.steps, self.seed, self.guidance_scale,
                       self.scheduler)
+        _check_models(self)
         if not isinstance(self.frames, int) or not 2 <= self.frames <= MAX_MODEL_FRAMES:
             raise ValueError(f"`frames` must be an integer in [2, {MAX_MODEL_FRAMES}], got {self.frames!r}.")
         if isinstance(self.motion_scale, bool) or not isinstance(self.motion_scale, (int, float)) \

@@ -69,6 +69,8 @@ class ComfyUIBackend(Backend):
         self.timeout = float(timeout)
         self.http_timeout = float(http_timeout)
         self._object_info: dict | None = None
+        self._embedding_names: list[str] | None = None
+        self.last_models: dict = {}
         self._system_stats: dict | None = None
         self._lock = threading.Lock()  # one job at a time per backend
 
@@ -81,8 +83,8 @@ class ComfyUIBackend(Backend):
         if request.ip_adapter_image is not None:
             ip_adapter = self._ip_adapter_inputs(request.ip_adapter_image)
         controlnet = self._controlnet_inputs(request.control_image) if request.controlled else None
-        graph = graphs.text_to_image(request, checkpoint=self._checkpoint(), ip_adapter=ip_adapter,
-                                     controlnet=controlnet)
+        graph = graphs.text_to_image(request, checkpoint=self._checkpoint(request.checkpoint), ip_adapter=ip_adapter,
+                                     controlnet=controlnet, **self._model_inputs(request))
         return self.run_graph(graph, on_step)[0]
 
     def text_to_video(self, request: VideoRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
@@ -94,8 +96,8 @@ class ComfyUIBackend(Backend):
         ip_adapter = None
         if request.ip_adapter_image is not None:
             ip_adapter = self._ip_adapter_inputs(request.ip_adapter_image)
-        graph = graphs.text_to_video(request, checkpoint=self._checkpoint(), motion_model=motion_model,
-                                     ip_adapter=ip_adapter)
+        graph = graphs.text_to_video(request, checkpoint=self._checkpoint(request.checkpoint),
+                                     motion_model=motion_model, ip_adapter=ip_adapter, **self._model_inputs(request))
         return self._frames(self.run_graph(graph, on_step), request.frames)
 
     def image_to_video(self, request: ImageToVideoRequest,
@@ -284,11 +286,51 @@ class ComfyUIBackend(Backend):
                                "(or pass it to ComfyUIBackend) and retry.")
         return choices[0]
 
-    def _checkpoint(self) -> str:
+    def _checkpoint(self, requested: str | None = None) -> str:
+        """The request's checkpoint, else the backend's, else the first ComfyUI lists; a name ComfyUI
+        does not list is refused with the list."""
+        if requested is not None:
+            return self._listed("CheckpointLoaderSimple", "ckpt_name", requested, "checkpoint")
         if self.checkpoint is None:
             self.checkpoint = self._first_choice("CheckpointLoaderSimple", "ckpt_name",
                                                  "checkpoint (models/checkpoints)")
+        else:
+            self.checkpoint = self._listed("CheckpointLoaderSimple", "ckpt_name", self.checkpoint, "checkpoint")
         return self.checkpoint
+
+    def _listed(self, node: str, field: str, name: str, what: str) -> str:
+        """ComfyUI's own spelling of `name` (with or without its file suffix) among `node.field`'s choices."""
+        choices = self._choices(node, field)
+        if name not in choices:  # the list may predate a file added since: look once more
+            choices = self._choices_fresh(node, field)
+        for choice in choices:
+            if name == choice or name == choice.rsplit(".", 1)[0]:
+                return choice
+        raise ValueError(f"ComfyUI at {self.url} has no {what} named {name!r}; it lists: "
+                         f"{', '.join(choices) or 'none'}.")
+
+    def _choices_fresh(self, node: str, field: str) -> list[str]:
+        self.object_info(refresh=True)
+        return self._choices(node, field)
+
+    def _model_inputs(self, request) -> dict:
+        """LoRAs (as ComfyUI names them), clip skip and the embeddings ComfyUI has, for the graph; what was
+        used is kept in `self.last_models` for PNG info."""
+        loras = [(self._listed("LoraLoader", "lora_name", name, "LoRA"), weight) for name, weight in request.loras]
+        text = f"{request.prompt}\n{request.negative_prompt}"
+        named = [e for e in self._embeddings()
+                 if f"embedding:{e}" in text or graphs.with_embedding_syntax(text, [e]) != text]
+        self.last_models = {"loras": [{"name": n, "weight": w, "hash": _local_hash("loras", n)}
+                                      for n, w in request.loras],
+                            "embeddings": [{"name": e, "hash": _local_hash("embeddings", e)} for e in named],
+                            "clip_skip": request.clip_skip, "checkpoint": request.checkpoint}
+        return {"loras": loras, "clip_skip": request.clip_skip, "embeddings": named}
+
+    def _embeddings(self) -> list[str]:
+        """The embeddings ComfyUI has (`GET /embeddings`), fetched once."""
+        if self._embedding_names is None:
+            self._embedding_names = list(self.client.get_json("/embeddings") or [])
+        return self._embedding_names
 
     def _svd_checkpoint(self) -> str:
         choices = [name for name in self._choices("ImageOnlyCheckpointLoader", "ckpt_name") if "svd" in name.lower()]
@@ -334,6 +376,16 @@ class ComfyUIBackend(Backend):
         if len(images) != expected:
             raise BackendError(f"ComfyUI returned {len(images)} frames, expected {expected}.")
         return images
+
+
+def _local_hash(kind: str, name: str) -> str:
+    """A1111's short hash of the same file in animenb's folder (ComfyUI's API serves no hashes), else "unknown"."""
+    from ..model_files import find, short_hash
+
+    try:
+        return short_hash(find(kind, name))
+    except ValueError:
+        return "unknown"
 
 
 def _validation_message(answer: dict, nodes: dict) -> str:

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .base import ImageRequest, ImageToVideoRequest, VideoRequest
+import re
 
-# animenb scheduler name -> ComfyUI (sampler_name, scheduler), as KSampler takes them.
-SAMPLERS: dict[str, tuple[str, str]] = {
-    "dpmpp_2m": ("dpmpp_2m", "normal"),
-    "dpmpp_2m_karras": ("dpmpp_2m", "karras"),
-    "ddim": ("ddim", "ddim_uniform"),
-    "euler": ("euler", "normal"),
-    "euler_a": ("euler_ancestral", "normal"),
-}
+from .base import ImageRequest, ImageToVideoRequest, VideoRequest
+from .samplers import SCHEDULER_NAMES, sampler
+
+# animenb scheduler name (A1111's or an alias) -> ComfyUI (sampler_name, scheduler), as KSampler takes them.
+SAMPLERS: dict[str, tuple[str, str]] = {name: sampler(name).comfyui for name in SCHEDULER_NAMES}
 
 
 @dataclass(frozen=True)
@@ -97,20 +94,42 @@ def _controlnet(graph: Graph, positive, negative, vae, *, image_name: str, stren
     return [applied, 0], [applied, 1]
 
 
+def with_embedding_syntax(prompt: str, embeddings) -> str:
+    """A1111 names an embedding by its bare name (`EasyNegative`); ComfyUI wants `embedding:EasyNegative`."""
+    for name in embeddings:
+        prompt = re.sub(rf"(?<![\w:-]){re.escape(name)}(?![\w-])", f"embedding:{name}", prompt)
+    return prompt
+
+
+def _models(graph: Graph, loader: str, loras, clip_skip: int | None):
+    """The checkpoint's MODEL and CLIP through one LoraLoader per LoRA, then CLIPSetLastLayer for `clip_skip`."""
+    model, clip = [loader, 0], [loader, 1]
+    for name, weight in loras:
+        lora = graph.add("LoraLoader", model=model, clip=clip, lora_name=name, strength_model=float(weight),
+                         strength_clip=float(weight))
+        model, clip = [lora, 0], [lora, 1]
+    if clip_skip not in (None, 1):  # A1111's clip skip 2 = ComfyUI's last layer -2
+        clip = [graph.add("CLIPSetLastLayer", clip=clip, stop_at_clip_layer=-clip_skip), 0]
+    return model, clip
+
+
 def text_to_image(request: ImageRequest, *, checkpoint: str, ip_adapter: dict | None = None,
-                  batch_size: int = 1, controlnet: dict | None = None) -> Graph:
+                  batch_size: int = 1, controlnet: dict | None = None, loras=(), clip_skip: int | None = None,
+                  embeddings=()) -> Graph:
     """CheckpointLoaderSimple -> CLIPTextEncode x2 -> EmptyLatentImage -> KSampler -> VAEDecode -> PreviewImage.
 
     `ip_adapter` = {"image_name", "ipadapter_model", "clip_vision_model"} inserts IPAdapterAdvanced
     between the checkpoint and the sampler. `controlnet` = {"image_name", "controlnet_model"} conditions
-    both prompts on the pose image at `request.control_scale`. `batch_size` > 1 is the AnimateDiff frame count.
+    both prompts on the pose image at `request.control_scale`. `batch_size` > 1 is the AnimateDiff frame
+    count. `loras` ((ComfyUI lora_name, weight), ...) chain LoraLoader nodes; `clip_skip` adds
+    CLIPSetLastLayer; `embeddings` (the names ComfyUI has) are written `embedding:name` in the prompts.
     """
     graph = Graph()
     # 1. Models and conditioning.
     loader = graph.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
-    model = [loader, 0]
-    positive = graph.add("CLIPTextEncode", text=request.prompt, clip=[loader, 1])
-    negative = graph.add("CLIPTextEncode", text=request.negative_prompt, clip=[loader, 1])
+    model, clip = _models(graph, loader, loras, clip_skip)
+    positive = graph.add("CLIPTextEncode", text=with_embedding_syntax(request.prompt, embeddings), clip=clip)
+    negative = graph.add("CLIPTextEncode", text=with_embedding_syntax(request.negative_prompt, embeddings), clip=clip)
     positive, negative = [positive, 0], [negative, 0]
     if ip_adapter is not None:
         model = _ip_adapter(graph, model, scale=request.ip_adapter_scale, **ip_adapter)
@@ -128,13 +147,14 @@ def text_to_image(request: ImageRequest, *, checkpoint: str, ip_adapter: dict | 
 
 
 def text_to_video(request: VideoRequest, *, checkpoint: str, motion_model: str,
-                  ip_adapter: dict | None = None) -> Graph:
+                  ip_adapter: dict | None = None, loras=(), clip_skip: int | None = None, embeddings=()) -> Graph:
     """AnimateDiff-Evolved (Gen2 nodes) on the text-to-image graph: one latent per frame."""
     image_request = ImageRequest(prompt=request.prompt, negative_prompt=request.negative_prompt,
                                  width=request.width, height=request.height, steps=request.steps,
                                  guidance_scale=request.guidance_scale, seed=request.seed,
                                  scheduler=request.scheduler, ip_adapter_scale=request.ip_adapter_scale)
-    graph = text_to_image(image_request, checkpoint=checkpoint, ip_adapter=ip_adapter, batch_size=request.frames)
+    graph = text_to_image(image_request, checkpoint=checkpoint, ip_adapter=ip_adapter, batch_size=request.frames,
+                          loras=loras, clip_skip=clip_skip, embeddings=embeddings)
     sampler = graph.nodes[graph.sampler]["inputs"]
     motion = graph.add("ADE_LoadAnimateDiffModel", model_name=motion_model)
     scale = {}

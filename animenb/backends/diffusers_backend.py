@@ -7,11 +7,15 @@ bytes across machines). `on_step` runs in `callback_on_step_end`; whatever it ra
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from PIL import Image
 
 from ..profiles import ModelProfile, load_profile
 from .base import (Backend, ImageRequest, ImageToVideoRequest, OutOfMemoryError, StepCallback,
                    VideoRequest)
+from .diffusers_models import prompt_embeds, strip_comfyui_embedding_syntax, use_embeddings, use_loras
+from .samplers import sampler
 
 # IP-Adapter weights stay loaded; a request without a reference uses this image at scale 0,
 # which is bit-identical to no adapter (checked in tests).
@@ -19,27 +23,22 @@ _NEUTRAL_REFERENCE = Image.new("RGB", (224, 224), (127, 127, 127))
 
 
 def make_scheduler(name: str, config):
-    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                           EulerDiscreteScheduler)
+    """The diffusers scheduler for sampler `name` (an A1111 name or alias, see animenb.backends.samplers)."""
+    import diffusers
 
-    if name == "dpmpp_2m":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
-    if name == "dpmpp_2m_karras":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
-                                                       use_karras_sigmas=True)
-    if name == "ddim":
-        return DDIMScheduler.from_config(config)
-    if name == "euler":
-        return EulerDiscreteScheduler.from_config(config)
-    if name == "euler_a":
-        return EulerAncestralDiscreteScheduler.from_config(config)
-    raise ValueError(f"Unknown scheduler {name!r}.")
+    chosen = sampler(name)
+    return getattr(diffusers, chosen.diffusers).from_config(config, **chosen.options)
 
 
 def use_scheduler(pipe, name: str) -> None:
     """Swap the pipeline's scheduler only when the name changes (from_config costs ~15 ms a call)."""
+    name = sampler(name).name
     if getattr(pipe, "_animenb_scheduler", None) != name:
-        pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
+        # From the model's own config each time: options such as Karras sigmas would otherwise carry over
+        # from the previous sampler's config into the next.
+        if not hasattr(pipe, "_animenb_scheduler_config"):
+            pipe._animenb_scheduler_config = pipe.scheduler.config
+        pipe.scheduler = make_scheduler(name, pipe._animenb_scheduler_config)
         pipe._animenb_scheduler = name
 
 
@@ -101,11 +100,52 @@ class DiffusersBackend(Backend):
         apply_thread_limit()
         self.profile = models if isinstance(models, ModelProfile) else load_profile(models)
         self.placement = resolve_placement(self.profile, device, dtype)
+        self.last_models: dict = {}
 
-    def _pipeline(self, kind: str):
+    def _profile_for(self, checkpoint: str | None) -> ModelProfile:
+        from ..model_files import find
+
+        if checkpoint is None:
+            return self.profile
+        return self.profile.with_checkpoint(find("checkpoints", checkpoint).path)
+
+    def _pipeline(self, kind: str, checkpoint: str | None = None):
         from ..models import pipeline
 
-        return pipeline(kind, self.profile, self.placement)
+        return pipeline(kind, self._profile_for(checkpoint), self.placement)
+
+    def _single_file_model(self, checkpoint: str | None) -> dict:
+        """A1111's `Model` and `Model hash` when the SD model is one file (a hub model or folder has no hash)."""
+        from ..model_files import ModelFile, short_hash
+
+        profile = self._profile_for(checkpoint)
+        if not profile.role("sd").is_single_file:
+            return {}
+        path = Path(profile.resolve("sd"))
+        return {"model": path.stem, "model_hash": short_hash(ModelFile("checkpoints", path.stem, path))}
+
+    def _ip_adapter_inputs(self, pipe, request) -> dict:
+        """The reference at its scale, or the neutral one at scale 0 (see _NEUTRAL_REFERENCE); nothing for a
+        profile without an IP-Adapter role."""
+        reference = request.ip_adapter_image
+        if getattr(pipe.unet, "encoder_hid_proj", None) is None:
+            if reference is not None:
+                raise ValueError(f"`ip_adapter_image` needs an `ip_adapter` role; profile `{self.profile.name}` "
+                                 "has none.")
+            return {}
+        pipe.set_ip_adapter_scale(request.ip_adapter_scale if reference is not None else 0.0)
+        return {"ip_adapter_image": reference if reference is not None else _NEUTRAL_REFERENCE}
+
+    def _use_models(self, pipe, request) -> dict:
+        """The request's LoRAs (after the profile's), embeddings and clip skip on `pipe`; the pipeline call's
+        extra arguments. What was used is kept in `self.last_models` for PNG info."""
+        loras = use_loras(pipe, self.profile.loras + tuple(request.loras))
+        embeddings = use_embeddings(pipe, request.prompt, request.negative_prompt)
+        clip_skip = request.clip_skip if request.clip_skip is not None else self.profile.clip_skip
+        self.last_models = {"loras": loras, "embeddings": embeddings, "clip_skip": clip_skip,
+                            "checkpoint": request.checkpoint, **self._single_file_model(request.checkpoint)}
+        return prompt_embeds(pipe, strip_comfyui_embedding_syntax(request.prompt),
+                             strip_comfyui_embedding_syntax(request.negative_prompt) or None, clip_skip)
 
     def _generator(self, seed: int):
         import torch
@@ -133,28 +173,26 @@ class DiffusersBackend(Backend):
             vae.use_tiling = fast.use_vae_tiling(width, height)
 
     def _image_call(self, pipe, request: ImageRequest, on_step: StepCallback | None) -> dict:
-        """Set `pipe` up for `request` and return the call arguments SD and SD + ControlNet share."""
+        """Set `pipe` up for `request` (sampler, VAE modes, LoRAs, embeddings, clip skip, IP-Adapter) and return
+        the call arguments SD and SD + ControlNet share."""
         use_scheduler(pipe, request.scheduler)
         self._set_vae_modes(pipe, request.width, request.height)
-        reference = request.ip_adapter_image
-        pipe.set_ip_adapter_scale(request.ip_adapter_scale if reference is not None else 0.0)
-        return dict(
-            prompt=request.prompt, negative_prompt=request.negative_prompt or None,
-            width=request.width, height=request.height, num_inference_steps=request.steps,
-            guidance_scale=request.guidance_scale, generator=self._generator(request.seed),
-            ip_adapter_image=reference if reference is not None else _NEUTRAL_REFERENCE,
-            callback_on_step_end=_step_callback(on_step, "bchw", request.steps), output_type="pil")
+        extra = self._use_models(pipe, request)
+        extra.update(self._ip_adapter_inputs(pipe, request))
+        return dict(**extra, width=request.width, height=request.height, num_inference_steps=request.steps,
+                    guidance_scale=request.guidance_scale, generator=self._generator(request.seed),
+                    callback_on_step_end=_step_callback(on_step, "bchw", request.steps), output_type="pil")
 
     def text_to_image(self, request: ImageRequest, on_step: StepCallback | None = None) -> Image.Image:
         if request.controlled:
             return self._text_to_image_controlled(request, on_step)
-        pipe = self._pipeline("sd")
+        pipe = self._pipeline("sd", request.checkpoint)
         arguments = self._image_call(pipe, request, on_step)
         return self._run(lambda: pipe(**arguments).images[0])
 
     def _text_to_image_controlled(self, request: ImageRequest, on_step: StepCallback | None) -> Image.Image:
         """text_to_image through the profile's ControlNet (StableDiffusionControlNetPipeline, IP-Adapter kept)."""
-        pipe = self._pipeline("sd_controlnet")
+        pipe = self._pipeline("sd_controlnet", request.checkpoint)
         arguments = self._image_call(pipe, request, on_step)
         control = request.control_image.convert("RGB")
         if control.size != (request.width, request.height):
@@ -165,19 +203,23 @@ class DiffusersBackend(Backend):
     def text_to_video(self, request: VideoRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
         from ..models import set_motion_scale
 
-        pipe = self._pipeline("animatediff")
+        if request.loras or self.profile.loras:
+            # AnimateDiff's UNet is a copy of the SD one, but the text encoder is shared with it: adapters on
+            # both pipelines need their own bookkeeping, not written yet.
+            raise ValueError("`loras` are not supported for animation on the diffusers backend yet; "
+                             "use backend='comfyui' or leave them out.")
+        use_loras(self._pipeline("sd", request.checkpoint), ())  # the shared text encoder: no image job's LoRA
+        pipe = self._pipeline("animatediff", request.checkpoint)
         use_scheduler(pipe, request.scheduler)
         set_motion_scale(pipe, request.motion_scale)
         self._set_vae_modes(pipe, request.width, request.height)
         chunk = self.profile.fast_paths.chunk_size("animatediff", self.placement.device)
-        reference = request.ip_adapter_image
-        pipe.set_ip_adapter_scale(request.ip_adapter_scale if reference is not None else 0.0)
+        extra = self._use_models(pipe, request)
+        extra.update(self._ip_adapter_inputs(pipe, request))
         return self._run(lambda: list(pipe(
-            prompt=request.prompt, negative_prompt=request.negative_prompt or None,
-            num_frames=request.frames, width=request.width, height=request.height,
+            **extra, num_frames=request.frames, width=request.width, height=request.height,
             num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
             generator=self._generator(request.seed), decode_chunk_size=chunk,
-            ip_adapter_image=reference if reference is not None else _NEUTRAL_REFERENCE,
             callback_on_step_end=_step_callback(on_step, "bcfhw", request.steps), output_type="pil",
         ).frames[0]))
 

@@ -38,6 +38,9 @@ def animation_loop(
     reference_image: str | Path | Image.Image | None = None,
     ip_adapter_scale: float = _DEFAULTS["ip_adapter_scale"],
     motion_scale: float = _DEFAULTS["motion_scale"],
+    checkpoint: str | None = _DEFAULTS["checkpoint"],
+    loras: list = _DEFAULTS["loras"],
+    clip_skip: int | None = _DEFAULTS["clip_skip"],
     models: str | None = None,
     backend: str | Backend = _DEFAULTS["backend"],
     backend_options: dict | None = None,
@@ -59,8 +62,9 @@ def animation_loop(
     check_inputs(SPEC, dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, width=width,
                             height=height, guidance_scale=guidance_scale, scheduler=scheduler, frames=frames,
                             fps=fps, loop_overlap=loop_overlap, reference_image=reference_image,
-                            ip_adapter_scale=ip_adapter_scale, motion_scale=motion_scale, models=models,
-                            backend=backend, output_dir=output_dir))
+                            ip_adapter_scale=ip_adapter_scale, motion_scale=motion_scale, checkpoint=checkpoint,
+                            loras=list(loras or []), clip_skip=clip_skip, models=models, backend=backend,
+                            output_dir=output_dir))
     seed = resolve_seed(seed)
     engine = resolve_backend(backend, models, backend_options)
     width, height = default_size(engine, width, height)
@@ -69,12 +73,14 @@ def animation_loop(
                            negative_prompt=negative_prompt, width=width, height=height, steps=steps,
                            guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,
                            frames=frames + loop_overlap, ip_adapter_image=reference,
-                           ip_adapter_scale=ip_adapter_scale, motion_scale=motion_scale)
+                           ip_adapter_scale=ip_adapter_scale, motion_scale=motion_scale, checkpoint=checkpoint,
+                           loras=loras or (), clip_skip=clip_skip)
     out = prepare_output_dir(output_dir, PHASE.name)
     parameters = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
                   "width": width, "height": height, "guidance_scale": guidance_scale, "scheduler": scheduler,
                   "frames": frames, "fps": fps, "loop_overlap": loop_overlap, "ip_adapter_scale": ip_adapter_scale,
                   "motion_scale": motion_scale,
+                  "checkpoint": checkpoint, "loras": list(loras or []), "clip_skip": clip_skip,
                   "reference_image": None if reference_image is None or isinstance(reference_image, Image.Image)
                   else str(reference_image)}
     description = engine.describe()
@@ -88,13 +94,16 @@ def animation_loop(
     raw = engine.text_to_video(request, on_step=progress.on_step)
     loop = close_loop(raw, frames)
     timer.mark("generate")
+    used = getattr(engine, "last_models", {})  # the LoRAs, embeddings and clip skip, for PNG info
 
     # 2. files
     progress.start_stage("encoding")
     pngs = [(frame, out / "frames" / f"frame_{index:03d}.png",
-             png_parameters(PHASE, parameters, seed, label, model=model, frame=index)) for index, frame in enumerate(loop)]
+             png_parameters(PHASE, parameters, seed, label, model=model, used=used, frame=index))
+            for index, frame in enumerate(loop)]
     if reference is not None:
-        pngs.append((reference, out / "reference.png", png_parameters(PHASE, parameters, seed, label, model=model, kind="reference")))
+        pngs.append((reference, out / "reference.png",
+                     png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="reference")))
     save_pngs(pngs)
     # Then the animations, side by side: only WebP saves the frames themselves (see animenb.media).
     encode_concurrently(lambda: save_gif(loop, out / "loop.gif", fps), lambda: save_mp4(loop, out / "loop.mp4", fps),

@@ -80,6 +80,9 @@ def character_sheet(
     ip_adapter_scale: float = _DEFAULTS["ip_adapter_scale"],
     pose_strength: float = _DEFAULTS["pose_strength"],
     pose_images: str | Path | list | None = _DEFAULTS["pose_images"],
+    checkpoint: str | None = _DEFAULTS["checkpoint"],
+    loras: list = _DEFAULTS["loras"],
+    clip_skip: int | None = _DEFAULTS["clip_skip"],
     models: str | None = None,
     backend: str | Backend = _DEFAULTS["backend"],
     backend_options: dict | None = None,
@@ -103,7 +106,8 @@ def character_sheet(
     check_inputs(SPEC, dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, width=width,
                             height=height, guidance_scale=guidance_scale, scheduler=scheduler,
                             reference_image=reference_image, ip_adapter_scale=ip_adapter_scale,
-                            pose_strength=pose_strength, models=models, backend=backend, output_dir=output_dir))
+                            pose_strength=pose_strength, checkpoint=checkpoint, loras=list(loras or []),
+                            clip_skip=clip_skip, models=models, backend=backend, output_dir=output_dir))
     if pose_images is not None:  # a folder or a list of 8 images (the spec only types the folder's path)
         if not isinstance(pose_images, (str, Path)):
             pose_images = list(pose_images)
@@ -115,13 +119,15 @@ def character_sheet(
     skeletons = pose_skeletons(pose_strength, pose_images, width, height)
     requests = [ImageRequest(prompt=p, negative_prompt=negative_prompt, width=width, height=height, steps=steps,
                              guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,
-                             ip_adapter_scale=ip_adapter_scale, control_image=skeleton, control_scale=pose_strength)
+                             ip_adapter_scale=ip_adapter_scale, control_image=skeleton, control_scale=pose_strength,
+                             checkpoint=checkpoint, loras=loras or (), clip_skip=clip_skip)
                 for p, skeleton in zip(prompts, skeletons)]
     reference = load_image(reference_image, "reference_image") if reference_image is not None else None
     out = prepare_output_dir(output_dir, PHASE.name)
     parameters = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
                   "width": width, "height": height, "guidance_scale": guidance_scale, "scheduler": scheduler,
                   "ip_adapter_scale": ip_adapter_scale,
+                  "checkpoint": checkpoint, "loras": list(loras or []), "clip_skip": clip_skip,
                   "reference_image": None if reference_image is None or isinstance(reference_image, Image.Image)
                   else str(reference_image),
                   "pose_strength": pose_strength, "pose_images": _pose_images_record(pose_images)}
@@ -141,17 +147,19 @@ def character_sheet(
         if reference is None:
             reference = poses[0]
     timer.mark("generate")
+    used = getattr(engine, "last_models", {})  # the LoRAs, embeddings and clip skip, for PNG info
 
     # 2. files: single poses, the labelled sheet, the reference the poses followed (and their skeletons)
     progress.start_stage("writing files")
     pngs = [(image, out / "poses" / f"pose_{index + 1:02d}_{key}.png",
-             png_parameters(PHASE, {**parameters, "prompt": p}, seed, label, model=model, pose=key))
+             png_parameters(PHASE, {**parameters, "prompt": p}, seed, label, model=model, used=used, pose=key))
             for index, ((key, _caption, _suffix), image, p) in enumerate(zip(POSES, poses, prompts))]
     sheet = compose_sheet(poses, CAPTIONS, title=prompt[:80], footer=f"seed {seed} · {label}")
-    pngs.append((sheet, out / "sheet.png", png_parameters(PHASE, parameters, seed, label, model=model, kind="sheet")))
+    pngs.append((sheet, out / "sheet.png",
+                 png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="sheet")))
     # The reference is usually pose 1 itself: a copy, since one image cannot be saved from two threads.
     pngs.append((reference.copy(), out / "reference.png",
-                 png_parameters(PHASE, parameters, seed, label, model=model, kind="reference")))
+                 png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="reference")))
     controlled = skeletons[0] is not None
     if controlled:  # the skeletons each pose was asked to follow, beside it and as one sheet
         skeleton_pngs = [(image, out / "poses" / f"pose_{index + 1:02d}_{key}.openpose.png",

@@ -13,6 +13,7 @@ from .. import __version__
 from ..backends import Backend, get_backend
 from ..config import outputs_dir
 from ..manifest import file_entry, utc_now, versions, write_manifest
+from ..media import a1111_model_fields
 from .catalog import Phase
 from .spec import PhaseSpec, image_source
 
@@ -158,12 +159,18 @@ def model_name(description: dict, role: str) -> str | None:
 
 
 def png_parameters(phase: Phase, parameters: dict, seed: int, label: str, *, model: str | None,
-                   sampler: str | None = None, cfg_scale: float | None = None, **extra) -> dict:
+                   sampler: str | None = None, cfg_scale: float | None = None, used: dict | None = None,
+                   **extra) -> dict:
     """What every PNG of a run carries (see animenb.media.save_png): generation settings, model, phase.
 
     `sampler` and `cfg_scale` default to the phase's `scheduler` and `guidance_scale`; SVD frames
-    pass their own (SVD samples with Euler on Karras sigmas under its own guidance).
+    pass their own (SVD samples with Euler on Karras sigmas under its own guidance). `used` is the
+    backend's `last_models` (LoRAs, embeddings, clip skip, a single file's name and hash), written as
+    A1111 writes them.
     """
+    models_used = a1111_model_fields(used or {})
+    model = models_used.pop("model", model)
+    extra = {**models_used, **extra}
     return {"prompt": parameters.get("prompt", ""), "negative_prompt": parameters.get("negative_prompt", ""),
             "steps": parameters.get("steps"), "sampler": sampler or parameters.get("scheduler"),
             "cfg_scale": parameters.get("guidance_scale") if cfg_scale is None else cfg_scale, "seed": seed,

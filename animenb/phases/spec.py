@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping
 # builds on them, so a phase never accepts what its backend would refuse.
 from ..backends.base import (MAX_CONTROL_SCALE, MAX_GUIDANCE, MAX_MODEL_FRAMES, MAX_MOTION_SCALE, MAX_SIZE, MAX_STEPS,
                              MIN_SIZE, SCHEDULERS, SEED_LIMIT, SIZE_MULTIPLE)
+from ..profiles import MAX_CLIP_SKIP, MAX_LORA_WEIGHT, MAX_LORAS, parse_loras
 from .catalog import get_phase
 
 BACKENDS = ("diffusers", "comfyui")
@@ -66,9 +67,12 @@ class Param:
     image_ref: bool = False
     api: bool = True
     example: Any = None
+    items: dict | None = None     # arrays: the JSON Schema of one item (for documents)
+    # arrays: checks the whole list, raising ValueError with the message to show (kept out of as_dict)
+    check_items: Callable[[list], Any] | None = field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items() if k != "check_items"}
 
     def check(self, value: Any) -> None:
         """SpecError unless `value` fits this parameter on its own (rules across fields: `Rule`)."""
@@ -85,6 +89,15 @@ class Param:
                 raise SpecError(name, f"`{name}` must be a finite number, got {value!r}.")
         elif self.type == "string":
             self._check_string(value)
+        elif self.type == "array":
+            if type(value) is not list:
+                raise SpecError(name, f"`{name}` must be a list, got {type(value).__name__}.")
+            if self.check_items is not None:
+                try:
+                    self.check_items(value)
+                except ValueError as exc:
+                    raise SpecError(name, str(exc)) from None
+            return
         if self.minimum is not None and value < self.minimum or self.maximum is not None and value > self.maximum:
             kind = "an integer in" if self.type == "integer" else "in"
             raise SpecError(name, f"`{name}` must be {kind} [{_num(self.minimum)}, {_num(self.maximum)}], "
@@ -97,7 +110,7 @@ class Param:
             image_source(value, name)
 
     def _kind(self) -> str:
-        return {"integer": "an integer", "number": "a number", "string": "a string"}[self.type]
+        return {"integer": "an integer", "number": "a number", "string": "a string", "array": "a list"}[self.type]
 
     def _check_string(self, value: Any) -> None:
         name = self.name
@@ -230,7 +243,8 @@ def _common(*, negative_prompt: str, guidance_scale: float, prompt_required: boo
               multiple_of=SIZE_MULTIPLE, description="pixels; null: the model profile's size"),
         Param("guidance_scale", "number", guidance_scale, minimum=0.0, maximum=MAX_GUIDANCE,
               description="classifier-free guidance"),
-        Param("scheduler", "string", "dpmpp_2m", enum=SCHEDULERS, description="sampler"),
+        Param("scheduler", "string", "dpmpp_2m", enum=SCHEDULERS,
+              description="sampler: A1111's name (\"DPM++ 2M Karras\", \"Euler a\"...) or an animenb id"),
         Param("models", "string", "", api=False,
               description="model profile; empty: $ANIMENB_MODELS or tiny (the server uses its own)"),
         Param("backend", "string", "diffusers", enum=BACKENDS,
@@ -245,6 +259,22 @@ def _reference_image(what: str) -> Param:
     return Param("reference_image", "string", None, nullable=True, image_ref=True,
                  description=f"IP-Adapter reference: an image or {what} (null: none)")
 
+
+# The models a researcher brings (animenb.model_files): a single-file checkpoint, LoRAs, A1111's clip skip.
+# Names are checked where the model is loaded (ComfyUI has its own folders), the shapes here.
+MODEL_CHOICES = (
+    Param("checkpoint", "string", None, nullable=True, max_length=300,
+          description="a single-file checkpoint by name (GET /api/anime/models; ComfyUI: its ckpt_name) "
+                      "instead of the model profile's; null: the profile's"),
+    Param("loras", "array", [], items={"type": "object", "additionalProperties": False,
+                                       "oneOf": [{"required": ["name"]}, {"required": ["path"]}], "properties": {
+              "name": {"type": "string", "pattern": r"\S"}, "path": {"type": "string", "pattern": r"\S"},
+              "weight": {"type": "number", "minimum": -MAX_LORA_WEIGHT, "maximum": MAX_LORA_WEIGHT}}},
+          check_items=parse_loras,
+          description=f"LoRAs after the profile's: [{{\"name\" (or \"path\"), \"weight\"}}], at most {MAX_LORAS}"),
+    Param("clip_skip", "integer", None, nullable=True, minimum=1, maximum=MAX_CLIP_SKIP,
+          description="A1111's clip skip (2 for most anime SD 1.5 models); null: the profile's"),
+)
 
 IP_ADAPTER_SCALE = Param("ip_adapter_scale", "number", 0.6, minimum=0.0, maximum=2.0, api=False,
                          description="how strongly the reference steers the image")
@@ -264,7 +294,7 @@ CHARACTER_SHEET = PhaseSpec(1, "CHARACTER_SHEET", _common(
     negative_prompt="lowres, bad anatomy, blurry, extra limbs, text, watermark", guidance_scale=7.0) + (
     _reference_image("a previous run's output directory"),
     IP_ADAPTER_SCALE,
-) + POSE_PARAMS)
+) + POSE_PARAMS + MODEL_CHOICES)
 
 ANIMATION_LOOP = PhaseSpec(2, "ANIMATION_LOOP", _common(
     negative_prompt="lowres, bad anatomy, blurry, flicker, text, watermark", guidance_scale=7.5,
@@ -278,7 +308,7 @@ ANIMATION_LOOP = PhaseSpec(2, "ANIMATION_LOOP", _common(
     Param("motion_scale", "number", 1.0, minimum=0.0, maximum=MAX_MOTION_SCALE, api=False,
           description="how much the motion modules move the frames: 1 as trained (AnimateDiff's own setting), "
                       "below calmer, above livelier (AnimateDiff-Evolved's motion scale)"),
-), rules=(
+) + MODEL_CHOICES, rules=(
     Rule("frames", "loop_overlap <= frames // 2",
          "`frames` must be at least 2 x loop_overlap ({loop_overlap}) for the loop's cross-fade, got {frames}.",
          lambda v: v["loop_overlap"] <= v["frames"] // 2),

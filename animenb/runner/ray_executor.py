@@ -61,7 +61,10 @@ POLL_SECONDS = 1.0      # how long one progress call waits for new events
 NODES_REFRESH = 2.0     # seconds between two reads of the cluster's node list (for /health)
 SCRATCH_PREFIXES = ("animenb-ray-", "animenb-ray-notebooks-")  # + the actor's pid, in the node's temp dir
 # Environment the server passes on to actors' kernels (a remote node does not inherit the server's).
-FORWARDED_ENV = ("ANIMENB_THREADS", "TRANSFORMERS_VERBOSITY", "HF_HUB_OFFLINE", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+FORWARDED_ENV = ("ANIMENB_THREADS", "TRANSFORMERS_VERBOSITY", "HF_HUB_OFFLINE", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                 # where weights are and may be fetched from (animenb.model_files, huggingface_hub)
+                 "HF_HOME", "HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "ANIMENB_CHECKPOINTS", "ANIMENB_VAES",
+                 "ANIMENB_LORAS", "ANIMENB_EMBEDDINGS")
 
 
 class _JobState:

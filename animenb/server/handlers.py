@@ -292,12 +292,15 @@ class AdminGcHandler(BaseHandler):
         self.write_json(await self.service.collect_garbage(older_than, dry_run=dry_run))
 
 
+from .models_handler import ModelsHandler  # noqa: E402  (it builds on BaseHandler above)
+
 JOB_ID = r"(?P<job_id>[0-9a-f]{32})"
 default_handlers = [
     (rf"{API}/health/?", HealthHandler),
     (rf"{API}/jobs/?", JobsHandler),
     (rf"{API}/gallery/?", GalleryHandler),
     (rf"{API}/phases/?", PhasesHandler),
+    (rf"{API}/models/?", ModelsHandler),
     (rf"{API}/generate/?", GenerateHandler),
     (rf"{API}/orchestrate/?", OrchestrateHandler),
     (rf"{API}/generation/{JOB_ID}/status/?", StatusHandler),

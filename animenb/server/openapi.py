@@ -56,6 +56,8 @@ def param_schema(param: Param) -> dict:
         schema["enum"] = list(param.enum) + ([None] if param.nullable else [])
     if param.type == "string" and not param.blank:
         schema["pattern"] = r"\S"
+    if param.items is not None:
+        schema["items"] = param.items
     if not param.required:
         schema["default"] = param.default
     if param.description:
@@ -166,6 +168,11 @@ def _object(required: dict[str, dict], description: str = "", **optional: dict) 
 
 
 STRING, INTEGER, NUMBER, BOOLEAN, OBJECT = ({"type": t} for t in ("string", "integer", "number", "boolean", "object"))
+_MODEL_FILE = {"type": "object", "required": ["name", "file", "bytes", "sha256", "hash"], "properties": {
+    "name": STRING, "file": STRING, "bytes": INTEGER, "sha256": STRING, "hash": STRING}}
+MODELS = {"type": "object", "required": ["checkpoints", "vae", "loras", "embeddings"], "properties": {
+    "profile": OBJECT, **{kind: {"type": "array", "items": _MODEL_FILE}
+                          for kind in ("checkpoints", "vae", "loras", "embeddings")}}}
 NULLABLE_STRING = {"type": ["string", "null"]}
 NULLABLE_INTEGER = {"type": ["integer", "null"]}
 PAGE = {"limit": INTEGER, "next_cursor": NULLABLE_STRING, "count": INTEGER}
@@ -250,6 +257,8 @@ def _paths() -> dict:
                                                  "422": _error("a bad query value"), **anyone}}},
         f"{API}/phases": {"get": {"summary": "The three phases and the quality gate",
                                   "responses": {"200": _json(_ref("Phases"), "phases"), **anyone}}},
+        f"{API}/models": {"get": {"summary": "Checkpoints, VAEs, LoRAs and embeddings jobs can name",
+                                  "responses": {"200": _json(MODELS, "model files by kind"), **anyone}}},
         f"{API}/openapi.json": {"get": {"summary": "This document",
                                         "responses": {"200": {"description": "OpenAPI 3.1",
                                                               "content": {"application/json": {"schema": OBJECT}}}}}},

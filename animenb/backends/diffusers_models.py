@@ -1,0 +1,93 @@
+"""Per-job model choices on a warm diffusers pipeline: LoRAs, textual-inversion embeddings, clip skip.
+
+A warm kernel keeps its pipelines between jobs, so whatever one job adds must not reach the next:
+LoRAs stay loaded as peft adapters (switching back costs no reload) but only the ones a job names are
+active, and a job without LoRAs runs with every adapter disabled, which is the base model exactly
+(tested: the same bytes as a fresh kernel). Embeddings add tokens that only a prompt naming them uses.
+"""
+from __future__ import annotations
+
+import re
+
+from .. import model_files
+
+MAX_LOADED_LORAS = 8  # adapters kept loaded per pipeline; the least recently used is deleted past this
+
+
+def adapter_name(entry: model_files.ModelFile) -> str:
+    # peft adapter names end up in module attribute paths: keep them to word characters.
+    return re.sub(r"\W", "_", entry.name) + "_" + model_files.short_hash(entry)
+
+
+def use_loras(pipe, loras) -> list[dict]:
+    """Activate exactly `loras` ((name or path, weight), ...) on `pipe`; returns what A1111 records for each
+    ({"name", "hash", "weight"}). ValueError for a LoRA that is not in the folder or does not fit the model."""
+    entries = [(model_files.find("loras", name), weight) for name, weight in loras]
+    # Kept on the UNet, which the SD and SD + ControlNet pipelines share (with the text encoder): what one
+    # loaded is active on the other until this turns it off.
+    loaded: list[str] = getattr(pipe.unet, "_animenb_loras", [])
+    for entry, _ in entries:
+        name = adapter_name(entry)
+        if name in loaded:
+            loaded.remove(name)
+        else:
+            try:
+                pipe.load_lora_weights(str(entry.path.parent), weight_name=entry.path.name, adapter_name=name)
+            except (ValueError, KeyError, RuntimeError) as exc:
+                raise ValueError(f"LoRA `{entry.name}` does not fit this model ({str(exc).splitlines()[0][:200]})."
+                                 ) from exc
+        loaded.append(name)  # most recently used last
+    while len(loaded) > MAX_LOADED_LORAS:
+        pipe.delete_adapters(loaded.pop(0))
+    pipe.unet._animenb_loras = loaded
+    if entries:
+        pipe.enable_lora()
+        pipe.set_adapters([adapter_name(e) for e, _ in entries], [w for _, w in entries])
+    elif loaded:
+        pipe.disable_lora()
+    return [{"name": e.name, "hash": model_files.short_hash(e), "weight": w} for e, w in entries]
+
+
+def use_embeddings(pipe, *prompts: str) -> list[dict]:
+    """Load the embeddings the prompts name (once per pipeline); returns {"name", "hash"} for each."""
+    # Kept on the tokenizer, which SD and AnimateDiff pipelines share (as they share the text encoder).
+    loaded: set = getattr(pipe.tokenizer, "_animenb_embeddings", set())
+    found = model_files.mentioned_embeddings(*prompts)
+    for entry in found:
+        if entry.name in loaded:
+            continue
+        try:
+            pipe.load_textual_inversion(str(entry.path), token=entry.name)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise ValueError(f"embedding `{entry.name}` does not fit this model "
+                             f"({str(exc).splitlines()[0][:200]}).") from exc
+        loaded.add(entry.name)
+    pipe.tokenizer._animenb_embeddings = loaded
+    return [{"name": e.name, "hash": model_files.short_hash(e)} for e in found]
+
+
+def strip_comfyui_embedding_syntax(prompt: str) -> str:
+    """ComfyUI writes `embedding:Name`; diffusers' tokens are the bare name."""
+    return re.sub(r"\bembedding:", "", prompt or "")
+
+
+def prompt_embeds(pipe, prompt: str, negative_prompt: str | None, clip_skip: int | None) -> dict:
+    """The pipeline call's prompt arguments. With A1111's `clip_skip` >= 2 the text is encoded here from
+    CLIP's layer `-clip_skip` (through the final layer norm, as A1111 does): diffusers' own `clip_skip`
+    reaches for `text_encoder.text_model`, which transformers 5's CLIPTextModel no longer has."""
+    if clip_skip in (None, 1):
+        return {"prompt": prompt, "negative_prompt": negative_prompt}
+    import torch
+
+    encoder, tokenizer = pipe.text_encoder, pipe.tokenizer
+    final_norm = getattr(encoder, "text_model", encoder).final_layer_norm
+
+    def encode(text: str):
+        text = pipe.maybe_convert_prompt(text, tokenizer)  # multi-vector embeddings' extra tokens
+        ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(encoder.device)
+        with torch.no_grad():
+            hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
+            return final_norm(hidden).to(encoder.dtype)
+
+    return {"prompt_embeds": encode(prompt), "negative_prompt_embeds": encode(negative_prompt or "")}
