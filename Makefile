@@ -49,7 +49,7 @@ TEST_ENV := TRANSFORMERS_VERBOSITY=error ANIMENB_THREADS=1
 STRICT_NOTEBOOKS := notebooks/04_quality.ipynb notebooks/05_compare_runs.ipynb
 STRICT_ENV := ANIMENB_OUTPUTS=$(CURDIR)/tests/fixtures/runs
 
-test: setup lab-setup
+test: lint setup lab-setup
 	$(TEST_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider
 	out=$$(mktemp -d) && $(TEST_ENV) ANIMENB_OUTPUTS=$$out $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax notebooks $(addprefix --ignore=,$(STRICT_NOTEBOOKS)); rc=$$?; rm -rf $$out; exit $$rc
 	$(TEST_ENV) $(STRICT_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg $(STRICT_NOTEBOOKS)

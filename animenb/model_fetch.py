@@ -67,7 +67,7 @@ def local_status(profile: ModelProfile) -> list[dict]:
         elif spec.is_single_file or spec.is_local_path:
             try:
                 row["where"] = profile.resolve(role)
-                if not Path(row["where"]).exists():
+                if not Path(str(row["where"])).exists():
                     raise FileNotFoundError(row["where"])
             except Exception as exc:  # ModelNotAvailableError or a missing path: say which
                 row.update(present=False, missing=str(exc))

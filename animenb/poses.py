@@ -111,9 +111,10 @@ def draw_skeleton(skeleton: Skeleton, width: int, height: int) -> Image.Image:
     points = [None if p is None else _placed(p, width, height) for p in skeleton]
     canvas = np.zeros((height, width, 3), np.uint8)
     for (a, b), colour in zip(LIMBS, COLOURS):
-        if points[a] is None or points[b] is None:
+        start, end = points[a], points[b]
+        if start is None or end is None:
             continue
-        (xa, ya), (xb, yb) = points[a], points[b]
+        (xa, ya), (xb, yb) = start, end
         length = float(np.hypot(xa - xb, ya - yb))
         angle = float(np.degrees(np.arctan2(ya - yb, xa - xb)))
         polygon = cv2.ellipse2Poly((round((xa + xb) / 2), round((ya + yb) / 2)),
@@ -138,6 +139,7 @@ def builtin_skeletons(keys: Sequence[str], width: int, height: int) -> list[Imag
 def pose_image_paths(source: str | Path | Sequence, count: int, name: str = "pose_images") -> list:
     """The `count` pose images `source` names: a folder (its images in name order) or a sequence of
     paths / PIL images. ValueError (naming `name`) for anything else."""
+    items: list
     if isinstance(source, (str, Path)):
         folder = Path(source).expanduser()
         if not folder.is_dir():

@@ -275,7 +275,7 @@ def _unet_key_to_original(key: str, layers: int, attention_up_blocks: set[int]) 
     if module in fixed:
         return f"{fixed[module]}.{leaf}"
     parts = key.split(".")
-    kind, block = parts[0], int(parts[1]) if parts[1].isdigit() else None
+    kind, block = parts[0], int(parts[1]) if parts[1].isdigit() else -1  # -1: not in a block
     if kind == "down_blocks":
         sub, index, rest = parts[2], int(parts[3]), ".".join(parts[4:])
         if sub == "downsamplers":  # down_blocks.i.downsamplers.0.conv.weight

@@ -12,12 +12,13 @@ from typing import Callable
 
 from PIL import Image
 
-# Called after every denoising step; may raise to stop generation (see animenb.progress).
-StepCallback = Callable[..., None]
-
 from ..profiles import check_clip_skip, parse_loras
 from .samplers import SCHEDULER_NAMES as SCHEDULERS  # noqa: F401  (the names the spec and widgets offer)
 from .samplers import sampler
+
+# Called after every denoising step; may raise to stop generation (see animenb.progress).
+StepCallback = Callable[..., None]
+
 # What one generation may ask of a model; the phase specs (animenb.phases.spec) build on these.
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 64, 2048, 8
 MAX_STEPS = 150
@@ -131,7 +132,8 @@ class VideoRequest:
             raise ValueError(f"`frames` must be an integer in [2, {MAX_MODEL_FRAMES}], got {self.frames!r}.")
         if isinstance(self.motion_scale, bool) or not isinstance(self.motion_scale, (int, float)) \
                 or not 0.0 <= self.motion_scale <= MAX_MOTION_SCALE:
-            raise ValueError(f"`motion_scale` must be a number in [0, {MAX_MOTION_SCALE:g}], got {self.motion_scale!r}.")
+            raise ValueError(f"`motion_scale` must be a number in [0, {MAX_MOTION_SCALE:g}], "
+                             f"got {self.motion_scale!r}.")
 
 
 @dataclass(frozen=True)

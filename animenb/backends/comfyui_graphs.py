@@ -128,9 +128,9 @@ def text_to_image(request: ImageRequest, *, checkpoint: str, ip_adapter: dict | 
     # 1. Models and conditioning.
     loader = graph.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
     model, clip = _models(graph, loader, loras, clip_skip)
-    positive = graph.add("CLIPTextEncode", text=with_embedding_syntax(request.prompt, embeddings), clip=clip)
-    negative = graph.add("CLIPTextEncode", text=with_embedding_syntax(request.negative_prompt, embeddings), clip=clip)
-    positive, negative = [positive, 0], [negative, 0]
+    encoded = [graph.add("CLIPTextEncode", text=with_embedding_syntax(text, embeddings), clip=clip)
+               for text in (request.prompt, request.negative_prompt)]
+    positive, negative = [encoded[0], 0], [encoded[1], 0]
     if ip_adapter is not None:
         model = _ip_adapter(graph, model, scale=request.ip_adapter_scale, **ip_adapter)
     if controlnet is not None:

@@ -194,6 +194,7 @@ class DiffusersBackend(Backend):
         """text_to_image through the profile's ControlNet (StableDiffusionControlNetPipeline, IP-Adapter kept)."""
         pipe = self._pipeline("sd_controlnet", request.checkpoint)
         arguments = self._image_call(pipe, request, on_step)
+        assert request.control_image is not None  # `controlled`
         control = request.control_image.convert("RGB")
         if control.size != (request.width, request.height):
             control = control.resize((request.width, request.height), Image.LANCZOS)

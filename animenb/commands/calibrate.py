@@ -67,7 +67,8 @@ def _print(title: str, rows: list[dict]) -> None:
     print(f"\n{title}")
     for phase, c in confusion(rows).items():
         print(f"  {phase:<16} good->pass {c['true_accept']:>4}  good->FAIL {c['false_reject']:>4}  "
-              f"bad->fail {c['true_reject']:>4}  bad->PASS {c['false_accept']:>4}  review {c['review_good'] + c['review_bad']:>4}"
+              f"bad->fail {c['true_reject']:>4}  bad->PASS {c['false_accept']:>4}  "
+              f"review {c['review_good'] + c['review_bad']:>4}"
               f"  accuracy {c['accuracy']:.1%}")
 
 
@@ -96,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     _print(f"after, {args.folds}-fold cross-validated (each row decided by floors fitted without it)",
            cross_validated(rows, current, args.folds))
     for phase, f in per_phase.items():
-        print(f"  {phase}: threshold {f['threshold']:.2f}, " + ", ".join(f"{k} {v:.2f}" for k, v in f["critical"].items()))
+        floors = ", ".join(f"{k} {v:.2f}" for k, v in f["critical"].items())
+        print(f"  {phase}: threshold {f['threshold']:.2f}, {floors}")
     if args.dry_run:
         return 0
     path = home / CALIBRATED_NAME

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default=None, help="local runs: default outputs/sweep-<stamp>/")
     parser.add_argument("--no-report", action="store_true", help="local runs: skip the comparison notebook")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--url", default=None, help="submit the sweep to this animenb server instead of running it here")
+    parser.add_argument("--url", default=None,
+                        help="submit the sweep to this animenb server instead of running it here")
     parser.add_argument("--token", default=os.environ.get("ANIMENB_TOKEN"),
                         help="bearer token for --url (default $ANIMENB_TOKEN); a sweep needs one")
 

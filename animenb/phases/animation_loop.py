@@ -74,7 +74,7 @@ def animation_loop(
                            guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,
                            frames=frames + loop_overlap, ip_adapter_image=reference,
                            ip_adapter_scale=ip_adapter_scale, motion_scale=motion_scale, checkpoint=checkpoint,
-                           loras=loras or (), clip_skip=clip_skip)
+                           loras=tuple(loras or ()), clip_skip=clip_skip)
     out = prepare_output_dir(output_dir, PHASE.name)
     parameters = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
                   "width": width, "height": height, "guidance_scale": guidance_scale, "scheduler": scheduler,

@@ -406,7 +406,8 @@ class OrchestrationDriver(JobDriver):
 
     def __init__(self, host: JobHost):
         super().__init__(host)
-        self.orchestrations: dict[str, Orchestrator] = {}  # parent job id -> its driving task
+        # parent job id -> what drives it (an Orchestrator; a SweepRun for sweeps): cancel(), task, progress_dict()
+        self.orchestrations: dict[str, Any] = {}
 
     def recover(self) -> list[JobRecord]:
         return recover_orchestrations(self.host)

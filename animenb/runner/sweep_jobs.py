@@ -17,8 +17,8 @@ when at least one cell succeeded (the failed cells are named in its `reason`) an
 
 Restart (`recover_sweeps`, before the store's `recover()`): a parent left `running` is re-queued (at most
 `MAX_RESUMES` times, then `lost`: the orchestration's `requeue_parent`); its children are ordinary jobs the
-store's own policy settles. When the parent runs again it reads sweep.json: cells whose child finished are kept, a child still queued or running
-is waited for, and a cell whose child was lost is submitted again.
+store's own policy settles. When the parent runs again it reads sweep.json: cells whose child finished are
+kept, a child still queued or running is waited for, and a cell whose child was lost is submitted again.
 """
 from __future__ import annotations
 
@@ -108,7 +108,8 @@ class SweepRun:
                 self.child_ids[index] = child_id
         kept = sum(1 for c in self.child_ids if c is not None)
         if kept:
-            log.info("sweep %s resumes with %d of %d cells already submitted", self.parent.id, kept, len(self.child_ids))
+            log.info("sweep %s resumes with %d of %d cells already submitted", self.parent.id, kept,
+                     len(self.child_ids))
 
     def _submit(self, index: int) -> None:
         parent = self.parent
@@ -120,7 +121,7 @@ class SweepRun:
     async def _wait_all(self) -> None:
         """Until every child is terminal, relaying their progress to the parent."""
         loop = asyncio.get_running_loop()
-        remaining = set(self.child_ids)
+        remaining = {child_id for child_id in self.child_ids if child_id is not None}
         all_done: asyncio.Future = loop.create_future()
         index_of = {child_id: i for i, child_id in enumerate(self.child_ids)}
 
@@ -209,10 +210,11 @@ class SweepRun:
         not_ok = [(i, c) for i, c in enumerate(children) if c is None or c.status is not JobStatus.SUCCEEDED]
         listed = ", ".join(f"cell {i} {c.status.value if c else 'missing'}" for i, c in not_ok[:8])
         if self.cancel_requested or any(c is not None and c.status is JobStatus.CANCELLED for _, c in not_ok):
-            return JobStatus.CANCELLED, JobError("Cancelled", f"Cancelled with {len(ok)} of {len(children)} cells "
-                                                              "done."), f"cancelled: {len(ok)} of {len(children)} cells done"
+            done = f"{len(ok)} of {len(children)} cells done"
+            return JobStatus.CANCELLED, JobError("Cancelled", f"Cancelled with {done}."), f"cancelled: {done}"
         if not ok:
-            return JobStatus.FAILED, JobError("SweepFailed", f"No cell succeeded: {listed}."), f"no cell succeeded: {listed}"
+            return (JobStatus.FAILED, JobError("SweepFailed", f"No cell succeeded: {listed}."),
+                    f"no cell succeeded: {listed}")
         reason = f"{len(ok)} of {len(children)} cells succeeded" + (f"; {listed}" if not_ok else "")
         return JobStatus.SUCCEEDED, None, reason
 
@@ -246,7 +248,7 @@ class SweepRun:
 
 def children_rows(store, child_ids: list[str]) -> list[dict]:
     """The parent's `children` rows: the orchestration's (`child_row`) plus each cell's index and values."""
-    rows = []
+    rows: list[dict] = []
     for child_id in child_ids:
         try:
             job = store.get(child_id)

@@ -6,8 +6,9 @@ per phase attempt (see animenb.runner.orchestration). Body: `prompt` (required) 
 POST /generate and passed to every phase), `reference_image` (a previous job's output, as for /generate;
 phase 1's IP-Adapter reference), `max_retries` (retries per phase after a failed gate), `on_review`
 (continue | retry | stop, default continue: what a gate's "review" verdict does), `advisory_gates` (run
-the chain through whatever the gates say), `threshold` (one gate for every phase) or `thresholds` ({phase id or name: number or null}; null or absent: the phase's
-threshold in parameters/quality.yaml), `models` (must name the server's profile, if given), `visibility`.
+the chain through whatever the gates say), `threshold` (one gate for every phase) or `thresholds`
+({phase id or name: number or null}; null or absent: the phase's threshold in parameters/quality.yaml),
+`models` (must name the server's profile, if given), `visibility`.
 `max_retries` and the gates follow the chain's own spec (`animenb.chain.MAX_RETRIES`, `THRESHOLD`), as the
 in-process `orchestrate()` and the OpenAPI document do.
 """
@@ -22,8 +23,8 @@ from animenb.runner.orchestration import COMMON_FIELDS
 from .validation import FIELDS, check_param, invalid, resolve_output_ref
 
 CHAIN_FIELDS = ("prompt", "seed", "steps", "width", "height") + COMMON_FIELDS
-ACCEPTED = CHAIN_FIELDS + ("reference_image", "max_retries", "advisory_gates", "on_review", "threshold", "thresholds", "models",
-                            "visibility")
+ACCEPTED = CHAIN_FIELDS + ("reference_image", "max_retries", "advisory_gates", "on_review", "threshold",
+                            "thresholds", "models", "visibility")
 
 
 def validate_orchestrate(data: dict, outputs_dir, server_models: str, readable) -> tuple[dict, str | None]:

@@ -129,8 +129,8 @@ class SweepPlan:
 
     def as_dict(self) -> dict:
         """The recipe: what a parent job stores and `plan_from_dict` reads back."""
-        return {"phase": self.phase, "parameters": dict(self.parameters), "axes": {k: list(v) for k, v in self.axes.items()},
-                "mode": self.mode}
+        return {"phase": self.phase, "parameters": dict(self.parameters),
+                "axes": {k: list(v) for k, v in self.axes.items()}, "mode": self.mode}
 
 
 def combine(axes: Mapping[str, list], mode: str) -> list[dict[str, Any]]:

@@ -56,8 +56,10 @@ class Migration3Callback:
             SELECT status, visibility, IFNULL(phase, -1), owner, COUNT(*) FROM jobs GROUP BY 1, 2, 3, 4
             """
         )
-        cursor.execute(f"CREATE TRIGGER IF NOT EXISTS jobs_count_insert AFTER INSERT ON jobs BEGIN {_bump('NEW', '1')} END")
-        cursor.execute(f"CREATE TRIGGER IF NOT EXISTS jobs_count_delete AFTER DELETE ON jobs BEGIN {_bump('OLD', '-1')} END")
+        cursor.execute("CREATE TRIGGER IF NOT EXISTS jobs_count_insert AFTER INSERT ON jobs "
+                       f"BEGIN {_bump('NEW', '1')} END")
+        cursor.execute("CREATE TRIGGER IF NOT EXISTS jobs_count_delete AFTER DELETE ON jobs "
+                       f"BEGIN {_bump('OLD', '-1')} END")
         cursor.execute(
             f"""--sql
             CREATE TRIGGER IF NOT EXISTS jobs_count_update AFTER UPDATE OF status, visibility, phase, owner ON jobs
