@@ -179,11 +179,12 @@ def _load(kind: str, profile: ModelProfile, placement: Placement):
     elif kind == "animatediff":
         adapter = _from_pretrained(diffusers.MotionAdapter, profile, "motion_adapter", dtype=dtype)
         sd = pipeline("sd", profile, placement)
-        if getattr(sd.unet, "_animenb_loras", None):
+        if getattr(sd.unet, "_animenb_loras", None) or getattr(sd.text_encoder, "_animenb_loras", None):
+            from .backends.diffusers_models import unload_loras
+
             # UNetMotionModel.from_unet2d copies plain weights: a UNet holding peft LoRA layers (an earlier
-            # image job's) cannot be copied, so they are unloaded first (a later image job loads them again).
-            sd.unload_lora_weights()
-            sd.unet._animenb_loras = []
+            # image job's) cannot be copied, so they are unloaded first (a later job loads them again).
+            unload_loras(sd)
         pipe = diffusers.AnimateDiffPipeline.from_pipe(sd, motion_adapter=adapter, dtype=dtype)
         pipe.scheduler = pipe.scheduler.from_config(pipe.scheduler.config, **ANIMATEDIFF_SCHEDULER)
         _scale_motion_modules(pipe.unet)

@@ -220,18 +220,65 @@ def test_sd_parsers_reads_every_sampler_back(name, tmp_path):
     assert (sampler.name, sampler.parameters["scheduler"]) == SAMPLERS[name].a1111
 
 
-def test_animation_after_an_image_job_with_loras(backend):
+VIDEO = dict(prompt="a girl", width=64, height=64, steps=2, frames=4, seed=1)
+ALICE = [{"name": "alice", "weight": 1.0}]
+
+
+def frames_digest(frames) -> str:
+    return hashlib.sha256("".join(png_digest(frame) for frame in frames).encode()).hexdigest()
+
+
+def fresh_process_digests() -> tuple[str, str]:
+    """The plain image's and the plain animation's digests from a new process (one torch thread, as here)."""
+    import torch
+
+    assert torch.get_num_threads() == 1, "the comparison needs the same thread count as the fresh process"
+    code = ("import hashlib, io; from animenb.backends import get_backend, ImageRequest, VideoRequest\n"
+            "def png(im):\n b = io.BytesIO(); im.save(b, format='PNG'); return hashlib.sha256(b.getvalue()).hexdigest()\n"
+            "backend = get_backend('diffusers', models='tiny')\n"
+            f"print(png(backend.text_to_image(ImageRequest(**{REQUEST!r}))))\n"
+            f"frames = backend.text_to_video(VideoRequest(**{VIDEO!r}))\n"
+            "print(hashlib.sha256(''.join(png(f) for f in frames).encode()).hexdigest())\n")
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "ANIMENB_THREADS": "1"}, timeout=600)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    image, video = fresh.stdout.split()[-2:]
+    return image, video
+
+
+def test_animation_loras_leave_nothing_behind_in_either_order(backend):
+    """AnimateDiff's UNet is its own (a motion UNet built from SD's), its text encoder is SD's: a LoRA loaded
+    for one kind of job must not reach the next job of the other kind. Both orders, against a fresh process."""
     from animenb.backends import VideoRequest
     from animenb.models import clear_cache
 
-    clear_cache()  # the AnimateDiff pipeline is built from an SD pipeline that holds LoRA layers
-    backend.text_to_image(ImageRequest(**REQUEST, loras=[{"name": "alice", "weight": 1.0}]))
-    frames = backend.text_to_video(VideoRequest("a girl", width=64, height=64, steps=2, frames=4))
-    assert len(frames) == 4
-    assert png_digest(backend.text_to_image(ImageRequest(**REQUEST, loras=[{"name": "alice", "weight": 1.0}])))
-    with pytest.raises(ValueError, match="not supported for animation"):
-        backend.text_to_video(VideoRequest("a girl", width=64, height=64, steps=2, frames=4,
-                                           loras=[{"name": "alice", "weight": 1.0}]))
+    fresh_image, fresh_video = fresh_process_digests()
+    clear_cache()
+    # image with a LoRA, then animation without (the motion UNet is built after the image job's LoRA)
+    backend.text_to_image(ImageRequest(**REQUEST, loras=ALICE))
+    assert frames_digest(backend.text_to_video(VideoRequest(**VIDEO))) == fresh_video
+    # animation with a LoRA, then image without
+    with_lora = backend.text_to_video(VideoRequest(**VIDEO, loras=ALICE))
+    assert backend.last_models["loras"][0]["name"] == "alice"
+    assert frames_digest(with_lora) != fresh_video
+    assert png_digest(backend.text_to_image(ImageRequest(**REQUEST))) == fresh_image
+    # and back: the animation's LoRA is still loaded (not reloaded) yet off for a job without it
+    assert frames_digest(backend.text_to_video(VideoRequest(**VIDEO, loras=ALICE))) == frames_digest(with_lora)
+    assert frames_digest(backend.text_to_video(VideoRequest(**VIDEO))) == fresh_video
+
+
+def test_animation_with_a_unet_only_lora_and_the_image_lora_in_turn(backend):
+    """A LoRA with no text-encoder layers on the animation, while the image pipeline holds another LoRA in the
+    shared text encoder: each job gets exactly its own."""
+    from animenb.backends import VideoRequest
+
+    bob = [{"name": "chars/bob", "weight": 0.8}]
+    image_alice = png_digest(backend.text_to_image(ImageRequest(**REQUEST, loras=ALICE)))
+    video_bob = frames_digest(backend.text_to_video(VideoRequest(**VIDEO, loras=bob)))
+    video_both = frames_digest(backend.text_to_video(VideoRequest(**VIDEO, loras=ALICE + bob)))
+    assert video_bob != video_both
+    assert png_digest(backend.text_to_image(ImageRequest(**REQUEST, loras=ALICE))) == image_alice
+    assert frames_digest(backend.text_to_video(VideoRequest(**VIDEO, loras=bob))) == video_bob
 
 
 def test_a_pose_controlled_job_with_loras_leaves_nothing_behind(backend):

@@ -204,12 +204,6 @@ class DiffusersBackend(Backend):
     def text_to_video(self, request: VideoRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
         from ..models import set_motion_scale
 
-        if request.loras or self.profile.loras:
-            # AnimateDiff's UNet is a copy of the SD one, but the text encoder is shared with it: adapters on
-            # both pipelines need their own bookkeeping, not written yet.
-            raise ValueError("`loras` are not supported for animation on the diffusers backend yet; "
-                             "use backend='comfyui' or leave them out.")
-        use_loras(self._pipeline("sd", request.checkpoint), ())  # the shared text encoder: no image job's LoRA
         pipe = self._pipeline("animatediff", request.checkpoint)
         use_scheduler(pipe, request.scheduler)
         set_motion_scale(pipe, request.motion_scale)

@@ -11,7 +11,8 @@ import re
 
 from .. import model_files
 
-MAX_LOADED_LORAS = 8  # adapters kept loaded per pipeline; the least recently used is deleted past this
+MAX_LOADED_LORAS = 8  # adapters kept loaded per model; the least recently used is deleted past this
+LORA_COMPONENTS = ("unet", "text_encoder")
 
 
 def adapter_name(entry: model_files.ModelFile) -> str:
@@ -23,29 +24,67 @@ def use_loras(pipe, loras) -> list[dict]:
     """Activate exactly `loras` ((name or path, weight), ...) on `pipe`; returns what A1111 records for each
     ({"name", "hash", "weight"}). ValueError for a LoRA that is not in the folder or does not fit the model."""
     entries = [(model_files.find("loras", name), weight) for name, weight in loras]
-    # Kept on the UNet, which the SD and SD + ControlNet pipelines share (with the text encoder): what one
-    # loaded is active on the other until this turns it off.
-    loaded: list[str] = getattr(pipe.unet, "_animenb_loras", [])
+    # Kept per model, not per pipeline: SD and SD + ControlNet share the UNet, and all of them (AnimateDiff too)
+    # share the text encoder, so what one pipeline loaded is there, maybe active, for the others.
+    loaded = {component: getattr(getattr(pipe, component), "_animenb_loras", []) for component in LORA_COMPONENTS}
     for entry, _ in entries:
         name = adapter_name(entry)
-        if name in loaded:
-            loaded.remove(name)
-        else:
-            try:
-                pipe.load_lora_weights(str(entry.path.parent), weight_name=entry.path.name, adapter_name=name)
-            except (ValueError, KeyError, RuntimeError) as exc:
-                raise ValueError(f"LoRA `{entry.name}` does not fit this model ({str(exc).splitlines()[0][:200]})."
-                                 ) from exc
-        loaded.append(name)  # most recently used last
-    while len(loaded) > MAX_LOADED_LORAS:
-        pipe.delete_adapters(loaded.pop(0))
-    pipe.unet._animenb_loras = loaded
+        missing = [component for component in LORA_COMPONENTS if name not in loaded[component]]
+        if missing:
+            _load_lora(pipe, missing, entry, name)
+        for names in loaded.values():
+            if name in names:
+                names.remove(name)
+            names.append(name)  # most recently used last
+    for component, names in loaded.items():
+        while len(names) > MAX_LOADED_LORAS:
+            _delete_adapter(pipe, component, names.pop(0))
+        getattr(pipe, component)._animenb_loras = names
     if entries:
         pipe.enable_lora()
         pipe.set_adapters([adapter_name(e) for e, _ in entries], [w for _, w in entries])
-    elif loaded:
+    elif any(loaded.values()):
         pipe.disable_lora()
     return [{"name": e.name, "hash": model_files.short_hash(e), "weight": w} for e, w in entries]
+
+
+def unload_loras(pipe) -> None:
+    """Remove every LoRA layer from `pipe`'s UNet and text encoder (and forget them)."""
+    pipe.unload_lora_weights()
+    for component in LORA_COMPONENTS:
+        getattr(pipe, component)._animenb_loras = []
+
+
+def _load_lora(pipe, components: list[str], entry: model_files.ModelFile, name: str) -> None:
+    """Load the LoRA's layers into the given models of `pipe` only (what `load_lora_weights` does for both):
+    the other one may hold them already, loaded through another pipeline. A LoRA without layers for a model
+    loads nothing there."""
+    try:
+        state_dict, alphas, metadata = pipe.lora_state_dict(str(entry.path.parent), weight_name=entry.path.name,
+                                                            return_lora_metadata=True)
+        if not all("lora" in key for key in state_dict):
+            raise ValueError("not a LoRA file: some parameter names lack 'lora'")
+        if "unet" in components:
+            pipe.load_lora_into_unet(state_dict, alphas, unet=pipe.unet, adapter_name=name, metadata=metadata,
+                                     _pipeline=pipe)
+        if "text_encoder" in components:
+            pipe.load_lora_into_text_encoder(state_dict, alphas, text_encoder=pipe.text_encoder,
+                                             lora_scale=pipe.lora_scale, adapter_name=name, metadata=metadata,
+                                             _pipeline=pipe)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ValueError(f"LoRA `{entry.name}` does not fit this model ({str(exc).splitlines()[0][:200]}).") from exc
+
+
+def _delete_adapter(pipe, component: str, name: str) -> None:
+    model = getattr(pipe, component)
+    if name not in getattr(model, "peft_config", {}):
+        return  # the LoRA had no layers for this model
+    if component == "unet":
+        model.delete_adapters(name)
+    else:
+        from diffusers.utils.peft_utils import delete_adapter_layers
+
+        delete_adapter_layers(model, name)
 
 
 def use_embeddings(pipe, *prompts: str) -> list[dict]:
