@@ -39,7 +39,7 @@ def test_axis_forms(axis, raw, values):
     ({"steps": [2, 2]}, "grid", "axes.steps"),
     ({"steps": {"a": 1}}, "grid", "axes.steps"),
     ({"steps": []}, "grid", "axes.steps"),
-    ({"scheduler": "DPM++ 2M"}, "grid", "axes.scheduler"),
+    ({"scheduler": "DPM++ 9M"}, "grid", "axes.scheduler"),
     ({"seed": f"1-{MAX_CELLS + 1}"}, "grid", "axes"),
     ({"steps": [1], "seed": [1], "width": [64], "height": [64]}, "grid", "axes"),  # 4 axes
     ({}, "grid", "axes"),
