@@ -42,7 +42,7 @@ def hub_downloads(profile: ModelProfile) -> list[HubDownload]:
         if spec.is_tiny:
             continue
         if spec.is_single_file:
-            config = profile.single_file_config(role) if role == "sd" else None
+            config = profile.single_file_config(role) if role in ("sd", "controlnet") else None
             if config and not Path(config).exists() and not config.startswith(("/", ".", "~")):
                 downloads.append(HubDownload(role, config, (*_CONFIGS,), what="config"))
             continue

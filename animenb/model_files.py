@@ -4,6 +4,7 @@
     ANIMENB_VAES         VAE override files;                          default <home>/models/vae
     ANIMENB_LORAS        LoRAs (.safetensors);                         default <home>/models/loras
     ANIMENB_EMBEDDINGS   embeddings (.safetensors, .pt, .bin);          default <home>/models/embeddings
+    ANIMENB_CONTROLNETS  ControlNets (.safetensors, .ckpt);             default <home>/models/controlnet
 
 A file is named by its path relative to its folder without the suffix (`chars/alice` for
 `loras/chars/alice.safetensors`), as A1111 and ComfyUI list them. Hashes are the ones A1111 writes
@@ -26,6 +27,7 @@ KINDS = {  # kind -> (environment variable, folder under <home>/models, suffixes
     "vae": ("ANIMENB_VAES", "vae", (".safetensors", ".ckpt", ".pt")),
     "loras": ("ANIMENB_LORAS", "loras", (".safetensors",)),
     "embeddings": ("ANIMENB_EMBEDDINGS", "embeddings", (".safetensors", ".pt", ".bin")),
+    "controlnet": ("ANIMENB_CONTROLNETS", "controlnet", (".safetensors", ".ckpt")),
 }
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 _HASH_CACHE: dict[tuple, str] = {}
@@ -134,5 +136,5 @@ def mentioned_embeddings(*prompts: str) -> list[ModelFile]:
 
 
 def listing() -> dict:
-    """Every checkpoint, VAE, LoRA and embedding found, by kind (names, sizes, hashes; no absolute paths)."""
+    """Every checkpoint, VAE, LoRA, embedding and ControlNet found, by kind (names, sizes, hashes; no absolute paths)."""
     return {kind: [entry.as_dict() for entry in files(kind)] for kind in KINDS}

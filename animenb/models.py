@@ -233,7 +233,11 @@ def _load_controlnet_pipeline(profile: ModelProfile, placement: Placement):
     """
     import diffusers
 
-    controlnet = _from_pretrained(diffusers.ControlNetModel, profile, "controlnet", dtype=placement.torch_dtype)
+    if profile.role("controlnet").is_single_file:  # an original-layout file, as lllyasviel and Civitai ship them
+        controlnet = _from_single_file(diffusers.ControlNetModel, profile, "controlnet",
+                                       torch_dtype=placement.torch_dtype)
+    else:
+        controlnet = _from_pretrained(diffusers.ControlNetModel, profile, "controlnet", dtype=placement.torch_dtype)
     sd = pipeline("sd", profile, placement)
     pipe = diffusers.StableDiffusionControlNetPipeline.from_pipe(sd, controlnet=controlnet,
                                                                   dtype=placement.torch_dtype)

@@ -21,6 +21,9 @@ from .fast_paths import FastPaths, parse_fast_paths
 ROLES = ("sd", "motion_adapter", "svd", "ip_adapter", "controlnet", "vae")
 # Where a single-file SD 1.x checkpoint takes its configs and tokenizer when its role names no `config`.
 SD15_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# ...and a single-file ControlNet (an SD 1.5 ControlNet: every v1.1 one shares this architecture).
+CONTROLNET_SD15_CONFIG = "lllyasviel/control_v11p_sd15_openpose"
+FILE_FOLDERS = {"vae": "vae", "controlnet": "controlnet"}  # role -> model_files kind a file name is looked up in
 MAX_CLIP_SKIP = 4
 TINY_LABEL = "tiny (random weights)"
 
@@ -94,11 +97,11 @@ class ModelProfile:
     def resolve(self, role: str) -> str:
         """Where `role` loads from: a local folder or file, or a hub id."""
         spec = self.role(role)
-        if spec.is_single_file and not spec.is_local_path:  # a name in the checkpoints / VAE folder
+        if spec.is_single_file and not spec.is_local_path:  # a name in the checkpoints / VAE / ControlNet folder
             from .model_files import find
 
             try:
-                return str(find("vae" if role == "vae" else "checkpoints", spec.source).path)
+                return str(find(FILE_FOLDERS.get(role, "checkpoints"), spec.source).path)
             except ValueError as exc:
                 raise ModelNotAvailableError(f"Model role `{role}` of profile `{self.name}`: {exc}") from None
         if spec.is_tiny:
@@ -126,8 +129,9 @@ class ModelProfile:
             return path.name
 
     def single_file_config(self, role: str) -> str:
-        """The config a single-file role loads with: its own `config`, else SD 1.5's (hub id)."""
-        config = self.role(role).config or SD15_CONFIG
+        """The config a single-file role loads with: its own `config`, else SD 1.5's (hub id) or, for the
+        `controlnet` role, an SD 1.5 ControlNet's."""
+        config = self.role(role).config or (CONTROLNET_SD15_CONFIG if role == "controlnet" else SD15_CONFIG)
         if config.startswith("tiny:"):
             from .tiny import ensure_tiny_models
 

@@ -346,6 +346,47 @@ def vae_original_state_dict(vae) -> dict:
     return {_vae_key_to_original(k, levels): v.detach().contiguous() for k, v in vae.state_dict().items()}
 
 
+def controlnet_original_state_dict(controlnet) -> dict:
+    """A diffusers ControlNetModel's weights in the original layout (`control_model.*`: `input_hint_block`,
+    `zero_convs`, `middle_block_out` beside the UNet encoder's keys), as lllyasviel's and Civitai's ControlNet
+    files hold them; diffusers' `convert_controlnet_checkpoint` reads exactly these names."""
+    config = controlnet.config
+    layers = config.layers_per_block
+    hint_blocks = len(config.conditioning_embedding_out_channels) * 2 - 2  # the convs between conv_in and conv_out
+    state = {}
+    for key, value in controlnet.state_dict().items():
+        module, _, leaf = key.rpartition(".")
+        if key.startswith("controlnet_cond_embedding."):
+            part = module.split(".")[1]
+            index = 0 if part == "conv_in" else 2 * (hint_blocks + 1) if part == "conv_out" else \
+                2 * (int(module.split(".")[2]) + 1)
+            original = f"input_hint_block.{index}.{leaf}"
+        elif key.startswith("controlnet_down_blocks."):
+            original = f"zero_convs.{module.split('.')[1]}.0.{leaf}"
+        elif key.startswith("controlnet_mid_block."):
+            original = f"middle_block_out.0.{leaf}"
+        else:  # the encoder copied from the UNet: named as the UNet's
+            original = _unet_key_to_original(key, layers, set())
+        state["control_model." + original] = value.detach().contiguous()
+    return state
+
+
+def build_single_file_controlnet(path: Path, *, seed: int | None = None) -> Path:
+    """`tiny:controlnet` saved as one original-layout file; with `seed`, its weights re-seeded first (so it
+    steers unlike `tiny:controlnet`)."""
+    import torch
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel.from_pretrained(str(ensure_tiny_models()["controlnet"]))
+    if seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for param in controlnet.parameters():
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    _save_state(controlnet_original_state_dict(controlnet), Path(path))
+    return Path(path)
+
+
 def build_single_file_checkpoint(path: Path, *, seed: int = _SEED + 10, vae_path: Path | None = None) -> Path:
     """The tiny SD pipeline with re-seeded UNet weights (so it draws unlike `tiny:sd`), saved as one
     original-layout `.safetensors` (or `.ckpt`, a pickled `{"state_dict": ...}`). With `vae_path`, a

@@ -6,6 +6,7 @@ import pytest
 import pytest_asyncio
 
 from animenb.phases.cost import MIN_STEPS, job_cost, orchestration_cost
+from animenb.profiles import parameters_dir
 from animenb.server.limits import JobLimits
 from serverkit import call, submit, wait_done, wait_running
 
@@ -29,6 +30,23 @@ def test_cost_is_pixels_steps_images_plus_frames():
     assert chain == pytest.approx(3 * per_try)  # the same function prices each step of the chain
 
 
+def test_unsized_phase_3_is_priced_at_the_profiles_svd_size():
+    mp, svd = 512 * 512 / 1e6, 1024 * 576 / 1e6
+    # the source image at SD's 512 px, then SVD's 25 frames and the MP4's 120 at 1024x576 (full_video.svd_size)
+    assert job_cost(3, {"steps": 15}, default_size=512, svd_size=(1024, 576)) == pytest.approx(
+        mp * 15 + svd * (15 * 25 + 0.25 * (25 + 120)))
+    assert job_cost(3, {"steps": 15, "image": "x.png"}, default_size=512, svd_size=(1024, 576)) == pytest.approx(
+        svd * (15 * 25 + 0.25 * (25 + 120)))
+    # a size the request gives is what every image renders at, as before; other phases never render SVD
+    sized = {"steps": 15, "width": 512, "height": 512}
+    assert job_cost(3, sized, default_size=512, svd_size=(1024, 576)) == job_cost(3, sized, default_size=512)
+    for phase in (1, 2):
+        assert job_cost(phase, {}, default_size=512, svd_size=(1024, 576)) == job_cost(phase, {}, default_size=512)
+    chain = orchestration_cost({"steps": 2}, default_size=512, svd_size=(1024, 576))
+    assert chain == pytest.approx(sum(job_cost(phase, {"steps": 2, "image": "chained"}, default_size=512,
+                                               svd_size=(1024, 576)) for phase in (1, 2, 3)))
+
+
 def test_one_step_or_many_output_frames_cannot_hide_the_work():
     limits = JobLimits()
     # 1,800 re-timed frames of 2048 px from 2 SVD frames at 1 step: once 8.4, under the anonymous cap
@@ -42,8 +60,8 @@ def test_one_step_or_many_output_frames_cannot_hide_the_work():
 def test_default_caps_keep_default_jobs_and_refuse_the_abusive_one():
     limits = JobLimits()
     assert limits.max_cost("anonymous") < limits.max_cost("user") < limits.max_cost("admin")
-    for phase in (1, 2, 3):  # the phases' defaults at SD 1.5's 512 px: any caller may queue them
-        assert job_cost(phase, {}, default_size=512) <= limits.max_cost("anonymous")
+    for phase in (1, 2, 3):  # the phases' defaults at SD 1.5's 512 px and SVD-XT's 1024x576: any caller may
+        assert job_cost(phase, {}, default_size=512, svd_size=(1024, 576)) <= limits.max_cost("anonymous")
     abusive = {"width": 2048, "height": 2048, "steps": 150, "frames": 60}  # what one caller queued 64 times
     assert job_cost(2, abusive, default_size=512) > limits.max_cost("admin")
     with pytest.raises(ValueError, match="role"):
@@ -94,6 +112,23 @@ async def test_limits_are_published(srv):
         assert "megapixel-steps" in limits["job_cost"]["unit"] and limits["job_timeout_seconds"] == 3.0
         assert "seconds x fps" in limits["job_cost"]["formula"]
         assert limits["http"]["max_body_bytes"] == 64 * 1024 and limits["profile_default_size"] == 64
+        assert limits["profile_svd_size"] == [64, 64]  # the tiny profile has no `sizes.svd`
+
+
+@aio
+async def test_the_server_prices_phase_3_at_its_profiles_svd_size(tmp_path_factory, start_live_server):
+    home = tmp_path_factory.mktemp("svd_cost")
+    profile = home / "wide-svd.yaml"  # the tiny profile, with an SVD size of its own
+    profile.write_text((parameters_dir() / "models" / "tiny.yaml").read_text().replace(
+        "name: tiny\n", "name: wide-svd\nsizes:\n  svd: [512, 256]\n"))
+    async with start_live_server(home, models=str(profile), job_limits=LIMITS) as server:
+        # unsized: 64 px source (0.06) + 512x256 x (15 x 25 + 0.25 x 145) = 54, past the user's 10
+        token = server.service.tokens.create("user1", "user")[1]
+        code, data, _ = await call(server, "POST", f"{API}/generate", {"prompt": "a fox", "phase": 3},
+                                   token=token)
+        assert code == 422 and data["error"]["code"] == "job_too_costly", data
+        assert "(512 x 256 px x 15 steps" in data["error"]["message"]
+        assert (await call(server, "GET", f"{API}/phases"))[1]["limits"]["profile_svd_size"] == [512, 256]
 
 
 @aio

@@ -8,16 +8,20 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from animenb import tiny
 from animenb.backends import ImageRequest, get_backend
 from animenb.backends import comfyui_graphs as graphs
 from animenb.media import read_png_parameters
+from animenb.model_fetch import hub_downloads
 from animenb.models import pipeline
 from animenb.phases import POSES, character_sheet
 from animenb.phases.spec import SpecError, phase_spec
 from animenb.poses import (COLOURS, KEYPOINTS, LIMBS, SKELETONS, _placed, builtin_skeletons, draw_skeleton,
                            load_pose_images, mirrored)
+from animenb.profiles import ModelNotAvailableError, load_profile, parameters_dir
 from animenb.quality.pose_following import pose_following
 from animenb.quality.scoring import score_output_dir
 
@@ -146,6 +150,45 @@ def test_the_skeleton_steers_the_image_and_strength_zero_is_no_control():
 def test_bad_control_requests_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ImageRequest("x", **kwargs)
+
+
+def _profile_with_controlnet(tmp_path, name: str, controlnet: str):
+    """The tiny profile with its `controlnet` role replaced."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text((parameters_dir() / "models" / "tiny.yaml").read_text()
+                    .replace("name: tiny\n", f"name: {name}\n")
+                    .replace("  controlnet: tiny:controlnet", f"  controlnet: {controlnet}"))
+    return load_profile(path)
+
+
+def test_a_single_file_controlnet_loads_weight_for_weight_and_steers_as_the_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "controlnet"
+    tiny.build_single_file_controlnet(folder / "tiny_openpose.safetensors")
+    tiny.build_single_file_controlnet(folder / "reseeded.safetensors", seed=5)
+    monkeypatch.setenv("ANIMENB_CONTROLNETS", str(folder))
+    by_name = _profile_with_controlnet(tmp_path, "one-file", "{source: tiny_openpose.safetensors, config: 'tiny:controlnet'}")
+    ours = pipeline("sd_controlnet", by_name).controlnet.state_dict()
+    theirs = pipeline("sd_controlnet", "tiny").controlnet.state_dict()
+    assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    request = ImageRequest("a knight", width=64, height=64, steps=2, seed=4,
+                           control_image=builtin_skeletons(["smile"], 64, 64)[0])
+    from_folder = _pixels(get_backend("diffusers", models="tiny").text_to_image(request))
+    assert np.array_equal(from_folder, _pixels(get_backend("diffusers", models=by_name).text_to_image(request)))
+    reseeded = _profile_with_controlnet(tmp_path, "reseeded", f"{{source: {folder / 'reseeded.safetensors'}, "
+                                                              "config: 'tiny:controlnet'}")
+    assert not np.array_equal(from_folder,
+                              _pixels(get_backend("diffusers", models=reseeded).text_to_image(request)))
+
+
+def test_a_single_file_controlnet_names_its_folder_and_default_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANIMENB_CONTROLNETS", str(tmp_path / "controlnet"))
+    missing = _profile_with_controlnet(tmp_path, "missing", "control_v11p_sd15_openpose_fp16.safetensors")
+    with pytest.raises(ModelNotAvailableError, match="no controlnet file named .*ANIMENB_CONTROLNETS"):
+        missing.resolve("controlnet")
+    # Without `config:`, an SD 1.5 ControlNet's configs, which `animenb models download` fetches.
+    assert missing.single_file_config("controlnet") == "lllyasviel/control_v11p_sd15_openpose"
+    assert ("controlnet", "lllyasviel/control_v11p_sd15_openpose", "config") in {
+        (d.role, d.repo_id, d.what) for d in hub_downloads(missing)}
 
 
 # ---------------------------------------------------------------- the sheet

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from animenb.phases.cost import FRAME_STEPS, MIN_STEPS
 from animenb.sweeps.grid import GridLayout, grid_pages
 from animenb.sweeps.plan import MAX_CELLS, SweepError, build_plan, combine, plan_from_dict
 
@@ -63,7 +64,8 @@ def test_grid_and_zip_order_and_cost():
     assert plan.cells[:3] == [{"steps": 1, "seed": 7, "scheduler": "euler"}, {"steps": 2, "seed": 7, "scheduler": "euler"},
                               {"steps": 1, "seed": 8, "scheduler": "euler"}]  # X fastest, then Y, then Z
     assert len(plan.cells) == 8 and plan.shape() == (2, 2, 2)
-    assert plan.cost(default_size=512) == pytest.approx(4 * (64 * 64 * 1 * 8 + 64 * 64 * 2 * 8) / 1e6)
+    # 8 cells of 8 poses at 64 px, 1 or 2 steps each counted as MIN_STEPS, plus the 8 frames each writes
+    assert plan.cost(default_size=512) == pytest.approx(8 * 64 * 64 * (MIN_STEPS * 8 + FRAME_STEPS * 8) / 1e6)
     assert plan_from_dict(plan.as_dict()) == plan
     assert combine({"steps": [1, 2], "seed": [7, 8]}, "zip") == [{"steps": 1, "seed": 7}, {"steps": 2, "seed": 8}]
 

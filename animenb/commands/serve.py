@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-job-cost", action="append", default=[], metavar="ROLE=N",
                         help="the most megapixel-steps (width x height x steps x images / 1e6) one job of a role "
                              "(anonymous, user, admin) may cost; 'none' for no limit; repeatable "
-                             "(defaults anonymous=150 user=1500 admin=15000)")
+                             "(defaults anonymous=300 user=1500 admin=15000)")
     parser.add_argument("--job-timeout", type=float, default=None, metavar="SECONDS",
                         help="a running job past this fails with error type Timeout (default 3600; 0: none)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")

@@ -33,7 +33,7 @@ import tornado.web
 from animenb import config
 from animenb.gpu_info import gpu_facts
 from animenb.phases.catalog import PHASES
-from animenb.phases.cost import frames_handled, images_per_step, job_cost, orchestration_cost
+from animenb.phases.cost import frames_handled, images_per_step, job_cost, orchestration_cost, render_size
 from animenb.retention import collect_garbage
 from animenb.runner.events import EventBus
 from animenb.runner.orchestration import ORCHESTRATION_KIND
@@ -112,7 +112,8 @@ def model_label(profile: str) -> dict:
         from animenb.profiles import load_profile
 
         loaded = load_profile(profile)
-        info.update(profile=loaded.name, label=loaded.label, tiny=loaded.is_tiny, default_size=loaded.default_size)
+        info.update(profile=loaded.name, label=loaded.label, tiny=loaded.is_tiny, default_size=loaded.default_size,
+                    svd_size=list(loaded.native_size("svd")))
     except Exception as exc:  # unknown profile: say so rather than fail health
         info["error"] = str(exc)
     if info["tiny"]:
@@ -163,6 +164,7 @@ class AnimeService:
             job_timeout=self.config.job_limits.timeout_seconds)
         self.models = model_label(self.config.models)
         self.default_size = self.models.get("default_size", 512)  # what a job without width/height costs
+        self.svd_size = tuple(self.models.get("svd_size", (self.default_size, self.default_size)))  # phase 3's
         self.websockets = WebSocketCounter(self.config.http_limits.max_websockets_per_client)
         self.gpu = GpuProbe()
         self.started_at = time.time()
@@ -219,6 +221,7 @@ class AnimeService:
     def limits(self) -> dict:
         """What one caller may ask (GET /phases and /health show it): job cost by role, job timeout, HTTP."""
         return {**self.config.job_limits.as_dict(), "profile_default_size": self.default_size,
+                "profile_svd_size": list(self.svd_size),
                 "http": self.config.http_limits.as_dict()}
 
     async def health(self) -> dict:
@@ -325,18 +328,25 @@ class AnimeService:
         return self.runner.submit(request.parameters, phase=request.phase, kind=request.kind, owner=request.owner,
                                   visibility=request.visibility, extra=request.extra)
 
+    @property
+    def render_sizes(self) -> dict:
+        """What a job without width/height renders at, as animenb.phases.cost takes it: the profile's
+        default size, and phase 3's SVD size."""
+        return {"default_size": self.default_size, "svd_size": self.svd_size}
+
     def check_cost(self, request: JobRequest) -> float:
         """The request's cost (animenb.phases.cost); 422 `job_too_costly` past its role's cap."""
         if request.kind == ORCHESTRATION_KIND:
-            cost = orchestration_cost(request.parameters, default_size=self.default_size)
+            cost = orchestration_cost(request.parameters, **self.render_sizes)
         elif request.kind == SWEEP_KIND:
-            cost = plan_from_dict(request.parameters["sweep"]).cost(default_size=self.default_size)
+            cost = plan_from_dict(request.parameters["sweep"]).cost(**self.render_sizes)
         else:
-            cost = job_cost(request.phase, request.parameters, default_size=self.default_size)
+            cost = job_cost(request.phase, request.parameters, **self.render_sizes)
         cap = self.config.job_limits.max_cost(request.role)
         if cap is not None and cost > cap:
             p = request.parameters
-            size = f"{p.get('width') or self.default_size} x {p.get('height') or self.default_size} px"
+            width, height = render_size(request.phase if request.kind == "phase" else 1, p, **self.render_sizes)
+            size = f"{width} x {height} px"
             what = (f"{size} x {p.get('steps')} steps x {images_per_step(request.phase, p)} images, "
                     f"{frames_handled(request.phase, p)} frames"
                     if request.kind == "phase" else f"{size}, {p.get('steps')} steps, the whole chain"

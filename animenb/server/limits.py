@@ -49,9 +49,10 @@ ROLES = ("anonymous", "user", "admin")
 @dataclass(frozen=True)
 class JobLimits:
     """What one job may ask: its cost (`animenb.phases.cost`, megapixel-steps) by the caller's role, and
-    how long it may run. A default 512 px job of any phase costs 32-111; 2048 px x 150 steps x 64
-    frames costs about 40,000. None: no limit."""
-    anonymous: float | None = 150.0
+    how long it may run. A default 512 px job of any phase costs 32-111, phase 3 at SVD-XT's native
+    1024x576 246 (anonymous callers may queue either); 2048 px x 150 steps x 64 frames costs about
+    40,000. None: no limit."""
+    anonymous: float | None = 300.0
     user: float | None = 1500.0
     admin: float | None = 15000.0
     timeout_seconds: float | None = 3600.0  # a running job past it fails with {"type": "Timeout"}

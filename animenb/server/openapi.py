@@ -172,7 +172,7 @@ _MODEL_FILE = {"type": "object", "required": ["name", "file", "bytes", "sha256",
     "name": STRING, "file": STRING, "bytes": INTEGER, "sha256": STRING, "hash": STRING}}
 MODELS = {"type": "object", "required": ["checkpoints", "vae", "loras", "embeddings"], "properties": {
     "profile": OBJECT, **{kind: {"type": "array", "items": _MODEL_FILE}
-                          for kind in ("checkpoints", "vae", "loras", "embeddings")}}}
+                          for kind in ("checkpoints", "vae", "loras", "embeddings", "controlnet")}}}
 NULLABLE_STRING = {"type": ["string", "null"]}
 NULLABLE_INTEGER = {"type": ["integer", "null"]}
 PAGE = {"limit": INTEGER, "next_cursor": NULLABLE_STRING, "count": INTEGER}

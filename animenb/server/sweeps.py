@@ -83,7 +83,7 @@ def submit_sweep(service, data: dict, caller: Caller) -> dict:
                                    children=len(plan.cells)))
     return {"job_id": job.id, "status": job.status.value, "kind": SWEEP_KIND, "phase": plan.phase,
             "cells": len(plan.cells), "axes": plan.axes, "mode": plan.mode, "seed": plan.parameters.get("seed"),
-            "cost": round(plan.cost(default_size=service.default_size), 3), "status_url": views.status_url(job.id),
+            "cost": round(plan.cost(**service.render_sizes), 3), "status_url": views.status_url(job.id),
             "ws_url": views.ws_url(job.id, caller.ws_base), "queue_position": service.store.queue_position(job.id)}
 
 

@@ -119,9 +119,10 @@ class SweepPlan:
         """The whole parameters of cell `index`."""
         return {**self.parameters, **self.cells[index]}
 
-    def cost(self, *, default_size: int) -> float:
+    def cost(self, *, default_size: int, svd_size: tuple[int, int] | None = None) -> float:
         """Megapixel-steps of every cell (`animenb.phases.cost.job_cost`), summed."""
-        return sum(job_cost(self.phase, self.values(i), default_size=default_size) for i in range(len(self.cells)))
+        return sum(job_cost(self.phase, self.values(i), default_size=default_size, svd_size=svd_size)
+                   for i in range(len(self.cells)))
 
     def shape(self) -> tuple[int, ...]:
         """Values per axis (grid) or (cells,) (zip)."""
