@@ -75,8 +75,8 @@ class KernelActor:
         self.warm = warm
         self.shared = shared_outputs is not None
         self.swept = [str(p) for p in sweep_dead_scratch(Path(tempfile.gettempdir()))]
-        root = Path(shared_outputs) if self.shared else Path(tempfile.gettempdir()) / f"animenb-ray-{os.getpid()}"
-        self.outputs_root = root.resolve()
+        scratch = Path(tempfile.gettempdir()) / f"animenb-ray-{os.getpid()}"
+        self.outputs_root = (scratch if shared_outputs is None else Path(shared_outputs)).resolve()
         self.outputs_root.mkdir(parents=True, exist_ok=True)
         self.notebooks_root = Path(tempfile.gettempdir()) / f"animenb-ray-notebooks-{os.getpid()}"
         env = {**env, "ANIMENB_OUTPUTS": str(self.outputs_root)}
