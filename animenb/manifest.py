@@ -15,12 +15,12 @@ import functools
 import hashlib
 import json
 import mimetypes
-import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+
+from .atomic import write_json
 
 MANIFEST_NAME = "manifest.json"
 _VERSIONED = ("animenb", "torch", "diffusers", "transformers", "papermill", "pillow", "numpy")
@@ -46,19 +46,6 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write to a temp name in the same directory and rename, so readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def file_entry(root: Path, path: Path, kind: str) -> dict:
     data = Path(path).read_bytes()
     rel = Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
@@ -75,7 +62,7 @@ def read_manifest(output_dir: str | Path) -> dict:
 
 def write_manifest(output_dir: str | Path, manifest: dict) -> Path:
     path = Path(output_dir) / MANIFEST_NAME
-    write_json_atomic(path, manifest)
+    write_json(path, manifest)
     return path
 
 

@@ -1,7 +1,7 @@
 """Files a run writes: PNGs with their generation parameters, sheets, GIF/WebP/MP4, re-timed frames.
 
-Every file is written to a temporary name in its directory and renamed into place, so a
-reader (the gallery, a crash) never sees half a file.
+Every file is written through `animenb.atomic.atomic_path`, so a reader (the gallery, a crash)
+never sees half a file.
 
 Encoding runs on threads (`encode_concurrently`, `save_pngs`): zlib, libwebp and the GIF
 quantizer release the GIL and ffmpeg is its own process, so at 512 px a loop's 16 PNGs, GIF,
@@ -14,33 +14,18 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
+from .atomic import atomic_path
 from .backends.samplers import SCHEDULER_NAMES, sampler
 
 # The text chunks ComfyUI writes into its PNGs and reads back when a PNG is dropped on it.
 COMFYUI_CHUNKS = ("prompt", "workflow")
-
-
-@contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path beside `path`; rename it to `path` when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 # animenb scheduler name (A1111's own or an alias) -> A1111's (Sampler, Schedule type), the names

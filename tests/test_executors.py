@@ -10,9 +10,10 @@ from animenb.store import JobStatus, SqliteJobStore
 class NamedSlot(Slot):
     """Placement reads only `loaded`, `comfyui_only` and identity; nothing here runs a notebook."""
 
-    def __init__(self, device, loaded=(), comfyui_only=False):
-        super().__init__()
+    def __init__(self, device, loaded=(), comfyui_only=False, warm=True):
+        super().__init__(warm=warm)
         self.device, self.loaded, self.comfyui_only = device, list(loaded), comfyui_only
+        self.released: list[tuple[str, bool]] = []
 
     ready = True
 
@@ -21,6 +22,9 @@ class NamedSlot(Slot):
     async def interrupt(self): return False
     async def kill(self): ...
     async def close(self): ...
+
+    def release(self, job_id, *, reset):
+        self.released.append((job_id, reset))
 
 
 @pytest.fixture
@@ -53,6 +57,20 @@ def test_place_sends_comfyui_jobs_to_comfyui_slots_only_when_there_are_several(s
     assert place(local, [c0], models="tiny", backend=None, several_comfyui=True)[0] is None
     assert place(local, [c0], models="tiny", backend="comfyui", several_comfyui=True)[0] is c0  # server default
     assert place(comfy, [gpu], models="tiny", backend=None, several_comfyui=False)[0] is gpu   # one URL: as before
+
+
+def test_after_job_counts_the_job_notes_its_models_and_resets_a_warm_slot_only(store):
+    sheet, loop = store.create(phase=1, parameters={"prompt": "a"}), store.create(phase=2, parameters={"prompt": "b"})
+    warm, cold = NamedSlot("warm"), NamedSlot("cold", warm=False)
+    warm.after_job("j1", warm=True, key=model_key(sheet, "tiny"), succeeded=True)
+    warm.after_job("j2", warm=True, key=model_key(loop, "tiny"), succeeded=False)  # a failed job: its models unknown
+    warm.after_job("j3", warm=False, key=model_key(loop, "tiny"), succeeded=True)  # the server stops: no reset
+    warm.after_job("j4", warm=True, key=model_key(sheet, "tiny"), succeeded=True)
+    assert warm.jobs_run == 4 and warm.loaded == [model_key(loop, "tiny"), model_key(sheet, "tiny")]
+    assert warm.released == [("j1", True), ("j2", True), ("j3", False), ("j4", True)]
+    cold.after_job("j5", warm=True)
+    assert cold.jobs_run == 1 and cold.loaded == [] and cold.released == [("j5", False)]
+    assert warm.describe()["jobs_run"] == 4
 
 
 def test_next_queued_looks_ahead_oldest_first_without_claiming(store):

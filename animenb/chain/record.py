@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .. import __version__
-from ..manifest import file_entry, read_manifest, utc_now, versions, write_json_atomic, write_manifest
+from ..atomic import write_json
+from ..manifest import file_entry, read_manifest, utc_now, versions, write_manifest
 from ..phases.catalog import get_phase
 from .policy import CHAIN, ORCHESTRATION, SEED_DERIVATION
 
@@ -142,7 +143,7 @@ class ChainRecord:
         self.data["updated_at"] = utc_now()
         self.data["timings"]["total_seconds"] = round(total_seconds, 4)
         path = self.root / RECORD_NAME
-        write_json_atomic(path, self.data)
+        write_json(path, self.data)
         return path
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..manifest import MANIFEST_NAME, file_entry, read_manifest, update_manifest, utc_now, write_json_atomic
+from ..atomic import write_json
+from ..manifest import MANIFEST_NAME, file_entry, read_manifest, update_manifest, utc_now
 from .scoring import QualityReport
 
 QUALITY_NAME = "quality.json"
@@ -16,7 +17,7 @@ def record_quality(output_dir: str | Path, report: QualityReport) -> dict:
     root = Path(output_dir)
     if not (root / MANIFEST_NAME).is_file():
         raise FileNotFoundError(f"No {MANIFEST_NAME} in {root}: score a run's output directory.")
-    write_json_atomic(root / QUALITY_NAME, {**report.as_dict(), "scored_at": utc_now()})
+    write_json(root / QUALITY_NAME, {**report.as_dict(), "scored_at": utc_now()})
     summary = {**report.as_dict(), "file": QUALITY_NAME, "scored_at": utc_now()}
     summary.pop("details")
     files = [f for f in read_manifest(root).get("files", []) if f.get("path") != QUALITY_NAME]

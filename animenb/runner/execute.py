@@ -13,8 +13,9 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+from animenb import atomic
+
 from .engine import ENGINE_NAME
-from .public_paths import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -58,4 +59,4 @@ def save_notebook(nb, path: str | Path, public_text: Callable[[str], str] | None
     import nbformat
 
     text = nbformat.v4.writes(nb) + "\n"
-    write_text_atomically(Path(path), public_text(text) if public_text else text)
+    atomic.write_text(Path(path), public_text(text) if public_text else text)

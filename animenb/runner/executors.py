@@ -5,7 +5,7 @@ driver then runs its notebooks through the slot:
 
     LocalExecutor   (default) one warm ipykernel per local device in this process (`KernelPool`)
     RayExecutor     (`animenb.runner.ray_executor`, optional extra `ray`) one Ray actor per GPU of a
-                    cluster, each owning a warm kernel and its model cache
+                    cluster, each owning a warm kernel and its model cache (`animenb.runner.ray_actor`)
 
 A slot runs one job at a time. Its contract, used by `PhaseJobDriver`:
 
@@ -15,7 +15,9 @@ A slot runs one job at a time. Its contract, used by `PhaseJobDriver`:
                                returns or raises; `run.on_progress(payload)` is called on the event loop
     await interrupt()          stop the running cell (cancel)
     await kill()               end the job's process (cancel escalation); the slot replaces it
-    after_job(job_id)          the job is recorded: reset the kernel off the next job's path
+    after_job(job_id, ...)     the job is recorded: count it, note the models it left loaded and, warm,
+                               reset the kernel off the next job's path (`Slot`; a slot's own part
+                               is `release`)
 
 Errors from `run_notebook`: papermill's / nbclient's own (`PapermillExecutionError`, `DeadKernelError`:
 the kernel died and was replaced), or `SlotLost` when the process that owned the kernel (a Ray actor,
@@ -101,7 +103,8 @@ class Slot(abc.ABC):
     comfyui_only: bool = False       # a worker of one of several ComfyUI URLs: takes only ComfyUI jobs
     saves_public_notebook = False    # whether the notebook it saves already went through `run.public_text`
 
-    def __init__(self):
+    def __init__(self, *, warm: bool = True):
+        self.warm = warm               # reset the kernel between jobs (False: restart it before each)
         self.busy = False              # a job holds the slot (reserved by the runner)
         self.jobs_run = 0
         self.loaded: list[str] = []    # model keys of the jobs that ran here, most recent last
@@ -128,11 +131,18 @@ class Slot(abc.ABC):
     async def kill(self) -> None: ...
 
     def after_job(self, job_id: str, *, warm: bool, key: str | None = None, succeeded: bool = False) -> None:
+        """The job is recorded: count it, note the models it left loaded (`key`, when it succeeded), and
+        release the kernel, reset now when the slot is warm and `warm` (False while the server stops)."""
         self.jobs_run += 1
         if key and succeeded:
             if key in self.loaded:
                 self.loaded.remove(key)
             self.loaded.append(key)
+        self.release(job_id, reset=self.warm and warm)
+
+    @abc.abstractmethod
+    def release(self, job_id: str, *, reset: bool) -> None:
+        """Forget `job_id` on the kernel's side; when `reset`, reset the kernel off the next job's path."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -191,10 +201,9 @@ class LocalSlot(Slot):
 
     def __init__(self, kernel: WarmKernel, *, warm: bool = True, comfyui_url: str | None = None,
                  comfyui_only: bool = False):
-        super().__init__()
+        super().__init__(warm=warm)
         self.kernel = kernel
         self.device = kernel.device
-        self.warm = warm
         self.comfyui_url = comfyui_url
         self.comfyui_only = comfyui_only
         self.stopping = False
@@ -227,10 +236,8 @@ class LocalSlot(Slot):
     async def kill(self) -> None:
         self.kernel.kill()
 
-    def after_job(self, job_id: str, *, warm: bool, key: str | None = None, succeeded: bool = False) -> None:
-        super().after_job(job_id, warm=warm, key=key, succeeded=succeeded)
-        self.kernel.jobs_run += 1
-        if warm and not self.stopping:  # reset now, off the next job's path (same kernel thread)
+    def release(self, job_id: str, *, reset: bool) -> None:
+        if reset and not self.stopping:  # on the kernel thread, queued before the next job's notebook
             asyncio.get_running_loop().run_in_executor(self.kernel.executor, self.kernel.reset_after_job)
 
     async def close(self) -> None:

@@ -156,7 +156,6 @@ class WarmKernel:
         self.km = None
         self.kc = None
         self.starts = 0
-        self.jobs_run = 0
         self.replaced = 0           # restarts because a reset failed (module docstring)
         self.started_at: float | None = None
         self.busy = False
@@ -177,7 +176,7 @@ class WarmKernel:
 
     def describe(self) -> dict:
         return {"device": self.device, "ready": self.ready, "busy": self.busy, "pid": self.pid(),
-                "starts": self.starts, "replaced": self.replaced, "jobs_run": self.jobs_run,
+                "starts": self.starts, "replaced": self.replaced,
                 "uptime_seconds": None if self.started_at is None else round(time.time() - self.started_at, 1)}
 
     async def interrupt(self) -> bool:

@@ -8,11 +8,11 @@ the server log, written by the runner before it scrubs.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import animenb
+from animenb import atomic
 
 CHECKOUT = Path(animenb.__file__).resolve().parent.parent
 
@@ -46,14 +46,4 @@ class PathScrubber:
             return
         clean = self.scrub(text)
         if clean != text:
-            write_text_atomically(path, clean)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """A reader sees the old file or the new one, never part of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(text):x}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            atomic.write_text(path, clean)

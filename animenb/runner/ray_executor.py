@@ -3,7 +3,8 @@
     animenb serve --executor ray [--ray-address auto|HOST:PORT] [--ray-slots N] [--ray-shared-outputs]
 
 The server, its SQLite store and its queue stay where they are (`JobRunner`); only where a job's
-notebooks run changes. Each slot is a long-lived `KernelActor` (`num_gpus=1`; on a cluster without GPUs,
+notebooks run changes. Each slot is a long-lived `KernelActor` (`animenb.runner.ray_actor`, the part that
+runs on a worker node; `num_gpus=1`; on a cluster without GPUs,
 `--ray-slots N` actors with `num_cpus=1`) that starts a `WarmKernel` on its node and runs the same
 papermill engine (`animenb`) and the same notebooks on it, so its module-level model cache stays warm
 between jobs. The runner places a job on an idle actor that already ran the job's models when there is
@@ -39,207 +40,27 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import os
-import signal
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
+from animenb import atomic
 from animenb.runner.public_paths import CHECKOUT
 
-from .executors import Executor, JobCancelledBeforeStart, NotebookRun, Slot, SlotLost, run_on_kernel, start_until_up
-from .kernels import WarmKernel
+from .executors import Executor, JobCancelledBeforeStart, NotebookRun, Slot, SlotLost, start_until_up
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 180.0   # seconds for an actor to be placed and its kernel to start
 POLL_SECONDS = 1.0      # how long one progress call waits for new events
 NODES_REFRESH = 2.0     # seconds between two reads of the cluster's node list (for /health)
-SCRATCH_PREFIXES = ("animenb-ray-", "animenb-ray-notebooks-")  # + the actor's pid, in the node's temp dir
 # Environment the server passes on to actors' kernels (a remote node does not inherit the server's).
 FORWARDED_ENV = ("ANIMENB_THREADS", "TRANSFORMERS_VERBOSITY", "HF_HUB_OFFLINE", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                  # where weights are and may be fetched from (animenb.model_files, huggingface_hub)
                  "HF_HOME", "HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "ANIMENB_CHECKPOINTS", "ANIMENB_VAES",
                  "ANIMENB_LORAS", "ANIMENB_EMBEDDINGS")
-
-
-class _JobState:
-    """What an actor keeps of one job between its notebooks: progress events and the cancel flag."""
-
-    def __init__(self):
-        self.events: list[dict] = []
-        self.changed = threading.Condition()
-        self.cancel_event = threading.Event()
-        self.sent: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns) already returned
-
-
-def sweep_dead_scratch(temp_dir: Path) -> list[Path]:
-    """Delete the scratch folders of actors whose process is gone (returns them); a live pid's are kept."""
-    import shutil
-
-    removed = []
-    for path in temp_dir.iterdir() if temp_dir.is_dir() else []:
-        prefix = next((p for p in sorted(SCRATCH_PREFIXES, key=len, reverse=True) if path.name.startswith(p)), None)
-        pid = path.name[len(prefix):] if prefix else ""
-        if not pid.isdigit() or not path.is_dir():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # alive (or another user's): not ours to delete
-        except ProcessLookupError:
-            pass
-        except OSError:
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
-
-
-class KernelActor:
-    """Runs inside a Ray worker process (`ray.remote(KernelActor)`): one warm kernel and its model cache.
-
-    Methods are called concurrently (`max_concurrency`): `run` blocks while a notebook runs on the kernel
-    thread, `progress` long-polls, `interrupt` and `describe` answer at once."""
-
-    def __init__(self, *, env: dict, warm: bool = True, shared_outputs: str | None = None, label: str = "slot"):
-        self.warm = warm
-        self.shared = shared_outputs is not None
-        self.swept = [str(p) for p in sweep_dead_scratch(Path(tempfile.gettempdir()))]
-        root = Path(shared_outputs) if self.shared else Path(tempfile.gettempdir()) / f"animenb-ray-{os.getpid()}"
-        self.outputs_root = root.resolve()
-        self.outputs_root.mkdir(parents=True, exist_ok=True)
-        self.notebooks_root = Path(tempfile.gettempdir()) / f"animenb-ray-notebooks-{os.getpid()}"
-        env = {**env, "ANIMENB_OUTPUTS": str(self.outputs_root)}
-        self.kernel = WarmKernel("ray", env=env, cwd=CHECKOUT)
-        self.label = label
-        self.jobs: dict[str, _JobState] = {}
-        self.jobs_run = 0
-
-    # -- facts --------------------------------------------------------------------------
-    def describe(self) -> dict:
-        import ray
-
-        ctx = ray.get_runtime_context()
-        return {"pid": os.getpid(), "kernel_pid": self.kernel.pid(), "node_ip": ray.util.get_node_ip_address(),
-                "node_id": ctx.get_node_id(), "actor_id": ctx.get_actor_id(),
-                "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "ready": self.kernel.ready,
-                "jobs_run": self.jobs_run, "outputs_root": str(self.outputs_root), "shared_outputs": self.shared,
-                "swept_scratch": self.swept,
-                "roots": {"checkout": str(CHECKOUT), "python": sys.prefix}}
-
-    def start(self) -> dict:
-        # Ray's worker threads block SIGINT, and a child inherits its thread's signal mask: unblock it on
-        # the thread that starts (and restarts) the kernel, or interrupts never reach the kernel.
-        self.kernel.executor.submit(signal.pthread_sigmask, signal.SIG_UNBLOCK, {signal.SIGINT}).result()
-        self.kernel.executor.submit(self.kernel.start).result()
-        return self.describe()
-
-    # -- a job's notebooks ------------------------------------------------------------------
-    def run(self, job_id: str, notebook_path: str, notebook_text: str, output_name: str, parameters: dict,
-            execution_timeout: float | None, cancelled: bool, extra_cells: tuple[str, ...] = ()) -> dict:
-        """Run one notebook of `job_id`; returns {"error": None or a description, "files": {path: bytes}}."""
-        state = self.jobs.setdefault(job_id, _JobState())
-        if cancelled:
-            state.cancel_event.set()
-        out_dir = self.outputs_root / job_id
-        out_dir.mkdir(parents=True, exist_ok=True)
-        notebook = self._notebook(notebook_path, notebook_text)
-        error = None
-        try:
-            self.kernel.executor.submit(self._execute, state, notebook, out_dir / output_name, parameters,
-                                        execution_timeout, tuple(extra_cells)).result()
-        except Exception as exc:
-            error = _describe_error(exc)
-        files = {} if self.shared else self._changed_files(state, out_dir)
-        with state.changed:
-            state.changed.notify_all()
-        return {"error": error, "files": files, "events": len(state.events)}
-
-    def _notebook(self, path: str, text: str) -> str:
-        """The server's notebook path when this node has the same file (same checkout), else a copy."""
-        try:
-            if Path(path).read_text(encoding="utf-8") == text:
-                return path
-        except OSError:
-            pass
-        copy = self.notebooks_root / hashlib.sha256(text.encode()).hexdigest()[:16] / Path(path).name
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        copy.write_text(text, encoding="utf-8")
-        return str(copy)
-
-    def _execute(self, state: _JobState, notebook: str, output: Path, parameters: dict,
-                 execution_timeout: float | None, extra_cells: tuple[str, ...]) -> None:
-        def on_progress(payload: dict) -> None:
-            with state.changed:
-                state.events.append(payload)
-                state.changed.notify_all()
-
-        run_on_kernel(self.kernel, notebook, output, parameters, warm=self.warm, on_progress=on_progress,
-                      cancel_event=state.cancel_event, execution_timeout=execution_timeout,
-                      extra_cells=extra_cells, label=f"the kernel of {self.label}")
-
-    def _changed_files(self, state: _JobState, out_dir: Path) -> dict[str, bytes]:
-        files = {}
-        for path in sorted(out_dir.rglob("*")):
-            if not path.is_file() or path.name.startswith(".") and path.name.endswith(".tmp"):
-                continue
-            rel = path.relative_to(out_dir).as_posix()
-            stat = path.stat()
-            stamp = (stat.st_size, stat.st_mtime_ns)
-            if state.sent.get(rel) != stamp:
-                files[rel] = path.read_bytes()
-                state.sent[rel] = stamp
-        return files
-
-    def progress(self, job_id: str, after: int, timeout: float) -> list[dict]:
-        """Progress payloads of `job_id` from index `after` on; waits up to `timeout` s for the first one."""
-        state = self.jobs.setdefault(job_id, _JobState())
-        with state.changed:
-            if len(state.events) <= after and timeout > 0:
-                state.changed.wait(timeout)
-            return state.events[after:]
-
-    def interrupt(self, job_id: str) -> bool:
-        """Cancel: no further cell starts, and the running one is interrupted (SIGINT, as a local kernel)."""
-        self.jobs.setdefault(job_id, _JobState()).cancel_event.set()
-        pid = self.kernel.pid()
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, signal.SIGINT)
-            return True
-        except OSError:
-            return False
-
-    def after_job(self, job_id: str) -> None:
-        """The server recorded the job: forget it, delete its scratch files, reset the kernel."""
-        self.jobs.pop(job_id, None)
-        self.jobs_run += 1
-        if not self.shared:
-            import shutil
-
-            shutil.rmtree(self.outputs_root / job_id, ignore_errors=True)
-        if self.warm:
-            self.kernel.executor.submit(self.kernel.reset_after_job)
-
-    def shutdown(self) -> None:
-        self.kernel.executor.submit(self.kernel.shutdown).result(timeout=15)
-
-
-def _describe_error(exc: BaseException) -> dict:
-    from nbclient.exceptions import DeadKernelError
-    from papermill.exceptions import PapermillExecutionError
-
-    if isinstance(exc, PapermillExecutionError):
-        return {"kind": "execution", "cell_index": exc.cell_index, "exec_count": exc.exec_count,
-                "source": exc.source, "ename": exc.ename, "evalue": exc.evalue, "traceback": exc.traceback}
-    if isinstance(exc, DeadKernelError):
-        return {"kind": "dead_kernel", "message": str(exc)}
-    return {"kind": "other", "name": type(exc).__name__, "message": str(exc)}
 
 
 def _raise_error(error: dict) -> None:
@@ -262,7 +83,7 @@ class RaySlot(Slot):
 
     def __init__(self, executor: "RayExecutor", index: int, *, resources: dict, comfyui_url: str | None = None,
                  comfyui_only: bool = False):
-        super().__init__()
+        super().__init__(warm=executor.warm)
         self.executor = executor
         self.index = index
         self.resources = resources
@@ -285,7 +106,7 @@ class RaySlot(Slot):
         import ray
 
         cls = self.executor.actor_class()
-        actor = cls.options(**self.resources).remote(env=self.executor.env, warm=self.executor.warm,
+        actor = cls.options(**self.resources).remote(env=self.executor.env, warm=self.warm,
                                                      shared_outputs=self.executor.shared_outputs, label=self.device)
         try:
             info = await asyncio.wait_for(actor.start.remote(), START_TIMEOUT)
@@ -364,10 +185,7 @@ class RaySlot(Slot):
                 for theirs, ours in sorted(roots.items(), key=lambda kv: -len(kv[0])):
                     text = text.replace(theirs, ours)
                 data = text.encode("utf-8")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            atomic.write_bytes(target, data)
 
     def _lost(self, actor, exc: BaseException) -> str:
         """The actor died: note why, start a replacement in the background; returns the reason."""
@@ -402,10 +220,9 @@ class RaySlot(Slot):
             log.warning("killing Ray actor %s (a job ignored its interrupts)", self.device)
             ray.kill(actor, no_restart=True)
 
-    def after_job(self, job_id: str, *, warm: bool, key: str | None = None, succeeded: bool = False) -> None:
-        super().after_job(job_id, warm=warm, key=key, succeeded=succeeded)
+    def release(self, job_id: str, *, reset: bool) -> None:
         if self.actor is not None:
-            self.actor.after_job.remote(job_id)
+            self.actor.release.remote(job_id, reset)
 
     async def close(self) -> None:
         import ray
@@ -458,7 +275,9 @@ class RayExecutor(Executor):
         if self._actor_class is None:
             import ray
 
-            # run + progress + interrupt + describe + after_job can overlap.
+            from .ray_actor import KernelActor
+
+            # run + progress + interrupt + describe + release can overlap.
             self._actor_class = ray.remote(max_concurrency=8)(KernelActor)
         return self._actor_class
 

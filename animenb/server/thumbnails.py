@@ -1,16 +1,15 @@
 """Thumbnails of a job's images and videos: a PNG of at most `THUMBNAIL_SIZE` px (first frame of a video).
 
 Made once per file however many requests ask at the same time (`SingleFlight`: one ffmpeg for 20
-concurrent first requests), each write under its own temporary name, then renamed into place.
+concurrent first requests), each written atomically (`animenb.atomic`).
 """
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from ..atomic import atomic_path
 from . import views
 
 THUMBNAIL_SIZE = 256
@@ -33,16 +32,8 @@ def make_thumbnail(source: Path, target: Path, size: int = THUMBNAIL_SIZE) -> No
             image = opened.convert("RGB")
     image = image.convert("RGB")
     image.thumbnail((size, size))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    with atomic_path(target) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class SingleFlight:

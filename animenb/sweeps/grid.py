@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from animenb.media import A1111_SAMPLERS, atomic_path, parameters_text
+from animenb.atomic import atomic_path
+from animenb.media import A1111_SAMPLERS, parameters_text
 
 BACKGROUND = (255, 255, 255)
 INK = (0, 0, 0)

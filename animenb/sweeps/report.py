@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from animenb.manifest import MANIFEST_NAME, file_entry, read_manifest, utc_now, write_json_atomic, write_manifest
+from animenb.atomic import write_json
+from animenb.manifest import MANIFEST_NAME, file_entry, read_manifest, utc_now, write_manifest
 from animenb.runs import row_from_manifest
 
 from .grid import grid_pages, save_grid
@@ -82,7 +83,7 @@ def cell_image(run_dir: Path | None) -> Image.Image | None:
 def write_record(out_dir: Path, plan: SweepPlan, cells: Sequence[dict], **fields: Any) -> Path:
     """`sweep.json`: the recipe and one entry per cell ({index, values, job_id, status, run_dir}), atomically."""
     path = Path(out_dir) / RECORD_NAME
-    write_json_atomic(path, {"kind": SWEEP_KIND, **plan.as_dict(), "cells": list(cells), **fields})
+    write_json(path, {"kind": SWEEP_KIND, **plan.as_dict(), "cells": list(cells), **fields})
     return path
 
 
