@@ -33,8 +33,8 @@ LISTINGS = {
     "jobs, a user ?status=failed": dict(owner=USERS[1], status=["failed"]),
     "jobs, admin ?owner=*": dict(),
     "jobs, admin ?owner=*&status=lost": dict(status=["lost"]),
-    "gallery": dict(status="succeeded", visibility="public"),
-    "gallery ?phase=2": dict(status="succeeded", visibility="public", phase=2),
+    "gallery": dict(status="succeeded", visibility="public", top_level=True),
+    "gallery ?phase=2": dict(status="succeeded", visibility="public", phase=2, top_level=True),
     "stats window": dict(status=[JobStatus.SUCCEEDED, JobStatus.FAILED], limit=500),
     "retry-after estimate": dict(status=JobStatus.SUCCEEDED, limit=20),
     "recovery: running": dict(status="running", limit=500),
@@ -154,10 +154,11 @@ def test_counts_are_exact(stores):
 
 def job_counts_match_jobs(store: SqliteJobStore) -> bool:
     with store.db.read() as cur:
-        kept = {tuple(r[:4]): r[4] for r in cur.execute("SELECT status, visibility, phase, owner, n FROM job_counts")
-                if r[4]}
-        truth = {tuple(r[:4]): r[4] for r in cur.execute(
-            "SELECT status, visibility, IFNULL(phase, -1), owner, COUNT(*) FROM jobs GROUP BY 1, 2, 3, 4")}
+        kept = {tuple(r[:5]): r[5] for r in cur.execute(
+            "SELECT status, visibility, phase, owner, top_level, n FROM job_counts") if r[5]}
+        truth = {tuple(r[:5]): r[5] for r in cur.execute(
+            "SELECT status, visibility, IFNULL(phase, -1), owner, parent_id IS NULL, COUNT(*) FROM jobs "
+            "GROUP BY 1, 2, 3, 4, 5")}
     return kept == truth
 
 
@@ -190,6 +191,38 @@ def test_upgrading_a_database_counts_its_jobs(tmp_path):
     assert (tmp_path / "jobs.sqlite.v2.bak").exists()
     assert job_counts_match_jobs(store)
     assert store.counts_by_status()["failed"] == 30
+    store.close()
+
+
+def test_top_level_listings_and_counts_leave_children_out(tmp_path):
+    """The gallery's shape: a sweep's cells are neither listed nor counted; deleting the parent (GC) makes
+    them top-level again (the foreign key sets `parent_id` NULL) and the counts follow."""
+    path = tmp_path / "jobs.sqlite"
+    old = SqliteJobStore.__new__(SqliteJobStore)
+    from animenb.store.sqlite_database import SqliteDatabase
+    old.db = SqliteDatabase(path)
+    Migrator(old.db, discover()[:4]).run()  # schema 4: counts without `top_level`
+    old.import_records(history_records(30, now=NOW))
+    parent = old.create(phase=1, parameters={}, kind="sweep")
+    cells = [old.create(phase=1, parameters={}, parent_id=parent.id) for _ in range(3)]
+    old.db.close()
+    store = SqliteJobStore(path)
+    assert store.schema_version == Migrator(store.db).latest >= 5 and job_counts_match_jobs(store)
+    gallery = dict(status="queued", visibility="public", top_level=True)
+    assert [j.id for j in store.list(**gallery)[0]] == [parent.id] and store.count(**gallery) == 1
+    assert store.count(status="queued") == 4
+    for job in [parent, *cells]:
+        store.claim_next("w")
+        store.transition(job.id, JobStatus.SUCCEEDED)
+    gallery["status"] = "succeeded"
+    page, _ = store.list(**gallery, limit=500)
+    assert parent.id in {j.id for j in page} and not {c.id for c in cells} & {j.id for j in page}
+    assert store.count(**gallery) == len(page) == store.count(status="succeeded", visibility="public") - 3
+    with store.db.transaction() as cur:
+        cur.execute("DELETE FROM jobs WHERE id = ?", (parent.id,))
+    assert job_counts_match_jobs(store)
+    page, _ = store.list(**gallery, limit=500)
+    assert {c.id for c in cells} <= {j.id for j in page} and store.count(**gallery) == len(page)
     store.close()
 
 

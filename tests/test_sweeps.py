@@ -143,6 +143,12 @@ async def test_a_2x2_grid_runs_every_cell_and_writes_its_report(srv, grid_2x2):
     code, gallery, _ = await call(srv, "GET", f"{API}/gallery")  # the sweep is one card: its grid
     card = next(g for g in gallery["gallery"] if g["job_id"] == reply["job_id"])
     assert card["url"].endswith("/grid.png") and card["thumbnail_url"].endswith("/grid.png")
+    shown = {g["job_id"] for g in gallery["gallery"]}  # its cells have no cards of their own
+    assert not shown & {c["job_id"] for c in cells} and gallery["count"] == len(shown)
+    code, by_phase, _ = await call(srv, "GET", f"{API}/gallery?phase=1")
+    assert {g["job_id"] for g in by_phase["gallery"]} == shown and by_phase["count"] == len(shown)
+    code, jobs, _ = await call(srv, "GET", f"{API}/jobs", token=srv.user)  # /jobs still lists every cell
+    assert {c["job_id"] for c in cells} <= {j["job_id"] for j in jobs["jobs"]}
 
     code, listing, _ = await call(srv, "GET", f"{API}/sweeps", token=srv.user)
     assert code == 200 and reply["job_id"] in [s["job_id"] for s in listing["sweeps"]]

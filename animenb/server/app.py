@@ -210,7 +210,8 @@ class AnimeService:
                 "user": caller.name, "limit": limit, "next_cursor": next_cursor}
 
     def gallery(self, *, phase: int | None, limit: int, cursor: str | None) -> dict:
-        query = dict(status="succeeded", visibility="public", phase=phase)
+        # A parent's card (a sweep's grid, a chain's finals) stands for its children, so they are left out.
+        query = dict(status="succeeded", visibility="public", phase=phase, top_level=True)
         jobs, next_cursor = self.store.list(**query, limit=limit, cursor=cursor)
         return {"message": "Public gallery", "gallery": [views.gallery_item(j) for j in jobs],
                 "count": self.store.count(**query), "limit": limit, "next_cursor": next_cursor}

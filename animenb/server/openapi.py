@@ -251,6 +251,8 @@ def _paths() -> dict:
                                 "responses": {"200": _json(_ref("JobList"), "jobs"),
                                               "422": _error("a bad query value"), **anyone}}},
         f"{API}/gallery": {"get": {"summary": "Finished public runs with their files",
+                                   "description": "Top-level jobs only: a sweep's cells and a chain's steps "
+                                                  "show through their parent's card.",
                                    "parameters": [{"name": "limit", "in": "query", "schema": INTEGER},
                                                   {"name": "cursor", "in": "query", "schema": STRING},
                                                   {"name": "phase", "in": "query", "schema": STRING}],

@@ -29,13 +29,14 @@ class JobStoreBase(ABC):
 
     @abstractmethod
     def list(self, *, status: str | Iterable[str] | None = None, owner: str | None = None,
-             visibility: str | None = None, phase: int | None = None, limit: int = 50,
+             visibility: str | None = None, phase: int | None = None, top_level: bool = False, limit: int = 50,
              cursor: str | None = None) -> tuple[list[JobRecord], str | None]:
-        """Newest first. Returns (page, next_cursor); pass next_cursor back for the next page."""
+        """Newest first. Returns (page, next_cursor); pass next_cursor back for the next page.
+        `top_level`: only jobs without a parent (a sweep's cells and a chain's steps left out)."""
 
     @abstractmethod
     def count(self, *, status: str | Iterable[str] | None = None, owner: str | None = None,
-              visibility: str | None = None, phase: int | None = None) -> int:
+              visibility: str | None = None, phase: int | None = None, top_level: bool = False) -> int:
         """How many jobs match."""
 
     @abstractmethod

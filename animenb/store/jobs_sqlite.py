@@ -11,7 +11,7 @@ Restart policy (`recover()`, run once at start-up before any worker): a job foun
 Queued jobs stay queued and run in their original order.
 
 Scale: every listing is one index range per status read newest first (`list_queries`), counts come
-from the trigger-kept `job_counts` table (migration 3), and recovery reads only the running jobs, so
+from the trigger-kept `job_counts` table (migrations 3 and 5), and recovery reads only the running jobs, so
 none of them grows with the history; tests/test_store_scale.py checks the plans at 200k jobs.
 """
 from __future__ import annotations
@@ -114,9 +114,12 @@ class SqliteJobStore(JobStoreBase):
         return list(dict.fromkeys(JobStatus(s).value for s in statuses))
 
     @classmethod
-    def _where(cls, status=None, owner=None, visibility=None, phase=None) -> tuple[list[str], list[Any]]:
-        """Filters shared by `jobs` and `job_counts` (the same column names)."""
+    def _where(cls, status=None, owner=None, visibility=None, phase=None, top_level=False, *,
+               table="jobs") -> tuple[list[str], list[Any]]:
+        """Filters shared by `jobs` and `job_counts` (the same column names, but for `top_level`)."""
         clauses, args = [], []
+        if top_level:  # `jobs` knows a child by its parent; `job_counts` keeps the flag (migration 5)
+            clauses.append("parent_id IS NULL" if table == "jobs" else "top_level = 1")
         if phase is not None:
             clauses.append("phase = ?")
             args.append(int(phase))
@@ -167,7 +170,7 @@ class SqliteJobStore(JobStoreBase):
         with self.db.read() as cur:
             return self._get(cur, job_id)
 
-    def list_queries(self, *, status=None, owner=None, visibility=None, phase=None, limit=50,
+    def list_queries(self, *, status=None, owner=None, visibility=None, phase=None, top_level=False, limit=50,
                      cursor=None) -> list[tuple[str, list[Any]]]:
         """The SQL `list()` runs: one (query, args) per status (tests EXPLAIN these)."""
         limit = max(1, min(int(limit), MAX_PAGE))
@@ -175,7 +178,7 @@ class SqliteJobStore(JobStoreBase):
         statuses = self._statuses(status)
         queries = []
         for one in [None] if statuses is None else [[s] for s in statuses]:
-            clauses, args = self._where(one, owner, visibility, phase)
+            clauses, args = self._where(one, owner, visibility, phase, top_level)
             if before is not None:
                 clauses.append("seq < ?")
                 args.append(before)
@@ -183,10 +186,10 @@ class SqliteJobStore(JobStoreBase):
             queries.append((LIST_QUERY.format(where=where), [*args, limit + 1]))
         return queries
 
-    def list(self, *, status=None, owner=None, visibility=None, phase=None, limit=50, cursor=None):
+    def list(self, *, status=None, owner=None, visibility=None, phase=None, top_level=False, limit=50, cursor=None):
         limit = max(1, min(int(limit), MAX_PAGE))
-        queries = self.list_queries(status=status, owner=owner, visibility=visibility, phase=phase, limit=limit,
-                                    cursor=cursor)
+        queries = self.list_queries(status=status, owner=owner, visibility=visibility, phase=phase,
+                                    top_level=top_level, limit=limit, cursor=cursor)
         with self.db.read() as cur:
             rows = [row for sql, args in queries for row in cur.execute(sql, args).fetchall()]
         rows.sort(key=lambda row: row["seq"], reverse=True)
@@ -194,12 +197,14 @@ class SqliteJobStore(JobStoreBase):
         next_cursor = str(records[-1].seq) if len(rows) > limit else None
         return records, next_cursor
 
-    def count_query(self, *, status=None, owner=None, visibility=None, phase=None) -> tuple[str, list[Any]]:
-        clauses, args = self._where(status, owner, visibility, phase)
+    def count_query(self, *, status=None, owner=None, visibility=None, phase=None,
+                    top_level=False) -> tuple[str, list[Any]]:
+        clauses, args = self._where(status, owner, visibility, phase, top_level, table="job_counts")
         return COUNT_QUERY.format(where=f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
 
-    def count(self, *, status=None, owner=None, visibility=None, phase=None) -> int:
-        sql, args = self.count_query(status=status, owner=owner, visibility=visibility, phase=phase)
+    def count(self, *, status=None, owner=None, visibility=None, phase=None, top_level=False) -> int:
+        sql, args = self.count_query(status=status, owner=owner, visibility=visibility, phase=phase,
+                                     top_level=top_level)
         with self.db.read() as cur:
             return cur.execute(sql, args).fetchone()[0]
 
