@@ -136,5 +136,6 @@ def mentioned_embeddings(*prompts: str) -> list[ModelFile]:
 
 
 def listing() -> dict:
-    """Every checkpoint, VAE, LoRA, embedding and ControlNet found, by kind (names, sizes, hashes; no absolute paths)."""
+    """Every checkpoint, VAE, LoRA, embedding and ControlNet found, by kind (names, sizes, hashes; no absolute
+    paths)."""
     return {kind: [entry.as_dict() for entry in files(kind)] for kind in KINDS}
