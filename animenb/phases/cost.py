@@ -32,7 +32,8 @@ FRAME_STEPS = 0.25   # what decoding, re-timing, encoding and scoring one frame 
 FORMULA = (f"width x height / 1e6 x (max(steps, {MIN_STEPS}) x images + {FRAME_STEPS:g} x frames); images: "
            f"phase 1 {len(POSES)}, phase 2 frames + loop_overlap, phase 3 frames (+1 without `image`); frames: "
            "phase 1 and 2 as images, phase 3 frames + round(seconds x fps); width x height: the request's, else the "
-           "profile's default size (phase 3's SVD frames: its SVD size); an orchestration: its three phases x (max_retries + 1)")
+           "profile's default size (phase 3's SVD frames: its SVD size); an orchestration: its three phases x "
+           "(max_retries + 1)")
 
 
 def images_per_step(phase: int, values: Mapping[str, Any]) -> int:
