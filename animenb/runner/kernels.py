@@ -265,6 +265,9 @@ class WarmKernel:
         if self.device.startswith("cuda:"):
             env["CUDA_VISIBLE_DEVICES"] = self.device.split(":", 1)[1]
         t0 = time.perf_counter()
+        # TCP on 127.0.0.1 (jupyter_client's default), hence ipykernel's "running over TCP without encryption"
+        # warning at each start: the ports are loopback-only and the connection file is private to this user.
+        # IPC sockets were tried and dropped: with them a cancel mid-chain sometimes went unanswered under load.
         km = AsyncKernelManager(kernel_name=self.kernel_name)
         await km.start_kernel(env=env, cwd=self.cwd, extra_arguments=KERNEL_ARGUMENTS)
         kc = km.client()
