@@ -32,7 +32,8 @@ rm -f "$ROOT/.installed"
 echo "animenb: fetching Debian's $PACKAGE (160 MB) into $ROOT" >&2
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-(cd "$WORK" && apt-get download "$PACKAGE" >&2)
+# A fresh machine may have no package lists yet: fetch them once and try again.
+(cd "$WORK" && { apt-get download "$PACKAGE" >&2 || { apt-get update -qq >&2 && apt-get download "$PACKAGE" >&2; }; })
 dpkg -x "$WORK"/"$PACKAGE"_*.deb "$WORK/x"
 IMAGES="$WORK/x/usr/share/games/supertux2/images"
 rm -rf "$ROOT/creatures" "$ROOT/background"
