@@ -34,7 +34,8 @@ MAPPING_DEFAULTS: dict[str, float] = {
     "structure_crop": 32, "structure_low": 0.0, "structure_high": 0.6, "iou_low": 0.5, "iou_high": 0.8, "identity_bands": 3,
     "identity_distance": 40.0, "identity_low": 0.4, "identity_high": 0.9, "embedding_low": 0.5,
     "embedding_high": 0.95, "flicker_low": 0.80, "smoothness_scale": 0.05, "jitter_low": 0.6, "jitter_high": 1.4,
-    "jitter_min_speed": 0.01, "jitter_cycle_gain": 2.0, "frame_quantile": 0.25, "seam_tolerance": 1.0, "dynamic_threshold": 1.0,
+    "jitter_min_speed": 0.01, "jitter_cycle_gain": 4.0, "frame_quantile": 0.25, "seam_tolerance": 1.0,
+    "dynamic_threshold": 1.0,
 }
 # (low, high) pairs that must be ordered low < high; for blur, noise and jitter "low" is the good end.
 ORDERED_MAPPINGS = (("structure_low", "structure_high"), ("embedding_low", "embedding_high"),

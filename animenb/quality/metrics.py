@@ -555,7 +555,7 @@ def cycle_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float 
 
 
 def motion_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01,
-                  cycle_gain: float = 2.0) -> float:
+                  cycle_gain: float = 4.0) -> float:
     """`velocity_jitter`, or the `cycle_jitter` when an animation cycle predicts the motion at least
     `cycle_gain` times better than repeating every 2 steps does. Motion that repeats every 2 steps is a
     hold-and-jump stutter or a shake, not a drawn cycle: it is left to `velocity_jitter`."""
