@@ -195,6 +195,18 @@ def test_real_walk_cycles_and_their_frames_are_not_rejected(supertux, phase, mod
     assert report.verdict != "fail", (report.failures, report.metrics)
 
 
+@pytest.mark.parametrize("phase, seed, size", [("ANIMATION_LOOP", 1, 192), ("ANIMATION_LOOP", 5, 224),
+                                              ("FULL_VIDEO", 1, 192), ("FULL_VIDEO", 5, 224)])
+def test_real_walk_cycles_are_regular_motion_and_their_wobble_is_not(supertux, phase, seed, size):
+    """A sprite walk cycle bobs and swings its limbs back every other drawing: step to step that read as
+    jitter (motion_regularity 0.0-0.36). Each stride repeats the last one, which random wobble never does."""
+    floor = load_quality_config(None)["phases"][phase]["critical"]["motion_regularity"]
+    good = Case(phase, "good", seed, size, "supertux").score()
+    wobble = Case(phase, "jitter", seed, size, "supertux").score()
+    assert good.metrics["motion_regularity"] >= floor, good.details["subject_velocity"]
+    assert wobble.metrics["motion_regularity"] < floor
+
+
 @pytest.mark.parametrize("phase, mode", [("CHARACTER_SHEET", "different_characters"), ("CHARACTER_SHEET", "noisy"),
                                          ("FULL_VIDEO", "scene_cut"), ("FULL_VIDEO", "vanishing_subject"),
                                          ("FULL_VIDEO", "blurred"), ("ANIMATION_LOOP", "jitter")])

@@ -113,6 +113,21 @@ def test_jitter_ratio_separates_a_smooth_path_from_jumps_and_stutter():
     assert M.jitter_ratio(still) < 0.01  # a still subject's rounding is not jitter
 
 
+def test_motion_jitter_takes_a_repeating_cycle_for_motion_but_not_a_two_step_stutter():
+    """A walk drawn in a few drawings bobs and swings back every other step: step to step it changes velocity
+    as much as random jumps do, but it repeats one stride later. Hold-and-jump repeats every 2 steps."""
+    stride = np.array([[0.02, 0.01], [0.01, -0.02], [-0.02, 0.0], [0.0, 0.02], [0.01, -0.01]])
+    walk = np.tile(stride, (4, 1))  # a 5-step cycle seen 4 times
+    stutter = np.tile([[0.0, 0.0], [0.04, 0.0]], (10, 1))  # straight motion, every other frame held
+    jumps = np.random.default_rng(0).uniform(-0.05, 0.05, (20, 2))
+    assert M.velocity_jitter(walk, cyclic=True) > 1.4
+    assert M.cycle_jitter(walk, cyclic=True) == (pytest.approx(0.0), 5)
+    assert M.motion_jitter(walk, cyclic=True) < 0.01
+    assert M.motion_jitter(stutter, cyclic=True) == M.velocity_jitter(stutter, cyclic=True) > 1.4
+    assert M.motion_jitter(jumps) == M.velocity_jitter(jumps) > 1.0 and M.cycle_jitter(jumps)[0] > 1.0
+    assert M.cycle_jitter(walk[:5]) == (float("inf"), 0)  # too short to see a cycle twice
+
+
 def test_mask_iou_sees_a_squeezed_silhouette():
     frame = S.loop_frames(1, 128)[0]
     a, squeezed = M.as_array(frame), M.as_array(S.squashed([frame])[0])

@@ -520,18 +520,50 @@ def jitter_ratio(points: np.ndarray, cyclic: bool = False, min_speed: float = 0.
     return velocity_jitter(steps, cyclic, min_speed)
 
 
-def velocity_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01) -> float:
-    """Jitter, raw: ``mean_t |v_{t+1} - v_t| / max(mean_t |v_t|, min_speed)``: the change of velocity from
-    step to step against the motion's own speed. Smooth motion changes velocity a little each step (a
-    circle in 16 steps: 2 sin(π/16) ≈ 0.39) whether it is fast or slow; random jumps or stop-and-go
-    stutter change it by as much as the motion itself (≥ 1.4). Below `min_speed` (fraction of the image
-    per step) a still subject is judged on its absolute wobble. With `cyclic` the steps wrap around (a
-    loop: the last step, the seam, is followed by the first)."""
+def repeat_error(velocities: np.ndarray, period: int, cyclic: bool = False, min_speed: float = 0.01) -> float:
+    """How badly each step's velocity predicts the one `period` steps later:
+    ``mean_t |v_{t+P} - v_t| / max(mean_t |v_t|, min_speed)`` (with `cyclic` the steps wrap around)."""
     v = np.asarray(velocities, dtype=np.float64).reshape(len(velocities), -1)
-    if len(v) < 2:
+    if len(v) <= period:
         return 0.0
-    accel = np.linalg.norm(v - np.roll(v, 1, axis=0), axis=1) if cyclic else np.linalg.norm(np.diff(v, axis=0), axis=1)
-    return float(accel.mean() / max(float(np.linalg.norm(v, axis=1).mean()), min_speed))
+    change = v - np.roll(v, period, axis=0) if cyclic else v[period:] - v[:-period]
+    return float(np.linalg.norm(change, axis=1).mean() / max(float(np.linalg.norm(v, axis=1).mean()), min_speed))
+
+
+def velocity_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01) -> float:
+    """Jitter, raw: ``mean_t |v_{t+1} - v_t| / max(mean_t |v_t|, min_speed)`` (`repeat_error` at one step): the
+    change of velocity from step to step against the motion's own speed. Smooth motion changes velocity a
+    little each step (a circle in 16 steps: 2 sin(π/16) ≈ 0.39) whether it is fast or slow; random jumps or
+    stop-and-go stutter change it by as much as the motion itself (≥ 1.4). Below `min_speed` (fraction of the
+    image per step) a still subject is judged on its absolute wobble. With `cyclic` the steps wrap around (a
+    loop: the last step, the seam, is followed by the first)."""
+    if len(velocities) < 2:
+        return 0.0
+    return repeat_error(velocities, 1, cyclic, min_speed)
+
+
+def cycle_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01) -> tuple[float, int]:
+    """The best `repeat_error` over periods of 3 steps to half the clip (so the cycle is seen twice), and
+    that period. A walk drawn in a few drawings swings its limbs back and bobs its body every other
+    drawing, so its velocity changes as much as random jumps do from one step to the next; but it repeats
+    one stride later, and random jumps never do (≥ 1 at every period)."""
+    errors = {p: repeat_error(velocities, p, cyclic, min_speed) for p in range(3, len(velocities) // 2 + 1)}
+    if not errors:
+        return float("inf"), 0
+    period = min(errors, key=errors.get)
+    return errors[period], period
+
+
+def motion_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01,
+                  cycle_gain: float = 4.0) -> float:
+    """`velocity_jitter`, or the `cycle_jitter` when an animation cycle predicts the motion at least
+    `cycle_gain` times better than repeating every 2 steps does. Motion that repeats every 2 steps is a
+    hold-and-jump stutter or a shake, not a drawn cycle: it is left to `velocity_jitter`."""
+    smooth = velocity_jitter(velocities, cyclic, min_speed)
+    cycle, _ = cycle_jitter(velocities, cyclic, min_speed)
+    if cycle * cycle_gain < repeat_error(velocities, 2, cyclic, min_speed):
+        return min(smooth, cycle)
+    return smooth
 
 
 def camera_motion(flow: np.ndarray, step: int = 4, tolerance: float = 0.5) -> np.ndarray:

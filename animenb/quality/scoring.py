@@ -308,9 +308,11 @@ def _temporal(frames: Sequence[M.ImageLike], cfg: dict, embed: Embed | None,
     diffs = M.adjacent_diffs(imgs)
     path = M.trajectory(imgs, tol, masks)
     # Regularity on the subject's motion relative to the background (camera pans and zooms removed),
-    # against the motion's own speed; a loop's wrap-around step counts as a step.
+    # against the motion's own speed, or against its own cycle (a walk repeats each stride); a loop's
+    # wrap-around step counts as a step.
     velocities = M.subject_velocities(flow_list + ([M.farneback(small[-1], small[0])] if cyclic else []))
-    jitter = M.velocity_jitter(velocities, cyclic=cyclic, min_speed=mp["jitter_min_speed"])
+    jitter = M.motion_jitter(velocities, cyclic=cyclic, min_speed=mp["jitter_min_speed"],
+                             cycle_gain=mp["jitter_cycle_gain"])
     metrics = {"temporal_flicker": M.temporal_flicker(imgs, mp["flicker_low"]),
                "motion_smoothness": float(np.clip(1 - warp_err.mean() / mp["smoothness_scale"], 0, 1)),
                "motion_regularity": M.map_linear(jitter, mp["jitter_high"], mp["jitter_low"]),
@@ -347,8 +349,9 @@ def score_animation_loop(frames: Sequence[M.ImageLike], reference: M.ImageLike |
     loop_seam            critical: the wrap-around step looks like any other step, in appearance and in where
                          the subject is (M.loop_seam with the subject's trajectory)
     motion_smoothness    critical: ``clip(1 - mean flow warping error / smoothness_scale, 0, 1)``
-    motion_regularity    critical: M.jitter_ratio of the subject's box trajectory (wrapping around),
-                         mapped [jitter_high, jitter_low] -> [0, 1]: no jumps, no stop-and-go
+    motion_regularity    critical: M.motion_jitter of the subject's velocity relative to the background
+                         (wrapping around), mapped [jitter_high, jitter_low] -> [0, 1]: no jumps, no
+                         stop-and-go; a drawn cycle (a walk) is judged against its own repeat
     subject_consistency  critical: the worst frame's VBench term ``(S(f_t, f_{t-1}) + S(f_t, f_0)) / 2`` with
                          S = M.identity_similarity, mapped [identity_low, identity_high] -> [0, 1]
     cleanliness          critical: the `frame_quantile` (lower quartile) of per-frame min(sharpness, noise_free)
