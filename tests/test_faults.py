@@ -200,11 +200,10 @@ def tiny_tmpfs(path: Path, size: str = "4m"):
 def _fill(folder: Path) -> Path:
     """Write zeros into `folder` until its disk is full; the file to delete to free it."""
     filler = folder / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: closing it has nothing left to write
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     return filler
