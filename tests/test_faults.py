@@ -186,6 +186,26 @@ async def test_a_database_locked_across_a_job_end_delays_its_record_and_never_st
         assert health["status"] == "healthy" and health["components"]["store"]["unrecorded_ends"] == 0
 
 
+async def test_requests_that_cannot_write_hold_up_no_other_request(tmp_path, start_live_server):
+    async with start_live_server(tmp_path, models="tiny", quality=False) as srv:
+        answered: list[tuple[str, int]] = []
+
+        async def request(name: str, method: str, path: str, body=None) -> None:
+            code, _, _ = await call(srv, method, path, body)
+            answered.append((name, code))
+
+        with database_locked_by_another_process(srv.service.store.db.path):
+            submits = [asyncio.create_task(request("submit", "POST", "/api/anime/generate", {"prompt": "test:progress"}))
+                       for _ in range(8)]
+            await asyncio.sleep(0.05)  # the submits are in: each waits for the database
+            await request("health", "GET", "/api/anime/health")
+            await asyncio.gather(*submits)
+        assert [code for name, code in answered if name == "submit"] == [503] * 8
+        # /health, asked after them, answers while they wait: the waits are off the event loop.
+        assert ("health", 200) in answered[:-1], answered
+        assert srv.service.store.count() == 0
+
+
 @contextlib.contextmanager
 def tiny_tmpfs(path: Path, size: str = "4m"):
     path.mkdir(parents=True)
