@@ -72,10 +72,11 @@ class LiveServer:
 @contextlib.asynccontextmanager
 async def live_server(tmp_path: Path, **config):
     """`async with live_server(tmp_path, **ServerConfig fields) as srv:` a started server on a free loopback
-    port, its kernels warm, with tests/notebooks for "test:<name>" prompts."""
+    port, its kernels warm (unless `wait_for_kernels=False`), with tests/notebooks for "test:<name>" prompts."""
     from animenb.server.app import AnimeService, ServerConfig, make_app
     from animenb.server.limits import make_http_server
 
+    wait_for_kernels = config.pop("wait_for_kernels", True)
     config.setdefault("kernel_env", {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})  # 2-core CI: no oversubscription
     cfg = ServerConfig(home=tmp_path / "home", outputs=tmp_path / "outputs",
                        notebook_for=config.pop("notebook_for", notebook_for_tests), **config)
@@ -85,7 +86,8 @@ async def live_server(tmp_path: Path, **config):
     server = make_http_server(app, service.config.http_limits)
     server.add_sockets([sock])
     await service.start()
-    await service.runner.wait_ready(120)
+    if wait_for_kernels:
+        await service.runner.wait_ready(120)
     try:
         yield LiveServer(service, server, port)
     finally:

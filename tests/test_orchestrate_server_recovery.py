@@ -14,8 +14,9 @@ from animenb.store import JobOutputs, JobStatus, SqliteJobStore
 
 
 def fake_runner(tmp_path):
-    return SimpleNamespace(store=SqliteJobStore(), outputs_dir=tmp_path, bus=EventBus(), progress_interval=0.25,
-                           orchestrations={})
+    store = SqliteJobStore()
+    return SimpleNamespace(store=store, outputs_dir=tmp_path, bus=EventBus(), progress_interval=0.25,
+                           orchestrations={}, store_progress=store.update_progress)
 
 
 def make_parent(runner, children=()):

@@ -64,6 +64,9 @@ class JobHost(Protocol):
 
     async def cancel(self, job_id: str) -> JobRecord: ...
 
+    def store_progress(self, job_id: str, progress: dict) -> None:
+        """Store a running job's progress off the event loop, best effort."""
+
     async def record_end(self, job_id: str, status: JobStatus, **fields) -> JobRecord:
         """Store a job's end off the event loop, retried until the store takes it; returns the stored record."""
 

@@ -165,7 +165,7 @@ class Orchestrator:
             log.exception("orchestration %s failed", parent.id)
             reason = self.runner.public_paths.scrub(str(exc))  # the log above keeps the absolute paths
             status, error = JobStatus.FAILED, JobError(type(exc).__name__, reason or type(exc).__name__)
-        self._finish(status, error, reason)
+        await self._finish(status, error, reason)
 
     def _resume(self) -> None:
         """Replay the children a previous process finished (restart policy)."""
@@ -249,7 +249,7 @@ class Orchestrator:
         now = time.monotonic()
         if milestone or now - self._persisted_at >= self.runner.progress_interval:
             self._persisted_at = now
-            self.runner.store.update_progress(self.parent.id, self.progress_dict())
+            self.runner.store_progress(self.parent.id, self.progress_dict())
 
     def progress_dict(self) -> dict:
         progress = self.chain.progress
@@ -282,7 +282,7 @@ class Orchestrator:
                 log.exception("orchestration %s: could not link %s", self.parent.id, source)
         return linked
 
-    def _finish(self, status: JobStatus, error: JobError | None, reason: str) -> None:
+    async def _finish(self, status: JobStatus, error: JobError | None, reason: str) -> None:
         runner, parent, chain = self.runner, self.parent, self.chain
         chain.record.finish(status.value, reason)
         self._save_record()
@@ -303,23 +303,22 @@ class Orchestrator:
         progress = self.progress_dict()
         stage = "done" if status is JobStatus.SUCCEEDED else status.value
         progress.update(stage=f"{stage}: {reason}" if reason else stage, current_child=None)
-        end_parent(runner, parent.id, status, error=error, outputs=outputs, progress=progress,
-                   on_finish=self.on_finish, duration=time.perf_counter() - chain.started)
+        await end_parent(runner, parent.id, status, error=error, outputs=outputs, progress=progress,
+                         on_finish=self.on_finish, duration=time.perf_counter() - chain.started)
 
     def children_summary(self) -> list[dict]:
         return children_summary(self.runner.store, self.children)
 
 
-def end_parent(host: JobHost, parent_id: str, status: JobStatus, *, error: JobError | None, outputs: JobOutputs,
-               progress: dict, on_finish: Callable[[str], None] | None, duration: float) -> JobRecord:
-    """A parent job (an orchestration, a sweep) made terminal: stored (100 % when it succeeded), `on_finish`
-    told, then its finished event published."""
+async def end_parent(host: JobHost, parent_id: str, status: JobStatus, *, error: JobError | None,
+                     outputs: JobOutputs, progress: dict, on_finish: Callable[[str], None] | None,
+                     duration: float) -> JobRecord:
+    """A parent job (an orchestration, a sweep) made terminal: stored (100 % when it succeeded) like a phase
+    job's end (`record_end`: off the event loop, retried until the store takes it), `on_finish` told, then its
+    finished event published."""
     if status is JobStatus.SUCCEEDED:
         progress.update(percent=100.0, eta_seconds=0.0)
-    try:
-        job = host.store.transition(parent_id, status, error=error, outputs=outputs, progress=progress)
-    except InvalidTransitionError:
-        job = host.store.get(parent_id)
+    job = await host.record_end(parent_id, status, error=error, outputs=outputs, progress=progress)
     if on_finish is not None:
         on_finish(parent_id)
     host.finished(job, duration=duration)

@@ -42,7 +42,7 @@ from typing import Callable
 
 from animenb.manifest import MANIFEST_NAME, read_manifest
 from animenb.phases.catalog import PHASES, get_phase
-from animenb.store import JobError, JobOutputs, JobRecord, JobStatus, StoreUnavailable
+from animenb.store import JobError, JobOutputs, JobRecord, JobStatus
 
 from .drivers import JobDriver, output_files, running_jobs
 from .events import JobProgressEvent, JobStartedEvent
@@ -262,10 +262,7 @@ class PhaseJobDriver(JobDriver):
         ctx.persist_handle = None
         ctx.persisted_at = time.monotonic()
         if ctx.last_progress is not None and ctx.job.id in self.running:
-            try:
-                self.host.store.update_progress(ctx.job.id, ctx.last_progress.progress_dict())
-            except StoreUnavailable:
-                pass  # progress also reaches listeners as events; the next one or the job's end is stored
+            self.host.store_progress(ctx.job.id, ctx.last_progress.progress_dict())
 
     def _collect_outputs(self, out_dir: Path) -> JobOutputs:
         if not (out_dir / MANIFEST_NAME).is_file():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import logging
 import time
@@ -30,6 +31,7 @@ from animenb import config
 from animenb.store import (InvalidTransitionError, JobError, JobNotFoundError, JobRecord, JobStatus, JobStoreBase,
                            StoreUnavailable)
 from animenb.store.jobs_sqlite import worker_name
+from animenb.store.sqlite_database import wait_briefly
 
 from .drivers import DriverRegistry, JobDriver, output_files
 from .events import EventBus, JobFinishedEvent, JobQueuedEvent
@@ -52,6 +54,7 @@ ADMIN_ONLY_SLOT_FIELDS = frozenset({"pid", "kernel_pid"})
 CLAIM_TO_START_WAIT = 5.0  # seconds a cancel waits for a just-claimed job to reach its driver
 DISPATCHER_MAX_PAUSE = 5.0  # seconds between restarts of a dispatcher that keeps failing
 END_WRITE_MAX_PAUSE = 5.0   # seconds between tries of a job-end write that keeps failing
+REQUEST_WRITERS = 4  # threads for request-path writes: each waits briefly, so a locked store fails them together
 job_drivers.register(PhaseJobDriver.kind, PhaseJobDriver)
 job_drivers.register(OrchestrationDriver.kind, OrchestrationDriver)
 job_drivers.register(SweepDriver.kind, SweepDriver)
@@ -120,6 +123,10 @@ class JobRunner:
         self._jobs: set[asyncio.Task] = set()
         # Job-end writes run here, off the event loop (`record_end`); one thread keeps them in order.
         self._store_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="animenb-store-writer")
+        # Request-path writes (submit, cancel, claim, progress) run here (`write`): the event loop never waits
+        # for the database, and each write waits at most BRIEF_WAIT s for it (then StoreUnavailable: a fast 503).
+        self._request_writer = ThreadPoolExecutor(max_workers=REQUEST_WRITERS, initializer=wait_briefly,
+                                                  thread_name_prefix="animenb-request-writer")
         self._unrecorded: set[str] = set()
         self._stopping = False
         # The dispatcher's supervision (`_supervise_dispatcher`), for /health.
@@ -183,6 +190,7 @@ class JobRunner:
                 pass
         await self.executor.close()
         self._store_writer.shutdown(wait=False)
+        self._request_writer.shutdown(wait=False)
 
     def _has_output(self, job: JobRecord) -> bool:
         return any(f != NOTEBOOK_NAME for f in output_files(self.outputs_dir / job.id))
@@ -199,20 +207,51 @@ class JobRunner:
         job_drivers.get(kind)  # an unknown kind is refused before anything is stored
         job = self.store.create(phase=phase, parameters=request, owner=owner, visibility=visibility,
                                 parent_id=parent_id, kind=kind, extra=extra)
+        self._announce_queued(job, priority)
+        return job
+
+    async def submit_request(self, request: dict[str, Any], *, phase: int | None, owner: str, visibility: str,
+                             kind: str, extra: dict[str, Any] | None) -> JobRecord:
+        """A request's `submit`: the store write runs off the event loop (`write`)."""
+        job_drivers.get(kind)
+        job = await self.write(self.store.create, phase=phase, parameters=request, owner=owner,
+                               visibility=visibility, kind=kind, extra=extra)
+        self._announce_queued(job, False)
+        return job
+
+    def _announce_queued(self, job: JobRecord, priority: bool) -> None:
         if priority:
             self._priority.append(job.id)
-        self.bus.publish(JobQueuedEvent(job_id=job.id, phase=phase, queue_position=self.store.queue_position(job.id)))
+        self.bus.publish(JobQueuedEvent(job_id=job.id, phase=job.phase,
+                                        queue_position=self.store.queue_position(job.id)))
         if self._wake is not None:
             self._wake.set()
-        return job
+
+    async def write(self, fn: Callable[..., Any], /, *args, **kwargs) -> Any:
+        """`fn(*args, **kwargs)`, a request-path store write, run on a request writer thread; it waits at most
+        BRIEF_WAIT s for the database, then raises StoreUnavailable."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._request_writer, functools.partial(fn, *args, **kwargs))
+
+    def store_progress(self, job_id: str, progress: dict) -> None:
+        """Store a running job's progress off the event loop, best effort: progress also reaches listeners as
+        events, and the next write (or the job's end) stores it."""
+        def done(future) -> None:
+            if not future.cancelled() and isinstance(future.exception(), StoreUnavailable):
+                return
+            future.result()  # any other error surfaces in the log
+        try:
+            self._request_writer.submit(self.store.update_progress, job_id, progress).add_done_callback(done)
+        except RuntimeError:  # the runner stopped: nothing more is written
+            pass
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Queued: cancelled at once. Running: its driver stops it; returns once it has stopped (or ~3 s)."""
         job = self.store.get(job_id)
         if job.status is JobStatus.QUEUED:
             try:
-                job = self.store.transition(job_id, JobStatus.CANCELLED, expected=[JobStatus.QUEUED],
-                                            error=JobError("Cancelled", "Cancelled before it started."))
+                job = await self.write(self.store.transition, job_id, JobStatus.CANCELLED, expected=[JobStatus.QUEUED],
+                                       error=JobError("Cancelled", "Cancelled before it started."))
                 self.finished(job)
                 return job
             except InvalidTransitionError:
@@ -336,7 +375,7 @@ class JobRunner:
                 seen.add(job.id)
         return jobs
 
-    def _dispatch_next(self) -> bool:
+    async def _dispatch_next(self) -> bool:
         """Claim the first candidate job an idle slot can take and start it; False when none could start."""
         idle = [s for s in self.slots if s.ready and not s.busy]
         if not idle:
@@ -350,8 +389,8 @@ class JobRunner:
                 if slot is None:
                     continue  # e.g. a ComfyUI job while only diffusers slots are idle
             try:
-                job = self.store.transition(job.id, JobStatus.RUNNING, expected=[JobStatus.QUEUED],
-                                            worker=worker_name(slot.device if slot else (idle[0].device)))
+                job = await self.write(self.store.transition, job.id, JobStatus.RUNNING, expected=[JobStatus.QUEUED],
+                                       worker=worker_name(slot.device if slot else (idle[0].device)))
             except (InvalidTransitionError, JobNotFoundError):
                 return True  # cancelled meanwhile: look again
             if job.id in self._priority:
@@ -390,7 +429,7 @@ class JobRunner:
     async def _dispatch(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            started = self._dispatch_next()
+            started = await self._dispatch_next()
             self.dispatcher["failing"] = False
             if started:
                 continue

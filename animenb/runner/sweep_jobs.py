@@ -169,7 +169,7 @@ class SweepRun:
         now = time.monotonic()
         if milestone or now - self._persisted_at >= self.host.progress_interval:
             self._persisted_at = now
-            self.host.store.update_progress(self.parent.id, self.progress_dict())
+            self.host.store_progress(self.parent.id, self.progress_dict())
 
     def progress_dict(self) -> dict:
         return self._last.progress_dict() if self._last else {"percent": 0.0, "stage": "submitting cells"}
@@ -238,9 +238,9 @@ class SweepRun:
                              listed=listed, seed=self.plan.parameters.get("seed"), record=RECORD_NAME,
                              children=[c for c in self.child_ids if c], reason=reason)
         stage = "done" if status is JobStatus.SUCCEEDED else status.value
-        end_parent(host, parent.id, status, error=error, outputs=outputs,
-                   progress={**self.progress_dict(), "stage": f"{stage}: {reason}"}, on_finish=self.on_finish,
-                   duration=time.perf_counter() - self._started)
+        await end_parent(host, parent.id, status, error=error, outputs=outputs,
+                         progress={**self.progress_dict(), "stage": f"{stage}: {reason}"}, on_finish=self.on_finish,
+                         duration=time.perf_counter() - self._started)
 
     def children_summary(self) -> list[dict]:
         return children_rows(self.host.store, [c for c in self.child_ids if c])
@@ -282,7 +282,7 @@ class SweepDriver(OrchestrationDriver):
             run = SweepRun(self.host, job, on_finish=self._forget)
         except Exception as exc:  # a stored recipe this version refuses: the parent fails, never stays running
             log.exception("sweep %s: cannot start", job.id)
-            end_parent(self.host, job.id, JobStatus.FAILED, error=JobError(
+            await end_parent(self.host, job.id, JobStatus.FAILED, error=JobError(
                 type(exc).__name__, self.host.public_paths.scrub(str(exc)) or type(exc).__name__),
                 outputs=JobOutputs(), progress={}, on_finish=None, duration=0.0)
             return

@@ -38,7 +38,8 @@ from animenb.retention import collect_garbage
 from animenb.runner.events import EventBus
 from animenb.runner.orchestration import ORCHESTRATION_KIND
 from animenb.runner.runner import TURN_KEY, JobRunner
-from animenb.store import JobNotFoundError, JobRecord, JobStatus, SqliteJobStore
+from animenb.store import JobNotFoundError, JobRecord, JobStatus, SqliteJobStore, StoreUnavailable
+from animenb.store.sqlite_database import BRIEF_WAIT
 from animenb.store.tokens_base import ANONYMOUS
 from animenb.store.tokens_sqlite import SqliteTokenStore
 from animenb.sweeps.plan import plan_from_dict
@@ -149,6 +150,7 @@ class AnimeService:
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
         self.thumbnails_dir = self.home / "thumbnails"
         self._thumbnails = SingleFlight()  # one making of each thumbnail at a time
+        self._admitting = asyncio.Lock()  # one admission (queue check + insert) at a time
         self.store = store or SqliteJobStore(self.home / STORE_NAME)
         self.tokens = SqliteTokenStore(self.store.db)  # same database: `animenb token` writes, we read
         self.bus = EventBus()
@@ -266,7 +268,7 @@ class AnimeService:
         return {"status": "degraded", "reason": fault["reason"], "since": fault["since"], "unrecorded_ends": pending}
 
     # -- submitting --------------------------------------------------------------------------------
-    def generate(self, data: dict, caller: Caller) -> tuple[JobRecord, dict]:
+    async def generate(self, data: dict, caller: Caller) -> tuple[JobRecord, dict]:
         """POST /generate: validate the body, choose the job's visibility, admit it. Returns the job and
         the 202 reply."""
         phase, values, visibility = validate_generate(
@@ -280,7 +282,7 @@ class AnimeService:
             raise APIError(401, "auth_required", "A private job needs a token (only its owner could see it).",
                            "visibility")
         cancel_token, extra = new_cancel_token() if caller.identity is None else (None, {})
-        job = self.admit(JobRequest(kind="phase", phase=phase, parameters=values, owner=caller.name,
+        job = await self.admit(JobRequest(kind="phase", phase=phase, parameters=values, owner=caller.name,
                                     visibility=visibility, extra={**extra, TURN_KEY: caller.turn},
                                     exempt_from_user_limit=caller.is_admin,
                                     role=caller.role))
@@ -289,7 +291,7 @@ class AnimeService:
             reply["cancel_token"] = cancel_token
         return job, reply
 
-    def orchestrate(self, data: dict, caller: Caller) -> tuple[JobRecord, dict]:
+    async def orchestrate(self, data: dict, caller: Caller) -> tuple[JobRecord, dict]:
         """POST /orchestrate (the caller is an admin): validate the body, admit the parent job. Returns the
         job and the 202 reply."""
         if not self.runner.quality:
@@ -300,18 +302,33 @@ class AnimeService:
             lambda job_id: self.readable_job(job_id, caller.identity) is not None)
         if visibility is None:  # like /generate: a token's jobs are its own unless it says "public"
             visibility = "private" if caller.identity is not None else "public"
-        job = self.admit(JobRequest(kind=ORCHESTRATION_KIND, phase=None, parameters=values, owner=caller.name,
+        job = await self.admit(JobRequest(kind=ORCHESTRATION_KIND, phase=None, parameters=values, owner=caller.name,
                                     visibility=visibility, exempt_from_user_limit=True, role=caller.role))
         return job, {**self._accepted(job, caller), "kind": ORCHESTRATION_KIND, "max_retries": values["max_retries"],
                      "thresholds": values["thresholds"], "seed": values["seed"]}
 
-    def admit(self, request: JobRequest) -> JobRecord:
+    async def admit(self, request: JobRequest) -> JobRecord:
         """The one place a job is admitted: 422 `job_too_costly` past its role's cost cap
         (`JobLimits`), 429 + Retry-After when the queue (or the owner's share of it) is full, else the
-        job is queued (committed on return). Handlers run on the loop thread, so the check and the
-        insert are not interleaved with another request's."""
-        cfg, store = self.config, self.store
+        job is queued (committed on return; the write runs off the event loop). `_admitting` keeps the
+        check and the insert from interleaving with another request's; a request waits for it at most
+        BRIEF_WAIT s (then 503, as for the database's own lock)."""
         self.check_cost(request)
+        try:
+            await asyncio.wait_for(self._admitting.acquire(), BRIEF_WAIT)
+        except asyncio.TimeoutError:
+            raise StoreUnavailable("other requests' writes are waiting for the database") from None
+        try:
+            self.check_queue_room(request)
+            return await self.runner.submit_request(request.parameters, phase=request.phase, kind=request.kind,
+                                                    owner=request.owner, visibility=request.visibility,
+                                                    extra=request.extra)
+        finally:
+            self._admitting.release()
+
+    def check_queue_room(self, request: JobRequest) -> None:
+        """429 + Retry-After when the queue (or the owner's share of it) has no room for `request`."""
+        cfg, store = self.config, self.store
         queued = store.count(status=JobStatus.QUEUED) + request.children
         user_full = (not request.exempt_from_user_limit and cfg.max_queued_per_user is not None
                      and store.count(status=JobStatus.QUEUED, owner=request.owner) + request.children
@@ -326,8 +343,6 @@ class AnimeService:
                                headers={"Retry-After": retry})
             raise APIError(429, "queue_full", f"The queue is full ({cfg.max_queue} jobs); retry after {retry} s.",
                            headers={"Retry-After": retry})
-        return self.runner.submit(request.parameters, phase=request.phase, kind=request.kind, owner=request.owner,
-                                  visibility=request.visibility, extra=request.extra)
 
     @property
     def render_sizes(self) -> dict:

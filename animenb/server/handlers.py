@@ -172,9 +172,9 @@ class PhasesHandler(BaseHandler):
 
 
 class GenerateHandler(BaseHandler):
-    def post(self) -> None:
+    async def post(self) -> None:
         data = parse_json_body(self.request.body, self.request.headers.get("Content-Type"))
-        _, reply = self.service.generate(data, self.caller())
+        _, reply = await self.service.generate(data, self.caller())
         self.write_accepted(reply)
 
 
@@ -182,10 +182,10 @@ class OrchestrateHandler(BaseHandler):
     """POST /api/anime/orchestrate (admin token): the gated chain as one parent job (body:
     animenb.server.orchestrate_validation); 202 {job_id, status, kind, status_url, ws_url, queue_position, ...}."""
 
-    def post(self) -> None:
+    async def post(self) -> None:
         require_role(self, "admin")  # AUTH CHECK: the one call that guards this endpoint
         data = parse_json_body(self.request.body, self.request.headers.get("Content-Type"))
-        _, reply = self.service.orchestrate(data, self.caller())
+        _, reply = await self.service.orchestrate(data, self.caller())
         self.write_accepted(reply)
 
 

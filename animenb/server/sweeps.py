@@ -67,7 +67,7 @@ def validate_sweep(data: dict, outputs_dir, readable):
     return plan, visibility
 
 
-def submit_sweep(service, data: dict, caller: Caller) -> dict:
+async def submit_sweep(service, data: dict, caller: Caller) -> dict:
     """Validate, admit the parent job (its cost: every cell; its cells count against the caller's queued
     jobs), and return the 202 reply."""
     plan, visibility = validate_sweep(
@@ -78,7 +78,7 @@ def submit_sweep(service, data: dict, caller: Caller) -> dict:
     if "visibility" not in data:
         visibility = "private"  # a token's jobs are its own unless it says "public"
     parameters = {**plan.parameters, "sweep": plan.as_dict()}
-    job = service.admit(JobRequest(kind=SWEEP_KIND, phase=plan.phase, parameters=parameters, owner=caller.name,
+    job = await service.admit(JobRequest(kind=SWEEP_KIND, phase=plan.phase, parameters=parameters, owner=caller.name,
                                    visibility=visibility, exempt_from_user_limit=caller.is_admin, role=caller.role,
                                    children=len(plan.cells)))
     return {"job_id": job.id, "status": job.status.value, "kind": SWEEP_KIND, "phase": plan.phase,
@@ -90,10 +90,10 @@ def submit_sweep(service, data: dict, caller: Caller) -> dict:
 class SweepsHandler(BaseHandler):
     """POST: a sweep (module docstring); GET: the caller's sweeps (`?status=`, `?limit=`, `?cursor=`)."""
 
-    def post(self) -> None:
+    async def post(self) -> None:
         require_role(self, "user")  # AUTH CHECK: a sweep queues many jobs
         data = parse_json_body(self.request.body, self.request.headers.get("Content-Type"))
-        reply = submit_sweep(self.service, data, self.caller())
+        reply = await submit_sweep(self.service, data, self.caller())
         self.write_accepted(reply)
 
     def get(self) -> None:

@@ -14,9 +14,11 @@ behind a write that waits for another process's lock.
 
 A write that cannot happen (another process holds the write lock past the busy timeout, or the disk is
 full) raises `StoreUnavailable`; nothing was written, and `fault` says why until a write succeeds again
-(/health reports it). On the event loop's thread a write waits at most `LOOP_WAIT` s, for the lock of
-this process and for the database's: requests answer 503 instead of freezing the server. Other threads
-(the job-end writer) wait the full busy timeout.
+(/health reports it). A request's write (submit, cancel, claim, progress) runs on a thread marked by
+`wait_briefly()` (the runner's request writers) and waits at most `BRIEF_WAIT` s, for the lock of this
+process and for the database's: the request answers 503 fast and the event loop never waits. A write still
+made on the event loop's thread waits at most `BRIEF_WAIT` s too. Other threads (the job-end writer) wait
+the full busy timeout.
 """
 from __future__ import annotations
 
@@ -32,7 +34,13 @@ from typing import Iterator
 from .jobs_common import StoreUnavailable
 
 BUSY_TIMEOUT_MS = 5000
-LOOP_WAIT = 0.25  # seconds a write on the event loop's thread may wait (module docstring)
+BRIEF_WAIT = 0.25  # seconds a request's write may wait (module docstring)
+_brief = threading.local()
+
+
+def wait_briefly() -> None:
+    """Mark this thread: its writes wait at most `BRIEF_WAIT` s (a thread pool's `initializer`)."""
+    _brief.on = True
 
 
 def make_private(path: Path) -> None:
@@ -86,13 +94,13 @@ class SqliteDatabase:
             with self._lock:
                 yield self._conn.cursor()
             return
-        on_loop = not patient and _on_event_loop()
-        if not self._lock.acquire(timeout=LOOP_WAIT if on_loop else -1):
+        brief = not patient and (getattr(_brief, "on", False) or _on_event_loop())
+        if not self._lock.acquire(timeout=BRIEF_WAIT if brief else -1):
             raise self._failed("another write of this server holds the database")
         self._writing.depth = 1
         try:
-            if on_loop:
-                self._conn.execute(f"PRAGMA busy_timeout = {int(LOOP_WAIT * 1000)}")
+            if brief:
+                self._conn.execute(f"PRAGMA busy_timeout = {int(BRIEF_WAIT * 1000)}")
             try:
                 with self._begin(self._conn, "BEGIN IMMEDIATE", durable) as cur:
                     yield cur
@@ -103,7 +111,7 @@ class SqliteDatabase:
                 raise unavailable from exc
             self.fault = None
         finally:
-            if on_loop:
+            if brief:
                 self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._writing.depth = 0
             self._lock.release()
