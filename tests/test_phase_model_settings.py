@@ -43,7 +43,7 @@ def _profile(tmp_path, **extra):
 
 @pytest.mark.parametrize("sizes,message", [({"svd": [1024]}, r"`sizes.svd` must be \[width, height\]"),
                                            ({"svd": [1020, 576]}, "multiples of 8"),
-                                           ({"vae": [512, 512]}, "for one of the roles")])
+                                           ({"upscaler": [512, 512]}, "for one of the roles")])
 def test_bad_profile_sizes_are_refused(tmp_path, sizes, message):
     with pytest.raises(ValueError, match=message):
         load_profile(_profile(tmp_path, sizes=sizes))

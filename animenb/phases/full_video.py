@@ -129,4 +129,5 @@ def full_video(
                "frame_count": video_frames, "duration_seconds": video_frames / fps}
     manifest = write_phase_manifest(PHASE, out, parameters, seed, engine, timer, outputs, files)
     progress.finish()
-    return PhaseResult(PHASE, out, manifest, video)
+    # SVD's own frames (in memory already); the re-timed ones were streamed into video.mp4, never held.
+    return PhaseResult(PHASE, out, manifest, list(raw))
