@@ -92,8 +92,11 @@ def test_a_stored_recipe_this_version_refuses_fails_the_parent(tmp_path):
 
     store = SqliteJobStore()
     finished = []
+    async def record_end(job_id, status, **fields):  # the runner's end write, without its retries
+        return store.transition(job_id, status, **fields)
+
     host = SimpleNamespace(store=store, bus=EventBus(), outputs_dir=tmp_path, public_paths=PathScrubber(outputs_dir=tmp_path),
-                           finished=lambda job, duration=None: finished.append(job))
+                           finished=lambda job, duration=None: finished.append(job), record_end=record_end)
     bad = {"phase": 1, "parameters": {"prompt": "x"}, "axes": {"steps": [0]}, "mode": "grid"}
     store.create(phase=1, kind="sweep", parameters={"prompt": "x", "sweep": bad})
     parent = store.claim_next("w")
