@@ -29,6 +29,7 @@ from PIL import Image
 
 from . import metrics as M
 from .config import check_threshold, load_quality_config, phase_name
+from .foreground import sheet_masks
 from .pose_following import pose_following
 
 Embed = Callable[[list[Image.Image]], np.ndarray]
@@ -212,10 +213,10 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
     same = M.prepare(poses, cfg["work_size"], size=(imgs[0].shape[1], imgs[0].shape[0]))
     tol, bins = mp["foreground_tolerance"], mp["palette_bins"]
 
-    masks = [M.foreground_mask(a, tol) for a in imgs]
+    masks = sheet_masks(imgs, tol)  # across the poses: on a busy scene, what moves from pose to pose
     palettes = [M.palette(a, tol, bins, m) for a, m in zip(imgs, masks)]
     palette_m = M.similarity_matrix(palettes, M.bhattacharyya)
-    crops = [M.aligned_crop(a, mp["structure_crop"], tol) for a in imgs]
+    crops = [M.aligned_crop(a, mp["structure_crop"], tol, m) for a, m in zip(imgs, masks)]
     ssim_m = M.similarity_matrix(crops, M.ssim)
     structure_m = _mapped(ssim_m, mp["structure_low"], mp["structure_high"])
     bands = [M.colour_bands(a, int(mp["identity_bands"]), tol, mask=m) for a, m in zip(imgs, masks)]
