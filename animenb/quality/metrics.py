@@ -189,16 +189,10 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(s.mean())
 
 
-def aligned_crop(image: np.ndarray, size: int = 64, tolerance: float = 30.0,
-                 mask: np.ndarray | None = None) -> np.ndarray:
+def aligned_crop(image: np.ndarray, size: int = 64, tolerance: float = 30.0) -> np.ndarray:
     """The foreground's bounding box, padded to a square with the border colour and resized to
-    `size`², so poses drawn at different offsets and scales become comparable for SSIM. With `mask`
-    (already computed, e.g. foreground.sheet_masks) the pixels outside it are painted the border colour
-    too, so that only the figure is compared, not the scene behind it."""
-    if mask is None:
-        mask = foreground_mask(image, tolerance)
-    else:
-        image = np.where(mask[..., None], image, border_colour(image).astype(np.uint8))
+    `size`², so poses drawn at different offsets and scales become comparable for SSIM."""
+    mask = foreground_mask(image, tolerance)
     ys, xs = np.nonzero(mask)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     crop = image[y0:y1, x0:x1]

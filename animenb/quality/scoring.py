@@ -216,7 +216,7 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
     masks = sheet_masks(imgs, tol)  # across the poses: on a busy scene, what moves from pose to pose
     palettes = [M.palette(a, tol, bins, m) for a, m in zip(imgs, masks)]
     palette_m = M.similarity_matrix(palettes, M.bhattacharyya)
-    crops = [M.aligned_crop(a, mp["structure_crop"], tol, m) for a, m in zip(imgs, masks)]
+    crops = [M.aligned_crop(a, mp["structure_crop"], tol) for a in imgs]
     ssim_m = M.similarity_matrix(crops, M.ssim)
     structure_m = _mapped(ssim_m, mp["structure_low"], mp["structure_high"])
     bands = [M.colour_bands(a, int(mp["identity_bands"]), tol, mask=m) for a, m in zip(imgs, masks)]
