@@ -127,6 +127,19 @@ def test_a_sheet_of_other_characters_on_a_street_fails_on_identity(family, mode,
     assert report.verdict == "fail" and report.metrics["identity_consistency"] < floor, report.metrics
 
 
+def test_a_character_in_other_hues_is_not_typical_of_the_sheet():
+    """A dark green dragon among grey-and-black penguins (SuperTux, 128 px) passed: in RGB its greens lie
+    within 40 units of their greys. Brightness keeps its RGB distance, hue and saturation count twice."""
+    greys = (np.array([[40.0, 40, 40], [71, 72, 72], [86, 86, 86]]), np.array([0.3, 0.4, 0.3]))
+    greens = (np.array([[22.0, 25, 23], [68, 92, 52], [75, 101, 59]]), np.array([0.2, 0.4, 0.4]))
+    poses = [greys] * 7 + [greens]
+    assert M.typicality(poses, 40.0)[-1] == 1.0  # plain RGB: the stranger looks typical
+    weighted = [(M.hue_weighted(c), w) for c, w in poses]
+    assert M.typicality(weighted, 40.0)[-1] <= 0.2 and M.typicality(weighted, 40.0)[0] == 1.0
+    shades = M.hue_weighted(np.array([[71.0, 72, 72], [91, 92, 92]]))
+    assert np.linalg.norm(shades[0] - shades[1]) == pytest.approx(np.sqrt(3) * 20)  # brightness: as in RGB
+
+
 def _config_with_margin(margin: float) -> dict:
     cfg = load_quality_config()
     for section in cfg["phases"].values():
@@ -250,6 +263,11 @@ def test_real_walk_cycles_are_regular_motion_and_their_wobble_is_not(supertux, p
     wobble = Case(phase, "jitter", seed, size, "supertux").score()
     assert good.metrics["motion_regularity"] >= floor, good.details["subject_velocity"]
     assert wobble.metrics["motion_regularity"] < floor
+
+
+def test_a_real_stranger_in_other_hues_fails_a_real_sheet(supertux):
+    report = Case("CHARACTER_SHEET", "one_stranger", 0, 128, "supertux").score()
+    assert report.verdict == "fail" and "identity_consistency" in " ".join(report.failures), report.metrics
 
 
 @pytest.mark.parametrize("phase, mode", [("CHARACTER_SHEET", "different_characters"), ("CHARACTER_SHEET", "noisy"),

@@ -258,7 +258,9 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
         embed_m = _mapped(pose_cos, mp["embedding_low"], mp["embedding_high"])
         parts.append((w.get("embedding_consistency", 0), embed_m))
         identity_m, identity_source = embed_m, "embedding"
-    typical = M.typicality([M.dominant_colours(a[m]) for a, m in zip(imgs, masks)], mp["identity_distance"])
+    # hue counts twice: a character whose colours are another's in other hues is not "typical" of them
+    typical = M.typicality([(M.hue_weighted(c), w) for c, w in (M.dominant_colours(a[m]) for a, m in zip(imgs, masks))],
+                           mp["identity_distance"])
     details["typicality_per_pose"] = typical
     colour_identity = M.map_linear(min(M.outlier_identity(colour_identity_m), float(typical.min())),
                                    mp["identity_low"], mp["identity_high"])
