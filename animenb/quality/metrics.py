@@ -479,6 +479,21 @@ def typicality(colours: Sequence[tuple[np.ndarray, np.ndarray]], distance: float
     return out
 
 
+# RGB -> an orthonormal opponent basis: brightness (1,1,1)/√3, red-green (1,-1,0)/√2, yellow-blue
+# (1/2,1/2,-1)/√1.5. Euclidean distances are the RGB ones until the two colour axes are stretched.
+_OPPONENT = np.array([[1, 1, 1], [1, -1, 0], [0.5, 0.5, -1]]) / np.array([[3 ** 0.5], [2 ** 0.5], [1.5 ** 0.5]])
+
+
+def hue_weighted(colours: np.ndarray, chroma_weight: float = 2.0) -> np.ndarray:
+    """RGB colours (Nx3) in the opponent basis with the two colour axes times `chroma_weight`: a distance
+    of `d` RGB units in brightness stays `d`, a change of hue or saturation counts `chroma_weight` times.
+    In plain RGB a dark green (68, 92, 52) lies 28 units from a dark grey (71, 72, 72), as close as two
+    shades of one grey; here it lies 56 units away."""
+    out = np.asarray(colours, dtype=np.float64).reshape(-1, 3) @ _OPPONENT.T
+    out[:, 1:] *= chroma_weight
+    return out
+
+
 def outlier_identity(similarity: np.ndarray) -> float:
     """``min_i median_{j≠i} S_ij``: how well the *least* typical image agrees with the others. A single
     odd image, or a set split in two halves, drives it down, where a mean over pairs would average it away."""

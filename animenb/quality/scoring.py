@@ -29,6 +29,7 @@ from PIL import Image
 
 from . import metrics as M
 from .config import check_threshold, load_quality_config, phase_name
+from .foreground import sheet_masks
 from .pose_following import pose_following
 
 Embed = Callable[[list[Image.Image]], np.ndarray]
@@ -212,7 +213,7 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
     same = M.prepare(poses, cfg["work_size"], size=(imgs[0].shape[1], imgs[0].shape[0]))
     tol, bins = mp["foreground_tolerance"], mp["palette_bins"]
 
-    masks = [M.foreground_mask(a, tol) for a in imgs]
+    masks = sheet_masks(imgs, tol)  # across the poses: on a busy scene, what moves from pose to pose
     palettes = [M.palette(a, tol, bins, m) for a, m in zip(imgs, masks)]
     palette_m = M.similarity_matrix(palettes, M.bhattacharyya)
     crops = [M.aligned_crop(a, mp["structure_crop"], tol) for a in imgs]
@@ -257,7 +258,9 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
         embed_m = _mapped(pose_cos, mp["embedding_low"], mp["embedding_high"])
         parts.append((w.get("embedding_consistency", 0), embed_m))
         identity_m, identity_source = embed_m, "embedding"
-    typical = M.typicality([M.dominant_colours(a[m]) for a, m in zip(imgs, masks)], mp["identity_distance"])
+    # hue counts twice: a character whose colours are another's in other hues is not "typical" of them
+    typical = M.typicality([(M.hue_weighted(c), w) for c, w in (M.dominant_colours(a[m]) for a, m in zip(imgs, masks))],
+                           mp["identity_distance"])
     details["typicality_per_pose"] = typical
     colour_identity = M.map_linear(min(M.outlier_identity(colour_identity_m), float(typical.min())),
                                    mp["identity_low"], mp["identity_high"])

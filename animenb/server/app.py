@@ -54,7 +54,7 @@ from .limits import HttpLimits, JobLimits, WebSocketCounter, make_http_server
 from .openapi import openapi_handlers
 from .orchestrate_validation import validate_orchestrate
 from .pages import page_handlers  # the gallery page at / and /gallery
-from .reviews import review_handlers
+from .reviews import review_handlers, review_store
 from .redaction import install_log_redaction
 from .requests import Caller, JobRequest
 from .stats import admin_stats, typical_duration
@@ -202,8 +202,10 @@ class AnimeService:
         """The job's status body: one model wherever a job's state is shown (module docstring). An
         orchestration parent adds its `children`, the chain's `reason` and `attempts_by_phase`."""
         queue_position = self.store.queue_position(job.id) if job.status is JobStatus.QUEUED else None
+        # only a finished output can be reviewed (POST /review), so no other job needs the query
+        reviews = review_store(self).list(job.id) if job.status is JobStatus.SUCCEEDED else None
         return views.job_status(job, live_progress=self.runner.live_progress(job.id), queue_position=queue_position,
-                                children=self.runner.children(job), ws_base=ws_base)
+                                children=self.runner.children(job), reviews=reviews, ws_base=ws_base)
 
     def jobs(self, *, status: list[str] | None, limit: int, cursor: str | None, scope: dict, caller: Caller) -> dict:
         """GET /jobs: one page of the jobs in `scope` (store.list filters), newest first, as status bodies."""

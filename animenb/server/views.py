@@ -61,8 +61,9 @@ def _quality(job: JobRecord) -> dict | None:
 
 
 def job_status(job: JobRecord, *, live_progress: dict | None = None, queue_position: int | None = None,
-               children: list[dict] | None = None, ws_base: str = "") -> dict:
-    """The status body of a job (`AnimeService.status` gathers the arguments). `children` (an orchestration
+               children: list[dict] | None = None, reviews: list[dict] | None = None, ws_base: str = "") -> dict:
+    """The status body of a job (`AnimeService.status` gathers the arguments). `reviews` are the reviewers'
+    verdicts on it (as GET /reviews lists them; none for an unfinished job). `children` (an orchestration
     parent's child rows) adds `children`, the chain's `reason` and `attempts_by_phase`."""
     files = job.outputs.files
     body = {
@@ -76,6 +77,7 @@ def job_status(job: JobRecord, *, live_progress: dict | None = None, queue_posit
         "outputs": [output_url(job.id, f) for f in files],
         "notebook_url": output_url(job.id, "notebook.ipynb") if job.started_at else None,
         "quality": _quality(job),
+        "reviews": list(reviews or []),
         "error": job.error.as_dict() if job.error else None,
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
