@@ -66,7 +66,7 @@ def test_a_2x2_sweep_here_executes_a_notebook_per_cell_on_one_kernel(tmp_path, c
     assert all(counts) and all(a[-1] < b[0] for a, b in zip(counts, counts[1:])), counts
     assert not errors(report)
     assert not alive(pids.pop())  # shut down when the sweep ended
-    assert Image.open(out / "grid.png").size == GridLayout(columns=2, rows=2).size
+    assert Image.open(out / "grid.png").size == GridLayout(columns=2, rows=2, label_width=192 * 2 // 3).size
     assert f"report: {out / 'report.ipynb'}" in captured.out and f"grid:   {out}/grid.png" in captured.out
     # the bar over cells, with the running cell's values and its progress as the postfix
     assert "4/4" in captured.err and "steps=2 guidance_scale=7.0: " in captured.err, captured.err
