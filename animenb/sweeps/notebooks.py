@@ -85,6 +85,9 @@ class SweepKernel:
             first = str(exc.evalue).splitlines()[0] if exc.evalue else ""
             raise CellFailed(f"{notebook.name} failed in cell {exc.exec_count}: {exc.ename}: {first}  (see {output})") \
                 from None
+        finally:
+            if not self.stopping:  # as a server's slot does: reset now, while the sweep records the cell
+                self.kernel.executor.submit(self.kernel.reset_after_job)
 
     def _stop(self, future: Future) -> None:
         """Ctrl-C during a notebook: no further cell starts; interrupt the running one, then kill the kernel if
