@@ -7,8 +7,8 @@ started by the first cell, reset between cells (the cell's names go; imported mo
 stay), so the models load once and every cell after the first costs its generation only.
 
 Ctrl-C (a KeyboardInterrupt while a notebook runs) stops the sweep: no further notebook cell starts (the
-engine's cancel event), the running one is interrupted in the kernel (killed when the interrupt has not
-ended it within `cancel_grace` seconds, or at a second Ctrl-C), its notebook is saved as far as it ran, and
+engine's cancel event), the running one is interrupted in the kernel (again, then killed, when that has not
+ended it: `_stop`), its notebook is saved as far as it ran (a killed kernel's outputs up to its death), and
 the KeyboardInterrupt goes on to `run_plan`, which records the sweep as cancelled. Closing shuts the kernel
 down.
 
@@ -45,7 +45,7 @@ class CellFailed(RuntimeError):
 class SweepKernel:
     """One warm kernel that executes a sweep's notebooks, one at a time (module docstring)."""
 
-    def __init__(self, *, kernel_name: str = "python3", env: dict | None = None, cancel_grace: float = 5.0):
+    def __init__(self, *, kernel_name: str = "python3", env: dict | None = None, cancel_grace: float = 2.0):
         self.pool = KernelPool([KERNEL_NAME], kernel_name=kernel_name, env=env)
         self.kernel = self.pool.kernels[0]
         self.cancel_grace = cancel_grace
@@ -90,16 +90,18 @@ class SweepKernel:
                 self.kernel.executor.submit(self.kernel.reset_after_job)
 
     def _stop(self, future: Future) -> None:
-        """Ctrl-C during a notebook: no further cell starts; interrupt the running one, then kill the kernel if
-        that has not ended it within `cancel_grace` seconds (or at another Ctrl-C)."""
+        """Ctrl-C during a notebook: no further cell starts; interrupt the running one, again after `cancel_grace`
+        seconds (a cell may have swallowed the first), and kill the kernel after 3x that (or at each further
+        Ctrl-C, one step sooner), as a server cancels a job."""
         from jupyter_core.utils import run_sync
 
         self.stopping = True
         self.cancel_event.set()
-        for stop in (run_sync(self.kernel.interrupt), self.kernel.kill):
+        interrupt = run_sync(self.kernel.interrupt)
+        for stop, wait in ((interrupt, 1), (interrupt, 2), (self.kernel.kill, 2)):
             stop()
             try:
-                future.result(timeout=self.cancel_grace)
+                future.result(timeout=wait * self.cancel_grace)
                 return
             except (KeyboardInterrupt, TimeoutError):  # still running: stop it harder
                 continue
