@@ -78,7 +78,7 @@ def _local(args, parameters: dict, axes: dict) -> int:
     from pathlib import Path
 
     from animenb.sweeps.local import default_sweep_dir, run_sweep
-    from animenb.sweeps.notebooks import SweepKernel
+    from animenb.sweeps.notebooks import CellFailed, SweepKernel
     from animenb.sweeps.report import RECORD_NAME, read_record
 
     logging.getLogger("papermill").setLevel(logging.ERROR)  # as `animenb run`: no warning per commented default
@@ -96,7 +96,10 @@ def _local(args, parameters: dict, axes: dict) -> int:
         print(df[columns].to_string(index=False))
         print(f"grid:   {sweep_dir}/grid.png")
         if not args.no_report:
-            print(f"report: {kernel.run_report(sweep_dir)}")
+            try:
+                print(f"report: {kernel.run_report(sweep_dir)}")
+            except CellFailed as exc:  # the cells' results stand without it
+                print(f"animenb sweep: the report notebook {exc}", file=sys.stderr)
     print(f"record: {sweep_dir}/{RECORD_NAME}")
     return 0 if (df["status"] == "succeeded").any() else 1
 
