@@ -234,7 +234,7 @@ class LocalSlot(Slot):
         return await self.kernel.interrupt()
 
     async def kill(self) -> None:
-        self.kernel.kill()
+        await asyncio.get_running_loop().run_in_executor(None, self.kernel.kill)  # waits for the process to exit
 
     def release(self, job_id: str, *, reset: bool) -> None:
         if reset and not self.stopping:  # on the kernel thread, queued before the next job's notebook
@@ -243,7 +243,7 @@ class LocalSlot(Slot):
     async def close(self) -> None:
         self.stopping = True
         if self.kernel.busy:  # a job still runs on the kernel thread: end it so the thread frees up
-            self.kernel.kill()
+            await self.kill()
 
     def describe(self) -> dict:
         return {**self.kernel.describe(), **super().describe()}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -125,6 +126,10 @@ get_ipython().user_ns.update({'_': '', '__': '', '___': ''})
 """
 
 
+# Seconds `WarmKernel.kill` waits for a SIGKILLed kernel to exit.
+KILL_WAIT = 10.0
+
+
 class KernelError(RuntimeError):
     """The warm kernel could not be started, reset or reached."""
 
@@ -192,13 +197,22 @@ class WarmKernel:
             return False
 
     def kill(self) -> None:
-        """Kill the kernel process outright (escalation when an interrupt does not land)."""
-        pid = self.pid()
-        if pid:
-            try:
-                os.kill(pid, 9)
-            except OSError:
-                pass
+        """Kill the kernel process outright (escalation when an interrupt does not land) and wait until it has
+        exited: a SIGKILLed process lives on for a moment (its memory is torn down first), and a job starting
+        meanwhile found it alive, skipped the replacement and died with it. Once this returns the kernel reads
+        as dead, so the next job's reset (`ensure_clean`) replaces it. Blocks up to `KILL_WAIT` s: off the
+        event loop, call it in a thread."""
+        process = getattr(getattr(self.km, "provisioner", None), "process", None)
+        if process is None:
+            return
+        self.clean = False
+        try:
+            process.kill()
+            process.wait(KILL_WAIT)
+        except subprocess.TimeoutExpired:
+            log.warning("kernel %s (pid %s) still exists %g s after SIGKILL", self.device, process.pid, KILL_WAIT)
+        except OSError:  # already gone
+            pass
 
     # -- kernel thread only -------------------------------------------------------------
     def start(self) -> None:

@@ -25,7 +25,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 from animenb import config
 from animenb.store import (InvalidTransitionError, JobError, JobNotFoundError, JobRecord, JobStatus, JobStoreBase,
@@ -43,6 +43,7 @@ from .public_paths import PathScrubber
 from .sweep_jobs import SweepDriver
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Job kind -> driver: the registry a JobRunner instantiates (one driver per kind).
 job_drivers = DriverRegistry()
@@ -53,7 +54,7 @@ TURN_KEY = "turn"
 ADMIN_ONLY_SLOT_FIELDS = frozenset({"pid", "kernel_pid"})
 CLAIM_TO_START_WAIT = 5.0  # seconds a cancel waits for a just-claimed job to reach its driver
 DISPATCHER_MAX_PAUSE = 5.0  # seconds between restarts of a dispatcher that keeps failing
-END_WRITE_MAX_PAUSE = 5.0   # seconds between tries of a job-end write that keeps failing
+RETRY_MAX_PAUSE = 5.0  # seconds between tries of a job-end or child write that keeps failing
 REQUEST_WRITERS = 4  # threads for request-path writes: each waits briefly, so a locked store fails them together
 job_drivers.register(PhaseJobDriver.kind, PhaseJobDriver)
 job_drivers.register(OrchestrationDriver.kind, OrchestrationDriver)
@@ -219,6 +220,18 @@ class JobRunner:
         self._announce_queued(job, False)
         return job
 
+    async def submit_child(self, request: dict[str, Any], *, phase: int | None, owner: str, visibility: str,
+                           parent_id: str, extra: dict[str, Any], priority: bool = False) -> JobRecord:
+        """A parent driver's `submit` (an orchestration's attempt, a sweep's cell): stored off the event loop
+        like a request's (`write`) and retried until the store takes it, so a database another process holds
+        locked delays the parent, never fails it nor stalls the loop. Gives up only when the runner stops."""
+        job = await self._until_stored(
+            f"job {parent_id}: submitting a child",
+            lambda: self.write(self.store.create, phase=phase, parameters=request, owner=owner,
+                               visibility=visibility, parent_id=parent_id, kind=PHASE_KIND, extra=extra))
+        self._announce_queued(job, priority)
+        return job
+
     def _announce_queued(self, job: JobRecord, priority: bool) -> None:
         if priority:
             self._priority.append(job.id)
@@ -275,23 +288,28 @@ class JobRunner:
         must delay the record, never lose it. Returns the stored record (as it is, if the job had ended
         already). Gives up only when the runner stops: the restart policy then settles the job."""
         loop = asyncio.get_running_loop()
-        failures = 0
         self._unrecorded.add(job_id)
         try:
-            while True:
-                try:
-                    return await loop.run_in_executor(self._store_writer, self._transition_or_get, job_id,
-                                                      status, fields)
-                except StoreUnavailable as exc:
-                    failures += 1
-                    if self._stopping:
-                        raise
-                    pause = min(END_WRITE_MAX_PAUSE, 0.1 * 2 ** min(failures, 8))
-                    log.warning("job %s: recording its end (%s) failed %d time(s): %s; retrying in %.1f s",
-                                job_id, status.value, failures, exc, pause)
-                    await asyncio.sleep(pause)
+            return await self._until_stored(
+                f"job {job_id}: recording its end ({status.value})",
+                lambda: loop.run_in_executor(self._store_writer, self._transition_or_get, job_id, status, fields))
         finally:
             self._unrecorded.discard(job_id)
+
+    async def _until_stored(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """`await write()` until it does not raise StoreUnavailable, pausing longer after each failure (up to
+        RETRY_MAX_PAUSE s); raises it only once the runner stops."""
+        failures = 0
+        while True:
+            try:
+                return await write()
+            except StoreUnavailable as exc:
+                failures += 1
+                if self._stopping:
+                    raise
+                pause = min(RETRY_MAX_PAUSE, 0.1 * 2 ** min(failures, 8))
+                log.warning("%s failed %d time(s): %s; retrying in %.1f s", what, failures, exc, pause)
+                await asyncio.sleep(pause)
 
     def _transition_or_get(self, job_id: str, status: JobStatus, fields: dict) -> JobRecord:
         try:

@@ -83,7 +83,7 @@ class SweepRun:
             self._resume()
             for index, child_id in enumerate(self.child_ids):
                 if child_id is None and not self.cancel_requested:
-                    self._submit(index)
+                    await self._submit(index)
             self._save_record()
             await self._wait_all()
             status, error, reason = self._outcome()
@@ -111,11 +111,11 @@ class SweepRun:
             log.info("sweep %s resumes with %d of %d cells already submitted", self.parent.id, kept,
                      len(self.child_ids))
 
-    def _submit(self, index: int) -> None:
+    async def _submit(self, index: int) -> None:
         parent = self.parent
         extra = {"sweep": {"parent_id": parent.id, "cell": index, "values": self.plan.cells[index]}}
-        child = self.host.submit(self.plan.values(index), phase=self.plan.phase, owner=parent.owner,
-                                 visibility=parent.visibility, parent_id=parent.id, extra=extra)
+        child = await self.host.submit_child(self.plan.values(index), phase=self.plan.phase, owner=parent.owner,
+                                             visibility=parent.visibility, parent_id=parent.id, extra=extra)
         self.child_ids[index] = child.id
 
     async def _wait_all(self) -> None:
