@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
 
     from papermill.exceptions import PapermillExecutionError
 
-    from ..runner.execute import execute_notebook
+    from ..runner.job_notebook import execute_notebook
 
     # papermill warns about every commented default it cannot parse for its own inspection
     logging.getLogger("papermill").setLevel(logging.ERROR)

@@ -162,11 +162,11 @@ def run_on_kernel(kernel: WarmKernel, notebook: str, output: Path, parameters: d
                   public_text: Callable[[str], str] | None = None) -> None:
     """On `kernel`'s own thread: reset it (or, cold, restart it) and run `notebook` with the animenb engine
     (`animenb.runner.engine`), saved to `output` once it ends, through `public_text` when given
-    (`animenb.runner.execute`). A kernel that died is replaced before the error goes on (unless
+    (`animenb.runner.job_notebook`). A kernel that died is replaced before the error goes on (unless
     `replace_dead()` says no, e.g. while stopping). Shared by the local slots and the Ray actors."""
     from nbclient.exceptions import DeadKernelError
 
-    from .execute import execute_notebook
+    from .job_notebook import execute_notebook
 
     if cancel_event.is_set():
         raise JobCancelledBeforeStart("cancelled before start")
