@@ -194,7 +194,7 @@ def run_on_kernel(kernel: WarmKernel, notebook: str, output: Path, parameters: d
 
 
 class LocalSlot(Slot):
-    """A `WarmKernel` of this process. Papermill runs on the kernel's own thread (`kernel.executor`):
+    """A `WarmKernel` of this process. Papermill runs on the kernel's own thread (`kernel.thread`):
     never `asyncio.to_thread`, never papermill's `cwd=` (see `animenb.runner.kernels`)."""
 
     saves_public_notebook = True
@@ -213,11 +213,11 @@ class LocalSlot(Slot):
         return self.kernel.ready
 
     async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.kernel.executor, self.kernel.start)
+        await asyncio.get_running_loop().run_in_executor(self.kernel.thread, self.kernel.start)
 
     async def run_notebook(self, run: NotebookRun) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.kernel.executor, self._execute, run, loop)
+        await loop.run_in_executor(self.kernel.thread, self._execute, run, loop)
 
     def _execute(self, run: NotebookRun, loop: asyncio.AbstractEventLoop) -> None:
         """Kernel thread: run one notebook of the job on this slot's kernel."""
@@ -238,7 +238,7 @@ class LocalSlot(Slot):
 
     def release(self, job_id: str, *, reset: bool) -> None:
         if reset and not self.stopping:  # on the kernel thread, queued before the next job's notebook
-            asyncio.get_running_loop().run_in_executor(self.kernel.executor, self.kernel.reset_after_job)
+            asyncio.get_running_loop().run_in_executor(self.kernel.thread, self.kernel.reset_after_job)
 
     async def close(self) -> None:
         self.stopping = True

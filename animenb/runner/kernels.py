@@ -2,7 +2,7 @@
 
 A `WarmKernel` owns a jupyter_client `AsyncKernelManager` and a long-lived
 `AsyncKernelClient`. Every call that touches the client's zmq sockets runs on the
-kernel's own single-thread executor (`kernel.executor`): jupyter_core's `run_sync`
+kernel's own thread (`kernel.thread`, a one-thread pool): jupyter_core's `run_sync`
 keeps one event loop per thread and the client's sockets belong to that loop, so the
 same thread must start the kernel, reset it and run papermill on it. Only
 `interrupt()` is called from elsewhere (it sends SIGINT to the kernel process).
@@ -157,7 +157,7 @@ class WarmKernel:
         self.env = dict(env or {})
         self.cwd = str(cwd) if cwd else None
         self.startup_timeout = startup_timeout
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"animenb-kernel-{device}")
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"animenb-kernel-{device}")
         self.km = None
         self.kc = None
         self.starts = 0
@@ -359,7 +359,7 @@ class KernelPool:
     def close(self) -> None:
         for kernel in self.kernels:
             try:
-                kernel.executor.submit(kernel.shutdown).result(timeout=15)
+                kernel.thread.submit(kernel.shutdown).result(timeout=15)
             except Exception:
                 log.debug("closing kernel %s failed", kernel.device, exc_info=True)
-            kernel.executor.shutdown(wait=False)
+            kernel.thread.shutdown(wait=False)

@@ -169,7 +169,7 @@ async def kernel_figures(runner) -> list[dict]:
         cached = _kernel_cache.get(id(kernel))
         if kernel.ready and not kernel.busy:
             try:
-                answer = await asyncio.wait_for(loop.run_in_executor(kernel.executor, _ask_kernel, kernel),
+                answer = await asyncio.wait_for(loop.run_in_executor(kernel.thread, _ask_kernel, kernel),
                                                 KERNEL_QUERY_TIMEOUT + 0.5)
                 cached = _kernel_cache[id(kernel)] = {**answer, "as_of": time.time()}
             except Exception as exc:
