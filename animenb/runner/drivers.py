@@ -75,7 +75,8 @@ class JobHost(Protocol):
         """Publish `job`'s terminal event (`JobFinishedEvent.build`)."""
 
     def requeued(self, job: JobRecord) -> None:
-        """`job` went back to the queue (its process died before it wrote anything): announce it, wake a worker."""
+        """`job` went back to the queue (its process died before it wrote anything): announce it, wake the
+        dispatcher."""
 
 
 class JobDriver(abc.ABC):

@@ -100,7 +100,7 @@ class Slot(abc.ABC):
     """One place where one job at a time runs (module docstring)."""
     device: str
     comfyui_url: str | None = None   # the ComfyUI server this slot's ComfyUI jobs use (None: the server's)
-    comfyui_only: bool = False       # a worker of one of several ComfyUI URLs: takes only ComfyUI jobs
+    comfyui_only: bool = False       # the slot of one of several ComfyUI URLs: takes only ComfyUI jobs
     saves_public_notebook = False    # whether the notebook it saves already went through `run.public_text`
 
     def __init__(self, *, warm: bool = True):

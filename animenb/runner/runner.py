@@ -83,7 +83,7 @@ class JobRunner:
         self.outputs_dir = Path(outputs_dir or config.outputs_dir()).resolve()
         self.models = models or config.default_profile()
         self.backend = backend
-        # Several ComfyUI servers: one worker each (`comfyui_only` slots); the first is the default URL.
+        # Several ComfyUI servers: one slot each (`comfyui_only`); the first is the default URL.
         self.comfyui_urls = list(comfyui_urls or ([comfyui_url] if comfyui_url else []))
         self.comfyui_url = comfyui_url or (self.comfyui_urls[0] if self.comfyui_urls else None)
         self.notebooks_dir = Path(notebooks_dir or config.notebooks_dir())
@@ -120,7 +120,7 @@ class JobRunner:
         self.recovered: list[JobRecord] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
-        self._workers: list[asyncio.Task] = []
+        self._background: list[asyncio.Task] = []
         self._jobs: set[asyncio.Task] = set()
         # Job-end writes run here, off the event loop (`record_end`); one thread keeps them in order.
         self._store_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="animenb-store-writer")
@@ -163,16 +163,16 @@ class JobRunner:
             if job.terminal:
                 self.finished(job)
         await self.executor.prepare()
-        self._workers = [asyncio.create_task(self._start_slot(s), name=f"animenb-start-{s.device}")
+        self._background = [asyncio.create_task(self._start_slot(s), name=f"animenb-start-{s.device}")
                          for s in self.slots]
-        self._workers.append(asyncio.create_task(self._supervise_dispatcher(), name="animenb-dispatcher"))
+        self._background.append(asyncio.create_task(self._supervise_dispatcher(), name="animenb-dispatcher"))
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until every slot has started (tests and benchmarks)."""
         deadline = time.monotonic() + timeout
         while not all(s.ready for s in self.slots):
             if time.monotonic() > deadline:
-                raise TimeoutError("warm kernels did not start")
+                raise TimeoutError("the slots did not start")
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
@@ -181,7 +181,7 @@ class JobRunner:
         self._stopping = True
         for driver in self.drivers.values():
             await driver.stop()
-        tasks = [*self._workers, *self._jobs]
+        tasks = [*self._background, *self._jobs]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -200,7 +200,7 @@ class JobRunner:
     def submit(self, request: dict[str, Any], *, phase: int | None, owner: str = "anonymous",
                visibility: str = "public", parent_id: str | None = None, kind: str = "phase",
                extra: dict[str, Any] | None = None, priority: bool = False) -> JobRecord:
-        """Store a queued job (committed on return) and wake a worker.
+        """Store a queued job (committed on return) and wake the dispatcher.
 
         `kind` names the job's driver (`job_drivers`); `priority` (orchestration children) lets the job
         start before the jobs already queued.
@@ -345,12 +345,12 @@ class JobRunner:
         return bool(self.drivers[PHASE_KIND].active())
 
     def health(self, stall_after: float = 120.0) -> dict:
-        """For /health: `warm`, `kernels` (each kernel's description), `generating`, `scored` (phase jobs get
+        """For /health: `warm`, `kernels` (each slot's description), `generating`, `scored` (phase jobs get
         a quality score), `stalled` (no kernel ready `stall_after` s after start), `dispatcher` (its
         supervision) and `unrecorded_ends` (jobs that ended whose end the store has not taken yet)."""
-        kernels = [{k: v for k, v in s.describe().items() if k not in ADMIN_ONLY_SLOT_FIELDS} for s in self.slots]
-        stalled = time.time() - self.started_at > stall_after and not any(k["ready"] for k in kernels)
-        return {"warm": self.warm, "kernels": kernels, "generating": self.generating(), "scored": self.quality,
+        slots = [{k: v for k, v in s.describe().items() if k not in ADMIN_ONLY_SLOT_FIELDS} for s in self.slots]
+        stalled = time.time() - self.started_at > stall_after and not any(s["ready"] for s in slots)
+        return {"warm": self.warm, "kernels": slots, "generating": self.generating(), "scored": self.quality,
                 "stalled": stalled, "executor": self.describe_executor(), "dispatcher": dict(self.dispatcher),
                 "unrecorded_ends": len(self._unrecorded)}
 

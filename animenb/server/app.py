@@ -9,7 +9,7 @@ queue: every limit on what may be queued lives there), `cancel(job, caller)`, `t
 
     service = AnimeService(ServerConfig(models="tiny", home=..., outputs=...))
     app = make_app(service)            # extra keyword arguments become tornado settings
-    await service.start()              # restart policy, then warm kernels and workers
+    await service.start()              # restart policy, then the slots and the dispatcher
     make_http_server(app, service.config.http_limits).listen(8328, "127.0.0.1")
     ...
     await service.stop()
@@ -79,7 +79,7 @@ class ServerConfig:
     outputs: str | Path | None = None  # outputs/<job_id>/; None: $ANIMENB_OUTPUTS or ./outputs
     backend: str | None = None         # "diffusers" (default in the notebooks) or "comfyui"
     comfyui_url: str | None = None
-    comfyui_urls: tuple[str, ...] = ()  # several ComfyUI servers, one worker each (comfyui_url: the first)
+    comfyui_urls: tuple[str, ...] = ()  # several ComfyUI servers, one slot each (comfyui_url: the first)
     executor: str = "local"            # "local" (warm kernels here) or "ray" (actors on a Ray cluster)
     ray_address: str | None = None     # None: start a local Ray cluster; "auto" or HOST:PORT: join one
     ray_slots: int | None = None       # Ray actors (default one per cluster GPU, or 1 without GPUs)

@@ -5,7 +5,7 @@ Contract every implementation keeps:
 - Status changes go through `transition()`/`claim_next()`, which check the current state
   inside the same transaction: terminal states (succeeded, failed, cancelled, lost) are
   final, and every change bumps the job's `status_sequence`.
-- `recover()` runs once at start-up, before any worker, for jobs a dead process left
+- `recover()` runs once at start-up, before any job is claimed, for jobs a dead process left
   `running` (policy in `jobs_sqlite`'s docstring); nothing is ever marked succeeded there.
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ class JobStoreBase(ABC):
     @abstractmethod
     def next_queued(self, limit: int = 16) -> list[JobRecord]:
         """The oldest queued jobs, oldest first, without claiming them (a dispatcher that places jobs on
-        workers of different kinds looks ahead, then claims one with `transition(..., expected=[QUEUED])`)."""
+        slots of different kinds looks ahead, then claims one with `transition(..., expected=[QUEUED])`)."""
 
     def queued_heads(self, limit: int = 64) -> list[JobRecord]:
         """The oldest queued job of each caller (its `extra["turn"]`, else its owner), oldest first."""

@@ -1,6 +1,6 @@
 """SQLite job store (WAL), the embedded default.
 
-Restart policy (`recover()`, run once at start-up before any worker): a job found
+Restart policy (`recover()`, run once at start-up before any job is claimed): a job found
 `running` was left by a process that died (one server process owns a database).
 - It is re-queued, once, when it never produced output: its output directory holds
   nothing but the executed notebook and its record has no outputs. Re-running it is then
