@@ -139,7 +139,7 @@ def character_sheet(
 
     # 1. one image per pose; the reference is fixed before the first pose that needs it
     poses: list[Image.Image] = []
-    for index, ((key, caption, _suffix), request) in enumerate(zip(POSES, requests)):
+    for index, ((_key, caption, _suffix), request) in enumerate(zip(POSES, requests)):
         progress.start_stage(f"pose {index + 1}/{len(POSES)}: {caption}")
         if reference is not None:
             request = replace(request, ip_adapter_image=reference)

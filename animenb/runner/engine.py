@@ -49,8 +49,9 @@ from animenb.progress import PROGRESS_MIME
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ENGINE_NAME", "WarmKernelEngine", "AnimenbNotebookClient", "JobCancelled", "PROGRESS_MIME",
-           "BOUNDARY_MIME"]
+# WarmKernelEngine and AnimenbNotebookClient are built on first use by the module `__getattr__` (docstring).
+__all__ = ["ENGINE_NAME", "WarmKernelEngine", "AnimenbNotebookClient",  # noqa: F822
+           "JobCancelled", "PROGRESS_MIME", "BOUNDARY_MIME"]
 
 ENGINE_NAME = "animenb"
 EXTRA_CELL_TAG = "animenb-job-step"

@@ -5,7 +5,8 @@ kernel of this process by default, or a Ray actor's with `executor="ray"`): firs
 (orchestration children, so a chain is not interleaved with jobs queued after it started), then, taking
 turns between callers (a token's name, an anonymous client: `TURN_KEY`), the oldest queued job of the
 caller whose last turn is oldest, that an idle slot can take (`place`: a slot already holding the job's
-models first). The per-caller allowance (`max_queued_per_user`) still bounds how many a caller queues. It hands the job, and the slot, to the driver of its kind (`animenb.runner.drivers`):
+models first). The per-caller allowance (`max_queued_per_user`) still bounds how many a caller queues.
+It hands the job, and the slot, to the driver of its kind (`animenb.runner.drivers`):
 
     "phase"          `PhaseJobDriver`: the phase notebook, scored by the quality gate, on the slot
     "orchestration"  `OrchestrationDriver`: a task that submits the chain's child jobs; it holds no slot
@@ -323,7 +324,8 @@ class JobRunner:
 
     def requeued(self, job: JobRecord) -> None:
         """`job` is queued again (its process died before it wrote anything): announce it, wake the dispatcher."""
-        self.bus.publish(JobQueuedEvent(job_id=job.id, phase=job.phase, queue_position=self.store.queue_position(job.id)))
+        self.bus.publish(JobQueuedEvent(job_id=job.id, phase=job.phase,
+                                        queue_position=self.store.queue_position(job.id)))
         if self._wake is not None:
             self._wake.set()
 

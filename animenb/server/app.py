@@ -208,7 +208,8 @@ class AnimeService:
     def jobs(self, *, status: list[str] | None, limit: int, cursor: str | None, scope: dict, caller: Caller) -> dict:
         """GET /jobs: one page of the jobs in `scope` (store.list filters), newest first, as status bodies."""
         jobs, next_cursor = self.store.list(status=status, limit=limit, cursor=cursor, **scope)
-        return {"jobs": [self.status(j, caller.ws_base) for j in jobs], "count": self.store.count(status=status, **scope),
+        return {"jobs": [self.status(j, caller.ws_base) for j in jobs],
+                "count": self.store.count(status=status, **scope),
                 "user": caller.name, "limit": limit, "next_cursor": next_cursor}
 
     def gallery(self, *, phase: int | None, limit: int, cursor: str | None) -> dict:

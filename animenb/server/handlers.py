@@ -82,7 +82,7 @@ class BaseHandler(LimitedBodyMixin, JSONErrorMixin, AuthMixin, tornado.web.Reque
         self.check_body_size()  # 413 from the Content-Length alone
         check_host(self.request, self.service.config.host, self.service.config.allow_origins)
         check_csrf(self.request, self.service.config.allow_origins)
-        self.current_user  # a bad or revoked token is a 401 everywhere, never a quiet anonymous
+        self.current_user = self.get_current_user()  # a bad or revoked token is a 401 everywhere, never anonymous
 
     def ws_base(self) -> str:
         scheme = "wss" if self.request.protocol == "https" else "ws"
@@ -116,7 +116,8 @@ class BaseHandler(LimitedBodyMixin, JSONErrorMixin, AuthMixin, tornado.web.Reque
         valid = [s.value for s in JobStatus]
         for s in statuses:
             if s not in valid:
-                raise APIError(422, "invalid_value", f"`status` must be one of {', '.join(valid)}, got {s!r}.", "status")
+                raise APIError(422, "invalid_value", f"`status` must be one of {', '.join(valid)}, got {s!r}.",
+                               "status")
         return statuses
 
 

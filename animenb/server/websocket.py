@@ -4,8 +4,8 @@ On connect the client gets {"event": "state", "seq", "state": <status body>}; wi
 `?after=N` the events it missed (seq > N, from a short per-job history) come first.
 Then every event as it happens ("started", "progress", "finished"); the terminal
 "finished" event carries the final status body as `state` too (the same model as
-/status: an orchestration's `children` included), then the server closes with 1000. A job that has already finished gets its
-state and its "finished" event, then the close. An unknown job id is accepted and closed
+/status: an orchestration's `children` included), then the server closes with 1000. A job that has already
+finished gets its state and its "finished" event, then the close. An unknown job id is accepted and closed
 at once with code 4404 and reason "Job not found: <id>" (a browser sees the reason;
 a failed handshake would hide it); a path that is not a 32-hex job id is a plain 404.
 Close reasons are cut to the 123 bytes a close frame holds. Origins: the server's own or one
