@@ -173,11 +173,13 @@ class WarmKernel:
     def ready(self) -> bool:
         return self.km is not None and self.kc is not None
 
+    def _process(self) -> subprocess.Popen | None:
+        """The kernel process (None before it starts and after a shutdown)."""
+        return getattr(getattr(self.km, "provisioner", None), "process", None)
+
     def pid(self) -> int | None:
-        try:
-            return self.km.provisioner.process.pid  # type: ignore[union-attr]
-        except AttributeError:
-            return None
+        process = self._process()
+        return None if process is None else process.pid
 
     def describe(self) -> dict:
         return {"device": self.device, "ready": self.ready, "busy": self.busy, "pid": self.pid(),
@@ -202,7 +204,7 @@ class WarmKernel:
         meanwhile found it alive, skipped the replacement and died with it. Once this returns the kernel reads
         as dead, so the next job's reset (`ensure_clean`) replaces it. Blocks up to `KILL_WAIT` s: off the
         event loop, call it in a thread."""
-        process = getattr(getattr(self.km, "provisioner", None), "process", None)
+        process = self._process()
         if process is None:
             return
         self.clean = False

@@ -119,8 +119,7 @@ class JobRunner:
         self.placements = {"placed": 0, "model_hits": 0}  # jobs placed on a slot; of those, on one holding their models
         self.started_at = time.time()
         self.recovered: list[JobRecord] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
+        self._wake = asyncio.Event()  # set: the dispatcher looks at the queue again (a new one per start)
         self._background: list[asyncio.Task] = []
         self._jobs: set[asyncio.Task] = set()
         # Job-end writes run here, off the event loop (`record_end`); one thread keeps them in order.
@@ -132,7 +131,7 @@ class JobRunner:
         self._unrecorded: set[str] = set()
         self._stopping = False
         # The dispatcher's supervision (`_supervise_dispatcher`), for /health.
-        self.dispatcher = {"restarts": 0, "failing": False, "last_error": None, "last_error_at": None}
+        self.dispatcher: dict[str, Any] = {"restarts": 0, "failing": False, "last_error": None, "last_error_at": None}
 
     @property
     def stopping(self) -> bool:
@@ -146,7 +145,6 @@ class JobRunner:
     async def start(self) -> None:
         """Recover jobs a dead process left running (each driver, then the store), connect the executor,
         then start its slots and the dispatcher."""
-        self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
         self.recovered = []
@@ -238,8 +236,7 @@ class JobRunner:
             self._priority.append(job.id)
         self.bus.publish(JobQueuedEvent(job_id=job.id, phase=job.phase,
                                         queue_position=self.store.queue_position(job.id)))
-        if self._wake is not None:
-            self._wake.set()
+        self._wake.set()
 
     async def write(self, fn: Callable[..., Any], /, *args, **kwargs) -> Any:
         """`fn(*args, **kwargs)`, a request-path store write, run on a request writer thread; it waits at most
@@ -326,8 +323,7 @@ class JobRunner:
         """`job` is queued again (its process died before it wrote anything): announce it, wake the dispatcher."""
         self.bus.publish(JobQueuedEvent(job_id=job.id, phase=job.phase,
                                         queue_position=self.store.queue_position(job.id)))
-        if self._wake is not None:
-            self._wake.set()
+        self._wake.set()
 
     def live_progress(self, job_id: str) -> dict | None:
         """The newest progress of a running job (None when no driver runs it here)."""
@@ -377,7 +373,8 @@ class JobRunner:
         """Priority jobs still queued (oldest first); then each caller's oldest queued job, the caller whose
         last turn is oldest first (round-robin: one caller's many jobs delay another's next job by at most
         one job per slot); then the oldest queued jobs of the store (for a slot none of those fit)."""
-        jobs, seen = [], set()
+        jobs: list[JobRecord] = []
+        seen: set[str] = set()
         for job_id in list(self._priority):
             try:
                 job = self.store.get(job_id)
@@ -474,5 +471,4 @@ class JobRunner:
         finally:
             if slot is not None:
                 slot.busy = False
-            if self._wake is not None:
-                self._wake.set()
+            self._wake.set()
