@@ -24,6 +24,7 @@ from . import views
 from .auth import AuthMixin, require_role
 from .csrf import check_csrf, check_host
 from .limits import LimitedBodyMixin
+from .mixins import HandlerMixin
 from .requests import Caller
 from .validation import JOB_ID_RE, APIError, invalid, parse_cursor, parse_json_body, parse_limit
 from .websocket import JobSocketHandler
@@ -46,7 +47,7 @@ def storage_error(exc: BaseException | None) -> APIError | None:
     return None
 
 
-class JSONErrorMixin:
+class JSONErrorMixin(HandlerMixin):
     def log_exception(self, typ, value, tb) -> None:
         if storage_error(value) is not None:  # an expected fault, reported by /health: no traceback
             log.warning("%s %s: %s", self.request.method, self.request.path, value)
