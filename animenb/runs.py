@@ -317,8 +317,8 @@ def plot_quality_vs_steps(df, *, threshold: float | None = None):
         _empty(ax, "a quality score")
     gate = threshold
     if gate is None:
-        known = df["threshold"].dropna() if "threshold" in df else []
-        gate = float(known.median()) if len(known) else DEFAULT_GATE
+        known = df["threshold"].dropna() if "threshold" in df else None
+        gate = float(known.median()) if known is not None and len(known) else DEFAULT_GATE
     ax.axhline(gate, color="0.3", linestyle="--", linewidth=1)
     ax.annotate(f"gate {gate:.2f}", (0.01, gate), xycoords=("axes fraction", "data"), va="bottom", fontsize=8)
     ax.set(xlabel="steps", ylabel="quality score", ylim=(0, 1.02), title="Quality vs steps")
