@@ -280,12 +280,13 @@ async def test_a_database_locked_as_a_parent_ends_delays_its_end_until_the_lock_
         try:
             parent_id = await _start_parent(srv, kind)
 
-            async def end_waits():
+            async def end_refused():  # its end is pending, and the store has refused it once
                 health = await _health(srv)
-                return health["components"]["store"]["unrecorded_ends"] == 1 and health
+                pending = health["components"]["store"]["unrecorded_ends"] == 1
+                return pending and health["status"] == "degraded" and health
 
-            health = await wait_for(end_waits, 300, interval=0.05, what="the parent's end waiting for the store")
-            assert health["status"] == "degraded" and "locked" in health["components"]["store"]["reason"]
+            health = await wait_for(end_refused, 300, interval=0.05, what="the parent's end refused by the store")
+            assert "locked" in health["components"]["store"]["reason"]
             assert srv.service.store.get(parent_id).status.value == "running"
         finally:
             srv.service.bus.unsubscribe(sub)
