@@ -31,6 +31,14 @@ def notebook_parameters(phase) -> dict:
     return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cells[0].source).body}
 
 
+def test_a_phases_model_family_is_published_as_engine():
+    """`Phase.model_family` keeps its published name in GET /phases (and the contract): "engine"."""
+    phases = [get_phase(i) for i in (1, 2, 3)]
+    assert [p.model_family for p in phases] == ["IPAdapter", "AnimateDiff", "SVD"]
+    assert [p.as_dict()["engine"] for p in phases] == [p.model_family for p in phases]
+    assert all("model_family" not in p.as_dict() for p in phases)
+
+
 @pytest.mark.parametrize("phase_id", sorted(SPECS))
 def test_notebook_and_yaml_hold_to_the_spec(phase_id):
     spec, phase = phase_spec(phase_id), get_phase(phase_id)

@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 import uuid
+from typing import Any
 
 from PIL import Image
 
@@ -114,7 +115,7 @@ class ComfyUIBackend(Backend):
         return self._frames(self.run_graph(graph, on_step), request.frames)
 
     def describe(self) -> dict:
-        info = {"backend": "comfyui", "url": self.url, "checkpoint": self.checkpoint,
+        info: dict[str, Any] = {"backend": "comfyui", "url": self.url, "checkpoint": self.checkpoint,
                 "svd_checkpoint": self.svd_checkpoint, "controlnet_model": self.controlnet_model,
                 "comfyui_version": None, "devices": []}
         try:

@@ -19,6 +19,7 @@ from). Cross-field rules carry their expression as text next to the check.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -150,7 +151,7 @@ def image_source(value: str | Path, name: str) -> Path:
             raise SpecError(name, f"`{name}`: {value} is not a run's output directory (no readable "
                                   f"{MANIFEST_NAME}).") from None
         phase = manifest.get("phase") if isinstance(manifest, dict) else None
-        key = RUN_IMAGE.get(phase.get("name") if isinstance(phase, dict) else None, "reference")
+        key = RUN_IMAGE.get(str(phase.get("name")) if isinstance(phase, dict) else "", "reference")
         outputs = manifest.get("outputs") if isinstance(manifest.get("outputs"), dict) else {}
         chosen = outputs.get(key)
         if isinstance(chosen, list):
@@ -172,7 +173,7 @@ class Rule:
     field: str
     expression: str
     message: str          # formatted with the values, e.g. "... got {frames}."
-    check: Callable[[Mapping[str, Any]], bool] = field(repr=False, compare=False)
+    check: Callable[[Mapping[str, Any]], bool] = dataclasses.field(repr=False, compare=False)  # `field` is taken
 
     def as_dict(self) -> dict:
         return {"field": self.field, "expression": self.expression, "message": self.message}

@@ -175,7 +175,7 @@ MODELS = {"type": "object", "required": ["checkpoints", "vae", "loras", "embeddi
                           for kind in ("checkpoints", "vae", "loras", "embeddings", "controlnet")}}}
 NULLABLE_STRING = {"type": ["string", "null"]}
 NULLABLE_INTEGER = {"type": ["integer", "null"]}
-PAGE = {"limit": INTEGER, "next_cursor": NULLABLE_STRING, "count": INTEGER}
+PAGE: dict[str, dict] = {"limit": INTEGER, "next_cursor": NULLABLE_STRING, "count": INTEGER}
 
 
 def _schemas() -> dict:

@@ -57,7 +57,8 @@ def _quality(job: JobRecord) -> dict | None:
     quality = job.outputs.quality
     if quality is None:
         return None
-    return {k: quality.get(k) for k in ("score", "passed", "verdict", "review_reasons", "threshold", "failures", "error") if k in quality}
+    shown = ("score", "passed", "verdict", "review_reasons", "threshold", "failures", "error")
+    return {k: quality.get(k) for k in shown if k in quality}
 
 
 def job_status(job: JobRecord, *, live_progress: dict | None = None, queue_position: int | None = None,
@@ -124,7 +125,8 @@ def gallery_item(job: JobRecord) -> dict:
                       "media_type": entry.get("media_type"), "bytes": entry.get("bytes")})
     return {
         "job_id": job.id, "phase": job.phase, "phase_name": phase_name(job.phase),
-        "prompt": job.parameters.get("prompt"), "seed": job.parameters.get("seed") if job.outputs.seed is None else job.outputs.seed,
+        "prompt": job.parameters.get("prompt"),
+        "seed": job.parameters.get("seed") if job.outputs.seed is None else job.outputs.seed,
         "created_at": iso(job.created_at), "finished_at": iso(job.finished_at),
         "url": output_url(job.id, primary) if primary else None,
         "thumbnail_url": thumbnail_url(job.id, thumb) if thumb else None,
