@@ -71,7 +71,7 @@ class SweepKernel:
         if self.stopping:
             raise RuntimeError("the sweep's kernel is closed")
         output.parent.mkdir(parents=True, exist_ok=True)
-        future = self.kernel.executor.submit(
+        future = self.kernel.thread.submit(
             run_on_kernel, self.kernel, str(notebook), output, parameters, warm=True,
             on_progress=on_progress or (lambda event: None), cancel_event=self.cancel_event, execution_timeout=None,
             extra_cells=tuple(extra_cells), label=f"{output}: kernel {KERNEL_NAME}",
@@ -87,7 +87,7 @@ class SweepKernel:
                 from None
         finally:
             if not self.stopping:  # as a server's slot does: reset now, while the sweep records the cell
-                self.kernel.executor.submit(self.kernel.reset_after_job)
+                self.kernel.thread.submit(self.kernel.reset_after_job)
 
     def _stop(self, future: Future) -> None:
         """Ctrl-C during a notebook: no further cell starts; interrupt the running one, again after `cancel_grace`
