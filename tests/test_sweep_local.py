@@ -77,8 +77,8 @@ def test_ctrl_c_mid_sweep_keeps_the_finished_cells_and_exits_non_zero(tmp_path):
     # Cell 1 (150 steps x 8 poses) runs long enough to be interrupted mid-generation.
     proc = subprocess.Popen([sys.executable, "-m", "animenb.cli", "sweep", "1", *BASE, "--axis", "steps=1,150",
                              "--axis", "guidance_scale=5,7", "--output-dir", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    err: list[str] = []
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err: list[str] = []  # the reader thread alone reads stderr (a second reader would take part of it)
     reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
     reader.start()
     try:
@@ -88,7 +88,7 @@ def test_ctrl_c_mid_sweep_keeps_the_finished_cells_and_exits_non_zero(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, "".join(err)
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        stdout, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
