@@ -26,10 +26,8 @@ _SAMPLERS = (
             {"algorithm_type": "dpmsolver++", "solver_order": 2}, ("dpmpp_2m", "normal")),
     Sampler("DPM++ 2M Karras", ("DPM++ 2M", "Karras"), "DPMSolverMultistepScheduler",
             {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}, ("dpmpp_2m", "karras")),
-    # diffusers' DPMSolverSDEScheduler needs torchsde (and scipy); its multistep solver in SDE mode on Karras
-    # sigmas is the stochastic DPM++ it ships without them (same family, not A1111's exact steps).
-    Sampler("DPM++ SDE Karras", ("DPM++ SDE", "Karras"), "DPMSolverMultistepScheduler",
-            {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    # k-diffusion's DPM++ SDE, as A1111 and ComfyUI run it: two model calls per step, Brownian-tree noise (torchsde).
+    Sampler("DPM++ SDE Karras", ("DPM++ SDE", "Karras"), "DPMSolverSDEScheduler", {"use_karras_sigmas": True},
             ("dpmpp_sde", "karras")),
     Sampler("DDIM", ("DDIM", "DDIM"), "DDIMScheduler", comfyui=("ddim", "ddim_uniform")),
     Sampler("UniPC", ("UniPC", "Uniform"), "UniPCMultistepScheduler", comfyui=("uni_pc", "normal")),

@@ -277,7 +277,8 @@ class AnimeService:
         """POST /generate: validate the body, choose the job's visibility, admit it. Returns the job and
         the 202 reply."""
         phase, values, visibility = validate_generate(
-            data, self.outputs_dir, lambda job_id: self.readable_job(job_id, caller.identity) is not None)
+            data, self.outputs_dir, lambda job_id: self.readable_job(job_id, caller.identity) is not None,
+            self.config.backend)
         if values.get("backend") == "comfyui" and not self.config.comfyui_url:
             raise APIError(422, "comfyui_not_configured", "`backend` comfyui needs a ComfyUI server: start animenb "
                            "serve with --comfyui-url URL.", "backend")
