@@ -16,6 +16,7 @@ class Sampler:
     diffusers: str                 # diffusers scheduler class
     options: dict = field(default_factory=dict)  # its from_config overrides
     comfyui: tuple[str, str] = ("euler", "normal")  # KSampler (sampler_name, scheduler)
+    model_calls: int = 1           # UNet evaluations per step (what a step costs: animenb.phases.cost)
 
 
 _SAMPLERS = (
@@ -28,7 +29,7 @@ _SAMPLERS = (
             {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}, ("dpmpp_2m", "karras")),
     # k-diffusion's DPM++ SDE, as A1111 and ComfyUI run it: two model calls per step, Brownian-tree noise (torchsde).
     Sampler("DPM++ SDE Karras", ("DPM++ SDE", "Karras"), "DPMSolverSDEScheduler", {"use_karras_sigmas": True},
-            ("dpmpp_sde", "karras")),
+            ("dpmpp_sde", "karras"), model_calls=2),
     Sampler("DDIM", ("DDIM", "DDIM"), "DDIMScheduler", comfyui=("ddim", "ddim_uniform")),
     Sampler("UniPC", ("UniPC", "Uniform"), "UniPCMultistepScheduler", comfyui=("uni_pc", "normal")),
     Sampler("LCM", ("LCM", "Uniform"), "LCMScheduler", comfyui=("lcm", "normal")),
@@ -46,3 +47,9 @@ def sampler(name: str) -> Sampler:
     if found is None:
         raise ValueError(f"`scheduler` must be one of {', '.join(SCHEDULER_NAMES)}, got {name!r}.")
     return found
+
+
+def model_calls(name: str | None) -> int:
+    """UNet evaluations per step of the sampler `name` (1 for none, or for a name the spec will refuse)."""
+    found = SAMPLERS.get(ALIASES.get(name, name)) if isinstance(name, str) else None
+    return found.model_calls if found else 1
