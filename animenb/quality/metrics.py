@@ -327,15 +327,6 @@ def flow_magnitudes(flow_list: Sequence[np.ndarray], top: float = 0.05) -> np.nd
     return np.array(out)
 
 
-def dynamic_degree(flow_list: Sequence[np.ndarray], threshold: float = 1.0) -> float:
-    """Dynamic degree: the fraction of adjacent pairs whose top-5% flow magnitude exceeds `threshold`
-    pixels (per 256 px), after VBench (Huang et al. 2024), with Farnebäck flow in place of RAFT.
-    0 for a frozen video, 1 when every step moves."""
-    if len(flow_list) == 0:
-        return 0.0
-    return float((flow_magnitudes(flow_list) > threshold).mean())
-
-
 def subject_consistency(features: Sequence, sim: Callable[[object, object], float]) -> tuple[float, np.ndarray]:
     """VBench subject consistency with any feature similarity `sim`:
     ``mean_{t>=1} (sim(f_t, f_{t-1}) + sim(f_t, f_0)) / 2`` (Huang et al. 2024; VBench uses DINO
@@ -564,35 +555,6 @@ def motion_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float
     if cycle * cycle_gain < repeat_error(velocities, 2, cyclic, min_speed):
         return min(smooth, cycle)
     return smooth
-
-
-def camera_motion(flow: np.ndarray, step: int = 4, tolerance: float = 0.5) -> np.ndarray:
-    """The camera's motion in one flow field: a similarity transform (pan, zoom, roll; 2x3) fitted to the
-    flow sampled every `step` px with RANSAC (Fischler & Bolles 1981) at `tolerance` px, so the background
-    (most of the picture) decides and the subject's own motion is left out as outliers."""
-    h, w = flow.shape[:2]
-    ys, xs = np.mgrid[0:h:step, 0:w:step]
-    src = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
-    dst = src + flow[ys.ravel(), xs.ravel()].astype(np.float32)
-    a, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=tolerance)
-    return np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float64) if a is None else a
-
-
-def subject_velocities(flow_list: Sequence[np.ndarray], moving: float = 0.5) -> np.ndarray:
-    """Per step, the subject's velocity relative to the background, in fractions of the shorter side: the
-    flow minus the `camera_motion`, averaged over the pixels that move more than `moving` px relative to
-    it (0 when nothing does). A camera pan or zoom over a still subject, or a slow walk, is slow and
-    smooth here; a subject jumping about is not, whatever the camera does."""
-    out = []
-    for f in flow_list:
-        h, w = f.shape[:2]
-        a = camera_motion(f)
-        gx, gy = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-        camera = np.stack([a[0, 0] * gx + a[0, 1] * gy + a[0, 2] - gx, a[1, 0] * gx + a[1, 1] * gy + a[1, 2] - gy], 2)
-        residual = f - camera
-        m = np.linalg.norm(residual, axis=2) > moving
-        out.append(residual[m].mean(axis=0) / min(h, w) if m.any() else np.zeros(2))
-    return np.asarray(out, dtype=np.float64).reshape(len(out), 2)
 
 
 def pose_differences(crops: Sequence[np.ndarray]) -> np.ndarray:

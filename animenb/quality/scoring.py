@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from . import metrics as M
+from . import motion
 from .config import check_threshold, load_quality_config, phase_name
 from .pose_following import pose_following
 
@@ -310,7 +311,9 @@ def _temporal(frames: Sequence[M.ImageLike], cfg: dict, embed: Embed | None,
     # Regularity on the subject's motion relative to the background (camera pans and zooms removed),
     # against the motion's own speed, or against its own cycle (a walk repeats each stride); a loop's
     # wrap-around step counts as a step.
-    velocities = M.subject_velocities(flow_list + ([M.farneback(small[-1], small[0])] if cyclic else []))
+    velocities = motion.subject_velocities(small, flow_list + ([M.farneback(small[-1], small[0])] if cyclic else []),
+                                           tolerance=tol, texture_floor=mp["texture_floor"])
+    dynamic, span_magnitudes = motion.dynamic_degree(small, flow_list, mp["dynamic_threshold"], int(mp["dynamic_span"]))
     jitter = M.motion_jitter(velocities, cyclic=cyclic, min_speed=mp["jitter_min_speed"],
                              cycle_gain=mp["jitter_cycle_gain"])
     metrics = {"temporal_flicker": M.temporal_flicker(imgs, mp["flicker_low"]),
@@ -318,11 +321,12 @@ def _temporal(frames: Sequence[M.ImageLike], cfg: dict, embed: Embed | None,
                "motion_regularity": M.map_linear(jitter, mp["jitter_high"], mp["jitter_low"]),
                "subject_consistency": M.map_linear(float(np.min(subject_curve)), mp["identity_low"],
                                                    mp["identity_high"]),
-               "dynamic_degree": M.dynamic_degree(flow_list, mp["dynamic_threshold"]),
+               "dynamic_degree": dynamic,
                "cleanliness": float(np.quantile(clean, mp["frame_quantile"])),
                "sharpness": float(np.mean(sharp)), "noise_free": float(np.mean(quiet)), "not_blank": float(min(blank))}
     details: dict[str, Any] = {"frame_count": len(imgs), "adjacent_abs_diff": diffs, "warping_error": warp_err,
-                               "flow_magnitude": M.flow_magnitudes(flow_list), "subject_consistency_curve": subject_curve,
+                               "flow_magnitude": M.flow_magnitudes(flow_list), "span_flow_magnitude": span_magnitudes,
+                               "subject_consistency_curve": subject_curve,
                                "subject_consistency_mean": subject_raw, "trajectory": path, "subject_velocity": velocities,
                                "jitter_ratio": jitter, "plain_background": all(M.plain_background(a, tol) for a in imgs),
                                "sharpness_per_frame": sharp, "noise_free_per_frame": quiet, **clean_details,
