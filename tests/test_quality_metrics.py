@@ -71,6 +71,16 @@ def test_dynamic_degree_ranks_moving_above_frozen():
     assert 0.4 < dd[1] < 0.6
 
 
+def test_rounding_to_the_source_pixel_grid_is_not_jitter():
+    """A sprite pasted at whole pixels, moving half a pixel a frame, steps 0, 1, 0, 1 px: a hold-and-jump by
+    the grid's own rounding. Changes within one source pixel do not count; a jump of a few pixels still does."""
+    rounding = np.array([[t % 2, 0.0] for t in range(16)]) / 128  # 0, 1, 0, 1 px at 128 px
+    assert M.velocity_jitter(rounding) > 0.7
+    assert M.velocity_jitter(rounding, resolution=1 / 128) == 0.0
+    assert M.motion_jitter(rounding, resolution=1 / 128) == 0.0
+    assert M.motion_jitter(4 * rounding, resolution=1 / 128) > 1.4  # hold and jump by 4 px: stutter
+
+
 def test_blur_effect_separates_crisp_from_blurred_and_ignores_noise():
     crisp, soft = frames("good")[0], frames("blurred")[0]
     noisy = M.as_array(S.with_noise([S.loop_frames(1, 128)[0]], 45)[0])

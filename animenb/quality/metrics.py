@@ -511,17 +511,23 @@ def jitter_ratio(points: np.ndarray, cyclic: bool = False, min_speed: float = 0.
     return velocity_jitter(steps, cyclic, min_speed)
 
 
-def repeat_error(velocities: np.ndarray, period: int, cyclic: bool = False, min_speed: float = 0.01) -> float:
+def repeat_error(velocities: np.ndarray, period: int, cyclic: bool = False, min_speed: float = 0.01,
+                 resolution: float = 0.0) -> float:
     """How badly each step's velocity predicts the one `period` steps later:
-    ``mean_t |v_{t+P} - v_t| / max(mean_t |v_t|, min_speed)`` (with `cyclic` the steps wrap around)."""
+    ``mean_t max(0, |v_{t+P} - v_t| - resolution) / max(mean_t |v_t|, min_speed)`` (with `cyclic` the steps
+    wrap around). `resolution` is the change that placing the subject on the source's pixel grid makes by
+    itself (one source pixel, in the velocities' units): a sprite moving half a pixel per frame steps 0, 1,
+    0, 1 px, which is rounding, not jitter."""
     v = np.asarray(velocities, dtype=np.float64).reshape(len(velocities), -1)
     if len(v) <= period:
         return 0.0
     change = v - np.roll(v, period, axis=0) if cyclic else v[period:] - v[:-period]
-    return float(np.linalg.norm(change, axis=1).mean() / max(float(np.linalg.norm(v, axis=1).mean()), min_speed))
+    excess = np.maximum(0.0, np.linalg.norm(change, axis=1) - resolution)
+    return float(excess.mean() / max(float(np.linalg.norm(v, axis=1).mean()), min_speed))
 
 
-def velocity_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01) -> float:
+def velocity_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01,
+                    resolution: float = 0.0) -> float:
     """Jitter, raw: ``mean_t |v_{t+1} - v_t| / max(mean_t |v_t|, min_speed)`` (`repeat_error` at one step): the
     change of velocity from step to step against the motion's own speed. Smooth motion changes velocity a
     little each step (a circle in 16 steps: 2 sin(π/16) ≈ 0.39) whether it is fast or slow; random jumps or
@@ -530,15 +536,16 @@ def velocity_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: flo
     loop: the last step, the seam, is followed by the first)."""
     if len(velocities) < 2:
         return 0.0
-    return repeat_error(velocities, 1, cyclic, min_speed)
+    return repeat_error(velocities, 1, cyclic, min_speed, resolution)
 
 
-def cycle_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01) -> tuple[float, int]:
+def cycle_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01,
+                 resolution: float = 0.0) -> tuple[float, int]:
     """The best `repeat_error` over periods of 3 steps to half the clip (so the cycle is seen twice), and
     that period. A walk drawn in a few drawings swings its limbs back and bobs its body every other
     drawing, so its velocity changes as much as random jumps do from one step to the next; but it repeats
     one stride later, and random jumps never do (≥ 1 at every period)."""
-    errors = {p: repeat_error(velocities, p, cyclic, min_speed) for p in range(3, len(velocities) // 2 + 1)}
+    errors = {p: repeat_error(velocities, p, cyclic, min_speed, resolution) for p in range(3, len(velocities) // 2 + 1)}
     if not errors:
         return float("inf"), 0
     period = min(errors, key=errors.get)
@@ -546,13 +553,14 @@ def cycle_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float 
 
 
 def motion_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01,
-                  cycle_gain: float = 4.0) -> float:
+                  cycle_gain: float = 4.0, resolution: float = 0.0) -> float:
     """`velocity_jitter`, or the `cycle_jitter` when an animation cycle predicts the motion at least
     `cycle_gain` times better than repeating every 2 steps does. Motion that repeats every 2 steps is a
-    hold-and-jump stutter or a shake, not a drawn cycle: it is left to `velocity_jitter`."""
-    smooth = velocity_jitter(velocities, cyclic, min_speed)
-    cycle, _ = cycle_jitter(velocities, cyclic, min_speed)
-    if cycle * cycle_gain < repeat_error(velocities, 2, cyclic, min_speed):
+    hold-and-jump stutter or a shake, not a drawn cycle: it is left to `velocity_jitter`. Changes within
+    `resolution` (see `repeat_error`) do not count."""
+    smooth = velocity_jitter(velocities, cyclic, min_speed, resolution)
+    cycle, _ = cycle_jitter(velocities, cyclic, min_speed, resolution)
+    if cycle * cycle_gain < repeat_error(velocities, 2, cyclic, min_speed, resolution):
         return min(smooth, cycle)
     return smooth
 

@@ -314,8 +314,10 @@ def _temporal(frames: Sequence[M.ImageLike], cfg: dict, embed: Embed | None,
     velocities = motion.subject_velocities(small, flow_list + ([M.farneback(small[-1], small[0])] if cyclic else []),
                                            tolerance=tol, texture_floor=mp["texture_floor"])
     dynamic, span_magnitudes = motion.dynamic_degree(small, flow_list, mp["dynamic_threshold"], int(mp["dynamic_span"]))
+    # Velocities are in fractions of the shorter side: one pixel of the source is the grid's own rounding.
+    resolution = 1.0 / min(M.as_array(frames[0]).shape[:2])
     jitter = M.motion_jitter(velocities, cyclic=cyclic, min_speed=mp["jitter_min_speed"],
-                             cycle_gain=mp["jitter_cycle_gain"])
+                             cycle_gain=mp["jitter_cycle_gain"], resolution=resolution)
     metrics = {"temporal_flicker": M.temporal_flicker(imgs, mp["flicker_low"]),
                "motion_smoothness": float(np.clip(1 - warp_err.mean() / mp["smoothness_scale"], 0, 1)),
                "motion_regularity": M.map_linear(jitter, mp["jitter_high"], mp["jitter_low"]),
