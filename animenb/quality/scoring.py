@@ -388,7 +388,8 @@ def score_full_video(frames: Sequence[M.ImageLike], source_image: M.ImageLike | 
                      config: str | Path | dict | None = None) -> QualityReport:
     """Score a video's frames (at least 3).
 
-    dynamic_degree       critical (and multiplier): the share of steps that move; a frozen video scores 0
+    dynamic_degree       critical (and multiplier): the share of steps that move, from frame to frame or over a
+                         run of `dynamic_span` steps (motion.dynamic_degree); a frozen video scores 0
     subject_consistency, motion_smoothness, motion_regularity, cleanliness: critical, as for loops (no wrap)
     source_consistency   critical: mean palette similarity of the frames to `source_image` × mapped
                          SSIM(first frame, source) × mapped foreground IoU(first frame, source) (all must hold:
