@@ -224,3 +224,11 @@ async def test_a_motion_lora_is_refused_on_comfyui_however_the_backend_is_chosen
         validate_generate(body, tmp_path, lambda _: False, "comfyui")
     assert (refused.value.status_code, refused.value.field) == (422, "motion_lora")
     assert "comfyui backend" in refused.value.message
+    # a sweep on a ComfyUI server is checked against the same rule
+    from animenb.server.sweeps import validate_sweep
+
+    sweep = {"phase": 2, "parameters": {"prompt": "a girl", **zoom}, "axes": {"seed": [1, 2]}}
+    assert validate_sweep(sweep, tmp_path, lambda _: False, "diffusers")[0].parameters["motion_lora"] == "zoom"
+    with pytest.raises(APIError) as refused:
+        validate_sweep(sweep, tmp_path, lambda _: False, "comfyui")
+    assert (refused.value.status_code, refused.value.field) == (422, "parameters.motion_lora")
