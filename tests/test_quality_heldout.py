@@ -294,6 +294,12 @@ def test_a_real_stranger_in_other_hues_fails_a_real_sheet(supertux):
     assert report.verdict == "fail" and "identity_consistency" in " ".join(report.failures), report.metrics
 
 
+def test_real_sprites_repeated_and_reframed_are_not_passed(supertux):
+    """This passed (pose_distinctness 0.87): one zoom of the whole picture explains each repeated frame."""
+    report = Case("CHARACTER_SHEET", "repeated_poses", 0, 128, "supertux").score()
+    assert report.verdict != "pass" and report.details["repeat_distinctness"] < 0.5, report.metrics
+
+
 @pytest.mark.parametrize("phase, mode", [("CHARACTER_SHEET", "different_characters"), ("CHARACTER_SHEET", "noisy"),
                                          ("FULL_VIDEO", "scene_cut"), ("FULL_VIDEO", "vanishing_subject"),
                                          ("FULL_VIDEO", "blurred"), ("ANIMATION_LOOP", "jitter")])
