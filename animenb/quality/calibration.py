@@ -23,9 +23,9 @@ from .scoring import combine
 GRID = np.round(np.arange(0.0, 1.0001, 0.01), 2)  # candidate floors and thresholds (metrics are in [0, 1])
 
 
-def row_metrics(row: dict) -> dict[str, float]:
-    """The metrics of a `validity.run_suite` row (keys "metric.<name>")."""
-    return {k[len("metric."):]: float(v) for k, v in row.items() if k.startswith("metric.") and v is not None}
+def row_metrics(row: dict, prefix: str = "metric.") -> dict[str, float]:
+    """The metrics of a `validity.run_suite` row (keys "metric.<name>"; "second.<name>" for second opinions)."""
+    return {k[len(prefix):]: float(v) for k, v in row.items() if k.startswith(prefix) and v is not None}
 
 
 def redecide(rows: Iterable[dict], config: dict, threshold: float | None = None) -> list[dict]:
@@ -33,7 +33,7 @@ def redecide(rows: Iterable[dict], config: dict, threshold: float | None = None)
     cfg = validate_config(config)
     out = []
     for row in rows:
-        report = combine(row["phase"], row_metrics(row), cfg, threshold)
+        report = combine(row["phase"], row_metrics(row), cfg, threshold, row_metrics(row, "second."))
         verdict = report.verdict
         out.append({**row, "verdict": verdict, "passed": verdict == "pass", "score": report.score,
                     "threshold": report.threshold, "failures": list(report.failures),

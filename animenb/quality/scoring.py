@@ -32,6 +32,7 @@ from . import motion
 from .config import check_threshold, load_quality_config, phase_name
 from .foreground import sheet_masks
 from .pose_following import pose_following
+from .poses_repeat import REPEAT_SCALE, repeat_blobs
 
 Embed = Callable[[list[Image.Image]], np.ndarray]
 PASS, REVIEW, FAIL = "pass", "review", "fail"
@@ -57,6 +58,7 @@ class QualityReport:
     details: dict[str, Any] = field(default_factory=dict)
     verdict: str = ""
     review_reasons: list[str] = field(default_factory=list)
+    second_opinions: dict[str, float] = field(default_factory=dict)  # other measures of critical metrics
 
     def __post_init__(self):
         if not self.verdict:  # reports built without a verdict (older callers): the boolean decides
@@ -134,7 +136,8 @@ def combine(phase: str, metrics: dict[str, float], config: dict, threshold: floa
                          weights={k: round(w, 6) for k, w in weights.items()},
                          multipliers={k: round(v, 6) for k, v in factors.items()}, critical=critical,
                          failures=failures if verdict == FAIL else [], verdict=verdict,
-                         review_reasons=reviews if verdict == REVIEW else [])
+                         review_reasons=reviews if verdict == REVIEW else [],
+                         second_opinions={k: round(float(v), 6) for k, v in (second_opinions or {}).items()})
 
 
 def _config(config: str | Path | dict | None) -> dict:
@@ -193,7 +196,10 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
                           (CLIP-I as the primary signal): M.outlier_identity of the cosine matrix mapped
                           [embedding_low, embedding_high]
     pose_distinctness     critical: ``min(1, min_{i<j} MAD(crop_i, crop_j) / distinct_scale)`` over aligned
-                          foreground crops: no pose is a repeat of another
+                          foreground crops: no pose is a repeat of another. Second opinion (a pass it
+                          contradicts becomes a review): ``min(1, min_{i<j} blob_ij / REPEAT_SCALE)``, the
+                          largest blob one similarity transform of the whole picture leaves between two poses
+                          (animenb.quality.poses_repeat): a reframed repeat leaves none
     cleanliness           critical: the worst pose's min(sharpness, noise_free)
     palette_consistency   mean off-diagonal Bhattacharyya coefficient of foreground colour histograms
     structure_consistency mean off-diagonal SSIM of aligned foreground crops, mapped [low, high] -> [0, 1]
@@ -223,6 +229,9 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
     bands = [M.colour_bands(a, int(mp["identity_bands"]), tol, mask=m) for a, m in zip(imgs, masks)]
     colour_identity_m = _identity_matrix(bands, mp["identity_distance"])
     pose_diff = M.pose_differences(crops)
+    # a second opinion on pose_distinctness: can one shift/zoom of the whole picture explain a pose from another?
+    repeat_m = repeat_blobs(imgs, masks)
+    repeat_distinct = float(min(1.0, repeat_m[np.triu_indices(len(imgs), 1)].min() / REPEAT_SCALE))
     sharp, quiet, clean_details = _clean(poses, imgs, mp)
     blank = [M.not_blank(a, mp["blank_std_floor"]) for a in imgs]
     mad_m = M.similarity_matrix(same, M.mean_abs_diff)
@@ -241,7 +250,9 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
     details: dict[str, Any] = {"palette_matrix": palette_m, "ssim_matrix": ssim_m, "structure_matrix": structure_m,
                                "colour_identity_matrix": colour_identity_m, "pose_difference_matrix": pose_diff,
                                "sharpness_per_pose": sharp, "noise_free_per_pose": quiet, **clean_details,
-                               "not_blank_per_pose": blank, "mean_pairwise_abs_diff": mean_mad}
+                               "not_blank_per_pose": blank, "mean_pairwise_abs_diff": mean_mad,
+                               "repeat_blob_matrix": repeat_m,
+                               "repeat_distinctness": repeat_distinct}
     w = cfg["phases"]["CHARACTER_SHEET"]["weights"]
     parts = [(w.get("palette_consistency", 0), palette_m), (w.get("structure_consistency", 0), structure_m),
              (w.get("identity_consistency", 0), _mapped(colour_identity_m, mp["identity_low"], mp["identity_high"]))]
@@ -265,7 +276,7 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
     details["typicality_per_pose"] = typical
     colour_identity = M.map_linear(min(M.outlier_identity(colour_identity_m), float(typical.min())),
                                    mp["identity_low"], mp["identity_high"])
-    second_opinions = {}
+    second_opinions = {"pose_distinctness": repeat_distinct}
     if identity_source == "colour":
         metrics["identity_consistency"] = colour_identity
     else:  # the encoder decides, already mapped to [0, 1]; the colours are a second opinion

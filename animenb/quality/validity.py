@@ -278,7 +278,8 @@ def decision_row(case: Case, report: QualityReport, critical_ok: bool | None = N
             "passed": report.verdict == PASS, "score": report.score, "threshold": report.threshold,
             "critical_passed": critical_ok, "correct": report.verdict == (PASS if case.expected_pass else FAIL),
             "failures": list(report.failures), "review_reasons": list(report.review_reasons),
-            **{f"metric.{k}": v for k, v in report.metrics.items()}}
+            **{f"metric.{k}": v for k, v in report.metrics.items()},
+            **{f"second.{k}": v for k, v in report.second_opinions.items()}}
 
 
 def sweep(rows: Iterable[dict], thresholds: Iterable[float], critical: bool = True) -> list[dict]:
