@@ -14,6 +14,7 @@ it. But on the validity suite the blob also takes expression sheets (another mou
 the figure) and near-identical sprite frames for repeats, so scoring.score_character_sheet uses it as a
 second opinion: where it and the aligned-crop difference disagree, the sheet goes to review.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -76,8 +77,10 @@ def repeat_blobs(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> n
     """For every pair i < j of poses (HxWx3 uint8, with their figure masks): `changed_blob` of pose j brought
     onto pose i, 1 where no transform is found (nothing in common). N x N, symmetric, 0 on the diagonal."""
     pics = [_enlarged(a) for a in images]
-    figs = [cv2.resize(m.astype(np.uint8), (p.shape[1], p.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
-            for m, p in zip(masks, pics)]
+    figs = [
+        cv2.resize(m.astype(np.uint8), (p.shape[1], p.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+        for m, p in zip(masks, pics)
+    ]
     keys = [_ORB.detectAndCompute(cv2.cvtColor(p, cv2.COLOR_RGB2GRAY), None) for p in pics]
     n = len(pics)
     blobs = np.zeros((n, n))
