@@ -201,3 +201,9 @@ def test_score_output_dir_errors(tmp_path):
         score_output_dir(tmp_path)
     with pytest.raises(ValueError, match="`phase`"):
         score_output_dir(tmp_path, phase=7)
+
+
+def test_score_output_dir_names_an_unknown_embed_string(tmp_path):
+    make_demo_run(tmp_path, 2, size=64)
+    with pytest.raises(ValueError, match="`embed`"):  # not a TypeError from calling the string
+        score_output_dir(tmp_path, embed="clip")

@@ -12,13 +12,15 @@ cheap at 512 px and the pixel-scale constants mean the same thing at every resol
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypeAlias, TypeVar
 
 import cv2
 import numpy as np
 from PIL import Image
 
-ImageLike = Image.Image | np.ndarray
+ImageLike: TypeAlias = Image.Image | np.ndarray
 EPS = 1e-8
+Feature = TypeVar("Feature")  # what a similarity compares: colour bands, palettes, encoder rows
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -162,7 +164,7 @@ def bhattacharyya(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sqrt(p * q).sum())
 
 
-def similarity_matrix(items: Sequence, sim: Callable[[object, object], float]) -> np.ndarray:
+def similarity_matrix(items: Sequence[Feature], sim: Callable[[Feature, Feature], float]) -> np.ndarray:
     """Symmetric NxN matrix of ``sim(items[i], items[j])`` with 1 on the diagonal."""
     n = len(items)
     m = np.eye(n)
@@ -353,7 +355,9 @@ def flow_magnitudes(flow_list: Sequence[np.ndarray], top: float = 0.05) -> np.nd
     return np.array(out)
 
 
-def subject_consistency(features: Sequence, sim: Callable[[object, object], float]) -> tuple[float, np.ndarray]:
+def subject_consistency(
+    features: Sequence[Feature], sim: Callable[[Feature, Feature], float]
+) -> tuple[float, np.ndarray]:
     """VBench subject consistency with any feature similarity `sim`:
     ``mean_{t>=1} (sim(f_t, f_{t-1}) + sim(f_t, f_0)) / 2`` (Huang et al. 2024; VBench uses DINO
     features and cosine, we use foreground palettes and Bhattacharyya unless an encoder is given).
@@ -608,7 +612,7 @@ def cycle_jitter(
     errors = {p: repeat_error(velocities, p, cyclic, min_speed, resolution) for p in range(3, len(velocities) // 2 + 1)}
     if not errors:
         return float("inf"), 0
-    period = min(errors, key=errors.get)
+    period = min(errors, key=errors.__getitem__)
     return errors[period], period
 
 

@@ -55,7 +55,8 @@ SKINS = ((250, 222, 200), (236, 196, 160), (205, 160, 125), (255, 234, 222))
 
 def _colour(rng: np.random.Generator, avoid: tuple, distance: float = 85.0) -> tuple[int, int, int]:
     for _ in range(2000):
-        c = tuple(int(v) for v in rng.integers(25, 235, 3))
+        r, g, b = (int(v) for v in rng.integers(25, 235, 3))
+        c = (r, g, b)
         if max(c) - min(c) > 50 and all(math.dist(c, a) >= distance for a in avoid) and math.dist(c, KEY) > 60:
             return c
     raise RuntimeError("no colour far enough from the others")  # unreachable with a handful to avoid
@@ -77,7 +78,8 @@ def random_look(seed: int, like: Look | None = None, outline: bool | None = None
         colours.append(_colour(rng, taken))
         taken = taken + (colours[-1],)
     hair, eyes, top, bottom = colours[0], colours[1], colours[2], colours[3]
-    tips = tuple(int(v) for v in np.clip(np.asarray(hair) * 0.55 + np.asarray(colours[4]) * 0.45, 0, 255))
+    r, g, b = (int(v) for v in np.clip(np.asarray(hair) * 0.55 + np.asarray(colours[4]) * 0.45, 0, 255))
+    tips = (r, g, b)
     return Look(skin, hair, tips, eyes, top, bottom, build, line)
 
 
@@ -204,11 +206,11 @@ def scene(kind: str, width: int, height: int, seed: int, period: int | None = No
         x = 0
         while x < tile_w:
             bw = int(rng.integers(tile_w // 6, tile_w // 3))
-            top = int(height * rng.uniform(0.05, 0.4))
+            roof = int(height * rng.uniform(0.05, 0.4))
             colour = tuple(int(v) for v in rng.integers(60, 230, 3))
-            d.rectangle((x, top, min(tile_w, x + bw), height), fill=colour)
+            d.rectangle((x, roof, min(tile_w, x + bw), height), fill=colour)
             win = tuple(int(v) for v in rng.integers(30, 250, 3))
-            for wy in range(top + height // 20, int(height * 0.75), max(4, height // 12)):
+            for wy in range(roof + height // 20, int(height * 0.75), max(4, height // 12)):
                 for wx in range(x + bw // 8, x + bw - bw // 8, max(4, bw // 4)):
                     d.rectangle((wx, wy, wx + max(2, bw // 8), wy + max(2, height // 25)), fill=win)
             d.rectangle((x + bw - max(2, width // 80), int(height * 0.35), x + bw, height), fill=(50, 50, 60))

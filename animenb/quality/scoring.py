@@ -571,7 +571,9 @@ def score_output_dir(
 
     root = Path(output_dir)
     manifest = read_manifest(root)
-    if embed == "auto":
+    if isinstance(embed, str):
+        if embed != "auto":
+            raise ValueError(f'`embed` must be a callable, "auto" or None, got {embed!r}.')
         embed = run_embedder(manifest)
     if phase is None:
         phase = (manifest.get("phase") or {}).get("id") or (manifest.get("phase") or {}).get("name")

@@ -251,7 +251,8 @@ SKIN_TONES = ((252, 224, 206), (240, 200, 170), (255, 230, 215), (200, 150, 120)
 def _colour(rng: np.random.Generator, avoid: tuple = (), distance: float = 90.0) -> tuple[int, int, int]:
     """A random saturated-ish colour at least `distance` (RGB Euclidean) from each colour in `avoid`."""
     for _ in range(1000):
-        c = tuple(int(v) for v in rng.integers(20, 236, 3))
+        r, g, b = (int(v) for v in rng.integers(20, 236, 3))
+        c = (r, g, b)
         if max(c) - min(c) > 60 and all(math.dist(c, a) >= distance for a in avoid):
             return c
     raise RuntimeError("no colour far enough from the others")  # unreachable with a handful of colours to avoid
@@ -475,6 +476,7 @@ def make_demo_run(
         img.save(out / rel)
         return rel
 
+    outputs: dict[str, object]
     if ph.id == 1:
         poses = character_poses(8, size)
         outputs = {

@@ -37,14 +37,15 @@ LOOP_FRAMES, VIDEO_FRAMES = 16, 24
 MOTIONS = ("circle", "sway", "bob")
 
 Inputs = dict[str, object]
+Character = tuple[S.Palette, str]  # a palette and a head shape, as `random_character` gives
 
 
 @lru_cache(maxsize=64)
-def _character(seed: int) -> tuple:
+def _character(seed: int) -> Character:
     return S.random_character(seed)
 
 
-def _other(seed: int, k: int = 0) -> tuple:
+def _other(seed: int, k: int = 0) -> Character:
     """A different character in the same style as `_character(seed)`."""
     return S.random_character(10_000 + 97 * seed + k, like=_character(seed))
 
@@ -66,7 +67,7 @@ def _soft(images: list[Image.Image], size: int) -> list[Image.Image]:
 # ----------------------------------------------------------------------------- phase 1: character sheets
 
 
-def _poses(seed: int, size: int, character: tuple | None = None) -> list[Image.Image]:
+def _poses(seed: int, size: int, character: Character | None = None) -> list[Image.Image]:
     return S.character_poses(8, size, *(character or _character(seed)), seed=seed)
 
 
@@ -99,7 +100,7 @@ SHEET_MODES: dict[str, Callable[[int, int], Inputs]] = {
 # ----------------------------------------------------------------------------- phase 2: loops
 
 
-def _loop(seed: int, size: int, character: tuple | None = None) -> list[Image.Image]:
+def _loop(seed: int, size: int, character: Character | None = None) -> list[Image.Image]:
     return S.motion_frames(LOOP_FRAMES, size, character or _character(seed), MOTIONS[seed % len(MOTIONS)])
 
 
@@ -148,7 +149,7 @@ LOOP_MODES: dict[str, Callable[[int, int], Inputs]] = {
 # ----------------------------------------------------------------------------- phase 3: videos
 
 
-def _video(seed: int, size: int, character: tuple | None = None) -> list[Image.Image]:
+def _video(seed: int, size: int, character: Character | None = None) -> list[Image.Image]:
     return S.motion_frames(VIDEO_FRAMES, size, character or _character(seed), MOTIONS[seed % len(MOTIONS)], cycle=0.5)
 
 
