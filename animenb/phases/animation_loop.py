@@ -102,8 +102,8 @@ def animation_loop(
         ),
     )
     seed = resolve_seed(seed)
-    engine = resolve_backend(backend, models, backend_options)
-    width, height = default_size(engine, width, height)
+    backend = resolve_backend(backend, models, backend_options)
+    width, height = default_size(backend, width, height)
     reference = load_image(reference_image, "reference_image") if reference_image is not None else None
     request = VideoRequest(
         prompt=f"{prompt.strip()}, {LOOP_SUFFIX}",
@@ -148,7 +148,7 @@ def animation_loop(
         if reference_image is None or isinstance(reference_image, Image.Image)
         else str(reference_image),
     }
-    description = engine.describe()
+    description = backend.describe()
     label, model = models_label(description), model_name(description, "sd")
     timer = Timer()
     progress = ProgressReporter(
@@ -157,10 +157,10 @@ def animation_loop(
 
     # 1. denoise all frames together, then close the loop
     progress.start_stage(f"animating {frames + loop_overlap} frames")
-    raw = engine.text_to_video(request, on_step=progress.on_step)
+    raw = backend.text_to_video(request, on_step=progress.on_step)
     loop = close_loop(raw, frames)
     timer.mark("generate")
-    used = getattr(engine, "last_models", {})  # the LoRAs, embeddings and clip skip, for PNG info
+    used = getattr(backend, "last_models", {})  # the LoRAs, embeddings and clip skip, for PNG info
 
     # 2. files
     progress.start_stage("encoding")
@@ -203,6 +203,6 @@ def animation_loop(
         files.append((out / "reference.png", "reference"))
         outputs["reference"] = "reference.png"
     timer.mark("write")
-    manifest = write_phase_manifest(PHASE, out, parameters, seed, engine, timer, outputs, files)
+    manifest = write_phase_manifest(PHASE, out, parameters, seed, backend, timer, outputs, files)
     progress.finish()
     return PhaseResult(PHASE, out, manifest, loop)

@@ -143,8 +143,8 @@ def character_sheet(
             pose_images = list(pose_images)
         pose_image_paths(pose_images, len(POSES))
     seed = resolve_seed(seed)
-    engine = resolve_backend(backend, models, backend_options)
-    width, height = default_size(engine, width, height)
+    backend = resolve_backend(backend, models, backend_options)
+    width, height = default_size(backend, width, height)
     prompts = pose_prompts(prompt)
     skeletons = pose_skeletons(pose_strength, pose_images, width, height)
     requests = [
@@ -187,7 +187,7 @@ def character_sheet(
         "pose_strength": pose_strength,
         "pose_images": _pose_images_record(pose_images),
     }
-    description = engine.describe()
+    description = backend.describe()
     label, model = models_label(description), model_name(description, "sd")
     timer = Timer()
     progress = ProgressReporter(
@@ -205,11 +205,11 @@ def character_sheet(
         progress.start_stage(f"pose {index + 1}/{len(POSES)}: {caption}")
         if reference is not None:
             request = replace(request, ip_adapter_image=reference)
-        poses.append(engine.text_to_image(request, on_step=progress.on_step))
+        poses.append(backend.text_to_image(request, on_step=progress.on_step))
         if reference is None:
             reference = poses[0]
     timer.mark("generate")
-    used = getattr(engine, "last_models", {})  # the LoRAs, embeddings and clip skip, for PNG info
+    used = getattr(backend, "last_models", {})  # the LoRAs, embeddings and clip skip, for PNG info
 
     # 2. files: single poses, the labelled sheet, the reference the poses followed (and their skeletons)
     progress.start_stage("writing files")
@@ -265,6 +265,6 @@ def character_sheet(
         outputs["skeletons"] = "skeletons.png"
         outputs["pose_skeletons"] = [path.relative_to(out).as_posix() for _, path, _ in skeleton_pngs[:-1]]
     timer.mark("write")
-    manifest = write_phase_manifest(PHASE, out, parameters, seed, engine, timer, outputs, files)
+    manifest = write_phase_manifest(PHASE, out, parameters, seed, backend, timer, outputs, files)
     progress.finish()
     return PhaseResult(PHASE, out, manifest, poses)

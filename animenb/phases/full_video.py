@@ -103,9 +103,9 @@ def full_video(
         ),
     )
     seed = resolve_seed(seed)
-    engine = resolve_backend(backend, models, backend_options)
+    backend = resolve_backend(backend, models, backend_options)
     sized = width is not None or height is not None
-    width, height = default_size(engine, width, height)
+    width, height = default_size(backend, width, height)
     source = load_image(image, "image") if image is not None else None
     source_request = (
         None
@@ -122,7 +122,7 @@ def full_video(
         )
     )
     if not sized:  # SVD at its own native size, at the aspect of the image it animates
-        width, height = svd_size(engine, source.size if source is not None else (width, height))
+        width, height = svd_size(backend, source.size if source is not None else (width, height))
     placeholder = source or Image.new("RGB", (width, height))
     video_request = ImageToVideoRequest(
         image=placeholder,
@@ -155,7 +155,7 @@ def full_video(
         "fps": fps,
         "image": None if image is None or isinstance(image, Image.Image) else str(image),
     }
-    description = engine.describe()
+    description = backend.describe()
     label = models_label(description)
     timer = Timer()
     stages = 2 if source is not None else 3
@@ -167,9 +167,9 @@ def full_video(
     # 1. the source image (generated when not given), 2. SVD, 3. re-time to exactly `seconds`
     if source_request is not None:  # no source image given
         progress.start_stage("source image")
-        source = engine.text_to_image(source_request, on_step=progress.on_step)
+        source = backend.text_to_image(source_request, on_step=progress.on_step)
     progress.start_stage(f"animating {frames} frames")
-    raw = engine.image_to_video(replace(video_request, image=source), on_step=progress.on_step)
+    raw = backend.image_to_video(replace(video_request, image=source), on_step=progress.on_step)
     timer.mark("generate")
     progress.start_stage("re-timing and encoding")
     video = retime(raw, seconds, fps)  # made frame by frame as the MP4 encoder takes them
@@ -207,7 +207,7 @@ def full_video(
         "frame_count": video_frames,
         "duration_seconds": video_frames / fps,
     }
-    manifest = write_phase_manifest(PHASE, out, parameters, seed, engine, timer, outputs, files)
+    manifest = write_phase_manifest(PHASE, out, parameters, seed, backend, timer, outputs, files)
     progress.finish()
     # SVD's own frames (in memory already); the re-timed ones were streamed into video.mp4, never held.
     return PhaseResult(PHASE, out, manifest, list(raw))
