@@ -34,17 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "values are YAML scalars (15 -> int, 7.5 -> float, null -> None, true -> bool) unless the\n"
         "notebook's default is a string; -p wins over -f; see a phase's parameters cell for names."
     )
-    parser.add_argument("phase", metavar="PHASE", help="1, 2, 3 or CHARACTER_SHEET, ANIMATION_LOOP, FULL_VIDEO")
-    parser.add_argument(
-        "-p",
-        "--parameter",
-        dest="parameters",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="a notebook parameter (repeatable)",
-    )
+    add_phase_arguments(parser, "a notebook parameter (repeatable)")
     parser.add_argument(
         "-f",
         "--parameters-file",
@@ -63,6 +53,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
     parser.add_argument("--no-score", action="store_true", help="skip quality scoring after the run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_phase_arguments(parser: argparse.ArgumentParser, parameter_help: str) -> None:
+    """PHASE and its repeatable `-p NAME VALUE`, as `run` and `sweep` both take them."""
+    parser.add_argument("phase", metavar="PHASE", help="1, 2, 3 or CHARACTER_SHEET, ANIMATION_LOOP, FULL_VIDEO")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        dest="parameters",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help=parameter_help,
+    )
 
 
 # -- parameters --------------------------------------------------------------------------------

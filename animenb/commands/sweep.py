@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 
 from ._client import API, api_error, base_url, get_json, headers
-from .run import parse_value
+from .run import add_phase_arguments, parse_value
 
 TEXT = ("prompt", "negative_prompt")
 HELP = "run a parameter sweep (X/Y/Z grid of one phase) with a report and a labelled grid image"
@@ -36,17 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  animenb sweep 1 -p prompt 'girl' --axis steps=10,20 --url http://127.0.0.1:8328 --token T\n"
         "axes are A1111's X/Y/Z values: a list (8,15,25), a range (1-4, 8-40:8, 8-40 (+8), 5-7 [5])."
     )
-    parser.add_argument("phase", metavar="PHASE", help="1, 2, 3 or CHARACTER_SHEET, ANIMATION_LOOP, FULL_VIDEO")
-    parser.add_argument(
-        "-p",
-        "--parameter",
-        dest="parameters",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="a parameter every cell shares (repeatable)",
-    )
+    add_phase_arguments(parser, "a parameter every cell shares (repeatable)")
     parser.add_argument(
         "--axis",
         dest="axes",
