@@ -17,7 +17,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
@@ -257,33 +257,19 @@ def save_gif(frames: list[Image.Image], path: Path, fps: int) -> Path:
         strip.paste(frame.convert("RGB").resize(cell, Image.BILINEAR), (0, index * cell[1]))
     palette = strip.quantize(colors=256, method=Image.Quantize.FASTOCTREE)
     indexed = [frame.convert("RGB").quantize(palette=palette, dither=Image.Dither.NONE) for frame in frames]
-    with atomic_path(path) as tmp:
-        indexed[0].save(
-            tmp,
-            format="GIF",
-            save_all=True,
-            append_images=indexed[1:],
-            duration=durations,
-            loop=0,
-            disposal=1,
-            optimize=False,
-        )
-    return Path(path)
+    return _save_animation(indexed, path, "GIF", durations, disposal=1, optimize=False)
 
 
 def save_webp(frames: list[Image.Image], path: Path, fps: int) -> Path:
     durations = frame_durations_ms(len(frames), fps, tick_ms=1)
+    return _save_animation(frames, path, "WEBP", durations, lossless=False, quality=90, method=4)
+
+
+def _save_animation(frames: list[Image.Image], path: Path, format: str, durations: list[int], **options: Any) -> Path:
+    """A looping animation in Pillow's `format`, written atomically; `options` are the format's own."""
     with atomic_path(path) as tmp:
         frames[0].save(
-            tmp,
-            format="WEBP",
-            save_all=True,
-            append_images=frames[1:],
-            duration=durations,
-            loop=0,
-            lossless=False,
-            quality=90,
-            method=4,
+            tmp, format=format, save_all=True, append_images=frames[1:], duration=durations, loop=0, **options
         )
     return Path(path)
 

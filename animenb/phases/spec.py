@@ -249,6 +249,19 @@ class PhaseSpec:
 EXAMPLE_PROMPT = "anime girl with blue hair, school uniform"
 
 
+def _size(name: str, description: str) -> Param:
+    return Param(
+        name,
+        "integer",
+        None,
+        nullable=True,
+        minimum=MIN_SIZE,
+        maximum=MAX_SIZE,
+        multiple_of=SIZE_MULTIPLE,
+        description=description,
+    )
+
+
 def _common(
     *, negative_prompt: str, guidance_scale: float, prompt_required: bool = True, example_prompt: str = EXAMPLE_PROMPT
 ) -> tuple[Param, ...]:
@@ -281,26 +294,8 @@ def _common(
             description="null or -1: a random seed, recorded in the manifest (and in the job)",
         ),
         Param("steps", "integer", 15, minimum=1, maximum=MAX_STEPS, description="denoising steps"),
-        Param(
-            "width",
-            "integer",
-            None,
-            nullable=True,
-            minimum=MIN_SIZE,
-            maximum=MAX_SIZE,
-            multiple_of=SIZE_MULTIPLE,
-            description="pixels; null: the model profile's size (512 SD 1.5, 64 tiny)",
-        ),
-        Param(
-            "height",
-            "integer",
-            None,
-            nullable=True,
-            minimum=MIN_SIZE,
-            maximum=MAX_SIZE,
-            multiple_of=SIZE_MULTIPLE,
-            description="pixels; null: the model profile's size",
-        ),
+        _size("width", "pixels; null: the model profile's size (512 SD 1.5, 64 tiny)"),
+        _size("height", "pixels; null: the model profile's size"),
         Param(
             "guidance_scale",
             "number",
