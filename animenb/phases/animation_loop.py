@@ -16,6 +16,7 @@ from .common import (
     Timer,
     check_inputs,
     default_size,
+    image_record,
     load_image,
     model_name,
     models_label,
@@ -144,9 +145,7 @@ def animation_loop(
         "checkpoint": checkpoint,
         "loras": list(loras or []),
         "clip_skip": clip_skip,
-        "reference_image": None
-        if reference_image is None or isinstance(reference_image, Image.Image)
-        else str(reference_image),
+        "reference_image": image_record(reference_image),
     }
     description = backend.describe()
     label, model = models_label(description), model_name(description, "sd")

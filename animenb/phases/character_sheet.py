@@ -23,6 +23,7 @@ from .common import (
     Timer,
     check_inputs,
     default_size,
+    image_record,
     load_image,
     model_name,
     models_label,
@@ -181,9 +182,7 @@ def character_sheet(
         "checkpoint": checkpoint,
         "loras": list(loras or []),
         "clip_skip": clip_skip,
-        "reference_image": None
-        if reference_image is None or isinstance(reference_image, Image.Image)
-        else str(reference_image),
+        "reference_image": image_record(reference_image),
         "pose_strength": pose_strength,
         "pose_images": _pose_images_record(pose_images),
     }

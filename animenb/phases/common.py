@@ -129,6 +129,12 @@ def load_image(source: str | Path | Image.Image, role: str) -> Image.Image:
         return im.convert("RGB")
 
 
+def image_record(source: str | Path | Image.Image | None) -> str | None:
+    """An image parameter as the manifest records it: its path (a file or a run directory), None for none
+    or for an image passed in memory."""
+    return None if source is None or isinstance(source, Image.Image) else str(source)
+
+
 class Timer:
     def __init__(self):
         self.started = time.perf_counter()

@@ -17,6 +17,7 @@ from .common import (
     Timer,
     check_inputs,
     default_size,
+    image_record,
     load_image,
     model_name,
     models_label,
@@ -153,7 +154,7 @@ def full_video(
         "decode_chunk_size": decode_chunk_size,
         "seconds": seconds,
         "fps": fps,
-        "image": None if image is None or isinstance(image, Image.Image) else str(image),
+        "image": image_record(image),
     }
     description = backend.describe()
     label = models_label(description)
