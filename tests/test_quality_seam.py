@@ -31,7 +31,7 @@ def _swinging(cut: float, n: int = 16, size: int = 128) -> list[np.ndarray]:
 def _ratio(frames):
     small = [M.smoothed(a) for a in frames]
     steps = M.flows(small) + [M.farneback(small[-1], small[0])]
-    return seam.seam_motion_ratio(seam.flow_changes(small, steps))
+    return seam.seam_motion_ratio(seam.flow_changes(seam.relative_flows(small, steps)))
 
 
 def test_a_jump_back_at_the_seam_breaks_the_motion_and_a_closed_seam_does_not():

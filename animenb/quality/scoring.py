@@ -475,7 +475,8 @@ def score_animation_loop(
     details["seam_warping_error"] = float(M.warping_errors([small[-1], small[0]])[0])
     details["seam_abs_diff"] = M.mean_abs_diff(imgs[-1], imgs[0])
     # Walking in place, a jump back can look like a step; it does not continue the motion as a step does.
-    changes = seam.flow_changes(small, steps, tolerance=mp["foreground_tolerance"], texture_floor=mp["texture_floor"])
+    relative = seam.relative_flows(small, steps, mp["foreground_tolerance"], mp["texture_floor"])
+    changes = seam.flow_changes(relative)
     details["flow_change"] = changes
     details["seam_motion_ratio"] = seam.seam_motion_ratio(changes)
     metrics["seam_motion"] = M.seam_score(details["seam_motion_ratio"] / mp["seam_motion_scale"])

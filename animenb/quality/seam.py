@@ -18,25 +18,25 @@ from .metrics import plain_background
 from .motion import camera_flow, camera_motion, camera_points, texture
 
 
-def flow_changes(
-    frames: Sequence[np.ndarray],
-    flow_list: Sequence[np.ndarray],
-    moving: float = 0.5,
-    tolerance: float = 30.0,
-    texture_floor: float = 16.0,
+def relative_flows(
+    frames: Sequence[np.ndarray], flow_list: Sequence[np.ndarray], tolerance: float = 30.0, texture_floor: float = 16.0
 ) -> np.ndarray:
-    """Per step t of a loop (flow_list[t]: frames[t] -> frames[t+1], the last one wrapping to frames[0]), how
-    much the flow relative to the camera breaks from its neighbours': the mean of
-    ``|R_t - (R_{t-1} + R_{t+1}) / 2|`` (px) over the pixels that move more than `moving` px in any of the
-    three, R the flow minus `camera_motion` (read from the textured ring, `camera_points`, when the loop's
-    background is not plain). Motion that keeps its course, fast or slow, changes little; a jump back
-    reverses it. 0 where nothing moves."""
+    """The flows (T x H x W x 2, px) minus the `camera_motion`, read from the textured outer ring
+    (`camera_points`) when the loop's background is not plain, from every pixel when it is."""
     busy = not all(plain_background(f, tolerance) for f in frames)
     relative = []
     for frame, f in zip(frames, flow_list):
         points = camera_points(texture(frame) > texture_floor) if busy else None
         relative.append(f - camera_flow(camera_motion(f, points), f.shape))
-    r = np.stack(relative)
+    return np.stack(relative)
+
+
+def flow_changes(relative: np.ndarray, moving: float = 0.5) -> np.ndarray:
+    """Per step t of a loop (`relative_flows` R, step t from frame t to t+1, the last one wrapping to frame
+    0), how much the flow breaks from its neighbours': the mean of ``|R_t - (R_{t-1} + R_{t+1}) / 2|`` (px)
+    over the pixels that move more than `moving` px in any of the three. Motion that keeps its course, fast
+    or slow, changes little; a jump back reverses it. 0 where nothing moves."""
+    r = np.asarray(relative, dtype=np.float64)
     moves = np.linalg.norm(r, axis=3) > moving
     n = len(r)
     out = np.zeros(n)
