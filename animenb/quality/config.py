@@ -36,6 +36,7 @@ PHASE_METRICS: dict[str, frozenset[str]] = {
     "ANIMATION_LOOP": frozenset(
         {
             "loop_seam",
+            "seam_motion",
             "temporal_flicker",
             "motion_smoothness",
             "motion_regularity",
@@ -95,6 +96,7 @@ MAPPING_DEFAULTS: dict[str, float] = {
     "jitter_cycle_gain": 4.0,
     "frame_quantile": 0.25,
     "seam_tolerance": 1.0,
+    "seam_motion_scale": 1.36,
     "dynamic_threshold": 1.0,
     "dynamic_span": 4,
     "texture_floor": 16.0,
@@ -165,6 +167,7 @@ def validate_config(config: dict) -> dict:
         "distinct_scale",
         "smoothness_scale",
         "seam_tolerance",
+        "seam_motion_scale",
         "palette_bins",
         "structure_crop",
         "identity_bands",

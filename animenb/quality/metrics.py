@@ -299,10 +299,15 @@ def loop_seam(
     """Loop-seam score: ``1 / (1 + (max(r, 1) - 1)² / tolerance²)`` with r = ``loop_seam_ratio``:
     1 when the seam is no bigger than a median step, 0.5 at r = 1 + tolerance, 0.2 at 1 + 2·tolerance.
     A seam smaller than a step (a held last frame) is not penalised here."""
-    r = loop_seam_ratio(frames, flow_frames, step_errors, path, min_speed)
-    if not np.isfinite(r):
+    return seam_score(loop_seam_ratio(frames, flow_frames, step_errors, path, min_speed), tolerance)
+
+
+def seam_score(ratio: float, tolerance: float = 1.0) -> float:
+    """``1 / (1 + (max(r, 1) - 1)² / tolerance²)`` for a seam `ratio` r (seam against an ordinary step); 0 for
+    an infinite one."""
+    if not np.isfinite(ratio):
         return 0.0
-    return float(1.0 / (1.0 + (max(r, 1.0) - 1.0) ** 2 / tolerance**2))
+    return float(1.0 / (1.0 + (max(ratio, 1.0) - 1.0) ** 2 / tolerance**2))
 
 
 def farneback(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:

@@ -68,6 +68,13 @@ def camera_motion(
     return IDENTITY.copy() if a is None else a
 
 
+def camera_flow(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The flow field (HxWx2, px) that the camera motion `a` (2x3, from `camera_motion`) makes by itself."""
+    h, w = shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    return np.stack([a[0, 0] * gx + a[0, 1] * gy + a[0, 2] - gx, a[1, 0] * gx + a[1, 1] * gy + a[1, 2] - gy], 2)
+
+
 def subject_velocities(
     frames: Sequence[np.ndarray],
     flow_list: Sequence[np.ndarray],
@@ -88,10 +95,7 @@ def subject_velocities(
         h, w = f.shape[:2]
         # On a plain background the still background is most of the picture and votes for the camera.
         textured = None if plain_background(frame, tolerance) else texture(frame) > texture_floor
-        a = camera_motion(f, None if textured is None else camera_points(textured))
-        gx, gy = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-        camera = np.stack([a[0, 0] * gx + a[0, 1] * gy + a[0, 2] - gx, a[1, 0] * gx + a[1, 1] * gy + a[1, 2] - gy], 2)
-        residual = f - camera
+        residual = f - camera_flow(camera_motion(f, None if textured is None else camera_points(textured)), f.shape)
         m = np.linalg.norm(residual, axis=2) > moving
         if textured is not None:
             m &= textured

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from . import metrics as M
-from . import motion
+from . import motion, seam
 from .config import check_threshold, load_quality_config, phase_name
 from .foreground import sheet_masks
 from .pose_following import pose_following
@@ -386,12 +386,8 @@ def _temporal(
     # Regularity on the subject's motion relative to the background (camera pans and zooms removed),
     # against the motion's own speed, or against its own cycle (a walk repeats each stride); a loop's
     # wrap-around step counts as a step.
-    velocities = motion.subject_velocities(
-        small,
-        flow_list + ([M.farneback(small[-1], small[0])] if cyclic else []),
-        tolerance=tol,
-        texture_floor=mp["texture_floor"],
-    )
+    steps = flow_list + ([M.farneback(small[-1], small[0])] if cyclic else [])
+    velocities = motion.subject_velocities(small, steps, tolerance=tol, texture_floor=mp["texture_floor"])
     dynamic, span_magnitudes = motion.dynamic_degree(small, flow_list, mp["dynamic_threshold"], int(mp["dynamic_span"]))
     # Velocities are in fractions of the shorter side: one pixel of the source is the grid's own rounding.
     resolution = 1.0 / min(M.as_array(frames[0]).shape[:2])
@@ -441,7 +437,7 @@ def _temporal(
         details["embedding_subject_curve"] = emb_curve
         if extra is not None:
             details["embedding_cosine_to_reference"] = cos[:n, n]
-    return metrics, details, imgs, palettes, small, warp_err
+    return metrics, details, imgs, palettes, small, warp_err, steps
 
 
 def score_animation_loop(
@@ -456,6 +452,8 @@ def score_animation_loop(
 
     loop_seam            critical: the wrap-around step looks like any other step, in appearance and in where
                          the subject is (M.loop_seam with the subject's trajectory)
+    seam_motion          critical: the wrap-around step continues the loop's motion: M.seam_score of
+                         seam.seam_motion_ratio / seam_motion_scale (the flow's change there against the steps')
     motion_smoothness    critical: ``clip(1 - mean flow warping error / smoothness_scale, 0, 1)``
     motion_regularity    critical: M.motion_jitter of the subject's velocity relative to the background
                          (wrapping around), mapped [jitter_high, jitter_low] -> [0, 1]: no jumps, no
@@ -468,7 +466,7 @@ def score_animation_loop(
     _check_images(frames, "frames", 3)
     cfg = _config(config)
     mp = cfg["mappings"]
-    metrics, details, imgs, palettes, small, warp_err = _temporal(frames, cfg, embed, reference, cyclic=True)
+    metrics, details, imgs, palettes, small, warp_err, steps = _temporal(frames, cfg, embed, reference, cyclic=True)
     # Where the subject is says how big the seam should be only when the background lets us find it.
     path = details["trajectory"] if details["plain_background"] else None
     min_speed = mp["jitter_min_speed"]
@@ -476,6 +474,12 @@ def score_animation_loop(
     details["loop_seam_ratio"] = M.loop_seam_ratio(imgs, small, warp_err, path, min_speed)
     details["seam_warping_error"] = float(M.warping_errors([small[-1], small[0]])[0])
     details["seam_abs_diff"] = M.mean_abs_diff(imgs[-1], imgs[0])
+    # Walking in place, a jump back can look like a step; it does not continue the motion as a step does.
+    relative = seam.relative_flows(small, steps, mp["foreground_tolerance"], mp["texture_floor"])
+    changes = seam.flow_changes(relative)
+    details["flow_change"] = changes
+    details["seam_motion_ratio"] = seam.seam_motion_ratio(changes)
+    metrics["seam_motion"] = M.seam_score(details["seam_motion_ratio"] / mp["seam_motion_scale"])
     if reference is not None:
         ref = M.prepare([reference], cfg["work_size"])[0]
         ref_pal = M.palette(ref, mp["foreground_tolerance"], mp["palette_bins"])
@@ -505,7 +509,7 @@ def score_full_video(
     _check_images(frames, "frames", 3)
     cfg = _config(config)
     mp = cfg["mappings"]
-    metrics, details, imgs, palettes, _, _ = _temporal(frames, cfg, embed, source_image, cyclic=False)
+    metrics, details, imgs, palettes, _, _, _ = _temporal(frames, cfg, embed, source_image, cyclic=False)
     if source_image is not None:
         h, w = imgs[0].shape[:2]
         src = M.prepare([source_image], cfg["work_size"], size=(w, h))[0]
