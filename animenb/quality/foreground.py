@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
 from . import metrics as M
@@ -70,4 +71,25 @@ def sheet_masks(
     if changed.mean(axis=(1, 2)).max() > SHARED_LIMIT:
         return own
     masks = moving_colours(images, changed, share)
+    return [m if m.mean() >= min_fraction else o for m, o in zip(masks, own)]
+
+
+def clip_masks(
+    images: Sequence[np.ndarray],
+    changed: np.ndarray,
+    tolerance: float = 30.0,
+    share: float = MOVING_SHARE,
+    min_fraction: float = 0.005,
+) -> list[np.ndarray]:
+    """The subject's mask in each frame of a loop or video on a busy background: the colours that move
+    (`moving_colours`), given per frame the pixels that differ from the camera-compensated background
+    (`changed`, e.g. motion.stabilised_changes, at any size: resized to the images'). On plain
+    backgrounds, or where a frame's mask would be under `min_fraction` of it, the frame's own
+    `metrics.foreground_mask`."""
+    own = [M.foreground_mask(a, tolerance) for a in images]
+    if all(M.plain_background(a, tolerance) for a in images):
+        return own
+    h, w = images[0].shape[:2]
+    resized = np.stack([cv2.resize(c.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0 for c in changed])
+    masks = moving_colours(images, resized, share)
     return [m if m.mean() >= min_fraction else o for m, o in zip(masks, own)]
