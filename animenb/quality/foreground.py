@@ -70,6 +70,14 @@ def sheet_masks(
     changed = changed_pixels(images, tolerance)
     if changed.mean(axis=(1, 2)).max() > SHARED_LIMIT:
         return own
+    return moving_or_own(images, changed, own, share, min_fraction)
+
+
+def moving_or_own(
+    images: Sequence[np.ndarray], changed: np.ndarray, own: list[np.ndarray], share: float, min_fraction: float
+) -> list[np.ndarray]:
+    """The `moving_colours` masks; per image its `own` mask where the moving one would be under
+    `min_fraction` of it."""
     masks = moving_colours(images, changed, share)
     return [m if m.mean() >= min_fraction else o for m, o in zip(masks, own)]
 
@@ -85,11 +93,15 @@ def clip_masks(
     (`moving_colours`), given per frame the pixels that differ from the camera-compensated background
     (`changed`, e.g. motion.stabilised_changes, at any size: resized to the images'). On plain
     backgrounds, or where a frame's mask would be under `min_fraction` of it, the frame's own
-    `metrics.foreground_mask`."""
+    `metrics.foreground_mask`; all the frames' own masks where they share no scene (a cut to another
+    shot)."""
     own = [M.foreground_mask(a, tolerance) for a in images]
     if all(M.plain_background(a, tolerance) for a in images):
         return own
     h, w = images[0].shape[:2]
     resized = np.stack([cv2.resize(c.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0 for c in changed])
-    masks = moving_colours(images, resized, share)
-    return [m if m.mean() >= min_fraction else o for m, o in zip(masks, own)]
+    # A clip shares one scene when most of its frames differ from it on at most SHARED_LIMIT (a cut makes
+    # half of them differ almost everywhere; the subject's own redrawing stays within the limit).
+    if np.median(resized.mean(axis=(1, 2))) > SHARED_LIMIT:
+        return own
+    return moving_or_own(images, resized, own, share, min_fraction)
