@@ -135,13 +135,18 @@ def masked_median(stack: np.ndarray, count: np.ndarray) -> np.ndarray:
 
 
 def stabilised_changes(
-    frames: Sequence[np.ndarray], cameras: Sequence[np.ndarray], tolerance: float = 30.0, samples: int = 9
+    frames: Sequence[np.ndarray],
+    cameras: Sequence[np.ndarray],
+    tolerance: float = 30.0,
+    samples: int = 9,
+    at: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Per frame, the pixels that differ by more than `tolerance` (max channel) from the background behind
-    them (N x H x W booleans): the per-pixel median of up to `samples` frames spread over the clip, each
-    warped onto this frame with the camera path (`cameras[t]` maps frame t onto frame t+1). Once the camera
-    is compensated, a panned or zoomed street is the same picture in every frame, and what differs from it
-    is what moves over it: the subject. A pixel seen in fewer than 3 sampled frames is not marked."""
+    """Per frame (those `at`, default all), the pixels that differ by more than `tolerance` (max channel)
+    from the background behind them (N x H x W booleans): the per-pixel median of up to `samples` frames
+    spread over the clip, each warped onto this frame with the camera path (`cameras[t]` maps frame t onto
+    frame t+1). Once the camera is compensated, a panned or zoomed street is the same picture in every
+    frame, and what differs from it is what moves over it: the subject. A pixel seen in fewer than 3
+    sampled frames is not marked."""
     n = len(frames)
     h, w = frames[0].shape[:2]
     to_first = [np.eye(3)]  # frame 0 -> frame t
@@ -150,8 +155,9 @@ def stabilised_changes(
     picks = np.unique(np.linspace(0, n - 1, min(n, samples)).round().astype(int))
     sampled = [(to_first[s], frames[s].astype(np.float32)) for s in picks]
     unseen = (float("nan"),) * 3  # outside the sampled frame: NaN, also where bilinear blends with it
-    out = np.zeros((n, h, w), dtype=bool)
-    for t in range(n):
+    at = range(n) if at is None else at
+    out = np.zeros((len(at), h, w), dtype=bool)
+    for j, t in enumerate(at):
         stack = np.stack(
             [
                 cv2.warpAffine(f, (to_first[t] @ np.linalg.inv(h_s))[:2], (w, h), borderValue=unseen)
@@ -161,7 +167,7 @@ def stabilised_changes(
         seen_by = np.isfinite(stack[..., 0]).sum(axis=0)
         background = masked_median(stack, seen_by)
         valid = seen_by >= 3
-        out[t] = valid & (np.abs(frames[t].astype(np.float32) - background).max(axis=2) > tolerance)
+        out[j] = valid & (np.abs(frames[t].astype(np.float32) - background).max(axis=2) > tolerance)
     return out
 
 

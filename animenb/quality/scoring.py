@@ -379,7 +379,7 @@ def _temporal(
     cameras = motion.camera_path(small, wrapped, tol, mp["texture_floor"])
     # On a busy background the subject is what moves over the camera-compensated scene.
     if not all(M.plain_background(a, tol) for a in imgs):
-        masks = foreground.clip_masks(imgs, motion.stabilised_changes(small, cameras, tol), tol)
+        masks = foreground.clip_masks(imgs, lambda at: motion.stabilised_changes(small, cameras, tol, at=at), tol)
     bands = [M.colour_bands(a, int(mp["identity_bands"]), tol, mask=m) for a, m in zip(imgs, masks)]
     distance = mp["identity_distance"]
     subject_raw, subject_curve = M.subject_consistency(bands, lambda a, b: M.identity_similarity(a, b, distance))
