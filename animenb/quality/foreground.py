@@ -17,8 +17,9 @@ exactly), each pose's own `foreground_mask` is used.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import cv2
 import numpy as np
 
 from . import metrics as M
@@ -42,17 +43,27 @@ def changed_pixels(images: Sequence[np.ndarray], tolerance: float = 30.0) -> np.
     return np.abs(stack - consensus).max(axis=3) > tolerance
 
 
+def colour_cells(images: Sequence[np.ndarray], step: int = 16) -> np.ndarray:
+    """Per image and pixel, the index of its RGB cell of `step` levels (N x H x W)."""
+    cells = 256 // step
+    q = np.stack([np.asarray(a, dtype=np.int32) // step for a in images])
+    return (q[..., 0] * cells + q[..., 1]) * cells + q[..., 2]
+
+
+def moving_table(index: np.ndarray, changed: np.ndarray, share: float = MOVING_SHARE, step: int = 16) -> np.ndarray:
+    """Per colour cell (`colour_cells`), whether it moves: at least `share` of its pixels are `changed`."""
+    total = np.bincount(index.ravel(), minlength=(256 // step) ** 3)
+    moved = np.bincount(index[changed], minlength=(256 // step) ** 3)
+    return moved >= np.maximum(1.0, share * total)
+
+
 def moving_colours(
     images: Sequence[np.ndarray], changed: np.ndarray, share: float = MOVING_SHARE, step: int = 16
 ) -> list[np.ndarray]:
     """Per image, the pixels whose colour (RGB cells of `step` levels) is one that moves: at least `share`
     of that colour's pixels, over all images, are `changed`."""
-    cells = 256 // step
-    q = np.stack([np.asarray(a, dtype=np.int32) // step for a in images])
-    index = (q[..., 0] * cells + q[..., 1]) * cells + q[..., 2]
-    total = np.bincount(index.ravel(), minlength=cells**3)
-    moved = np.bincount(index[changed], minlength=cells**3)
-    moving = moved >= np.maximum(1.0, share * total)
+    index = colour_cells(images, step)
+    moving = moving_table(index, changed, share, step)
     return [moving[i] for i in index]
 
 
@@ -70,4 +81,35 @@ def sheet_masks(
     if changed.mean(axis=(1, 2)).max() > SHARED_LIMIT:
         return own
     masks = moving_colours(images, changed, share)
+    return [m if m.mean() >= min_fraction else o for m, o in zip(masks, own)]
+
+
+def clip_masks(
+    images: Sequence[np.ndarray],
+    changes: Callable[[Sequence[int]], np.ndarray],
+    tolerance: float = 30.0,
+    share: float = MOVING_SHARE,
+    min_fraction: float = 0.005,
+    samples: int = 25,
+) -> list[np.ndarray]:
+    """The subject's mask in each frame of a loop or video on a busy background: the colours that move
+    (`moving_table`), learnt on up to `samples` frames spread over the clip, where `changes(frames)` says
+    which of their pixels differ from the camera-compensated background (motion.stabilised_changes, at
+    any size: resized to the images'). On plain backgrounds, or where a frame's mask would be under
+    `min_fraction` of it, the frame's own `metrics.foreground_mask`; all the frames' own masks where they
+    share no scene (a cut to another shot)."""
+    own = [M.foreground_mask(a, tolerance) for a in images]
+    if all(M.plain_background(a, tolerance) for a in images):
+        return own
+    picks = np.unique(np.linspace(0, len(images) - 1, min(len(images), samples)).round().astype(int))
+    h, w = images[0].shape[:2]
+    changed = np.stack(
+        [cv2.resize(c.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0 for c in changes(list(picks))]
+    )
+    # A clip shares one scene when most of its frames differ from it on at most SHARED_LIMIT (a cut makes
+    # half of them differ almost everywhere; the subject's own redrawing stays within the limit).
+    if np.median(changed.mean(axis=(1, 2))) > SHARED_LIMIT:
+        return own
+    moving = moving_table(colour_cells([images[k] for k in picks]), changed, share)
+    masks = [moving[i] for i in colour_cells(images)]
     return [m if m.mean() >= min_fraction else o for m, o in zip(masks, own)]

@@ -75,27 +75,49 @@ def camera_flow(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.stack([a[0, 0] * gx + a[0, 1] * gy + a[0, 2] - gx, a[1, 0] * gx + a[1, 1] * gy + a[1, 2] - gy], 2)
 
 
+def busy_texture(frame: np.ndarray, tolerance: float = 30.0, texture_floor: float = 16.0) -> np.ndarray | None:
+    """The frame's textured pixels (`texture` above `texture_floor`) on a busy background, None on a plain one,
+    where the still background is most of the picture and every pixel may vote for the camera."""
+    return None if plain_background(frame, tolerance) else texture(frame) > texture_floor
+
+
+def camera_path(
+    frames: Sequence[np.ndarray],
+    flow_list: Sequence[np.ndarray],
+    tolerance: float = 30.0,
+    texture_floor: float = 16.0,
+) -> list[np.ndarray]:
+    """Per step (flow_list[t] from frames[t]), the `camera_motion`: read from the textured pixels of the
+    frame's outer ring on a busy background (`camera_points`), from every pixel on a plain one."""
+    out = []
+    for frame, f in zip(frames, flow_list):
+        textured = busy_texture(frame, tolerance, texture_floor)
+        out.append(camera_motion(f, None if textured is None else camera_points(textured)))
+    return out
+
+
 def subject_velocities(
     frames: Sequence[np.ndarray],
     flow_list: Sequence[np.ndarray],
     moving: float = 0.5,
     tolerance: float = 30.0,
     texture_floor: float = 16.0,
+    cameras: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
     """Per step (flow_list[t] from frames[t]), the subject's velocity relative to the background, in
-    fractions of the shorter side: the flow minus the `camera_motion`, averaged over the pixels that move
-    more than `moving` px relative to it (0 when nothing does). On a plain background that is the mean.
-    On a busy one only textured pixels count (a flat sky's flow says nothing) and the camera comes from
-    `camera_points`, and the average is the median: the body's motion, which the limbs of a drawn walk
-    (a minority of the moving pixels, redrawn every frame) do not pull about. A camera pan or zoom over a
-    still subject, or a slow walk, is slow and smooth here; a subject jumping about is not, whatever the
-    camera does."""
+    fractions of the shorter side: the flow minus the camera (`cameras`, default `camera_path`), averaged
+    over the pixels that move more than `moving` px relative to it (0 when nothing does). On a plain
+    background that is the mean. On a busy one only textured pixels count (a flat sky's flow says nothing)
+    and the average is the median: the body's motion, which the limbs of a drawn walk (a minority of the
+    moving pixels, redrawn every frame) do not pull about. A camera pan or zoom over a still subject, or a
+    slow walk, is slow and smooth here; a subject jumping about is not, whatever the camera does."""
+    if cameras is None:
+        cameras = camera_path(frames, flow_list, tolerance, texture_floor)
     out = []
-    for frame, f in zip(frames, flow_list):
+    for frame, f, a in zip(frames, flow_list, cameras):
         h, w = f.shape[:2]
-        # On a plain background the still background is most of the picture and votes for the camera.
-        textured = None if plain_background(frame, tolerance) else texture(frame) > texture_floor
-        residual = f - camera_flow(camera_motion(f, None if textured is None else camera_points(textured)), f.shape)
+        textured = busy_texture(frame, tolerance, texture_floor)
+        residual = f - camera_flow(a, f.shape)
         m = np.linalg.norm(residual, axis=2) > moving
         if textured is not None:
             m &= textured
@@ -104,6 +126,54 @@ def subject_velocities(
             continue
         out.append((residual[m].mean(axis=0) if textured is None else np.median(residual[m], axis=0)) / min(h, w))
     return np.asarray(out, dtype=np.float64).reshape(len(out), 2)
+
+
+def masked_median(stack: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Per pixel, the median over axis 0 of the finite entries of `stack` (NaN where unseen), `count`
+    of them per pixel; sorting puts the NaNs last, so the median sits at the middle of the first `count`
+    (much faster than np.nanmedian). Pixels with no entry get NaN."""
+    ordered = np.sort(stack, axis=0)
+    c = np.maximum(count, 1)[None, ..., None]
+    low = np.take_along_axis(ordered, (c - 1) // 2, axis=0)[0]
+    high = np.take_along_axis(ordered, c // 2, axis=0)[0]
+    return (low + high) / 2
+
+
+def stabilised_changes(
+    frames: Sequence[np.ndarray],
+    cameras: Sequence[np.ndarray],
+    tolerance: float = 30.0,
+    samples: int = 9,
+    at: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Per frame (those `at`, default all), the pixels that differ by more than `tolerance` (max channel)
+    from the background behind them (N x H x W booleans): the per-pixel median of up to `samples` frames
+    spread over the clip, each warped onto this frame with the camera path (`cameras[t]` maps frame t onto
+    frame t+1). Once the camera is compensated, a panned or zoomed street is the same picture in every
+    frame, and what differs from it is what moves over it: the subject. A pixel seen in fewer than 3
+    sampled frames is not marked."""
+    n = len(frames)
+    h, w = frames[0].shape[:2]
+    to_first = [np.eye(3)]  # frame 0 -> frame t
+    for a in cameras[: n - 1]:
+        to_first.append(np.vstack([a, [0, 0, 1]]) @ to_first[-1])
+    picks = np.unique(np.linspace(0, n - 1, min(n, samples)).round().astype(int))
+    sampled = [(to_first[s], frames[s].astype(np.float32)) for s in picks]
+    unseen = (float("nan"),) * 3  # outside the sampled frame: NaN, also where bilinear blends with it
+    at = range(n) if at is None else at
+    out = np.zeros((len(at), h, w), dtype=bool)
+    for j, t in enumerate(at):
+        stack = np.stack(
+            [
+                cv2.warpAffine(f, (to_first[t] @ np.linalg.inv(h_s))[:2], (w, h), borderValue=unseen)
+                for h_s, f in sampled
+            ]
+        )
+        seen_by = np.isfinite(stack[..., 0]).sum(axis=0)
+        background = masked_median(stack, seen_by)
+        valid = seen_by >= 3
+        out[j] = valid & (np.abs(frames[t].astype(np.float32) - background).max(axis=2) > tolerance)
+    return out
 
 
 def dynamic_degree(

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from . import foreground, motion, seam
 from . import metrics as M
-from . import motion, seam
 from .config import check_threshold, load_quality_config, phase_name
 from .foreground import sheet_masks
 from .pose_following import pose_following
@@ -374,6 +374,12 @@ def _temporal(
     tol, bins = mp["foreground_tolerance"], mp["palette_bins"]
     masks = [M.foreground_mask(a, tol) for a in imgs]
     palettes = [M.palette(a, tol, bins, m) for a, m in zip(imgs, masks)]
+    # The camera per step (and across a loop's wrap-around), read from the background.
+    wrapped = flow_list + ([M.farneback(small[-1], small[0])] if cyclic else [])
+    cameras = motion.camera_path(small, wrapped, tol, mp["texture_floor"])
+    # On a busy background the subject is what moves over the camera-compensated scene.
+    if not all(M.plain_background(a, tol) for a in imgs):
+        masks = foreground.clip_masks(imgs, lambda at: motion.stabilised_changes(small, cameras, tol, at=at), tol)
     bands = [M.colour_bands(a, int(mp["identity_bands"]), tol, mask=m) for a, m in zip(imgs, masks)]
     distance = mp["identity_distance"]
     subject_raw, subject_curve = M.subject_consistency(bands, lambda a, b: M.identity_similarity(a, b, distance))
@@ -386,8 +392,9 @@ def _temporal(
     # Regularity on the subject's motion relative to the background (camera pans and zooms removed),
     # against the motion's own speed, or against its own cycle (a walk repeats each stride); a loop's
     # wrap-around step counts as a step.
-    steps = flow_list + ([M.farneback(small[-1], small[0])] if cyclic else [])
-    velocities = motion.subject_velocities(small, steps, tolerance=tol, texture_floor=mp["texture_floor"])
+    velocities = motion.subject_velocities(
+        small, wrapped, tolerance=tol, texture_floor=mp["texture_floor"], cameras=cameras
+    )
     dynamic, span_magnitudes = motion.dynamic_degree(small, flow_list, mp["dynamic_threshold"], int(mp["dynamic_span"]))
     # Velocities are in fractions of the shorter side: one pixel of the source is the grid's own rounding.
     resolution = 1.0 / min(M.as_array(frames[0]).shape[:2])
@@ -437,7 +444,7 @@ def _temporal(
         details["embedding_subject_curve"] = emb_curve
         if extra is not None:
             details["embedding_cosine_to_reference"] = cos[:n, n]
-    return metrics, details, imgs, palettes, small, warp_err, steps
+    return metrics, details, imgs, palettes, small, warp_err, wrapped
 
 
 def score_animation_loop(
