@@ -7,13 +7,13 @@ settings (vae_slicing, vae_tiling, decode_chunk_size) are resolved for each requ
 
 | setting | values | default (auto) |
 |---|---|---|
-| attention | sdpa, eager | sdpa: `F.scaled_dot_product_attention` (diffusers' AttnProcessor2_0); eager is the reference |
-| channels_last | auto, true, false | on for UNets and VAEs (CUDA tensor cores and oneDNN's CPU convolutions both prefer NHWC) |
+| attention | sdpa, eager | sdpa: `F.scaled_dot_product_attention` (diffusers' AttnProcessor2_0); eager: reference |
+| channels_last | auto, true, false | on for UNets and VAEs (CUDA tensor cores, oneDNN CPU convolutions prefer NHWC) |
 | vae_slicing | auto, true, false | on from 512 px: one image per VAE decode (same pixels, lower peak memory) |
 | vae_tiling | auto, true, false | on above 1024 px for VAEs that support it (AutoencoderKL): bounded decode memory |
-| decode_chunk_size | auto, 1-64 | video frames per VAE decode: SVD 8; AnimateDiff 16 on CUDA, 1 on CPU (3x faster per frame, same pixels) |
+| decode_chunk_size | auto, 1-64 | frames per VAE decode: SVD 8; AnimateDiff 16 on CUDA, 1 on CPU (3x faster on CPU) |
 | compile_unet | true, false | false: `torch.compile` the UNet once per process (warm kernel), on CUDA only |
-| cpu_offload | true, false | false: `enable_model_cpu_offload()` keeps only the running model on the GPU (slower, less VRAM) |
+| cpu_offload | true, false | false: `enable_model_cpu_offload()`: only the running model on the GPU (less VRAM) |
 """
 from __future__ import annotations
 

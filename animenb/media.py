@@ -73,7 +73,7 @@ def parameters_text(params: dict) -> str:
             sampler, schedule = A1111_SAMPLERS[value]
             fields += [("Sampler", sampler), ("Schedule type", schedule)]
         else:
-            fields.append((name, value))
+            fields.append((name or key, value))
     known = {key for key, _ in _A1111_FIELDS} | _NOT_IN_TEXT
     fields += [(key.replace("_", " ").capitalize(), value) for key, value in params.items()
                if key not in known and value is not None]

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable
+from typing import Any, Callable
 
 PROGRESS_MIME = "application/vnd.animenb.progress+json"
 # What a progress event measures: a phase's generation, its quality scoring, or a whole chain of phases.
@@ -183,7 +183,7 @@ class ProgressDisplay:
         self._displayed = False
         self._shown_at = float("-inf")
         self._held_preview: str | None = None  # the latest preview of the events skipped since the last shown
-        self._bar = None
+        self._bar: Any = None  # tqdm's bar, made on the first event in "tqdm" mode
 
     def show(self, event: ProgressEvent, force: bool = False) -> None:
         if self.mode == "kernel":

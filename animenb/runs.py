@@ -106,7 +106,8 @@ def row_from_manifest(manifest: dict, output_dir: Path, root: Path | None = None
         "denoising_steps": steps_total,
         "step_rate": steps_total / generate if steps_total and generate and generate > 0 else math.nan,
         "quality_score": _number(quality.get("score")), "passed": quality.get("passed"),
-        "verdict": quality.get("verdict"), "threshold": _number(quality.get("threshold")), "created_at": _timestamp(manifest.get("created_at")),
+        "verdict": quality.get("verdict"), "threshold": _number(quality.get("threshold")),
+        "created_at": _timestamp(manifest.get("created_at")),
         "parent": None, "output_dir": str(output_dir), "notebook": str(notebook) if notebook.is_file() else None,
         "source": "manifest",
     }
@@ -168,7 +169,8 @@ def rows_from_store(store, outputs_dir: str | Path | None = None) -> list[dict]:
             duration = (job.finished_at - job.started_at) if job.finished_at and job.started_at else math.nan
             row = {column: None for column in COLUMNS}
             row.update(run=job.id, phase_id=job.phase, phase=phase, prompt=params.get("prompt"),
-                       seed=params.get("seed") if job.outputs.seed is None else job.outputs.seed, steps=params.get("steps"),
+                       seed=params.get("seed") if job.outputs.seed is None else job.outputs.seed,
+                       steps=params.get("steps"),
                        scheduler=params.get("scheduler"), guidance_scale=params.get("guidance_scale"),
                        width=params.get("width"), height=params.get("height"), duration_seconds=duration,
                        generate_seconds=math.nan, denoising_steps=denoising_steps(phase or "", params),
@@ -315,8 +317,8 @@ def plot_quality_vs_steps(df, *, threshold: float | None = None):
         _empty(ax, "a quality score")
     gate = threshold
     if gate is None:
-        known = df["threshold"].dropna() if "threshold" in df else []
-        gate = float(known.median()) if len(known) else DEFAULT_GATE
+        known = df["threshold"].dropna() if "threshold" in df else None
+        gate = float(known.median()) if known is not None and len(known) else DEFAULT_GATE
     ax.axhline(gate, color="0.3", linestyle="--", linewidth=1)
     ax.annotate(f"gate {gate:.2f}", (0.01, gate), xycoords=("axes fraction", "data"), va="bottom", fontsize=8)
     ax.set(xlabel="steps", ylabel="quality score", ylim=(0, 1.02), title="Quality vs steps")

@@ -156,14 +156,18 @@ def build_sd(folder: Path) -> None:
     pipe.save_pretrained(folder)
 
 
-def build_motion_adapter(folder: Path) -> None:
+def _motion_adapter():
     import torch
     from diffusers import MotionAdapter
 
     torch.manual_seed(_SEED + 4)
     # Its blocks and layers per block must match the UNet's (FACTS.md).
-    MotionAdapter(block_out_channels=_UNET_CHANNELS, motion_layers_per_block=1, motion_num_attention_heads=1,
-                  motion_norm_num_groups=_UNET_GROUPS, motion_max_seq_length=32).save_pretrained(folder)
+    return MotionAdapter(block_out_channels=_UNET_CHANNELS, motion_layers_per_block=1, motion_num_attention_heads=1,
+                         motion_norm_num_groups=_UNET_GROUPS, motion_max_seq_length=32)
+
+
+def build_motion_adapter(folder: Path) -> None:
+    _motion_adapter().save_pretrained(folder)
 
 
 def build_svd(folder: Path) -> None:
@@ -229,8 +233,9 @@ def build_controlnet(folder: Path) -> None:
     `ControlNetModel.from_unet` copies the UNet's encoder and zero-initialises the convolutions that
     feed it back (as training starts); zero would make control a no-op, so those get small seeded
     random weights: a different skeleton then gives a different image, which the tests check.
-    The hint encoder is far narrower than SD's (16, 32, 96, 256): it runs at full image resolution on
-    every step, and at (8, 8, 16, 16) it cost 4x the tiny UNet's step at 512 px (see bench/pose_control.py).
+    The hint encoder is far narrower than SD's (16, 32, 96, 256): it runs at full image resolution (once per
+    image, see animenb.models), and at (8, 8, 16, 16) it cost 4x the tiny UNet's step at 512 px. The rest is
+    the UNet's encoder and middle block, about 46% of the UNet's time, as on SD 1.5 (bench/pose_control.py).
     """
     import torch
     from diffusers import ControlNetModel
@@ -496,4 +501,27 @@ def build_lora_for_checkpoint(checkpoint: Path, path: Path, *, seed: int = _SEED
     state = _kohya_lora(modules, rank, torch.Generator().manual_seed(seed), scale=0.5)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata={"ss_network_module": "networks.lora", "ss_network_dim": str(rank)})
+    return Path(path)
+
+
+def build_motion_lora(path: Path, *, seed: int = _SEED + 40, rank: int = 2) -> Path:
+    """An AnimateDiff motion LoRA for the tiny motion adapter, in the layout of diffusers' converted motion LoRAs
+    (guoyww/animatediff-motion-lora-*: `unet.<block>.motion_modules.<i>.transformer_blocks.0.attn1.processor.
+    to_q_lora.down.weight`...): one pair on every projection of every temporal attention, nothing else."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in _motion_adapter().named_modules():
+        projection = name.rpartition(".attn")[2].partition(".")[2]  # "to_q" in "...attn1.to_q"
+        if not isinstance(module, torch.nn.Linear) or ".attn" not in name or \
+                projection not in ("to_q", "to_k", "to_v", "to_out.0"):
+            continue
+        base = name.removesuffix("." + projection)
+        prefix = f"unet.{base}.processor.{projection.removesuffix('.0')}_lora"
+        state[f"{prefix}.down.weight"] = torch.randn(rank, module.in_features, generator=generator) * 0.5
+        state[f"{prefix}.up.weight"] = torch.randn(module.out_features, rank, generator=generator) * 0.5
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
     return Path(path)

@@ -80,7 +80,9 @@ class RunRecord:
 
 
 def parse_steps(text: str | Sequence[int]) -> list[int]:
-    """"8, 15, 25, 40" (or "[8, 15]", or a list) -> [8, 15, 25, 40]: positive integers, duplicates dropped, order kept."""
+    """"8, 15, 25, 40" (or "[8, 15]", or a list) -> [8, 15, 25, 40]: positive integers, duplicates dropped, order
+    kept."""
+    items: list[Any]
     if isinstance(text, str):
         items = text.translate(str.maketrans(",[]()", "     ")).split()
     else:

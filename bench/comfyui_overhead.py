@@ -71,8 +71,8 @@ class Direct:
             if message["type"] == "execution_error":
                 raise RuntimeError(f"ComfyUI: {data}")
 
-    async def run(self, nodes: dict, output: str) -> Image.Image:
-        prompt_id = await self.submit_and_wait(nodes)
+    async def run(self, nodes: dict, output: str, timeout: float = 120) -> Image.Image:
+        prompt_id = await self.submit_and_wait(nodes, timeout)
         history = json.loads((await self.http.fetch(f"{self.url}/history/{prompt_id}")).body)[prompt_id]
         entry = history["outputs"][output]["images"][0]
         query = urllib.parse.urlencode({k: entry[k] for k in ("filename", "subfolder", "type")})

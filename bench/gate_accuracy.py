@@ -63,8 +63,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=None, help="a quality.yaml (default: parameters/quality.yaml)")
     ap.add_argument("--families", default=None, help=f"comma-separated subset of {', '.join(FAMILIES)}")
+    ap.add_argument("--phases", default=None, help="comma-separated subset of the phases' names "
+                    "(CHARACTER_SHEET, ANIMATION_LOOP, FULL_VIDEO): rescore only these, e.g. to --save and merge rows")
     ap.add_argument("--save", default=None, help="write the scored rows (JSON) for --rows")
-    ap.add_argument("--rows", default=None, help="reuse rows saved with --save instead of scoring")
+    ap.add_argument("--rows", default=None, help="reuse rows saved with --save instead of scoring (comma-separated "
+                    "files are joined)")
     ap.add_argument("--fit", action="store_true", help="fit floors and thresholds on the calibration rows")
     ap.add_argument("--write", default=None, help="with --fit: write the fitted config here (YAML)")
     args = ap.parse_args()
@@ -74,12 +77,14 @@ def main() -> None:
         if not FAMILIES[name].available():
             print(f"family {name} skipped: its art is not installed (bash tests/art/install.sh)")
             wanted.discard(name)
-    if args.rows:
-        rows = [r for r in json.loads(Path(args.rows).read_text()) if r["family"] in wanted]
+    phases = set(args.phases.split(",")) if args.phases else None
+    if args.rows:  # one file, or several (comma-separated) saved for different phases or families
+        rows = [r for path in args.rows.split(",") for r in json.loads(Path(path).read_text())
+                if r["family"] in wanted and (phases is None or r["phase"] in phases)]
         rows = redecide(rows, config)
         print(f"gate_accuracy: {len(rows)} rows from {args.rows}")
     else:
-        cases = [c for c in CASES if c.family in wanted]
+        cases = [c for c in CASES if c.family in wanted and (phases is None or c.phase in phases)]
         print(f"gate_accuracy: python {platform.python_version()}, {os.cpu_count()} CPUs, {len(cases)} cases")
         t = time.perf_counter()
         rows = run_suite(cases, config=config)

@@ -40,7 +40,7 @@ def main() -> None:
                                 output_dir=f"{work}/ref", display=None).images[0]
 
     def bare_sheet():
-        use_scheduler(sd, "dpmpp_2m")
+        use_scheduler(sd, "dpmpp_2m", 0)
         ref = None
         for p in pose_prompts(prompt):
             sd.set_ip_adapter_scale(0.6 if ref is not None else 0.0)
@@ -49,7 +49,7 @@ def main() -> None:
             ref = ref or image
 
     def bare_loop():
-        use_scheduler(ad, "dpmpp_2m")
+        use_scheduler(ad, "dpmpp_2m", 0)
         ad.set_ip_adapter_scale(0.6)
         ad(prompt=f"{prompt}, {LOOP_SUFFIX}", negative_prompt="blurry", num_frames=20, guidance_scale=7.5,
            generator=gen(), ip_adapter_image=reference, **common)

@@ -104,7 +104,7 @@ def main() -> int:
                 started = time.perf_counter()
                 if side == "comfyui":
                     graph = graphs.text_to_image(request, checkpoint=CHECKPOINT)
-                    loop.run_until_complete(direct.run(graph.nodes, graph.output))
+                    loop.run_until_complete(direct.run(graph.nodes, graph.output, timeout=1800))  # 512 px on a CPU
                 else:
                     backend.text_to_image(request)
                 if index >= 1:

@@ -7,6 +7,9 @@ tiny profile, no quality step. The sweep is a tiny character sheet (64 px, 2 ste
                     same cells submitted as separate jobs until the last finished; alternating rounds on the
                     local executor (one warm kernel). Target <= 1.05x: the parent adds nothing measurable.
                     The parent's results (grid image, record, report notebook) are timed apart.
+- here              the same cells as `animenb sweep` runs them without a server (each the phase notebook
+                    under papermill into its own folder, all on one warm kernel: `animenb.sweeps.notebooks`),
+                    until its last cell finished, vs the same separate jobs. Target <= 1.05x as well.
 - Ray scale-out     the same sweep on `ray2` (two actors) vs `ray1` (one actor), alternating rounds.
                     Target <= 0.6x (on a quiet box with a core per actor).
 
@@ -32,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from animenb.runner.events import EventBus, JobFinishedEvent  # noqa: E402
 from animenb.runner.runner import JobRunner  # noqa: E402
 from animenb.store import SqliteJobStore  # noqa: E402
+from animenb.sweeps.local import run_plan  # noqa: E402
+from animenb.sweeps.notebooks import SweepKernel  # noqa: E402
 from animenb.sweeps.plan import build_plan  # noqa: E402
 from animenb.sweeps.report import SWEEP_KIND  # noqa: E402
 
@@ -76,6 +81,18 @@ class Timed:
         return await self.until(children) - t0, ended - t0
 
 
+def here(kernel: SweepKernel, cells: int, seed0: int, out_dir: Path) -> float:
+    """Seconds until the last cell of a sweep run as `animenb sweep` runs it here (no quality step) finished."""
+    plan = build_plan(1, SHARED, {"seed": f"{seed0}-{seed0 + cells - 1}"})
+    ended = []
+    t0 = time.perf_counter()
+    run_plan(plan, out_dir, run_cell=kernel.cell_runner(1, models="tiny", score=False),
+             on_cell=lambda index, row: ended.append((time.perf_counter(), row["status"])))
+    if any(status != "succeeded" for _, status in ended):
+        raise RuntimeError(f"here: cells did not succeed: {[status for _, status in ended]}")
+    return ended[-1][0] - t0
+
+
 async def main(args) -> None:
     home = Path(tempfile.mkdtemp(prefix="animenb-bench-sweep-"))
     os.environ.setdefault("ANIMENB_THREADS", "1")
@@ -90,6 +107,7 @@ async def main(args) -> None:
                  log_to_driver=False, configure_logging=False)
         setups += [("ray1", "ray", {"slots": 1}), ("ray2", "ray", {"slots": 2})]
     runners: dict[str, Timed] = {}
+    kernel = SweepKernel(env=env)
     try:
         for name, executor, options in setups:
             runner = JobRunner(SqliteJobStore(home / f"{name}.sqlite"), EventBus(), outputs_dir=home / name,
@@ -100,18 +118,24 @@ async def main(args) -> None:
             runners[name] = Timed(name, runner)
             await runners[name].separate(2 if name == "ray2" else 1, 1000)  # warm-up: models loaded everywhere
 
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, here, kernel, 1, 1000, home / "here-warm-up")  # models loaded there too
+
         local = runners["local"]
-        separate, swept, results = [], [], []
+        separate, swept, results, here_times = [], [], [], []
         for r in range(args.rounds):
             separate.append(await local.separate(args.cells, 100 * r))
             cells_done, ended = await local.sweep(args.cells, 100 * r + 50)
             swept.append(cells_done)
             results.append(ended - cells_done)
-        s, p = statistics.median(separate), statistics.median(swept)
+            here_times.append(await loop.run_in_executor(None, here, kernel, args.cells, 100 * r + 70,
+                                                         home / f"here-{r}"))
+        s, p, h = statistics.median(separate), statistics.median(swept), statistics.median(here_times)
         print(f"\nparent overhead (local executor, median of {args.rounds})")
         print(f"  {args.cells} separate jobs  {s:7.2f} s")
         print(f"  one sweep          {p:7.2f} s   ratio {p / s:.3f}x (target <= 1.05x)")
         print(f"  + the sweep's results (grid, record, report notebook) {statistics.median(results):.2f} s")
+        print(f"  `animenb sweep` here (notebooks, one kernel) {h:7.2f} s   ratio {h / s:.3f}x (target <= 1.05x)")
 
         if not args.skip_ray:
             times: dict[str, list[float]] = {"ray1": [], "ray2": []}
@@ -122,6 +146,7 @@ async def main(args) -> None:
             print(f"\nRay scale-out ({args.cells}-cell sweep, median of {args.rounds}, alternating)")
             print(f"  1 actor   {one:7.2f} s\n  2 actors  {two:7.2f} s   ratio {two / one:.3f}x (target <= 0.6x)")
     finally:
+        kernel.close()
         for timed in runners.values():
             await timed.runner.stop()
 

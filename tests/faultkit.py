@@ -45,6 +45,50 @@ def database_locked_by_another_process(path: str | Path, seconds: float | None =
         locker.communicate("\n", timeout=30)
 
 
+# Another process that takes the database's write lock on "lock" and lets it go on "release" (one line each on
+# stdin), answering "done" once it did.
+LOCKER_ON_DEMAND = """\
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+print("done", flush=True)
+for line in sys.stdin:
+    conn.execute("BEGIN IMMEDIATE" if line.strip() == "lock" else "COMMIT")
+    print("done", flush=True)
+"""
+
+
+class DatabaseLocker:
+    """Another process holding `path`'s write lock between `lock()` and `release()`, at a moment a test picks
+    (e.g. inside an event callback: `lock()` returns once the lock is held)."""
+
+    def __init__(self, path: str | Path):
+        self.process = subprocess.Popen([sys.executable, "-c", LOCKER_ON_DEMAND, str(path)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        self.locked = False
+        self._tell(None)
+
+    def _tell(self, line: str | None) -> None:
+        if line is not None:
+            self.process.stdin.write(line + "\n")
+            self.process.stdin.flush()
+        assert self.process.stdout.readline().strip() == "done"
+
+    def lock(self) -> None:
+        if not self.locked:
+            self._tell("lock")
+            self.locked = True
+
+    def release(self) -> None:
+        if self.locked:
+            self._tell("release")
+            self.locked = False
+
+    def close(self) -> None:
+        self.release()
+        self.process.stdin.close()
+        self.process.wait(30)
+
+
 def kill_group(proc: subprocess.Popen) -> list[int]:
     """SIGKILL a server and its kernels, as a machine crash, the OOM killer or `docker kill` would; returns
     the pids of the children killed."""

@@ -56,4 +56,4 @@ def test_a_ray_actor_returns_no_half_written_file(tmp_path, monkeypatch):
     with atomic.atomic_path(out_dir / "loop.mp4") as tmp:
         tmp.write_bytes(b"half an mp4")
         assert actor._changed_files(_JobState(), out_dir) == {"frame_000.png": b"png"}
-    actor.kernel.executor.shutdown()
+    actor.kernel.thread.shutdown()

@@ -69,3 +69,13 @@ def test_lora_clip_skip_and_embedding_change_the_image(backend):
 def test_every_a1111_sampler_is_accepted_by_ksampler(backend):
     for name in SAMPLERS:
         assert backend.text_to_image(ImageRequest("a fox", scheduler=name, **TINY)).size == (64, 64), name
+
+
+def test_a_motion_lora_is_refused_with_the_reason(backend):
+    """Core ComfyUI cannot apply an AnimateDiff motion LoRA: a clear refusal before anything reaches the server
+    (the phase spec gives the same message as a 422, see test_phase_spec)."""
+    from animenb.backends.base import MOTION_LORA_UNSUPPORTED, VideoRequest
+
+    with pytest.raises(ValueError, match="not available on the comfyui backend") as refused:
+        backend.text_to_video(VideoRequest("a fox", frames=4, motion_lora="zoom", **TINY))
+    assert str(refused.value) == MOTION_LORA_UNSUPPORTED

@@ -20,16 +20,18 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import nbformat
+import psutil
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from faultkit import (API, database_locked_by_another_process, free_port, http, kill_group, start_server,
-                      wait_terminal)
-from serverkit import call, submit, wait_done, wait_running
+from faultkit import (API, DatabaseLocker, database_locked_by_another_process, free_port, http, kill_group,
+                      start_server, wait_terminal)
+from serverkit import call, submit, wait_done, wait_for, wait_running
 
 pytestmark = [pytest.mark.timeout(900)]
 
@@ -206,6 +208,94 @@ async def test_requests_that_cannot_write_hold_up_no_other_request(tmp_path, sta
         assert srv.service.store.count() == 0
 
 
+# Parent jobs (kind -> how to start one, how many children it runs, how it ends): an orchestration whose gate
+# fails its one attempt, and a sweep of two cells.
+PARENTS = {
+    "orchestration": ("/api/anime/orchestrate", "admin", {"prompt": "anime girl with blue hair", "seed": 7, "steps": 2,
+                                                          "width": 64, "height": 64, "threshold": 1.01,
+                                                          "max_retries": 0}, 1, ("failed", "QualityGateFailed")),
+    "sweep": ("/api/anime/sweeps", "user", {"parameters": {"prompt": "test:progress 0.05", "width": 64, "height": 64,
+                                                           "steps": 2}, "axes": {"seed": "1-2"}},
+              2, ("succeeded", None)),
+}
+
+
+async def _start_parent(srv, kind: str) -> str:
+    path, role, body, _, _ = PARENTS[kind]
+    _, token = srv.service.tokens.create(f"{kind}-caller", role)
+    code, data, _ = await call(srv, "POST", path, body, token=token)
+    assert code == 202, data
+    return data["job_id"]
+
+
+def _assert_ended_as_planned(job, kind: str) -> None:
+    status, error = PARENTS[kind][4]
+    assert job.status.value == status and (job.error.type if job.error else None) == error, job
+
+
+@pytest.mark.parametrize("kind", PARENTS)
+async def test_a_database_locked_as_a_parent_submits_its_children_delays_them_and_fails_nothing(
+        tmp_path, start_live_server, caplog, kind):
+    from animenb.runner.events import JobStartedEvent
+
+    async with start_live_server(tmp_path, models="tiny") as srv:
+        locker = DatabaseLocker(srv.service.store.db.path)
+
+        def lock_as_the_parent_starts(event) -> None:  # its first child is submitted right after this event
+            if isinstance(event, JobStartedEvent) and event.device in ("orchestrator", "sweep"):
+                locker.lock()
+
+        sub = srv.service.bus.subscribe(None, lock_as_the_parent_starts)
+        try:
+            parent_id = await _start_parent(srv, kind)
+            await wait_for(lambda: sum("submitting a child" in r.getMessage() for r in caplog.records) >= 2, 60,
+                           what="the child's submit retried")
+            # The parent waits, running and childless, while requests are answered.
+            health = await _health(srv)
+            assert health["status"] == "degraded" and "store" in health["degraded_components"]
+            assert srv.service.store.get(parent_id).status.value == "running" and srv.service.store.count() == 1
+        finally:
+            srv.service.bus.unsubscribe(sub)
+            locker.close()
+        _assert_ended_as_planned(await wait_done(srv, parent_id, timeout=300), kind)
+        assert srv.service.store.count() == 1 + PARENTS[kind][3]
+
+
+@pytest.mark.parametrize("kind", PARENTS)
+async def test_a_database_locked_as_a_parent_ends_delays_its_end_until_the_lock_goes(tmp_path, start_live_server,
+                                                                                     kind):
+    from animenb.runner.events import JobFinishedEvent
+
+    async with start_live_server(tmp_path, models="tiny") as srv:
+        locker = DatabaseLocker(srv.service.store.db.path)
+        children_ended = []
+
+        def lock_after_the_last_child(event) -> None:  # its end is stored: the parent ends next
+            if isinstance(event, JobFinishedEvent) and srv.service.store.get(event.job_id).parent_id:
+                children_ended.append(event.job_id)
+                if len(children_ended) == PARENTS[kind][3]:
+                    locker.lock()
+
+        sub = srv.service.bus.subscribe(None, lock_after_the_last_child)
+        try:
+            parent_id = await _start_parent(srv, kind)
+
+            async def end_refused():  # its end is pending, and the store has refused it once
+                health = await _health(srv)
+                pending = health["components"]["store"]["unrecorded_ends"] == 1
+                return pending and health["status"] == "degraded" and health
+
+            health = await wait_for(end_refused, 300, interval=0.05, what="the parent's end refused by the store")
+            assert "locked" in health["components"]["store"]["reason"]
+            assert srv.service.store.get(parent_id).status.value == "running"
+        finally:
+            srv.service.bus.unsubscribe(sub)
+            locker.close()
+        _assert_ended_as_planned(await wait_done(srv, parent_id), kind)
+        health = await _health(srv)
+        assert health["status"] == "healthy" and health["components"]["store"]["unrecorded_ends"] == 0
+
+
 @contextlib.contextmanager
 def tiny_tmpfs(path: Path, size: str = "4m"):
     path.mkdir(parents=True)
@@ -376,13 +466,34 @@ async def test_a_kernel_killed_at_any_stage_fails_only_its_job(tmp_path, start_l
                 assert _complete(tmp_path / "outputs" / job["job_id"]), moment
             else:
                 assert done.status.value == "failed" and done.error.type == "KernelDied", (moment, done)
+            # A kill that landed after the job hit the idle kernel: the next job gets a fresh one all the same.
             after = await wait_done(srv, (await submit(srv, prompt="test:progress", steps=2))["job_id"])
-            if done.status.value == "succeeded" and after.status.value == "failed":
-                # The kill landed after the job: on the idle kernel as the next job started. That job is the
-                # one that fails (KernelDied), and the kernel is replaced for the one after it.
-                assert after.error.type == "KernelDied", (moment, after)
-                after = await wait_done(srv, (await submit(srv, prompt="test:progress", steps=2))["job_id"])
             assert after.status.value == "succeeded", (moment, after)
+
+
+def test_a_kernel_killed_just_before_a_job_starts_is_replaced_for_that_job(tmp_path):
+    """`kill()` returns once the process is gone, so a job starting right after it (a kill aimed at the job
+    before, landing on the idle kernel) gets a fresh kernel instead of dying with the old one."""
+    from animenb.runner.executors import run_on_kernel
+    from animenb.runner.kernels import WarmKernel
+
+    notebook = tmp_path / "job.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("import json\nvalue = json.dumps(1)")],
+                                metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                         "language": "python"}}), notebook)
+    kernel = WarmKernel("cpu")
+    kernel.start()
+    try:
+        for attempt in range(3):
+            killed = kernel.pid()
+            kernel.kill()
+            run_on_kernel(kernel, str(notebook), tmp_path / f"out-{attempt}.ipynb", {}, warm=True,
+                          on_progress=lambda payload: None, cancel_event=threading.Event(), execution_timeout=60,
+                          extra_cells=(), label="test kernel")
+            assert kernel.pid() != killed and not psutil.pid_exists(killed)
+            kernel.reset_after_job()
+    finally:
+        kernel.shutdown()
 
 
 # -- the server SIGKILLed at random moments -----------------------------------------------------------------

@@ -20,6 +20,9 @@ def test_cost_is_pixels_steps_images_plus_frames():
     assert job_cost(1, {"width": 512, "height": 512, "steps": 10}, default_size=64) == pytest.approx(
         mp * (10 * 8 + 0.25 * 8))
     assert job_cost(2, {"steps": 15}, default_size=512) == pytest.approx(mp * (15 + 0.25) * (16 + 4))
+    # DPM++ SDE calls the model twice per step, and is priced so
+    assert job_cost(1, {"width": 512, "height": 512, "steps": 10, "scheduler": "DPM++ SDE Karras"},
+                    default_size=64) == pytest.approx(mp * (2 * 10 * 8 + 0.25 * 8))
     # phase 3: SVD's frames (+ the source image), then the re-timed seconds x fps frames
     assert job_cost(3, {"steps": 15}, default_size=512) == pytest.approx(mp * (15 * 26 + 0.25 * (25 + 120)))
     assert job_cost(3, {"steps": 15, "image": "x.png"}, default_size=512) == pytest.approx(

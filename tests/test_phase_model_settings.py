@@ -19,10 +19,10 @@ from animenb.profiles import load_profile
 def test_animatediff_samples_on_its_linear_beta_schedule_and_sd_keeps_its_own():
     animatediff, sd = pipeline("animatediff", "tiny"), pipeline("sd", "tiny")
     for name in ("dpmpp_2m", "euler_a"):
-        use_scheduler(animatediff, name)
+        use_scheduler(animatediff, name, 0)
         config = animatediff.scheduler.config
         assert (config.beta_schedule, config.timestep_spacing, config.steps_offset) == ("linear", "linspace", 1)
-    use_scheduler(sd, "dpmpp_2m")
+    use_scheduler(sd, "dpmpp_2m", 0)
     assert sd.scheduler.config.beta_schedule == "scaled_linear"
 
 

@@ -31,6 +31,14 @@ def notebook_parameters(phase) -> dict:
     return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cells[0].source).body}
 
 
+def test_a_phases_model_family_is_published_as_engine():
+    """`Phase.model_family` keeps its published name in GET /phases (and the contract): "engine"."""
+    phases = [get_phase(i) for i in (1, 2, 3)]
+    assert [p.model_family for p in phases] == ["IPAdapter", "AnimateDiff", "SVD"]
+    assert [p.as_dict()["engine"] for p in phases] == [p.model_family for p in phases]
+    assert all("model_family" not in p.as_dict() for p in phases)
+
+
 @pytest.mark.parametrize("phase_id", sorted(SPECS))
 def test_notebook_and_yaml_hold_to_the_spec(phase_id):
     spec, phase = phase_spec(phase_id), get_phase(phase_id)
@@ -75,7 +83,8 @@ def test_the_spec_is_plain_json():
     frames = next(p for p in data[1]["params"] if p["name"] == "frames")
     assert frames == {**frames, "type": "integer", "default": 16, "minimum": 2, "maximum": 64, "api": True}
     assert {r["expression"] for r in data[1]["rules"]} == {"loop_overlap <= frames // 2",
-                                                            "frames + loop_overlap <= 64"}
+                                                            "frames + loop_overlap <= 64",
+                                                            "motion_lora == null or backend != 'comfyui'"}
     assert next(p for p in data[0]["params"] if p["name"] == "scheduler")["enum"][0] == "dpmpp_2m"
 
 
@@ -196,4 +205,30 @@ async def test_phases_endpoint_publishes_the_spec(srv):
     fields = {f["name"]: f for f in loop["request_fields"]}
     assert set(fields) == {p.name for p in phase_spec(2).api_params}
     assert fields["frames"]["minimum"] == 2 and fields["frames"]["default"] == 16
-    assert {r["field"] for r in loop["rules"]} == {"frames"}
+    assert {r["field"] for r in loop["rules"]} == {"frames", "motion_lora"}
+
+
+@aio
+async def test_a_motion_lora_is_refused_on_comfyui_however_the_backend_is_chosen(srv, tmp_path):
+    """ComfyUI's core nodes cannot apply an AnimateDiff motion LoRA: a 422 naming the backend, from the request's
+    `backend`, from the server's own --backend, and the same SpecError from the phase function."""
+    from animenb.server.validation import APIError, validate_generate
+
+    zoom = {"motion_lora": "zoom", "motion_lora_weight": 0.8}
+    assert await through_generate(srv, 2, {**zoom, "backend": "comfyui"}) == "motion_lora"
+    assert await through_generate(srv, 2, {**zoom, "backend": "diffusers"}) is None
+    assert through_function(2, {**zoom, "backend": "comfyui"}, tmp_path) == "motion_lora"
+    body = {"phase": 2, "prompt": "a girl", **zoom}
+    assert validate_generate(body, tmp_path, lambda _: False, "diffusers")[1]["motion_lora"] == "zoom"
+    with pytest.raises(APIError) as refused:
+        validate_generate(body, tmp_path, lambda _: False, "comfyui")
+    assert (refused.value.status_code, refused.value.field) == (422, "motion_lora")
+    assert "comfyui backend" in refused.value.message
+    # a sweep on a ComfyUI server is checked against the same rule
+    from animenb.server.sweeps import validate_sweep
+
+    sweep = {"phase": 2, "parameters": {"prompt": "a girl", **zoom}, "axes": {"seed": [1, 2]}}
+    assert validate_sweep(sweep, tmp_path, lambda _: False, "diffusers")[0].parameters["motion_lora"] == "zoom"
+    with pytest.raises(APIError) as refused:
+        validate_sweep(sweep, tmp_path, lambda _: False, "comfyui")
+    assert (refused.value.status_code, refused.value.field) == (422, "parameters.motion_lora")

@@ -142,6 +142,33 @@ def test_the_skeleton_steers_the_image_and_strength_zero_is_no_control():
     assert not np.array_equal(steered, _pixels(backend.text_to_image(referenced)))
 
 
+def test_the_hint_encoder_runs_once_per_image_and_changes_no_pixel():
+    """The control image's embedding is computed once per image, not at every step; the pixels are those of
+    diffusers' own per-step computation, and the next image (another skeleton) gets its own embedding."""
+    import types
+
+    backend = get_backend("diffusers", models="tiny")
+    front, smile = builtin_skeletons(["front", "smile"], 64, 64)
+    request = ImageRequest("a knight", width=64, height=64, steps=4, seed=4, control_image=front)
+    embedding = pipeline("sd_controlnet", "tiny").controlnet.controlnet_cond_embedding
+    calls = []
+    hook = embedding.conv_in.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        once = _pixels(backend.text_to_image(request))
+        assert len(calls) == 1
+        assert not np.array_equal(once, _pixels(backend.text_to_image(replace(request, control_image=smile))))
+        assert len(calls) == 2
+        cached = embedding.forward
+        embedding.forward = types.MethodType(type(embedding).forward, embedding)  # diffusers' own: every step
+        try:
+            assert np.array_equal(once, _pixels(backend.text_to_image(request)))
+            assert len(calls) == 2 + request.steps
+        finally:
+            embedding.forward = cached
+    finally:
+        hook.remove()
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(control_scale=-0.1), r"`control_scale` must be a number in \[0, 2\]"),
     (dict(control_scale=True), r"`control_scale` must be a number"),

@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 from animenb.quality import metrics as M
+from animenb.quality import motion
 from animenb.quality import synthetic as S
 
 try:
@@ -65,9 +66,19 @@ def test_dynamic_degree_ranks_moving_above_frozen():
     good = small(frames("good"))
     frozen = small(frames("frozen"))
     half = good[:8] + [good[8]] * 8
-    dd = [M.dynamic_degree(M.flows(x)) for x in (good, half, frozen)]
+    dd = [motion.dynamic_degree(x, M.flows(x))[0] for x in (good, half, frozen)]
     assert dd[0] == 1.0 and dd[2] == 0.0
     assert 0.4 < dd[1] < 0.6
+
+
+def test_rounding_to_the_source_pixel_grid_is_not_jitter():
+    """A sprite pasted at whole pixels, moving half a pixel a frame, steps 0, 1, 0, 1 px: a hold-and-jump by
+    the grid's own rounding. Changes within one source pixel do not count; a jump of a few pixels still does."""
+    rounding = np.array([[t % 2, 0.0] for t in range(16)]) / 128  # 0, 1, 0, 1 px at 128 px
+    assert M.velocity_jitter(rounding) > 0.7
+    assert M.velocity_jitter(rounding, resolution=1 / 128) == 0.0
+    assert M.motion_jitter(rounding, resolution=1 / 128) == 0.0
+    assert M.motion_jitter(4 * rounding, resolution=1 / 128) > 1.4  # hold and jump by 4 px: stutter
 
 
 def test_blur_effect_separates_crisp_from_blurred_and_ignores_noise():

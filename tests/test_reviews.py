@@ -34,6 +34,13 @@ async def test_a_verdict_per_reviewer_latest_wins_and_listed(srv):
     code, body, _ = await call(srv, "GET", f"{API}/reviews?job_id={job['job_id']}", token=srv.tok["alice"])
     assert code == 200 and sorted((r["reviewer"], r["verdict"]) for r in body["reviews"]) == [("alice", "good"),
                                                                                               ("root", "bad")]
+    code, body, _ = await call(srv, "GET", f"{API}/generation/{job['job_id']}/status", token=srv.tok["alice"])
+    assert code == 200 and [(r["reviewer"], r["verdict"]) for r in body["reviews"]] == [("root", "bad"),
+                                                                                       ("alice", "good")]
+    unreviewed = await submit(srv, prompt="test:echo nobody looked")
+    await wait_done(srv, unreviewed["job_id"])
+    code, body, _ = await call(srv, "GET", f"{API}/generation/{unreviewed['job_id']}/status")
+    assert code == 200 and body["reviews"] == []
 
 
 async def test_bad_reviews_are_clear_4xx(srv):

@@ -317,10 +317,10 @@ def test_a_warm_kernel_transforms_each_cell_once(tmp_path, warm_kernel):
 
 
 def _run_and_save(kernel, path: Path, out: Path, parameters: dict, **kwargs):
-    """`animenb.runner.execute.execute_notebook` on the warm kernel, as a local slot runs a job's notebook."""
+    """`animenb.runner.job_notebook.execute_notebook` on the warm kernel, as a local slot runs a job's notebook."""
     import threading
 
-    from animenb.runner.execute import execute_notebook
+    from animenb.runner.job_notebook import execute_notebook
 
     kernel.ensure_clean()
     kernel.clean = False

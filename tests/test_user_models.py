@@ -33,6 +33,7 @@ def model_dirs(tmp_path_factory):
     tiny.build_lora(root / "loras" / "alice.safetensors")
     tiny.build_lora(root / "loras" / "chars" / "bob.safetensors", seed=99, text_encoder=False)
     tiny.build_embedding(root / "embeddings" / "EasyNegative.safetensors")
+    tiny.build_motion_lora(root / "loras" / "motion" / "zoom.safetensors")
     env = {"ANIMENB_CHECKPOINTS": root / "checkpoints", "ANIMENB_VAES": root / "vae",
            "ANIMENB_LORAS": root / "loras", "ANIMENB_EMBEDDINGS": root / "embeddings"}
     saved = {k: os.environ.get(k) for k in env}
@@ -154,9 +155,28 @@ def test_every_a1111_sampler_runs_and_differs(backend):
     assert png_digest(backend.text_to_image(ImageRequest(**REQUEST, scheduler="dpmpp_2m"))) == digests["DPM++ 2M"]
 
 
+def test_dpmpp_sde_karras_is_the_sde_scheduler_seeded_by_the_request(backend):
+    """A1111's DPM++ SDE Karras is diffusers' DPMSolverSDEScheduler on Karras sigmas. Its Brownian-tree noise is
+    seeded from the request (not torch's global RNG), and progress counts the request's steps, not its two model
+    calls per step."""
+    import torch
+
+    request = ImageRequest(**REQUEST, scheduler="DPM++ SDE Karras")
+    steps: list = []
+    torch.manual_seed(1)
+    first = png_digest(backend.text_to_image(request, on_step=lambda **kw: steps.append(kw)))
+    scheduler = backend._pipeline("sd").scheduler
+    assert (type(scheduler).__name__, scheduler.config.use_karras_sigmas) == ("DPMSolverSDEScheduler", True)
+    assert len(steps) == REQUEST["steps"] and "preview" in steps[-1]
+    torch.manual_seed(2)
+    assert png_digest(backend.text_to_image(request)) == first
+    assert png_digest(backend.text_to_image(ImageRequest(**{**REQUEST, "seed": 2}, scheduler="DPM++ SDE Karras"))) \
+        != first
+
+
 def test_listing_names_sizes_hashes_without_paths(model_dirs):
     listing = model_files.listing()
-    assert [e["name"] for e in listing["loras"]] == ["alice", "chars/bob"]
+    assert [e["name"] for e in listing["loras"]] == ["alice", "chars/bob", "motion/zoom"]
     assert [e["name"] for e in listing["checkpoints"]] == ["toon"]
     entry = listing["checkpoints"][0]
     path = model_dirs / "checkpoints" / "toon.safetensors"
@@ -299,3 +319,73 @@ def test_a_pose_controlled_job_with_loras_leaves_nothing_behind(backend):
     assert png_digest(backend.text_to_image(ImageRequest(**controlled))) == control
     backend.text_to_image(ImageRequest(**controlled, loras=[{"name": "alice", "weight": 1.0}]))
     assert len(backend.text_to_video(VideoRequest("a girl", width=64, height=64, steps=2, frames=4))) == 4
+
+
+ZOOM = {"motion_lora": "motion/zoom"}
+
+
+def test_a_motion_lora_moves_the_animation_and_leaves_nothing_behind(backend):
+    """A motion LoRA acts on AnimateDiff's motion modules only; with its weight, beside an image LoRA, and never
+    in the next job of either kind (same bytes as a fresh process)."""
+    from animenb.backends import VideoRequest
+    from animenb.models import clear_cache
+
+    fresh_image, fresh_video = fresh_process_digests()
+    clear_cache()
+    zoom = frames_digest(backend.text_to_video(VideoRequest(**VIDEO, **ZOOM)))
+    assert backend.last_models["loras"] == [{"name": "motion/zoom", "hash": backend.last_models["loras"][0]["hash"],
+                                             "weight": 1.0}]
+    assert zoom != fresh_video
+    assert frames_digest(backend.text_to_video(VideoRequest(**VIDEO))) == fresh_video
+    assert png_digest(backend.text_to_image(ImageRequest(**REQUEST))) == fresh_image
+    half = frames_digest(backend.text_to_video(VideoRequest(**VIDEO, **ZOOM, motion_lora_weight=0.5)))
+    with_alice = frames_digest(backend.text_to_video(VideoRequest(**VIDEO, **ZOOM, loras=ALICE)))
+    assert len({zoom, half, with_alice, fresh_video}) == 4
+    assert [e["name"] for e in backend.last_models["loras"]] == ["alice", "motion/zoom"]
+    assert frames_digest(backend.text_to_video(VideoRequest(**VIDEO, **ZOOM))) == zoom  # kept loaded, same bytes
+    assert png_digest(backend.text_to_image(ImageRequest(**REQUEST))) == fresh_image
+    assert frames_digest(backend.text_to_video(VideoRequest(**VIDEO))) == fresh_video
+
+
+def test_a_motion_lora_by_hub_id_from_the_hub_cache(backend, model_dirs, tmp_path, monkeypatch):
+    """`owner/repo` that is not in the LoRA folder is a hub repo holding diffusers' motion-LoRA file (as
+    guoyww/animatediff-motion-lora-zoom-out does), read from the hub cache offline: the same bytes as the file."""
+    from huggingface_hub import constants
+
+    from animenb.backends import VideoRequest
+    from animenb.backends.diffusers_models import MOTION_LORA_WEIGHT_NAME
+    from hubkit import write_hub_cache
+
+    data = (model_dirs / "loras" / "motion" / "zoom.safetensors").read_bytes()
+    write_hub_cache(tmp_path / "hub", "someone/motion-lora-zoom", {MOTION_LORA_WEIGHT_NAME: data})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    by_name = frames_digest(backend.text_to_video(VideoRequest(**VIDEO, **ZOOM)))
+    by_hub_id = frames_digest(backend.text_to_video(VideoRequest(**VIDEO, motion_lora="someone/motion-lora-zoom")))
+    assert by_hub_id == by_name
+    assert backend.last_models["loras"][0]["name"] == "motion-lora-zoom"
+    with pytest.raises(ValueError, match="nobody/nothing.*Nor is it a hub repo"):
+        backend.text_to_video(VideoRequest(**VIDEO, motion_lora="nobody/nothing"))
+    with pytest.raises(ValueError, match="`motion_lora_weight` must be a number in \\[0, 4\\]"):
+        VideoRequest(**VIDEO, **ZOOM, motion_lora_weight=-1)
+
+
+def test_the_loop_records_its_motion_lora_and_sampler_in_the_manifest_and_pngs(model_dirs, tmp_path):
+    from PIL import Image
+    from sd_parsers import ParserManager
+
+    from animenb.phases import animation_loop
+
+    result = animation_loop("a girl", seed=3, steps=2, width=64, height=64, frames=4, loop_overlap=2,
+                            scheduler="DPM++ SDE Karras", motion_lora="motion/zoom", motion_lora_weight=0.75,
+                            models="tiny",
+                            output_dir=tmp_path / "run", display=None)
+    parameters = result.manifest["parameters"]
+    assert (parameters["motion_lora"], parameters["motion_lora_weight"]) == ("motion/zoom", 0.75)
+    frame = result.output_dir / result.manifest["outputs"]["frames"][0]
+    with Image.open(frame) as image:
+        text = image.text["parameters"]
+    assert "<lora:motion/zoom:0.75>" in text.splitlines()[0] and 'Lora hashes: "motion/zoom: ' in text
+    sampler = ParserManager().parse(str(frame)).samplers[0]
+    assert "<lora:motion/zoom:0.75>" in sampler.prompts[0].value
+    assert (sampler.name, sampler.parameters["scheduler"]) == ("DPM++ SDE", "Karras")

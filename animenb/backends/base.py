@@ -12,7 +12,7 @@ from typing import Callable
 
 from PIL import Image
 
-from ..profiles import check_clip_skip, parse_loras
+from ..profiles import MAX_LORA_WEIGHT, check_clip_skip, parse_loras
 from .samplers import SCHEDULER_NAMES as SCHEDULERS  # noqa: F401  (the names the spec and widgets offer)
 from .samplers import sampler
 
@@ -27,6 +27,10 @@ SEED_LIMIT = 2**63
 MAX_MODEL_FRAMES = 64  # AnimateDiff / SVD frames in one generation (a loop's overlap included)
 MAX_CONTROL_SCALE = 2.0  # ControlNet conditioning scale (A1111's "Control Weight" slider goes to 2)
 MAX_MOTION_SCALE = 2.0  # AnimateDiff motion scale (AnimateDiff-Evolved's scale_multival)
+# ComfyUI's core nodes cannot apply an AnimateDiff motion LoRA (AnimateDiff itself is a custom node pack there, and
+# animenb's graph does not wire that pack's motion-LoRA loader): motion LoRAs are a diffusers-backend option.
+MOTION_LORA_UNSUPPORTED = ("`motion_lora` is not available on the comfyui backend: ComfyUI's core nodes cannot apply "
+                           "an AnimateDiff motion LoRA. Use the diffusers backend, or leave `motion_lora` null.")
 
 
 class BackendError(RuntimeError):
@@ -120,6 +124,8 @@ class VideoRequest:
     ip_adapter_image: Image.Image | None = None
     ip_adapter_scale: float = 0.6
     motion_scale: float = 1.0  # the motion modules' contribution: 1 as trained, below calmer, above livelier
+    motion_lora: str | None = None  # an AnimateDiff motion LoRA: a LoRA-folder name, a path or a hub id
+    motion_lora_weight: float = 1.0
     checkpoint: str | None = None   # a single file in the checkpoints folder instead of the profile's model
     loras: tuple = ()               # ((name or path, weight), ...) after the profile's own
     clip_skip: int | None = None    # A1111's: 1 = the last CLIP layer; null: the profile's
@@ -134,6 +140,14 @@ class VideoRequest:
                 or not 0.0 <= self.motion_scale <= MAX_MOTION_SCALE:
             raise ValueError(f"`motion_scale` must be a number in [0, {MAX_MOTION_SCALE:g}], "
                              f"got {self.motion_scale!r}.")
+        _check_motion_lora(self.motion_lora, self.motion_lora_weight)
+
+
+def _check_motion_lora(name, weight) -> None:
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ValueError(f"`motion_lora` must be a motion LoRA name, path or hub id, or null, got {name!r}.")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= MAX_LORA_WEIGHT:
+        raise ValueError(f"`motion_lora_weight` must be a number in [0, {MAX_LORA_WEIGHT:g}], got {weight!r}.")
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,12 @@ import queue
 import threading
 import time
 import uuid
+from typing import Any
 
 from PIL import Image
 
 from . import comfyui_graphs as graphs
-from .base import (Backend, BackendError, ImageRequest, ImageToVideoRequest, StepCallback,
+from .base import (MOTION_LORA_UNSUPPORTED, Backend, BackendError, ImageRequest, ImageToVideoRequest, StepCallback,
                    VideoRequest)
 from .comfyui_client import (DEFAULT_URL, Closed, ComfyUIClient, comfyui_health, devices, drain,
                              preview_data_url, unreachable)
@@ -90,6 +91,8 @@ class ComfyUIBackend(Backend):
     def text_to_video(self, request: VideoRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
         if not isinstance(request, VideoRequest):
             raise ValueError(f"`request` must be a VideoRequest, got {type(request).__name__}.")
+        if request.motion_lora is not None:
+            raise ValueError(MOTION_LORA_UNSUPPORTED)
         self._require(graphs.ANIMATEDIFF_PACK)
         motion_model = self.motion_model or self._first_choice("ADE_LoadAnimateDiffModel", "model_name",
                                                                  "motion model (models/animatediff_models)")
@@ -114,7 +117,7 @@ class ComfyUIBackend(Backend):
         return self._frames(self.run_graph(graph, on_step), request.frames)
 
     def describe(self) -> dict:
-        info = {"backend": "comfyui", "url": self.url, "checkpoint": self.checkpoint,
+        info: dict[str, Any] = {"backend": "comfyui", "url": self.url, "checkpoint": self.checkpoint,
                 "svd_checkpoint": self.svd_checkpoint, "controlnet_model": self.controlnet_model,
                 "comfyui_version": None, "devices": []}
         try:

@@ -50,7 +50,7 @@ class EventSocket:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="animenb-comfyui-ws", daemon=True)
         self._thread.start()
-        self._conn = None
+        self._conn: Any = None  # tornado's WebSocketClientConnection, once connected
 
     def connect(self, timeout: float) -> None:
         future = asyncio.run_coroutine_threadsafe(self._connect(timeout), self._loop)
@@ -131,8 +131,8 @@ def get_json(url: str, path: str, timeout: float) -> Any:
 
 def comfyui_health(url: str | None, timeout: float = 2.0) -> dict:
     """`components.comfyui` for the server's /health: status, queue sizes, version and devices."""
-    health = {"status": "not configured", "url": url or None, "queue_running": None, "queue_pending": None,
-              "version": None, "devices": []}
+    health: dict[str, Any] = {"status": "not configured", "url": url or None, "queue_running": None,
+                              "queue_pending": None, "version": None, "devices": []}
     if not url:
         return health
     url = url.rstrip("/")

@@ -14,7 +14,8 @@ from PIL import Image
 from ..profiles import ModelProfile, load_profile
 from .base import (Backend, ImageRequest, ImageToVideoRequest, OutOfMemoryError, StepCallback,
                    VideoRequest)
-from .diffusers_models import prompt_embeds, strip_comfyui_embedding_syntax, use_embeddings, use_loras
+from .diffusers_models import (find_motion_lora, prompt_embeds, strip_comfyui_embedding_syntax, use_embeddings,
+                               use_loras)
 from .samplers import sampler
 
 # IP-Adapter weights stay loaded; a request without a reference uses this image at scale 0,
@@ -30,7 +31,7 @@ def make_scheduler(name: str, config):
     return getattr(diffusers, chosen.diffusers).from_config(config, **chosen.options)
 
 
-def use_scheduler(pipe, name: str) -> None:
+def use_scheduler(pipe, name: str, seed: int) -> None:
     """Swap the pipeline's scheduler only when the name changes (from_config costs ~15 ms a call)."""
     name = sampler(name).name
     if getattr(pipe, "_animenb_scheduler", None) != name:
@@ -40,6 +41,10 @@ def use_scheduler(pipe, name: str) -> None:
             pipe._animenb_scheduler_config = pipe.scheduler.config
         pipe.scheduler = make_scheduler(name, pipe._animenb_scheduler_config)
         pipe._animenb_scheduler = name
+    if hasattr(pipe.scheduler, "noise_sampler_seed"):
+        # DPM++ SDE's Brownian-tree noise does not come from the call's generator; unseeded it would draw its
+        # seed from torch's global RNG, and the same request would give other pixels.
+        pipe.scheduler.noise_sampler_seed = seed
 
 
 PREVIEW_EVERY = 5  # steps between latent previews (and always the last step)
@@ -80,7 +85,10 @@ def _step_callback(on_step: StepCallback | None, layout: str, total: int):
         return None
 
     def callback(pipe, i, t, callback_kwargs):
-        done = i + 1
+        # Second-order samplers (DPM++ SDE) call back twice per step: report the request's steps.
+        done = (i + 1) * total // max(len(pipe.scheduler.timesteps), 1)
+        if done == i * total // max(len(pipe.scheduler.timesteps), 1):
+            return callback_kwargs
         if done % PREVIEW_EVERY == 0 or done == total:
             on_step(preview=latent_preview(callback_kwargs["latents"], layout))
         else:
@@ -136,10 +144,10 @@ class DiffusersBackend(Backend):
         pipe.set_ip_adapter_scale(request.ip_adapter_scale if reference is not None else 0.0)
         return {"ip_adapter_image": reference if reference is not None else _NEUTRAL_REFERENCE}
 
-    def _use_models(self, pipe, request) -> dict:
-        """The request's LoRAs (after the profile's), embeddings and clip skip on `pipe`; the pipeline call's
-        extra arguments. What was used is kept in `self.last_models` for PNG info."""
-        loras = use_loras(pipe, self.profile.loras + tuple(request.loras))
+    def _use_models(self, pipe, request, motion_loras: tuple = ()) -> dict:
+        """The request's LoRAs (after the profile's, then `motion_loras`), embeddings and clip skip on `pipe`;
+        the pipeline call's extra arguments. What was used is kept in `self.last_models` for PNG info."""
+        loras = use_loras(pipe, self.profile.loras + tuple(request.loras) + motion_loras)
         embeddings = use_embeddings(pipe, request.prompt, request.negative_prompt)
         clip_skip = request.clip_skip if request.clip_skip is not None else self.profile.clip_skip
         self.last_models = {"loras": loras, "embeddings": embeddings, "clip_skip": clip_skip,
@@ -175,7 +183,7 @@ class DiffusersBackend(Backend):
     def _image_call(self, pipe, request: ImageRequest, on_step: StepCallback | None) -> dict:
         """Set `pipe` up for `request` (sampler, VAE modes, LoRAs, embeddings, clip skip, IP-Adapter) and return
         the call arguments SD and SD + ControlNet share."""
-        use_scheduler(pipe, request.scheduler)
+        use_scheduler(pipe, request.scheduler, request.seed)
         self._set_vae_modes(pipe, request.width, request.height)
         extra = self._use_models(pipe, request)
         extra.update(self._ip_adapter_inputs(pipe, request))
@@ -205,11 +213,14 @@ class DiffusersBackend(Backend):
         from ..models import set_motion_scale
 
         pipe = self._pipeline("animatediff", request.checkpoint)
-        use_scheduler(pipe, request.scheduler)
+        use_scheduler(pipe, request.scheduler, request.seed)
         set_motion_scale(pipe, request.motion_scale)
         self._set_vae_modes(pipe, request.width, request.height)
         chunk = self.profile.fast_paths.chunk_size("animatediff", self.placement.device)
-        extra = self._use_models(pipe, request)
+        # A motion LoRA is a LoRA on the motion modules (UNet layers only): loaded, kept and switched off for the
+        # next job like the others, and recorded as A1111's AnimateDiff extension records it, as a <lora:> tag.
+        motion = ((find_motion_lora(request.motion_lora), request.motion_lora_weight),) if request.motion_lora else ()
+        extra = self._use_models(pipe, request, motion)
         extra.update(self._ip_adapter_inputs(pipe, request))
         return self._run(lambda: list(pipe(
             **extra, num_frames=request.frames, width=request.width, height=request.height,

@@ -8,6 +8,7 @@ active, and a job without LoRAs runs with every adapter disabled, which is the b
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from .. import model_files
 
@@ -21,9 +22,10 @@ def adapter_name(entry: model_files.ModelFile) -> str:
 
 
 def use_loras(pipe, loras) -> list[dict]:
-    """Activate exactly `loras` ((name or path, weight), ...) on `pipe`; returns what A1111 records for each
-    ({"name", "hash", "weight"}). ValueError for a LoRA that is not in the folder or does not fit the model."""
-    entries = [(model_files.find("loras", name), weight) for name, weight in loras]
+    """Activate exactly `loras` ((name, path or ModelFile, weight), ...) on `pipe`; returns what A1111 records
+    for each ({"name", "hash", "weight"}). ValueError for a LoRA that is not in the folder or does not fit."""
+    entries = [(name if isinstance(name, model_files.ModelFile) else model_files.find("loras", name), weight)
+               for name, weight in loras]
     # Kept per model, not per pipeline: SD and SD + ControlNet share the UNet, and all of them (AnimateDiff too)
     # share the text encoder, so what one pipeline loaded is there, maybe active, for the others.
     loaded = {component: getattr(getattr(pipe, component), "_animenb_loras", []) for component in LORA_COMPONENTS}
@@ -46,6 +48,28 @@ def use_loras(pipe, loras) -> list[dict]:
     elif any(loaded.values()):
         pipe.disable_lora()
     return [{"name": e.name, "hash": model_files.short_hash(e), "weight": w} for e, w in entries]
+
+
+MOTION_LORA_WEIGHT_NAME = "diffusion_pytorch_model.safetensors"  # as in guoyww/animatediff-motion-lora-*
+
+
+def find_motion_lora(name: str) -> model_files.ModelFile:
+    """An AnimateDiff motion LoRA: a name in the LoRA folder, a path, or a hub id (`owner/repo`, its
+    diffusers-format file fetched, or taken from the hub cache when HF_HUB_OFFLINE is set)."""
+    try:
+        return model_files.find("loras", name)
+    except ValueError as not_local:
+        if name.count("/") != 1 or name.startswith(("/", ".", "~")):
+            raise
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        try:
+            path = Path(hf_hub_download(name, MOTION_LORA_WEIGHT_NAME))
+        except (HfHubHTTPError, LocalEntryNotFoundError, ValueError, OSError) as exc:
+            raise ValueError(f"`motion_lora` {name!r}: {not_local} Nor is it a hub repo with "
+                             f"{MOTION_LORA_WEIGHT_NAME} ({str(exc).splitlines()[0][:160]}).") from exc
+        return model_files.ModelFile("loras", name.split("/")[1], path)
 
 
 def unload_loras(pipe) -> None:

@@ -16,6 +16,7 @@ class Sampler:
     diffusers: str                 # diffusers scheduler class
     options: dict = field(default_factory=dict)  # its from_config overrides
     comfyui: tuple[str, str] = ("euler", "normal")  # KSampler (sampler_name, scheduler)
+    model_calls: int = 1           # UNet evaluations per step (what a step costs: animenb.phases.cost)
 
 
 _SAMPLERS = (
@@ -26,11 +27,9 @@ _SAMPLERS = (
             {"algorithm_type": "dpmsolver++", "solver_order": 2}, ("dpmpp_2m", "normal")),
     Sampler("DPM++ 2M Karras", ("DPM++ 2M", "Karras"), "DPMSolverMultistepScheduler",
             {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}, ("dpmpp_2m", "karras")),
-    # diffusers' DPMSolverSDEScheduler needs torchsde (and scipy); its multistep solver in SDE mode on Karras
-    # sigmas is the stochastic DPM++ it ships without them (same family, not A1111's exact steps).
-    Sampler("DPM++ SDE Karras", ("DPM++ SDE", "Karras"), "DPMSolverMultistepScheduler",
-            {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-            ("dpmpp_sde", "karras")),
+    # k-diffusion's DPM++ SDE, as A1111 and ComfyUI run it: two model calls per step, Brownian-tree noise (torchsde).
+    Sampler("DPM++ SDE Karras", ("DPM++ SDE", "Karras"), "DPMSolverSDEScheduler", {"use_karras_sigmas": True},
+            ("dpmpp_sde", "karras"), model_calls=2),
     Sampler("DDIM", ("DDIM", "DDIM"), "DDIMScheduler", comfyui=("ddim", "ddim_uniform")),
     Sampler("UniPC", ("UniPC", "Uniform"), "UniPCMultistepScheduler", comfyui=("uni_pc", "normal")),
     Sampler("LCM", ("LCM", "Uniform"), "LCMScheduler", comfyui=("lcm", "normal")),
@@ -48,3 +47,9 @@ def sampler(name: str) -> Sampler:
     if found is None:
         raise ValueError(f"`scheduler` must be one of {', '.join(SCHEDULER_NAMES)}, got {name!r}.")
     return found
+
+
+def model_calls(name: str | None) -> int:
+    """UNet evaluations per step of the sampler `name` (1 for none, or for a name the spec will refuse)."""
+    found = SAMPLERS.get(ALIASES.get(name, name)) if isinstance(name, str) else None
+    return found.model_calls if found else 1

@@ -134,7 +134,9 @@ class _Bar:
     """A tqdm bar over the phase's denoising steps, fed by the notebook's progress display data."""
 
     def __init__(self, label: str, enabled: bool):
-        self.label, self.enabled, self.bar, self.last = label, enabled, None, None
+        self.label, self.enabled = label, enabled
+        self.bar: Any = None  # tqdm's bar, made on the first event
+        self.last: dict | None = None
 
     def __call__(self, event: dict) -> None:
         self.last = event
@@ -179,10 +181,8 @@ def run(args: argparse.Namespace) -> int:
     given_dir = params.get("output_dir") or None
     if args.output_dir and given_dir and Path(given_dir).resolve() != Path(args.output_dir).resolve():
         raise ValueError(f"`--output-dir` {args.output_dir} and `-p output_dir` {given_dir} disagree; give one.")
-    if args.output_dir or given_dir:
-        out = Path(args.output_dir or given_dir).expanduser().resolve()
-    else:
-        out = stamped_output_dir(phase.name)
+    chosen_dir = args.output_dir or given_dir
+    out = Path(chosen_dir).expanduser().resolve() if chosen_dir else stamped_output_dir(phase.name)
     out.mkdir(parents=True, exist_ok=True)
     params["output_dir"] = str(out)
     executed = out / NOTEBOOK_NAME
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
 
     from papermill.exceptions import PapermillExecutionError
 
-    from ..runner.execute import execute_notebook
+    from ..runner.job_notebook import execute_notebook
 
     # papermill warns about every commented default it cannot parse for its own inspection
     logging.getLogger("papermill").setLevel(logging.ERROR)

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-quality", action="store_true",
                         help="do not score phase jobs (no quality score, no gate; orchestration is refused)")
     parser.add_argument("--notebooks", default=None,
-                        help="directory of phase notebooks (01_character_sheet.ipynb ...; default the checkout's notebooks/)")
+                        help="directory of phase notebooks (01_character_sheet.ipynb ...; "
+                             "default the checkout's notebooks/)")
     parser.add_argument("--max-queue", type=int, default=512,
                         help="queued jobs in all before POST /generate answers 429 (default 512)")
     parser.add_argument("--max-queued-per-user", type=int, default=64,

@@ -1,14 +1,20 @@
-"""`animenb sweep`: an X/Y/Z grid of runs of one phase, here (in this process, models loaded once) or on a
-server (`--url`: POST /api/anime/sweeps, then its progress until it ends).
+"""`animenb sweep`: an X/Y/Z grid of runs of one phase, here or on a server (`--url`: POST /api/anime/sweeps, then
+its progress until it ends).
 
-Exit status: 0 when at least one cell succeeded, 1 when none did (or the sweep was cancelled), 2 for a
-usage error (animenb.cli), e.g. an axis the phase's spec refuses.
+Here, each cell executes the phase notebook with papermill into `<sweep>/cells/<k>/notebook.ipynb`, all cells
+and then the report on one warm kernel (`animenb.sweeps.notebooks`), so models load once. Ctrl-C stops the
+running cell and ends the sweep, its finished cells kept and recorded.
+
+Exit status: 0 when at least one cell succeeded, 1 when none did (or the sweep was cancelled on the server),
+2 for a usage error (animenb.cli), e.g. an axis the phase's spec refuses, 130 after a Ctrl-C here.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -69,20 +75,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _local(args, parameters: dict, axes: dict) -> int:
-    from animenb import config
-    from animenb.sweeps.local import run_sweep
-    from animenb.sweeps.report import REPORT_NAME, run_report
+    from pathlib import Path
 
-    df = run_sweep(args.phase, parameters, axes, mode=args.mode, out_dir=args.output_dir, models=args.models,
-                   progress=not args.quiet)
-    sweep_dir = df.attrs["sweep_dir"]
-    columns = [c for c in (*axes, "status", "quality_score", "verdict", "duration_seconds") if c in df]
-    print(df[columns].to_string(index=False))
-    print(f"grid:   {sweep_dir}/grid.png")
-    if not args.no_report:
-        run_report(sweep_dir, config.notebooks_dir())
-        print(f"report: {sweep_dir}/{REPORT_NAME}")
-    print(f"record: {sweep_dir}/sweep.json")
+    from animenb.sweeps.local import default_sweep_dir, run_sweep
+    from animenb.sweeps.notebooks import CellFailed, SweepKernel
+    from animenb.sweeps.report import RECORD_NAME, read_record
+
+    logging.getLogger("papermill").setLevel(logging.ERROR)  # as `animenb run`: no warning per commented default
+    sweep_dir = Path(args.output_dir).expanduser().resolve() if args.output_dir else default_sweep_dir()
+    with SweepKernel() as kernel:
+        try:
+            df = run_sweep(args.phase, parameters, axes, mode=args.mode, out_dir=sweep_dir, models=args.models,
+                           progress=not args.quiet, kernel=kernel)
+        except KeyboardInterrupt:
+            reason = (read_record(sweep_dir) or {}).get("reason") or "cancelled"
+            print(f"animenb sweep: {reason} (Ctrl-C); the finished cells are in {sweep_dir}/cells/, "
+                  f"the record is {sweep_dir}/{RECORD_NAME}", file=sys.stderr)
+            return 130
+        columns = [c for c in (*axes, "status", "quality_score", "verdict", "duration_seconds") if c in df]
+        print(df[columns].to_string(index=False))
+        print(f"grid:   {sweep_dir}/grid.png")
+        if not args.no_report:
+            try:
+                print(f"report: {kernel.run_report(sweep_dir)}")
+            except CellFailed as exc:  # the cells' results stand without it
+                print(f"animenb sweep: the report notebook {exc}", file=sys.stderr)
+    print(f"record: {sweep_dir}/{RECORD_NAME}")
     return 0 if (df["status"] == "succeeded").any() else 1
 
 

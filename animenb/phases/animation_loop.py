@@ -38,6 +38,8 @@ def animation_loop(
     reference_image: str | Path | Image.Image | None = None,
     ip_adapter_scale: float = _DEFAULTS["ip_adapter_scale"],
     motion_scale: float = _DEFAULTS["motion_scale"],
+    motion_lora: str | None = _DEFAULTS["motion_lora"],
+    motion_lora_weight: float = _DEFAULTS["motion_lora_weight"],
     checkpoint: str | None = _DEFAULTS["checkpoint"],
     loras: list = _DEFAULTS["loras"],
     clip_skip: int | None = _DEFAULTS["clip_skip"],
@@ -62,7 +64,8 @@ def animation_loop(
     check_inputs(SPEC, dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, width=width,
                             height=height, guidance_scale=guidance_scale, scheduler=scheduler, frames=frames,
                             fps=fps, loop_overlap=loop_overlap, reference_image=reference_image,
-                            ip_adapter_scale=ip_adapter_scale, motion_scale=motion_scale, checkpoint=checkpoint,
+                            ip_adapter_scale=ip_adapter_scale, motion_scale=motion_scale, motion_lora=motion_lora,
+                            motion_lora_weight=motion_lora_weight, checkpoint=checkpoint,
                             loras=list(loras or []), clip_skip=clip_skip, models=models, backend=backend,
                             output_dir=output_dir))
     seed = resolve_seed(seed)
@@ -73,13 +76,14 @@ def animation_loop(
                            negative_prompt=negative_prompt, width=width, height=height, steps=steps,
                            guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,
                            frames=frames + loop_overlap, ip_adapter_image=reference,
-                           ip_adapter_scale=ip_adapter_scale, motion_scale=motion_scale, checkpoint=checkpoint,
+                           ip_adapter_scale=ip_adapter_scale, motion_scale=motion_scale, motion_lora=motion_lora,
+                           motion_lora_weight=motion_lora_weight, checkpoint=checkpoint,
                            loras=tuple(loras or ()), clip_skip=clip_skip)
     out = prepare_output_dir(output_dir, PHASE.name)
     parameters = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
                   "width": width, "height": height, "guidance_scale": guidance_scale, "scheduler": scheduler,
                   "frames": frames, "fps": fps, "loop_overlap": loop_overlap, "ip_adapter_scale": ip_adapter_scale,
-                  "motion_scale": motion_scale,
+                  "motion_scale": motion_scale, "motion_lora": motion_lora, "motion_lora_weight": motion_lora_weight,
                   "checkpoint": checkpoint, "loras": list(loras or []), "clip_skip": clip_skip,
                   "reference_image": None if reference_image is None or isinstance(reference_image, Image.Image)
                   else str(reference_image)}

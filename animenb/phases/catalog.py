@@ -9,14 +9,15 @@ class Phase:
     id: int
     name: str
     description: str
-    engine: str
+    model_family: str   # the kind of model the phase generates with (IPAdapter, AnimateDiff, SVD)
     output: str
     notebook: str
     parameters_file: str
 
     def as_dict(self) -> dict:
+        """The phase as GET /phases shows it; the model family keeps its published name, "engine"."""
         return {"id": self.id, "name": self.name, "description": self.description,
-                "engine": self.engine, "output": self.output}
+                "engine": self.model_family, "output": self.output}
 
 
 PHASES: tuple[Phase, ...] = (

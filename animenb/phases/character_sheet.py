@@ -120,7 +120,7 @@ def character_sheet(
     requests = [ImageRequest(prompt=p, negative_prompt=negative_prompt, width=width, height=height, steps=steps,
                              guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,
                              ip_adapter_scale=ip_adapter_scale, control_image=skeleton, control_scale=pose_strength,
-                             checkpoint=checkpoint, loras=loras or (), clip_skip=clip_skip)
+                             checkpoint=checkpoint, loras=tuple(loras or ()), clip_skip=clip_skip)
                 for p, skeleton in zip(prompts, skeletons)]
     reference = load_image(reference_image, "reference_image") if reference_image is not None else None
     out = prepare_output_dir(output_dir, PHASE.name)
@@ -139,7 +139,7 @@ def character_sheet(
 
     # 1. one image per pose; the reference is fixed before the first pose that needs it
     poses: list[Image.Image] = []
-    for index, ((key, caption, _suffix), request) in enumerate(zip(POSES, requests)):
+    for index, ((_key, caption, _suffix), request) in enumerate(zip(POSES, requests)):
         progress.start_stage(f"pose {index + 1}/{len(POSES)}: {caption}")
         if reference is not None:
             request = replace(request, ip_adapter_image=reference)
@@ -158,6 +158,7 @@ def character_sheet(
     pngs.append((sheet, out / "sheet.png",
                  png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="sheet")))
     # The reference is usually pose 1 itself: a copy, since one image cannot be saved from two threads.
+    assert reference is not None  # pose 1 at the latest
     pngs.append((reference.copy(), out / "reference.png",
                  png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="reference")))
     controlled = skeletons[0] is not None

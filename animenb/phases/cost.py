@@ -1,10 +1,11 @@
 """What a job asks of the GPU box, in megapixel-steps: one step of denoising one megapixel image is 1.
 
-    cost = width x height / 1e6 x (max(steps, MIN_STEPS) x images + FRAME_STEPS x frames)
+    cost = width x height / 1e6 x (max(steps, MIN_STEPS) x calls x images + FRAME_STEPS x frames)
 
 - generation: `images` denoised together for `steps` steps, counted as at least MIN_STEPS steps: loading
   the latents, the text and image encoders and the VAE decode of a huge canvas cost that much however few
-  the steps, so `steps: 1` cannot hide a 2048 px canvas;
+  the steps, so `steps: 1` cannot hide a 2048 px canvas; `calls`: the sampler's model calls per step
+  (2 for DPM++ SDE Karras, else 1);
 - per-frame work: every frame the job decodes, re-times, encodes and scores, FRAME_STEPS steps' worth each.
 
 Per phase (values as `animenb.phases.spec` defines them; width and height, when the job leaves them None,
@@ -23,13 +24,15 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ..backends.samplers import model_calls
 from .character_sheet import POSES
 from .spec import phase_spec
 
 UNIT = "megapixel-steps (width x height x steps x images / 1e6)"
 MIN_STEPS = 4        # the least number of steps a generation is counted as (module docstring)
 FRAME_STEPS = 0.25   # what decoding, re-timing, encoding and scoring one frame costs, in steps
-FORMULA = (f"width x height / 1e6 x (max(steps, {MIN_STEPS}) x images + {FRAME_STEPS:g} x frames); images: "
+FORMULA = (f"width x height / 1e6 x (max(steps, {MIN_STEPS}) x calls x images + {FRAME_STEPS:g} x frames); calls: "
+           "the sampler's model calls per step (2 for DPM++ SDE Karras, else 1); images: "
            f"phase 1 {len(POSES)}, phase 2 frames + loop_overlap, phase 3 frames (+1 without `image`); frames: "
            "phase 1 and 2 as images, phase 3 frames + round(seconds x fps); width x height: the request's, else the "
            "profile's default size (phase 3's SVD frames: its SVD size); an orchestration: its three phases x "
@@ -71,7 +74,7 @@ def job_cost(phase: int, values: Mapping[str, Any], *, default_size: int,
     defaults. `svd_size`: the profile's native SVD (width, height), what phase 3 renders at when unsized."""
     merged = {**phase_spec(phase).defaults, **values}
     width, height = render_size(phase, merged, default_size=default_size, svd_size=svd_size)
-    steps = max(merged["steps"], MIN_STEPS)
+    steps = max(merged["steps"], MIN_STEPS) * model_calls(merged.get("scheduler"))
     source = 1 if phase == 3 and merged.get("image") is None else 0  # generated first, at SD's size
     source_pixels = (merged.get("width") or default_size) * (merged.get("height") or default_size)
     rendered = steps * (images_per_step(phase, merged) - source) + FRAME_STEPS * frames_handled(phase, merged)

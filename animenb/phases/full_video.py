@@ -101,7 +101,7 @@ def full_video(
                                 display=display, cancel=cancel)
 
     # 1. the source image (generated when not given), 2. SVD, 3. re-time to exactly `seconds`
-    if source is None:
+    if source_request is not None:  # no source image given
         progress.start_stage("source image")
         source = engine.text_to_image(source_request, on_step=progress.on_step)
     progress.start_stage(f"animating {frames} frames")

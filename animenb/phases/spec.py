@@ -19,6 +19,7 @@ from). Cross-field rules carry their expression as text next to the check.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import Any, Callable, Mapping
 # The generation bounds are the backends' own (what one generation may ask of a model): the spec
 # builds on them, so a phase never accepts what its backend would refuse.
 from ..backends.base import (MAX_CONTROL_SCALE, MAX_GUIDANCE, MAX_MODEL_FRAMES, MAX_MOTION_SCALE, MAX_SIZE, MAX_STEPS,
-                             MIN_SIZE, SCHEDULERS, SEED_LIMIT, SIZE_MULTIPLE)
+                             MIN_SIZE, MOTION_LORA_UNSUPPORTED, SCHEDULERS, SEED_LIMIT, SIZE_MULTIPLE)
 from ..profiles import MAX_CLIP_SKIP, MAX_LORA_WEIGHT, MAX_LORAS, parse_loras
 from .catalog import get_phase
 
@@ -150,7 +151,7 @@ def image_source(value: str | Path, name: str) -> Path:
             raise SpecError(name, f"`{name}`: {value} is not a run's output directory (no readable "
                                   f"{MANIFEST_NAME}).") from None
         phase = manifest.get("phase") if isinstance(manifest, dict) else None
-        key = RUN_IMAGE.get(phase.get("name") if isinstance(phase, dict) else None, "reference")
+        key = RUN_IMAGE.get(str(phase.get("name")) if isinstance(phase, dict) else "", "reference")
         outputs = manifest.get("outputs") if isinstance(manifest.get("outputs"), dict) else {}
         chosen = outputs.get(key)
         if isinstance(chosen, list):
@@ -172,7 +173,7 @@ class Rule:
     field: str
     expression: str
     message: str          # formatted with the values, e.g. "... got {frames}."
-    check: Callable[[Mapping[str, Any]], bool] = field(repr=False, compare=False)
+    check: Callable[[Mapping[str, Any]], bool] = dataclasses.field(repr=False, compare=False)  # `field` is taken
 
     def as_dict(self) -> dict:
         return {"field": self.field, "expression": self.expression, "message": self.message}
@@ -308,6 +309,11 @@ ANIMATION_LOOP = PhaseSpec(2, "ANIMATION_LOOP", _common(
     Param("motion_scale", "number", 1.0, minimum=0.0, maximum=MAX_MOTION_SCALE, api=False,
           description="how much the motion modules move the frames: 1 as trained (AnimateDiff's own setting), "
                       "below calmer, above livelier (AnimateDiff-Evolved's motion scale)"),
+    Param("motion_lora", "string", None, nullable=True, max_length=300,
+          description="an AnimateDiff motion LoRA (camera moves such as zoom or pan): a name in the LoRA folder, a "
+                      "path, or a hub id such as guoyww/animatediff-motion-lora-zoom-out; null: none"),
+    Param("motion_lora_weight", "number", 1.0, minimum=0.0, maximum=MAX_LORA_WEIGHT,
+          description="how strongly the motion LoRA acts (1 as trained)"),
 ) + MODEL_CHOICES, rules=(
     Rule("frames", "loop_overlap <= frames // 2",
          "`frames` must be at least 2 x loop_overlap ({loop_overlap}) for the loop's cross-fade, got {frames}.",
@@ -316,6 +322,8 @@ ANIMATION_LOOP = PhaseSpec(2, "ANIMATION_LOOP", _common(
          f"`frames` + loop_overlap ({{loop_overlap}}) must be at most {MAX_MODEL_FRAMES} (frames in one generation), "
          "got {frames}.",
          lambda v: v["frames"] + v["loop_overlap"] <= MAX_MODEL_FRAMES),
+    Rule("motion_lora", "motion_lora == null or backend != 'comfyui'", MOTION_LORA_UNSUPPORTED,
+         lambda v: v["motion_lora"] is None or v["backend"] != "comfyui"),
 ))
 
 FULL_VIDEO = PhaseSpec(3, "FULL_VIDEO", _common(

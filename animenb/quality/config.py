@@ -35,7 +35,7 @@ MAPPING_DEFAULTS: dict[str, float] = {
     "identity_distance": 40.0, "identity_low": 0.4, "identity_high": 0.9, "embedding_low": 0.5,
     "embedding_high": 0.95, "flicker_low": 0.80, "smoothness_scale": 0.05, "jitter_low": 0.6, "jitter_high": 1.4,
     "jitter_min_speed": 0.01, "jitter_cycle_gain": 4.0, "frame_quantile": 0.25, "seam_tolerance": 1.0,
-    "dynamic_threshold": 1.0,
+    "dynamic_threshold": 1.0, "dynamic_span": 4, "texture_floor": 16.0,
 }
 # (low, high) pairs that must be ordered low < high; for blur, noise and jitter "low" is the good end.
 ORDERED_MAPPINGS = (("structure_low", "structure_high"), ("embedding_low", "embedding_high"),
@@ -84,7 +84,7 @@ def validate_config(config: dict) -> dict:
         mappings[key] = _check_number(value, f"mappings.{key}")
     for key in ("blank_std_floor", "collapse_mad_floor", "distinct_scale", "smoothness_scale", "seam_tolerance",
                 "palette_bins", "structure_crop", "identity_bands", "identity_distance", "jitter_min_speed",
-                "jitter_cycle_gain"):
+                "jitter_cycle_gain", "dynamic_span"):
         _check_number(mappings[key], f"mappings.{key}", positive=True)
     for low, high in ORDERED_MAPPINGS:
         if mappings[low] >= mappings[high]:
@@ -92,7 +92,7 @@ def validate_config(config: dict) -> dict:
     for key in ("flicker_low", "frame_quantile"):
         if not 0 <= mappings[key] < 1:
             raise ValueError(f"`mappings.{key}` must be in [0, 1), got {mappings[key]}.")
-    for key in ("palette_bins", "structure_crop", "identity_bands"):
+    for key in ("palette_bins", "structure_crop", "identity_bands", "dynamic_span"):
         mappings[key] = int(mappings[key])
     cfg["mappings"] = mappings
 

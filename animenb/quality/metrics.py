@@ -327,15 +327,6 @@ def flow_magnitudes(flow_list: Sequence[np.ndarray], top: float = 0.05) -> np.nd
     return np.array(out)
 
 
-def dynamic_degree(flow_list: Sequence[np.ndarray], threshold: float = 1.0) -> float:
-    """Dynamic degree: the fraction of adjacent pairs whose top-5% flow magnitude exceeds `threshold`
-    pixels (per 256 px), after VBench (Huang et al. 2024), with Farnebäck flow in place of RAFT.
-    0 for a frozen video, 1 when every step moves."""
-    if len(flow_list) == 0:
-        return 0.0
-    return float((flow_magnitudes(flow_list) > threshold).mean())
-
-
 def subject_consistency(features: Sequence, sim: Callable[[object, object], float]) -> tuple[float, np.ndarray]:
     """VBench subject consistency with any feature similarity `sim`:
     ``mean_{t>=1} (sim(f_t, f_{t-1}) + sim(f_t, f_0)) / 2`` (Huang et al. 2024; VBench uses DINO
@@ -479,6 +470,21 @@ def typicality(colours: Sequence[tuple[np.ndarray, np.ndarray]], distance: float
     return out
 
 
+# RGB -> an orthonormal opponent basis: brightness (1,1,1)/√3, red-green (1,-1,0)/√2, yellow-blue
+# (1/2,1/2,-1)/√1.5. Euclidean distances are the RGB ones until the two colour axes are stretched.
+_OPPONENT = np.array([[1, 1, 1], [1, -1, 0], [0.5, 0.5, -1]]) / np.array([[3 ** 0.5], [2 ** 0.5], [1.5 ** 0.5]])
+
+
+def hue_weighted(colours: np.ndarray, chroma_weight: float = 2.0) -> np.ndarray:
+    """RGB colours (Nx3) in the opponent basis with the two colour axes times `chroma_weight`: a distance
+    of `d` RGB units in brightness stays `d`, a change of hue or saturation counts `chroma_weight` times.
+    In plain RGB a dark green (68, 92, 52) lies 28 units from a dark grey (71, 72, 72), as close as two
+    shades of one grey; here it lies 56 units away."""
+    out = np.asarray(colours, dtype=np.float64).reshape(-1, 3) @ _OPPONENT.T
+    out[:, 1:] *= chroma_weight
+    return out
+
+
 def outlier_identity(similarity: np.ndarray) -> float:
     """``min_i median_{j≠i} S_ij``: how well the *least* typical image agrees with the others. A single
     odd image, or a set split in two halves, drives it down, where a mean over pairs would average it away."""
@@ -520,17 +526,23 @@ def jitter_ratio(points: np.ndarray, cyclic: bool = False, min_speed: float = 0.
     return velocity_jitter(steps, cyclic, min_speed)
 
 
-def repeat_error(velocities: np.ndarray, period: int, cyclic: bool = False, min_speed: float = 0.01) -> float:
+def repeat_error(velocities: np.ndarray, period: int, cyclic: bool = False, min_speed: float = 0.01,
+                 resolution: float = 0.0) -> float:
     """How badly each step's velocity predicts the one `period` steps later:
-    ``mean_t |v_{t+P} - v_t| / max(mean_t |v_t|, min_speed)`` (with `cyclic` the steps wrap around)."""
+    ``mean_t max(0, |v_{t+P} - v_t| - resolution) / max(mean_t |v_t|, min_speed)`` (with `cyclic` the steps
+    wrap around). `resolution` is the change that placing the subject on the source's pixel grid makes by
+    itself (one source pixel, in the velocities' units): a sprite moving half a pixel per frame steps 0, 1,
+    0, 1 px, which is rounding, not jitter."""
     v = np.asarray(velocities, dtype=np.float64).reshape(len(velocities), -1)
     if len(v) <= period:
         return 0.0
     change = v - np.roll(v, period, axis=0) if cyclic else v[period:] - v[:-period]
-    return float(np.linalg.norm(change, axis=1).mean() / max(float(np.linalg.norm(v, axis=1).mean()), min_speed))
+    excess = np.maximum(0.0, np.linalg.norm(change, axis=1) - resolution)
+    return float(excess.mean() / max(float(np.linalg.norm(v, axis=1).mean()), min_speed))
 
 
-def velocity_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01) -> float:
+def velocity_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01,
+                    resolution: float = 0.0) -> float:
     """Jitter, raw: ``mean_t |v_{t+1} - v_t| / max(mean_t |v_t|, min_speed)`` (`repeat_error` at one step): the
     change of velocity from step to step against the motion's own speed. Smooth motion changes velocity a
     little each step (a circle in 16 steps: 2 sin(π/16) ≈ 0.39) whether it is fast or slow; random jumps or
@@ -539,15 +551,16 @@ def velocity_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: flo
     loop: the last step, the seam, is followed by the first)."""
     if len(velocities) < 2:
         return 0.0
-    return repeat_error(velocities, 1, cyclic, min_speed)
+    return repeat_error(velocities, 1, cyclic, min_speed, resolution)
 
 
-def cycle_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01) -> tuple[float, int]:
+def cycle_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01,
+                 resolution: float = 0.0) -> tuple[float, int]:
     """The best `repeat_error` over periods of 3 steps to half the clip (so the cycle is seen twice), and
     that period. A walk drawn in a few drawings swings its limbs back and bobs its body every other
     drawing, so its velocity changes as much as random jumps do from one step to the next; but it repeats
     one stride later, and random jumps never do (≥ 1 at every period)."""
-    errors = {p: repeat_error(velocities, p, cyclic, min_speed) for p in range(3, len(velocities) // 2 + 1)}
+    errors = {p: repeat_error(velocities, p, cyclic, min_speed, resolution) for p in range(3, len(velocities) // 2 + 1)}
     if not errors:
         return float("inf"), 0
     period = min(errors, key=errors.get)
@@ -555,44 +568,16 @@ def cycle_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float 
 
 
 def motion_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01,
-                  cycle_gain: float = 4.0) -> float:
+                  cycle_gain: float = 4.0, resolution: float = 0.0) -> float:
     """`velocity_jitter`, or the `cycle_jitter` when an animation cycle predicts the motion at least
     `cycle_gain` times better than repeating every 2 steps does. Motion that repeats every 2 steps is a
-    hold-and-jump stutter or a shake, not a drawn cycle: it is left to `velocity_jitter`."""
-    smooth = velocity_jitter(velocities, cyclic, min_speed)
-    cycle, _ = cycle_jitter(velocities, cyclic, min_speed)
-    if cycle * cycle_gain < repeat_error(velocities, 2, cyclic, min_speed):
+    hold-and-jump stutter or a shake, not a drawn cycle: it is left to `velocity_jitter`. Changes within
+    `resolution` (see `repeat_error`) do not count."""
+    smooth = velocity_jitter(velocities, cyclic, min_speed, resolution)
+    cycle, _ = cycle_jitter(velocities, cyclic, min_speed, resolution)
+    if cycle * cycle_gain < repeat_error(velocities, 2, cyclic, min_speed, resolution):
         return min(smooth, cycle)
     return smooth
-
-
-def camera_motion(flow: np.ndarray, step: int = 4, tolerance: float = 0.5) -> np.ndarray:
-    """The camera's motion in one flow field: a similarity transform (pan, zoom, roll; 2x3) fitted to the
-    flow sampled every `step` px with RANSAC (Fischler & Bolles 1981) at `tolerance` px, so the background
-    (most of the picture) decides and the subject's own motion is left out as outliers."""
-    h, w = flow.shape[:2]
-    ys, xs = np.mgrid[0:h:step, 0:w:step]
-    src = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
-    dst = src + flow[ys.ravel(), xs.ravel()].astype(np.float32)
-    a, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=tolerance)
-    return np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float64) if a is None else a
-
-
-def subject_velocities(flow_list: Sequence[np.ndarray], moving: float = 0.5) -> np.ndarray:
-    """Per step, the subject's velocity relative to the background, in fractions of the shorter side: the
-    flow minus the `camera_motion`, averaged over the pixels that move more than `moving` px relative to
-    it (0 when nothing does). A camera pan or zoom over a still subject, or a slow walk, is slow and
-    smooth here; a subject jumping about is not, whatever the camera does."""
-    out = []
-    for f in flow_list:
-        h, w = f.shape[:2]
-        a = camera_motion(f)
-        gx, gy = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-        camera = np.stack([a[0, 0] * gx + a[0, 1] * gy + a[0, 2] - gx, a[1, 0] * gx + a[1, 1] * gy + a[1, 2] - gy], 2)
-        residual = f - camera
-        m = np.linalg.norm(residual, axis=2) > moving
-        out.append(residual[m].mean(axis=0) / min(h, w) if m.any() else np.zeros(2))
-    return np.asarray(out, dtype=np.float64).reshape(len(out), 2)
 
 
 def pose_differences(crops: Sequence[np.ndarray]) -> np.ndarray:

@@ -28,7 +28,9 @@ import numpy as np
 from PIL import Image
 
 from . import metrics as M
+from . import motion
 from .config import check_threshold, load_quality_config, phase_name
+from .foreground import sheet_masks
 from .pose_following import pose_following
 
 Embed = Callable[[list[Image.Image]], np.ndarray]
@@ -212,7 +214,7 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
     same = M.prepare(poses, cfg["work_size"], size=(imgs[0].shape[1], imgs[0].shape[0]))
     tol, bins = mp["foreground_tolerance"], mp["palette_bins"]
 
-    masks = [M.foreground_mask(a, tol) for a in imgs]
+    masks = sheet_masks(imgs, tol)  # across the poses: on a busy scene, what moves from pose to pose
     palettes = [M.palette(a, tol, bins, m) for a, m in zip(imgs, masks)]
     palette_m = M.similarity_matrix(palettes, M.bhattacharyya)
     crops = [M.aligned_crop(a, mp["structure_crop"], tol) for a in imgs]
@@ -257,7 +259,9 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
         embed_m = _mapped(pose_cos, mp["embedding_low"], mp["embedding_high"])
         parts.append((w.get("embedding_consistency", 0), embed_m))
         identity_m, identity_source = embed_m, "embedding"
-    typical = M.typicality([M.dominant_colours(a[m]) for a, m in zip(imgs, masks)], mp["identity_distance"])
+    # hue counts twice: a character whose colours are another's in other hues is not "typical" of them
+    typical = M.typicality([(M.hue_weighted(c), w) for c, w in (M.dominant_colours(a[m]) for a, m in zip(imgs, masks))],
+                           mp["identity_distance"])
     details["typicality_per_pose"] = typical
     colour_identity = M.map_linear(min(M.outlier_identity(colour_identity_m), float(typical.min())),
                                    mp["identity_low"], mp["identity_high"])
@@ -310,19 +314,24 @@ def _temporal(frames: Sequence[M.ImageLike], cfg: dict, embed: Embed | None,
     # Regularity on the subject's motion relative to the background (camera pans and zooms removed),
     # against the motion's own speed, or against its own cycle (a walk repeats each stride); a loop's
     # wrap-around step counts as a step.
-    velocities = M.subject_velocities(flow_list + ([M.farneback(small[-1], small[0])] if cyclic else []))
+    velocities = motion.subject_velocities(small, flow_list + ([M.farneback(small[-1], small[0])] if cyclic else []),
+                                           tolerance=tol, texture_floor=mp["texture_floor"])
+    dynamic, span_magnitudes = motion.dynamic_degree(small, flow_list, mp["dynamic_threshold"], int(mp["dynamic_span"]))
+    # Velocities are in fractions of the shorter side: one pixel of the source is the grid's own rounding.
+    resolution = 1.0 / min(M.as_array(frames[0]).shape[:2])
     jitter = M.motion_jitter(velocities, cyclic=cyclic, min_speed=mp["jitter_min_speed"],
-                             cycle_gain=mp["jitter_cycle_gain"])
+                             cycle_gain=mp["jitter_cycle_gain"], resolution=resolution)
     metrics = {"temporal_flicker": M.temporal_flicker(imgs, mp["flicker_low"]),
                "motion_smoothness": float(np.clip(1 - warp_err.mean() / mp["smoothness_scale"], 0, 1)),
                "motion_regularity": M.map_linear(jitter, mp["jitter_high"], mp["jitter_low"]),
                "subject_consistency": M.map_linear(float(np.min(subject_curve)), mp["identity_low"],
                                                    mp["identity_high"]),
-               "dynamic_degree": M.dynamic_degree(flow_list, mp["dynamic_threshold"]),
+               "dynamic_degree": dynamic,
                "cleanliness": float(np.quantile(clean, mp["frame_quantile"])),
                "sharpness": float(np.mean(sharp)), "noise_free": float(np.mean(quiet)), "not_blank": float(min(blank))}
     details: dict[str, Any] = {"frame_count": len(imgs), "adjacent_abs_diff": diffs, "warping_error": warp_err,
-                               "flow_magnitude": M.flow_magnitudes(flow_list), "subject_consistency_curve": subject_curve,
+                               "flow_magnitude": M.flow_magnitudes(flow_list), "span_flow_magnitude": span_magnitudes,
+                               "subject_consistency_curve": subject_curve,
                                "subject_consistency_mean": subject_raw, "trajectory": path, "subject_velocity": velocities,
                                "jitter_ratio": jitter, "plain_background": all(M.plain_background(a, tol) for a in imgs),
                                "sharpness_per_frame": sharp, "noise_free_per_frame": quiet, **clean_details,
@@ -382,7 +391,8 @@ def score_full_video(frames: Sequence[M.ImageLike], source_image: M.ImageLike | 
                      config: str | Path | dict | None = None) -> QualityReport:
     """Score a video's frames (at least 3).
 
-    dynamic_degree       critical (and multiplier): the share of steps that move; a frozen video scores 0
+    dynamic_degree       critical (and multiplier): the share of steps that move, from frame to frame or over a
+                         run of `dynamic_span` steps (motion.dynamic_degree); a frozen video scores 0
     subject_consistency, motion_smoothness, motion_regularity, cleanliness: critical, as for loops (no wrap)
     source_consistency   critical: mean palette similarity of the frames to `source_image` × mapped
                          SSIM(first frame, source) × mapped foreground IoU(first frame, source) (all must hold:

@@ -36,8 +36,8 @@ def running_jobs(store: JobStoreBase) -> list[JobRecord]:
 
 
 class JobHost(Protocol):
-    """What a driver may use of the runner: its store, bus and settings, submitting, cancelling and
-    announcing the end of a job. Settings are read when used, so a change applies to the next job."""
+    """What a driver may use of the runner: its store, bus and settings, submitting child jobs, cancelling
+    and announcing the end of a job. Settings are read when used, so a change applies to the next job."""
     store: JobStoreBase
     bus: EventBus
     outputs_dir: Path
@@ -58,9 +58,10 @@ class JobHost(Protocol):
     @property
     def stopping(self) -> bool: ...
 
-    def submit(self, request: dict[str, Any], *, phase: int | None, owner: str = "anonymous",
-               visibility: str = "public", parent_id: str | None = None, kind: str = "phase",
-               extra: dict[str, Any] | None = None, priority: bool = False) -> JobRecord: ...
+    async def submit_child(self, request: dict[str, Any], *, phase: int | None, owner: str, visibility: str,
+                           parent_id: str, extra: dict[str, Any], priority: bool = False) -> JobRecord:
+        """Store a parent's queued child phase job off the event loop, retried until the store takes it;
+        `priority` lets it start before the jobs already queued (an orchestration's next attempt)."""
 
     async def cancel(self, job_id: str) -> JobRecord: ...
 
@@ -74,7 +75,8 @@ class JobHost(Protocol):
         """Publish `job`'s terminal event (`JobFinishedEvent.build`)."""
 
     def requeued(self, job: JobRecord) -> None:
-        """`job` went back to the queue (its process died before it wrote anything): announce it, wake a worker."""
+        """`job` went back to the queue (its process died before it wrote anything): announce it, wake the
+        dispatcher."""
 
 
 class JobDriver(abc.ABC):

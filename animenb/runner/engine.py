@@ -49,8 +49,9 @@ from animenb.progress import PROGRESS_MIME
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ENGINE_NAME", "WarmKernelEngine", "AnimenbNotebookClient", "JobCancelled", "PROGRESS_MIME",
-           "BOUNDARY_MIME"]
+# WarmKernelEngine and AnimenbNotebookClient are built on first use by the module `__getattr__` (docstring).
+__all__ = ["ENGINE_NAME", "WarmKernelEngine", "AnimenbNotebookClient",  # noqa: F822
+           "JobCancelled", "PROGRESS_MIME", "BOUNDARY_MIME"]
 
 ENGINE_NAME = "animenb"
 EXTRA_CELL_TAG = "animenb-job-step"
@@ -91,13 +92,13 @@ def joined_runs(cells) -> dict[int, tuple[int, ...]]:
 
     Not for cells that may raise (`raises-exception`): an error in one would skip the next.
     """
-    runs = {}
+    runs: dict[int, tuple[int, ...]] = {}
     for index in range(len(cells) - 1):
         first, second = cells[index], cells[index + 1]
         if not ("parameters" in _tags(first) and "injected-parameters" in _tags(second)
                 and _joinable(first) and _joinable(second)):
             continue
-        run = (index, index + 1)
+        run: tuple[int, ...] = (index, index + 1)
         if index + 2 < len(cells) and _joinable(cells[index + 2]):
             third = cells[index + 2].source
             if _parses(joined_source([first.source, second.source, third], last_is_cell=True)):

@@ -97,7 +97,7 @@ class JobProgressEvent(JobEvent):
                    eta_seconds=num("eta_seconds"), elapsed_seconds=num("elapsed_seconds"),
                    kernel_time=num("time"),
                    preview=payload.get("preview") if isinstance(payload.get("preview"), str) else None,
-                   part=part or (payload.get("part") if payload.get("part") in PROGRESS_PARTS else "generation"))
+                   part=part or (str(payload["part"]) if payload.get("part") in PROGRESS_PARTS else "generation"))
 
     @classmethod
     def from_progress(cls, job_id: str, event: ProgressEvent) -> "JobProgressEvent":

@@ -100,7 +100,7 @@ class Slot(abc.ABC):
     """One place where one job at a time runs (module docstring)."""
     device: str
     comfyui_url: str | None = None   # the ComfyUI server this slot's ComfyUI jobs use (None: the server's)
-    comfyui_only: bool = False       # a worker of one of several ComfyUI URLs: takes only ComfyUI jobs
+    comfyui_only: bool = False       # the slot of one of several ComfyUI URLs: takes only ComfyUI jobs
     saves_public_notebook = False    # whether the notebook it saves already went through `run.public_text`
 
     def __init__(self, *, warm: bool = True):
@@ -162,11 +162,11 @@ def run_on_kernel(kernel: WarmKernel, notebook: str, output: Path, parameters: d
                   public_text: Callable[[str], str] | None = None) -> None:
     """On `kernel`'s own thread: reset it (or, cold, restart it) and run `notebook` with the animenb engine
     (`animenb.runner.engine`), saved to `output` once it ends, through `public_text` when given
-    (`animenb.runner.execute`). A kernel that died is replaced before the error goes on (unless
+    (`animenb.runner.job_notebook`). A kernel that died is replaced before the error goes on (unless
     `replace_dead()` says no, e.g. while stopping). Shared by the local slots and the Ray actors."""
     from nbclient.exceptions import DeadKernelError
 
-    from .execute import execute_notebook
+    from .job_notebook import execute_notebook
 
     if cancel_event.is_set():
         raise JobCancelledBeforeStart("cancelled before start")
@@ -194,7 +194,7 @@ def run_on_kernel(kernel: WarmKernel, notebook: str, output: Path, parameters: d
 
 
 class LocalSlot(Slot):
-    """A `WarmKernel` of this process. Papermill runs on the kernel's own thread (`kernel.executor`):
+    """A `WarmKernel` of this process. Papermill runs on the kernel's own thread (`kernel.thread`):
     never `asyncio.to_thread`, never papermill's `cwd=` (see `animenb.runner.kernels`)."""
 
     saves_public_notebook = True
@@ -213,11 +213,11 @@ class LocalSlot(Slot):
         return self.kernel.ready
 
     async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.kernel.executor, self.kernel.start)
+        await asyncio.get_running_loop().run_in_executor(self.kernel.thread, self.kernel.start)
 
     async def run_notebook(self, run: NotebookRun) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.kernel.executor, self._execute, run, loop)
+        await loop.run_in_executor(self.kernel.thread, self._execute, run, loop)
 
     def _execute(self, run: NotebookRun, loop: asyncio.AbstractEventLoop) -> None:
         """Kernel thread: run one notebook of the job on this slot's kernel."""
@@ -234,16 +234,16 @@ class LocalSlot(Slot):
         return await self.kernel.interrupt()
 
     async def kill(self) -> None:
-        self.kernel.kill()
+        await asyncio.get_running_loop().run_in_executor(None, self.kernel.kill)  # waits for the process to exit
 
     def release(self, job_id: str, *, reset: bool) -> None:
         if reset and not self.stopping:  # on the kernel thread, queued before the next job's notebook
-            asyncio.get_running_loop().run_in_executor(self.kernel.executor, self.kernel.reset_after_job)
+            asyncio.get_running_loop().run_in_executor(self.kernel.thread, self.kernel.reset_after_job)
 
     async def close(self) -> None:
         self.stopping = True
         if self.kernel.busy:  # a job still runs on the kernel thread: end it so the thread frees up
-            self.kernel.kill()
+            await self.kill()
 
     def describe(self) -> dict:
         return {**self.kernel.describe(), **super().describe()}

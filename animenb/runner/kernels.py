@@ -2,7 +2,7 @@
 
 A `WarmKernel` owns a jupyter_client `AsyncKernelManager` and a long-lived
 `AsyncKernelClient`. Every call that touches the client's zmq sockets runs on the
-kernel's own single-thread executor (`kernel.executor`): jupyter_core's `run_sync`
+kernel's own thread (`kernel.thread`, a one-thread pool): jupyter_core's `run_sync`
 keeps one event loop per thread and the client's sockets belong to that loop, so the
 same thread must start the kernel, reset it and run papermill on it. Only
 `interrupt()` is called from elsewhere (it sends SIGINT to the kernel process).
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -125,6 +126,10 @@ get_ipython().user_ns.update({'_': '', '__': '', '___': ''})
 """
 
 
+# Seconds `WarmKernel.kill` waits for a SIGKILLed kernel to exit.
+KILL_WAIT = 10.0
+
+
 class KernelError(RuntimeError):
     """The warm kernel could not be started, reset or reached."""
 
@@ -152,7 +157,7 @@ class WarmKernel:
         self.env = dict(env or {})
         self.cwd = str(cwd) if cwd else None
         self.startup_timeout = startup_timeout
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"animenb-kernel-{device}")
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"animenb-kernel-{device}")
         self.km = None
         self.kc = None
         self.starts = 0
@@ -168,11 +173,13 @@ class WarmKernel:
     def ready(self) -> bool:
         return self.km is not None and self.kc is not None
 
+    def _process(self) -> subprocess.Popen | None:
+        """The kernel process (None before it starts and after a shutdown)."""
+        return getattr(getattr(self.km, "provisioner", None), "process", None)
+
     def pid(self) -> int | None:
-        try:
-            return self.km.provisioner.process.pid  # type: ignore[union-attr]
-        except AttributeError:
-            return None
+        process = self._process()
+        return None if process is None else process.pid
 
     def describe(self) -> dict:
         return {"device": self.device, "ready": self.ready, "busy": self.busy, "pid": self.pid(),
@@ -192,13 +199,22 @@ class WarmKernel:
             return False
 
     def kill(self) -> None:
-        """Kill the kernel process outright (escalation when an interrupt does not land)."""
-        pid = self.pid()
-        if pid:
-            try:
-                os.kill(pid, 9)
-            except OSError:
-                pass
+        """Kill the kernel process outright (escalation when an interrupt does not land) and wait until it has
+        exited: a SIGKILLed process lives on for a moment (its memory is torn down first), and a job starting
+        meanwhile found it alive, skipped the replacement and died with it. Once this returns the kernel reads
+        as dead, so the next job's reset (`ensure_clean`) replaces it. Blocks up to `KILL_WAIT` s: off the
+        event loop, call it in a thread."""
+        process = self._process()
+        if process is None:
+            return
+        self.clean = False
+        try:
+            process.kill()
+            process.wait(KILL_WAIT)
+        except subprocess.TimeoutExpired:
+            log.warning("kernel %s (pid %s) still exists %g s after SIGKILL", self.device, process.pid, KILL_WAIT)
+        except OSError:  # already gone
+            pass
 
     # -- kernel thread only -------------------------------------------------------------
     def start(self) -> None:
@@ -345,7 +361,7 @@ class KernelPool:
     def close(self) -> None:
         for kernel in self.kernels:
             try:
-                kernel.executor.submit(kernel.shutdown).result(timeout=15)
+                kernel.thread.submit(kernel.shutdown).result(timeout=15)
             except Exception:
                 log.debug("closing kernel %s failed", kernel.device, exc_info=True)
-            kernel.executor.shutdown(wait=False)
+            kernel.thread.shutdown(wait=False)

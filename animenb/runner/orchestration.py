@@ -144,7 +144,7 @@ class Orchestrator:
                 if self.cancel_requested:
                     raise _Stop(JobStatus.CANCELLED, JobError("Cancelled", "Cancelled before "
                                                               f"{attempt.phase} attempt {attempt.number} started."))
-                child = self._submit_child(attempt)
+                child = await self._submit_child(attempt)
                 self._save_record()  # the child is on record before it runs
                 outcome = self._outcome(await self._wait_child(child))
                 assert outcome is not None
@@ -186,14 +186,14 @@ class Orchestrator:
             log.info("orchestration %s resumes after %d finished attempt(s)", self.parent.id, replayed)
         self._save_record()
 
-    def _submit_child(self, attempt: Attempt) -> JobRecord:
+    async def _submit_child(self, attempt: Attempt) -> JobRecord:
         values = {k: v for k, v in attempt.parameters.items()
                   if v is not None or k not in ("width", "height")}  # None: the notebook's own default
         extra = {"orchestration": {"parent_id": self.parent.id, "phase": attempt.phase, "attempt": attempt.number},
                  "quality_threshold": attempt.threshold}
-        child = self.runner.submit(values, phase=get_phase(attempt.phase).id, owner=self.parent.owner,
-                                   visibility=self.parent.visibility, parent_id=self.parent.id, extra=extra,
-                                   priority=True)
+        child = await self.runner.submit_child(values, phase=get_phase(attempt.phase).id, owner=self.parent.owner,
+                                               visibility=self.parent.visibility, parent_id=self.parent.id,
+                                               extra=extra, priority=True)
         self.chain.record.add_child(child.id)
         self.current_child = child.id
         return child

@@ -83,6 +83,8 @@ class RunningJob:
 
 def default_notebook_for(notebooks_dir: Path) -> Callable[[JobRecord], Path]:
     def resolve(job: JobRecord) -> Path:
+        if job.phase is None:
+            raise ValueError(f"job {job.id} has no phase: no phase notebook runs it")
         return notebooks_dir / get_phase(job.phase).notebook
     return resolve
 
@@ -95,7 +97,6 @@ class PhaseJobDriver(JobDriver):
     def __init__(self, host):
         super().__init__(host)
         self.running: dict[str, RunningJob] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def active(self) -> list[str]:
         return list(self.running)
@@ -125,8 +126,8 @@ class PhaseJobDriver(JobDriver):
                                                       progress={**job.progress, "percent": 100.0, "stage": "done"}))
         return settled
 
-    async def start(self, job: JobRecord, slot: Slot) -> None:
-        self._loop = asyncio.get_running_loop()
+    async def start(self, job: JobRecord, slot: Slot | None) -> None:
+        assert slot is not None  # uses_slot: the runner places every phase job on one
         await self._run_job(slot, job)
 
     async def cancel(self, job: JobRecord) -> JobRecord:
@@ -181,7 +182,7 @@ class PhaseJobDriver(JobDriver):
                                       comfyui_url=slot.comfyui_url or self.host.comfyui_url)
             notebook = Path(self.host.notebook_for(job))
             run = self._notebook_run(ctx, notebook, NOTEBOOK_NAME, out_dir, params)
-            if self.quality_applies(job, notebook):
+            if self.quality_applies(job, notebook) and job.phase is not None:
                 run.extra_cells = (quality_cell(slot.job_dir(job.id, out_dir), job.phase, self._threshold(job)),)
             await slot.run_notebook(run)
             outputs = self._collect_outputs(out_dir)
@@ -206,8 +207,8 @@ class PhaseJobDriver(JobDriver):
             await loop.run_in_executor(None, self.host.public_paths.scrub_file, out_dir / NOTEBOOK_NAME)
         if ctx.persist_handle is not None:
             ctx.persist_handle.cancel()
-        progress = ctx.last_progress.progress_dict() if ctx.last_progress else {}
-        if status is JobStatus.SUCCEEDED:
+        progress: dict | None = ctx.last_progress.progress_dict() if ctx.last_progress else {}
+        if status is JobStatus.SUCCEEDED and progress is not None:
             progress.update(percent=100.0, stage="done", eta_seconds=0.0)
         if status is JobStatus.QUEUED:
             progress = None
@@ -229,7 +230,7 @@ class PhaseJobDriver(JobDriver):
                            cancel_event=ctx.cancel_event, execution_timeout=self.host.execution_timeout,
                            public_text=self.host.public_paths.scrub)
 
-    def _slot_lost(self, job: JobRecord, out_dir: Path, exc: SlotLost) -> tuple[JobStatus, JobError]:
+    def _slot_lost(self, job: JobRecord, out_dir: Path, exc: SlotLost) -> tuple[JobStatus, JobError | None]:
         """A job whose kernel's process (a Ray actor, its node) died: re-queued once if it wrote nothing,
         else `lost` with the reason (the policy of a job left running by a dead server)."""
         wrote = any(f != NOTEBOOK_NAME for f in output_files(out_dir))
@@ -256,7 +257,7 @@ class PhaseJobDriver(JobDriver):
             self._persist_progress(ctx)
         elif ctx.persist_handle is None:
             delay = self.host.progress_interval - (now - ctx.persisted_at)
-            ctx.persist_handle = self._loop.call_later(delay, self._persist_progress, ctx)
+            ctx.persist_handle = asyncio.get_running_loop().call_later(delay, self._persist_progress, ctx)
 
     def _persist_progress(self, ctx: RunningJob) -> None:
         ctx.persist_handle = None

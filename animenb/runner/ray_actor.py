@@ -99,8 +99,8 @@ class KernelActor:
     def start(self) -> dict:
         # Ray's worker threads block SIGINT, and a child inherits its thread's signal mask: unblock it on
         # the thread that starts (and restarts) the kernel, or interrupts never reach the kernel.
-        self.kernel.executor.submit(signal.pthread_sigmask, signal.SIG_UNBLOCK, {signal.SIGINT}).result()
-        self.kernel.executor.submit(self.kernel.start).result()
+        self.kernel.thread.submit(signal.pthread_sigmask, signal.SIG_UNBLOCK, {signal.SIGINT}).result()
+        self.kernel.thread.submit(self.kernel.start).result()
         return self.describe()
 
     # -- a job's notebooks ------------------------------------------------------------------
@@ -115,7 +115,7 @@ class KernelActor:
         notebook = self._notebook(notebook_path, notebook_text)
         error = None
         try:
-            self.kernel.executor.submit(self._execute, state, notebook, out_dir / output_name, parameters,
+            self.kernel.thread.submit(self._execute, state, notebook, out_dir / output_name, parameters,
                                         execution_timeout, tuple(extra_cells)).result()
         except Exception as exc:
             error = describe_error(exc)
@@ -186,10 +186,10 @@ class KernelActor:
         if not self.shared:
             shutil.rmtree(self.outputs_root / job_id, ignore_errors=True)
         if reset:
-            self.kernel.executor.submit(self.kernel.reset_after_job)
+            self.kernel.thread.submit(self.kernel.reset_after_job)
 
     def shutdown(self) -> None:
-        self.kernel.executor.submit(self.kernel.shutdown).result(timeout=15)
+        self.kernel.thread.submit(self.kernel.shutdown).result(timeout=15)
 
 
 def describe_error(exc: BaseException) -> dict:

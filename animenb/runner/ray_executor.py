@@ -45,6 +45,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from animenb import atomic
 from animenb.runner.public_paths import CHECKOUT
@@ -127,7 +128,7 @@ class RaySlot(Slot):
         import ray.exceptions
 
         actor, info = self.actor, self.info
-        if actor is None:
+        if actor is None or info is None:
             raise SlotLost(f"the Ray actor of {self.device} is not running ({self.last_loss or 'starting'})")
         self.current_job = run.job_id
         text = await asyncio.get_running_loop().run_in_executor(None, run.notebook.read_text, "utf-8")
@@ -149,7 +150,7 @@ class RaySlot(Slot):
         except ray.exceptions.RayError:
             pass
         if result["files"]:
-            await asyncio.get_running_loop().run_in_executor(None, self._write_files, run, result["files"])
+            await asyncio.get_running_loop().run_in_executor(None, self._write_files, run, info, result["files"])
         if result["error"] is not None:
             _raise_error(result["error"])
 
@@ -166,11 +167,12 @@ class RaySlot(Slot):
             for payload in events:
                 run.on_progress(payload)
 
-    def _write_files(self, run: NotebookRun, files: dict[str, bytes]) -> None:
-        """Server side: the actor's files into outputs/<job_id>/; its scratch paths in notebooks become ours."""
-        scratch = str(Path(self.info["outputs_root"]) / run.job_id)
+    def _write_files(self, run: NotebookRun, info: dict, files: dict[str, bytes]) -> None:
+        """Server side: the actor's files (`info`: what it reported at start) into outputs/<job_id>/; its scratch
+        paths in notebooks become ours."""
+        scratch = str(Path(info["outputs_root"]) / run.job_id)
         roots = {scratch: str(run.out_dir)}
-        for name, theirs in self.info["roots"].items():
+        for name, theirs in info["roots"].items():
             ours = {"checkout": str(CHECKOUT), "python": sys.prefix}[name]
             if theirs != ours:
                 roots[theirs] = ours
@@ -339,7 +341,7 @@ class RayExecutor(Executor):
     def describe(self) -> dict:
         """The executor for /health and /admin/stats: every node Ray knows (alive or gone, as of the last
         refresh), its resources and the slots whose actor runs there."""
-        info = {"kind": self.kind, "address": self.address or "local",
+        info: dict[str, Any] = {"kind": self.kind, "address": self.address or "local",
                 "outputs": "shared filesystem" if self.shared_outputs else "returned through the object store"}
         if self._nodes_error is not None:
             info["cluster_error"] = self._nodes_error
@@ -352,7 +354,7 @@ class RayExecutor(Executor):
                 on_node.setdefault(node, []).append(slot.device)
         nodes = [{"node_id": n.get("NodeID"), "ip": n.get("NodeManagerAddress"), "alive": bool(n.get("Alive")),
                   "gpus": n.get("Resources", {}).get("GPU", 0), "cpus": n.get("Resources", {}).get("CPU", 0),
-                  "slots": on_node.get(n.get("NodeID"), [])} for n in self._nodes]
+                  "slots": on_node.get(str(n.get("NodeID")), [])} for n in self._nodes]
         alive = [n for n in nodes if n["alive"]]
         info["cluster"] = {"nodes": alive, "gone": [n for n in nodes if not n["alive"]],
                            "gpus": sum(n["gpus"] for n in alive), "cpus": sum(n["cpus"] for n in alive)}

@@ -5,7 +5,8 @@ kernel of this process by default, or a Ray actor's with `executor="ray"`): firs
 (orchestration children, so a chain is not interleaved with jobs queued after it started), then, taking
 turns between callers (a token's name, an anonymous client: `TURN_KEY`), the oldest queued job of the
 caller whose last turn is oldest, that an idle slot can take (`place`: a slot already holding the job's
-models first). The per-caller allowance (`max_queued_per_user`) still bounds how many a caller queues. It hands the job, and the slot, to the driver of its kind (`animenb.runner.drivers`):
+models first). The per-caller allowance (`max_queued_per_user`) still bounds how many a caller queues.
+It hands the job, and the slot, to the driver of its kind (`animenb.runner.drivers`):
 
     "phase"          `PhaseJobDriver`: the phase notebook, scored by the quality gate, on the slot
     "orchestration"  `OrchestrationDriver`: a task that submits the chain's child jobs; it holds no slot
@@ -25,7 +26,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 from animenb import config
 from animenb.store import (InvalidTransitionError, JobError, JobNotFoundError, JobRecord, JobStatus, JobStoreBase,
@@ -43,6 +44,7 @@ from .public_paths import PathScrubber
 from .sweep_jobs import SweepDriver
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Job kind -> driver: the registry a JobRunner instantiates (one driver per kind).
 job_drivers = DriverRegistry()
@@ -53,7 +55,7 @@ TURN_KEY = "turn"
 ADMIN_ONLY_SLOT_FIELDS = frozenset({"pid", "kernel_pid"})
 CLAIM_TO_START_WAIT = 5.0  # seconds a cancel waits for a just-claimed job to reach its driver
 DISPATCHER_MAX_PAUSE = 5.0  # seconds between restarts of a dispatcher that keeps failing
-END_WRITE_MAX_PAUSE = 5.0   # seconds between tries of a job-end write that keeps failing
+RETRY_MAX_PAUSE = 5.0  # seconds between tries of a job-end or child write that keeps failing
 REQUEST_WRITERS = 4  # threads for request-path writes: each waits briefly, so a locked store fails them together
 job_drivers.register(PhaseJobDriver.kind, PhaseJobDriver)
 job_drivers.register(OrchestrationDriver.kind, OrchestrationDriver)
@@ -82,7 +84,7 @@ class JobRunner:
         self.outputs_dir = Path(outputs_dir or config.outputs_dir()).resolve()
         self.models = models or config.default_profile()
         self.backend = backend
-        # Several ComfyUI servers: one worker each (`comfyui_only` slots); the first is the default URL.
+        # Several ComfyUI servers: one slot each (`comfyui_only`); the first is the default URL.
         self.comfyui_urls = list(comfyui_urls or ([comfyui_url] if comfyui_url else []))
         self.comfyui_url = comfyui_url or (self.comfyui_urls[0] if self.comfyui_urls else None)
         self.notebooks_dir = Path(notebooks_dir or config.notebooks_dir())
@@ -117,9 +119,8 @@ class JobRunner:
         self.placements = {"placed": 0, "model_hits": 0}  # jobs placed on a slot; of those, on one holding their models
         self.started_at = time.time()
         self.recovered: list[JobRecord] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._workers: list[asyncio.Task] = []
+        self._wake = asyncio.Event()  # set: the dispatcher looks at the queue again (a new one per start)
+        self._background: list[asyncio.Task] = []
         self._jobs: set[asyncio.Task] = set()
         # Job-end writes run here, off the event loop (`record_end`); one thread keeps them in order.
         self._store_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="animenb-store-writer")
@@ -130,7 +131,7 @@ class JobRunner:
         self._unrecorded: set[str] = set()
         self._stopping = False
         # The dispatcher's supervision (`_supervise_dispatcher`), for /health.
-        self.dispatcher = {"restarts": 0, "failing": False, "last_error": None, "last_error_at": None}
+        self.dispatcher: dict[str, Any] = {"restarts": 0, "failing": False, "last_error": None, "last_error_at": None}
 
     @property
     def stopping(self) -> bool:
@@ -144,7 +145,6 @@ class JobRunner:
     async def start(self) -> None:
         """Recover jobs a dead process left running (each driver, then the store), connect the executor,
         then start its slots and the dispatcher."""
-        self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
         self.recovered = []
@@ -162,16 +162,16 @@ class JobRunner:
             if job.terminal:
                 self.finished(job)
         await self.executor.prepare()
-        self._workers = [asyncio.create_task(self._start_slot(s), name=f"animenb-start-{s.device}")
+        self._background = [asyncio.create_task(self._start_slot(s), name=f"animenb-start-{s.device}")
                          for s in self.slots]
-        self._workers.append(asyncio.create_task(self._supervise_dispatcher(), name="animenb-dispatcher"))
+        self._background.append(asyncio.create_task(self._supervise_dispatcher(), name="animenb-dispatcher"))
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until every slot has started (tests and benchmarks)."""
         deadline = time.monotonic() + timeout
         while not all(s.ready for s in self.slots):
             if time.monotonic() > deadline:
-                raise TimeoutError("warm kernels did not start")
+                raise TimeoutError("the slots did not start")
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
@@ -180,7 +180,7 @@ class JobRunner:
         self._stopping = True
         for driver in self.drivers.values():
             await driver.stop()
-        tasks = [*self._workers, *self._jobs]
+        tasks = [*self._background, *self._jobs]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -199,7 +199,7 @@ class JobRunner:
     def submit(self, request: dict[str, Any], *, phase: int | None, owner: str = "anonymous",
                visibility: str = "public", parent_id: str | None = None, kind: str = "phase",
                extra: dict[str, Any] | None = None, priority: bool = False) -> JobRecord:
-        """Store a queued job (committed on return) and wake a worker.
+        """Store a queued job (committed on return) and wake the dispatcher.
 
         `kind` names the job's driver (`job_drivers`); `priority` (orchestration children) lets the job
         start before the jobs already queued.
@@ -219,13 +219,24 @@ class JobRunner:
         self._announce_queued(job, False)
         return job
 
+    async def submit_child(self, request: dict[str, Any], *, phase: int | None, owner: str, visibility: str,
+                           parent_id: str, extra: dict[str, Any], priority: bool = False) -> JobRecord:
+        """A parent driver's `submit` (an orchestration's attempt, a sweep's cell): stored off the event loop
+        like a request's (`write`) and retried until the store takes it, so a database another process holds
+        locked delays the parent, never fails it nor stalls the loop. Gives up only when the runner stops."""
+        job = await self._until_stored(
+            f"job {parent_id}: submitting a child",
+            lambda: self.write(self.store.create, phase=phase, parameters=request, owner=owner,
+                               visibility=visibility, parent_id=parent_id, kind=PHASE_KIND, extra=extra))
+        self._announce_queued(job, priority)
+        return job
+
     def _announce_queued(self, job: JobRecord, priority: bool) -> None:
         if priority:
             self._priority.append(job.id)
         self.bus.publish(JobQueuedEvent(job_id=job.id, phase=job.phase,
                                         queue_position=self.store.queue_position(job.id)))
-        if self._wake is not None:
-            self._wake.set()
+        self._wake.set()
 
     async def write(self, fn: Callable[..., Any], /, *args, **kwargs) -> Any:
         """`fn(*args, **kwargs)`, a request-path store write, run on a request writer thread; it waits at most
@@ -275,23 +286,28 @@ class JobRunner:
         must delay the record, never lose it. Returns the stored record (as it is, if the job had ended
         already). Gives up only when the runner stops: the restart policy then settles the job."""
         loop = asyncio.get_running_loop()
-        failures = 0
         self._unrecorded.add(job_id)
         try:
-            while True:
-                try:
-                    return await loop.run_in_executor(self._store_writer, self._transition_or_get, job_id,
-                                                      status, fields)
-                except StoreUnavailable as exc:
-                    failures += 1
-                    if self._stopping:
-                        raise
-                    pause = min(END_WRITE_MAX_PAUSE, 0.1 * 2 ** min(failures, 8))
-                    log.warning("job %s: recording its end (%s) failed %d time(s): %s; retrying in %.1f s",
-                                job_id, status.value, failures, exc, pause)
-                    await asyncio.sleep(pause)
+            return await self._until_stored(
+                f"job {job_id}: recording its end ({status.value})",
+                lambda: loop.run_in_executor(self._store_writer, self._transition_or_get, job_id, status, fields))
         finally:
             self._unrecorded.discard(job_id)
+
+    async def _until_stored(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """`await write()` until it does not raise StoreUnavailable, pausing longer after each failure (up to
+        RETRY_MAX_PAUSE s); raises it only once the runner stops."""
+        failures = 0
+        while True:
+            try:
+                return await write()
+            except StoreUnavailable as exc:
+                failures += 1
+                if self._stopping:
+                    raise
+                pause = min(RETRY_MAX_PAUSE, 0.1 * 2 ** min(failures, 8))
+                log.warning("%s failed %d time(s): %s; retrying in %.1f s", what, failures, exc, pause)
+                await asyncio.sleep(pause)
 
     def _transition_or_get(self, job_id: str, status: JobStatus, fields: dict) -> JobRecord:
         try:
@@ -305,9 +321,9 @@ class JobRunner:
 
     def requeued(self, job: JobRecord) -> None:
         """`job` is queued again (its process died before it wrote anything): announce it, wake the dispatcher."""
-        self.bus.publish(JobQueuedEvent(job_id=job.id, phase=job.phase, queue_position=self.store.queue_position(job.id)))
-        if self._wake is not None:
-            self._wake.set()
+        self.bus.publish(JobQueuedEvent(job_id=job.id, phase=job.phase,
+                                        queue_position=self.store.queue_position(job.id)))
+        self._wake.set()
 
     def live_progress(self, job_id: str) -> dict | None:
         """The newest progress of a running job (None when no driver runs it here)."""
@@ -327,12 +343,12 @@ class JobRunner:
         return bool(self.drivers[PHASE_KIND].active())
 
     def health(self, stall_after: float = 120.0) -> dict:
-        """For /health: `warm`, `kernels` (each kernel's description), `generating`, `scored` (phase jobs get
+        """For /health: `warm`, `kernels` (each slot's description), `generating`, `scored` (phase jobs get
         a quality score), `stalled` (no kernel ready `stall_after` s after start), `dispatcher` (its
         supervision) and `unrecorded_ends` (jobs that ended whose end the store has not taken yet)."""
-        kernels = [{k: v for k, v in s.describe().items() if k not in ADMIN_ONLY_SLOT_FIELDS} for s in self.slots]
-        stalled = time.time() - self.started_at > stall_after and not any(k["ready"] for k in kernels)
-        return {"warm": self.warm, "kernels": kernels, "generating": self.generating(), "scored": self.quality,
+        slots = [{k: v for k, v in s.describe().items() if k not in ADMIN_ONLY_SLOT_FIELDS} for s in self.slots]
+        stalled = time.time() - self.started_at > stall_after and not any(s["ready"] for s in slots)
+        return {"warm": self.warm, "kernels": slots, "generating": self.generating(), "scored": self.quality,
                 "stalled": stalled, "executor": self.describe_executor(), "dispatcher": dict(self.dispatcher),
                 "unrecorded_ends": len(self._unrecorded)}
 
@@ -357,7 +373,8 @@ class JobRunner:
         """Priority jobs still queued (oldest first); then each caller's oldest queued job, the caller whose
         last turn is oldest first (round-robin: one caller's many jobs delay another's next job by at most
         one job per slot); then the oldest queued jobs of the store (for a slot none of those fit)."""
-        jobs, seen = [], set()
+        jobs: list[JobRecord] = []
+        seen: set[str] = set()
         for job_id in list(self._priority):
             try:
                 job = self.store.get(job_id)
@@ -454,5 +471,4 @@ class JobRunner:
         finally:
             if slot is not None:
                 slot.busy = False
-            if self._wake is not None:
-                self._wake.set()
+            self._wake.set()

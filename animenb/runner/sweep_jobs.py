@@ -1,6 +1,6 @@
 """Server-side sweeps: one parent job (kind "sweep") with one child phase job per cell of an X/Y/Z grid.
 
-Like an orchestration parent (`animenb.runner.orchestration`), the parent holds no kernel: when a worker
+Like an orchestration parent (`animenb.runner.orchestration`), the parent holds no slot: when the runner
 claims it, `SweepDriver` starts a `SweepRun` task on the event loop that submits every cell as a child job
 (kind "phase", `parent_id` = the parent, `extra["sweep"]` = {parent_id, cell, values}) and waits for them.
 The children are ordinary queued jobs of the parent's owner: they are not given priority, so the runner's
@@ -83,7 +83,7 @@ class SweepRun:
             self._resume()
             for index, child_id in enumerate(self.child_ids):
                 if child_id is None and not self.cancel_requested:
-                    self._submit(index)
+                    await self._submit(index)
             self._save_record()
             await self._wait_all()
             status, error, reason = self._outcome()
@@ -111,11 +111,11 @@ class SweepRun:
             log.info("sweep %s resumes with %d of %d cells already submitted", self.parent.id, kept,
                      len(self.child_ids))
 
-    def _submit(self, index: int) -> None:
+    async def _submit(self, index: int) -> None:
         parent = self.parent
         extra = {"sweep": {"parent_id": parent.id, "cell": index, "values": self.plan.cells[index]}}
-        child = self.host.submit(self.plan.values(index), phase=self.plan.phase, owner=parent.owner,
-                                 visibility=parent.visibility, parent_id=parent.id, extra=extra)
+        child = await self.host.submit_child(self.plan.values(index), phase=self.plan.phase, owner=parent.owner,
+                                             visibility=parent.visibility, parent_id=parent.id, extra=extra)
         self.child_ids[index] = child.id
 
     async def _wait_all(self) -> None:
@@ -269,9 +269,9 @@ def recover_sweeps(host: JobHost) -> list[JobRecord]:
 
 
 class SweepDriver(OrchestrationDriver):
-    """Job kind "sweep": each claimed parent gets a `SweepRun` task and the worker goes straight back to the
-    queue. Cancel, live progress and stop are the orchestration driver's (a `SweepRun` drives its parent as an
-    `Orchestrator` does: `cancel()`, `task`, `progress_dict()`)."""
+    """Job kind "sweep": each claimed parent gets a `SweepRun` task; it holds no slot. Cancel, live progress
+    and stop are the orchestration driver's (a `SweepRun` drives its parent as an `Orchestrator` does:
+    `cancel()`, `task`, `progress_dict()`)."""
     kind = SWEEP_KIND
 
     def recover(self) -> list[JobRecord]:

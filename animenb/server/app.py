@@ -9,7 +9,7 @@ queue: every limit on what may be queued lives there), `cancel(job, caller)`, `t
 
     service = AnimeService(ServerConfig(models="tiny", home=..., outputs=...))
     app = make_app(service)            # extra keyword arguments become tornado settings
-    await service.start()              # restart policy, then warm kernels and workers
+    await service.start()              # restart policy, then the slots and the dispatcher
     make_http_server(app, service.config.http_limits).listen(8328, "127.0.0.1")
     ...
     await service.stop()
@@ -54,7 +54,7 @@ from .limits import HttpLimits, JobLimits, WebSocketCounter, make_http_server
 from .openapi import openapi_handlers
 from .orchestrate_validation import validate_orchestrate
 from .pages import page_handlers  # the gallery page at / and /gallery
-from .reviews import review_handlers
+from .reviews import review_handlers, review_store
 from .redaction import install_log_redaction
 from .requests import Caller, JobRequest
 from .stats import admin_stats, typical_duration
@@ -79,7 +79,7 @@ class ServerConfig:
     outputs: str | Path | None = None  # outputs/<job_id>/; None: $ANIMENB_OUTPUTS or ./outputs
     backend: str | None = None         # "diffusers" (default in the notebooks) or "comfyui"
     comfyui_url: str | None = None
-    comfyui_urls: tuple[str, ...] = ()  # several ComfyUI servers, one worker each (comfyui_url: the first)
+    comfyui_urls: tuple[str, ...] = ()  # several ComfyUI servers, one slot each (comfyui_url: the first)
     executor: str = "local"            # "local" (warm kernels here) or "ray" (actors on a Ray cluster)
     ray_address: str | None = None     # None: start a local Ray cluster; "auto" or HOST:PORT: join one
     ray_slots: int | None = None       # Ray actors (default one per cluster GPU, or 1 without GPUs)
@@ -141,8 +141,10 @@ class AnimeService:
 
     def __init__(self, cfg: ServerConfig | None = None, *, store: SqliteJobStore | None = None):
         self.config = (cfg or ServerConfig()).resolved()
-        self.home = Path(self.config.home)
-        self.outputs_dir = Path(self.config.outputs)
+        home, outputs, models = self.config.home, self.config.outputs, self.config.models
+        assert home is not None and outputs is not None and models is not None  # resolved() fills them
+        self.home = Path(home)
+        self.outputs_dir = Path(outputs)
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.home.chmod(0o700)  # the store (private prompts, token hashes) and caches: the server's user only
         self.home_lock = HomeLock(self.home)
@@ -164,7 +166,7 @@ class AnimeService:
             notebooks_dir=self.config.notebooks_dir,
             cancel_grace=self.config.cancel_grace, kernel_env=kernel_env,
             job_timeout=self.config.job_limits.timeout_seconds)
-        self.models = model_label(self.config.models)
+        self.models = model_label(models)
         self.default_size = self.models.get("default_size", 512)  # what a job without width/height costs
         self.svd_size = tuple(self.models.get("svd_size", (self.default_size, self.default_size)))  # phase 3's
         self.websockets = WebSocketCounter(self.config.http_limits.max_websockets_per_client)
@@ -202,13 +204,16 @@ class AnimeService:
         """The job's status body: one model wherever a job's state is shown (module docstring). An
         orchestration parent adds its `children`, the chain's `reason` and `attempts_by_phase`."""
         queue_position = self.store.queue_position(job.id) if job.status is JobStatus.QUEUED else None
+        # only a finished output can be reviewed (POST /review), so no other job needs the query
+        reviews = review_store(self).list(job.id) if job.status is JobStatus.SUCCEEDED else None
         return views.job_status(job, live_progress=self.runner.live_progress(job.id), queue_position=queue_position,
-                                children=self.runner.children(job), ws_base=ws_base)
+                                children=self.runner.children(job), reviews=reviews, ws_base=ws_base)
 
     def jobs(self, *, status: list[str] | None, limit: int, cursor: str | None, scope: dict, caller: Caller) -> dict:
         """GET /jobs: one page of the jobs in `scope` (store.list filters), newest first, as status bodies."""
         jobs, next_cursor = self.store.list(status=status, limit=limit, cursor=cursor, **scope)
-        return {"jobs": [self.status(j, caller.ws_base) for j in jobs], "count": self.store.count(status=status, **scope),
+        return {"jobs": [self.status(j, caller.ws_base) for j in jobs],
+                "count": self.store.count(status=status, **scope),
                 "user": caller.name, "limit": limit, "next_cursor": next_cursor}
 
     def gallery(self, *, phase: int | None, limit: int, cursor: str | None) -> dict:
@@ -272,7 +277,8 @@ class AnimeService:
         """POST /generate: validate the body, choose the job's visibility, admit it. Returns the job and
         the 202 reply."""
         phase, values, visibility = validate_generate(
-            data, self.outputs_dir, lambda job_id: self.readable_job(job_id, caller.identity) is not None)
+            data, self.outputs_dir, lambda job_id: self.readable_job(job_id, caller.identity) is not None,
+            self.config.backend)
         if values.get("backend") == "comfyui" and not self.config.comfyui_url:
             raise APIError(422, "comfyui_not_configured", "`backend` comfyui needs a ComfyUI server: start animenb "
                            "serve with --comfyui-url URL.", "backend")
@@ -352,19 +358,20 @@ class AnimeService:
 
     def check_cost(self, request: JobRequest) -> float:
         """The request's cost (animenb.phases.cost); 422 `job_too_costly` past its role's cap."""
+        phase = request.phase if request.kind == "phase" and request.phase is not None else 1  # parents: phase 1's size
         if request.kind == ORCHESTRATION_KIND:
             cost = orchestration_cost(request.parameters, **self.render_sizes)
         elif request.kind == SWEEP_KIND:
             cost = plan_from_dict(request.parameters["sweep"]).cost(**self.render_sizes)
         else:
-            cost = job_cost(request.phase, request.parameters, **self.render_sizes)
+            cost = job_cost(phase, request.parameters, **self.render_sizes)
         cap = self.config.job_limits.max_cost(request.role)
         if cap is not None and cost > cap:
             p = request.parameters
-            width, height = render_size(request.phase if request.kind == "phase" else 1, p, **self.render_sizes)
+            width, height = render_size(phase, p, **self.render_sizes)
             size = f"{width} x {height} px"
-            what = (f"{size} x {p.get('steps')} steps x {images_per_step(request.phase, p)} images, "
-                    f"{frames_handled(request.phase, p)} frames"
+            what = (f"{size} x {p.get('steps')} steps x {images_per_step(phase, p)} images, "
+                    f"{frames_handled(phase, p)} frames"
                     if request.kind == "phase" else f"{size}, {p.get('steps')} steps, the whole chain"
                     if request.kind == ORCHESTRATION_KIND else f"{request.children} cells together")
             hint = ", or send a token" if request.role == "anonymous" else ""
@@ -441,10 +448,9 @@ class AnimeService:
         try:
             from animenb.backends.comfyui import comfyui_health
         except ImportError:
-            comfyui_health = None
-        if comfyui_health is not None:
-            result = await asyncio.get_running_loop().run_in_executor(None, comfyui_health, url)
-            return result
+            pass
+        else:
+            return await asyncio.get_running_loop().run_in_executor(None, comfyui_health, url)
         from tornado.httpclient import AsyncHTTPClient
 
         try:

@@ -53,6 +53,7 @@ from typing import Any, Callable
 
 from animenb.store.tokens_base import ANONYMOUS
 
+from .mixins import HandlerMixin
 from .validation import APIError
 
 WWW_AUTHENTICATE = 'Bearer realm="animenb"'
@@ -122,11 +123,13 @@ def can_cancel(identity: Identity | None, job, cancel_token: str | None = None) 
         return True
     if job.owner == ANONYMOUS:
         stored = job.extra.get(CANCEL_TOKEN_KEY) if isinstance(job.extra, dict) else None
-        return bool(stored and cancel_token) and hmac.compare_digest(_digest(cancel_token), stored)
+        if not (isinstance(stored, str) and stored and cancel_token):
+            return False
+        return hmac.compare_digest(_digest(cancel_token), stored)
     return identity is not None and identity.name == job.owner
 
 
-class AuthMixin:
+class AuthMixin(HandlerMixin):
     """`get_current_user` (tornado's hook, cached per request) for any RequestHandler with the service in settings."""
 
     allow_query_token = False
@@ -172,12 +175,12 @@ def role_required(role: str = "admin") -> Callable:
     return decorate
 
 
-class AdminRequiredMixin:
+class AdminRequiredMixin(HandlerMixin):
     """Put first in a handler's bases: every method answers 401/403 unless the caller is an admin."""
 
     required_role = "admin"
 
     def prepare(self):
-        result = super().prepare()  # type: ignore[misc]
+        result = super().prepare()
         require_role(self, self.required_role)
         return result

@@ -24,6 +24,7 @@ from . import views
 from .auth import AuthMixin, require_role
 from .csrf import check_csrf, check_host
 from .limits import LimitedBodyMixin
+from .mixins import HandlerMixin
 from .requests import Caller
 from .validation import JOB_ID_RE, APIError, invalid, parse_cursor, parse_json_body, parse_limit
 from .websocket import JobSocketHandler
@@ -46,7 +47,7 @@ def storage_error(exc: BaseException | None) -> APIError | None:
     return None
 
 
-class JSONErrorMixin:
+class JSONErrorMixin(HandlerMixin):
     def log_exception(self, typ, value, tb) -> None:
         if storage_error(value) is not None:  # an expected fault, reported by /health: no traceback
             log.warning("%s %s: %s", self.request.method, self.request.path, value)
@@ -82,7 +83,7 @@ class BaseHandler(LimitedBodyMixin, JSONErrorMixin, AuthMixin, tornado.web.Reque
         self.check_body_size()  # 413 from the Content-Length alone
         check_host(self.request, self.service.config.host, self.service.config.allow_origins)
         check_csrf(self.request, self.service.config.allow_origins)
-        self.current_user  # a bad or revoked token is a 401 everywhere, never a quiet anonymous
+        self.current_user = self.get_current_user()  # a bad or revoked token is a 401 everywhere, never anonymous
 
     def ws_base(self) -> str:
         scheme = "wss" if self.request.protocol == "https" else "ws"
@@ -116,7 +117,8 @@ class BaseHandler(LimitedBodyMixin, JSONErrorMixin, AuthMixin, tornado.web.Reque
         valid = [s.value for s in JobStatus]
         for s in statuses:
             if s not in valid:
-                raise APIError(422, "invalid_value", f"`status` must be one of {', '.join(valid)}, got {s!r}.", "status")
+                raise APIError(422, "invalid_value", f"`status` must be one of {', '.join(valid)}, got {s!r}.",
+                               "status")
         return statuses
 
 

@@ -23,6 +23,7 @@ from tornado.httpserver import HTTPServer
 
 from animenb.phases.cost import FORMULA, UNIT
 
+from .mixins import HandlerMixin
 from .validation import MAX_BODY_BYTES, APIError
 
 
@@ -84,7 +85,7 @@ def too_large() -> APIError:
     return APIError(413, "body_too_large", f"The request body must be at most {MAX_BODY_BYTES} bytes.")
 
 
-class LimitedBodyMixin:
+class LimitedBodyMixin(HandlerMixin):
     """For handlers decorated with `@tornado.web.stream_request_body`: a body whose Content-Length
     is over `MAX_BODY_BYTES` is refused in `prepare` (never read); `self.request.body` is filled
     chunk by chunk. A chunked body has no length up front: the HTTP server's `max_body_size`

@@ -175,7 +175,7 @@ MODELS = {"type": "object", "required": ["checkpoints", "vae", "loras", "embeddi
                           for kind in ("checkpoints", "vae", "loras", "embeddings", "controlnet")}}}
 NULLABLE_STRING = {"type": ["string", "null"]}
 NULLABLE_INTEGER = {"type": ["integer", "null"]}
-PAGE = {"limit": INTEGER, "next_cursor": NULLABLE_STRING, "count": INTEGER}
+PAGE: dict[str, dict] = {"limit": INTEGER, "next_cursor": NULLABLE_STRING, "count": INTEGER}
 
 
 def _schemas() -> dict:
@@ -194,7 +194,9 @@ def _schemas() -> dict:
                              "progress": OBJECT, "outputs": {"type": "array", "items": STRING},
                              "created_at": STRING, "status_url": STRING, "ws_url": STRING},
                             "A job's status body (also the `state` message of its socket).",
-                            error={"type": ["object", "null"]}, quality={"type": ["object", "null"]}),
+                            error={"type": ["object", "null"]}, quality={"type": ["object", "null"]},
+                            reviews={"type": "array", "items": OBJECT,
+                                     "description": "reviewers' verdicts on a finished output, newest first"}),
         "JobList": _object({"jobs": {"type": "array", "items": _ref("JobState")}, **PAGE}),
         "Gallery": _object({"gallery": {"type": "array", "items": _object({"job_id": STRING, "prompt": {},
                                                                              "files": {"type": "array"}})},

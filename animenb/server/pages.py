@@ -12,13 +12,15 @@ from pathlib import Path
 
 import tornado.web
 
+from .mixins import HandlerMixin
+
 # Package data (pyproject's package-data); a wheel installs it as plain files.
 STATIC_DIR = Path(str(importlib.resources.files("animenb.server") / "static"))
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
        "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
-class _Hardened:
+class _Hardened(HandlerMixin):
     def set_default_headers(self) -> None:
         self.set_header("Content-Security-Policy", CSP)
         self.set_header("X-Content-Type-Options", "nosniff")

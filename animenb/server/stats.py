@@ -156,7 +156,7 @@ def _rss(pid: int | None) -> int | None:
         return None
 
 
-async def kernel_figures(runner) -> list[dict]:
+async def slot_figures(runner) -> list[dict]:
     loop = asyncio.get_running_loop()
     out = []
     for slot in runner.slots:
@@ -169,7 +169,7 @@ async def kernel_figures(runner) -> list[dict]:
         cached = _kernel_cache.get(id(kernel))
         if kernel.ready and not kernel.busy:
             try:
-                answer = await asyncio.wait_for(loop.run_in_executor(kernel.executor, _ask_kernel, kernel),
+                answer = await asyncio.wait_for(loop.run_in_executor(kernel.thread, _ask_kernel, kernel),
                                                 KERNEL_QUERY_TIMEOUT + 0.5)
                 cached = _kernel_cache[id(kernel)] = {**answer, "as_of": time.time()}
             except Exception as exc:
@@ -253,7 +253,7 @@ async def admin_stats(service) -> dict:
     recent = await loop.run_in_executor(None, recent_figures, store, time.time())
     disk = await loop.run_in_executor(None, disk_figures, service.outputs_dir, getattr(store.db, "path", ""))
     disk.update(await outputs_size(service.outputs_dir))
-    kernels = await kernel_figures(runner)
+    slots = await slot_figures(runner)
     return {
         "uptime_seconds": round(time.time() - service.started_at, 1),
         "queue": {"length": counts["queued"], "running": counts["running"],
@@ -265,11 +265,11 @@ async def admin_stats(service) -> dict:
         "recent": recent,
         "gpu": gpu,
         "host": host_figures(),
-        "kernels": {"warm": runner.warm, "ready": sum(k["ready"] for k in kernels), "total": len(kernels),
-                    "devices": kernels},
+        "kernels": {"warm": runner.warm, "ready": sum(s["ready"] for s in slots), "total": len(slots),
+                    "devices": slots},
         "executor": runner.describe_executor(),
-        "models": {"profile": service.models, "cache": [m for k in kernels for m in
-                                                         ((k.get("model_cache") or {}).get("pipelines") or [])],
-                   "cache_bytes": sum((k.get("model_cache") or {}).get("bytes", 0) for k in kernels)},
+        "models": {"profile": service.models, "cache": [m for s in slots for m in
+                                                         ((s.get("model_cache") or {}).get("pipelines") or [])],
+                   "cache_bytes": sum((s.get("model_cache") or {}).get("bytes", 0) for s in slots)},
         "disk": disk,
     }

@@ -26,8 +26,9 @@ from .validation import APIError, invalid, parse_cursor, parse_json_body, parse_
 ACCEPTED = ("phase", "parameters", "axes", "mode", "visibility")
 
 
-def validate_sweep(data: dict, outputs_dir, readable):
-    """(the plan, visibility) of a POST /sweeps body, or APIError 422 naming the field."""
+def validate_sweep(data: dict, outputs_dir, readable, backend: str | None = None):
+    """(the plan, visibility) of a POST /sweeps body, or APIError 422 naming the field. `backend`: the server's
+    own, which the spec's rules see when the body names none (as for POST /generate)."""
     unknown = sorted(set(data) - set(ACCEPTED))
     if unknown:
         raise invalid(unknown[0], f"Unknown field `{unknown[0]}`; accepted: {', '.join(ACCEPTED)}.", "unknown_field")
@@ -49,7 +50,7 @@ def validate_sweep(data: dict, outputs_dir, readable):
     if "visibility" in data:
         body["visibility"] = data["visibility"]
     try:
-        phase, values, visibility = validate_generate(body, outputs_dir, readable)
+        phase, values, visibility = validate_generate(body, outputs_dir, readable, backend)
     except APIError as exc:
         if exc.field in first and exc.field not in shared:
             raise invalid(f"axes.{exc.field}", f"`axes.{exc.field}`: {exc.message}") from None
@@ -71,7 +72,8 @@ async def submit_sweep(service, data: dict, caller: Caller) -> dict:
     """Validate, admit the parent job (its cost: every cell; its cells count against the caller's queued
     jobs), and return the 202 reply."""
     plan, visibility = validate_sweep(
-        data, service.outputs_dir, lambda job_id: service.readable_job(job_id, caller.identity) is not None)
+        data, service.outputs_dir, lambda job_id: service.readable_job(job_id, caller.identity) is not None,
+        service.config.backend)
     if plan.parameters.get("backend") == "comfyui" and not service.config.comfyui_url:
         raise APIError(422, "comfyui_not_configured", "`backend` comfyui needs a ComfyUI server: start animenb serve "
                        "with --comfyui-url URL.", "parameters.backend")

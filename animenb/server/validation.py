@@ -147,10 +147,12 @@ def resolve_output_ref(field: str, value: Any, outputs_dir: Path, readable: Read
     return str(target)
 
 
-def validate_generate(data: dict, outputs_dir: Path, readable: Readable) -> tuple[int, dict[str, Any], str]:
+def validate_generate(data: dict, outputs_dir: Path, readable: Readable,
+                      backend: str | None = None) -> tuple[int, dict[str, Any], str]:
     """Returns (phase id, values for the notebook, visibility). The phase's spec decides what is
     valid, so nothing accepted here fails its checks later in the kernel; the phase's defaults are
-    filled in (and a seed drawn) so the job records what it ran with."""
+    filled in (and a seed drawn) so the job records what it ran with. `backend` is the server's own,
+    which the spec's rules see when the request names none."""
     raw_phase = data.get("phase", 1)
     if type(raw_phase) not in (int, str):
         raise invalid("phase", f"`phase` must be 1, 2, 3 or a phase name, got {raw_phase!r}.")
@@ -181,7 +183,7 @@ def validate_generate(data: dict, outputs_dir: Path, readable: Readable) -> tupl
             as_given[value] = data[name]
         values[name] = value
     try:
-        spec.check(values)
+        spec.check({"backend": backend, **values} if backend else values)
     except SpecError as exc:
         message = str(exc)
         for path, given in as_given.items():  # the caller's own words, never the server's paths

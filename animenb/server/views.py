@@ -57,12 +57,14 @@ def _quality(job: JobRecord) -> dict | None:
     quality = job.outputs.quality
     if quality is None:
         return None
-    return {k: quality.get(k) for k in ("score", "passed", "verdict", "review_reasons", "threshold", "failures", "error") if k in quality}
+    shown = ("score", "passed", "verdict", "review_reasons", "threshold", "failures", "error")
+    return {k: quality.get(k) for k in shown if k in quality}
 
 
 def job_status(job: JobRecord, *, live_progress: dict | None = None, queue_position: int | None = None,
-               children: list[dict] | None = None, ws_base: str = "") -> dict:
-    """The status body of a job (`AnimeService.status` gathers the arguments). `children` (an orchestration
+               children: list[dict] | None = None, reviews: list[dict] | None = None, ws_base: str = "") -> dict:
+    """The status body of a job (`AnimeService.status` gathers the arguments). `reviews` are the reviewers'
+    verdicts on it (as GET /reviews lists them; none for an unfinished job). `children` (an orchestration
     parent's child rows) adds `children`, the chain's `reason` and `attempts_by_phase`."""
     files = job.outputs.files
     body = {
@@ -76,6 +78,7 @@ def job_status(job: JobRecord, *, live_progress: dict | None = None, queue_posit
         "outputs": [output_url(job.id, f) for f in files],
         "notebook_url": output_url(job.id, "notebook.ipynb") if job.started_at else None,
         "quality": _quality(job),
+        "reviews": list(reviews or []),
         "error": job.error.as_dict() if job.error else None,
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
@@ -122,7 +125,8 @@ def gallery_item(job: JobRecord) -> dict:
                       "media_type": entry.get("media_type"), "bytes": entry.get("bytes")})
     return {
         "job_id": job.id, "phase": job.phase, "phase_name": phase_name(job.phase),
-        "prompt": job.parameters.get("prompt"), "seed": job.parameters.get("seed") if job.outputs.seed is None else job.outputs.seed,
+        "prompt": job.parameters.get("prompt"),
+        "seed": job.parameters.get("seed") if job.outputs.seed is None else job.outputs.seed,
         "created_at": iso(job.created_at), "finished_at": iso(job.finished_at),
         "url": output_url(job.id, primary) if primary else None,
         "thumbnail_url": thumbnail_url(job.id, thumb) if thumb else None,

@@ -4,8 +4,8 @@ On connect the client gets {"event": "state", "seq", "state": <status body>}; wi
 `?after=N` the events it missed (seq > N, from a short per-job history) come first.
 Then every event as it happens ("started", "progress", "finished"); the terminal
 "finished" event carries the final status body as `state` too (the same model as
-/status: an orchestration's `children` included), then the server closes with 1000. A job that has already finished gets its
-state and its "finished" event, then the close. An unknown job id is accepted and closed
+/status: an orchestration's `children` included), then the server closes with 1000. A job that has already
+finished gets its state and its "finished" event, then the close. An unknown job id is accepted and closed
 at once with code 4404 and reason "Job not found: <id>" (a browser sees the reason;
 a failed handshake would hide it); a path that is not a 32-hex job id is a plain 404.
 Close reasons are cut to the 123 bytes a close frame holds. Origins: the server's own or one
@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
+from typing import Any
 
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
@@ -59,15 +60,16 @@ class JobSocketHandler(WebSocketHandler):
         """The event's wire form, serialised once and shared by every subscriber (200 subscribers: 1 dumps, not
         200); a "finished" event carries the status body with the URLs of the host the client used, so it is
         made once per host."""
+        cache: dict[Any, Any] = event.__dict__  # shared by the subscribers, keyed by wire variant
         key = ("_wire", *self._variant(event))
-        wire = event.__dict__.get(key)
+        wire = cache.get(key)
         if wire is None:
             data = event.as_dict()
             if isinstance(event, JobFinishedEvent):
                 data["outputs"] = [views.output_url(event.job_id, f) for f in event.outputs]
                 job = event.record or self.service.store.get(event.job_id)
                 data["state"] = self.service.status(job, self.ws_base())
-            wire = event.__dict__[key] = json.dumps(data, default=str)
+            wire = cache[key] = json.dumps(data, default=str)
         return wire
 
     def send(self, event: JobEvent) -> None:
@@ -89,10 +91,11 @@ class JobSocketHandler(WebSocketHandler):
         connection = self.ws_connection
         if connection is None or connection.is_closing():
             raise WebSocketClosedError()
+        cache: dict[Any, Any] = event.__dict__
         key = ("_frame", *self._variant(event))
-        frame = event.__dict__.get(key)
+        frame = cache.get(key)
         if frame is None:
-            frame = event.__dict__[key] = text_frame(self._dump(event))
+            frame = cache[key] = text_frame(self._dump(event))
         connection.stream.write(frame)
 
     def _variant(self, event: JobEvent) -> tuple:

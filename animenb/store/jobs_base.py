@@ -5,11 +5,12 @@ Contract every implementation keeps:
 - Status changes go through `transition()`/`claim_next()`, which check the current state
   inside the same transaction: terminal states (succeeded, failed, cancelled, lost) are
   final, and every change bumps the job's `status_sequence`.
-- `recover()` runs once at start-up, before any worker, for jobs a dead process left
+- `recover()` runs once at start-up, before any job is claimed, for jobs a dead process left
   `running` (policy in `jobs_sqlite`'s docstring); nothing is ever marked succeeded there.
 """
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterable
 
@@ -56,11 +57,11 @@ class JobStoreBase(ABC):
         """Atomically move the oldest queued job to running (attempts + 1) and return it."""
 
     @abstractmethod
-    def next_queued(self, limit: int = 16) -> list[JobRecord]:
+    def next_queued(self, limit: int = 16) -> builtins.list[JobRecord]:
         """The oldest queued jobs, oldest first, without claiming them (a dispatcher that places jobs on
-        workers of different kinds looks ahead, then claims one with `transition(..., expected=[QUEUED])`)."""
+        slots of different kinds looks ahead, then claims one with `transition(..., expected=[QUEUED])`)."""
 
-    def queued_heads(self, limit: int = 64) -> list[JobRecord]:
+    def queued_heads(self, limit: int = 64) -> builtins.list[JobRecord]:
         """The oldest queued job of each caller (its `extra["turn"]`, else its owner), oldest first."""
         return self.next_queued(limit)
 
@@ -80,10 +81,10 @@ class JobStoreBase(ABC):
         """1 for the next job to start, None when the job is not queued."""
 
     @abstractmethod
-    def recover(self, has_output: Callable[[JobRecord], bool]) -> list[JobRecord]:
+    def recover(self, has_output: Callable[[JobRecord], bool]) -> builtins.list[JobRecord]:
         """Deal with jobs left `running` by a dead process; returns the changed records."""
 
-    def delete_finished(self, before: float, *, limit: int = 1000, dry_run: bool = False) -> list[JobRecord]:
+    def delete_finished(self, before: float, *, limit: int = 1000, dry_run: bool = False) -> builtins.list[JobRecord]:
         """Delete (and return) terminal jobs finished before `before`; never queued or running ones."""
         raise NotImplementedError(f"{type(self).__name__} does not support retention")
 

@@ -1,6 +1,6 @@
 """SQLite job store (WAL), the embedded default.
 
-Restart policy (`recover()`, run once at start-up before any worker): a job found
+Restart policy (`recover()`, run once at start-up before any job is claimed): a job found
 `running` was left by a process that died (one server process owns a database).
 - It is re-queued, once, when it never produced output: its output directory holds
   nothing but the executed notebook and its record has no outputs. Re-running it is then
@@ -16,6 +16,7 @@ none of them grows with the history; tests/test_store_scale.py checks the plans 
 """
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import socket
@@ -117,7 +118,8 @@ class SqliteJobStore(JobStoreBase):
     def _where(cls, status=None, owner=None, visibility=None, phase=None, top_level=False, *,
                table="jobs") -> tuple[list[str], list[Any]]:
         """Filters shared by `jobs` and `job_counts` (the same column names, but for `top_level`)."""
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         if top_level:  # `jobs` knows a child by its parent; `job_counts` keeps the flag (migration 5)
             clauses.append("parent_id IS NULL" if table == "jobs" else "top_level = 1")
         if phase is not None:
@@ -198,7 +200,7 @@ class SqliteJobStore(JobStoreBase):
         return records, next_cursor
 
     def count_query(self, *, status=None, owner=None, visibility=None, phase=None,
-                    top_level=False) -> tuple[str, list[Any]]:
+                    top_level=False) -> tuple[str, builtins.list[Any]]:
         clauses, args = self._where(status, owner, visibility, phase, top_level, table="job_counts")
         return COUNT_QUERY.format(where=f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
 
@@ -236,11 +238,11 @@ class SqliteJobStore(JobStoreBase):
                 """, (worker, now, now, row["id"]))
             return self._get(cur, row["id"])
 
-    def next_queued(self, limit: int = 16) -> list[JobRecord]:
+    def next_queued(self, limit: int = 16) -> builtins.list[JobRecord]:
         with self.db.read() as cur:
             return [self._record(row) for row in cur.execute(NEXT_QUEUED_QUERY, (int(limit),)).fetchall()]
 
-    def queued_heads(self, limit: int = 64) -> list[JobRecord]:
+    def queued_heads(self, limit: int = 64) -> builtins.list[JobRecord]:
         with self.db.read() as cur:
             return [self._record(row) for row in cur.execute(QUEUED_HEADS_QUERY, (int(limit),)).fetchall()]
 
@@ -297,7 +299,7 @@ class SqliteJobStore(JobStoreBase):
                 return None
             return cur.execute(QUEUE_POSITION_QUERY, (job.seq,)).fetchone()[0]
 
-    def recover(self, has_output: Callable[[JobRecord], bool]) -> list[JobRecord]:
+    def recover(self, has_output: Callable[[JobRecord], bool]) -> builtins.list[JobRecord]:
         changed = []
         with self.db.transaction(patient=True) as cur:  # start-up: may wait for a lock
             rows = cur.execute(RUNNING_QUERY).fetchall()
@@ -311,7 +313,7 @@ class SqliteJobStore(JobStoreBase):
                                 f"not re-run because {why}. Partial files, if any, are kept.")))
         return changed
 
-    def delete_finished(self, before: float, *, limit: int = 1000, dry_run: bool = False) -> list[JobRecord]:
+    def delete_finished(self, before: float, *, limit: int = 1000, dry_run: bool = False) -> builtins.list[JobRecord]:
         """Delete (and return) up to `limit` terminal jobs that finished before `before` (epoch s).
 
         Queued and running jobs are never candidates; the status is re-checked by the DELETE
