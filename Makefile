@@ -65,12 +65,13 @@ reference-notebooks: setup
 	    [nbformat.write(nbclient.execute(nbformat.read(p, 4), cwd=os.path.dirname(p), record_timing=False), p) \
 	     for p in sys.argv[1:]]' $(STRICT_NOTEBOOKS)
 
-# ruff and mypy on animenb/ (settings in pyproject.toml), from the tools venv: neither needs the runtime
+# ruff (lint, import order, format check) and mypy on animenb/ (settings in pyproject.toml), from the tools venv: neither needs the runtime
 # dependencies. .pre-commit-config.yaml runs the same versions.
 LINT_TOOLS := ruff==0.17.6 mypy==2.4.1
 lint:
 	test -x .venv-tools/bin/mypy || { $(PY) -m venv .venv-tools && .venv-tools/bin/pip install --quiet $(LINT_TOOLS); }
 	.venv-tools/bin/ruff check animenb
+	.venv-tools/bin/ruff format --check animenb
 	.venv-tools/bin/mypy
 
 demo: setup

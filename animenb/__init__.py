@@ -1,4 +1,5 @@
 """animenb: Jupyter-first anime production research toolkit."""
+
 import importlib.metadata
 
 try:  # the version is written once, in pyproject.toml

@@ -6,6 +6,7 @@ the block succeeds; on an error the temporary file is deleted and the target is 
 The temporary name keeps the target's suffix, so writers that infer the format from the name
 (Pillow, ffmpeg) still do, and `is_partial` tells such a name from a finished file.
 """
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ Each module in animenb.commands defines `HELP` (one line), `add_arguments(parser
 `run(args) -> int`. Errors a user can fix (`UsageError`, `ValueError`, `FileNotFoundError`)
 print as one readable line and exit 2; `--traceback` shows the full stack.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -4,6 +4,7 @@ ANIMENB_HOME    cache of built tiny models, the job store and (by default) outpu
 ANIMENB_MODELS  model profile name or YAML path; default "tiny"
 ANIMENB_OUTPUTS where runs write outputs/<job_id>/; default ./outputs
 """
+
 from __future__ import annotations
 
 import importlib.resources

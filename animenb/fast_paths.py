@@ -15,6 +15,7 @@ settings (vae_slicing, vae_tiling, decode_chunk_size) are resolved for each requ
 | compile_unet | true, false | false: `torch.compile` the UNet once per process (warm kernel), on CUDA only |
 | cpu_offload | true, false | false: `enable_model_cpu_offload()`: only the running model on the GPU (less VRAM) |
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -90,8 +91,10 @@ def parse_fast_paths(data, source: Path | str | None = None) -> FastPaths:
     known = {f.name for f in fields(FastPaths)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{where}unknown `fast_paths` setting(s) {', '.join(map(str, unknown))}; "
-                         f"settings are {', '.join(sorted(known))}.")
+        raise ValueError(
+            f"{where}unknown `fast_paths` setting(s) {', '.join(map(str, unknown))}; "
+            f"settings are {', '.join(sorted(known))}."
+        )
     try:
         return FastPaths(**data)
     except ValueError as exc:
@@ -111,8 +114,10 @@ def apply_load_time(pipe, kind: str, fast: FastPaths, device: str) -> None:
         for module in (unet, vae):
             if module is None or not hasattr(module, "attn_processors"):
                 continue
-            processors = {name: AttnProcessor() if type(proc) is AttnProcessor2_0 else proc
-                          for name, proc in module.attn_processors.items()}
+            processors = {
+                name: AttnProcessor() if type(proc) is AttnProcessor2_0 else proc
+                for name, proc in module.attn_processors.items()
+            }
             module.set_attn_processor(processors)
     if fast.use_channels_last(device):
         for module in (unet, vae):

@@ -5,6 +5,7 @@ NVML reads the driver's own counters in microseconds, without a CUDA context, a 
 the server process). Facts are cached for `TTL_SECONDS`, so a burst of /health requests costs
 one NVML read. GPUs follow CUDA_VISIBLE_DEVICES (indices or GPU-UUIDs), as the kernels see them.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -67,13 +68,27 @@ def _read() -> dict:
             utilization = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
         except pynvml.NVMLError:  # not supported on some devices (MIG slices)
             utilization = None
-        gpus.append({"index": index, "name": pynvml.nvmlDeviceGetName(handle), "uuid": uuid,
-                     "memory_total_mb": memory.total // 2**20, "memory_used_mb": memory.used // 2**20,
-                     "utilization_percent": utilization})
+        gpus.append(
+            {
+                "index": index,
+                "name": pynvml.nvmlDeviceGetName(handle),
+                "uuid": uuid,
+                "memory_total_mb": memory.total // 2**20,
+                "memory_used_mb": memory.used // 2**20,
+                "utilization_percent": utilization,
+            }
+        )
     if not gpus:
         return {**base, "available": False, "device": "cpu", "reason": "no visible NVIDIA GPU"}
-    return {**base, "available": True, "device": "cuda", "count": len(gpus), "names": [g["name"] for g in gpus],
-            "driver": pynvml.nvmlSystemGetDriverVersion(), "gpus": gpus}
+    return {
+        **base,
+        "available": True,
+        "device": "cuda",
+        "count": len(gpus),
+        "names": [g["name"] for g in gpus],
+        "driver": pynvml.nvmlSystemGetDriverVersion(),
+        "gpus": gpus,
+    }
 
 
 def gpu_facts(max_age: float = TTL_SECONDS) -> dict:
@@ -88,8 +103,13 @@ def gpu_facts(max_age: float = TTL_SECONDS) -> dict:
             try:
                 facts = _read()
             except Exception as exc:  # a driver hiccup must not fail /health
-                facts = {"torch": _torch_version(), "source": "nvml", "available": False, "device": "cpu",
-                         "reason": f"NVML read failed: {exc}"}
+                facts = {
+                    "torch": _torch_version(),
+                    "source": "nvml",
+                    "available": False,
+                    "device": "cpu",
+                    "reason": f"NVML read failed: {exc}",
+                }
             _cached = (now, facts)
         facts = _cached[1]
     return {**facts, "gpus": [dict(g) for g in facts.get("gpus", [])]} if "gpus" in facts else dict(facts)

@@ -9,6 +9,7 @@ Shape (phase functions write it; scoring (animenb.quality.record_quality) adds "
      "files": [{"path", "kind", "media_type", "bytes", "sha256"}],
      "quality": {"score", "passed", "threshold", "metrics": {...}}}
 """
+
 from __future__ import annotations
 
 import functools
@@ -49,8 +50,13 @@ def utc_now() -> str:
 def file_entry(root: Path, path: Path, kind: str) -> dict:
     data = Path(path).read_bytes()
     rel = Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
-    return {"path": rel, "kind": kind, "media_type": mimetypes.guess_type(rel)[0] or "application/octet-stream",
-            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return {
+        "path": rel,
+        "kind": kind,
+        "media_type": mimetypes.guess_type(rel)[0] or "application/octet-stream",
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
 
 
 def read_manifest(output_dir: str | Path) -> dict:

@@ -9,6 +9,7 @@ MP4 and WebP no longer queue one behind the other (on a 16-CPU GPU machine they 
 of a 3.3 s tiny loop). The one rule: Pillow's `save` sets attributes on the image it saves,
 so no image may be saved by two threads at once.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -35,10 +36,20 @@ A1111_SAMPLERS: dict[str, tuple[str, str]] = {
     "euler_karras": ("Euler", "Karras"),
 }
 # A1111's own fields, in its order: (animenb key, A1111 name). Any other key is appended as `Key name`.
-_A1111_FIELDS = (("steps", "Steps"), ("sampler", None), ("cfg_scale", "CFG scale"), ("seed", "Seed"),
-                 ("size", "Size"), ("model_hash", "Model hash"), ("model", "Model"), ("vae_hash", "VAE hash"),
-                 ("vae", "VAE"), ("clip_skip", "Clip skip"), ("lora_hashes", "Lora hashes"),
-                 ("ti_hashes", "TI hashes"))
+_A1111_FIELDS = (
+    ("steps", "Steps"),
+    ("sampler", None),
+    ("cfg_scale", "CFG scale"),
+    ("seed", "Seed"),
+    ("size", "Size"),
+    ("model_hash", "Model hash"),
+    ("model", "Model"),
+    ("vae_hash", "VAE hash"),
+    ("vae", "VAE"),
+    ("clip_skip", "Clip skip"),
+    ("lora_hashes", "Lora hashes"),
+    ("ti_hashes", "TI hashes"),
+)
 # Kept out of the text: the prompts have their own lines; the JSON chunk carries everything.
 _NOT_IN_TEXT = {"prompt", "negative_prompt", "sampler", "animenb", "lora_tags"}
 
@@ -75,8 +86,11 @@ def parameters_text(params: dict) -> str:
         else:
             fields.append((name or key, value))
     known = {key for key, _ in _A1111_FIELDS} | _NOT_IN_TEXT
-    fields += [(key.replace("_", " ").capitalize(), value) for key, value in params.items()
-               if key not in known and value is not None]
+    fields += [
+        (key.replace("_", " ").capitalize(), value)
+        for key, value in params.items()
+        if key not in known and value is not None
+    ]
     if "animenb" in params:
         fields.append(("Version", f"animenb {params['animenb']}"))
     lines.append(", ".join(f"{name}: {a1111_quote(value)}" for name, value in fields))
@@ -122,8 +136,9 @@ def encode_concurrently(*calls: Callable[[], object]) -> list:
     """Run encoders side by side on up to 8 threads; their results in order (the first error is raised)."""
     if len(calls) <= 1:
         return [call() for call in calls]
-    with ThreadPoolExecutor(max_workers=min(8, len(calls), os.cpu_count() or 1),
-                            thread_name_prefix="animenb-encode") as pool:
+    with ThreadPoolExecutor(
+        max_workers=min(8, len(calls), os.cpu_count() or 1), thread_name_prefix="animenb-encode"
+    ) as pool:
         futures = [pool.submit(call) for call in calls]
         return [future.result() for future in futures]
 
@@ -147,8 +162,9 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def compose_sheet(images: list[Image.Image], labels: list[str], title: str, columns: int = 4,
-                  footer: str = "") -> Image.Image:
+def compose_sheet(
+    images: list[Image.Image], labels: list[str], title: str, columns: int = 4, footer: str = ""
+) -> Image.Image:
     """A labelled grid: title bar, one captioned cell per image, optional footer (e.g. the models label)."""
     width, height = images[0].size
     rows = -(-len(images) // columns)
@@ -242,16 +258,33 @@ def save_gif(frames: list[Image.Image], path: Path, fps: int) -> Path:
     palette = strip.quantize(colors=256, method=Image.Quantize.FASTOCTREE)
     indexed = [frame.convert("RGB").quantize(palette=palette, dither=Image.Dither.NONE) for frame in frames]
     with atomic_path(path) as tmp:
-        indexed[0].save(tmp, format="GIF", save_all=True, append_images=indexed[1:], duration=durations,
-                        loop=0, disposal=1, optimize=False)
+        indexed[0].save(
+            tmp,
+            format="GIF",
+            save_all=True,
+            append_images=indexed[1:],
+            duration=durations,
+            loop=0,
+            disposal=1,
+            optimize=False,
+        )
     return Path(path)
 
 
 def save_webp(frames: list[Image.Image], path: Path, fps: int) -> Path:
     durations = frame_durations_ms(len(frames), fps, tick_ms=1)
     with atomic_path(path) as tmp:
-        frames[0].save(tmp, format="WEBP", save_all=True, append_images=frames[1:], duration=durations,
-                       loop=0, lossless=False, quality=90, method=4)
+        frames[0].save(
+            tmp,
+            format="WEBP",
+            save_all=True,
+            append_images=frames[1:],
+            duration=durations,
+            loop=0,
+            lossless=False,
+            quality=90,
+            method=4,
+        )
     return Path(path)
 
 
@@ -267,8 +300,15 @@ def save_mp4(frames: Iterable[Image.Image], path: Path, fps: int) -> Path:
         raise ValueError(f"MP4 (yuv420p) needs even width and height, got {width}x{height}.")
     with atomic_path(path) as tmp:
         writer = imageio_ffmpeg.write_frames(
-            str(tmp), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=2,
-            output_params=["-movflags", "+faststart", "-crf", "18"], ffmpeg_log_level="error")
+            str(tmp),
+            (width, height),
+            fps=fps,
+            codec="libx264",
+            pix_fmt_out="yuv420p",
+            macro_block_size=2,
+            output_params=["-movflags", "+faststart", "-crf", "18"],
+            ffmpeg_log_level="error",
+        )
         writer.send(None)
         for frame in itertools.chain([first], frames):
             writer.send(np.ascontiguousarray(np.asarray(frame.convert("RGB"))))

@@ -5,6 +5,7 @@ configs, tokenizer and safetensors weights of the profile's variant; the IP-Adap
 and image encoder; a single-file checkpoint's configs). huggingface_hub honours HF_HOME / HF_HUB_CACHE
 (where), HF_TOKEN (gated models), HF_ENDPOINT (a mirror) and HF_HUB_OFFLINE.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,19 +76,29 @@ def local_status(profile: ModelProfile) -> list[dict]:
         download = hub.get((role, "weights")) or config
         if download is not None:
             try:
-                folder = Path(snapshot_download(download.repo_id, allow_patterns=list(download.allow_patterns),
-                                                ignore_patterns=list(download.ignore_patterns) or None,
-                                                local_files_only=True))
-                if not any((folder / spec.subfolder if spec.subfolder else folder).rglob(m) for m in _MARKERS) \
-                        and role != "ip_adapter":
+                folder = Path(
+                    snapshot_download(
+                        download.repo_id,
+                        allow_patterns=list(download.allow_patterns),
+                        ignore_patterns=list(download.ignore_patterns) or None,
+                        local_files_only=True,
+                    )
+                )
+                if (
+                    not any((folder / spec.subfolder if spec.subfolder else folder).rglob(m) for m in _MARKERS)
+                    and role != "ip_adapter"
+                ):
                     raise LocalEntryNotFoundError(f"no config in {folder}")
                 if download is config:
                     row["config"] = str(folder)
                 else:
                     row["where"] = str(folder)
             except (LocalEntryNotFoundError, FileNotFoundError, OSError) as exc:
-                row.update(present=False, missing=f"{download.what} of {download.repo_id} not in the hub cache "
-                                                  f"({str(exc).splitlines()[0][:120]})")
+                row.update(
+                    present=False,
+                    missing=f"{download.what} of {download.repo_id} not in the hub cache "
+                    f"({str(exc).splitlines()[0][:120]})",
+                )
         rows.append(row)
     return rows
 
@@ -96,20 +107,35 @@ def plan(download: HubDownload, local_dir: Path | None = None) -> dict:
     """Size to fetch (bytes still missing, and in all) and the licence, before anything is downloaded."""
     from huggingface_hub import HfApi, snapshot_download
 
-    files = snapshot_download(download.repo_id, allow_patterns=list(download.allow_patterns),
-                              ignore_patterns=list(download.ignore_patterns) or None, dry_run=True,
-                              local_dir=local_dir)
+    files = snapshot_download(
+        download.repo_id,
+        allow_patterns=list(download.allow_patterns),
+        ignore_patterns=list(download.ignore_patterns) or None,
+        dry_run=True,
+        local_dir=local_dir,
+    )
     info = HfApi().model_info(download.repo_id)
     card = info.card_data.to_dict() if info.card_data is not None else {}
-    licence = card.get("license") or next((t.split(":", 1)[1] for t in info.tags or [] if t.startswith("license:")),
-                                          "unknown")
-    return {"role": download.role, "repo_id": download.repo_id, "what": download.what, "files": len(files),
-            "bytes": sum(f.file_size for f in files),
-            "bytes_to_fetch": sum(f.file_size for f in files if f.will_download), "licence": licence}
+    licence = card.get("license") or next(
+        (t.split(":", 1)[1] for t in info.tags or [] if t.startswith("license:")), "unknown"
+    )
+    return {
+        "role": download.role,
+        "repo_id": download.repo_id,
+        "what": download.what,
+        "files": len(files),
+        "bytes": sum(f.file_size for f in files),
+        "bytes_to_fetch": sum(f.file_size for f in files if f.will_download),
+        "licence": licence,
+    }
 
 
 def fetch(download: HubDownload, local_dir: Path | None = None) -> str:
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(download.repo_id, allow_patterns=list(download.allow_patterns),
-                             ignore_patterns=list(download.ignore_patterns) or None, local_dir=local_dir)
+    return snapshot_download(
+        download.repo_id,
+        allow_patterns=list(download.allow_patterns),
+        ignore_patterns=list(download.ignore_patterns) or None,
+        local_dir=local_dir,
+    )

@@ -12,6 +12,7 @@ into PNG info and Civitai searches by: `Model hash` is the first 10 hex digits o
 SHA-256; a LoRA's hash is the first 12 of the SHA-256 of a safetensors file's tensor data (its
 "addnet" hash, which ignores the metadata header).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,7 +46,7 @@ def is_single_file(source: str) -> bool:
 @dataclass(frozen=True)
 class ModelFile:
     kind: str
-    name: str      # relative to the folder, without the suffix
+    name: str  # relative to the folder, without the suffix
     path: Path
 
     @property
@@ -64,16 +65,19 @@ def files(kind: str) -> list[ModelFile]:
     if not root.is_dir():
         return []
     found = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")]
-    return sorted((ModelFile(kind, p.relative_to(root).with_suffix("").as_posix(), p) for p in found),
-                  key=lambda f: f.name.lower())
+    return sorted(
+        (ModelFile(kind, p.relative_to(root).with_suffix("").as_posix(), p) for p in found),
+        key=lambda f: f.name.lower(),
+    )
 
 
 def find(kind: str, name_or_path: str) -> ModelFile:
     """The file `name_or_path` names: a name in the kind's folder (with or without its suffix) or a
     path to an existing file with an accepted suffix. ValueError listing what there is otherwise."""
     if not isinstance(name_or_path, str) or not name_or_path.strip():
-        raise ValueError(f"a {kind[:-1] if kind.endswith('s') else kind} name must be a non-empty string, "
-                         f"got {name_or_path!r}.")
+        raise ValueError(
+            f"a {kind[:-1] if kind.endswith('s') else kind} name must be a non-empty string, got {name_or_path!r}."
+        )
     suffixes = KINDS[kind][2]
     path = Path(name_or_path).expanduser()
     if path.is_absolute() or name_or_path.startswith(("./", "../", "~")):
@@ -86,8 +90,7 @@ def find(kind: str, name_or_path: str) -> ModelFile:
         if entry.name == wanted:
             return entry
     names = ", ".join(f.name for f in available) or "none"
-    raise ValueError(f"no {kind} file named {name_or_path!r} in {folder(kind)} ({KINDS[kind][0]}); "
-                     f"available: {names}.")
+    raise ValueError(f"no {kind} file named {name_or_path!r} in {folder(kind)} ({KINDS[kind][0]}); available: {names}.")
 
 
 def sha256(path: Path) -> str:
@@ -96,10 +99,12 @@ def sha256(path: Path) -> str:
 
 def addnet_hash(path: Path) -> str:
     """SHA-256 of a safetensors file's tensor data (after the 8-byte length and the JSON header)."""
+
     def compute():
         with open(path, "rb") as f:
             header = int.from_bytes(f.read(8), "little")
         return _digest(path, 8 + header)
+
     return _cached_hash(path, "addnet", compute)
 
 
@@ -131,8 +136,7 @@ def mentioned_embeddings(*prompts: str) -> list[ModelFile]:
     """Embeddings whose names appear as words in the prompts (A1111: `EasyNegative` in the negative prompt;
     ComfyUI's `embedding:EasyNegative` too)."""
     text = " ".join(p for p in prompts if p)
-    return [e for e in files("embeddings")
-            if re.search(rf"(?<![\w-]){re.escape(e.name)}(?![\w-])", text)]
+    return [e for e in files("embeddings") if re.search(rf"(?<![\w-]){re.escape(e.name)}(?![\w-])", text)]
 
 
 def listing() -> dict:

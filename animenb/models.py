@@ -10,6 +10,7 @@ Device and dtype are explicit: "auto" means CUDA + float16 when a GPU is present
 CPU + float32; a profile, an environment variable (ANIMENB_DEVICE, ANIMENB_DTYPE) or an
 argument overrides it. ANIMENB_THREADS sets torch's CPU threads (default: half the cores).
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,12 @@ KINDS = ("sd", "animatediff", "svd", "sd_controlnet")
 # AnimateDiff's motion modules were trained on a linear beta schedule, not SD's scaled-linear one: the
 # settings of diffusers' AnimateDiff examples (DDIMScheduler.from_pretrained(..., clip_sample=False,
 # timestep_spacing="linspace", beta_schedule="linear", steps_offset=1)); every sampler is built from them.
-ANIMATEDIFF_SCHEDULER = {"beta_schedule": "linear", "timestep_spacing": "linspace", "clip_sample": False,
-                         "steps_offset": 1}
+ANIMATEDIFF_SCHEDULER = {
+    "beta_schedule": "linear",
+    "timestep_spacing": "linspace",
+    "clip_sample": False,
+    "steps_offset": 1,
+}
 _CACHE: dict[tuple, Any] = {}
 _LOCK = threading.RLock()
 
@@ -108,7 +113,8 @@ def _from_pretrained(cls, profile: ModelProfile, role: str, **kwargs):
             f"Model role `{role}` of profile `{profile.name}`: cannot load {source!r} "
             f"({str(exc).splitlines()[0][:200]}). Fix: run once with network access so huggingface_hub can "
             f"cache it, fetch it with `animenb models download {profile.name}`, or point `roles.{role}.source` "
-            f"in {profile.path} at a local folder. For offline work use `--models tiny`.") from exc
+            f"in {profile.path} at a local folder. For offline work use `--models tiny`."
+        ) from exc
 
 
 def _from_single_file(cls, profile: ModelProfile, role: str, **kwargs):
@@ -122,7 +128,8 @@ def _from_single_file(cls, profile: ModelProfile, role: str, **kwargs):
             f"Model role `{role}` of profile `{profile.name}`: cannot load the single file {Path(source).name} "
             f"with config {config!r} ({str(exc).splitlines()[0][:200]}). Fix: set `roles.{role}.config` to a "
             f"local diffusers folder of the same architecture, or fetch {config!r} once with "
-            f"`animenb models download {profile.name}`.") from exc
+            f"`animenb models download {profile.name}`."
+        ) from exc
 
 
 def _load_vae(profile: ModelProfile, dtype):
@@ -158,13 +165,15 @@ def _load_ip_adapter(pipe, profile: ModelProfile) -> None:
     spec = profile.role("ip_adapter")
     source = profile.resolve("ip_adapter")
     try:
-        pipe.load_ip_adapter(source, subfolder=spec.subfolder or "models",
-                             weight_name=spec.weight_name or "ip-adapter_sd15.safetensors")
+        pipe.load_ip_adapter(
+            source, subfolder=spec.subfolder or "models", weight_name=spec.weight_name or "ip-adapter_sd15.safetensors"
+        )
     except OSError as exc:
         raise ModelNotAvailableError(
             f"Model role `ip_adapter` of profile `{profile.name}`: cannot load {source!r} "
             f"({str(exc).splitlines()[0][:200]}). Fix: cache it with network access or point "
-            f"`roles.ip_adapter.source` in {profile.path} at a local folder.") from exc
+            f"`roles.ip_adapter.source` in {profile.path} at a local folder."
+        ) from exc
 
 
 def _load(kind: str, profile: ModelProfile, placement: Placement):
@@ -234,14 +243,14 @@ def _load_controlnet_pipeline(profile: ModelProfile, placement: Placement):
     import diffusers
 
     if profile.role("controlnet").is_single_file:  # an original-layout file, as lllyasviel and Civitai ship them
-        controlnet = _from_single_file(diffusers.ControlNetModel, profile, "controlnet",
-                                       torch_dtype=placement.torch_dtype)
+        controlnet = _from_single_file(
+            diffusers.ControlNetModel, profile, "controlnet", torch_dtype=placement.torch_dtype
+        )
     else:
         controlnet = _from_pretrained(diffusers.ControlNetModel, profile, "controlnet", dtype=placement.torch_dtype)
     _embed_hint_once(controlnet)
     sd = pipeline("sd", profile, placement)
-    pipe = diffusers.StableDiffusionControlNetPipeline.from_pipe(sd, controlnet=controlnet,
-                                                                  dtype=placement.torch_dtype)
+    pipe = diffusers.StableDiffusionControlNetPipeline.from_pipe(sd, controlnet=controlnet, dtype=placement.torch_dtype)
     if profile.fast_paths.cpu_offload:
         pipe.enable_model_cpu_offload(device=placement.device)
     else:
@@ -281,8 +290,15 @@ def pipeline(kind: str, profile: ModelProfile | str | None = None, placement: Pl
         profile = load_profile(profile)
     placement = placement or resolve_placement(profile)
     # The roles are in the key: a request's `checkpoint` is the same profile with another `sd` file.
-    key = (kind, profile.name, profile.path, placement.device, placement.dtype, profile.fast_paths,
-           tuple(sorted(profile.roles.items())))
+    key = (
+        kind,
+        profile.name,
+        profile.path,
+        placement.device,
+        placement.dtype,
+        profile.fast_paths,
+        tuple(sorted(profile.roles.items())),
+    )
     with _LOCK:
         if key not in _CACHE:
             _CACHE[key] = _load(kind, profile, placement)

@@ -22,6 +22,7 @@ A gate failure is not an exception: the result has status "failed" and a reason.
 (bad input, a phase raising) propagate; `orchestration.json` then records status "error" (or
 "cancelled" for `animenb.progress.Cancelled`) before the exception leaves.
 """
+
 from __future__ import annotations
 
 import html
@@ -30,19 +31,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .chain import (MAX_RETRIES, ORCHESTRATION, Attempt, AttemptOutcome, AttemptRecord, ChainRun, check_on_review,
-                    final_files, resolve_thresholds)
+from .chain import (
+    MAX_RETRIES,
+    ORCHESTRATION,
+    Attempt,
+    AttemptOutcome,
+    AttemptRecord,
+    ChainRun,
+    check_on_review,
+    final_files,
+    resolve_thresholds,
+)
 from .phases import PHASE_FUNCTIONS, PhaseResult, get_phase
 from .phases.common import load_image, prepare_output_dir, resolve_backend, resolve_seed
 from .phases.spec import CHARACTER_SHEET
-from .progress import CancelToken, Cancelled, ProgressDisplay, ProgressEvent
+from .progress import Cancelled, CancelToken, ProgressDisplay, ProgressEvent
 
 
 @dataclass(frozen=True)
 class OrchestrationResult:
     """What `orchestrate` returns. `results` holds the last run of each phase reached (the passing
     one, or the last failing one); `attempts` one row per attempt (for a pandas table)."""
-    status: str                 # succeeded | failed
+
+    status: str  # succeeded | failed
     reason: str
     output_dir: Path
     seed: int
@@ -58,8 +69,9 @@ class OrchestrationResult:
     def rows(self) -> list[dict]:
         """The attempts as flat dicts (metrics and the server-only fields left out), for
         `pandas.DataFrame(result.rows())`."""
-        return [{k: v for k, v in a.as_dict().items() if k not in ("metrics", "job_id", "error")}
-                for a in self.attempts]
+        return [
+            {k: v for k, v in a.as_dict().items() if k not in ("metrics", "job_id", "error")} for a in self.attempts
+        ]
 
     def path(self, key: str) -> Path:
         """Absolute path of a final output named in the manifest ("sheet", "gif", "mp4", ...)."""
@@ -67,12 +79,15 @@ class OrchestrationResult:
 
     def _repr_html_(self) -> str:
         colour = "green" if self.succeeded else "#b00"
-        return (f'<b>ORCHESTRATION</b> <span style="color:{colour}">{html.escape(self.status)}</span> · '
-                f"{html.escape(self.reason)} · seed {self.seed} · {len(self.attempts)} attempts · "
-                f"<code>{html.escape(str(self.output_dir))}</code>")
+        return (
+            f'<b>ORCHESTRATION</b> <span style="color:{colour}">{html.escape(self.status)}</span> · '
+            f"{html.escape(self.reason)} · seed {self.seed} · {len(self.attempts)} attempts · "
+            f"<code>{html.escape(str(self.output_dir))}</code>"
+        )
 
 
 # ----------------------------------------------------------------------------- the orchestrator
+
 
 def orchestrate(
     prompt: str,
@@ -120,8 +135,22 @@ def orchestrate(
     gates = resolve_thresholds(thresholds)
     options = {get_phase(k).name: dict(v) for k, v in (phase_options or {}).items()}
     for name, opts in options.items():
-        clash = {"prompt", "seed", "steps", "width", "height", "models", "backend", "backend_options",
-                 "output_dir", "on_progress", "display", "cancel", "reference_image", "image"} & set(opts)
+        clash = {
+            "prompt",
+            "seed",
+            "steps",
+            "width",
+            "height",
+            "models",
+            "backend",
+            "backend_options",
+            "output_dir",
+            "on_progress",
+            "display",
+            "cancel",
+            "reference_image",
+            "image",
+        } & set(opts)
         if clash:
             raise ValueError(f"`phase_options[{name!r}]` may not set {sorted(clash)}: orchestrate sets them.")
     if reference_image is not None:
@@ -131,13 +160,21 @@ def orchestrate(
 
     from .quality import record_quality, score_output_dir
 
-    parameters = {"prompt": prompt, "seed": seed, "steps": steps, "width": width, "height": height,
-                  "reference_image": None if reference_image is None else str(reference_image),
-                  "max_retries": max_retries, "advisory_gates": advisory_gates, "on_review": on_review,
-                  "models": models,
-                  "backend": getattr(phase_backend, "name", str(backend)),
-                  "thresholds": thresholds if not isinstance(thresholds, Mapping)
-                  else {str(k): v for k, v in thresholds.items()}, "phase_options": options}
+    parameters = {
+        "prompt": prompt,
+        "seed": seed,
+        "steps": steps,
+        "width": width,
+        "height": height,
+        "reference_image": None if reference_image is None else str(reference_image),
+        "max_retries": max_retries,
+        "advisory_gates": advisory_gates,
+        "on_review": on_review,
+        "models": models,
+        "backend": getattr(phase_backend, "name", str(backend)),
+        "thresholds": thresholds if not isinstance(thresholds, Mapping) else {str(k): v for k, v in thresholds.items()},
+        "phase_options": options,
+    }
     sink = ProgressDisplay(display, desc=ORCHESTRATION)
 
     def publish(event: ProgressEvent, milestone: bool) -> None:
@@ -145,25 +182,45 @@ def orchestrate(
             on_progress(event)
         sink.show(event, force=milestone)
 
-    chain = ChainRun(root, parameters, seed=seed, max_retries=max_retries, thresholds=gates,
-                     phase_options=options, publish=publish, advisory=advisory_gates,
-                     on_review=on_review)
+    chain = ChainRun(
+        root,
+        parameters,
+        seed=seed,
+        max_retries=max_retries,
+        thresholds=gates,
+        phase_options=options,
+        publish=publish,
+        advisory=advisory_gates,
+        on_review=on_review,
+    )
     results: dict[str, PhaseResult] = {}
 
     def run_once(attempt: Attempt) -> AttemptOutcome:
         """The phase function into the attempt's directory, then its quality report (quality.json)."""
         t0 = time.perf_counter()
         results[attempt.phase] = PHASE_FUNCTIONS[attempt.phase](
-            **attempt.parameters, output_dir=attempt.output_dir, backend=phase_backend, display=None,
-            on_progress=chain.relay, cancel=cancel)
+            **attempt.parameters,
+            output_dir=attempt.output_dir,
+            backend=phase_backend,
+            display=None,
+            on_progress=chain.relay,
+            cancel=cancel,
+        )
         t1 = time.perf_counter()
         chain.progress.stage("scoring")
         report = score_output_dir(attempt.output_dir, threshold=attempt.threshold, embed="auto")
         record_quality(attempt.output_dir, report)
-        return AttemptOutcome(attempt.output_dir, report.score, report.threshold, report.passed,
-                              metrics=dict(report.metrics), generate_seconds=round(t1 - t0, 4),
-                              score_seconds=round(time.perf_counter() - t1, 4), failures=list(report.failures),
-                              verdict=report.verdict)
+        return AttemptOutcome(
+            attempt.output_dir,
+            report.score,
+            report.threshold,
+            report.passed,
+            metrics=dict(report.metrics),
+            generate_seconds=round(t1 - t0, 4),
+            score_seconds=round(time.perf_counter() - t1, 4),
+            failures=list(report.failures),
+            verdict=report.verdict,
+        )
 
     # 1-3. each phase, attempt after attempt, until its gate passes or the retries run out
     chain.save()
@@ -171,8 +228,9 @@ def orchestrate(
         while (attempt := chain.next_attempt()) is not None:
             chain.add(attempt, run_once(attempt))
     except BaseException as exc:
-        chain.finish("cancelled" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else "error",
-                     f"{type(exc).__name__}: {exc}")
+        chain.finish(
+            "cancelled" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else "error", f"{type(exc).__name__}: {exc}"
+        )
         chain.progress.finish(f"{chain.record.status}: {chain.record.reason}")
         sink.close()
         raise
@@ -184,5 +242,13 @@ def orchestrate(
     manifest = chain.write_manifest([(path, kind) for path, kind, _ in final_files(chain.passed)])
     chain.progress.finish("done" if status == "succeeded" else f"failed: {reason}")
     sink.close()
-    return OrchestrationResult(status=status, reason=reason, output_dir=root, seed=seed, attempts=chain.attempts,
-                               results=results, record=chain.record.data, manifest=manifest)
+    return OrchestrationResult(
+        status=status,
+        reason=reason,
+        output_dir=root,
+        seed=seed,
+        attempts=chain.attempts,
+        results=results,
+        record=chain.record.data,
+        manifest=manifest,
+    )

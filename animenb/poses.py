@@ -10,6 +10,7 @@ trained on, so the built-in views need no detector and no download.
 Left and right are the character's own: OpenPose colours them differently, which is how a ControlNet
 tells a front view (the character's right arm on the image's left) from a back view (on its right).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,14 +22,66 @@ from PIL import Image
 Point = tuple[float, float] | None
 Skeleton = tuple[Point, ...]
 
-KEYPOINTS = ("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist",
-             "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear")
+KEYPOINTS = (
+    "nose",
+    "neck",
+    "r_shoulder",
+    "r_elbow",
+    "r_wrist",
+    "l_shoulder",
+    "l_elbow",
+    "l_wrist",
+    "r_hip",
+    "r_knee",
+    "r_ankle",
+    "l_hip",
+    "l_knee",
+    "l_ankle",
+    "r_eye",
+    "l_eye",
+    "r_ear",
+    "l_ear",
+)
 # OpenPose's limb pairs (0-based keypoint indices) in drawing order, and its 18 colours (RGB).
-LIMBS = ((1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
-         (1, 0), (0, 14), (14, 16), (0, 15), (15, 17))
-COLOURS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
-           (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
-           (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85))
+LIMBS = (
+    (1, 2),
+    (1, 5),
+    (2, 3),
+    (3, 4),
+    (5, 6),
+    (6, 7),
+    (1, 8),
+    (8, 9),
+    (9, 10),
+    (1, 11),
+    (11, 12),
+    (12, 13),
+    (1, 0),
+    (0, 14),
+    (14, 16),
+    (0, 15),
+    (15, 17),
+)
+COLOURS = (
+    (255, 0, 0),
+    (255, 85, 0),
+    (255, 170, 0),
+    (255, 255, 0),
+    (170, 255, 0),
+    (85, 255, 0),
+    (0, 255, 0),
+    (0, 255, 85),
+    (0, 255, 170),
+    (0, 255, 255),
+    (0, 170, 255),
+    (0, 85, 255),
+    (0, 0, 255),
+    (85, 0, 255),
+    (170, 0, 255),
+    (255, 0, 255),
+    (255, 0, 170),
+    (255, 0, 85),
+)
 REFERENCE_SIZE = 512  # OpenPose's stick width (4 px) and joint radius (4 px) are for images this size
 POSE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -53,44 +106,102 @@ def mirrored(skeleton: Skeleton, swap_sides: bool = True) -> Skeleton:
 
 # Full body, standing, feet at 89% of the frame's height (room for hair and shoes).
 FRONT = _skeleton(
-    nose=(0.50, 0.17), neck=(0.50, 0.25), r_eye=(0.48, 0.155), l_eye=(0.52, 0.155), r_ear=(0.46, 0.165),
-    l_ear=(0.54, 0.165), r_shoulder=(0.41, 0.26), r_elbow=(0.38, 0.40), r_wrist=(0.37, 0.52),
-    l_shoulder=(0.59, 0.26), l_elbow=(0.62, 0.40), l_wrist=(0.63, 0.52), r_hip=(0.45, 0.53), r_knee=(0.45, 0.71),
-    r_ankle=(0.45, 0.89), l_hip=(0.55, 0.53), l_knee=(0.55, 0.71), l_ankle=(0.55, 0.89))
+    nose=(0.50, 0.17),
+    neck=(0.50, 0.25),
+    r_eye=(0.48, 0.155),
+    l_eye=(0.52, 0.155),
+    r_ear=(0.46, 0.165),
+    l_ear=(0.54, 0.165),
+    r_shoulder=(0.41, 0.26),
+    r_elbow=(0.38, 0.40),
+    r_wrist=(0.37, 0.52),
+    l_shoulder=(0.59, 0.26),
+    l_elbow=(0.62, 0.40),
+    l_wrist=(0.63, 0.52),
+    r_hip=(0.45, 0.53),
+    r_knee=(0.45, 0.71),
+    r_ankle=(0.45, 0.89),
+    l_hip=(0.55, 0.53),
+    l_knee=(0.55, 0.71),
+    l_ankle=(0.55, 0.89),
+)
 # Seen from behind: the character's right side on the image's right, no face, only the ears.
-BACK = tuple(None if name in ("nose", "r_eye", "l_eye") else p
-             for name, p in zip(KEYPOINTS, mirrored(FRONT, swap_sides=False)))
+BACK = tuple(
+    None if name in ("nose", "r_eye", "l_eye") else p for name, p in zip(KEYPOINTS, mirrored(FRONT, swap_sides=False))
+)
 # The character's left side, facing the image's left: one eye and one ear, limbs nearly overlapping,
 # a short stride so the legs read as a profile.
 LEFT = _skeleton(
-    nose=(0.45, 0.17), neck=(0.50, 0.25), l_eye=(0.47, 0.155), l_ear=(0.52, 0.165),
-    l_shoulder=(0.49, 0.265), l_elbow=(0.48, 0.40), l_wrist=(0.47, 0.52),
-    r_shoulder=(0.52, 0.26), r_elbow=(0.54, 0.40), r_wrist=(0.55, 0.51),
-    l_hip=(0.49, 0.53), l_knee=(0.46, 0.71), l_ankle=(0.44, 0.89),
-    r_hip=(0.52, 0.53), r_knee=(0.54, 0.71), r_ankle=(0.56, 0.89))
+    nose=(0.45, 0.17),
+    neck=(0.50, 0.25),
+    l_eye=(0.47, 0.155),
+    l_ear=(0.52, 0.165),
+    l_shoulder=(0.49, 0.265),
+    l_elbow=(0.48, 0.40),
+    l_wrist=(0.47, 0.52),
+    r_shoulder=(0.52, 0.26),
+    r_elbow=(0.54, 0.40),
+    r_wrist=(0.55, 0.51),
+    l_hip=(0.49, 0.53),
+    l_knee=(0.46, 0.71),
+    l_ankle=(0.44, 0.89),
+    r_hip=(0.52, 0.53),
+    r_knee=(0.54, 0.71),
+    r_ankle=(0.56, 0.89),
+)
 RIGHT = mirrored(LEFT)
 # Turned ~45 degrees to the image's left, weight on one leg, a hand raised: the sheet's dynamic view.
 THREE_QUARTER = _skeleton(
-    nose=(0.47, 0.17), neck=(0.50, 0.25), r_eye=(0.455, 0.155), l_eye=(0.49, 0.155), l_ear=(0.535, 0.165),
-    r_shoulder=(0.43, 0.265), r_elbow=(0.38, 0.37), r_wrist=(0.41, 0.47),
-    l_shoulder=(0.56, 0.255), l_elbow=(0.61, 0.37), l_wrist=(0.64, 0.27),
-    r_hip=(0.46, 0.53), r_knee=(0.42, 0.70), r_ankle=(0.40, 0.88),
-    l_hip=(0.54, 0.53), l_knee=(0.56, 0.71), l_ankle=(0.58, 0.89))
+    nose=(0.47, 0.17),
+    neck=(0.50, 0.25),
+    r_eye=(0.455, 0.155),
+    l_eye=(0.49, 0.155),
+    l_ear=(0.535, 0.165),
+    r_shoulder=(0.43, 0.265),
+    r_elbow=(0.38, 0.37),
+    r_wrist=(0.41, 0.47),
+    l_shoulder=(0.56, 0.255),
+    l_elbow=(0.61, 0.37),
+    l_wrist=(0.64, 0.27),
+    r_hip=(0.46, 0.53),
+    r_knee=(0.42, 0.70),
+    r_ankle=(0.40, 0.88),
+    l_hip=(0.54, 0.53),
+    l_knee=(0.56, 0.71),
+    l_ankle=(0.58, 0.89),
+)
 # Upper-body shots (head to waist): the expression is in the face, the gesture in the arms, so the
 # three skeletons differ where a ControlNet can see it.
-_HEAD = dict(r_eye=(0.46, 0.27), l_eye=(0.54, 0.27), r_ear=(0.42, 0.29), l_ear=(0.58, 0.29), neck=(0.50, 0.47),
-             r_shoulder=(0.33, 0.51), l_shoulder=(0.67, 0.51))
-SMILE = _skeleton(nose=(0.50, 0.31), **_HEAD, r_elbow=(0.29, 0.80), r_wrist=(0.45, 0.93),
-                  l_elbow=(0.71, 0.80), l_wrist=(0.55, 0.93))  # hands together in front
-ANGRY = _skeleton(nose=(0.50, 0.33), **_HEAD, r_elbow=(0.18, 0.72), r_wrist=(0.30, 0.93),
-                  l_elbow=(0.82, 0.72), l_wrist=(0.70, 0.93))  # fists on the hips, elbows out
-SURPRISED = _skeleton(nose=(0.50, 0.29), **_HEAD, r_elbow=(0.24, 0.66), r_wrist=(0.36, 0.36),
-                      l_elbow=(0.76, 0.66), l_wrist=(0.64, 0.36))  # hands up by the face
+_HEAD = dict(
+    r_eye=(0.46, 0.27),
+    l_eye=(0.54, 0.27),
+    r_ear=(0.42, 0.29),
+    l_ear=(0.58, 0.29),
+    neck=(0.50, 0.47),
+    r_shoulder=(0.33, 0.51),
+    l_shoulder=(0.67, 0.51),
+)
+SMILE = _skeleton(
+    nose=(0.50, 0.31), **_HEAD, r_elbow=(0.29, 0.80), r_wrist=(0.45, 0.93), l_elbow=(0.71, 0.80), l_wrist=(0.55, 0.93)
+)  # hands together in front
+ANGRY = _skeleton(
+    nose=(0.50, 0.33), **_HEAD, r_elbow=(0.18, 0.72), r_wrist=(0.30, 0.93), l_elbow=(0.82, 0.72), l_wrist=(0.70, 0.93)
+)  # fists on the hips, elbows out
+SURPRISED = _skeleton(
+    nose=(0.50, 0.29), **_HEAD, r_elbow=(0.24, 0.66), r_wrist=(0.36, 0.36), l_elbow=(0.76, 0.66), l_wrist=(0.64, 0.36)
+)  # hands up by the face
 
 # Keyed like animenb.phases.character_sheet.POSES.
-SKELETONS: dict[str, Skeleton] = {"front": FRONT, "back": BACK, "left": LEFT, "right": RIGHT,
-                                  "three_quarter": THREE_QUARTER, "smile": SMILE, "angry": ANGRY,
-                                  "surprised": SURPRISED}
+SKELETONS: dict[str, Skeleton] = {
+    "front": FRONT,
+    "back": BACK,
+    "left": LEFT,
+    "right": RIGHT,
+    "three_quarter": THREE_QUARTER,
+    "smile": SMILE,
+    "angry": ANGRY,
+    "surprised": SURPRISED,
+}
 
 
 def _placed(point: tuple[float, float], width: int, height: int) -> tuple[float, float]:
@@ -117,8 +228,14 @@ def draw_skeleton(skeleton: Skeleton, width: int, height: int) -> Image.Image:
         (xa, ya), (xb, yb) = start, end
         length = float(np.hypot(xa - xb, ya - yb))
         angle = float(np.degrees(np.arctan2(ya - yb, xa - xb)))
-        polygon = cv2.ellipse2Poly((round((xa + xb) / 2), round((ya + yb) / 2)),
-                                   (max(1, round(length / 2)), max(1, round(stick))), round(angle), 0, 360, 1)
+        polygon = cv2.ellipse2Poly(
+            (round((xa + xb) / 2), round((ya + yb) / 2)),
+            (max(1, round(length / 2)), max(1, round(stick))),
+            round(angle),
+            0,
+            360,
+            1,
+        )
         limb = canvas.copy()
         cv2.fillConvexPoly(limb, polygon, colour)
         canvas = cv2.addWeighted(canvas, 0.4, limb, 0.6, 0)  # OpenPose's 60% limb blend
@@ -143,14 +260,15 @@ def pose_image_paths(source: str | Path | Sequence, count: int, name: str = "pos
     if isinstance(source, (str, Path)):
         folder = Path(source).expanduser()
         if not folder.is_dir():
-            raise ValueError(f"`{name}` must be a folder of {count} pose images or a list of {count} images, "
-                             f"got {str(source)!r} (not a folder).")
+            raise ValueError(
+                f"`{name}` must be a folder of {count} pose images or a list of {count} images, "
+                f"got {str(source)!r} (not a folder)."
+            )
         items = sorted(p for p in folder.iterdir() if p.suffix.lower() in POSE_IMAGE_SUFFIXES)
     else:
         items = list(source)
     if len(items) != count:
-        raise ValueError(f"`{name}` must hold exactly {count} images (one per pose, in sheet order), "
-                         f"got {len(items)}.")
+        raise ValueError(f"`{name}` must hold exactly {count} images (one per pose, in sheet order), got {len(items)}.")
     for item in items:
         if isinstance(item, Image.Image):
             continue

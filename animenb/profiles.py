@@ -8,6 +8,7 @@ The `sd` and `vae` roles may also be single files in the original SD layout (`.s
 local `config` (a diffusers folder or hub id holding the configs and tokenizer). A profile may
 name default `loras` ([{name, weight}]) and a `clip_skip` (A1111's: 2 for most anime SD 1.5 models).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -81,6 +82,7 @@ class ModelProfile:
         fitted_width = max(64, round((area * aspect) ** 0.5 / 64) * 64)
         fitted_height = max(64, round((area / aspect) ** 0.5 / 64) * 64)
         return min(fitted_width, 2048), min(fitted_height, 2048)
+
     loras: tuple[tuple[str, float], ...] = ()  # applied to every job, before the request's own
     clip_skip: int | None = None
 
@@ -91,7 +93,8 @@ class ModelProfile:
     def role(self, role: str) -> RoleSource:
         if role not in self.roles:
             raise ModelNotAvailableError(
-                f"Model profile `{self.name}` has no `{role}` role; add `roles.{role}.source` to {self.path}.")
+                f"Model profile `{self.name}` has no `{role}` role; add `roles.{role}.source` to {self.path}."
+            )
         return self.roles[role]
 
     def resolve(self, role: str) -> str:
@@ -113,7 +116,8 @@ class ModelProfile:
             if not folder.exists():
                 raise ModelNotAvailableError(
                     f"Model role `{role}` of profile `{self.name}`: {folder} does not exist. "
-                    f"Fix: put the weights there or change `roles.{role}.source` in {self.path}.")
+                    f"Fix: put the weights there or change `roles.{role}.source` in {self.path}."
+                )
             return str(folder)
         return spec.source
 
@@ -151,10 +155,16 @@ class ModelProfile:
         return replace(self.with_role("sd", spec), label=f"{self.label} + {Path(checkpoint).name}")
 
     def as_dict(self) -> dict:
-        return {"profile": self.name, "label": self.label, "tiny": self.is_tiny,
-                "path": self.public_path(),
-                "roles": {k: v.source for k, v in self.roles.items()}, "fast_paths": self.fast_paths.as_dict(),
-                "loras": [{"name": n, "weight": w} for n, w in self.loras], "clip_skip": self.clip_skip}
+        return {
+            "profile": self.name,
+            "label": self.label,
+            "tiny": self.is_tiny,
+            "path": self.public_path(),
+            "roles": {k: v.source for k, v in self.roles.items()},
+            "fast_paths": self.fast_paths.as_dict(),
+            "loras": [{"name": n, "weight": w} for n, w in self.loras],
+            "clip_skip": self.clip_skip,
+        }
 
 
 def available_profiles() -> list[str]:
@@ -168,8 +178,9 @@ def load_profile(name_or_path: str | Path | None = None) -> ModelProfile:
     if path.suffix not in (".yaml", ".yml"):
         path = parameters_dir() / "models" / f"{key}.yaml"
     if not path.is_file():
-        raise ValueError(f"`models` must be one of {', '.join(available_profiles())} or a profile YAML path, "
-                         f"got {key!r}.")
+        raise ValueError(
+            f"`models` must be one of {', '.join(available_profiles())} or a profile YAML path, got {key!r}."
+        )
     data = yaml.safe_load(path.read_text()) or {}
     roles = {}
     for role, spec in (data.get("roles") or {}).items():
@@ -178,10 +189,16 @@ def load_profile(name_or_path: str | Path | None = None) -> ModelProfile:
         roles[role] = RoleSource(source=spec) if isinstance(spec, str) else RoleSource(**spec)
     sizes = {}
     for role, size in (data.get("sizes") or {}).items():
-        if role not in ROLES or not isinstance(size, list) or len(size) != 2 or \
-                not all(type(v) is int and 64 <= v <= 2048 and v % 8 == 0 for v in size):
-            raise ValueError(f"Profile {path}: `sizes.{role}` must be [width, height] (multiples of 8 in [64, 2048]) "
-                             f"for one of the roles {', '.join(ROLES)}, got {size!r}.")
+        if (
+            role not in ROLES
+            or not isinstance(size, list)
+            or len(size) != 2
+            or not all(type(v) is int and 64 <= v <= 2048 and v % 8 == 0 for v in size)
+        ):
+            raise ValueError(
+                f"Profile {path}: `sizes.{role}` must be [width, height] (multiples of 8 in [64, 2048]) "
+                f"for one of the roles {', '.join(ROLES)}, got {size!r}."
+            )
         sizes[role] = (size[0], size[1])
     name = data.get("name", path.stem)
     tiny = bool(roles) and all(r.is_tiny for r in roles.values())
@@ -190,11 +207,19 @@ def load_profile(name_or_path: str | Path | None = None) -> ModelProfile:
         clip_skip = check_clip_skip(data.get("clip_skip"))
     except ValueError as exc:
         raise ValueError(f"Profile {path}: {exc}") from None
-    return ModelProfile(name=name, label=TINY_LABEL if tiny else data.get("label", name),
-                        default_size=int(data.get("default_size", 512)), roles=roles,
-                        device=str(data.get("device", "auto")), dtype=str(data.get("dtype", "auto")),
-                        fast_paths=parse_fast_paths(data.get("fast_paths"), path), path=path,
-                        sizes=sizes, loras=loras, clip_skip=clip_skip)
+    return ModelProfile(
+        name=name,
+        label=TINY_LABEL if tiny else data.get("label", name),
+        default_size=int(data.get("default_size", 512)),
+        roles=roles,
+        device=str(data.get("device", "auto")),
+        dtype=str(data.get("dtype", "auto")),
+        fast_paths=parse_fast_paths(data.get("fast_paths"), path),
+        path=path,
+        sizes=sizes,
+        loras=loras,
+        clip_skip=clip_skip,
+    )
 
 
 MAX_LORAS = 8
@@ -206,23 +231,28 @@ def parse_loras(value) -> tuple[tuple[str, float], ...]:
     if value is None:
         return ()
     if not isinstance(value, (list, tuple)) or len(value) > MAX_LORAS:
-        raise ValueError(f"`loras` must be a list of at most {MAX_LORAS} {{\"name\", \"weight\"}} objects, "
-                         f"got {value!r:.200}.")
+        raise ValueError(
+            f'`loras` must be a list of at most {MAX_LORAS} {{"name", "weight"}} objects, got {value!r:.200}.'
+        )
     parsed = []
     for item in value:
         if isinstance(item, (list, tuple)) and len(item) == 2:  # already parsed
             item = {"name": item[0], "weight": item[1]}
-        if not isinstance(item, dict) or set(item) - {"name", "path", "weight"} or \
-                ("name" in item) == ("path" in item):
-            raise ValueError(f"each of `loras` must be {{\"name\" or \"path\", \"weight\"}}, got {item!r:.200}.")
+        if not isinstance(item, dict) or set(item) - {"name", "path", "weight"} or ("name" in item) == ("path" in item):
+            raise ValueError(f'each of `loras` must be {{"name" or "path", "weight"}}, got {item!r:.200}.')
         name = item.get("name", item.get("path"))
         weight = item.get("weight", 1.0)
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"a LoRA's name must be a non-empty string, got {name!r}.")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or \
-                not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:
-            raise ValueError(f"LoRA `{name}`: `weight` must be a number in [-{MAX_LORA_WEIGHT:g}, "
-                             f"{MAX_LORA_WEIGHT:g}], got {weight!r}.")
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, (int, float))
+            or not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT
+        ):
+            raise ValueError(
+                f"LoRA `{name}`: `weight` must be a number in [-{MAX_LORA_WEIGHT:g}, "
+                f"{MAX_LORA_WEIGHT:g}], got {weight!r}."
+            )
         parsed.append((name, float(weight)))
     return tuple(parsed)
 

@@ -19,6 +19,7 @@ each display message costs ~4 ms between the kernel and the job runner on a 2-co
 machine (measured: 26 events took 8% of a 1.1 s tiny job), and a progress bar gains
 nothing from more than ten updates a second. `publish` callbacks still get every event.
 """
+
 from __future__ import annotations
 
 import html
@@ -32,7 +33,6 @@ PROGRESS_MIME = "application/vnd.animenb.progress+json"
 # What a progress event measures: a phase's generation, its quality scoring, or a whole chain of phases.
 PROGRESS_PARTS = ("generation", "quality", "chain")
 KERNEL_MIN_INTERVAL = 0.1  # seconds between events shown as display data (see module docstring)
-
 
 
 class Cancelled(Exception):
@@ -69,7 +69,7 @@ class ProgressEvent:
     elapsed_seconds: float
     time: float = field(default_factory=time.time)
     preview: str | None = None  # data:image/png;base64,... when the backend offers one
-    part: str = "generation"    # what progresses: one of PROGRESS_PARTS
+    part: str = "generation"  # what progresses: one of PROGRESS_PARTS
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -79,12 +79,13 @@ class ProgressEvent:
 
     def text(self) -> str:
         eta = "?" if self.eta_seconds is None else f"{self.eta_seconds:.1f}s"
-        return (f"{self.phase} [{self.stage}] step {self.step}/{self.total_steps} "
-                f"{self.percent:5.1f}% eta {eta}")
+        return f"{self.phase} [{self.stage}] step {self.step}/{self.total_steps} {self.percent:5.1f}% eta {eta}"
 
     def html(self) -> str:
-        return (f'<div class="animenb-progress"><progress value="{self.percent:.1f}" max="100" '
-                f'style="width:60%"></progress> <code>{html.escape(self.text())}</code></div>')
+        return (
+            f'<div class="animenb-progress"><progress value="{self.percent:.1f}" max="100" '
+            f'style="width:60%"></progress> <code>{html.escape(self.text())}</code></div>'
+        )
 
 
 def in_kernel() -> bool:
@@ -104,9 +105,16 @@ class ProgressReporter:
     "tqdm" or None; `cancel`, when given, stops the run at its next step once cancelled.
     """
 
-    def __init__(self, phase: str, total_steps: int, stage_count: int = 1, *,
-                 publish: Callable[[ProgressEvent], None] | None = None, display: str | None = "auto",
-                 cancel: CancelToken | None = None):
+    def __init__(
+        self,
+        phase: str,
+        total_steps: int,
+        stage_count: int = 1,
+        *,
+        publish: Callable[[ProgressEvent], None] | None = None,
+        display: str | None = "auto",
+        cancel: CancelToken | None = None,
+    ):
         if total_steps < 1:
             raise ValueError(f"`total_steps` must be >= 1, got {total_steps}.")
         self.phase = phase
@@ -155,11 +163,17 @@ class ProgressReporter:
 
     def _emit(self, preview: str | None = None, force: bool = False) -> None:
         event = ProgressEvent(
-            phase=self.phase, stage=self.stage, stage_index=self.stage_index, stage_count=self.stage_count,
-            step=self.step, total_steps=self.total_steps,
+            phase=self.phase,
+            stage=self.stage,
+            stage_index=self.stage_index,
+            stage_count=self.stage_count,
+            step=self.step,
+            total_steps=self.total_steps,
             percent=round(100.0 * self.step / self.total_steps, 2),
             eta_seconds=None if (eta := self.eta_seconds()) is None else round(eta, 3),
-            elapsed_seconds=round(time.perf_counter() - self._started, 3), preview=preview)
+            elapsed_seconds=round(time.perf_counter() - self._started, 3),
+            preview=preview,
+        )
         self.last_event = event
         if self.publish is not None:
             self.publish(event)
@@ -205,8 +219,13 @@ class ProgressDisplay:
             if self._bar is None:
                 from tqdm.auto import tqdm
 
-                self._bar = tqdm(total=100.0, desc=self.desc, unit="%", leave=False,
-                                 bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}{postfix}]")
+                self._bar = tqdm(
+                    total=100.0,
+                    desc=self.desc,
+                    unit="%",
+                    leave=False,
+                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}{postfix}]",
+                )
             self._bar.set_postfix_str(event.stage, refresh=False)
             self._bar.update(event.percent - self._bar.n)
 

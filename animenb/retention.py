@@ -14,6 +14,7 @@ Used by `animenb gc --older-than 7d` and `POST /api/anime/admin/gc`. Safe by con
   row that claims outputs which are gone.
 - Only paths inside `outputs_dir` / `thumbnails_dir` named by a 32-hex job id are removed.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,8 @@ def dir_bytes(path: Path) -> int:
 class GcReport:
     cutoff: float
     dry_run: bool
-    jobs: list[str] = field(default_factory=list)        # deleted (or, dry run, deletable) job ids
-    orphans: list[str] = field(default_factory=list)     # output directories without a job row
+    jobs: list[str] = field(default_factory=list)  # deleted (or, dry run, deletable) job ids
+    orphans: list[str] = field(default_factory=list)  # output directories without a job row
     bytes_freed: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -85,8 +86,16 @@ def _remove(path: Path, root: Path, report: GcReport, dry_run: bool) -> None:
         report.errors.append(f"{path}: {exc}")
 
 
-def collect_garbage(store, outputs_dir: str | Path, *, older_than: float, thumbnails_dir: str | Path | None = None,
-                    dry_run: bool = False, now: float | None = None, batch: int = 500) -> GcReport:
+def collect_garbage(
+    store,
+    outputs_dir: str | Path,
+    *,
+    older_than: float,
+    thumbnails_dir: str | Path | None = None,
+    dry_run: bool = False,
+    now: float | None = None,
+    batch: int = 500,
+) -> GcReport:
     outputs_dir = Path(outputs_dir)
     thumbs = Path(thumbnails_dir) if thumbnails_dir else None
     cutoff = (time.time() if now is None else now) - older_than

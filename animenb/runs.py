@@ -24,6 +24,7 @@ of those. A run found both in a store and under a directory is one row (the stor
 - `created_at` is a UTC pandas Timestamp; `since` / `until` filter on it. A bare date
   (`"2025-01-31"`, `datetime.date`) as `until` includes that whole day.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,10 +37,36 @@ from .manifest import MANIFEST_NAME, read_manifest
 from .phases.catalog import DEFAULT_GATE, PHASES, get_phase
 from .phases.character_sheet import POSES
 
-COLUMNS = ["run", "job_id", "status", "phase_id", "phase", "prompt", "seed", "steps", "scheduler",
-           "guidance_scale", "width", "height", "models", "backend", "duration_seconds", "generate_seconds",
-           "denoising_steps", "step_rate", "quality_score", "passed", "verdict", "threshold", "created_at", "parent",
-           "sweep", "output_dir", "notebook", "source"]
+COLUMNS = [
+    "run",
+    "job_id",
+    "status",
+    "phase_id",
+    "phase",
+    "prompt",
+    "seed",
+    "steps",
+    "scheduler",
+    "guidance_scale",
+    "width",
+    "height",
+    "models",
+    "backend",
+    "duration_seconds",
+    "generate_seconds",
+    "denoising_steps",
+    "step_rate",
+    "quality_score",
+    "passed",
+    "verdict",
+    "threshold",
+    "created_at",
+    "parent",
+    "sweep",
+    "output_dir",
+    "notebook",
+    "source",
+]
 SWEEP = "SWEEP"  # the phase of a sweep's own row (animenb.sweeps)
 _PHASE_COLOURS = {"CHARACTER_SHEET": "#4a7ebb", "ANIMATION_LOOP": "#d0782a", "FULL_VIDEO": "#4c9a55"}
 
@@ -96,19 +123,32 @@ def row_from_manifest(manifest: dict, output_dir: Path, root: Path | None = None
     rel = output_dir.relative_to(root).as_posix() if root is not None and output_dir != root else output_dir.name
     notebook = output_dir / "notebook.ipynb"
     return {
-        "run": rel, "job_id": output_dir.name, "status": manifest.get("status"),
-        "phase_id": get_phase(phase).id if phase in {p.name for p in PHASES} else None, "phase": phase,
-        "prompt": params.get("prompt"), "seed": manifest.get("seed", params.get("seed")),
-        "steps": params.get("steps"), "scheduler": params.get("scheduler"),
-        "guidance_scale": params.get("guidance_scale"), "width": params.get("width"), "height": params.get("height"),
-        "models": manifest.get("models"), "backend": backend.get("backend") if isinstance(backend, dict) else backend,
-        "duration_seconds": _number(timings.get("total_seconds")), "generate_seconds": generate,
+        "run": rel,
+        "job_id": output_dir.name,
+        "status": manifest.get("status"),
+        "phase_id": get_phase(phase).id if phase in {p.name for p in PHASES} else None,
+        "phase": phase,
+        "prompt": params.get("prompt"),
+        "seed": manifest.get("seed", params.get("seed")),
+        "steps": params.get("steps"),
+        "scheduler": params.get("scheduler"),
+        "guidance_scale": params.get("guidance_scale"),
+        "width": params.get("width"),
+        "height": params.get("height"),
+        "models": manifest.get("models"),
+        "backend": backend.get("backend") if isinstance(backend, dict) else backend,
+        "duration_seconds": _number(timings.get("total_seconds")),
+        "generate_seconds": generate,
         "denoising_steps": steps_total,
         "step_rate": steps_total / generate if steps_total and generate and generate > 0 else math.nan,
-        "quality_score": _number(quality.get("score")), "passed": quality.get("passed"),
-        "verdict": quality.get("verdict"), "threshold": _number(quality.get("threshold")),
+        "quality_score": _number(quality.get("score")),
+        "passed": quality.get("passed"),
+        "verdict": quality.get("verdict"),
+        "threshold": _number(quality.get("threshold")),
         "created_at": _timestamp(manifest.get("created_at")),
-        "parent": None, "output_dir": str(output_dir), "notebook": str(notebook) if notebook.is_file() else None,
+        "parent": None,
+        "output_dir": str(output_dir),
+        "notebook": str(notebook) if notebook.is_file() else None,
         "source": "manifest",
     }
 
@@ -168,16 +208,27 @@ def rows_from_store(store, outputs_dir: str | Path | None = None) -> list[dict]:
             quality = job.outputs.quality or {}
             duration = (job.finished_at - job.started_at) if job.finished_at and job.started_at else math.nan
             row = {column: None for column in COLUMNS}
-            row.update(run=job.id, phase_id=job.phase, phase=phase, prompt=params.get("prompt"),
-                       seed=params.get("seed") if job.outputs.seed is None else job.outputs.seed,
-                       steps=params.get("steps"),
-                       scheduler=params.get("scheduler"), guidance_scale=params.get("guidance_scale"),
-                       width=params.get("width"), height=params.get("height"), duration_seconds=duration,
-                       generate_seconds=math.nan, denoising_steps=denoising_steps(phase or "", params),
-                       step_rate=math.nan, quality_score=_number(quality.get("score")),
-                       passed=quality.get("passed"), verdict=quality.get("verdict"),
-                       threshold=_number(quality.get("threshold")),
-                       output_dir=str(out) if out.is_dir() else None)
+            row.update(
+                run=job.id,
+                phase_id=job.phase,
+                phase=phase,
+                prompt=params.get("prompt"),
+                seed=params.get("seed") if job.outputs.seed is None else job.outputs.seed,
+                steps=params.get("steps"),
+                scheduler=params.get("scheduler"),
+                guidance_scale=params.get("guidance_scale"),
+                width=params.get("width"),
+                height=params.get("height"),
+                duration_seconds=duration,
+                generate_seconds=math.nan,
+                denoising_steps=denoising_steps(phase or "", params),
+                step_rate=math.nan,
+                quality_score=_number(quality.get("score")),
+                passed=quality.get("passed"),
+                verdict=quality.get("verdict"),
+                threshold=_number(quality.get("threshold")),
+                output_dir=str(out) if out.is_dir() else None,
+            )
         row.update(job_id=job.id, status=str(job.status), created_at=_timestamp(job.created_at), source="store")
         if job.parent_id:
             row["parent"] = job.parent_id
@@ -211,7 +262,8 @@ def _bound(value: Any, upper: bool):
     if value is None:
         return None
     whole_day = (isinstance(value, date) and not isinstance(value, datetime)) or (
-        isinstance(value, str) and len(value.strip()) == 10)
+        isinstance(value, str) and len(value.strip()) == 10
+    )
     try:
         ts = _timestamp(value.isoformat() if isinstance(value, date) else value)
     except (ValueError, TypeError):
@@ -223,9 +275,14 @@ def _bound(value: Any, upper: bool):
     return ts, True
 
 
-def to_dataframe(source: Any = None, *, phase: int | str | Iterable[int | str] | None = None,
-                 since: str | date | datetime | None = None, until: str | date | datetime | None = None,
-                 outputs_dir: str | Path | None = None):
+def to_dataframe(
+    source: Any = None,
+    *,
+    phase: int | str | Iterable[int | str] | None = None,
+    since: str | date | datetime | None = None,
+    until: str | date | datetime | None = None,
+    outputs_dir: str | Path | None = None,
+):
     """Every run as a DataFrame (columns `COLUMNS`), newest first.
 
     `source`: None (the outputs directory, `$ANIMENB_OUTPUTS` or ./outputs), a directory, a
@@ -332,8 +389,10 @@ def plot_time_vs_steps(df, *, column: str = "generate_seconds"):
     if _scatter_with_median(ax, df, column):
         handles, labels = ax.get_legend_handles_labels()
         rates = df.dropna(subset=["step_rate"]).groupby("phase")["step_rate"].median()
-        labels = [f"{label} · {rates[label.split(' ')[0]]:.1f} steps/s" if label.split(" ")[0] in rates else label
-                  for label in labels]
+        labels = [
+            f"{label} · {rates[label.split(' ')[0]]:.1f} steps/s" if label.split(" ")[0] in rates else label
+            for label in labels
+        ]
         ax.legend(handles, labels, fontsize=8, loc="upper left")
     else:
         _empty(ax, "a time")
@@ -345,15 +404,29 @@ def plot_time_vs_steps(df, *, column: str = "generate_seconds"):
 
 def summary(df):
     """Median time, step rate and quality, and the pass rate, per phase and step count."""
-    return (df.groupby(["phase", "steps"], dropna=True)
-              .agg(runs=("run", "count"), generate_seconds=("generate_seconds", "median"),
-                   step_rate=("step_rate", "median"), quality_score=("quality_score", "median"),
-                   pass_rate=("passed", lambda s: s.dropna().astype(bool).mean() if s.notna().any() else math.nan))
-              .reset_index())
+    return (
+        df.groupby(["phase", "steps"], dropna=True)
+        .agg(
+            runs=("run", "count"),
+            generate_seconds=("generate_seconds", "median"),
+            step_rate=("step_rate", "median"),
+            quality_score=("quality_score", "median"),
+            pass_rate=("passed", lambda s: s.dropna().astype(bool).mean() if s.notna().any() else math.nan),
+        )
+        .reset_index()
+    )
 
 
-def build_demo_runs(root: str | Path, steps: Iterable[int] = (1, 2, 3), *, prompt: str = "anime girl, demo",
-                    seed: int = 7, models: str = "tiny", size: int = 64, score: bool = True) -> Path:
+def build_demo_runs(
+    root: str | Path,
+    steps: Iterable[int] = (1, 2, 3),
+    *,
+    prompt: str = "anime girl, demo",
+    seed: int = 7,
+    models: str = "tiny",
+    size: int = 64,
+    score: bool = True,
+) -> Path:
     """A small set of real runs to compare: a tiny character sheet at each step count, scored.
 
     Used by notebooks/05_compare_runs.ipynb when no runs exist (offline, a few seconds)."""
@@ -365,8 +438,9 @@ def build_demo_runs(root: str | Path, steps: Iterable[int] = (1, 2, 3), *, promp
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     for n in steps:
         out = root / f"{stamp}-demo-steps_{n:03d}"
-        result = character_sheet(prompt, seed=seed, steps=n, width=size, height=size, models=models,
-                                 output_dir=out, display=None)
+        result = character_sheet(
+            prompt, seed=seed, steps=n, width=size, height=size, models=models, output_dir=out, display=None
+        )
         if score:
             from .quality import record_quality, score_output_dir
 

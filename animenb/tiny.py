@@ -16,6 +16,7 @@ quadratic), the same pose now costs ~35 ms per step; see bench/results/README.md
 
 Folders live under `<ANIMENB_HOME>/tiny/<TINY_VERSION>/<role>` and are rebuilt when missing.
 """
+
 from __future__ import annotations
 
 import os
@@ -93,10 +94,18 @@ def _text_encoder(vocab_size: int):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(_SEED)
-    config = CLIPTextConfig(hidden_size=_CROSS_DIM, intermediate_size=37, num_attention_heads=4,
-                            num_hidden_layers=5, vocab_size=vocab_size, max_position_embeddings=77,
-                            bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
-                            pad_token_id=vocab_size - 1, projection_dim=_CROSS_DIM)
+    config = CLIPTextConfig(
+        hidden_size=_CROSS_DIM,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        vocab_size=vocab_size,
+        max_position_embeddings=77,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+        projection_dim=_CROSS_DIM,
+    )
     return CLIPTextModel(config)
 
 
@@ -106,8 +115,15 @@ def _vision_encoder():
 
     torch.manual_seed(_SEED + 1)
     # 224 px / patch 32: PIL inputs go through the standard 224 px CLIP preprocessing.
-    config = CLIPVisionConfig(hidden_size=_CROSS_DIM, projection_dim=_CROSS_DIM, num_hidden_layers=5,
-                              num_attention_heads=4, intermediate_size=37, image_size=224, patch_size=32)
+    config = CLIPVisionConfig(
+        hidden_size=_CROSS_DIM,
+        projection_dim=_CROSS_DIM,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=224,
+        patch_size=32,
+    )
     return CLIPVisionModelWithProjection(config)
 
 
@@ -124,10 +140,17 @@ def _unet():
     torch.manual_seed(_SEED + 2)
     levels = len(_UNET_CHANNELS)
     return UNet2DConditionModel(
-        block_out_channels=_UNET_CHANNELS, layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        block_out_channels=_UNET_CHANNELS,
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
         down_block_types=("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",),
         up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
-        norm_num_groups=_UNET_GROUPS, cross_attention_dim=_CROSS_DIM, attention_head_dim=4)
+        norm_num_groups=_UNET_GROUPS,
+        cross_attention_dim=_CROSS_DIM,
+        attention_head_dim=4,
+    )
 
 
 def _vae():
@@ -138,10 +161,18 @@ def _vae():
     # 4 blocks = 8x down-sampling like real SD; 2 blocks made SD 20x slower (FACTS.md). 8 channels at
     # full resolution and no mid-block attention (quadratic in the latent's pixels): a 512 px decode
     # costs ~0.14 s on one CPU instead of ~1.3 s.
-    return AutoencoderKL(block_out_channels=(8, 8, 16, 16), in_channels=3, out_channels=3,
-                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                         latent_channels=4, layers_per_block=1, norm_num_groups=8,
-                         mid_block_add_attention=False, sample_size=512)  # = SD's: VAE tiles of 512 px
+    return AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        mid_block_add_attention=False,
+        sample_size=512,
+    )  # = SD's: VAE tiles of 512 px
 
 
 def build_sd(folder: Path) -> None:
@@ -149,10 +180,23 @@ def build_sd(folder: Path) -> None:
 
     tokenizer = _byte_tokenizer()
     pipe = StableDiffusionPipeline(
-        vae=_vae(), text_encoder=_text_encoder(len(tokenizer)), tokenizer=tokenizer, unet=_unet(),
-        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                clip_sample=False, set_alpha_to_one=False, steps_offset=1),
-        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+        vae=_vae(),
+        text_encoder=_text_encoder(len(tokenizer)),
+        tokenizer=tokenizer,
+        unet=_unet(),
+        scheduler=DDIMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(folder)
 
 
@@ -162,8 +206,13 @@ def _motion_adapter():
 
     torch.manual_seed(_SEED + 4)
     # Its blocks and layers per block must match the UNet's (FACTS.md).
-    return MotionAdapter(block_out_channels=_UNET_CHANNELS, motion_layers_per_block=1, motion_num_attention_heads=1,
-                         motion_norm_num_groups=_UNET_GROUPS, motion_max_seq_length=32)
+    return MotionAdapter(
+        block_out_channels=_UNET_CHANNELS,
+        motion_layers_per_block=1,
+        motion_num_attention_heads=1,
+        motion_norm_num_groups=_UNET_GROUPS,
+        motion_max_seq_length=32,
+    )
 
 
 def build_motion_adapter(folder: Path) -> None:
@@ -172,29 +221,56 @@ def build_motion_adapter(folder: Path) -> None:
 
 def build_svd(folder: Path) -> None:
     import torch
-    from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler,
-                           StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel)
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        EulerDiscreteScheduler,
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+    )
 
     torch.manual_seed(_SEED + 5)
     levels = len(_SVD_CHANNELS)
     unet = UNetSpatioTemporalConditionModel(
-        block_out_channels=_SVD_CHANNELS, layers_per_block=_SVD_LAYERS, sample_size=8, in_channels=8,
-        out_channels=4, cross_attention_dim=_CROSS_DIM, num_attention_heads=4,
+        block_out_channels=_SVD_CHANNELS,
+        layers_per_block=_SVD_LAYERS,
+        sample_size=8,
+        in_channels=8,
+        out_channels=4,
+        cross_attention_dim=_CROSS_DIM,
+        num_attention_heads=4,
         down_block_types=("DownBlockSpatioTemporal",) * (levels - 1) + ("CrossAttnDownBlockSpatioTemporal",),
         up_block_types=("CrossAttnUpBlockSpatioTemporal",) + ("UpBlockSpatioTemporal",) * (levels - 1),
-        projection_class_embeddings_input_dim=96, addition_time_embed_dim=32)
+        projection_class_embeddings_input_dim=96,
+        addition_time_embed_dim=32,
+    )
     torch.manual_seed(_SEED + 6)
     # Already its floor: 32 channels (GroupNorm), 4 levels (8x latents) and 1 layer per block (its
     # mid-block needs a resnet; up blocks get one more), so 512 px frames cost ~1.3 s each on 2 CPUs.
-    vae = AutoencoderKLTemporalDecoder(block_out_channels=_SVD_CHANNELS, in_channels=3, out_channels=3,
-                                       down_block_types=("DownEncoderBlock2D",) * 4, latent_channels=4,
-                                       layers_per_block=1)
+    vae = AutoencoderKLTemporalDecoder(
+        block_out_channels=_SVD_CHANNELS,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+    )
     scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
-        num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002,
-        steps_offset=1, timestep_spacing="leading", timestep_type="continuous", use_karras_sigmas=True)
-    pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=_vision_encoder(), unet=unet,
-                                        scheduler=scheduler, feature_extractor=_image_processor())
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        interpolation_type="linear",
+        num_train_timesteps=1000,
+        prediction_type="v_prediction",
+        sigma_max=700.0,
+        sigma_min=0.002,
+        steps_offset=1,
+        timestep_spacing="leading",
+        timestep_type="continuous",
+        use_karras_sigmas=True,
+    )
+    pipe = StableVideoDiffusionPipeline(
+        vae=vae, image_encoder=_vision_encoder(), unet=unet, scheduler=scheduler, feature_extractor=_image_processor()
+    )
     pipe.save_pretrained(folder)
 
 
@@ -254,28 +330,44 @@ def build_controlnet(folder: Path) -> None:
     controlnet.save_pretrained(folder)
 
 
-_BUILDERS = {"sd": build_sd, "motion_adapter": build_motion_adapter, "svd": build_svd,
-             "ip_adapter": build_ip_adapter, "controlnet": build_controlnet}
+_BUILDERS = {
+    "sd": build_sd,
+    "motion_adapter": build_motion_adapter,
+    "svd": build_svd,
+    "ip_adapter": build_ip_adapter,
+    "controlnet": build_controlnet,
+}
 
 
 # ---- The files researchers bring: a single-file checkpoint, a kohya-layout LoRA, an embedding ---------
 # Written from the tiny SD folder, so diffusers' `from_single_file(path, config=<tiny sd folder>)` and
 # `load_lora_weights` / `load_textual_inversion` read them through the code real Civitai files take.
 
+
 def _resnet_to_original(name: str) -> str:
-    for diffusers_name, original in (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
-                                     ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"),
-                                     ("conv_shortcut", "skip_connection")):
+    for diffusers_name, original in (
+        ("norm1", "in_layers.0"),
+        ("conv1", "in_layers.2"),
+        ("norm2", "out_layers.0"),
+        ("conv2", "out_layers.3"),
+        ("time_emb_proj", "emb_layers.1"),
+        ("conv_shortcut", "skip_connection"),
+    ):
         if name.startswith(diffusers_name + "."):
-            return original + name[len(diffusers_name):]
+            return original + name[len(diffusers_name) :]
     raise ValueError(f"unexpected UNet resnet parameter {name!r}")
 
 
 def _unet_key_to_original(key: str, layers: int, attention_up_blocks: set[int]) -> str:
     """A diffusers UNet2DConditionModel key as the original (LDM) UNet names it; the inverse of
     diffusers' `convert_ldm_unet_checkpoint` for any depth and `layers_per_block`."""
-    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    fixed = {
+        "time_embedding.linear_1": "time_embed.0",
+        "time_embedding.linear_2": "time_embed.2",
+        "conv_in": "input_blocks.0.0",
+        "conv_norm_out": "out.0",
+        "conv_out": "out.2",
+    }
     module, _, leaf = key.rpartition(".")
     if module in fixed:
         return f"{fixed[module]}.{leaf}"
@@ -286,16 +378,22 @@ def _unet_key_to_original(key: str, layers: int, attention_up_blocks: set[int]) 
         if sub == "downsamplers":  # down_blocks.i.downsamplers.0.conv.weight
             return f"input_blocks.{(block + 1) * (layers + 1)}.0.op.{parts[-1]}"
         slot = 1 + block * (layers + 1) + index
-        return f"input_blocks.{slot}.0.{_resnet_to_original(rest)}" if sub == "resnets" else \
-            f"input_blocks.{slot}.1.{rest}"
+        return (
+            f"input_blocks.{slot}.0.{_resnet_to_original(rest)}"
+            if sub == "resnets"
+            else f"input_blocks.{slot}.1.{rest}"
+        )
     if kind == "up_blocks":
         sub, index, rest = parts[2], int(parts[3]), ".".join(parts[4:])
         if sub == "upsamplers":
             slot = block * (layers + 1) + layers
             return f"output_blocks.{slot}.{2 if block in attention_up_blocks else 1}.conv.{parts[-1]}"
         slot = block * (layers + 1) + index
-        return f"output_blocks.{slot}.0.{_resnet_to_original(rest)}" if sub == "resnets" else \
-            f"output_blocks.{slot}.1.{rest}"
+        return (
+            f"output_blocks.{slot}.0.{_resnet_to_original(rest)}"
+            if sub == "resnets"
+            else f"output_blocks.{slot}.1.{rest}"
+        )
     if kind == "mid_block":
         sub, index, rest = parts[1], int(parts[2]), ".".join(parts[3:])
         if sub == "resnets":
@@ -363,8 +461,13 @@ def controlnet_original_state_dict(controlnet) -> dict:
         module, _, leaf = key.rpartition(".")
         if key.startswith("controlnet_cond_embedding."):
             part = module.split(".")[1]
-            index = 0 if part == "conv_in" else 2 * (hint_blocks + 1) if part == "conv_out" else \
-                2 * (int(module.split(".")[2]) + 1)
+            index = (
+                0
+                if part == "conv_in"
+                else 2 * (hint_blocks + 1)
+                if part == "conv_out"
+                else 2 * (int(module.split(".")[2]) + 1)
+            )
             original = f"input_hint_block.{index}.{leaf}"
         elif key.startswith("controlnet_down_blocks."):
             original = f"zero_convs.{module.split('.')[1]}.0.{leaf}"
@@ -399,8 +502,9 @@ def build_single_file_checkpoint(path: Path, *, seed: int = _SEED + 10, vae_path
     import torch
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(ensure_tiny_models()["sd"]), safety_checker=None,
-                                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(ensure_tiny_models()["sd"]), safety_checker=None, requires_safety_checker=False
+    )
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in pipe.unet.parameters():
@@ -437,8 +541,7 @@ def _kohya_lora(modules: dict, rank: int, generator, scale: float) -> dict:
     return state
 
 
-def build_lora(path: Path, *, seed: int = _SEED + 20, rank: int = 4, text_encoder: bool = True,
-               pipe=None) -> Path:
+def build_lora(path: Path, *, seed: int = _SEED + 20, rank: int = 4, text_encoder: bool = True, pipe=None) -> Path:
     """A LoRA for the tiny SD model (or `pipe`'s UNet and text encoder) in the kohya key layout Civitai
     LoRAs use (`lora_unet_*`, `lora_te_*` with `lora_down` / `lora_up` / `alpha`) on every attention
     projection."""
@@ -452,8 +555,11 @@ def build_lora(path: Path, *, seed: int = _SEED + 20, rank: int = 4, text_encode
         unet, encoder = _unet(), _text_encoder(len(tokenizer))
     modules = {}
     for name, module in unet.named_modules():
-        if isinstance(module, torch.nn.Linear) and ".attn" in name and name.rsplit(".", 1)[-1] in (
-                "to_q", "to_k", "to_v", "0"):
+        if (
+            isinstance(module, torch.nn.Linear)
+            and ".attn" in name
+            and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v", "0")
+        ):
             modules["lora_unet_" + name.replace(".", "_")] = (module.out_features, module.in_features)
     if text_encoder:
         for name, module in encoder.named_modules():
@@ -491,11 +597,21 @@ def build_lora_for_checkpoint(checkpoint: Path, path: Path, *, seed: int = _SEED
             if not key.endswith(".weight"):
                 continue
             stem = key.removesuffix(".weight")
-            if key.startswith(unet) and stem.endswith(("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-                                                       "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")):
-                modules["lora_unet_" + stem[len(unet):].replace(".", "_")] = tuple(f.get_slice(key).get_shape())
+            if key.startswith(unet) and stem.endswith(
+                (
+                    "attn1.to_q",
+                    "attn1.to_k",
+                    "attn1.to_v",
+                    "attn1.to_out.0",
+                    "attn2.to_q",
+                    "attn2.to_k",
+                    "attn2.to_v",
+                    "attn2.to_out.0",
+                )
+            ):
+                modules["lora_unet_" + stem[len(unet) :].replace(".", "_")] = tuple(f.get_slice(key).get_shape())
             elif key.startswith(clip) and stem.endswith(("q_proj", "k_proj", "v_proj", "out_proj")):
-                modules["lora_te_" + stem[len(clip):].replace(".", "_")] = tuple(f.get_slice(key).get_shape())
+                modules["lora_te_" + stem[len(clip) :].replace(".", "_")] = tuple(f.get_slice(key).get_shape())
     if not modules:
         raise ValueError(f"{checkpoint} has no SD 1.x attention weights in the original layout.")
     state = _kohya_lora(modules, rank, torch.Generator().manual_seed(seed), scale=0.5)
@@ -515,8 +631,11 @@ def build_motion_lora(path: Path, *, seed: int = _SEED + 40, rank: int = 2) -> P
     state = {}
     for name, module in _motion_adapter().named_modules():
         projection = name.rpartition(".attn")[2].partition(".")[2]  # "to_q" in "...attn1.to_q"
-        if not isinstance(module, torch.nn.Linear) or ".attn" not in name or \
-                projection not in ("to_q", "to_k", "to_v", "to_out.0"):
+        if (
+            not isinstance(module, torch.nn.Linear)
+            or ".attn" not in name
+            or projection not in ("to_q", "to_k", "to_v", "to_out.0")
+        ):
             continue
         base = name.removesuffix("." + projection)
         prefix = f"unet.{base}.processor.{projection.removesuffix('.0')}_lora"

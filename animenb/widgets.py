@@ -16,6 +16,7 @@ carry a preview (`ProgressEvent.preview`, e.g. ComfyUI's sampler previews) are s
 step previews. Each Generate or Compare gets its own `animenb.progress.CancelToken`; Cancel cancels it,
 so the phase stops at its next step (`Cancelled`) and a comparison before its next step count.
 """
+
 from __future__ import annotations
 
 import base64
@@ -37,15 +38,21 @@ from .config import default_profile
 from .phases import PHASE_FUNCTIONS, PHASES, PhaseResult, get_phase
 from .phases.common import stamped_output_dir
 from .phases.spec import phase_spec
-from .progress import CancelToken, Cancelled, ProgressEvent
+from .progress import Cancelled, CancelToken, ProgressEvent
 from .sweeps.local import run_plan
 from .sweeps.plan import build_plan
 
 DEFAULT_COMPARE_STEPS = (8, 15, 25, 40)
 SIZES: tuple[tuple[str, tuple[int | None, int | None]], ...] = (
-    ("profile default", (None, None)), ("64 × 64", (64, 64)), ("128 × 128", (128, 128)),
-    ("256 × 256", (256, 256)), ("512 × 512", (512, 512)), ("512 × 768", (512, 768)),
-    ("768 × 512", (768, 512)), ("768 × 768", (768, 768)), ("1024 × 1024", (1024, 1024)),
+    ("profile default", (None, None)),
+    ("64 × 64", (64, 64)),
+    ("128 × 128", (128, 128)),
+    ("256 × 256", (256, 256)),
+    ("512 × 512", (512, 512)),
+    ("512 × 768", (512, 768)),
+    ("768 × 512", (768, 512)),
+    ("768 × 768", (768, 768)),
+    ("1024 × 1024", (1024, 1024)),
 )
 THUMB_PX = 128
 
@@ -53,6 +60,7 @@ THUMB_PX = 128
 @dataclass
 class RunRecord:
     """One generation made by the panel (a history entry, or one cell of a comparison)."""
+
     phase: str
     prompt: str
     seed: int
@@ -61,7 +69,7 @@ class RunRecord:
     guidance_scale: float
     output_dir: Path
     seconds: float
-    thumbnail: bytes = field(repr=False)          # PNG (or GIF for loops) bytes
+    thumbnail: bytes = field(repr=False)  # PNG (or GIF for loops) bytes
     thumbnail_format: str = "png"
     score: float | None = None
     passed: bool | None = None
@@ -80,7 +88,7 @@ class RunRecord:
 
 
 def parse_steps(text: str | Sequence[int]) -> list[int]:
-    """"8, 15, 25, 40" (or "[8, 15]", or a list) -> [8, 15, 25, 40]: positive integers, duplicates dropped, order
+    """ "8, 15, 25, 40" (or "[8, 15]", or a list) -> [8, 15, 25, 40]: positive integers, duplicates dropped, order
     kept."""
     items: list[Any]
     if isinstance(text, str):
@@ -98,7 +106,7 @@ def parse_steps(text: str | Sequence[int]) -> list[int]:
         if value not in steps:
             steps.append(value)
     if not steps:
-        raise ValueError("`compare steps` needs at least one step count, e.g. \"8, 15, 25, 40\".")
+        raise ValueError('`compare steps` needs at least one step count, e.g. "8, 15, 25, 40".')
     return steps
 
 
@@ -130,14 +138,28 @@ class ExplorerPanel:
     defaults (animenb.phases.spec) and follow the phase control until edited.
     """
 
-    def __init__(self, *, prompt: str = "anime girl with blue hair, school uniform",
-                 negative_prompt: str | None = None,
-                 phase: int | str = "CHARACTER_SHEET", steps: int = 15, guidance_scale: float | None = None,
-                 scheduler: str = "dpmpp_2m", seed: int = 42, width: int | None = None, height: int | None = None,
-                 models: str | None = None, backend: str = "diffusers", backend_options: dict | None = None,
-                 output_dir: str | Path | None = None, compare_steps: Sequence[int] = DEFAULT_COMPARE_STEPS,
-                 score: bool = True, history_size: int = 12, phase_options: dict[str, dict] | None = None,
-                 background: bool | None = None):
+    def __init__(
+        self,
+        *,
+        prompt: str = "anime girl with blue hair, school uniform",
+        negative_prompt: str | None = None,
+        phase: int | str = "CHARACTER_SHEET",
+        steps: int = 15,
+        guidance_scale: float | None = None,
+        scheduler: str = "dpmpp_2m",
+        seed: int = 42,
+        width: int | None = None,
+        height: int | None = None,
+        models: str | None = None,
+        backend: str = "diffusers",
+        backend_options: dict | None = None,
+        output_dir: str | Path | None = None,
+        compare_steps: Sequence[int] = DEFAULT_COMPARE_STEPS,
+        score: bool = True,
+        history_size: int = 12,
+        phase_options: dict[str, dict] | None = None,
+        background: bool | None = None,
+    ):
         if scheduler not in SCHEDULERS:
             raise ValueError(f"`scheduler` must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}.")
         self.models = models or default_profile()
@@ -161,41 +183,64 @@ class ExplorerPanel:
         # controls
         style = {"description_width": "110px"}
         wide = W.Layout(width="98%")
-        self.prompt = W.Textarea(value=prompt, description="prompt", layout=W.Layout(width="98%", height="60px"),
-                                 style=style)
+        self.prompt = W.Textarea(
+            value=prompt, description="prompt", layout=W.Layout(width="98%", height="60px"), style=style
+        )
         defaults = phase_spec(phase).defaults
-        self.negative_prompt = W.Text(value=defaults["negative_prompt"] if negative_prompt is None else negative_prompt,
-                                      description="negative prompt", layout=wide, style=style)
-        self.phase = W.Dropdown(options=[(f"{p.id} · {p.name}", p.name) for p in PHASES],
-                                value=get_phase(phase).name, description="phase", style=style)
-        self.steps = W.IntSlider(value=steps, min=1, max=60, description="steps", continuous_update=False,
-                                 style=style)
-        self.guidance = W.FloatSlider(value=defaults["guidance_scale"] if guidance_scale is None else guidance_scale,
-                                      min=0.0, max=20.0, step=0.5, description="guidance",
-                                      continuous_update=False, style=style)
+        self.negative_prompt = W.Text(
+            value=defaults["negative_prompt"] if negative_prompt is None else negative_prompt,
+            description="negative prompt",
+            layout=wide,
+            style=style,
+        )
+        self.phase = W.Dropdown(
+            options=[(f"{p.id} · {p.name}", p.name) for p in PHASES],
+            value=get_phase(phase).name,
+            description="phase",
+            style=style,
+        )
+        self.steps = W.IntSlider(value=steps, min=1, max=60, description="steps", continuous_update=False, style=style)
+        self.guidance = W.FloatSlider(
+            value=defaults["guidance_scale"] if guidance_scale is None else guidance_scale,
+            min=0.0,
+            max=20.0,
+            step=0.5,
+            description="guidance",
+            continuous_update=False,
+            style=style,
+        )
         self.scheduler = W.Dropdown(options=list(SCHEDULERS), value=scheduler, description="scheduler", style=style)
         self.seed = W.BoundedIntText(value=seed, min=0, max=2**32 - 1, description="seed", style=style)
-        self.new_seed_button = W.Button(description="new seed", icon="random", tooltip="draw a random seed",
-                                        layout=W.Layout(width="110px"))
+        self.new_seed_button = W.Button(
+            description="new seed", icon="random", tooltip="draw a random seed", layout=W.Layout(width="110px")
+        )
         sizes = list(SIZES)
         if (width, height) not in [v for _l, v in sizes]:
             sizes.append((f"{width} × {height}", (width, height)))
         self.size = W.Dropdown(options=sizes, value=(width, height), description="size", style=style)
         self.score_quality = W.Checkbox(value=score, description="score quality", indent=False)
-        self.compare_steps = W.Text(value=", ".join(str(s) for s in parse_steps(compare_steps)),
-                                    description="compare steps", style=style)
+        self.compare_steps = W.Text(
+            value=", ".join(str(s) for s in parse_steps(compare_steps)), description="compare steps", style=style
+        )
         # Sized to their labels: in JupyterLab's row the default width cut them to "Ge…", "Can…".
         fit = dict(width="auto", flex="0 0 auto")
-        self.generate_button = W.Button(description="Generate", button_style="primary", icon="play",
-                                        layout=W.Layout(**fit))
-        self.cancel_button = W.Button(description="Cancel", button_style="warning", icon="stop", disabled=True,
-                                      layout=W.Layout(**fit))
+        self.generate_button = W.Button(
+            description="Generate", button_style="primary", icon="play", layout=W.Layout(**fit)
+        )
+        self.cancel_button = W.Button(
+            description="Cancel", button_style="warning", icon="stop", disabled=True, layout=W.Layout(**fit)
+        )
         self.compare_button = W.Button(description="Compare steps", icon="th", layout=W.Layout(**fit))
 
         # outputs
-        self.progress = W.FloatProgress(value=0.0, min=0.0, max=100.0, description="idle",
-                                        style={"description_width": "110px", "bar_color": "#4a7ebb"},
-                                        layout=W.Layout(width="60%"))
+        self.progress = W.FloatProgress(
+            value=0.0,
+            min=0.0,
+            max=100.0,
+            description="idle",
+            style={"description_width": "110px", "bar_color": "#4a7ebb"},
+            layout=W.Layout(width="60%"),
+        )
         self.status_line = W.HTML(value="")
         self.preview = W.Image(format="png", layout=W.Layout(max_width="256px", display="none"))
         self.result_view = W.HTML(value="")
@@ -210,22 +255,42 @@ class ExplorerPanel:
         self.cancel_button.on_click(lambda _b: self.cancel())
         self.compare_button.on_click(lambda _b: self._launch(self.compare))
 
-        controls = W.VBox([
-            self.prompt, self.negative_prompt,
-            W.HBox([self.phase, self.scheduler]),
-            W.HBox([self.steps, self.guidance]),
-            W.HBox([self.seed, self.new_seed_button, self.size]),
-            W.HBox([self.generate_button, self.cancel_button, self.compare_button, self.compare_steps,
-                    self.score_quality]),
-        ])
-        self.widget = W.VBox([
-            W.HTML(f"<b>animenb explorer</b> · models <code>{html.escape(self.models)}</code> · "
-                   f"backend <code>{html.escape(backend)}</code>"),
-            controls, W.HBox([self.progress, self.status_line]), self.preview,
-            self.result_view, self.result_image,
-            W.HTML("<b>history</b>"), self.history_strip,
-            W.HTML("<b>compare steps</b>"), self.compare_grid, self.compare_table,
-        ])
+        controls = W.VBox(
+            [
+                self.prompt,
+                self.negative_prompt,
+                W.HBox([self.phase, self.scheduler]),
+                W.HBox([self.steps, self.guidance]),
+                W.HBox([self.seed, self.new_seed_button, self.size]),
+                W.HBox(
+                    [
+                        self.generate_button,
+                        self.cancel_button,
+                        self.compare_button,
+                        self.compare_steps,
+                        self.score_quality,
+                    ]
+                ),
+            ]
+        )
+        self.widget = W.VBox(
+            [
+                W.HTML(
+                    f"<b>animenb explorer</b> · models <code>{html.escape(self.models)}</code> · "
+                    f"backend <code>{html.escape(backend)}</code>"
+                ),
+                controls,
+                W.HBox([self.progress, self.status_line]),
+                self.preview,
+                self.result_view,
+                self.result_image,
+                W.HTML("<b>history</b>"),
+                self.history_strip,
+                W.HTML("<b>compare steps</b>"),
+                self.compare_grid,
+                self.compare_table,
+            ]
+        )
 
     # -- display ------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs):
@@ -251,11 +316,18 @@ class ExplorerPanel:
     def parameters(self, steps: int | None = None) -> dict[str, Any]:
         """The phase function's keyword arguments from the current widget values."""
         width, height = self.size.value
-        params = dict(negative_prompt=self.negative_prompt.value, seed=int(self.seed.value),
-                      steps=int(steps if steps is not None else self.steps.value),
-                      width=width, height=height, guidance_scale=float(self.guidance.value),
-                      scheduler=self.scheduler.value, models=self.models, backend=self.backend,
-                      backend_options=self.backend_options)
+        params = dict(
+            negative_prompt=self.negative_prompt.value,
+            seed=int(self.seed.value),
+            steps=int(steps if steps is not None else self.steps.value),
+            width=width,
+            height=height,
+            guidance_scale=float(self.guidance.value),
+            scheduler=self.scheduler.value,
+            models=self.models,
+            backend=self.backend,
+            backend_options=self.backend_options,
+        )
         params.update(self.phase_options.get(self.phase.value, {}))
         return params
 
@@ -322,13 +394,14 @@ class ExplorerPanel:
             self._set_status(f"{html.escape(event.stage)} · step {event.step}/{event.total_steps}{eta}")
             if event.preview and event.preview.startswith("data:image/"):
                 head, _, data = event.preview.partition(",")
-                self.preview.format = head[len("data:image/"):].split(";")[0] or "png"
+                self.preview.format = head[len("data:image/") :].split(";")[0] or "png"
                 self.preview.value = base64.b64decode(data)
                 self.preview.layout.display = None
 
         started = time.perf_counter()
-        result = PHASE_FUNCTIONS[name](prompt, output_dir=output_dir, on_progress=on_progress, display=None,
-                                       cancel=self._cancel, **params)
+        result = PHASE_FUNCTIONS[name](
+            prompt, output_dir=output_dir, on_progress=on_progress, display=None, cancel=self._cancel, **params
+        )
         seconds = time.perf_counter() - started
         score = passed = None
         if self.score_quality.value:
@@ -339,10 +412,21 @@ class ExplorerPanel:
             record_quality(result.output_dir, report)
             score, passed = float(report.score), bool(report.passed)
         thumb, fmt = _thumbnail(result)
-        return RunRecord(phase=name, prompt=prompt, seed=int(result.manifest["seed"]), steps=params["steps"],
-                         scheduler=params["scheduler"], guidance_scale=params["guidance_scale"],
-                         output_dir=result.output_dir, seconds=round(seconds, 3), thumbnail=thumb,
-                         thumbnail_format=fmt, score=score, passed=passed, result=result)
+        return RunRecord(
+            phase=name,
+            prompt=prompt,
+            seed=int(result.manifest["seed"]),
+            steps=params["steps"],
+            scheduler=params["scheduler"],
+            guidance_scale=params["guidance_scale"],
+            output_dir=result.output_dir,
+            seconds=round(seconds, 3),
+            thumbnail=thumb,
+            thumbnail_format=fmt,
+            score=score,
+            passed=passed,
+            result=result,
+        )
 
     def _run_dir(self, kind: str) -> Path | None:
         if self.output_dir is None and kind == "run":
@@ -353,7 +437,7 @@ class ExplorerPanel:
         record = self._run_phase(None, self._run_dir("run"), "generating")
         self.last = record
         self.history.insert(0, record)
-        del self.history[self.history_size:]
+        del self.history[self.history_size :]
         self._show_result(record)
         self._render_history()
         self._set_status(f"done in {record.seconds:.2f} s · <code>{html.escape(str(record.output_dir))}</code>")
@@ -384,9 +468,20 @@ class ExplorerPanel:
             self.compare_grid.children = tuple(self._card(r, width=190) for r in self.comparison_runs)
 
         run_plan(plan, root, run_cell=run_cell, stop_on=(Cancelled,))
-        table = pd.DataFrame([{"steps": r.steps, "seconds": r.seconds, "step_rate": r.step_rate,
-                               "score": r.score, "passed": r.passed, "seed": r.seed,
-                               "output_dir": str(r.output_dir)} for r in self.comparison_runs])
+        table = pd.DataFrame(
+            [
+                {
+                    "steps": r.steps,
+                    "seconds": r.seconds,
+                    "step_rate": r.step_rate,
+                    "score": r.score,
+                    "passed": r.passed,
+                    "seed": r.seed,
+                    "output_dir": str(r.output_dir),
+                }
+                for r in self.comparison_runs
+            ]
+        )
         self.comparison = table
         self.compare_table.value = table.drop(columns=["output_dir"]).to_html(index=False, float_format="%.3f")
         self._set_status(f"compared {len(steps_list)} step counts · <code>{html.escape(str(root))}</code>")
@@ -413,20 +508,25 @@ class ExplorerPanel:
         self.status_line.value = f'<span style="color:{colour}">{text}</span>' if colour else text
 
     def _card(self, record: RunRecord, width: int = THUMB_PX) -> W.VBox:
-        image = W.Image(value=record.thumbnail, format=record.thumbnail_format,
-                        layout=W.Layout(width=f"{width}px"))
-        return W.VBox([image, W.HTML(f'<small>{record.caption()}</small>')],
-                      layout=W.Layout(width=f"{width + 8}px", margin="2px"))
+        image = W.Image(value=record.thumbnail, format=record.thumbnail_format, layout=W.Layout(width=f"{width}px"))
+        return W.VBox(
+            [image, W.HTML(f"<small>{record.caption()}</small>")], layout=W.Layout(width=f"{width + 8}px", margin="2px")
+        )
 
     def _render_history(self) -> None:
         self.history_strip.children = tuple(self._card(r) for r in self.history)
 
     def _show_result(self, record: RunRecord) -> None:
         manifest = record.result.manifest if record.result else {}
-        score = "" if record.score is None else (f" · quality {record.score:.3f} "
-                                                 f"({'passes' if record.passed else 'below'} the gate)")
-        self.result_view.value = (f"<b>{record.phase}</b> · seed {record.seed} · {record.steps} steps · "
-                                  f"{html.escape(str(manifest.get('models', '')))} · {record.seconds:.2f} s{score}")
+        score = (
+            ""
+            if record.score is None
+            else (f" · quality {record.score:.3f} ({'passes' if record.passed else 'below'} the gate)")
+        )
+        self.result_view.value = (
+            f"<b>{record.phase}</b> · seed {record.seed} · {record.steps} steps · "
+            f"{html.escape(str(manifest.get('models', '')))} · {record.seconds:.2f} s{score}"
+        )
         if record.result is not None and record.phase == "CHARACTER_SHEET":
             self.result_image.format, self.result_image.value = "png", record.result.path("sheet").read_bytes()
         else:

@@ -13,18 +13,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from animenb.chain import check_on_review, gate_decision, next_step
 from animenb.quality import load_quality_config
 from animenb.quality import foreground as F
 from animenb.quality import metrics as M
 from animenb.quality import motion
+from animenb.quality import poses_repeat as P
 from animenb.quality import real_art as R
 from animenb.quality import scenes as C
 from animenb.quality.calibration import fit, fit_phase, redecide
 from animenb.quality.scoring import combine
 from animenb.quality.validity import (CALIBRATION, CALIBRATION_CASES, FAMILIES, HELD_OUT, HELD_OUT_CASES, Case,
-                                      confusion, run_suite)
+                                      confusion, decision_row, run_suite)
 
 
 def _flow_frames(frames):
@@ -128,6 +130,28 @@ def test_a_sheet_of_other_characters_on_a_street_fails_on_identity(family, mode,
     report = Case("CHARACTER_SHEET", mode, seed, size, family).score()
     floor = load_quality_config(None)["phases"]["CHARACTER_SHEET"]["critical"]["identity_consistency"]
     assert report.verdict == "fail" and report.metrics["identity_consistency"] < floor, report.metrics
+
+
+def test_one_similarity_explains_a_reframed_repeat_and_not_another_pose():
+    """A pose taken again 5% closer leaves no blob once warped back (only resampling slivers, removed by
+    the opening); a pose with other arms or facing leaves one well above the floor's blob."""
+    poses = [M.prepare([p], 256)[0] for p in FAMILIES["scenes"].modes["CHARACTER_SHEET"]["good"](1, 192)["poses"]]
+    again = M.prepare([C.zoomed(Image.fromarray(poses[0]), 1.05)], 256)[0]
+    blobs = P.repeat_blobs([poses[0], again, poses[1]], F.sheet_masks([poses[0], again, poses[1]]))
+    assert blobs[0, 1] < P.REPEAT_SCALE / 4 and blobs[0, 2] > P.REPEAT_SCALE, blobs
+
+
+@pytest.mark.parametrize("family, seed, size", [("street", 1, 192), ("dusk_slow", 2, 320)])
+def test_a_reframed_repeated_sheet_is_not_passed(family, seed, size):
+    """These passed: the aligned crops of a reframed repeat differ where its mask took in some background. One
+    shift/zoom of the whole picture explains each repeat, so the second opinion contradicts the pass; the
+    verdict survives re-deciding from the stored row."""
+    case = Case("CHARACTER_SHEET", "repeated_poses", seed, size, family)
+    report = case.score()
+    assert report.verdict != "pass" and report.details["repeat_distinctness"] < 0.5, report.metrics
+    assert report.verdict == "fail" or any("pose_distinctness signals disagree" in r for r in report.review_reasons)
+    row = decision_row(case, report)
+    assert redecide([row], load_quality_config(None))[0]["verdict"] == report.verdict
 
 
 def test_a_character_in_other_hues_is_not_typical_of_the_sheet():
@@ -274,6 +298,12 @@ def test_real_walk_cycles_are_regular_motion_and_their_wobble_is_not(supertux, p
 def test_a_real_stranger_in_other_hues_fails_a_real_sheet(supertux):
     report = Case("CHARACTER_SHEET", "one_stranger", 0, 128, "supertux").score()
     assert report.verdict == "fail" and "identity_consistency" in " ".join(report.failures), report.metrics
+
+
+def test_real_sprites_repeated_and_reframed_are_not_passed(supertux):
+    """This passed (pose_distinctness 0.87): one zoom of the whole picture explains each repeated frame."""
+    report = Case("CHARACTER_SHEET", "repeated_poses", 0, 128, "supertux").score()
+    assert report.verdict != "pass" and report.details["repeat_distinctness"] < 0.5, report.metrics
 
 
 @pytest.mark.parametrize("phase, mode", [("CHARACTER_SHEET", "different_characters"), ("CHARACTER_SHEET", "noisy"),

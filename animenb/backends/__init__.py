@@ -1,10 +1,10 @@
 """Backend registry: `get_backend("diffusers" | "comfyui", **options)`."""
+
 from __future__ import annotations
 
 from typing import Callable
 
-from .base import (Backend, BackendError, ImageRequest, ImageToVideoRequest, OutOfMemoryError,
-                   VideoRequest)
+from .base import Backend, BackendError, ImageRequest, ImageToVideoRequest, OutOfMemoryError, VideoRequest
 
 _REGISTRY: dict[str, Callable[..., Backend]] = {}
 
@@ -17,9 +17,11 @@ def _builtin(name: str) -> Callable[..., Backend]:
     # Imported lazily: the ComfyUI backend must not pull torch/diffusers and vice versa.
     if name == "diffusers":
         from .diffusers_backend import DiffusersBackend
+
         return DiffusersBackend
     if name == "comfyui":
         from .comfyui import ComfyUIBackend
+
         return ComfyUIBackend
     raise KeyError(name)
 
@@ -38,5 +40,14 @@ def get_backend(name: str = "diffusers", **options) -> Backend:
     return factory(**options)
 
 
-__all__ = ["Backend", "BackendError", "ImageRequest", "ImageToVideoRequest", "OutOfMemoryError",
-           "VideoRequest", "backend_names", "get_backend", "register_backend"]
+__all__ = [
+    "Backend",
+    "BackendError",
+    "ImageRequest",
+    "ImageToVideoRequest",
+    "OutOfMemoryError",
+    "VideoRequest",
+    "backend_names",
+    "get_backend",
+    "register_backend",
+]

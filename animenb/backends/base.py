@@ -4,6 +4,7 @@ Phase functions (animenb.phases) are backend-agnostic: they derive pose prompts,
 compose sheets, close loops, re-time videos and write files; a backend only turns a
 request into PIL images. Requests are validated here, before any model is touched.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -29,8 +30,10 @@ MAX_CONTROL_SCALE = 2.0  # ControlNet conditioning scale (A1111's "Control Weigh
 MAX_MOTION_SCALE = 2.0  # AnimateDiff motion scale (AnimateDiff-Evolved's scale_multival)
 # ComfyUI's core nodes cannot apply an AnimateDiff motion LoRA (AnimateDiff itself is a custom node pack there, and
 # animenb's graph does not wire that pack's motion-LoRA loader): motion LoRAs are a diffusers-backend option.
-MOTION_LORA_UNSUPPORTED = ("`motion_lora` is not available on the comfyui backend: ComfyUI's core nodes cannot apply "
-                           "an AnimateDiff motion LoRA. Use the diffusers backend, or leave `motion_lora` null.")
+MOTION_LORA_UNSUPPORTED = (
+    "`motion_lora` is not available on the comfyui backend: ComfyUI's core nodes cannot apply "
+    "an AnimateDiff motion LoRA. Use the diffusers backend, or leave `motion_lora` null."
+)
 
 
 class BackendError(RuntimeError):
@@ -41,15 +44,22 @@ class OutOfMemoryError(BackendError):
     """The device ran out of memory; the model cache has been freed."""
 
 
-def _check_common(prompt: str, width: int, height: int, steps: int, seed: int, guidance_scale: float,
-                  scheduler: str) -> None:
+def _check_common(
+    prompt: str, width: int, height: int, steps: int, seed: int, guidance_scale: float, scheduler: str
+) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"`prompt` must be a non-empty string, got {prompt!r}.")
     for name, value in (("width", width), ("height", height)):
-        if isinstance(value, bool) or not isinstance(value, int) or not MIN_SIZE <= value <= MAX_SIZE \
-                or value % SIZE_MULTIPLE:
-            raise ValueError(f"`{name}` must be an integer in [{MIN_SIZE}, {MAX_SIZE}] and a multiple of "
-                             f"{SIZE_MULTIPLE}, got {value!r}.")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not MIN_SIZE <= value <= MAX_SIZE
+            or value % SIZE_MULTIPLE
+        ):
+            raise ValueError(
+                f"`{name}` must be an integer in [{MIN_SIZE}, {MAX_SIZE}] and a multiple of "
+                f"{SIZE_MULTIPLE}, got {value!r}."
+            )
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"`steps` must be an integer in [1, {MAX_STEPS}], got {steps!r}.")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
@@ -74,6 +84,7 @@ class ImageRequest:
     `control_image` (an OpenPose render, see animenb.poses) steers the pose through the profile's
     `controlnet` role at `control_scale`; None or a scale of 0 generates without ControlNet.
     """
+
     prompt: str
     negative_prompt: str = ""
     width: int = 512
@@ -86,13 +97,12 @@ class ImageRequest:
     ip_adapter_scale: float = 0.6
     control_image: Image.Image | None = None
     control_scale: float = 1.0
-    checkpoint: str | None = None   # a single file in the checkpoints folder instead of the profile's model
-    loras: tuple = ()               # ((name or path, weight), ...) after the profile's own
-    clip_skip: int | None = None    # A1111's: 1 = the last CLIP layer; null: the profile's
+    checkpoint: str | None = None  # a single file in the checkpoints folder instead of the profile's model
+    loras: tuple = ()  # ((name or path, weight), ...) after the profile's own
+    clip_skip: int | None = None  # A1111's: 1 = the last CLIP layer; null: the profile's
 
     def __post_init__(self):
-        _check_common(self.prompt, self.width, self.height, self.steps, self.seed, self.guidance_scale,
-                      self.scheduler)
+        _check_common(self.prompt, self.width, self.height, self.steps, self.seed, self.guidance_scale, self.scheduler)
         _check_control(self.control_image, self.control_scale)
         _check_models(self)
 
@@ -112,6 +122,7 @@ def _check_control(image, scale) -> None:
 @dataclass(frozen=True)
 class VideoRequest:
     """Text (+ optional IP-Adapter reference) to `frames` frames (AnimateDiff)."""
+
     prompt: str
     negative_prompt: str = ""
     width: int = 512
@@ -126,20 +137,23 @@ class VideoRequest:
     motion_scale: float = 1.0  # the motion modules' contribution: 1 as trained, below calmer, above livelier
     motion_lora: str | None = None  # an AnimateDiff motion LoRA: a LoRA-folder name, a path or a hub id
     motion_lora_weight: float = 1.0
-    checkpoint: str | None = None   # a single file in the checkpoints folder instead of the profile's model
-    loras: tuple = ()               # ((name or path, weight), ...) after the profile's own
-    clip_skip: int | None = None    # A1111's: 1 = the last CLIP layer; null: the profile's
+    checkpoint: str | None = None  # a single file in the checkpoints folder instead of the profile's model
+    loras: tuple = ()  # ((name or path, weight), ...) after the profile's own
+    clip_skip: int | None = None  # A1111's: 1 = the last CLIP layer; null: the profile's
 
     def __post_init__(self):
-        _check_common(self.prompt, self.width, self.height, self.steps, self.seed, self.guidance_scale,
-                      self.scheduler)
+        _check_common(self.prompt, self.width, self.height, self.steps, self.seed, self.guidance_scale, self.scheduler)
         _check_models(self)
         if not isinstance(self.frames, int) or not 2 <= self.frames <= MAX_MODEL_FRAMES:
             raise ValueError(f"`frames` must be an integer in [2, {MAX_MODEL_FRAMES}], got {self.frames!r}.")
-        if isinstance(self.motion_scale, bool) or not isinstance(self.motion_scale, (int, float)) \
-                or not 0.0 <= self.motion_scale <= MAX_MOTION_SCALE:
-            raise ValueError(f"`motion_scale` must be a number in [0, {MAX_MOTION_SCALE:g}], "
-                             f"got {self.motion_scale!r}.")
+        if (
+            isinstance(self.motion_scale, bool)
+            or not isinstance(self.motion_scale, (int, float))
+            or not 0.0 <= self.motion_scale <= MAX_MOTION_SCALE
+        ):
+            raise ValueError(
+                f"`motion_scale` must be a number in [0, {MAX_MOTION_SCALE:g}], got {self.motion_scale!r}."
+            )
         _check_motion_lora(self.motion_lora, self.motion_lora_weight)
 
 
@@ -153,6 +167,7 @@ def _check_motion_lora(name, weight) -> None:
 @dataclass(frozen=True)
 class ImageToVideoRequest:
     """One image to `frames` frames (Stable Video Diffusion)."""
+
     image: Image.Image
     width: int = 512
     height: int = 512
@@ -167,10 +182,13 @@ class ImageToVideoRequest:
     decode_chunk_size: int | None = None  # frames per temporal VAE decode; None: the backend's choice
 
     def __post_init__(self):
-        if self.decode_chunk_size is not None and (type(self.decode_chunk_size) is not int
-                                                   or not 1 <= self.decode_chunk_size <= MAX_MODEL_FRAMES):
-            raise ValueError(f"`decode_chunk_size` must be None or an integer in [1, {MAX_MODEL_FRAMES}], "
-                             f"got {self.decode_chunk_size!r}.")
+        if self.decode_chunk_size is not None and (
+            type(self.decode_chunk_size) is not int or not 1 <= self.decode_chunk_size <= MAX_MODEL_FRAMES
+        ):
+            raise ValueError(
+                f"`decode_chunk_size` must be None or an integer in [1, {MAX_MODEL_FRAMES}], "
+                f"got {self.decode_chunk_size!r}."
+            )
         if not isinstance(self.image, Image.Image):
             raise ValueError(f"`image` must be a PIL image, got {type(self.image).__name__}.")
         _check_common("image", self.width, self.height, self.steps, self.seed, 1.0, "dpmpp_2m")
@@ -192,8 +210,7 @@ class Backend(ABC):
         """`request.frames` frames of one animated shot (AnimateDiff)."""
 
     @abstractmethod
-    def image_to_video(self, request: ImageToVideoRequest,
-                       on_step: StepCallback | None = None) -> list[Image.Image]:
+    def image_to_video(self, request: ImageToVideoRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
         """`request.frames` frames animating `request.image` (SVD)."""
 
     @abstractmethod

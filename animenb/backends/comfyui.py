@@ -16,6 +16,7 @@ loads back into ComfyUI.
 Cancel: when `on_step` raises (or the kernel is interrupted), the job is interrupted
 with `POST /interrupt {prompt_id}` (or removed from the queue) and the exception re-raised.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,10 +30,25 @@ from typing import Any
 from PIL import Image
 
 from . import comfyui_graphs as graphs
-from .base import (MOTION_LORA_UNSUPPORTED, Backend, BackendError, ImageRequest, ImageToVideoRequest, StepCallback,
-                   VideoRequest)
-from .comfyui_client import (DEFAULT_URL, Closed, ComfyUIClient, comfyui_health, devices, drain,
-                             preview_data_url, unreachable)
+from .base import (
+    MOTION_LORA_UNSUPPORTED,
+    Backend,
+    BackendError,
+    ImageRequest,
+    ImageToVideoRequest,
+    StepCallback,
+    VideoRequest,
+)
+from .comfyui_client import (
+    DEFAULT_URL,
+    Closed,
+    ComfyUIClient,
+    comfyui_health,
+    devices,
+    drain,
+    preview_data_url,
+    unreachable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +67,20 @@ class ComfyUIBackend(Backend):
 
     name = "comfyui"
 
-    def __init__(self, url: str = DEFAULT_URL, checkpoint: str | None = None, timeout: float = 1800.0, *,
-                 svd_checkpoint: str | None = None, motion_model: str | None = None,
-                 ipadapter_model: str | None = None, clip_vision_model: str | None = None,
-                 controlnet_model: str | None = None, http_timeout: float = 30.0, **_ignored):
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        checkpoint: str | None = None,
+        timeout: float = 1800.0,
+        *,
+        svd_checkpoint: str | None = None,
+        motion_model: str | None = None,
+        ipadapter_model: str | None = None,
+        clip_vision_model: str | None = None,
+        controlnet_model: str | None = None,
+        http_timeout: float = 30.0,
+        **_ignored,
+    ):
         self.client = ComfyUIClient(url, http_timeout)  # checks `url`
         if not timeout or timeout <= 0:
             raise ValueError(f"`timeout` must be > 0 seconds, got {timeout!r}.")
@@ -84,8 +110,13 @@ class ComfyUIBackend(Backend):
         if request.ip_adapter_image is not None:
             ip_adapter = self._ip_adapter_inputs(request.ip_adapter_image)
         controlnet = self._controlnet_inputs(request.control_image) if request.controlled else None
-        graph = graphs.text_to_image(request, checkpoint=self._checkpoint(request.checkpoint), ip_adapter=ip_adapter,
-                                     controlnet=controlnet, **self._model_inputs(request))
+        graph = graphs.text_to_image(
+            request,
+            checkpoint=self._checkpoint(request.checkpoint),
+            ip_adapter=ip_adapter,
+            controlnet=controlnet,
+            **self._model_inputs(request),
+        )
         return self.run_graph(graph, on_step)[0]
 
     def text_to_video(self, request: VideoRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
@@ -94,32 +125,44 @@ class ComfyUIBackend(Backend):
         if request.motion_lora is not None:
             raise ValueError(MOTION_LORA_UNSUPPORTED)
         self._require(graphs.ANIMATEDIFF_PACK)
-        motion_model = self.motion_model or self._first_choice("ADE_LoadAnimateDiffModel", "model_name",
-                                                                 "motion model (models/animatediff_models)")
+        motion_model = self.motion_model or self._first_choice(
+            "ADE_LoadAnimateDiffModel", "model_name", "motion model (models/animatediff_models)"
+        )
         ip_adapter = None
         if request.ip_adapter_image is not None:
             ip_adapter = self._ip_adapter_inputs(request.ip_adapter_image)
-        graph = graphs.text_to_video(request, checkpoint=self._checkpoint(request.checkpoint),
-                                     motion_model=motion_model, ip_adapter=ip_adapter, **self._model_inputs(request))
+        graph = graphs.text_to_video(
+            request,
+            checkpoint=self._checkpoint(request.checkpoint),
+            motion_model=motion_model,
+            ip_adapter=ip_adapter,
+            **self._model_inputs(request),
+        )
         return self._frames(self.run_graph(graph, on_step), request.frames)
 
-    def image_to_video(self, request: ImageToVideoRequest,
-                       on_step: StepCallback | None = None) -> list[Image.Image]:
+    def image_to_video(self, request: ImageToVideoRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
         if not isinstance(request, ImageToVideoRequest):
             raise ValueError(f"`request` must be an ImageToVideoRequest, got {type(request).__name__}.")
         missing = [node for node in graphs.SVD_NODES if node not in self.object_info()]
         if missing:
-            raise BackendError(f"ComfyUI at {self.url} lacks the built-in SVD nodes {', '.join(missing)}; "
-                               "update ComfyUI.")
+            raise BackendError(
+                f"ComfyUI at {self.url} lacks the built-in SVD nodes {', '.join(missing)}; update ComfyUI."
+            )
         checkpoint = self.svd_checkpoint or self._svd_checkpoint()
         image_name = self.upload_image(request.image)
         graph = graphs.image_to_video(request, checkpoint=checkpoint, image_name=image_name)
         return self._frames(self.run_graph(graph, on_step), request.frames)
 
     def describe(self) -> dict:
-        info: dict[str, Any] = {"backend": "comfyui", "url": self.url, "checkpoint": self.checkpoint,
-                "svd_checkpoint": self.svd_checkpoint, "controlnet_model": self.controlnet_model,
-                "comfyui_version": None, "devices": []}
+        info: dict[str, Any] = {
+            "backend": "comfyui",
+            "url": self.url,
+            "checkpoint": self.checkpoint,
+            "svd_checkpoint": self.svd_checkpoint,
+            "controlnet_model": self.controlnet_model,
+            "comfyui_version": None,
+            "devices": [],
+        }
         try:
             if self._system_stats is None:
                 self._system_stats = self.client.get_json("/system_stats")
@@ -203,8 +246,10 @@ class ComfyUIBackend(Backend):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._cancel(events, prompt_id)
-                raise BackendError(f"ComfyUI job {prompt_id} did not finish within {self.timeout:.0f}s "
-                                   f"at {self.url}; it was interrupted.")
+                raise BackendError(
+                    f"ComfyUI job {prompt_id} did not finish within {self.timeout:.0f}s "
+                    f"at {self.url}; it was interrupted."
+                )
             try:
                 message = events.get(timeout=min(remaining, 1.0))
             except queue.Empty:
@@ -233,10 +278,13 @@ class ComfyUIBackend(Backend):
             elif kind == "execution_error" and data.get("prompt_id") == prompt_id:
                 raise BackendError(
                     f"ComfyUI failed in node {data.get('node_id')} ({data.get('node_type')}): "
-                    f"{data.get('exception_type', 'error')}: {str(data.get('exception_message', '')).strip()}")
+                    f"{data.get('exception_type', 'error')}: {str(data.get('exception_message', '')).strip()}"
+                )
             elif kind == "execution_interrupted" and data.get("prompt_id") == prompt_id:
-                raise BackendError(f"ComfyUI job {prompt_id} was interrupted at {self.url} "
-                                   f"(node {data.get('node_id')}), not by this backend.")
+                raise BackendError(
+                    f"ComfyUI job {prompt_id} was interrupted at {self.url} "
+                    f"(node {data.get('node_id')}), not by this backend."
+                )
 
     def _cancel(self, events: queue.Queue, prompt_id: str, wait: float = 10.0) -> None:
         """Interrupt `prompt_id` and wait (at most `wait` s) until ComfyUI has let go of it."""
@@ -285,8 +333,10 @@ class ComfyUIBackend(Backend):
     def _first_choice(self, node: str, field: str, what: str) -> str:
         choices = self._choices(node, field)
         if not choices:
-            raise BackendError(f"ComfyUI at {self.url} lists no {what} for {node}.{field}; add one "
-                               "(or pass it to ComfyUIBackend) and retry.")
+            raise BackendError(
+                f"ComfyUI at {self.url} lists no {what} for {node}.{field}; add one "
+                "(or pass it to ComfyUIBackend) and retry."
+            )
         return choices[0]
 
     def _checkpoint(self, requested: str | None = None) -> str:
@@ -295,8 +345,9 @@ class ComfyUIBackend(Backend):
         if requested is not None:
             return self._listed("CheckpointLoaderSimple", "ckpt_name", requested, "checkpoint")
         if self.checkpoint is None:
-            self.checkpoint = self._first_choice("CheckpointLoaderSimple", "ckpt_name",
-                                                 "checkpoint (models/checkpoints)")
+            self.checkpoint = self._first_choice(
+                "CheckpointLoaderSimple", "ckpt_name", "checkpoint (models/checkpoints)"
+            )
         else:
             self.checkpoint = self._listed("CheckpointLoaderSimple", "ckpt_name", self.checkpoint, "checkpoint")
         return self.checkpoint
@@ -309,8 +360,9 @@ class ComfyUIBackend(Backend):
         for choice in choices:
             if name == choice or name == choice.rsplit(".", 1)[0]:
                 return choice
-        raise ValueError(f"ComfyUI at {self.url} has no {what} named {name!r}; it lists: "
-                         f"{', '.join(choices) or 'none'}.")
+        raise ValueError(
+            f"ComfyUI at {self.url} has no {what} named {name!r}; it lists: {', '.join(choices) or 'none'}."
+        )
 
     def _choices_fresh(self, node: str, field: str) -> list[str]:
         self.object_info(refresh=True)
@@ -321,12 +373,15 @@ class ComfyUIBackend(Backend):
         used is kept in `self.last_models` for PNG info."""
         loras = [(self._listed("LoraLoader", "lora_name", name, "LoRA"), weight) for name, weight in request.loras]
         text = f"{request.prompt}\n{request.negative_prompt}"
-        named = [e for e in self._embeddings()
-                 if f"embedding:{e}" in text or graphs.with_embedding_syntax(text, [e]) != text]
-        self.last_models = {"loras": [{"name": n, "weight": w, "hash": _local_hash("loras", n)}
-                                      for n, w in request.loras],
-                            "embeddings": [{"name": e, "hash": _local_hash("embeddings", e)} for e in named],
-                            "clip_skip": request.clip_skip, "checkpoint": request.checkpoint}
+        named = [
+            e for e in self._embeddings() if f"embedding:{e}" in text or graphs.with_embedding_syntax(text, [e]) != text
+        ]
+        self.last_models = {
+            "loras": [{"name": n, "weight": w, "hash": _local_hash("loras", n)} for n, w in request.loras],
+            "embeddings": [{"name": e, "hash": _local_hash("embeddings", e)} for e in named],
+            "clip_skip": request.clip_skip,
+            "checkpoint": request.checkpoint,
+        }
         return {"loras": loras, "clip_skip": request.clip_skip, "embeddings": named}
 
     def _embeddings(self) -> list[str]:
@@ -338,8 +393,10 @@ class ComfyUIBackend(Backend):
     def _svd_checkpoint(self) -> str:
         choices = [name for name in self._choices("ImageOnlyCheckpointLoader", "ckpt_name") if "svd" in name.lower()]
         if not choices:
-            raise BackendError(f"ComfyUI at {self.url} has no SVD checkpoint: put one whose name contains 'svd' "
-                               "in models/checkpoints, or pass `svd_checkpoint=`.")
+            raise BackendError(
+                f"ComfyUI at {self.url} has no SVD checkpoint: put one whose name contains 'svd' "
+                "in models/checkpoints, or pass `svd_checkpoint=`."
+            )
         self.svd_checkpoint = choices[0]
         return self.svd_checkpoint
 
@@ -348,30 +405,40 @@ class ComfyUIBackend(Backend):
         if missing:  # the cache may predate a restart with the pack installed: look again once
             missing = pack.missing(self.object_info(refresh=True))
         if missing:
-            raise BackendError(f"{pack.feature} on ComfyUI needs the {pack.name} node pack: "
-                               f"ComfyUI at {self.url} lacks the nodes {', '.join(missing)}. Install the pack "
-                               "into ComfyUI's custom_nodes and restart it, or use backend='diffusers'.")
+            raise BackendError(
+                f"{pack.feature} on ComfyUI needs the {pack.name} node pack: "
+                f"ComfyUI at {self.url} lacks the nodes {', '.join(missing)}. Install the pack "
+                "into ComfyUI's custom_nodes and restart it, or use backend='diffusers'."
+            )
 
     def _ip_adapter_inputs(self, image: Image.Image) -> dict:
         self._require(graphs.IPADAPTER_PACK)
-        ipadapter_model = self.ipadapter_model or self._first_choice("IPAdapterModelLoader", "ipadapter_file",
-                                                                     "IP-Adapter model (models/ipadapter)")
-        clip_vision_model = self.clip_vision_model or self._first_choice("CLIPVisionLoader", "clip_name",
-                                                                         "CLIP vision model (models/clip_vision)")
-        return {"image_name": self.upload_image(image), "ipadapter_model": ipadapter_model,
-                "clip_vision_model": clip_vision_model}
+        ipadapter_model = self.ipadapter_model or self._first_choice(
+            "IPAdapterModelLoader", "ipadapter_file", "IP-Adapter model (models/ipadapter)"
+        )
+        clip_vision_model = self.clip_vision_model or self._first_choice(
+            "CLIPVisionLoader", "clip_name", "CLIP vision model (models/clip_vision)"
+        )
+        return {
+            "image_name": self.upload_image(image),
+            "ipadapter_model": ipadapter_model,
+            "clip_vision_model": clip_vision_model,
+        }
 
     def _controlnet_inputs(self, image: Image.Image) -> dict:
         missing = [node for node in graphs.CONTROLNET_NODES if node not in self.object_info()]
         if missing:
-            raise BackendError(f"ComfyUI at {self.url} lacks the built-in ControlNet nodes {', '.join(missing)}; "
-                               "update ComfyUI.")
+            raise BackendError(
+                f"ComfyUI at {self.url} lacks the built-in ControlNet nodes {', '.join(missing)}; update ComfyUI."
+            )
         if self.controlnet_model is None:
             choices = self._choices("ControlNetLoader", "control_net_name")
             if not choices:
-                raise BackendError(f"ComfyUI at {self.url} lists no ControlNet (models/controlnet) for pose control: "
-                                   "add an OpenPose ControlNet (e.g. control_v11p_sd15_openpose), pass "
-                                   "`controlnet_model=`, or set pose_strength=0.")
+                raise BackendError(
+                    f"ComfyUI at {self.url} lists no ControlNet (models/controlnet) for pose control: "
+                    "add an OpenPose ControlNet (e.g. control_v11p_sd15_openpose), pass "
+                    "`controlnet_model=`, or set pose_strength=0."
+                )
             self.controlnet_model = next((name for name in choices if "openpose" in name.lower()), choices[0])
         return {"image_name": self.upload_image(image), "controlnet_model": self.controlnet_model}
 

@@ -8,6 +8,7 @@ binary frames (previews), and a `Closed` sentinel when the socket goes away. Eve
 timeout; a refused connection or closed socket becomes `BackendError("ComfyUI at URL is
 unreachable: ...")` at once.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -65,8 +66,8 @@ class EventSocket:
         from tornado.websocket import websocket_connect
 
         self._conn = await asyncio.wait_for(
-            websocket_connect(self.ws_url, connect_timeout=timeout, max_message_size=256 * 1024 * 1024),
-            timeout)
+            websocket_connect(self.ws_url, connect_timeout=timeout, max_message_size=256 * 1024 * 1024), timeout
+        )
         self._loop.create_task(self._read())
 
     async def _read(self) -> None:
@@ -107,8 +108,9 @@ def unreachable(url: str, exc: BaseException | str) -> BackendError:
     return BackendError(f"ComfyUI at {url} is unreachable: {reason}")
 
 
-def http(url: str, method: str, path: str, *, data: bytes | None = None, content_type: str | None = None,
-         timeout: float) -> tuple[int, bytes]:
+def http(
+    url: str, method: str, path: str, *, data: bytes | None = None, content_type: str | None = None, timeout: float
+) -> tuple[int, bytes]:
     """One HTTP request; (status, body) for any HTTP answer, BackendError when nothing answers."""
     request = urllib.request.Request(url + path, data=data, method=method)
     if content_type:
@@ -131,8 +133,14 @@ def get_json(url: str, path: str, timeout: float) -> Any:
 
 def comfyui_health(url: str | None, timeout: float = 2.0) -> dict:
     """`components.comfyui` for the server's /health: status, queue sizes, version and devices."""
-    health: dict[str, Any] = {"status": "not configured", "url": url or None, "queue_running": None,
-                              "queue_pending": None, "version": None, "devices": []}
+    health: dict[str, Any] = {
+        "status": "not configured",
+        "url": url or None,
+        "queue_running": None,
+        "queue_pending": None,
+        "version": None,
+        "devices": [],
+    }
     if not url:
         return health
     url = url.rstrip("/")
@@ -141,16 +149,21 @@ def comfyui_health(url: str | None, timeout: float = 2.0) -> dict:
         queue_state = get_json(url, "/queue", timeout)
     except (BackendError, ValueError) as exc:
         return {**health, "status": "unreachable", "error": str(exc)}
-    return {**health, "status": "healthy",
-            "queue_running": len(queue_state.get("queue_running", [])),
-            "queue_pending": len(queue_state.get("queue_pending", [])),
-            "version": stats.get("system", {}).get("comfyui_version"),
-            "devices": devices(stats)}
+    return {
+        **health,
+        "status": "healthy",
+        "queue_running": len(queue_state.get("queue_running", [])),
+        "queue_pending": len(queue_state.get("queue_pending", [])),
+        "version": stats.get("system", {}).get("comfyui_version"),
+        "devices": devices(stats),
+    }
 
 
 def devices(stats: dict) -> list[dict]:
-    return [{key: device.get(key) for key in ("name", "type", "vram_total", "vram_free")}
-            for device in stats.get("devices", [])]
+    return [
+        {key: device.get(key) for key in ("name", "type", "vram_total", "vram_free")}
+        for device in stats.get("devices", [])
+    ]
 
 
 def preview_data_url(frame: bytes) -> str | None:
@@ -190,8 +203,14 @@ class ComfyUIClient:
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
         data = json.dumps(body).encode() if body is not None else None
-        return http(self.url, method, path, data=data, content_type="application/json" if data else None,
-                    timeout=self.http_timeout)
+        return http(
+            self.url,
+            method,
+            path,
+            data=data,
+            content_type="application/json" if data else None,
+            timeout=self.http_timeout,
+        )
 
     def get_json(self, path: str) -> Any:
         return get_json(self.url, path, self.http_timeout)
@@ -240,8 +259,13 @@ class ComfyUIClient:
 
     def view(self, entry: dict) -> Image.Image:
         """An output image named by a /history entry, with its PNG text chunks in `.info`."""
-        query = urllib.parse.urlencode({"filename": entry["filename"], "subfolder": entry.get("subfolder", ""),
-                                        "type": entry.get("type", "output")})
+        query = urllib.parse.urlencode(
+            {
+                "filename": entry["filename"],
+                "subfolder": entry.get("subfolder", ""),
+                "type": entry.get("type", "output"),
+            }
+        )
         status, body = http(self.url, "GET", f"/view?{query}", timeout=self.http_timeout)
         if status != 200:
             raise BackendError(f"ComfyUI at {self.url} answered {status} to /view for {entry['filename']}.")
@@ -261,13 +285,22 @@ class ComfyUIClient:
         boundary = uuid.uuid4().hex
         parts = []
         for field, value in (("type", "input"), ("overwrite", "true")):
-            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"\r\n\r\n{value}\r\n'
-                         .encode())
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-                     f"Content-Type: image/png\r\n\r\n".encode() + png + b"\r\n")
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"\r\n\r\n{value}\r\n'.encode())
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+            f"Content-Type: image/png\r\n\r\n".encode()
+            + png
+            + b"\r\n"
+        )
         parts.append(f"--{boundary}--\r\n".encode())
-        status, body = http(self.url, "POST", "/upload/image", data=b"".join(parts),
-                            content_type=f"multipart/form-data; boundary={boundary}", timeout=self.http_timeout)
+        status, body = http(
+            self.url,
+            "POST",
+            "/upload/image",
+            data=b"".join(parts),
+            content_type=f"multipart/form-data; boundary={boundary}",
+            timeout=self.http_timeout,
+        )
         if status != 200:
             raise BackendError(f"ComfyUI at {self.url} refused the image upload ({status}): {body[:300]!r}")
         answer = json.loads(body)

@@ -8,11 +8,11 @@ messages become `on_step()` calls, and the output node whose images are fetched)
 Only built-in nodes are used for text-to-image and SVD; IP-Adapter and AnimateDiff use the
 community node packs below, and `missing_nodes` says which of their nodes a server lacks.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import re
+from dataclasses import dataclass, field
 
 from .base import ImageRequest, ImageToVideoRequest, VideoRequest
 from .samplers import SCHEDULER_NAMES, sampler
@@ -24,6 +24,7 @@ SAMPLERS: dict[str, tuple[str, str]] = {name: sampler(name).comfyui for name in 
 @dataclass(frozen=True)
 class NodePack:
     """A community node pack: what to install, and the node classes animenb's graphs use from it."""
+
     name: str
     nodes: tuple[str, ...]
     feature: str
@@ -39,8 +40,12 @@ IPADAPTER_PACK = NodePack(
 )
 ANIMATEDIFF_PACK = NodePack(
     name="ComfyUI-AnimateDiff-Evolved (Kosinkadink)",
-    nodes=("ADE_LoadAnimateDiffModel", "ADE_ApplyAnimateDiffModelSimple", "ADE_UseEvolvedSampling",
-           "ADE_MultivalDynamic"),
+    nodes=(
+        "ADE_LoadAnimateDiffModel",
+        "ADE_ApplyAnimateDiffModelSimple",
+        "ADE_UseEvolvedSampling",
+        "ADE_MultivalDynamic",
+    ),
     feature="text-to-video (AnimateDiff)",
 )
 # Built-in nodes the graphs rely on (present in every ComfyUI since SVD support, 2023-11).
@@ -62,35 +67,62 @@ class Graph:
         return node_id
 
 
-def _sampler(graph: Graph, model, positive, negative, latent, *, seed: int, steps: int, cfg: float,
-             scheduler: str) -> str:
+def _sampler(
+    graph: Graph, model, positive, negative, latent, *, seed: int, steps: int, cfg: float, scheduler: str
+) -> str:
     sampler_name, comfy_scheduler = SAMPLERS[scheduler]
-    graph.sampler = graph.add("KSampler", model=model, seed=seed, steps=steps, cfg=float(cfg),
-                              sampler_name=sampler_name, scheduler=comfy_scheduler, positive=positive,
-                              negative=negative, latent_image=latent, denoise=1.0)
+    graph.sampler = graph.add(
+        "KSampler",
+        model=model,
+        seed=seed,
+        steps=steps,
+        cfg=float(cfg),
+        sampler_name=sampler_name,
+        scheduler=comfy_scheduler,
+        positive=positive,
+        negative=negative,
+        latent_image=latent,
+        denoise=1.0,
+    )
     return graph.sampler
 
 
-def _ip_adapter(graph: Graph, model, *, image_name: str, scale: float, ipadapter_model: str,
-                clip_vision_model: str):
+def _ip_adapter(graph: Graph, model, *, image_name: str, scale: float, ipadapter_model: str, clip_vision_model: str):
     """Patch `model` with IPAdapterAdvanced (ComfyUI_IPAdapter_plus) for the uploaded reference."""
     ipadapter = graph.add("IPAdapterModelLoader", ipadapter_file=ipadapter_model)
     clip_vision = graph.add("CLIPVisionLoader", clip_name=clip_vision_model)
     reference = graph.add("LoadImage", image=image_name)
-    patched = graph.add("IPAdapterAdvanced", model=model, ipadapter=[ipadapter, 0], image=[reference, 0],
-                        weight=float(scale), weight_type="linear", combine_embeds="concat", start_at=0.0,
-                        end_at=1.0, embeds_scaling="V only", clip_vision=[clip_vision, 0])
+    patched = graph.add(
+        "IPAdapterAdvanced",
+        model=model,
+        ipadapter=[ipadapter, 0],
+        image=[reference, 0],
+        weight=float(scale),
+        weight_type="linear",
+        combine_embeds="concat",
+        start_at=0.0,
+        end_at=1.0,
+        embeds_scaling="V only",
+        clip_vision=[clip_vision, 0],
+    )
     return [patched, 0]
 
 
-def _controlnet(graph: Graph, positive, negative, vae, *, image_name: str, strength: float,
-                controlnet_model: str):
+def _controlnet(graph: Graph, positive, negative, vae, *, image_name: str, strength: float, controlnet_model: str):
     """Condition both prompts on the uploaded pose image through ControlNetApplyAdvanced (built in)."""
     controlnet = graph.add("ControlNetLoader", control_net_name=controlnet_model)
     pose = graph.add("LoadImage", image=image_name)
-    applied = graph.add("ControlNetApplyAdvanced", positive=positive, negative=negative,
-                        control_net=[controlnet, 0], image=[pose, 0], strength=float(strength),
-                        start_percent=0.0, end_percent=1.0, vae=vae)
+    applied = graph.add(
+        "ControlNetApplyAdvanced",
+        positive=positive,
+        negative=negative,
+        control_net=[controlnet, 0],
+        image=[pose, 0],
+        strength=float(strength),
+        start_percent=0.0,
+        end_percent=1.0,
+        vae=vae,
+    )
     return [applied, 0], [applied, 1]
 
 
@@ -105,17 +137,31 @@ def _models(graph: Graph, loader: str, loras, clip_skip: int | None):
     """The checkpoint's MODEL and CLIP through one LoraLoader per LoRA, then CLIPSetLastLayer for `clip_skip`."""
     model, clip = [loader, 0], [loader, 1]
     for name, weight in loras:
-        lora = graph.add("LoraLoader", model=model, clip=clip, lora_name=name, strength_model=float(weight),
-                         strength_clip=float(weight))
+        lora = graph.add(
+            "LoraLoader",
+            model=model,
+            clip=clip,
+            lora_name=name,
+            strength_model=float(weight),
+            strength_clip=float(weight),
+        )
         model, clip = [lora, 0], [lora, 1]
     if clip_skip not in (None, 1):  # A1111's clip skip 2 = ComfyUI's last layer -2
         clip = [graph.add("CLIPSetLastLayer", clip=clip, stop_at_clip_layer=-clip_skip), 0]
     return model, clip
 
 
-def text_to_image(request: ImageRequest, *, checkpoint: str, ip_adapter: dict | None = None,
-                  batch_size: int = 1, controlnet: dict | None = None, loras=(), clip_skip: int | None = None,
-                  embeddings=()) -> Graph:
+def text_to_image(
+    request: ImageRequest,
+    *,
+    checkpoint: str,
+    ip_adapter: dict | None = None,
+    batch_size: int = 1,
+    controlnet: dict | None = None,
+    loras=(),
+    clip_skip: int | None = None,
+    embeddings=(),
+) -> Graph:
     """CheckpointLoaderSimple -> CLIPTextEncode x2 -> EmptyLatentImage -> KSampler -> VAEDecode -> PreviewImage.
 
     `ip_adapter` = {"image_name", "ipadapter_model", "clip_vision_model"} inserts IPAdapterAdvanced
@@ -128,41 +174,76 @@ def text_to_image(request: ImageRequest, *, checkpoint: str, ip_adapter: dict | 
     # 1. Models and conditioning.
     loader = graph.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
     model, clip = _models(graph, loader, loras, clip_skip)
-    encoded = [graph.add("CLIPTextEncode", text=with_embedding_syntax(text, embeddings), clip=clip)
-               for text in (request.prompt, request.negative_prompt)]
+    encoded = [
+        graph.add("CLIPTextEncode", text=with_embedding_syntax(text, embeddings), clip=clip)
+        for text in (request.prompt, request.negative_prompt)
+    ]
     positive, negative = [encoded[0], 0], [encoded[1], 0]
     if ip_adapter is not None:
         model = _ip_adapter(graph, model, scale=request.ip_adapter_scale, **ip_adapter)
     if controlnet is not None:
-        positive, negative = _controlnet(graph, positive, negative, [loader, 2], strength=request.control_scale,
-                                         **controlnet)
+        positive, negative = _controlnet(
+            graph, positive, negative, [loader, 2], strength=request.control_scale, **controlnet
+        )
     # 2. Latents, denoising, decode.
     latent = graph.add("EmptyLatentImage", width=request.width, height=request.height, batch_size=batch_size)
-    sampler = _sampler(graph, model, positive, negative, [latent, 0], seed=request.seed,
-                       steps=request.steps, cfg=request.guidance_scale, scheduler=request.scheduler)
+    sampler = _sampler(
+        graph,
+        model,
+        positive,
+        negative,
+        [latent, 0],
+        seed=request.seed,
+        steps=request.steps,
+        cfg=request.guidance_scale,
+        scheduler=request.scheduler,
+    )
     decoded = graph.add("VAEDecode", samples=[sampler, 0], vae=[loader, 2])
     # 3. PreviewImage writes a lossless PNG to ComfyUI's temp dir (cleared on restart), not its outputs.
     graph.output = graph.add("PreviewImage", images=[decoded, 0])
     return graph
 
 
-def text_to_video(request: VideoRequest, *, checkpoint: str, motion_model: str,
-                  ip_adapter: dict | None = None, loras=(), clip_skip: int | None = None, embeddings=()) -> Graph:
+def text_to_video(
+    request: VideoRequest,
+    *,
+    checkpoint: str,
+    motion_model: str,
+    ip_adapter: dict | None = None,
+    loras=(),
+    clip_skip: int | None = None,
+    embeddings=(),
+) -> Graph:
     """AnimateDiff-Evolved (Gen2 nodes) on the text-to-image graph: one latent per frame."""
-    image_request = ImageRequest(prompt=request.prompt, negative_prompt=request.negative_prompt,
-                                 width=request.width, height=request.height, steps=request.steps,
-                                 guidance_scale=request.guidance_scale, seed=request.seed,
-                                 scheduler=request.scheduler, ip_adapter_scale=request.ip_adapter_scale)
-    graph = text_to_image(image_request, checkpoint=checkpoint, ip_adapter=ip_adapter, batch_size=request.frames,
-                          loras=loras, clip_skip=clip_skip, embeddings=embeddings)
+    image_request = ImageRequest(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        width=request.width,
+        height=request.height,
+        steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        seed=request.seed,
+        scheduler=request.scheduler,
+        ip_adapter_scale=request.ip_adapter_scale,
+    )
+    graph = text_to_image(
+        image_request,
+        checkpoint=checkpoint,
+        ip_adapter=ip_adapter,
+        batch_size=request.frames,
+        loras=loras,
+        clip_skip=clip_skip,
+        embeddings=embeddings,
+    )
     sampler = graph.nodes[graph.sampler]["inputs"]
     motion = graph.add("ADE_LoadAnimateDiffModel", model_name=motion_model)
     scale = {}
     if request.motion_scale != 1.0:  # AnimateDiff-Evolved's motion scale, as a constant multival
         scale["scale_multival"] = [graph.add("ADE_MultivalDynamic", float_val=float(request.motion_scale)), 0]
     applied = graph.add("ADE_ApplyAnimateDiffModelSimple", motion_model=[motion, 0], **scale)
-    evolved = graph.add("ADE_UseEvolvedSampling", model=sampler["model"], beta_schedule="autoselect",
-                        m_models=[applied, 0])
+    evolved = graph.add(
+        "ADE_UseEvolvedSampling", model=sampler["model"], beta_schedule="autoselect", m_models=[applied, 0]
+    )
     sampler["model"] = [evolved, 0]
     return graph
 
@@ -172,15 +253,32 @@ def image_to_video(request: ImageToVideoRequest, *, checkpoint: str, image_name:
     graph = Graph()
     loader = graph.add("ImageOnlyCheckpointLoader", ckpt_name=checkpoint)
     image = graph.add("LoadImage", image=image_name)
-    conditioning = graph.add("SVD_img2vid_Conditioning", clip_vision=[loader, 1], init_image=[image, 0],
-                             vae=[loader, 2], width=request.width, height=request.height,
-                             video_frames=request.frames, motion_bucket_id=request.motion_bucket_id,
-                             fps=request.fps, augmentation_level=float(request.noise_aug_strength))
+    conditioning = graph.add(
+        "SVD_img2vid_Conditioning",
+        clip_vision=[loader, 1],
+        init_image=[image, 0],
+        vae=[loader, 2],
+        width=request.width,
+        height=request.height,
+        video_frames=request.frames,
+        motion_bucket_id=request.motion_bucket_id,
+        fps=request.fps,
+        augmentation_level=float(request.noise_aug_strength),
+    )
     guided = graph.add("VideoLinearCFGGuidance", model=[loader, 0], min_cfg=float(request.min_guidance_scale))
-    graph.sampler = graph.add("KSampler", model=[guided, 0], seed=request.seed, steps=request.steps,
-                              cfg=float(request.max_guidance_scale), sampler_name="euler", scheduler="karras",
-                              positive=[conditioning, 0], negative=[conditioning, 1],
-                              latent_image=[conditioning, 2], denoise=1.0)
+    graph.sampler = graph.add(
+        "KSampler",
+        model=[guided, 0],
+        seed=request.seed,
+        steps=request.steps,
+        cfg=float(request.max_guidance_scale),
+        sampler_name="euler",
+        scheduler="karras",
+        positive=[conditioning, 0],
+        negative=[conditioning, 1],
+        latent_image=[conditioning, 2],
+        denoise=1.0,
+    )
     decoded = graph.add("VAEDecode", samples=[graph.sampler, 0], vae=[loader, 2])
     graph.output = graph.add("PreviewImage", images=[decoded, 0])
     return graph

@@ -5,6 +5,7 @@ same request gives the same pixels on every run (pin `torch.set_num_threads` to 
 bytes across machines). `on_step` runs in `callback_on_step_end`; whatever it raises
 (cancellation, a kernel interrupt) stops the pipeline at that step.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,10 +13,8 @@ from pathlib import Path
 from PIL import Image
 
 from ..profiles import ModelProfile, load_profile
-from .base import (Backend, ImageRequest, ImageToVideoRequest, OutOfMemoryError, StepCallback,
-                   VideoRequest)
-from .diffusers_models import (find_motion_lora, prompt_embeds, strip_comfyui_embedding_syntax, use_embeddings,
-                               use_loras)
+from .base import Backend, ImageRequest, ImageToVideoRequest, OutOfMemoryError, StepCallback, VideoRequest
+from .diffusers_models import find_motion_lora, prompt_embeds, strip_comfyui_embedding_syntax, use_embeddings, use_loras
 from .samplers import sampler
 
 # IP-Adapter weights stay loaded; a request without a reference uses this image at scale 0,
@@ -101,8 +100,7 @@ def _step_callback(on_step: StepCallback | None, layout: str, total: int):
 class DiffusersBackend(Backend):
     name = "diffusers"
 
-    def __init__(self, models: str | ModelProfile | None = None, device: str | None = None,
-                 dtype: str | None = None):
+    def __init__(self, models: str | ModelProfile | None = None, device: str | None = None, dtype: str | None = None):
         from ..models import apply_thread_limit, resolve_placement
 
         apply_thread_limit()
@@ -138,8 +136,9 @@ class DiffusersBackend(Backend):
         reference = request.ip_adapter_image
         if getattr(pipe.unet, "encoder_hid_proj", None) is None:
             if reference is not None:
-                raise ValueError(f"`ip_adapter_image` needs an `ip_adapter` role; profile `{self.profile.name}` "
-                                 "has none.")
+                raise ValueError(
+                    f"`ip_adapter_image` needs an `ip_adapter` role; profile `{self.profile.name}` has none."
+                )
             return {}
         pipe.set_ip_adapter_scale(request.ip_adapter_scale if reference is not None else 0.0)
         return {"ip_adapter_image": reference if reference is not None else _NEUTRAL_REFERENCE}
@@ -150,10 +149,19 @@ class DiffusersBackend(Backend):
         loras = use_loras(pipe, self.profile.loras + tuple(request.loras) + motion_loras)
         embeddings = use_embeddings(pipe, request.prompt, request.negative_prompt)
         clip_skip = request.clip_skip if request.clip_skip is not None else self.profile.clip_skip
-        self.last_models = {"loras": loras, "embeddings": embeddings, "clip_skip": clip_skip,
-                            "checkpoint": request.checkpoint, **self._single_file_model(request.checkpoint)}
-        return prompt_embeds(pipe, strip_comfyui_embedding_syntax(request.prompt),
-                             strip_comfyui_embedding_syntax(request.negative_prompt) or None, clip_skip)
+        self.last_models = {
+            "loras": loras,
+            "embeddings": embeddings,
+            "clip_skip": clip_skip,
+            "checkpoint": request.checkpoint,
+            **self._single_file_model(request.checkpoint),
+        }
+        return prompt_embeds(
+            pipe,
+            strip_comfyui_embedding_syntax(request.prompt),
+            strip_comfyui_embedding_syntax(request.negative_prompt) or None,
+            clip_skip,
+        )
 
     def _generator(self, seed: int):
         import torch
@@ -169,8 +177,10 @@ class DiffusersBackend(Backend):
             from ..models import clear_cache
 
             clear_cache()
-            raise OutOfMemoryError(f"out of GPU memory on {self.placement.device}; the model cache was freed "
-                                   f"({str(exc).splitlines()[0][:160]})") from exc
+            raise OutOfMemoryError(
+                f"out of GPU memory on {self.placement.device}; the model cache was freed "
+                f"({str(exc).splitlines()[0][:160]})"
+            ) from exc
 
     def _set_vae_modes(self, pipe, width: int, height: int) -> None:
         """The profile's VAE slicing and tiling for this size (the VAE is shared by SD and AnimateDiff)."""
@@ -187,9 +197,16 @@ class DiffusersBackend(Backend):
         self._set_vae_modes(pipe, request.width, request.height)
         extra = self._use_models(pipe, request)
         extra.update(self._ip_adapter_inputs(pipe, request))
-        return dict(**extra, width=request.width, height=request.height, num_inference_steps=request.steps,
-                    guidance_scale=request.guidance_scale, generator=self._generator(request.seed),
-                    callback_on_step_end=_step_callback(on_step, "bchw", request.steps), output_type="pil")
+        return dict(
+            **extra,
+            width=request.width,
+            height=request.height,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            generator=self._generator(request.seed),
+            callback_on_step_end=_step_callback(on_step, "bchw", request.steps),
+            output_type="pil",
+        )
 
     def text_to_image(self, request: ImageRequest, on_step: StepCallback | None = None) -> Image.Image:
         if request.controlled:
@@ -206,8 +223,11 @@ class DiffusersBackend(Backend):
         control = request.control_image.convert("RGB")
         if control.size != (request.width, request.height):
             control = control.resize((request.width, request.height), Image.LANCZOS)
-        return self._run(lambda: pipe(**arguments, image=control,
-                                      controlnet_conditioning_scale=float(request.control_scale)).images[0])
+        return self._run(
+            lambda: pipe(**arguments, image=control, controlnet_conditioning_scale=float(request.control_scale)).images[
+                0
+            ]
+        )
 
     def text_to_video(self, request: VideoRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
         from ..models import set_motion_scale
@@ -222,30 +242,55 @@ class DiffusersBackend(Backend):
         motion = ((find_motion_lora(request.motion_lora), request.motion_lora_weight),) if request.motion_lora else ()
         extra = self._use_models(pipe, request, motion)
         extra.update(self._ip_adapter_inputs(pipe, request))
-        return self._run(lambda: list(pipe(
-            **extra, num_frames=request.frames, width=request.width, height=request.height,
-            num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
-            generator=self._generator(request.seed), decode_chunk_size=chunk,
-            callback_on_step_end=_step_callback(on_step, "bcfhw", request.steps), output_type="pil",
-        ).frames[0]))
+        return self._run(
+            lambda: list(
+                pipe(
+                    **extra,
+                    num_frames=request.frames,
+                    width=request.width,
+                    height=request.height,
+                    num_inference_steps=request.steps,
+                    guidance_scale=request.guidance_scale,
+                    generator=self._generator(request.seed),
+                    decode_chunk_size=chunk,
+                    callback_on_step_end=_step_callback(on_step, "bcfhw", request.steps),
+                    output_type="pil",
+                ).frames[0]
+            )
+        )
 
-    def image_to_video(self, request: ImageToVideoRequest,
-                       on_step: StepCallback | None = None) -> list[Image.Image]:
+    def image_to_video(self, request: ImageToVideoRequest, on_step: StepCallback | None = None) -> list[Image.Image]:
         pipe = self._pipeline("svd")
         chunk = request.decode_chunk_size or self.profile.fast_paths.chunk_size("svd", self.placement.device)
         image = request.image.convert("RGB").resize((request.width, request.height), Image.LANCZOS)
-        return self._run(lambda: list(pipe(
-            image=image, width=request.width, height=request.height, num_frames=request.frames,
-            num_inference_steps=request.steps, fps=request.fps, motion_bucket_id=request.motion_bucket_id,
-            noise_aug_strength=request.noise_aug_strength, min_guidance_scale=request.min_guidance_scale,
-            max_guidance_scale=request.max_guidance_scale, decode_chunk_size=chunk,
-            generator=self._generator(request.seed),
-            callback_on_step_end=_step_callback(on_step, "bfchw", request.steps), output_type="pil",
-        ).frames[0]))
+        return self._run(
+            lambda: list(
+                pipe(
+                    image=image,
+                    width=request.width,
+                    height=request.height,
+                    num_frames=request.frames,
+                    num_inference_steps=request.steps,
+                    fps=request.fps,
+                    motion_bucket_id=request.motion_bucket_id,
+                    noise_aug_strength=request.noise_aug_strength,
+                    min_guidance_scale=request.min_guidance_scale,
+                    max_guidance_scale=request.max_guidance_scale,
+                    decode_chunk_size=chunk,
+                    generator=self._generator(request.seed),
+                    callback_on_step_end=_step_callback(on_step, "bfchw", request.steps),
+                    output_type="pil",
+                ).frames[0]
+            )
+        )
 
     def describe(self) -> dict:
-        return {"backend": self.name, "device": self.placement.device, "dtype": self.placement.dtype,
-                "models": self.profile.as_dict()}
+        return {
+            "backend": self.name,
+            "device": self.placement.device,
+            "dtype": self.placement.dtype,
+            "models": self.profile.as_dict(),
+        }
 
     def close(self) -> None:
         from ..models import clear_cache

@@ -5,6 +5,7 @@ LoRAs stay loaded as peft adapters (switching back costs no reload) but only the
 active, and a job without LoRAs runs with every adapter disabled, which is the base model exactly
 (tested: the same bytes as a fresh kernel). Embeddings add tokens that only a prompt naming them uses.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,8 +25,10 @@ def adapter_name(entry: model_files.ModelFile) -> str:
 def use_loras(pipe, loras) -> list[dict]:
     """Activate exactly `loras` ((name, path or ModelFile, weight), ...) on `pipe`; returns what A1111 records
     for each ({"name", "hash", "weight"}). ValueError for a LoRA that is not in the folder or does not fit."""
-    entries = [(name if isinstance(name, model_files.ModelFile) else model_files.find("loras", name), weight)
-               for name, weight in loras]
+    entries = [
+        (name if isinstance(name, model_files.ModelFile) else model_files.find("loras", name), weight)
+        for name, weight in loras
+    ]
     # Kept per model, not per pipeline: SD and SD + ControlNet share the UNet, and all of them (AnimateDiff too)
     # share the text encoder, so what one pipeline loaded is there, maybe active, for the others.
     loaded = {component: getattr(getattr(pipe, component), "_animenb_loras", []) for component in LORA_COMPONENTS}
@@ -67,8 +70,10 @@ def find_motion_lora(name: str) -> model_files.ModelFile:
         try:
             path = Path(hf_hub_download(name, MOTION_LORA_WEIGHT_NAME))
         except (HfHubHTTPError, LocalEntryNotFoundError, ValueError, OSError) as exc:
-            raise ValueError(f"`motion_lora` {name!r}: {not_local} Nor is it a hub repo with "
-                             f"{MOTION_LORA_WEIGHT_NAME} ({str(exc).splitlines()[0][:160]}).") from exc
+            raise ValueError(
+                f"`motion_lora` {name!r}: {not_local} Nor is it a hub repo with "
+                f"{MOTION_LORA_WEIGHT_NAME} ({str(exc).splitlines()[0][:160]})."
+            ) from exc
         return model_files.ModelFile("loras", name.split("/")[1], path)
 
 
@@ -84,17 +89,25 @@ def _load_lora(pipe, components: list[str], entry: model_files.ModelFile, name: 
     the other one may hold them already, loaded through another pipeline. A LoRA without layers for a model
     loads nothing there."""
     try:
-        state_dict, alphas, metadata = pipe.lora_state_dict(str(entry.path.parent), weight_name=entry.path.name,
-                                                            return_lora_metadata=True)
+        state_dict, alphas, metadata = pipe.lora_state_dict(
+            str(entry.path.parent), weight_name=entry.path.name, return_lora_metadata=True
+        )
         if not all("lora" in key for key in state_dict):
             raise ValueError("not a LoRA file: some parameter names lack 'lora'")
         if "unet" in components:
-            pipe.load_lora_into_unet(state_dict, alphas, unet=pipe.unet, adapter_name=name, metadata=metadata,
-                                     _pipeline=pipe)
+            pipe.load_lora_into_unet(
+                state_dict, alphas, unet=pipe.unet, adapter_name=name, metadata=metadata, _pipeline=pipe
+            )
         if "text_encoder" in components:
-            pipe.load_lora_into_text_encoder(state_dict, alphas, text_encoder=pipe.text_encoder,
-                                             lora_scale=pipe.lora_scale, adapter_name=name, metadata=metadata,
-                                             _pipeline=pipe)
+            pipe.load_lora_into_text_encoder(
+                state_dict,
+                alphas,
+                text_encoder=pipe.text_encoder,
+                lora_scale=pipe.lora_scale,
+                adapter_name=name,
+                metadata=metadata,
+                _pipeline=pipe,
+            )
     except (ValueError, KeyError, RuntimeError) as exc:
         raise ValueError(f"LoRA `{entry.name}` does not fit this model ({str(exc).splitlines()[0][:200]}).") from exc
 
@@ -122,8 +135,9 @@ def use_embeddings(pipe, *prompts: str) -> list[dict]:
         try:
             pipe.load_textual_inversion(str(entry.path), token=entry.name)
         except (ValueError, KeyError, RuntimeError) as exc:
-            raise ValueError(f"embedding `{entry.name}` does not fit this model "
-                             f"({str(exc).splitlines()[0][:200]}).") from exc
+            raise ValueError(
+                f"embedding `{entry.name}` does not fit this model ({str(exc).splitlines()[0][:200]})."
+            ) from exc
         loaded.add(entry.name)
     pipe.tokenizer._animenb_embeddings = loaded
     return [{"name": e.name, "hash": model_files.short_hash(e)} for e in found]
@@ -147,8 +161,9 @@ def prompt_embeds(pipe, prompt: str, negative_prompt: str | None, clip_skip: int
 
     def encode(text: str):
         text = pipe.maybe_convert_prompt(text, tokenizer)  # multi-vector embeddings' extra tokens
-        ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(encoder.device)
+        ids = tokenizer(
+            text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(encoder.device)
         with torch.no_grad():
             hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
             return final_norm(hidden).to(encoder.dtype)

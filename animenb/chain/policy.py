@@ -18,6 +18,7 @@ attempt:
                                   "review" verdict does: "continue" and flag it, "retry", or "stop")
     gate_failure_reason(...)      the status reason naming the phase, attempts, seeds and scores
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,33 +29,45 @@ from typing import Any, Mapping, Sequence
 from ..phases.catalog import get_phase
 from ..phases.spec import Param, SpecError, image_source
 
-ORCHESTRATION = "ORCHESTRATION"   # the parent's phase name in its manifest and progress events
+ORCHESTRATION = "ORCHESTRATION"  # the parent's phase name in its manifest and progress events
 MAX_RETRIES_LIMIT = 10
-MAX_THRESHOLD = 2.0               # a score is in [0, 1]: any gate above 1 fails (tests force failures with 1.01)
-MAX_RETRIES = Param("max_retries", "integer", default=2, minimum=0, maximum=MAX_RETRIES_LIMIT,
-                    description="retries per phase after a failed gate, each with a new seed")
-THRESHOLD = Param("threshold", "number", nullable=True, minimum=0.0, maximum=MAX_THRESHOLD,
-                  description="a phase's quality gate; null: its threshold in parameters/quality.yaml")
+MAX_THRESHOLD = 2.0  # a score is in [0, 1]: any gate above 1 fails (tests force failures with 1.01)
+MAX_RETRIES = Param(
+    "max_retries",
+    "integer",
+    default=2,
+    minimum=0,
+    maximum=MAX_RETRIES_LIMIT,
+    description="retries per phase after a failed gate, each with a new seed",
+)
+THRESHOLD = Param(
+    "threshold",
+    "number",
+    nullable=True,
+    minimum=0.0,
+    maximum=MAX_THRESHOLD,
+    description="a phase's quality gate; null: its threshold in parameters/quality.yaml",
+)
 # What a gate's "review" verdict (a measure within its margin of a floor) does to the chain: go on and
 # flag the output for a person (default: an unattended chain should not throw away work it cannot judge),
 # retry the phase like a failure, or stop the chain for a person to look.
 ON_REVIEW = ("continue", "retry", "stop")
-SEED_DERIVATION = ("attempt 1: the base seed; attempt k > 1: sha256(f'{seed}:{phase_id}:{k}') "
-                   "first 8 bytes mod 2**32")
+SEED_DERIVATION = "attempt 1: the base seed; attempt k > 1: sha256(f'{seed}:{phase_id}:{k}') first 8 bytes mod 2**32"
 
 
 @dataclass(frozen=True)
 class ChainLink:
     """One phase of the chain: `parameter` of `phase` is fed from the passing run of `source`."""
+
     phase: str
     parameter: str | None = None
     source: str | None = None
 
 
 CHAIN: tuple[ChainLink, ...] = (
-    ChainLink("CHARACTER_SHEET"),                                   # reference_image: the caller's, if any
+    ChainLink("CHARACTER_SHEET"),  # reference_image: the caller's, if any
     ChainLink("ANIMATION_LOOP", "reference_image", "CHARACTER_SHEET"),  # IP-Adapter reference = the sheet run
-    ChainLink("FULL_VIDEO", "image", "ANIMATION_LOOP"),             # SVD source = the first loop frame
+    ChainLink("FULL_VIDEO", "image", "ANIMATION_LOOP"),  # SVD source = the first loop frame
 )
 
 
@@ -103,8 +116,9 @@ def check_threshold(value: Any, name: str = "threshold") -> float | None:
     return None if value is None else float(value)
 
 
-def resolve_thresholds(thresholds: Mapping[Any, float | None] | float | None,
-                       name: str = "thresholds") -> dict[str, float | None]:
+def resolve_thresholds(
+    thresholds: Mapping[Any, float | None] | float | None, name: str = "thresholds"
+) -> dict[str, float | None]:
     """Per-phase gate thresholds: None -> each phase's threshold in parameters/quality.yaml (None here);
     a number -> that threshold for every phase; a mapping by phase id or name -> those phases (others
     None). Each follows `THRESHOLD` (a number in [0, MAX_THRESHOLD] or None); SpecError names `name`."""
@@ -132,8 +146,14 @@ def check_on_review(on_review: Any) -> str:
     return on_review
 
 
-def gate_decision(passed: bool, attempt: int, max_retries: int, verdict: str | None = None,
-                  on_review: str = "continue", advisory: bool = False) -> str:
+def gate_decision(
+    passed: bool,
+    attempt: int,
+    max_retries: int,
+    verdict: str | None = None,
+    on_review: str = "continue",
+    advisory: bool = False,
+) -> str:
     """After attempt `attempt` (from 1) of a phase was scored: "advance" to the next phase, "retry"
     this phase with a new seed, or "fail" the chain (the gate failed on attempt max_retries + 1).
     A "review" `verdict` advances (flagged) with `on_review` "continue", fails the chain with "stop",
@@ -175,26 +195,32 @@ def success_reason(history: Sequence[Mapping[str, Any]], advisory: bool = False)
     n = len(history)
     failed = [h for h in history if not h["passed"]]
     if advisory and failed:
-        return (f"ran through with advisory gates in {n} attempt{'s' * (n != 1)}; failed: "
-                + ", ".join(f"{h['phase']} {attempt_verdict(h)}" for h in failed))
+        return f"ran through with advisory gates in {n} attempt{'s' * (n != 1)}; failed: " + ", ".join(
+            f"{h['phase']} {attempt_verdict(h)}" for h in failed
+        )
     passed = [h for h in history if h["passed"]]
     flagged = [h["phase"] for h in passed if h.get("verdict") == "review"]
-    return (f"all {len(CHAIN)} gates passed in {n} attempt{'s' * (n != 1)} ("
-            + ", ".join(f"{h['phase']} {h['score']:.3f}" for h in passed) + ")"
-            + (f"; flagged for review: {', '.join(flagged)}" if flagged else ""))
+    return (
+        f"all {len(CHAIN)} gates passed in {n} attempt{'s' * (n != 1)} ("
+        + ", ".join(f"{h['phase']} {h['score']:.3f}" for h in passed)
+        + ")"
+        + (f"; flagged for review: {', '.join(flagged)}" if flagged else "")
+    )
 
 
 @dataclass(frozen=True)
 class NextStep:
     """What the chain does next: run `phase` attempt `attempt`, or stop ("succeeded" / "failed", with reason)."""
-    action: str                 # run | succeeded | failed
+
+    action: str  # run | succeeded | failed
     phase: str | None = None
     attempt: int | None = None
     reason: str = ""
 
 
-def next_step(history: Sequence[Mapping[str, Any]], max_retries: int, on_review: str = "continue",
-              advisory: bool = False) -> NextStep:
+def next_step(
+    history: Sequence[Mapping[str, Any]], max_retries: int, on_review: str = "continue", advisory: bool = False
+) -> NextStep:
     """The whole chain policy as a function of the scored attempts so far (each a mapping with at least
     "phase", "seed", "score", "threshold", "passed", and "verdict" where the gate gave one, in order).
     `ChainRun.next_attempt` calls it."""
@@ -202,13 +228,16 @@ def next_step(history: Sequence[Mapping[str, Any]], max_retries: int, on_review:
         return NextStep("run", CHAIN[0].phase, 1)
     last = history[-1]
     tries = [h for h in history if h["phase"] == last["phase"]]
-    decision = gate_decision(bool(last["passed"]), len(tries), max_retries, last.get("verdict"), on_review,
-                             advisory)
+    decision = gate_decision(bool(last["passed"]), len(tries), max_retries, last.get("verdict"), on_review, advisory)
     if decision == "retry":
         return NextStep("run", last["phase"], len(tries) + 1)
     if decision == "fail" and last.get("verdict") == "review" and on_review == "stop":
-        return NextStep("failed", last["phase"], len(tries),
-                        f"{last['phase']} needs a review (on_review=stop): seed {last['seed']} -> {last['score']:.3f}")
+        return NextStep(
+            "failed",
+            last["phase"],
+            len(tries),
+            f"{last['phase']} needs a review (on_review=stop): seed {last['seed']} -> {last['score']:.3f}",
+        )
     if decision == "fail":
         return NextStep("failed", last["phase"], len(tries), gate_failure_reason(last["phase"], tries))
     index = [link.phase for link in CHAIN].index(last["phase"])
@@ -217,17 +246,33 @@ def next_step(history: Sequence[Mapping[str, Any]], max_retries: int, on_review:
     return NextStep("run", CHAIN[index + 1].phase, 1)
 
 
-def attempt_parameters(phase: str, attempt: int, *, prompt: str, seed: int, root: str | Path,
-                       passed: Mapping[str, str | Path], steps: int = 15, width: int | None = None,
-                       height: int | None = None, models: str | None = None, reference_image: str | None = None,
-                       phase_options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+def attempt_parameters(
+    phase: str,
+    attempt: int,
+    *,
+    prompt: str,
+    seed: int,
+    root: str | Path,
+    passed: Mapping[str, str | Path],
+    steps: int = 15,
+    width: int | None = None,
+    height: int | None = None,
+    models: str | None = None,
+    reference_image: str | None = None,
+    phase_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Plain-JSON parameters of one attempt: the phase function's keyword arguments, which are also
     the parameter names of the phase notebook (papermill `parameters=` for a child job).
     `seed` is the base seed; `passed` maps phase name -> passing run directory."""
     name = get_phase(phase).name
-    return {"prompt": prompt, "seed": attempt_seed(seed, get_phase(phase).id, attempt), "steps": steps,
-            "width": width, "height": height, "models": models or "",
-            "output_dir": str(attempt_dir(root, name, attempt)),
-            **chain_inputs(name, passed, reference_image), **dict((phase_options or {}).get(name, {}))}
-
-
+    return {
+        "prompt": prompt,
+        "seed": attempt_seed(seed, get_phase(phase).id, attempt),
+        "steps": steps,
+        "width": width,
+        "height": height,
+        "models": models or "",
+        "output_dir": str(attempt_dir(root, name, attempt)),
+        **chain_inputs(name, passed, reference_image),
+        **dict((phase_options or {}).get(name, {})),
+    }

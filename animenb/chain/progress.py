@@ -8,6 +8,7 @@ retry), the current phase and attempt, and the ETA from the measured work rate.
                                   (phase "ORCHESTRATION", part "chain") per change; the caller decides
                                   where it goes (a display, the job event bus, the store).
 """
+
 from __future__ import annotations
 
 import time
@@ -34,13 +35,15 @@ class ProgressPlan:
     A retry re-budgets: the new plan starts at the percent the failed attempt ended at, with the
     retry's unit followed by the phases still to come, so the percent never goes backwards.
     """
+
     units: tuple[float, ...]
     base_percent: float = 0.0
     index: int = 0
 
     @classmethod
-    def for_chain(cls, phases: list[str] | tuple[str, ...] | None = None,
-                  cost: Mapping[str, float] | None = None) -> "ProgressPlan":
+    def for_chain(
+        cls, phases: list[str] | tuple[str, ...] | None = None, cost: Mapping[str, float] | None = None
+    ) -> "ProgressPlan":
         cost = PHASE_COST if cost is None else cost
         phases = [link.phase for link in CHAIN] if phases is None else list(phases)
         return cls(units=tuple(float(cost.get(p, 1.0)) for p in phases))
@@ -50,7 +53,7 @@ class ProgressPlan:
         if self.index >= len(self.units) or total <= 0:
             return 100.0
         f = min(1.0, max(0.0, float(fraction)))
-        done = sum(self.units[:self.index]) + f * self.units[self.index]
+        done = sum(self.units[: self.index]) + f * self.units[self.index]
         return min(100.0, self.base_percent + (100.0 - self.base_percent) * done / total)
 
     def remaining_units(self, fraction: float = 0.0) -> float:
@@ -58,7 +61,7 @@ class ProgressPlan:
         if self.index >= len(self.units):
             return 0.0
         f = min(1.0, max(0.0, float(fraction)))
-        return sum(self.units[self.index:]) - f * self.units[self.index]
+        return sum(self.units[self.index :]) - f * self.units[self.index]
 
     def advance(self) -> "ProgressPlan":
         """The current attempt passed: the next unit is current."""
@@ -66,7 +69,7 @@ class ProgressPlan:
 
     def retry(self) -> "ProgressPlan":
         """The current attempt failed its gate and is retried: re-budget from where it ended."""
-        units = (self.units[self.index],) + self.units[self.index + 1:]
+        units = (self.units[self.index],) + self.units[self.index + 1 :]
         return ProgressPlan(units, self.percent(1.0), 0)
 
 
@@ -90,15 +93,20 @@ class ChainProgress:
     throttle those) and True for the rest (stage changes, gates, the end: never dropped).
     """
 
-    def __init__(self, *, attempts_allowed: int, publish: Callable[[ProgressEvent, bool], None] | None = None,
-                 plan: ProgressPlan | None = None):
+    def __init__(
+        self,
+        *,
+        attempts_allowed: int,
+        publish: Callable[[ProgressEvent, bool], None] | None = None,
+        plan: ProgressPlan | None = None,
+    ):
         self.plan = plan or ProgressPlan.for_chain()
         self.publish = publish
         self.attempts_allowed = attempts_allowed
         self.phase = get_phase(CHAIN[0].phase)
         self.attempt = 1
         self.fraction = 0.0
-        self.units_done = 0.0          # finished work (all attempts), in PHASE_COST units
+        self.units_done = 0.0  # finished work (all attempts), in PHASE_COST units
         self.percent = 0.0
         self.step, self.total_steps = 0, 0
         self.last_event: ProgressEvent | None = None
@@ -114,8 +122,16 @@ class ChainProgress:
         """The attempt moved on without a step (e.g. "queued", "starting", "scoring")."""
         return self._emit(stage)
 
-    def on_phase_progress(self, percent: float, step: int, total_steps: int, stage: str, *,
-                          part: str = "generation", preview: str | None = None) -> ProgressEvent:
+    def on_phase_progress(
+        self,
+        percent: float,
+        step: int,
+        total_steps: int,
+        stage: str,
+        *,
+        part: str = "generation",
+        preview: str | None = None,
+    ) -> ProgressEvent:
         """One progress report of the current attempt: `percent` of its `part` ("generation" or "quality")."""
         share = min(1.0, max(0.0, float(percent) / 100.0))
         if part == "quality":
@@ -132,8 +148,9 @@ class ChainProgress:
         """The attempt's gate decided: the plan advances (passed) or re-budgets for a retry."""
         self.fraction = 1.0
         if emit:
-            self._emit(f"gate {'passed' if passed else 'failed'} ("
-                       + ("not scored" if score is None else f"{score:.3f}") + ")")
+            self._emit(
+                f"gate {'passed' if passed else 'failed'} (" + ("not scored" if score is None else f"{score:.3f}") + ")"
+            )
         index = self.plan.index
         self.units_done += self.plan.units[index] if index < len(self.plan.units) else 0.0
         self.plan = self.plan.advance() if passed else self.plan.retry()
@@ -161,16 +178,31 @@ class ChainProgress:
         current = self.plan.units[index] if index < len(self.plan.units) else 0.0
         return self.units_done + self.fraction * current
 
-    def _emit(self, inner: str, preview: str | None = None, final: bool = False,
-              step_event: bool = False) -> ProgressEvent:
+    def _emit(
+        self, inner: str, preview: str | None = None, final: bool = False, step_event: bool = False
+    ) -> ProgressEvent:
         self.percent = max(self.percent, round(self.plan.percent(self.fraction), 2))
-        stage = inner if final else (f"phase {self.phase.id}/{len(CHAIN)} {self.phase.name} · attempt "
-                                     f"{self.attempt}/{self.attempts_allowed} · {inner}")
-        event = ProgressEvent(phase=ORCHESTRATION, stage=stage, stage_index=self.phase.id, stage_count=len(CHAIN),
-                              step=self.step, total_steps=self.total_steps, percent=self.percent,
-                              eta_seconds=0.0 if final else self.eta_seconds(),
-                              elapsed_seconds=round(time.perf_counter() - self._started, 3), preview=preview,
-                              part="chain")
+        stage = (
+            inner
+            if final
+            else (
+                f"phase {self.phase.id}/{len(CHAIN)} {self.phase.name} · attempt "
+                f"{self.attempt}/{self.attempts_allowed} · {inner}"
+            )
+        )
+        event = ProgressEvent(
+            phase=ORCHESTRATION,
+            stage=stage,
+            stage_index=self.phase.id,
+            stage_count=len(CHAIN),
+            step=self.step,
+            total_steps=self.total_steps,
+            percent=self.percent,
+            eta_seconds=0.0 if final else self.eta_seconds(),
+            elapsed_seconds=round(time.perf_counter() - self._started, 3),
+            preview=preview,
+            part="chain",
+        )
         self.last_event = event
         if self.publish is not None:
             self.publish(event, not step_event)

@@ -25,6 +25,7 @@ the parent's (in-process "1_character_sheet/attempt_1"; a server child "../<chil
      "quality": {"score", "threshold" (the weakest final attempt's), "passed" (every gate passed),
                  "phases": {phase: {"score", "threshold", "passed", "attempts", "output_dir"}}}}
 """
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,7 @@ from ..phases.catalog import get_phase
 from .policy import CHAIN, ORCHESTRATION, SEED_DERIVATION
 
 RECORD_NAME = "orchestration.json"
-RECORD_KIND = "orchestration"     # the record's file kind in the parent manifest, and the job kind
+RECORD_KIND = "orchestration"  # the record's file kind in the parent manifest, and the job kind
 # The final files of each passing run, in the parent's manifest: phase -> ((run manifest outputs key, kind,
 # file stem when copied into the parent's directory), ...). Kinds are the phases' own file kinds.
 FINAL_FILES: dict[str, tuple[tuple[str, str, str], ...]] = {
@@ -56,16 +57,17 @@ class AttemptRecord:
     `output_dir` is relative to the parent's directory; `job_id` is the child job (server only);
     `error` is the quality step's error when the attempt could not be scored (server only); `failures`
     the quality report's reasons the gate failed (empty when it passed)."""
+
     phase: str
     phase_id: int
     attempt: int
     seed: int
-    seed_source: str            # "base" or "sha256(base:phase:attempt)"
+    seed_source: str  # "base" or "sha256(base:phase:attempt)"
     output_dir: str
     score: float | None
     threshold: float | None
     passed: bool
-    decision: str               # advance | retry | fail
+    decision: str  # advance | retry | fail
     generate_seconds: float | None = None
     score_seconds: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -85,18 +87,46 @@ class AttemptRecord:
 class ChainRecord:
     """`orchestration.json` of one chain (shape in the module docstring), kept in memory and saved atomically."""
 
-    def __init__(self, root: str | Path, *, parameters: Mapping[str, Any], seed: int, max_retries: int,
-                 thresholds: Mapping[str, float | None], job_id: str | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        parameters: Mapping[str, Any],
+        seed: int,
+        max_retries: int,
+        thresholds: Mapping[str, float | None],
+        job_id: str | None = None,
+    ):
         self.root = Path(root)
         self.data: dict[str, Any] = {
-            "kind": RECORD_KIND, "job_id": job_id, "status": "running", "reason": "",
-            "animenb_version": __version__, "started_at": utc_now(), "updated_at": None, "finished_at": None,
-            "parameters": dict(parameters), "seed": seed, "max_retries": max_retries, "thresholds": dict(thresholds),
-            "chain": [asdict(link) for link in CHAIN], "seed_derivation": SEED_DERIVATION,
-            "phases": [{"phase": {"id": get_phase(link.phase).id, "name": link.phase}, "status": "pending",
-                        "threshold": thresholds.get(link.phase), "inputs": {}, "attempts": [], "output_dir": None}
-                       for link in CHAIN],
-            "attempts": [], "children": [], "timings": {},
+            "kind": RECORD_KIND,
+            "job_id": job_id,
+            "status": "running",
+            "reason": "",
+            "animenb_version": __version__,
+            "started_at": utc_now(),
+            "updated_at": None,
+            "finished_at": None,
+            "parameters": dict(parameters),
+            "seed": seed,
+            "max_retries": max_retries,
+            "thresholds": dict(thresholds),
+            "chain": [asdict(link) for link in CHAIN],
+            "seed_derivation": SEED_DERIVATION,
+            "phases": [
+                {
+                    "phase": {"id": get_phase(link.phase).id, "name": link.phase},
+                    "status": "pending",
+                    "threshold": thresholds.get(link.phase),
+                    "inputs": {},
+                    "attempts": [],
+                    "output_dir": None,
+                }
+                for link in CHAIN
+            ],
+            "attempts": [],
+            "children": [],
+            "timings": {},
         }
 
     @property
@@ -184,38 +214,56 @@ def parent_quality(attempts: list[AttemptRecord], passed: bool) -> dict:
     is the weakest), `passed` = every gate passed, and one entry per phase reached."""
     final = final_attempts(attempts)
     weakest = min(final.values(), key=lambda a: a.score if a.score is not None else -1.0) if final else None
-    return {"score": None if weakest is None else weakest.score,
-            "threshold": None if weakest is None else weakest.threshold,
-            "passed": passed,
-            "phases": {a.phase: {"score": a.score, "threshold": a.threshold, "passed": a.passed,
-                                 "attempts": a.attempt, "output_dir": a.output_dir} for a in final.values()}}
+    return {
+        "score": None if weakest is None else weakest.score,
+        "threshold": None if weakest is None else weakest.threshold,
+        "passed": passed,
+        "phases": {
+            a.phase: {
+                "score": a.score,
+                "threshold": a.threshold,
+                "passed": a.passed,
+                "attempts": a.attempt,
+                "output_dir": a.output_dir,
+            }
+            for a in final.values()
+        },
+    }
 
 
-def parent_manifest(root: str | Path, record: ChainRecord, attempts: list[AttemptRecord],
-                    finals: list[tuple[Path, str]]) -> dict:
+def parent_manifest(
+    root: str | Path, record: ChainRecord, attempts: list[AttemptRecord], finals: list[tuple[Path, str]]
+) -> dict:
     """The parent's manifest.json (shape in the module docstring), written into `root`.
 
     `finals`: (path inside `root`, kind) of each final file, as `final_files` found them (in-process) or
     as copied into `root` (server). `models` and `backend` are the first attempt's run's."""
     root = Path(root)
     first = read_manifest(root / attempts[0].output_dir) if attempts else {}
-    outputs: dict[str, Any] = {"record": RECORD_NAME,
-                               "runs": {a.phase: a.output_dir for a in final_attempts(attempts).values()}}
+    outputs: dict[str, Any] = {
+        "record": RECORD_NAME,
+        "runs": {a.phase: a.output_dir for a in final_attempts(attempts).values()},
+    }
     for path, kind in finals:
         outputs[kind] = Path(path).resolve().relative_to(root.resolve()).as_posix()
     if "video" in outputs:
         outputs["mp4"] = outputs["video"]
     data = record.data
     manifest = {
-        "animenb_version": __version__, "created_at": data["started_at"],
+        "animenb_version": __version__,
+        "created_at": data["started_at"],
         "phase": {"id": None, "name": ORCHESTRATION},
-        "parameters": data["parameters"], "seed": data["seed"],
-        "models": first.get("models"), "backend": first.get("backend"),
-        "versions": versions(), "timings": dict(data["timings"]),
-        "status": data["status"], "reason": data["reason"],
+        "parameters": data["parameters"],
+        "seed": data["seed"],
+        "models": first.get("models"),
+        "backend": first.get("backend"),
+        "versions": versions(),
+        "timings": dict(data["timings"]),
+        "status": data["status"],
+        "reason": data["reason"],
         "outputs": outputs,
-        "files": [file_entry(root, path, kind) for path, kind in finals] + [
-            file_entry(root, root / RECORD_NAME, RECORD_KIND)],
+        "files": [file_entry(root, path, kind) for path, kind in finals]
+        + [file_entry(root, root / RECORD_NAME, RECORD_KIND)],
         "quality": parent_quality(attempts, data["status"] == "succeeded"),
     }
     write_manifest(root, manifest)

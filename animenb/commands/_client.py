@@ -3,6 +3,7 @@
 Failures become one readable line: `ConnectionError` when the server cannot be reached,
 `ValueError` with the API's own `{"error": {"message"}}` text for a 4xx answer.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,11 +19,17 @@ API = "/api/anime"
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("ANIMENB_URL", DEFAULT_URL),
-                        help=f"the animenb server (default $ANIMENB_URL or {DEFAULT_URL})")
-    parser.add_argument("--token", default=os.environ.get("ANIMENB_TOKEN"),
-                        help="bearer token, sent as `Authorization: Bearer ...` (default $ANIMENB_TOKEN; "
-                             "only needed where the server requires one)")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("ANIMENB_URL", DEFAULT_URL),
+        help=f"the animenb server (default $ANIMENB_URL or {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("ANIMENB_TOKEN"),
+        help="bearer token, sent as `Authorization: Bearer ...` (default $ANIMENB_TOKEN; "
+        "only needed where the server requires one)",
+    )
 
 
 def base_url(url: str) -> str:
@@ -52,8 +59,14 @@ def api_error(code: int, body: bytes) -> str:
     return f"HTTP {code}: {message}"
 
 
-def get_json(url: str, path: str, token: str | None = None, query: dict[str, Any] | None = None,
-             timeout: float = 30.0, body: dict | None = None) -> Any:
+def get_json(
+    url: str,
+    path: str,
+    token: str | None = None,
+    query: dict[str, Any] | None = None,
+    timeout: float = 30.0,
+    body: dict | None = None,
+) -> Any:
     """GET `path` (with `query`); with `body`, POST it as JSON instead."""
     full = base_url(url) + path
     if query:
@@ -68,5 +81,6 @@ def get_json(url: str, path: str, token: str | None = None, query: dict[str, Any
         raise ValueError(api_error(exc.code, exc.read())) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ConnectionError(f"cannot reach the animenb server at {base_url(url)} ({reason}); "
-                              f"is `animenb serve` running? (--url)") from None
+        raise ConnectionError(
+            f"cannot reach the animenb server at {base_url(url)} ({reason}); is `animenb serve` running? (--url)"
+        ) from None

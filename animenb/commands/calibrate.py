@@ -1,6 +1,7 @@
 """`animenb calibrate`: fit the gates' floors and thresholds to reviewers' verdicts (`animenb review`), print
 the confusion matrix before and after (with cross-validation), and write the calibrated config into the
 server's home, where the server and the phase functions use it (GET /health names it)."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,9 +13,12 @@ HELP = "fit the quality gates to reviewers' verdicts and write a calibrated conf
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", default=None, help="the server's home, holding jobs.sqlite (default $ANIMENB_HOME)")
-    parser.add_argument("--no-suite", action="store_true",
-                        help="fit on the verdicts only, without the validity suite's calibration families "
-                             "(which take minutes to score)")
+    parser.add_argument(
+        "--no-suite",
+        action="store_true",
+        help="fit on the verdicts only, without the validity suite's calibration families "
+        "(which take minutes to score)",
+    )
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     parser.add_argument("--dry-run", action="store_true", help="print the figures, write nothing")
 
@@ -40,9 +44,18 @@ def reviewed_rows(home: Path) -> list[dict]:
                 continue
             if count["good"] == count["bad"] or quality.get("score") is None or not quality.get("phase"):
                 continue
-            rows.append({"job_id": job_id, "family": "reviews", "split": "calibration", "phase": quality["phase"],
-                         "mode": "reviewed", "expected_pass": count["good"] > count["bad"], "score": quality["score"],
-                         **{f"metric.{k}": v for k, v in (quality.get("metrics") or {}).items()}})
+            rows.append(
+                {
+                    "job_id": job_id,
+                    "family": "reviews",
+                    "split": "calibration",
+                    "phase": quality["phase"],
+                    "mode": "reviewed",
+                    "expected_pass": count["good"] > count["bad"],
+                    "score": quality["score"],
+                    **{f"metric.{k}": v for k, v in (quality.get("metrics") or {}).items()},
+                }
+            )
         return rows
     finally:
         store.close()
@@ -66,10 +79,12 @@ def _print(title: str, rows: list[dict]) -> None:
 
     print(f"\n{title}")
     for phase, c in confusion(rows).items():
-        print(f"  {phase:<16} good->pass {c['true_accept']:>4}  good->FAIL {c['false_reject']:>4}  "
-              f"bad->fail {c['true_reject']:>4}  bad->PASS {c['false_accept']:>4}  "
-              f"review {c['review_good'] + c['review_bad']:>4}"
-              f"  accuracy {c['accuracy']:.1%}")
+        print(
+            f"  {phase:<16} good->pass {c['true_accept']:>4}  good->FAIL {c['false_reject']:>4}  "
+            f"bad->fail {c['true_reject']:>4}  bad->PASS {c['false_accept']:>4}  "
+            f"review {c['review_good'] + c['review_bad']:>4}"
+            f"  accuracy {c['accuracy']:.1%}"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,15 +109,19 @@ def run(args: argparse.Namespace) -> int:
     fitted, per_phase = fit(rows, current)
     _print("before (the active config)", redecide(rows, current))
     _print("after (fitted on every row: a training figure)", redecide(rows, fitted))
-    _print(f"after, {args.folds}-fold cross-validated (each row decided by floors fitted without it)",
-           cross_validated(rows, current, args.folds))
+    _print(
+        f"after, {args.folds}-fold cross-validated (each row decided by floors fitted without it)",
+        cross_validated(rows, current, args.folds),
+    )
     for phase, f in per_phase.items():
         floors = ", ".join(f"{k} {v:.2f}" for k, v in f["critical"].items())
         print(f"  {phase}: threshold {f['threshold']:.2f}, {floors}")
     if args.dry_run:
         return 0
     path = home / CALIBRATED_NAME
-    path.write_text("# Written by `animenb calibrate` from reviewers' verdicts; delete it to go back to\n"
-                    "# parameters/quality.yaml.\n" + yaml.safe_dump(fitted, sort_keys=False))
+    path.write_text(
+        "# Written by `animenb calibrate` from reviewers' verdicts; delete it to go back to\n"
+        "# parameters/quality.yaml.\n" + yaml.safe_dump(fitted, sort_keys=False)
+    )
     print(f"wrote {path}")
     return 0

@@ -1,4 +1,5 @@
 """`animenb demo`: the three phases chained offline (tiny profile by default), in this process."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ def run(args: argparse.Namespace) -> int:
     common = dict(models=args.models, steps=args.steps, seed=args.seed)
     sheet = character_sheet(args.prompt, output_dir=base and base / "1_character_sheet", **common)
     print(f"phase 1 CHARACTER_SHEET  {sheet.path('sheet')}")
-    loop = animation_loop(args.prompt, reference_image=sheet.output_dir,
-                          output_dir=base and base / "2_animation_loop", **common)
+    loop = animation_loop(
+        args.prompt, reference_image=sheet.output_dir, output_dir=base and base / "2_animation_loop", **common
+    )
     print(f"phase 2 ANIMATION_LOOP   {loop.path('gif')}  {loop.path('mp4')}")
     video = full_video(args.prompt, image=loop.output_dir, output_dir=base and base / "3_full_video", **common)
     print(f"phase 3 FULL_VIDEO       {video.path('mp4')}")

@@ -1,4 +1,5 @@
 """`animenb gc --older-than 7d`: delete finished jobs older than that, with their outputs (see animenb.retention)."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,16 +28,19 @@ def run(args: argparse.Namespace) -> int:
     outputs = Path(args.outputs).expanduser().resolve() if args.outputs else config.outputs_dir()
     store = SqliteJobStore(home / STORE_NAME)
     try:
-        report = collect_garbage(store, outputs, older_than=older_than, thumbnails_dir=home / "thumbnails",
-                                 dry_run=args.dry_run)
+        report = collect_garbage(
+            store, outputs, older_than=older_than, thumbnails_dir=home / "thumbnails", dry_run=args.dry_run
+        )
     finally:
         store.close()
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
         verb = "would delete" if args.dry_run else "deleted"
-        print(f"{verb} {len(report.jobs)} job(s) and {len(report.orphans)} orphan output dir(s), "
-              f"{report.bytes_freed / 1e6:.1f} MB")
+        print(
+            f"{verb} {len(report.jobs)} job(s) and {len(report.orphans)} orphan output dir(s), "
+            f"{report.bytes_freed / 1e6:.1f} MB"
+        )
         for error in report.errors:
             print(f"  error: {error}")
     return 1 if report.errors else 0

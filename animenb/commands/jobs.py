@@ -1,4 +1,5 @@
 """`animenb jobs`: the server's jobs, newest first (GET /api/anime/jobs), as a table or JSON."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,14 +13,17 @@ STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "lost")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = ("examples:\n"
-                     "  animenb jobs                          the 20 newest jobs\n"
-                     "  animenb jobs --status queued,running  what is waiting or running\n"
-                     "  animenb jobs --json | jq .jobs[0]     the API's status bodies\n"
-                     "then `animenb watch JOB_ID` follows one with a progress bar.")
+    parser.epilog = (
+        "examples:\n"
+        "  animenb jobs                          the 20 newest jobs\n"
+        "  animenb jobs --status queued,running  what is waiting or running\n"
+        "  animenb jobs --json | jq .jobs[0]     the API's status bodies\n"
+        "then `animenb watch JOB_ID` follows one with a progress bar."
+    )
     add_server_arguments(parser)
-    parser.add_argument("--status", default=None, metavar="S[,S...]",
-                        help=f"only these statuses ({', '.join(STATUSES)})")
+    parser.add_argument(
+        "--status", default=None, metavar="S[,S...]", help=f"only these statuses ({', '.join(STATUSES)})"
+    )
     parser.add_argument("--limit", type=int, default=20, help="how many jobs, 1-200 (default 20)")
     parser.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
 
@@ -36,13 +40,23 @@ def format_table(jobs: list[dict]) -> str:
         percent = progress.get("percent")
         quality = job.get("quality") or {}
         score = quality.get("score")
-        gate = "" if score is None else (" review" if quality.get("verdict") == "review"
-                                         else " pass" if quality.get("passed") else " below")
+        gate = (
+            ""
+            if score is None
+            else (" review" if quality.get("verdict") == "review" else " pass" if quality.get("passed") else " below")
+        )
         phase = job.get("phase_name") or job.get("phase") or ""
-        rows.append((job["job_id"], job.get("status", ""), _cell(phase, 16),
-                     "" if percent is None else f"{percent:.0f}%",
-                     "" if score is None else f"{score:.3f}{gate}",
-                     (job.get("created_at") or "")[:19].replace("T", " "), _cell(job.get("prompt"), 48)))
+        rows.append(
+            (
+                job["job_id"],
+                job.get("status", ""),
+                _cell(phase, 16),
+                "" if percent is None else f"{percent:.0f}%",
+                "" if score is None else f"{score:.3f}{gate}",
+                (job.get("created_at") or "")[:19].replace("T", " "),
+                _cell(job.get("prompt"), 48),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
 

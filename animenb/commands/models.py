@@ -1,4 +1,5 @@
 """`animenb models list | check PROFILE | download PROFILE`: the weights a profile needs, and getting them."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,9 +16,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("profile", help="profile name (parameters/models/) or YAML path")
     download = actions.add_parser("download", help="fetch a profile's hub weights (sizes and licences first)")
     download.add_argument("profile", help="profile name (parameters/models/) or YAML path")
-    download.add_argument("--local-dir", type=Path, default=None,
-                          help="copy each repo to LOCAL_DIR/<org>/<name> (for an air-gapped box) instead of the "
-                               "hub cache ($HF_HOME)")
+    download.add_argument(
+        "--local-dir",
+        type=Path,
+        default=None,
+        help="copy each repo to LOCAL_DIR/<org>/<name> (for an air-gapped box) instead of the hub cache ($HF_HOME)",
+    )
     download.add_argument("--yes", "-y", action="store_true", help="do not ask before downloading")
 
 
@@ -72,8 +76,10 @@ def _download(name: str, local_dir: Path | None, yes: bool) -> int:
     target = (lambda d: local_dir / d.repo_id) if local_dir else (lambda d: None)
     plans = [plan(d, target(d)) for d in downloads]
     for p in plans:
-        print(f"{p['role']:<16} {p['repo_id']:<48} {p['files']:>3} files {_size(p['bytes']):>10} "
-              f"(to fetch {_size(p['bytes_to_fetch'])})  licence: {p['licence']}")
+        print(
+            f"{p['role']:<16} {p['repo_id']:<48} {p['files']:>3} files {_size(p['bytes']):>10} "
+            f"(to fetch {_size(p['bytes_to_fetch'])})  licence: {p['licence']}"
+        )
     total = sum(p["bytes_to_fetch"] for p in plans)
     print(f"total to fetch: {_size(total)}")
     if total and not yes:

@@ -4,6 +4,7 @@ Exit status: 0 when every gate passed (or, with --advisory-gates, the chain ran 
 failed after its retries (the reason, with the rules that failed each attempt, is printed), 2 for a usage
 error (animenb.cli). The run's record is <output-dir>/orchestration.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,20 +13,27 @@ HELP = "run the gated chain (sheet -> loop -> video) with retries; exit 0 if eve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", help="character prompt, e.g. \"anime girl with blue hair\"")
+    parser.add_argument("prompt", help='character prompt, e.g. "anime girl with blue hair"')
     parser.add_argument("--models", default=None, help="model profile (default: $ANIMENB_MODELS or tiny)")
     parser.add_argument("--seed", type=int, default=None, help="base seed (default: random, recorded)")
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--width", type=int, default=None, help="default: the profile's size (64 for tiny)")
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--max-retries", type=int, default=2, help="retries per phase with a new seed (default 2)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="gate threshold for every phase (default: parameters/quality.yaml, 0.80)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="gate threshold for every phase (default: parameters/quality.yaml, 0.80)",
+    )
     parser.add_argument("--reference-image", default=None, help="image or run directory for phase 1's IP-Adapter")
     parser.add_argument("--output-dir", default=None, help="default: ./outputs/<stamp>-orchestration-<id>")
-    parser.add_argument("--advisory-gates", action="store_true",
-                        help="score and record every gate but run the chain through (each phase once); "
-                             "for random-weight profiles such as tiny, which fail the gates by design")
+    parser.add_argument(
+        "--advisory-gates",
+        action="store_true",
+        help="score and record every gate but run the chain through (each phase once); "
+        "for random-weight profiles such as tiny, which fail the gates by design",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -35,8 +43,10 @@ def format_attempt(row) -> str:
     score = "n/a" if row.score is None else f"{row.score:.3f}"
     gate = "<" if row.score is not None and row.threshold is not None and row.score < row.threshold else ">="
     verdict = "passed" if row.passed else f"FAILED -> {row.decision}: {'; '.join(row.failures) or 'not scored'}"
-    return (f"phase {row.phase_id} {row.phase:<16} attempt {row.attempt}  seed {row.seed:<10}  "
-            f"score {score} {gate} {row.threshold:.2f}  {verdict}  ({row.generate_seconds:.1f} s)  {row.output_dir}")
+    return (
+        f"phase {row.phase_id} {row.phase:<16} attempt {row.attempt}  seed {row.seed:<10}  "
+        f"score {score} {gate} {row.threshold:.2f}  {verdict}  ({row.generate_seconds:.1f} s)  {row.output_dir}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,12 +57,25 @@ def run(args: argparse.Namespace) -> int:
     from ..profiles import load_profile
 
     if load_profile(args.models).is_tiny and not args.advisory_gates:
-        print("note: the tiny profile's random weights fail the quality gates by design; "
-              "add --advisory-gates to run the chain through (gates still scored and recorded).", file=sys.stderr)
-    result = orchestrate(args.prompt, seed=args.seed, steps=args.steps, width=args.width, height=args.height,
-                         reference_image=args.reference_image, max_retries=args.max_retries, models=args.models,
-                         output_dir=args.output_dir, thresholds=args.threshold, advisory_gates=args.advisory_gates,
-                         display=None if args.quiet else "tqdm")
+        print(
+            "note: the tiny profile's random weights fail the quality gates by design; "
+            "add --advisory-gates to run the chain through (gates still scored and recorded).",
+            file=sys.stderr,
+        )
+    result = orchestrate(
+        args.prompt,
+        seed=args.seed,
+        steps=args.steps,
+        width=args.width,
+        height=args.height,
+        reference_image=args.reference_image,
+        max_retries=args.max_retries,
+        models=args.models,
+        output_dir=args.output_dir,
+        thresholds=args.threshold,
+        advisory_gates=args.advisory_gates,
+        display=None if args.quiet else "tqdm",
+    )
     for row in result.attempts:
         print(format_attempt(row))
     for key in ("sheet", "gif", "video"):

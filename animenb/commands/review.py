@@ -1,4 +1,5 @@
 """`animenb review JOB good|bad`: record your verdict on a finished output (POST /generation/{id}/review)."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    review = get_json(args.url, f"{API}/generation/{args.job_id}/review", args.token,
-                      body={"verdict": args.verdict, "note": args.note})
+    review = get_json(
+        args.url,
+        f"{API}/generation/{args.job_id}/review",
+        args.token,
+        body={"verdict": args.verdict, "note": args.note},
+    )
     print(f"{review['job_id']}: {review['verdict']} by {review['reviewer']}")
     return 0

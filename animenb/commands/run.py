@@ -9,6 +9,7 @@ notebook's default is refused (a str default takes the text as typed, so `-p pro
 is the string "no", not False). The executed notebook is kept as DIR/notebook.ipynb next
 to the run's files, as for a job.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,20 +26,39 @@ NOTEBOOK_NAME = "notebook.ipynb"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = ("examples:\n"
-                     "  animenb run 1 -p prompt 'girl with red scarf' -p steps 20 -p seed 7\n"
-                     "  animenb run CHARACTER_SHEET -f parameters/character_sheet.yaml --output-dir runs/sheet\n"
-                     "  animenb run 2 -p reference_image runs/sheet -p models tiny\n"
-                     "values are YAML scalars (15 -> int, 7.5 -> float, null -> None, true -> bool) unless the\n"
-                     "notebook's default is a string; -p wins over -f; see a phase's parameters cell for names.")
+    parser.epilog = (
+        "examples:\n"
+        "  animenb run 1 -p prompt 'girl with red scarf' -p steps 20 -p seed 7\n"
+        "  animenb run CHARACTER_SHEET -f parameters/character_sheet.yaml --output-dir runs/sheet\n"
+        "  animenb run 2 -p reference_image runs/sheet -p models tiny\n"
+        "values are YAML scalars (15 -> int, 7.5 -> float, null -> None, true -> bool) unless the\n"
+        "notebook's default is a string; -p wins over -f; see a phase's parameters cell for names."
+    )
     parser.add_argument("phase", metavar="PHASE", help="1, 2, 3 or CHARACTER_SHEET, ANIMATION_LOOP, FULL_VIDEO")
-    parser.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append", default=[],
-                        metavar=("NAME", "VALUE"), help="a notebook parameter (repeatable)")
-    parser.add_argument("-f", "--parameters-file", dest="parameters_file", default=None, metavar="YAML",
-                        help="a YAML mapping of parameters, e.g. parameters/character_sheet.yaml")
-    parser.add_argument("--output-dir", default=None, metavar="DIR",
-                        help="where the run writes its files and notebook.ipynb "
-                             "(default: outputs/<timestamp>-<phase>-<id>/)")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        dest="parameters",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a notebook parameter (repeatable)",
+    )
+    parser.add_argument(
+        "-f",
+        "--parameters-file",
+        dest="parameters_file",
+        default=None,
+        metavar="YAML",
+        help="a YAML mapping of parameters, e.g. parameters/character_sheet.yaml",
+    )
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        metavar="DIR",
+        help="where the run writes its files and notebook.ipynb (default: outputs/<timestamp>-<phase>-<id>/)",
+    )
     parser.add_argument("--models", default=None, help="model profile (same as -p models NAME)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
     parser.add_argument("--no-score", action="store_true", help="skip quality scoring after the run")
@@ -89,8 +109,9 @@ def _fits(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def resolve_parameters(declared: dict[str, Any], from_file: dict[str, Any], pairs: list[tuple[str, str]],
-                       phase_name: str) -> dict[str, Any]:
+def resolve_parameters(
+    declared: dict[str, Any], from_file: dict[str, Any], pairs: list[tuple[str, str]], phase_name: str
+) -> dict[str, Any]:
     """-f values, then -p values (text as typed where the default is a str), checked against `declared`."""
     from ..runner.parameters import to_papermill
 
@@ -105,8 +126,9 @@ def resolve_parameters(declared: dict[str, Any], from_file: dict[str, Any], pair
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
         if not _fits(declared[name], value):
-            raise ValueError(f"`{name}` must be {type(declared[name]).__name__} like its default "
-                             f"{declared[name]!r}, got {value!r}.")
+            raise ValueError(
+                f"`{name}` must be {type(declared[name]).__name__} like its default {declared[name]!r}, got {value!r}."
+            )
     return to_papermill(values)
 
 
@@ -202,12 +224,15 @@ def run(args: argparse.Namespace) -> int:
 
     extra_cells = () if args.no_score else (quality_cell(out, phase.id, None),)
     try:
-        execute_notebook(notebook, executed, params, kernel_name=args.kernel, progress_callback=bar,
-                         extra_cells=extra_cells)
+        execute_notebook(
+            notebook, executed, params, kernel_name=args.kernel, progress_callback=bar, extra_cells=extra_cells
+        )
     except PapermillExecutionError as exc:
         bar.close()
-        raise ValueError(f"the {phase.name} notebook failed in cell {exc.exec_count}: {exc.ename}: "
-                         f"{str(exc.evalue).splitlines()[0] if exc.evalue else ''}  (see {executed})") from None
+        raise ValueError(
+            f"the {phase.name} notebook failed in cell {exc.exec_count}: {exc.ename}: "
+            f"{str(exc.evalue).splitlines()[0] if exc.evalue else ''}  (see {executed})"
+        ) from None
     finally:
         bar.close()
 
@@ -221,8 +246,10 @@ def run(args: argparse.Namespace) -> int:
     elif not args.no_score:
         gate = "passed" if quality["passed"] else "below"
         print(f"quality: {quality['score']:.3f} ({gate} the {quality['threshold']:.2f} gate)")
-    print(f"seed: {manifest.get('seed')}  models: {manifest.get('models')}  "
-          f"time: {(manifest.get('timings') or {}).get('total_seconds', float('nan')):.2f} s")
+    print(
+        f"seed: {manifest.get('seed')}  models: {manifest.get('models')}  "
+        f"time: {(manifest.get('timings') or {}).get('total_seconds', float('nan')):.2f} s"
+    )
     print(f"output dir: {out}")
     print(f"notebook:   {executed}")
     return 0

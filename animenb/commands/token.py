@@ -1,4 +1,5 @@
 """`animenb token create|revoke|list`: bearer tokens of the API (stored as sha256 hashes in the job store)."""
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,11 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "create":
             record, token = store.create(args.name, args.role)
             print(token)
-            print(f"created {record.role} token {record.id} for {record.name!r}; it is shown only this once "
-                  f"(use: Authorization: Bearer <token>)", file=sys.stderr)
+            print(
+                f"created {record.role} token {record.id} for {record.name!r}; it is shown only this once "
+                f"(use: Authorization: Bearer <token>)",
+                file=sys.stderr,
+            )
         elif args.action == "revoke":
             record = store.revoke(args.token)
             print(f"revoked token {record.id} ({record.name}, {record.role})")
@@ -53,8 +57,10 @@ def run(args: argparse.Namespace) -> int:
             records = store.list(include_revoked=args.all)
             print(f"{'ID':<9} {'NAME':<24} {'ROLE':<6} {'CREATED':<21} {'LAST USED':<21} REVOKED")
             for r in records:
-                print(f"{r.id:<9} {r.name:<24} {r.role:<6} {_when(r.created_at):<21} {_when(r.last_used_at):<21} "
-                      f"{_when(r.revoked_at)}")
+                print(
+                    f"{r.id:<9} {r.name:<24} {r.role:<6} {_when(r.created_at):<21} {_when(r.last_used_at):<21} "
+                    f"{_when(r.revoked_at)}"
+                )
     except TokenError as exc:
         raise ValueError(str(exc)) from None
     finally:

@@ -6,6 +6,7 @@ events, then closes. If the connection drops before "finished", watch reconnects
 succeeded, 1 when it failed, was cancelled or was lost; 2 for errors of watch itself
 (unknown job, server unreachable).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,10 +25,12 @@ RECONNECTS = 5
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = ("examples:\n"
-                     "  animenb watch 3f2c...e1            bar on stderr, result on stdout\n"
-                     "  animenb watch $ID && echo done     exit status 0 only when the job succeeded\n"
-                     "  animenb watch $ID --no-progress    just the result line (for logs)")
+    parser.epilog = (
+        "examples:\n"
+        "  animenb watch 3f2c...e1            bar on stderr, result on stdout\n"
+        "  animenb watch $ID && echo done     exit status 0 only when the job succeeded\n"
+        "  animenb watch $ID --no-progress    just the result line (for logs)"
+    )
     parser.add_argument("job_id", metavar="JOB_ID", help="the job's id (32 hex digits, from `animenb jobs`)")
     add_server_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no bar; print only the final result")
@@ -44,8 +47,13 @@ class _Bar:
         if self.bar is None and self.enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=100, desc=self.desc, file=sys.stderr, dynamic_ncols=True,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
+            self.bar = tqdm(
+                total=100,
+                desc=self.desc,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}",
+            )
         return self.bar
 
     def describe(self, state: dict) -> None:
@@ -91,8 +99,9 @@ async def _connect(url: str, job_id: str, token: str | None, after: int):
         body = exc.response.body if exc.response is not None and exc.response.body else b""
         raise ValueError(api_error(exc.code, body)) from None
     except (OSError, asyncio.TimeoutError) as exc:
-        raise ConnectionError(f"cannot reach the animenb server at {base_url(url)} ({exc}); "
-                              f"is `animenb serve` running? (--url)") from None
+        raise ConnectionError(
+            f"cannot reach the animenb server at {base_url(url)} ({exc}); is `animenb serve` running? (--url)"
+        ) from None
 
 
 async def watch(url: str, job_id: str, token: str | None = None, *, progress: bool = True) -> dict:
@@ -134,8 +143,10 @@ async def watch(url: str, job_id: str, token: str | None = None, *, progress: bo
                 raise ValueError(conn.close_reason or "the server refused the request")
             drops += 1  # closed before "finished": the server restarted or the network dropped
             if drops > RECONNECTS:
-                raise ConnectionError(f"lost the connection to {base_url(url)} {RECONNECTS} times while "
-                                      f"watching {job_id}; the job may still be running")
+                raise ConnectionError(
+                    f"lost the connection to {base_url(url)} {RECONNECTS} times while "
+                    f"watching {job_id}; the job may still be running"
+                )
             await asyncio.sleep(min(2.0 * drops, 5.0))
     finally:
         bar.close()

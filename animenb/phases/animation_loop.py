@@ -1,4 +1,5 @@
 """Phase 2, ANIMATION_LOOP: a seamless loop (default 16 frames at 8 fps = 2.0 s) with AnimateDiff."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,20 @@ from ..backends import Backend, VideoRequest
 from ..media import close_loop, encode_concurrently, save_gif, save_mp4, save_pngs, save_webp
 from ..progress import CancelToken, ProgressEvent, ProgressReporter
 from .catalog import get_phase
-from .common import (PhaseResult, Timer, check_inputs, default_size, load_image, model_name, models_label,
-                     png_parameters, prepare_output_dir, resolve_backend, resolve_seed, write_phase_manifest)
+from .common import (
+    PhaseResult,
+    Timer,
+    check_inputs,
+    default_size,
+    load_image,
+    model_name,
+    models_label,
+    png_parameters,
+    prepare_output_dir,
+    resolve_backend,
+    resolve_seed,
+    write_phase_manifest,
+)
 from .spec import phase_spec
 
 PHASE = get_phase("ANIMATION_LOOP")
@@ -61,37 +74,86 @@ def animation_loop(
     `cancel` (an `animenb.progress.CancelToken`) stops the run at its next step with `Cancelled`.
     """
     # 0. check inputs
-    check_inputs(SPEC, dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, width=width,
-                            height=height, guidance_scale=guidance_scale, scheduler=scheduler, frames=frames,
-                            fps=fps, loop_overlap=loop_overlap, reference_image=reference_image,
-                            ip_adapter_scale=ip_adapter_scale, motion_scale=motion_scale, motion_lora=motion_lora,
-                            motion_lora_weight=motion_lora_weight, checkpoint=checkpoint,
-                            loras=list(loras or []), clip_skip=clip_skip, models=models, backend=backend,
-                            output_dir=output_dir))
+    check_inputs(
+        SPEC,
+        dict(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            steps=steps,
+            width=width,
+            height=height,
+            guidance_scale=guidance_scale,
+            scheduler=scheduler,
+            frames=frames,
+            fps=fps,
+            loop_overlap=loop_overlap,
+            reference_image=reference_image,
+            ip_adapter_scale=ip_adapter_scale,
+            motion_scale=motion_scale,
+            motion_lora=motion_lora,
+            motion_lora_weight=motion_lora_weight,
+            checkpoint=checkpoint,
+            loras=list(loras or []),
+            clip_skip=clip_skip,
+            models=models,
+            backend=backend,
+            output_dir=output_dir,
+        ),
+    )
     seed = resolve_seed(seed)
     engine = resolve_backend(backend, models, backend_options)
     width, height = default_size(engine, width, height)
     reference = load_image(reference_image, "reference_image") if reference_image is not None else None
-    request = VideoRequest(prompt=f"{prompt.strip()}, {LOOP_SUFFIX}",
-                           negative_prompt=negative_prompt, width=width, height=height, steps=steps,
-                           guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,
-                           frames=frames + loop_overlap, ip_adapter_image=reference,
-                           ip_adapter_scale=ip_adapter_scale, motion_scale=motion_scale, motion_lora=motion_lora,
-                           motion_lora_weight=motion_lora_weight, checkpoint=checkpoint,
-                           loras=tuple(loras or ()), clip_skip=clip_skip)
+    request = VideoRequest(
+        prompt=f"{prompt.strip()}, {LOOP_SUFFIX}",
+        negative_prompt=negative_prompt,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        scheduler=scheduler,
+        frames=frames + loop_overlap,
+        ip_adapter_image=reference,
+        ip_adapter_scale=ip_adapter_scale,
+        motion_scale=motion_scale,
+        motion_lora=motion_lora,
+        motion_lora_weight=motion_lora_weight,
+        checkpoint=checkpoint,
+        loras=tuple(loras or ()),
+        clip_skip=clip_skip,
+    )
     out = prepare_output_dir(output_dir, PHASE.name)
-    parameters = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
-                  "width": width, "height": height, "guidance_scale": guidance_scale, "scheduler": scheduler,
-                  "frames": frames, "fps": fps, "loop_overlap": loop_overlap, "ip_adapter_scale": ip_adapter_scale,
-                  "motion_scale": motion_scale, "motion_lora": motion_lora, "motion_lora_weight": motion_lora_weight,
-                  "checkpoint": checkpoint, "loras": list(loras or []), "clip_skip": clip_skip,
-                  "reference_image": None if reference_image is None or isinstance(reference_image, Image.Image)
-                  else str(reference_image)}
+    parameters = {
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "seed": seed,
+        "steps": steps,
+        "width": width,
+        "height": height,
+        "guidance_scale": guidance_scale,
+        "scheduler": scheduler,
+        "frames": frames,
+        "fps": fps,
+        "loop_overlap": loop_overlap,
+        "ip_adapter_scale": ip_adapter_scale,
+        "motion_scale": motion_scale,
+        "motion_lora": motion_lora,
+        "motion_lora_weight": motion_lora_weight,
+        "checkpoint": checkpoint,
+        "loras": list(loras or []),
+        "clip_skip": clip_skip,
+        "reference_image": None
+        if reference_image is None or isinstance(reference_image, Image.Image)
+        else str(reference_image),
+    }
     description = engine.describe()
     label, model = models_label(description), model_name(description, "sd")
     timer = Timer()
-    progress = ProgressReporter(PHASE.name, total_steps=steps, stage_count=2, publish=on_progress, display=display,
-                                cancel=cancel)
+    progress = ProgressReporter(
+        PHASE.name, total_steps=steps, stage_count=2, publish=on_progress, display=display, cancel=cancel
+    )
 
     # 1. denoise all frames together, then close the loop
     progress.start_stage(f"animating {frames + loop_overlap} frames")
@@ -102,21 +164,41 @@ def animation_loop(
 
     # 2. files
     progress.start_stage("encoding")
-    pngs = [(frame, out / "frames" / f"frame_{index:03d}.png",
-             png_parameters(PHASE, parameters, seed, label, model=model, used=used, frame=index))
-            for index, frame in enumerate(loop)]
+    pngs = [
+        (
+            frame,
+            out / "frames" / f"frame_{index:03d}.png",
+            png_parameters(PHASE, parameters, seed, label, model=model, used=used, frame=index),
+        )
+        for index, frame in enumerate(loop)
+    ]
     if reference is not None:
-        pngs.append((reference, out / "reference.png",
-                     png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="reference")))
+        pngs.append(
+            (
+                reference,
+                out / "reference.png",
+                png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="reference"),
+            )
+        )
     save_pngs(pngs)
     # Then the animations, side by side: only WebP saves the frames themselves (see animenb.media).
-    encode_concurrently(lambda: save_gif(loop, out / "loop.gif", fps), lambda: save_mp4(loop, out / "loop.mp4", fps),
-                        lambda: save_webp(loop, out / "loop.webp", fps))
-    files: list[tuple[Path, str]] = [(path, "frame") for _, path, _ in pngs[:len(loop)]]
+    encode_concurrently(
+        lambda: save_gif(loop, out / "loop.gif", fps),
+        lambda: save_mp4(loop, out / "loop.mp4", fps),
+        lambda: save_webp(loop, out / "loop.webp", fps),
+    )
+    files: list[tuple[Path, str]] = [(path, "frame") for _, path, _ in pngs[: len(loop)]]
     files += [(out / "loop.gif", "gif"), (out / "loop.mp4", "mp4"), (out / "loop.webp", "webp")]
-    outputs = {"gif": "loop.gif", "mp4": "loop.mp4", "webp": "loop.webp",
-               "frames": [path.relative_to(out).as_posix() for path, _ in files[:len(loop)]], "fps": fps,
-               "frame_count": frames, "duration_seconds": frames / fps, "reference": None}
+    outputs = {
+        "gif": "loop.gif",
+        "mp4": "loop.mp4",
+        "webp": "loop.webp",
+        "frames": [path.relative_to(out).as_posix() for path, _ in files[: len(loop)]],
+        "fps": fps,
+        "frame_count": frames,
+        "duration_seconds": frames / fps,
+        "reference": None,
+    }
     if reference is not None:
         files.append((out / "reference.png", "reference"))
         outputs["reference"] = "reference.png"

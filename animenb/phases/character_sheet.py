@@ -4,6 +4,7 @@ Each pose is steered by an OpenPose skeleton through the profile's ControlNet (a
 8 built-in views, or the user's pose images); the prompt suffixes still name the view. With
 `pose_strength=0` the sheet is prompt-only, as SD 1.5 sheets were before pose control.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -17,8 +18,20 @@ from ..media import compose_sheet, save_pngs
 from ..poses import builtin_skeletons, load_pose_images, pose_image_paths
 from ..progress import CancelToken, ProgressEvent, ProgressReporter
 from .catalog import get_phase
-from .common import (PhaseResult, Timer, check_inputs, default_size, load_image, model_name, models_label,
-                     png_parameters, prepare_output_dir, resolve_backend, resolve_seed, write_phase_manifest)
+from .common import (
+    PhaseResult,
+    Timer,
+    check_inputs,
+    default_size,
+    load_image,
+    model_name,
+    models_label,
+    png_parameters,
+    prepare_output_dir,
+    resolve_backend,
+    resolve_seed,
+    write_phase_manifest,
+)
 from .spec import phase_spec
 
 PHASE = get_phase("CHARACTER_SHEET")
@@ -103,11 +116,28 @@ def character_sheet(
     `cancel` (an `animenb.progress.CancelToken`) stops the run at its next step with `Cancelled`.
     """
     # 0. check inputs before any model is touched
-    check_inputs(SPEC, dict(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, width=width,
-                            height=height, guidance_scale=guidance_scale, scheduler=scheduler,
-                            reference_image=reference_image, ip_adapter_scale=ip_adapter_scale,
-                            pose_strength=pose_strength, checkpoint=checkpoint, loras=list(loras or []),
-                            clip_skip=clip_skip, models=models, backend=backend, output_dir=output_dir))
+    check_inputs(
+        SPEC,
+        dict(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            steps=steps,
+            width=width,
+            height=height,
+            guidance_scale=guidance_scale,
+            scheduler=scheduler,
+            reference_image=reference_image,
+            ip_adapter_scale=ip_adapter_scale,
+            pose_strength=pose_strength,
+            checkpoint=checkpoint,
+            loras=list(loras or []),
+            clip_skip=clip_skip,
+            models=models,
+            backend=backend,
+            output_dir=output_dir,
+        ),
+    )
     if pose_images is not None:  # a folder or a list of 8 images (the spec only types the folder's path)
         if not isinstance(pose_images, (str, Path)):
             pose_images = list(pose_images)
@@ -117,25 +147,57 @@ def character_sheet(
     width, height = default_size(engine, width, height)
     prompts = pose_prompts(prompt)
     skeletons = pose_skeletons(pose_strength, pose_images, width, height)
-    requests = [ImageRequest(prompt=p, negative_prompt=negative_prompt, width=width, height=height, steps=steps,
-                             guidance_scale=guidance_scale, seed=seed, scheduler=scheduler,
-                             ip_adapter_scale=ip_adapter_scale, control_image=skeleton, control_scale=pose_strength,
-                             checkpoint=checkpoint, loras=tuple(loras or ()), clip_skip=clip_skip)
-                for p, skeleton in zip(prompts, skeletons)]
+    requests = [
+        ImageRequest(
+            prompt=p,
+            negative_prompt=negative_prompt,
+            width=width,
+            height=height,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            scheduler=scheduler,
+            ip_adapter_scale=ip_adapter_scale,
+            control_image=skeleton,
+            control_scale=pose_strength,
+            checkpoint=checkpoint,
+            loras=tuple(loras or ()),
+            clip_skip=clip_skip,
+        )
+        for p, skeleton in zip(prompts, skeletons)
+    ]
     reference = load_image(reference_image, "reference_image") if reference_image is not None else None
     out = prepare_output_dir(output_dir, PHASE.name)
-    parameters = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
-                  "width": width, "height": height, "guidance_scale": guidance_scale, "scheduler": scheduler,
-                  "ip_adapter_scale": ip_adapter_scale,
-                  "checkpoint": checkpoint, "loras": list(loras or []), "clip_skip": clip_skip,
-                  "reference_image": None if reference_image is None or isinstance(reference_image, Image.Image)
-                  else str(reference_image),
-                  "pose_strength": pose_strength, "pose_images": _pose_images_record(pose_images)}
+    parameters = {
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "seed": seed,
+        "steps": steps,
+        "width": width,
+        "height": height,
+        "guidance_scale": guidance_scale,
+        "scheduler": scheduler,
+        "ip_adapter_scale": ip_adapter_scale,
+        "checkpoint": checkpoint,
+        "loras": list(loras or []),
+        "clip_skip": clip_skip,
+        "reference_image": None
+        if reference_image is None or isinstance(reference_image, Image.Image)
+        else str(reference_image),
+        "pose_strength": pose_strength,
+        "pose_images": _pose_images_record(pose_images),
+    }
     description = engine.describe()
     label, model = models_label(description), model_name(description, "sd")
     timer = Timer()
-    progress = ProgressReporter(PHASE.name, total_steps=len(POSES) * steps, stage_count=len(POSES),
-                                publish=on_progress, display=display, cancel=cancel)
+    progress = ProgressReporter(
+        PHASE.name,
+        total_steps=len(POSES) * steps,
+        stage_count=len(POSES),
+        publish=on_progress,
+        display=display,
+        cancel=cancel,
+    )
 
     # 1. one image per pose; the reference is fixed before the first pose that needs it
     poses: list[Image.Image] = []
@@ -151,30 +213,52 @@ def character_sheet(
 
     # 2. files: single poses, the labelled sheet, the reference the poses followed (and their skeletons)
     progress.start_stage("writing files")
-    pngs = [(image, out / "poses" / f"pose_{index + 1:02d}_{key}.png",
-             png_parameters(PHASE, {**parameters, "prompt": p}, seed, label, model=model, used=used, pose=key))
-            for index, ((key, _caption, _suffix), image, p) in enumerate(zip(POSES, poses, prompts))]
+    pngs = [
+        (
+            image,
+            out / "poses" / f"pose_{index + 1:02d}_{key}.png",
+            png_parameters(PHASE, {**parameters, "prompt": p}, seed, label, model=model, used=used, pose=key),
+        )
+        for index, ((key, _caption, _suffix), image, p) in enumerate(zip(POSES, poses, prompts))
+    ]
     sheet = compose_sheet(poses, CAPTIONS, title=prompt[:80], footer=f"seed {seed} · {label}")
-    pngs.append((sheet, out / "sheet.png",
-                 png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="sheet")))
+    pngs.append(
+        (sheet, out / "sheet.png", png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="sheet"))
+    )
     # The reference is usually pose 1 itself: a copy, since one image cannot be saved from two threads.
     assert reference is not None  # pose 1 at the latest
-    pngs.append((reference.copy(), out / "reference.png",
-                 png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="reference")))
+    pngs.append(
+        (
+            reference.copy(),
+            out / "reference.png",
+            png_parameters(PHASE, parameters, seed, label, model=model, used=used, kind="reference"),
+        )
+    )
     controlled = skeletons[0] is not None
     if controlled:  # the skeletons each pose was asked to follow, beside it and as one sheet
-        skeleton_pngs = [(image, out / "poses" / f"pose_{index + 1:02d}_{key}.openpose.png",
-                          png_parameters(PHASE, parameters, seed, label, model=model, pose=key, kind="openpose"))
-                         for index, ((key, _caption, _suffix), image) in enumerate(zip(POSES, skeletons))]
-        skeleton_sheet = compose_sheet(skeletons, CAPTIONS,
-                                       title=f"OpenPose skeletons · pose strength {pose_strength:g}")
-        skeleton_pngs.append((skeleton_sheet, out / "skeletons.png",
-                              png_parameters(PHASE, parameters, seed, label, model=model, kind="skeletons")))
+        skeleton_pngs = [
+            (
+                image,
+                out / "poses" / f"pose_{index + 1:02d}_{key}.openpose.png",
+                png_parameters(PHASE, parameters, seed, label, model=model, pose=key, kind="openpose"),
+            )
+            for index, ((key, _caption, _suffix), image) in enumerate(zip(POSES, skeletons))
+        ]
+        skeleton_sheet = compose_sheet(
+            skeletons, CAPTIONS, title=f"OpenPose skeletons · pose strength {pose_strength:g}"
+        )
+        skeleton_pngs.append(
+            (
+                skeleton_sheet,
+                out / "skeletons.png",
+                png_parameters(PHASE, parameters, seed, label, model=model, kind="skeletons"),
+            )
+        )
         pngs += skeleton_pngs
     save_pngs(pngs)
-    files = [(path, "pose") for _, path, _ in pngs[:len(poses)]]
+    files = [(path, "pose") for _, path, _ in pngs[: len(poses)]]
     files += [(out / "sheet.png", "sheet"), (out / "reference.png", "reference")]
-    pose_paths = [path.relative_to(out).as_posix() for path, _ in files[:len(poses)]]
+    pose_paths = [path.relative_to(out).as_posix() for path, _ in files[: len(poses)]]
     outputs = {"sheet": "sheet.png", "poses": pose_paths, "reference": "reference.png"}
     if controlled:
         files += [(path, "skeleton") for _, path, _ in skeleton_pngs[:-1]] + [(out / "skeletons.png", "skeletons")]

@@ -1,4 +1,5 @@
 """What every phase function shares: inputs, output directory, backend, manifest, result."""
+
 from __future__ import annotations
 
 import secrets
@@ -21,6 +22,7 @@ from .spec import PhaseSpec, image_source
 @dataclass(frozen=True)
 class PhaseResult:
     """What a phase function returns: where its files are, its manifest, and the images it made."""
+
     phase: Phase
     output_dir: Path
     manifest: dict
@@ -34,13 +36,17 @@ class PhaseResult:
         # One line, like the HTML form: the dataclass default printed the whole manifest into every
         # executed notebook (3.5 kB for a tiny sheet), and formatting it cost a warm job ~1.5 ms.
         m = self.manifest
-        return (f"PhaseResult({self.phase.name}, seed={m['seed']}, models={m['models']!r}, "
-                f"{m['timings']['total_seconds']:.2f} s, output_dir={str(self.output_dir)!r})")
+        return (
+            f"PhaseResult({self.phase.name}, seed={m['seed']}, models={m['models']!r}, "
+            f"{m['timings']['total_seconds']:.2f} s, output_dir={str(self.output_dir)!r})"
+        )
 
     def _repr_html_(self) -> str:
         m = self.manifest
-        return (f"<b>{self.phase.name}</b> seed {m['seed']} · {m['models']} · "
-                f"{m['timings']['total_seconds']:.2f} s · <code>{self.output_dir}</code>")
+        return (
+            f"<b>{self.phase.name}</b> seed {m['seed']} · {m['models']} · "
+            f"{m['timings']['total_seconds']:.2f} s · <code>{self.output_dir}</code>"
+        )
 
 
 def check_inputs(spec: PhaseSpec, values: dict) -> None:
@@ -158,9 +164,18 @@ def model_name(description: dict, role: str) -> str | None:
     return Path(checkpoint).stem if checkpoint else None
 
 
-def png_parameters(phase: Phase, parameters: dict, seed: int, label: str, *, model: str | None,
-                   sampler: str | None = None, cfg_scale: float | None = None, used: dict | None = None,
-                   **extra) -> dict:
+def png_parameters(
+    phase: Phase,
+    parameters: dict,
+    seed: int,
+    label: str,
+    *,
+    model: str | None,
+    sampler: str | None = None,
+    cfg_scale: float | None = None,
+    used: dict | None = None,
+    **extra,
+) -> dict:
     """What every PNG of a run carries (see animenb.media.save_png): generation settings, model, phase.
 
     `sampler` and `cfg_scale` default to the phase's `scheduler` and `guidance_scale`; SVD frames
@@ -171,15 +186,32 @@ def png_parameters(phase: Phase, parameters: dict, seed: int, label: str, *, mod
     models_used = a1111_model_fields(used or {})
     model = models_used.pop("model", model)
     extra = {**models_used, **extra}
-    return {"prompt": parameters.get("prompt", ""), "negative_prompt": parameters.get("negative_prompt", ""),
-            "steps": parameters.get("steps"), "sampler": sampler or parameters.get("scheduler"),
-            "cfg_scale": parameters.get("guidance_scale") if cfg_scale is None else cfg_scale, "seed": seed,
-            "size": f"{parameters.get('width')}x{parameters.get('height')}", "model": model, "models": label,
-            "phase": phase.name, **extra, "animenb": __version__}
+    return {
+        "prompt": parameters.get("prompt", ""),
+        "negative_prompt": parameters.get("negative_prompt", ""),
+        "steps": parameters.get("steps"),
+        "sampler": sampler or parameters.get("scheduler"),
+        "cfg_scale": parameters.get("guidance_scale") if cfg_scale is None else cfg_scale,
+        "seed": seed,
+        "size": f"{parameters.get('width')}x{parameters.get('height')}",
+        "model": model,
+        "models": label,
+        "phase": phase.name,
+        **extra,
+        "animenb": __version__,
+    }
 
 
-def write_phase_manifest(phase: Phase, output_dir: Path, parameters: dict, seed: int, backend: Backend,
-                         timer: Timer, outputs: dict, files: list[tuple[Path, str]]) -> dict:
+def write_phase_manifest(
+    phase: Phase,
+    output_dir: Path,
+    parameters: dict,
+    seed: int,
+    backend: Backend,
+    timer: Timer,
+    outputs: dict,
+    files: list[tuple[Path, str]],
+) -> dict:
     description = backend.describe()
     manifest = {
         "animenb_version": __version__,

@@ -20,6 +20,7 @@ frames the profile's native SVD size, `sizes.svd`, whose pixel count phase 3 kee
 
 The server caps it per role (`ServerConfig.max_job_cost`); GET /phases shows this formula (`FORMULA`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -29,14 +30,16 @@ from .character_sheet import POSES
 from .spec import phase_spec
 
 UNIT = "megapixel-steps (width x height x steps x images / 1e6)"
-MIN_STEPS = 4        # the least number of steps a generation is counted as (module docstring)
-FRAME_STEPS = 0.25   # what decoding, re-timing, encoding and scoring one frame costs, in steps
-FORMULA = (f"width x height / 1e6 x (max(steps, {MIN_STEPS}) x calls x images + {FRAME_STEPS:g} x frames); calls: "
-           "the sampler's model calls per step (2 for DPM++ SDE Karras, else 1); images: "
-           f"phase 1 {len(POSES)}, phase 2 frames + loop_overlap, phase 3 frames (+1 without `image`); frames: "
-           "phase 1 and 2 as images, phase 3 frames + round(seconds x fps); width x height: the request's, else the "
-           "profile's default size (phase 3's SVD frames: its SVD size); an orchestration: its three phases x "
-           "(max_retries + 1)")
+MIN_STEPS = 4  # the least number of steps a generation is counted as (module docstring)
+FRAME_STEPS = 0.25  # what decoding, re-timing, encoding and scoring one frame costs, in steps
+FORMULA = (
+    f"width x height / 1e6 x (max(steps, {MIN_STEPS}) x calls x images + {FRAME_STEPS:g} x frames); calls: "
+    "the sampler's model calls per step (2 for DPM++ SDE Karras, else 1); images: "
+    f"phase 1 {len(POSES)}, phase 2 frames + loop_overlap, phase 3 frames (+1 without `image`); frames: "
+    "phase 1 and 2 as images, phase 3 frames + round(seconds x fps); width x height: the request's, else the "
+    "profile's default size (phase 3's SVD frames: its SVD size); an orchestration: its three phases x "
+    "(max_retries + 1)"
+)
 
 
 def images_per_step(phase: int, values: Mapping[str, Any]) -> int:
@@ -57,8 +60,9 @@ def frames_handled(phase: int, values: Mapping[str, Any]) -> int:
     return images_per_step(phase, merged)
 
 
-def render_size(phase: int, values: Mapping[str, Any], *, default_size: int,
-                svd_size: tuple[int, int] | None = None) -> tuple[int, int]:
+def render_size(
+    phase: int, values: Mapping[str, Any], *, default_size: int, svd_size: tuple[int, int] | None = None
+) -> tuple[int, int]:
     """The (width, height) a phase job renders at: the request's; without both, `default_size` for the
     missing side, except phase 3 with neither, which renders at the profile's `svd_size` (its pixel count,
     kept at the source's aspect by `full_video.svd_size`)."""
@@ -68,8 +72,9 @@ def render_size(phase: int, values: Mapping[str, Any], *, default_size: int,
     return width or default_size, height or default_size
 
 
-def job_cost(phase: int, values: Mapping[str, Any], *, default_size: int,
-             svd_size: tuple[int, int] | None = None) -> float:
+def job_cost(
+    phase: int, values: Mapping[str, Any], *, default_size: int, svd_size: tuple[int, int] | None = None
+) -> float:
     """Megapixel-steps of one phase job with `values` (module docstring); missing values take the phase's
     defaults. `svd_size`: the profile's native SVD (width, height), what phase 3 renders at when unsized."""
     merged = {**phase_spec(phase).defaults, **values}
@@ -81,10 +86,18 @@ def job_cost(phase: int, values: Mapping[str, Any], *, default_size: int,
     return (width * height * rendered + source_pixels * steps * source) / 1e6
 
 
-def orchestration_cost(values: Mapping[str, Any], *, default_size: int,
-                       svd_size: tuple[int, int] | None = None) -> float:
+def orchestration_cost(
+    values: Mapping[str, Any], *, default_size: int, svd_size: tuple[int, int] | None = None
+) -> float:
     """Megapixel-steps of a whole chain in the worst case (every phase retried `max_retries` times)."""
     shared = {k: values[k] for k in ("steps", "width", "height") if values.get(k) is not None}
     attempts = 1 + int(values.get("max_retries", 0))
-    return attempts * sum(job_cost(phase, {**shared, **({"image": "chained"} if phase == 3 else {})},
-                                   default_size=default_size, svd_size=svd_size) for phase in (1, 2, 3))
+    return attempts * sum(
+        job_cost(
+            phase,
+            {**shared, **({"image": "chained"} if phase == 3 else {})},
+            default_size=default_size,
+            svd_size=svd_size,
+        )
+        for phase in (1, 2, 3)
+    )

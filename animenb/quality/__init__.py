@@ -7,12 +7,31 @@
 Metric formulas: animenb/quality/metrics.py; weights, floors, thresholds and mappings:
 parameters/quality.yaml; how they combine: animenb/quality/scoring.py.
 """
+
 from .config import PHASE_METRICS, default_config_path, load_quality_config, validate_config
 from .record import QUALITY_NAME, record_quality
-from .scoring import (QualityReport, combine, score_animation_loop, score_character_sheet, score_full_video,
-                      score_output_dir)
+from .scoring import (
+    QualityReport,
+    combine,
+    score_animation_loop,
+    score_character_sheet,
+    score_full_video,
+    score_output_dir,
+)
 from .synthetic import make_demo_run
 
-__all__ = ["PHASE_METRICS", "QUALITY_NAME", "QualityReport", "combine", "default_config_path", "load_quality_config",
-           "make_demo_run", "record_quality", "score_animation_loop", "score_character_sheet", "score_full_video",
-           "score_output_dir", "validate_config"]
+__all__ = [
+    "PHASE_METRICS",
+    "QUALITY_NAME",
+    "QualityReport",
+    "combine",
+    "default_config_path",
+    "load_quality_config",
+    "make_demo_run",
+    "record_quality",
+    "score_animation_loop",
+    "score_character_sheet",
+    "score_full_video",
+    "score_output_dir",
+    "validate_config",
+]

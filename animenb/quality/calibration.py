@@ -10,6 +10,7 @@ best balanced accuracy it takes the middle of the widest run: the floor sits mid
 outputs' lowest and the broken outputs' highest values, as far from both as the data allows (the same
 idea as a maximum-margin classifier). Fit only on calibration rows; report on held-out ones.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,9 +24,9 @@ from .scoring import combine
 GRID = np.round(np.arange(0.0, 1.0001, 0.01), 2)  # candidate floors and thresholds (metrics are in [0, 1])
 
 
-def row_metrics(row: dict) -> dict[str, float]:
-    """The metrics of a `validity.run_suite` row (keys "metric.<name>")."""
-    return {k[len("metric."):]: float(v) for k, v in row.items() if k.startswith("metric.") and v is not None}
+def row_metrics(row: dict, prefix: str = "metric.") -> dict[str, float]:
+    """The metrics of a `validity.run_suite` row (keys "metric.<name>"; "second.<name>" for second opinions)."""
+    return {k[len(prefix) :]: float(v) for k, v in row.items() if k.startswith(prefix) and v is not None}
 
 
 def redecide(rows: Iterable[dict], config: dict, threshold: float | None = None) -> list[dict]:
@@ -33,12 +34,20 @@ def redecide(rows: Iterable[dict], config: dict, threshold: float | None = None)
     cfg = validate_config(config)
     out = []
     for row in rows:
-        report = combine(row["phase"], row_metrics(row), cfg, threshold)
+        report = combine(row["phase"], row_metrics(row), cfg, threshold, row_metrics(row, "second."))
         verdict = report.verdict
-        out.append({**row, "verdict": verdict, "passed": verdict == "pass", "score": report.score,
-                    "threshold": report.threshold, "failures": list(report.failures),
-                    "review_reasons": list(report.review_reasons),
-                    "correct": verdict == ("pass" if row["expected_pass"] else "fail")})
+        out.append(
+            {
+                **row,
+                "verdict": verdict,
+                "passed": verdict == "pass",
+                "score": report.score,
+                "threshold": report.threshold,
+                "failures": list(report.failures),
+                "review_reasons": list(report.review_reasons),
+                "correct": verdict == ("pass" if row["expected_pass"] else "fail"),
+            }
+        )
     return out
 
 

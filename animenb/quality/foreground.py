@@ -14,6 +14,7 @@ This holds only when the poses share their background pixel for pixel (one scene
 they do not (each pose a new picture), or where each pose is plain (the border colour finds the figure
 exactly), each pose's own `foreground_mask` is used.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -41,21 +42,23 @@ def changed_pixels(images: Sequence[np.ndarray], tolerance: float = 30.0) -> np.
     return np.abs(stack - consensus).max(axis=3) > tolerance
 
 
-def moving_colours(images: Sequence[np.ndarray], changed: np.ndarray, share: float = MOVING_SHARE,
-                   step: int = 16) -> list[np.ndarray]:
+def moving_colours(
+    images: Sequence[np.ndarray], changed: np.ndarray, share: float = MOVING_SHARE, step: int = 16
+) -> list[np.ndarray]:
     """Per image, the pixels whose colour (RGB cells of `step` levels) is one that moves: at least `share`
     of that colour's pixels, over all images, are `changed`."""
     cells = 256 // step
     q = np.stack([np.asarray(a, dtype=np.int32) // step for a in images])
     index = (q[..., 0] * cells + q[..., 1]) * cells + q[..., 2]
-    total = np.bincount(index.ravel(), minlength=cells ** 3)
-    moved = np.bincount(index[changed], minlength=cells ** 3)
+    total = np.bincount(index.ravel(), minlength=cells**3)
+    moved = np.bincount(index[changed], minlength=cells**3)
     moving = moved >= np.maximum(1.0, share * total)
     return [moving[i] for i in index]
 
 
-def sheet_masks(images: Sequence[np.ndarray], tolerance: float = 30.0, share: float = MOVING_SHARE,
-                min_fraction: float = 0.005) -> list[np.ndarray]:
+def sheet_masks(
+    images: Sequence[np.ndarray], tolerance: float = 30.0, share: float = MOVING_SHARE, min_fraction: float = 0.005
+) -> list[np.ndarray]:
     """The character's mask in each pose of a sheet (HxWx3 uint8 arrays): the colours that move from pose
     to pose (`moving_colours`) when the poses share one busy background, else each pose's own
     `metrics.foreground_mask`. A pose whose mask would be under `min_fraction` of it keeps its own."""

@@ -9,6 +9,7 @@ any run directory.
 `score_job` never raises on a scoring failure: the generation stands, and the manifest's "quality"
 records the error (score None, passed False), as the status body shows it.
 """
+
 from __future__ import annotations
 
 import time
@@ -32,8 +33,12 @@ def score_job(output_dir: str | Path, *, phase: int | None = None, threshold: fl
         report = score_output_dir(output_dir, phase=phase, threshold=threshold, embed="auto")
         return record_quality(output_dir, report)
     except Exception as exc:
-        entry = {"score": None, "passed": False, "threshold": threshold,
-                 "error": {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}}
+        entry = {
+            "score": None,
+            "passed": False,
+            "threshold": threshold,
+            "error": {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__},
+        }
         traceback.print_exc()
         update_manifest(Path(output_dir), quality=entry)
         return entry

@@ -8,6 +8,7 @@ Images are HxWx3 uint8 arrays (``as_array`` accepts PIL images too). The phase s
 the working size (`work_size`, 256 px by default) before calling these, so that flow and SSIM stay
 cheap at 512 px and the pixel-scale constants mean the same thing at every resolution.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ EPS = 1e-8
 
 
 # ----------------------------------------------------------------------------- preparation
+
 
 def as_array(image: ImageLike) -> np.ndarray:
     """PIL image or HxWx3 / HxW uint8 array -> HxWx3 uint8 RGB array."""
@@ -74,6 +76,7 @@ def map_linear(value: float, low: float, high: float) -> float:
 
 # ----------------------------------------------------------------------------- single images
 
+
 def not_blank(image: np.ndarray, std_floor: float = 12.0) -> float:
     """Not-blank score: ``min(1, std(grey) / std_floor)``; a constant image (black NSFW-filter frames,
     an empty canvas) scores 0, anything with `std_floor` grey levels of contrast scores 1."""
@@ -87,8 +90,14 @@ def border_colour(image: np.ndarray, width: int = 2) -> np.ndarray:
 
 def border_pixels(image: np.ndarray, width: int = 2) -> np.ndarray:
     """The pixels of a `width`-pixel frame around the image, as an Nx3 array."""
-    return np.concatenate([image[:width].reshape(-1, 3), image[-width:].reshape(-1, 3),
-                           image[:, :width].reshape(-1, 3), image[:, -width:].reshape(-1, 3)])
+    return np.concatenate(
+        [
+            image[:width].reshape(-1, 3),
+            image[-width:].reshape(-1, 3),
+            image[:, :width].reshape(-1, 3),
+            image[:, -width:].reshape(-1, 3),
+        ]
+    )
 
 
 def plain_background(image: np.ndarray, tolerance: float = 30.0, share: float = 0.75) -> bool:
@@ -104,13 +113,14 @@ def scene_colours(image: np.ndarray, tolerance: float = 30.0, cell: int = 8, min
     channel, to the cell) of a colour that covers at least `min_share` of the border: the scene's colours."""
     n = 256 // cell
     q = border_pixels(image).astype(np.int32) // cell
-    counts = np.bincount((q[:, 0] * n + q[:, 1]) * n + q[:, 2], minlength=n ** 3).reshape(n, n, n)
+    counts = np.bincount((q[:, 0] * n + q[:, 1]) * n + q[:, 2], minlength=n**3).reshape(n, n, n)
     seen = (counts >= max(1, min_share * len(q))).astype(np.uint8)
     r = int(np.ceil(tolerance / cell))
     kernel = np.ones((2 * r + 1, 2 * r + 1), np.uint8)  # max-channel distance: a cube, dilated axis by axis
     seen = np.stack([cv2.dilate(seen[i], kernel) for i in range(n)])
-    seen = np.stack([cv2.dilate(np.ascontiguousarray(seen[:, :, k]), np.ones((2 * r + 1, 1), np.uint8))
-                     for k in range(n)], axis=2)
+    seen = np.stack(
+        [cv2.dilate(np.ascontiguousarray(seen[:, :, k]), np.ones((2 * r + 1, 1), np.uint8)) for k in range(n)], axis=2
+    )
     return seen.astype(bool)
 
 
@@ -137,7 +147,7 @@ def colour_histogram(image: np.ndarray, mask: np.ndarray | None = None, bins: in
         mask = np.ones(image.shape[:2], dtype=bool)
     q = (image[mask].astype(np.int32) * bins) // 256
     idx = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]
-    h = np.bincount(idx, minlength=bins ** 3).astype(np.float64)
+    h = np.bincount(idx, minlength=bins**3).astype(np.float64)
     return h / max(h.sum(), EPS)
 
 
@@ -200,7 +210,7 @@ def aligned_crop(image: np.ndarray, size: int = 64, tolerance: float = 30.0) -> 
     canvas = np.empty((side, side, 3), dtype=np.uint8)
     canvas[:] = border_colour(image).astype(np.uint8)
     oy, ox = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
-    canvas[oy:oy + crop.shape[0], ox:ox + crop.shape[1]] = crop
+    canvas[oy : oy + crop.shape[0], ox : ox + crop.shape[1]] = crop
     return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
 
 
@@ -218,6 +228,7 @@ def cosine_matrix(features: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- sequences
+
 
 def adjacent_diffs(frames: Sequence[np.ndarray]) -> np.ndarray:
     """``d_t = mean |f_{t+1} - f_t|`` for t = 0..T-2, in grey levels."""
@@ -237,9 +248,13 @@ def temporal_flicker(frames: Sequence[np.ndarray], low: float = 0.85) -> float:
     return map_linear(vbench_temporal_flickering(frames), low, 1.0)
 
 
-def loop_seam_ratio(frames: Sequence[np.ndarray], flow_frames: Sequence[np.ndarray] | None = None,
-                    step_errors: np.ndarray | None = None, path: np.ndarray | None = None,
-                    min_speed: float = 0.01) -> float:
+def loop_seam_ratio(
+    frames: Sequence[np.ndarray],
+    flow_frames: Sequence[np.ndarray] | None = None,
+    step_errors: np.ndarray | None = None,
+    path: np.ndarray | None = None,
+    min_speed: float = 0.01,
+) -> float:
     """Loop seam, raw: how the wrap-around step f_{T-1} -> f_0 compares with an ordinary step (no
     standard metric exists, see FACTS.md). 1 for a seamless loop, >> 1 for a jump.
 
@@ -271,15 +286,21 @@ def loop_seam_ratio(frames: Sequence[np.ndarray], flow_frames: Sequence[np.ndarr
     return float(r)
 
 
-def loop_seam(frames: Sequence[np.ndarray], tolerance: float = 1.0, flow_frames: Sequence[np.ndarray] | None = None,
-              step_errors: np.ndarray | None = None, path: np.ndarray | None = None, min_speed: float = 0.01) -> float:
+def loop_seam(
+    frames: Sequence[np.ndarray],
+    tolerance: float = 1.0,
+    flow_frames: Sequence[np.ndarray] | None = None,
+    step_errors: np.ndarray | None = None,
+    path: np.ndarray | None = None,
+    min_speed: float = 0.01,
+) -> float:
     """Loop-seam score: ``1 / (1 + (max(r, 1) - 1)² / tolerance²)`` with r = ``loop_seam_ratio``:
     1 when the seam is no bigger than a median step, 0.5 at r = 1 + tolerance, 0.2 at 1 + 2·tolerance.
     A seam smaller than a step (a held last frame) is not penalised here."""
     r = loop_seam_ratio(frames, flow_frames, step_errors, path, min_speed)
     if not np.isfinite(r):
         return 0.0
-    return float(1.0 / (1.0 + (max(r, 1.0) - 1.0) ** 2 / tolerance ** 2))
+    return float(1.0 / (1.0 + (max(r, 1.0) - 1.0) ** 2 / tolerance**2))
 
 
 def farneback(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
@@ -305,12 +326,17 @@ def warping_errors(frames: Sequence[np.ndarray], flow_list: Sequence[np.ndarray]
     "Learning blind video temporal consistency", ECCV 2018, without the occlusion mask). What the
     flow cannot explain (flicker, jumps, things popping in) stays in the residual."""
     flow_list = flows(frames) if flow_list is None else flow_list
-    return np.array([np.abs(frames[t].astype(np.float32) - warp(frames[t + 1], f).astype(np.float32)).mean() / 255.0
-                     for t, f in enumerate(flow_list)])
+    return np.array(
+        [
+            np.abs(frames[t].astype(np.float32) - warp(frames[t + 1], f).astype(np.float32)).mean() / 255.0
+            for t, f in enumerate(flow_list)
+        ]
+    )
 
 
-def motion_smoothness(frames: Sequence[np.ndarray], flow_list: Sequence[np.ndarray] | None = None,
-                      scale: float = 0.04) -> float:
+def motion_smoothness(
+    frames: Sequence[np.ndarray], flow_list: Sequence[np.ndarray] | None = None, scale: float = 0.04
+) -> float:
     """Motion-smoothness score: ``clip(1 - mean_t E_t / scale, 0, 1)`` with E_t the flow warping error;
     0 once the unexplained residual averages `scale`·255 grey levels (10 for 0.04)."""
     return float(np.clip(1.0 - warping_errors(frames, flow_list).mean() / scale, 0.0, 1.0))
@@ -332,8 +358,9 @@ def subject_consistency(features: Sequence, sim: Callable[[object, object], floa
     ``mean_{t>=1} (sim(f_t, f_{t-1}) + sim(f_t, f_0)) / 2`` (Huang et al. 2024; VBench uses DINO
     features and cosine, we use foreground palettes and Bhattacharyya unless an encoder is given).
     Returns the score and the per-frame curve (frame 0 counts as 1)."""
-    curve = [1.0] + [(sim(features[t], features[t - 1]) + sim(features[t], features[0])) / 2
-                     for t in range(1, len(features))]
+    curve = [1.0] + [
+        (sim(features[t], features[t - 1]) + sim(features[t], features[0])) / 2 for t in range(1, len(features))
+    ]
     return float(np.mean(curve[1:])) if len(features) > 1 else 1.0, np.array(curve)
 
 
@@ -382,6 +409,7 @@ def blur_effect(image: np.ndarray, h_size: int = 9) -> float:
 
 # ----------------------------------------------------------------------------- identity: colour structure
 
+
 def foreground_box(mask: np.ndarray, low: float = 2.0, high: float = 98.0) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1) of the mask's pixels between the `low` and `high` coordinate percentiles: a
     bounding box that a few stray pixels cannot stretch."""
@@ -400,19 +428,26 @@ def dominant_colours(pixels: np.ndarray, step: int = 16, min_weight: float = 0.0
     q = pixels.astype(np.int32) // step
     cells = 256 // step
     idx = (q[:, 0] * cells + q[:, 1]) * cells + q[:, 2]
-    counts = np.bincount(idx, minlength=cells ** 3)
+    counts = np.bincount(idx, minlength=cells**3)
     keep = np.nonzero(counts >= max(1.0, min_weight * len(pixels)))[0]
     if len(keep) == 0:
         return np.zeros((0, 3)), np.zeros(0)
-    sums = np.stack([np.bincount(idx, weights=pixels[:, c].astype(np.float64), minlength=cells ** 3)[keep]
-                     for c in range(3)], axis=1)
+    sums = np.stack(
+        [np.bincount(idx, weights=pixels[:, c].astype(np.float64), minlength=cells**3)[keep] for c in range(3)], axis=1
+    )
     colours = sums / counts[keep, None]
     weights = counts[keep] / counts[keep].sum()
     return colours, weights
 
 
-def colour_bands(image: np.ndarray, bands: int = 3, tolerance: float = 30.0, step: int = 16,
-                 min_weight: float = 0.02, mask: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def colour_bands(
+    image: np.ndarray,
+    bands: int = 3,
+    tolerance: float = 30.0,
+    step: int = 16,
+    min_weight: float = 0.02,
+    mask: np.ndarray | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The character's colour structure: the foreground's bounding box cut into `bands` horizontal bands
     (top to bottom: hair and face, face and torso, outfit), each as its `dominant_colours`."""
     mask = foreground_mask(image, tolerance) if mask is None else mask
@@ -420,8 +455,8 @@ def colour_bands(image: np.ndarray, bands: int = 3, tolerance: float = 30.0, ste
     edges = np.linspace(y0, y1, bands + 1).round().astype(int)
     out = []
     for k in range(bands):
-        region = mask[edges[k]:edges[k + 1], x0:x1]
-        out.append(dominant_colours(image[edges[k]:edges[k + 1], x0:x1][region], step, min_weight))
+        region = mask[edges[k] : edges[k + 1], x0:x1]
+        out.append(dominant_colours(image[edges[k] : edges[k + 1], x0:x1][region], step, min_weight))
     return out
 
 
@@ -444,9 +479,14 @@ def identity_similarity(a: list, b: list, distance: float = 40.0) -> float:
     outfit alone is enough to call it another character; against the whole figure, so that another view
     may put them elsewhere (a back view has hair where the face was); the better direction, so that a
     view may show fewer colours than the other. In [0, 1]."""
+
     def whole(bands: list) -> tuple[np.ndarray, np.ndarray]:
         colours = [c for c, _ in bands if len(c)]
-        return (np.concatenate(colours), np.ones(sum(len(c) for c in colours))) if colours else (np.zeros((0, 3)), np.zeros(0))
+        return (
+            (np.concatenate(colours), np.ones(sum(len(c) for c in colours)))
+            if colours
+            else (np.zeros((0, 3)), np.zeros(0))
+        )
 
     wa, wb = whole(a), whole(b)
     return float(min(max(colour_coverage(x, wb, distance), colour_coverage(y, wa, distance)) for x, y in zip(a, b)))
@@ -472,7 +512,7 @@ def typicality(colours: Sequence[tuple[np.ndarray, np.ndarray]], distance: float
 
 # RGB -> an orthonormal opponent basis: brightness (1,1,1)/√3, red-green (1,-1,0)/√2, yellow-blue
 # (1/2,1/2,-1)/√1.5. Euclidean distances are the RGB ones until the two colour axes are stretched.
-_OPPONENT = np.array([[1, 1, 1], [1, -1, 0], [0.5, 0.5, -1]]) / np.array([[3 ** 0.5], [2 ** 0.5], [1.5 ** 0.5]])
+_OPPONENT = np.array([[1, 1, 1], [1, -1, 0], [0.5, 0.5, -1]]) / np.array([[3**0.5], [2**0.5], [1.5**0.5]])
 
 
 def hue_weighted(colours: np.ndarray, chroma_weight: float = 2.0) -> np.ndarray:
@@ -496,8 +536,10 @@ def outlier_identity(similarity: np.ndarray) -> float:
 
 # ----------------------------------------------------------------------------- motion regularity
 
-def trajectory(images: Sequence[np.ndarray], tolerance: float = 30.0,
-               masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
+
+def trajectory(
+    images: Sequence[np.ndarray], tolerance: float = 30.0, masks: Sequence[np.ndarray] | None = None
+) -> np.ndarray:
     """Per image, the foreground's centroid (x, y) and spread (2 standard deviations of its x and y
     coordinates), in fractions of the image size: where the subject is and how it spreads (arms out,
     crouched). Moments, not a bounding box, so that they move smoothly below one pixel."""
@@ -526,8 +568,9 @@ def jitter_ratio(points: np.ndarray, cyclic: bool = False, min_speed: float = 0.
     return velocity_jitter(steps, cyclic, min_speed)
 
 
-def repeat_error(velocities: np.ndarray, period: int, cyclic: bool = False, min_speed: float = 0.01,
-                 resolution: float = 0.0) -> float:
+def repeat_error(
+    velocities: np.ndarray, period: int, cyclic: bool = False, min_speed: float = 0.01, resolution: float = 0.0
+) -> float:
     """How badly each step's velocity predicts the one `period` steps later:
     ``mean_t max(0, |v_{t+P} - v_t| - resolution) / max(mean_t |v_t|, min_speed)`` (with `cyclic` the steps
     wrap around). `resolution` is the change that placing the subject on the source's pixel grid makes by
@@ -541,8 +584,9 @@ def repeat_error(velocities: np.ndarray, period: int, cyclic: bool = False, min_
     return float(excess.mean() / max(float(np.linalg.norm(v, axis=1).mean()), min_speed))
 
 
-def velocity_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01,
-                    resolution: float = 0.0) -> float:
+def velocity_jitter(
+    velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01, resolution: float = 0.0
+) -> float:
     """Jitter, raw: ``mean_t |v_{t+1} - v_t| / max(mean_t |v_t|, min_speed)`` (`repeat_error` at one step): the
     change of velocity from step to step against the motion's own speed. Smooth motion changes velocity a
     little each step (a circle in 16 steps: 2 sin(π/16) ≈ 0.39) whether it is fast or slow; random jumps or
@@ -554,8 +598,9 @@ def velocity_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: flo
     return repeat_error(velocities, 1, cyclic, min_speed, resolution)
 
 
-def cycle_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01,
-                 resolution: float = 0.0) -> tuple[float, int]:
+def cycle_jitter(
+    velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01, resolution: float = 0.0
+) -> tuple[float, int]:
     """The best `repeat_error` over periods of 3 steps to half the clip (so the cycle is seen twice), and
     that period. A walk drawn in a few drawings swings its limbs back and bobs its body every other
     drawing, so its velocity changes as much as random jumps do from one step to the next; but it repeats
@@ -567,8 +612,13 @@ def cycle_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float 
     return errors[period], period
 
 
-def motion_jitter(velocities: np.ndarray, cyclic: bool = False, min_speed: float = 0.01,
-                  cycle_gain: float = 4.0, resolution: float = 0.0) -> float:
+def motion_jitter(
+    velocities: np.ndarray,
+    cyclic: bool = False,
+    min_speed: float = 0.01,
+    cycle_gain: float = 4.0,
+    resolution: float = 0.0,
+) -> float:
     """`velocity_jitter`, or the `cycle_jitter` when an animation cycle predicts the motion at least
     `cycle_gain` times better than repeating every 2 steps does. Motion that repeats every 2 steps is a
     hold-and-jump stutter or a shake, not a drawn cycle: it is left to `velocity_jitter`. Changes within

@@ -11,6 +11,7 @@ to that camera. On a plain background there is no camera to see, and every pixel
 A clip "moves" when its subject moves over a few steps, not only from one step to the next: slow, smooth
 motion (a fraction of a pixel per frame at the working size) adds up over a span, a frozen clip does not.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ def outer_ring(shape: tuple[int, ...], width: float = 0.2) -> np.ndarray:
     h, w = shape[:2]
     b = max(1, round(width * min(h, w)))
     ring = np.ones((h, w), dtype=bool)
-    ring[b:h - b, b:w - b] = False
+    ring[b : h - b, b : w - b] = False
     return ring
 
 
@@ -51,8 +52,9 @@ def camera_points(textured: np.ndarray, min_share: float = 0.05) -> np.ndarray |
     return np.stack([xs, ys], axis=1)
 
 
-def camera_motion(flow: np.ndarray, points: np.ndarray | None = None, step: int = 4,
-                  tolerance: float = 0.5) -> np.ndarray:
+def camera_motion(
+    flow: np.ndarray, points: np.ndarray | None = None, step: int = 4, tolerance: float = 0.5
+) -> np.ndarray:
     """The camera's motion in one flow field: a similarity transform (pan, zoom, roll; 2x3) fitted to the
     flow at `points` (x, y; default every `step` px) with RANSAC (Fischler & Bolles 1981) at `tolerance` px,
     so the background decides and the subject's own motion is left out as outliers."""
@@ -66,8 +68,13 @@ def camera_motion(flow: np.ndarray, points: np.ndarray | None = None, step: int 
     return IDENTITY.copy() if a is None else a
 
 
-def subject_velocities(frames: Sequence[np.ndarray], flow_list: Sequence[np.ndarray], moving: float = 0.5,
-                       tolerance: float = 30.0, texture_floor: float = 16.0) -> np.ndarray:
+def subject_velocities(
+    frames: Sequence[np.ndarray],
+    flow_list: Sequence[np.ndarray],
+    moving: float = 0.5,
+    tolerance: float = 30.0,
+    texture_floor: float = 16.0,
+) -> np.ndarray:
     """Per step (flow_list[t] from frames[t]), the subject's velocity relative to the background, in
     fractions of the shorter side: the flow minus the `camera_motion`, averaged over the pixels that move
     more than `moving` px relative to it (0 when nothing does). On a plain background that is the mean.
@@ -95,8 +102,9 @@ def subject_velocities(frames: Sequence[np.ndarray], flow_list: Sequence[np.ndar
     return np.asarray(out, dtype=np.float64).reshape(len(out), 2)
 
 
-def dynamic_degree(frames: Sequence[np.ndarray], flow_list: Sequence[np.ndarray], threshold: float = 1.0,
-                   span: int = 4) -> tuple[float, np.ndarray]:
+def dynamic_degree(
+    frames: Sequence[np.ndarray], flow_list: Sequence[np.ndarray], threshold: float = 1.0, span: int = 4
+) -> tuple[float, np.ndarray]:
     """Dynamic degree: the fraction of steps that move, after VBench (Huang et al. 2024) with Farnebäck flow
     in place of RAFT. A step moves when the top-5% flow magnitude (`flow_magnitudes`, px per 256 px of the
     shorter side) exceeds `threshold` from its frame to the next, or across the run of `span` steps it
@@ -106,9 +114,14 @@ def dynamic_degree(frames: Sequence[np.ndarray], flow_list: Sequence[np.ndarray]
         return 0.0, np.zeros(0)
     moves = flow_magnitudes(flow_list) > threshold
     starts = range(0, len(flow_list), span) if span > 1 else range(0)
-    runs = np.array([flow_magnitudes([farneback(frames[s], frames[min(s + span, len(flow_list))])])[0]
-                     for s in starts if min(s + span, len(flow_list)) - s > 1])
+    runs = np.array(
+        [
+            flow_magnitudes([farneback(frames[s], frames[min(s + span, len(flow_list))])])[0]
+            for s in starts
+            if min(s + span, len(flow_list)) - s > 1
+        ]
+    )
     for k, magnitude in enumerate(runs):
         if magnitude > threshold:
-            moves[k * span:(k + 1) * span] = True
+            moves[k * span : (k + 1) * span] = True
     return float(moves.mean()), runs

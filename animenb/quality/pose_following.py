@@ -18,6 +18,7 @@ apart this way, so pose k is only compared with skeletons distinguishable from s
 1.0: every pose looks like its own skeleton; a model that ignores the control (eight front views)
 follows only the poses whose skeletons look like a front view.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -27,8 +28,8 @@ import numpy as np
 from . import metrics as M
 
 WORK_SIZE = 96  # px, long side: silhouettes, not details
-SIGMA = 0.05    # of the working size: a 4 px stick blurred to about a limb's width
-TWIN = 0.9      # skeleton maps this similar are the same silhouette
+SIGMA = 0.05  # of the working size: a 4 px stick blurred to about a limb's width
+TWIN = 0.9  # skeleton maps this similar are the same silhouette
 SKELETON_LEVEL = 40  # a skeleton pixel: any channel above this on the black background
 
 
@@ -44,22 +45,30 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / norm) if norm > 0 else 0.0
 
 
-def pose_following(poses: Sequence[M.ImageLike], skeletons: Sequence[M.ImageLike], *,
-                   tolerance: float = 30.0, work_size: int = WORK_SIZE, sigma: float = SIGMA,
-                   twin: float = TWIN) -> tuple[float, dict]:
+def pose_following(
+    poses: Sequence[M.ImageLike],
+    skeletons: Sequence[M.ImageLike],
+    *,
+    tolerance: float = 30.0,
+    work_size: int = WORK_SIZE,
+    sigma: float = SIGMA,
+    twin: float = TWIN,
+) -> tuple[float, dict]:
     """(pose_following in [0, 1], details) for `poses` generated from `skeletons` (same order, same count).
 
     details: `pose_skeleton_correlation` (C), `skeleton_similarity` (S), `margin_per_pose`,
     `followed_per_pose`. `tolerance` is the foreground tolerance of M.foreground_mask.
     """
     if len(poses) != len(skeletons) or len(poses) < 2:
-        raise ValueError(f"`skeletons` must hold one image per pose (at least 2), got {len(skeletons)} for "
-                         f"{len(poses)} poses.")
+        raise ValueError(
+            f"`skeletons` must hold one image per pose (at least 2), got {len(skeletons)} for {len(poses)} poses."
+        )
     size = M.prepare(poses[:1], work_size)[0].shape[1::-1]  # (w, h) of the first pose at the working size
     sigma_px = sigma * max(size)
     pose_maps = [_density(M.foreground_mask(a, tolerance), sigma_px) for a in M.prepare(poses, work_size, size=size)]
-    skeleton_maps = [_density(a.max(axis=2) > SKELETON_LEVEL, sigma_px)
-                     for a in M.prepare(skeletons, work_size, size=size)]
+    skeleton_maps = [
+        _density(a.max(axis=2) > SKELETON_LEVEL, sigma_px) for a in M.prepare(skeletons, work_size, size=size)
+    ]
     n = len(poses)
     corr = np.array([[_correlation(p, s) for s in skeleton_maps] for p in pose_maps])
     same = M.similarity_matrix(skeleton_maps, _correlation)
@@ -68,6 +77,10 @@ def pose_following(poses: Sequence[M.ImageLike], skeletons: Sequence[M.ImageLike
         others = [j for j in range(n) if j != k and same[k, j] < twin]
         margins.append(float(corr[k, k] - max(corr[k, j] for j in others)) if others else float(corr[k, k]))
     followed = [m > 0 for m in margins]
-    details = {"pose_skeleton_correlation": corr, "skeleton_similarity": same, "margin_per_pose": margins,
-               "followed_per_pose": followed}
+    details = {
+        "pose_skeleton_correlation": corr,
+        "skeleton_similarity": same,
+        "margin_per_pose": margins,
+        "followed_per_pose": followed,
+    }
     return float(np.mean(followed)), details

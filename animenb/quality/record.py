@@ -1,4 +1,5 @@
 """Write a QualityReport next to the run: `quality.json` and the "quality" entry of manifest.json."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -7,6 +7,7 @@ its floors on some of these families and reports on others (animenb/quality/vali
 Nothing here shares code with animenb/quality/synthetic.py's character on purpose: a different generator
 is what makes a held-out family held out. Deterministic: every random choice comes from a `seed`.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,6 +24,7 @@ BACKGROUNDS = ("gradient", "wall", "street", "dusk")
 @dataclass(frozen=True)
 class Look:
     """One character: colours, build and whether it is drawn with dark outlines (line art)."""
+
     skin: tuple[int, int, int]
     hair: tuple[int, int, int]
     hair_tips: tuple[int, int, int]  # two-tone hair: the lower part of the hair
@@ -38,6 +40,7 @@ class Pose:
     """What changes between drawings of one character: walk phase (radians; legs and arms swing),
     `arms` (degrees from hanging; overrides the swing), `facing` (-1 left .. 1 right), head `tilt`
     (-1..1), `mouth` ("smile", "open", "flat") and `eyes_closed`."""
+
     walk: float = 0.0
     swing: float = 1.0
     arms: tuple[float, float] | None = None
@@ -78,8 +81,9 @@ def random_look(seed: int, like: Look | None = None, outline: bool | None = None
     return Look(skin, hair, tips, eyes, top, bottom, build, line)
 
 
-def draw_figure(size: int, look: Look, pose: Pose = Pose(), center: tuple[float, float] = (0.5, 0.55),
-                scale: float = 1.0) -> Image.Image:
+def draw_figure(
+    size: int, look: Look, pose: Pose = Pose(), center: tuple[float, float] = (0.5, 0.55), scale: float = 1.0
+) -> Image.Image:
     """The figure on the chroma `KEY` (compose it over a scene with `compose`); `center` is the hips'
     position in fractions of `size`, `scale` 1 makes the figure about 70% of the frame tall."""
     img = Image.new("RGB", (size, size), KEY)
@@ -103,8 +107,17 @@ def draw_figure(size: int, look: Look, pose: Pose = Pose(), center: tuple[float,
         d.line((x0, hy - bob, x1, y1), fill=look.bottom, width=max(1, round(11 * u)))
         d.ellipse((x1 - 8 * u, y1 - 4 * u, x1 + 8 * u, y1 + 4 * u), fill=(40, 36, 44))
     # torso: a trapezoid, skirt-like at the hips
-    d.polygon([(hx - torso_w, sy), (hx + torso_w, sy), (hx + torso_w * 1.25, hy - bob + 4 * u),
-               (hx - torso_w * 1.25, hy - bob + 4 * u)], fill=look.top, outline=line, width=lw)
+    d.polygon(
+        [
+            (hx - torso_w, sy),
+            (hx + torso_w, sy),
+            (hx + torso_w * 1.25, hy - bob + 4 * u),
+            (hx - torso_w * 1.25, hy - bob + 4 * u),
+        ],
+        fill=look.top,
+        outline=line,
+        width=lw,
+    )
     # arms
     for k, side in enumerate((-1, 1)):
         deg = pose.arms[k] if pose.arms is not None else 15 - 30 * pose.swing * math.sin(pose.walk) * side
@@ -117,13 +130,20 @@ def draw_figure(size: int, look: Look, pose: Pose = Pose(), center: tuple[float,
     # head: hair behind (two-tone: tips below), face, fringe
     cx = hx + pose.tilt * 9 * u
     cy = sy - head * 0.95
-    d.ellipse((cx - head * 1.15, cy - head * 1.15, cx + head * 1.15, cy + head * 1.25), fill=look.hair,
-              outline=line, width=lw)
+    d.ellipse(
+        (cx - head * 1.15, cy - head * 1.15, cx + head * 1.15, cy + head * 1.25), fill=look.hair, outline=line, width=lw
+    )
     d.rectangle((cx - head * 1.15, cy + head * 0.55, cx + head * 1.15, cy + head * 1.25), fill=look.hair_tips)
     d.ellipse((cx - head, cy - head, cx + head, cy + head), fill=look.skin, outline=line, width=lw)
     f = pose.facing * head * 0.3
-    d.chord((cx - head * 1.05 + f, cy - head * 1.1, cx + head * 1.05 + f, cy + head * 0.1), 180, 360,
-            fill=look.hair, outline=line, width=lw)
+    d.chord(
+        (cx - head * 1.05 + f, cy - head * 1.1, cx + head * 1.05 + f, cy + head * 0.1),
+        180,
+        360,
+        fill=look.hair,
+        outline=line,
+        width=lw,
+    )
     # face: eyes follow `facing` (one eye hidden when turned far), mouth
     er, ey = head * 0.2, cy + head * 0.2
     for side in (-1, 1):
@@ -161,13 +181,22 @@ def scene(kind: str, width: int, height: int, seed: int, period: int | None = No
         img = Image.fromarray(a.astype(np.uint8))
         if kind == "dusk":
             r = height * 0.12
-            ImageDraw.Draw(img).ellipse((tile_w * 0.7 - r, height * 0.62 - r, tile_w * 0.7 + r, height * 0.62 + r),
-                                        fill=(250, 200, 120))
+            ImageDraw.Draw(img).ellipse(
+                (tile_w * 0.7 - r, height * 0.62 - r, tile_w * 0.7 + r, height * 0.62 + r), fill=(250, 200, 120)
+            )
     elif kind == "wall":
         base = np.asarray(rng.integers(140, 220, 3), dtype=np.float32)
         noise = rng.normal(0, 1, (height // 4 + 2, tile_w // 4 + 2))
-        noise = np.asarray(Image.fromarray(((noise - noise.min()) / np.ptp(noise) * 255).astype(np.uint8))
-                           .resize((tile_w, height), Image.BICUBIC), dtype=np.float32) / 255 - 0.5
+        noise = (
+            np.asarray(
+                Image.fromarray(((noise - noise.min()) / np.ptp(noise) * 255).astype(np.uint8)).resize(
+                    (tile_w, height), Image.BICUBIC
+                ),
+                dtype=np.float32,
+            )
+            / 255
+            - 0.5
+        )
         img = Image.fromarray(np.clip(base + 50 * noise[..., None], 0, 255).astype(np.uint8))
     else:
         img = Image.new("RGB", (tile_w, height), (170, 200, 235))
@@ -214,10 +243,23 @@ def zoomed(image: Image.Image, factor: float) -> Image.Image:
     return image.resize((w, h), Image.BICUBIC, box=box)
 
 
-def walk(n: int, size: int, look: Look, background: str, seed: int, *, cycles: float = 1.0, travel: float = 0.0,
-         pan: float = 0.0, zoom: float = 1.0, swing: float = 1.0, scale: float = 1.0,
-         y: float = 0.55, subject: bool = True,
-         wobble: float = 0.0) -> list[Image.Image]:
+def walk(
+    n: int,
+    size: int,
+    look: Look,
+    background: str,
+    seed: int,
+    *,
+    cycles: float = 1.0,
+    travel: float = 0.0,
+    pan: float = 0.0,
+    zoom: float = 1.0,
+    swing: float = 1.0,
+    scale: float = 1.0,
+    y: float = 0.55,
+    subject: bool = True,
+    wobble: float = 0.0,
+) -> list[Image.Image]:
     """`n` frames of `look` walking `cycles` walk cycles while moving `travel` of the frame to the right,
     the camera panning `pan` of the frame to the right (the background slides left) and zooming to
     `zoom` by the last frame. A loop (cycles a whole number, travel 0) with a pan repeats its background
@@ -229,8 +271,17 @@ def walk(n: int, size: int, look: Look, background: str, seed: int, *, cycles: f
     frames = []
     for t in range(n):
         k = t / n if period else t / max(1, n - 1)
-        figure = draw_figure(size, look, Pose(walk=2 * math.pi * cycles * k, swing=swing),
-                             (0.5 + travel * (k - 0.5) + jumps[t, 0], y + jumps[t, 1]), scale) if subject else Image.new("RGB", (size, size), KEY)
+        figure = (
+            draw_figure(
+                size,
+                look,
+                Pose(walk=2 * math.pi * cycles * k, swing=swing),
+                (0.5 + travel * (k - 0.5) + jumps[t, 0], y + jumps[t, 1]),
+                scale,
+            )
+            if subject
+            else Image.new("RGB", (size, size), KEY)
+        )
         frame = compose(figure, bg, round(pan * size * k))
         frames.append(zoomed(frame, 1 + (zoom - 1) * k) if zoom != 1 else frame)
     return frames
@@ -239,18 +290,42 @@ def walk(n: int, size: int, look: Look, background: str, seed: int, *, cycles: f
 # The eight drawings of a held-out sheet: "subtle" poses differ only by arms, tilt, facing and mouth;
 # "views" turn the figure more strongly; "expressions" keep the body and change the face.
 SHEET_POSES: dict[str, tuple[Pose, ...]] = {
-    "subtle": (Pose(), Pose(arms=(60, 10)), Pose(arms=(10, 60)), Pose(facing=-0.5), Pose(facing=0.5),
-               Pose(tilt=-1, mouth="open"), Pose(tilt=1, arms=(150, 15)), Pose(walk=0.8)),
-    "views": (Pose(), Pose(facing=-1), Pose(facing=1), Pose(facing=-0.5, walk=0.6), Pose(facing=0.5, walk=-0.6),
-              Pose(arms=(160, 160)), Pose(arms=(90, 90), mouth="open"), Pose(walk=1.2, facing=1, tilt=0.5)),
-    "expressions": (Pose(), Pose(mouth="open"), Pose(mouth="flat"), Pose(eyes_closed=True),
-                    Pose(eyes_closed=True, mouth="open"), Pose(tilt=-0.6, mouth="flat"), Pose(tilt=0.6),
-                    Pose(facing=0.3, eyes_closed=True, mouth="flat")),
+    "subtle": (
+        Pose(),
+        Pose(arms=(60, 10)),
+        Pose(arms=(10, 60)),
+        Pose(facing=-0.5),
+        Pose(facing=0.5),
+        Pose(tilt=-1, mouth="open"),
+        Pose(tilt=1, arms=(150, 15)),
+        Pose(walk=0.8),
+    ),
+    "views": (
+        Pose(),
+        Pose(facing=-1),
+        Pose(facing=1),
+        Pose(facing=-0.5, walk=0.6),
+        Pose(facing=0.5, walk=-0.6),
+        Pose(arms=(160, 160)),
+        Pose(arms=(90, 90), mouth="open"),
+        Pose(walk=1.2, facing=1, tilt=0.5),
+    ),
+    "expressions": (
+        Pose(),
+        Pose(mouth="open"),
+        Pose(mouth="flat"),
+        Pose(eyes_closed=True),
+        Pose(eyes_closed=True, mouth="open"),
+        Pose(tilt=-0.6, mouth="flat"),
+        Pose(tilt=0.6),
+        Pose(facing=0.3, eyes_closed=True, mouth="flat"),
+    ),
 }
 
 
-def sheet_poses(size: int, look: Look, background: str, seed: int, kind: str = "subtle",
-                scale: float = 1.0) -> list[Image.Image]:
+def sheet_poses(
+    size: int, look: Look, background: str, seed: int, kind: str = "subtle", scale: float = 1.0
+) -> list[Image.Image]:
     """Eight drawings of `look` (`SHEET_POSES[kind]`) over one background, each at a slightly different
     place and size (seeded), as a generator's sheet would give them."""
     rng = np.random.default_rng(seed)
@@ -258,8 +333,11 @@ def sheet_poses(size: int, look: Look, background: str, seed: int, kind: str = "
     out = []
     for pose in SHEET_POSES[kind]:
         j = rng.uniform(-1, 1, 3)
-        out.append(compose(draw_figure(size, look, pose, (0.5 + 0.04 * j[0], 0.56 + 0.03 * j[1]),
-                                       scale * (1 + 0.05 * j[2])), bg))
+        out.append(
+            compose(
+                draw_figure(size, look, pose, (0.5 + 0.04 * j[0], 0.56 + 0.03 * j[1]), scale * (1 + 0.05 * j[2])), bg
+            )
+        )
     return out
 
 

@@ -17,6 +17,7 @@ property it exists for fails its gate however well it does on the others. `failu
 failed, `review_reasons` why it asks for a person: a measure this close to its floor is within the
 metrics' own error on outputs they were not fitted to, so the gate does not pretend to know.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from . import motion
 from .config import check_threshold, load_quality_config, phase_name
 from .foreground import sheet_masks
 from .pose_following import pose_following
+from .poses_repeat import REPEAT_SCALE, repeat_blobs
 
 Embed = Callable[[list[Image.Image]], np.ndarray]
 PASS, REVIEW, FAIL = "pass", "review", "fail"
@@ -45,6 +47,7 @@ class QualityReport:
     critical properties that were checked; `failures` one line per reason the gate failed (empty when
     it passed); `details` holds raw values, per-frame curves and (phase 1) the 8x8 pose-similarity
     matrices."""
+
     phase: str
     score: float
     threshold: float
@@ -57,6 +60,7 @@ class QualityReport:
     details: dict[str, Any] = field(default_factory=dict)
     verdict: str = ""
     review_reasons: list[str] = field(default_factory=list)
+    second_opinions: dict[str, float] = field(default_factory=dict)  # other measures of critical metrics
 
     def __post_init__(self):
         if not self.verdict:  # reports built without a verdict (older callers): the boolean decides
@@ -64,10 +68,19 @@ class QualityReport:
 
     def summary(self) -> dict:
         """The part that goes into manifest.json under "quality"."""
-        return {"phase": self.phase, "score": self.score, "passed": self.passed, "verdict": self.verdict,
-                "review_reasons": list(self.review_reasons), "threshold": self.threshold,
-                "failures": list(self.failures), "metrics": dict(self.metrics), "weights": dict(self.weights),
-                "multipliers": dict(self.multipliers), "critical": dict(self.critical)}
+        return {
+            "phase": self.phase,
+            "score": self.score,
+            "passed": self.passed,
+            "verdict": self.verdict,
+            "review_reasons": list(self.review_reasons),
+            "threshold": self.threshold,
+            "failures": list(self.failures),
+            "metrics": dict(self.metrics),
+            "weights": dict(self.weights),
+            "multipliers": dict(self.multipliers),
+            "critical": dict(self.critical),
+        }
 
     def as_dict(self) -> dict:
         """JSON-safe: numpy arrays become lists, numpy scalars plain numbers."""
@@ -88,8 +101,13 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def combine(phase: str, metrics: dict[str, float], config: dict, threshold: float | None = None,
-            second_opinions: dict[str, float] | None = None) -> QualityReport:
+def combine(
+    phase: str,
+    metrics: dict[str, float],
+    config: dict,
+    threshold: float | None = None,
+    second_opinions: dict[str, float] | None = None,
+) -> QualityReport:
     """Weighted mean of the available weighted metrics times the validity multipliers; the gate also
     needs every available critical metric at or above its floor. A `threshold` other than the
     configured one scales the floors by threshold / configured threshold. `second_opinions` are other
@@ -117,8 +135,15 @@ def combine(phase: str, metrics: dict[str, float], config: dict, threshold: floa
         failures.insert(0, f"score {score:.3f} < threshold {threshold:g}")
     # Within the margin of a floor (either side) the gate asks for a person instead of deciding; a measure
     # further below its floor still fails, whatever else is close. A threshold of 0 or above 1 is forced.
-    reviews = [f"{k} {v:.3f} within {margin:g} of {'threshold' if k == 'score' else 'floor'} {f:g}"
-               for k, v, f in checks if abs(v - f) <= margin] if 0 < threshold <= 1 and margin > 0 else []
+    reviews = (
+        [
+            f"{k} {v:.3f} within {margin:g} of {'threshold' if k == 'score' else 'floor'} {f:g}"
+            for k, v, f in checks
+            if abs(v - f) <= margin
+        ]
+        if 0 < threshold <= 1 and margin > 0
+        else []
+    )
     for k, other in (second_opinions or {}).items():
         floor = critical.get(k)
         if floor is not None and 0 < threshold <= 1 and (other >= floor) != (metrics[k] >= floor):
@@ -129,12 +154,20 @@ def combine(phase: str, metrics: dict[str, float], config: dict, threshold: floa
         verdict = REVIEW
     else:
         verdict = PASS
-    return QualityReport(phase=phase, score=score, threshold=threshold, passed=verdict != FAIL,
-                         metrics={k: round(float(v), 6) for k, v in metrics.items()},
-                         weights={k: round(w, 6) for k, w in weights.items()},
-                         multipliers={k: round(v, 6) for k, v in factors.items()}, critical=critical,
-                         failures=failures if verdict == FAIL else [], verdict=verdict,
-                         review_reasons=reviews if verdict == REVIEW else [])
+    return QualityReport(
+        phase=phase,
+        score=score,
+        threshold=threshold,
+        passed=verdict != FAIL,
+        metrics={k: round(float(v), 6) for k, v in metrics.items()},
+        weights={k: round(w, 6) for k, w in weights.items()},
+        multipliers={k: round(v, 6) for k, v in factors.items()},
+        critical=critical,
+        failures=failures if verdict == FAIL else [],
+        verdict=verdict,
+        review_reasons=reviews if verdict == REVIEW else [],
+        second_opinions={k: round(float(v), 6) for k, v in (second_opinions or {}).items()},
+    )
 
 
 def _config(config: str | Path | dict | None) -> dict:
@@ -143,7 +176,11 @@ def _config(config: str | Path | dict | None) -> dict:
 
 def _check_images(images: Sequence, name: str, minimum: int) -> None:
     if images is None or isinstance(images, (str, bytes)) or len(images) < minimum:
-        got = "None" if images is None else (repr(images) if isinstance(images, (str, bytes)) else f"{len(images)} images")
+        got = (
+            "None"
+            if images is None
+            else (repr(images) if isinstance(images, (str, bytes)) else f"{len(images)} images")
+        )
         raise ValueError(f"`{name}` must be a list of at least {minimum} PIL images or HxWx3 uint8 arrays, got {got}.")
 
 
@@ -180,10 +217,16 @@ def _identity_matrix(bands: list, distance: float) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- phase 1
 
-def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike | None = None,
-                          embed: Embed | None = None, *, threshold: float | None = None,
-                          config: str | Path | dict | None = None,
-                          skeletons: Sequence[M.ImageLike] | None = None) -> QualityReport:
+
+def score_character_sheet(
+    poses: Sequence[M.ImageLike],
+    reference: M.ImageLike | None = None,
+    embed: Embed | None = None,
+    *,
+    threshold: float | None = None,
+    config: str | Path | dict | None = None,
+    skeletons: Sequence[M.ImageLike] | None = None,
+) -> QualityReport:
     """Score a character sheet's poses (8 expected, at least 2).
 
     identity_consistency  critical: one character. Without an encoder, the smaller of ``min_i median_{j≠i} S_ij``
@@ -193,7 +236,10 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
                           (CLIP-I as the primary signal): M.outlier_identity of the cosine matrix mapped
                           [embedding_low, embedding_high]
     pose_distinctness     critical: ``min(1, min_{i<j} MAD(crop_i, crop_j) / distinct_scale)`` over aligned
-                          foreground crops: no pose is a repeat of another
+                          foreground crops: no pose is a repeat of another. Second opinion (a pass it
+                          contradicts becomes a review): ``min(1, min_{i<j} blob_ij / REPEAT_SCALE)``, the
+                          largest blob one similarity transform of the whole picture leaves between two poses
+                          (animenb.quality.poses_repeat): a reframed repeat leaves none
     cleanliness           critical: the worst pose's min(sharpness, noise_free)
     palette_consistency   mean off-diagonal Bhattacharyya coefficient of foreground colour histograms
     structure_consistency mean off-diagonal SSIM of aligned foreground crops, mapped [low, high] -> [0, 1]
@@ -223,6 +269,9 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
     bands = [M.colour_bands(a, int(mp["identity_bands"]), tol, mask=m) for a, m in zip(imgs, masks)]
     colour_identity_m = _identity_matrix(bands, mp["identity_distance"])
     pose_diff = M.pose_differences(crops)
+    # a second opinion on pose_distinctness: can one shift/zoom of the whole picture explain a pose from another?
+    repeat_m = repeat_blobs(imgs, masks)
+    repeat_distinct = float(min(1.0, repeat_m[np.triu_indices(len(imgs), 1)].min() / REPEAT_SCALE))
     sharp, quiet, clean_details = _clean(poses, imgs, mp)
     blank = [M.not_blank(a, mp["blank_std_floor"]) for a in imgs]
     mad_m = M.similarity_matrix(same, M.mean_abs_diff)
@@ -231,20 +280,36 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
     nearest_pose = float(pose_diff[np.triu_indices(len(imgs), 1)].min())
 
     identity_m, identity_source = colour_identity_m, "colour"
-    metrics = {"palette_consistency": M.mean_off_diagonal(palette_m),
-               "structure_consistency": M.mean_off_diagonal(structure_m),
-               "pose_distinctness": min(1.0, nearest_pose / mp["distinct_scale"]),
-               "cleanliness": float(min(min(s, q) for s, q in zip(sharp, quiet))),
-               "sharpness": float(np.mean(sharp)), "noise_free": float(np.mean(quiet)),
-               "not_blank": float(min(blank)),
-               "not_collapsed": float(min(1.0, mean_mad / mp["collapse_mad_floor"]))}
-    details: dict[str, Any] = {"palette_matrix": palette_m, "ssim_matrix": ssim_m, "structure_matrix": structure_m,
-                               "colour_identity_matrix": colour_identity_m, "pose_difference_matrix": pose_diff,
-                               "sharpness_per_pose": sharp, "noise_free_per_pose": quiet, **clean_details,
-                               "not_blank_per_pose": blank, "mean_pairwise_abs_diff": mean_mad}
+    metrics = {
+        "palette_consistency": M.mean_off_diagonal(palette_m),
+        "structure_consistency": M.mean_off_diagonal(structure_m),
+        "pose_distinctness": min(1.0, nearest_pose / mp["distinct_scale"]),
+        "cleanliness": float(min(min(s, q) for s, q in zip(sharp, quiet))),
+        "sharpness": float(np.mean(sharp)),
+        "noise_free": float(np.mean(quiet)),
+        "not_blank": float(min(blank)),
+        "not_collapsed": float(min(1.0, mean_mad / mp["collapse_mad_floor"])),
+    }
+    details: dict[str, Any] = {
+        "palette_matrix": palette_m,
+        "ssim_matrix": ssim_m,
+        "structure_matrix": structure_m,
+        "colour_identity_matrix": colour_identity_m,
+        "pose_difference_matrix": pose_diff,
+        "sharpness_per_pose": sharp,
+        "noise_free_per_pose": quiet,
+        **clean_details,
+        "not_blank_per_pose": blank,
+        "mean_pairwise_abs_diff": mean_mad,
+        "repeat_blob_matrix": repeat_m,
+        "repeat_distinctness": repeat_distinct,
+    }
     w = cfg["phases"]["CHARACTER_SHEET"]["weights"]
-    parts = [(w.get("palette_consistency", 0), palette_m), (w.get("structure_consistency", 0), structure_m),
-             (w.get("identity_consistency", 0), _mapped(colour_identity_m, mp["identity_low"], mp["identity_high"]))]
+    parts = [
+        (w.get("palette_consistency", 0), palette_m),
+        (w.get("structure_consistency", 0), structure_m),
+        (w.get("identity_consistency", 0), _mapped(colour_identity_m, mp["identity_low"], mp["identity_high"])),
+    ]
     if reference is not None:
         ref = M.prepare([reference], cfg["work_size"])[0]
         ref_sims = [M.bhattacharyya(p, M.palette(ref, tol, bins)) for p in palettes]
@@ -253,19 +318,24 @@ def score_character_sheet(poses: Sequence[M.ImageLike], reference: M.ImageLike |
     if embed is not None:
         feats = _embed(embed, list(poses) + ([reference] if reference is not None else []))
         cos = M.cosine_matrix(feats)
-        pose_cos = cos[:len(poses), :len(poses)]
-        metrics["embedding_consistency"] = M.map_linear(M.mean_off_diagonal(pose_cos), mp["embedding_low"], mp["embedding_high"])
+        pose_cos = cos[: len(poses), : len(poses)]
+        metrics["embedding_consistency"] = M.map_linear(
+            M.mean_off_diagonal(pose_cos), mp["embedding_low"], mp["embedding_high"]
+        )
         details["embedding_cosine_matrix"] = pose_cos
         embed_m = _mapped(pose_cos, mp["embedding_low"], mp["embedding_high"])
         parts.append((w.get("embedding_consistency", 0), embed_m))
         identity_m, identity_source = embed_m, "embedding"
     # hue counts twice: a character whose colours are another's in other hues is not "typical" of them
-    typical = M.typicality([(M.hue_weighted(c), w) for c, w in (M.dominant_colours(a[m]) for a, m in zip(imgs, masks))],
-                           mp["identity_distance"])
+    typical = M.typicality(
+        [(M.hue_weighted(c), w) for c, w in (M.dominant_colours(a[m]) for a, m in zip(imgs, masks))],
+        mp["identity_distance"],
+    )
     details["typicality_per_pose"] = typical
-    colour_identity = M.map_linear(min(M.outlier_identity(colour_identity_m), float(typical.min())),
-                                   mp["identity_low"], mp["identity_high"])
-    second_opinions = {}
+    colour_identity = M.map_linear(
+        min(M.outlier_identity(colour_identity_m), float(typical.min())), mp["identity_low"], mp["identity_high"]
+    )
+    second_opinions = {"pose_distinctness": repeat_distinct}
     if identity_source == "colour":
         metrics["identity_consistency"] = colour_identity
     else:  # the encoder decides, already mapped to [0, 1]; the colours are a second opinion
@@ -288,8 +358,10 @@ def _with_details(report: QualityReport, details: dict) -> QualityReport:
 
 # ----------------------------------------------------------------------------- phases 2 and 3
 
-def _temporal(frames: Sequence[M.ImageLike], cfg: dict, embed: Embed | None,
-              extra: M.ImageLike | None, cyclic: bool) -> tuple:
+
+def _temporal(
+    frames: Sequence[M.ImageLike], cfg: dict, embed: Embed | None, extra: M.ImageLike | None, cyclic: bool
+) -> tuple:
     """Metrics shared by loops and videos; `extra` (reference or source) is embedded with the frames;
     `cyclic` (a loop) counts the wrap-around step in motion regularity."""
     mp = cfg["mappings"]
@@ -314,29 +386,51 @@ def _temporal(frames: Sequence[M.ImageLike], cfg: dict, embed: Embed | None,
     # Regularity on the subject's motion relative to the background (camera pans and zooms removed),
     # against the motion's own speed, or against its own cycle (a walk repeats each stride); a loop's
     # wrap-around step counts as a step.
-    velocities = motion.subject_velocities(small, flow_list + ([M.farneback(small[-1], small[0])] if cyclic else []),
-                                           tolerance=tol, texture_floor=mp["texture_floor"])
+    velocities = motion.subject_velocities(
+        small,
+        flow_list + ([M.farneback(small[-1], small[0])] if cyclic else []),
+        tolerance=tol,
+        texture_floor=mp["texture_floor"],
+    )
     dynamic, span_magnitudes = motion.dynamic_degree(small, flow_list, mp["dynamic_threshold"], int(mp["dynamic_span"]))
     # Velocities are in fractions of the shorter side: one pixel of the source is the grid's own rounding.
     resolution = 1.0 / min(M.as_array(frames[0]).shape[:2])
-    jitter = M.motion_jitter(velocities, cyclic=cyclic, min_speed=mp["jitter_min_speed"],
-                             cycle_gain=mp["jitter_cycle_gain"], resolution=resolution)
-    metrics = {"temporal_flicker": M.temporal_flicker(imgs, mp["flicker_low"]),
-               "motion_smoothness": float(np.clip(1 - warp_err.mean() / mp["smoothness_scale"], 0, 1)),
-               "motion_regularity": M.map_linear(jitter, mp["jitter_high"], mp["jitter_low"]),
-               "subject_consistency": M.map_linear(float(np.min(subject_curve)), mp["identity_low"],
-                                                   mp["identity_high"]),
-               "dynamic_degree": dynamic,
-               "cleanliness": float(np.quantile(clean, mp["frame_quantile"])),
-               "sharpness": float(np.mean(sharp)), "noise_free": float(np.mean(quiet)), "not_blank": float(min(blank))}
-    details: dict[str, Any] = {"frame_count": len(imgs), "adjacent_abs_diff": diffs, "warping_error": warp_err,
-                               "flow_magnitude": M.flow_magnitudes(flow_list), "span_flow_magnitude": span_magnitudes,
-                               "subject_consistency_curve": subject_curve,
-                               "subject_consistency_mean": subject_raw, "trajectory": path, "subject_velocity": velocities,
-                               "jitter_ratio": jitter, "plain_background": all(M.plain_background(a, tol) for a in imgs),
-                               "sharpness_per_frame": sharp, "noise_free_per_frame": quiet, **clean_details,
-                               "not_blank_per_frame": blank,
-                               "vbench_temporal_flickering": M.vbench_temporal_flickering(imgs)}
+    jitter = M.motion_jitter(
+        velocities,
+        cyclic=cyclic,
+        min_speed=mp["jitter_min_speed"],
+        cycle_gain=mp["jitter_cycle_gain"],
+        resolution=resolution,
+    )
+    metrics = {
+        "temporal_flicker": M.temporal_flicker(imgs, mp["flicker_low"]),
+        "motion_smoothness": float(np.clip(1 - warp_err.mean() / mp["smoothness_scale"], 0, 1)),
+        "motion_regularity": M.map_linear(jitter, mp["jitter_high"], mp["jitter_low"]),
+        "subject_consistency": M.map_linear(float(np.min(subject_curve)), mp["identity_low"], mp["identity_high"]),
+        "dynamic_degree": dynamic,
+        "cleanliness": float(np.quantile(clean, mp["frame_quantile"])),
+        "sharpness": float(np.mean(sharp)),
+        "noise_free": float(np.mean(quiet)),
+        "not_blank": float(min(blank)),
+    }
+    details: dict[str, Any] = {
+        "frame_count": len(imgs),
+        "adjacent_abs_diff": diffs,
+        "warping_error": warp_err,
+        "flow_magnitude": M.flow_magnitudes(flow_list),
+        "span_flow_magnitude": span_magnitudes,
+        "subject_consistency_curve": subject_curve,
+        "subject_consistency_mean": subject_raw,
+        "trajectory": path,
+        "subject_velocity": velocities,
+        "jitter_ratio": jitter,
+        "plain_background": all(M.plain_background(a, tol) for a in imgs),
+        "sharpness_per_frame": sharp,
+        "noise_free_per_frame": quiet,
+        **clean_details,
+        "not_blank_per_frame": blank,
+        "vbench_temporal_flickering": M.vbench_temporal_flickering(imgs),
+    }
     if embed is not None:
         feats = _embed(embed, list(frames) + ([extra] if extra is not None else []))
         cos = M.cosine_matrix(feats)
@@ -350,9 +444,14 @@ def _temporal(frames: Sequence[M.ImageLike], cfg: dict, embed: Embed | None,
     return metrics, details, imgs, palettes, small, warp_err
 
 
-def score_animation_loop(frames: Sequence[M.ImageLike], reference: M.ImageLike | None = None,
-                         embed: Embed | None = None, *, threshold: float | None = None,
-                         config: str | Path | dict | None = None) -> QualityReport:
+def score_animation_loop(
+    frames: Sequence[M.ImageLike],
+    reference: M.ImageLike | None = None,
+    embed: Embed | None = None,
+    *,
+    threshold: float | None = None,
+    config: str | Path | dict | None = None,
+) -> QualityReport:
     """Score a loop (16 frames expected, at least 3).
 
     loop_seam            critical: the wrap-around step looks like any other step, in appearance and in where
@@ -386,9 +485,14 @@ def score_animation_loop(frames: Sequence[M.ImageLike], reference: M.ImageLike |
     return _with_details(combine("ANIMATION_LOOP", metrics, cfg, threshold), details)
 
 
-def score_full_video(frames: Sequence[M.ImageLike], source_image: M.ImageLike | None,
-                     embed: Embed | None = None, *, threshold: float | None = None,
-                     config: str | Path | dict | None = None) -> QualityReport:
+def score_full_video(
+    frames: Sequence[M.ImageLike],
+    source_image: M.ImageLike | None,
+    embed: Embed | None = None,
+    *,
+    threshold: float | None = None,
+    config: str | Path | dict | None = None,
+) -> QualityReport:
     """Score a video's frames (at least 3).
 
     dynamic_degree       critical (and multiplier): the share of steps that move, from frame to frame or over a
@@ -409,9 +513,11 @@ def score_full_video(frames: Sequence[M.ImageLike], source_image: M.ImageLike | 
         sims = [M.bhattacharyya(p, src_pal) for p in palettes]
         first_ssim = M.ssim(imgs[0], src)
         first_iou = M.mask_iou(imgs[0], src, mp["foreground_tolerance"])
-        metrics["source_consistency"] = float(np.mean(sims)
-                                              * M.map_linear(first_ssim, mp["structure_low"], mp["structure_high"])
-                                              * M.map_linear(first_iou, mp["iou_low"], mp["iou_high"]))
+        metrics["source_consistency"] = float(
+            np.mean(sims)
+            * M.map_linear(first_ssim, mp["structure_low"], mp["structure_high"])
+            * M.map_linear(first_iou, mp["iou_low"], mp["iou_high"])
+        )
         details["source_similarity_per_frame"] = sims
         details["first_frame_ssim_to_source"] = first_ssim
         details["first_frame_foreground_iou_to_source"] = first_iou
@@ -419,6 +525,7 @@ def score_full_video(frames: Sequence[M.ImageLike], source_image: M.ImageLike | 
 
 
 # ----------------------------------------------------------------------------- run directories
+
 
 def _open(root: Path, rel: str | None) -> Image.Image | None:
     if not rel:
@@ -448,8 +555,14 @@ def run_embedder(manifest: dict) -> Embed | None:
     return image_embedder(loaded)
 
 
-def score_output_dir(output_dir: str | Path, phase: int | str | None = None, *, threshold: float | None = None,
-                     embed: Embed | str | None = None, config: str | Path | dict | None = None) -> QualityReport:
+def score_output_dir(
+    output_dir: str | Path,
+    phase: int | str | None = None,
+    *,
+    threshold: float | None = None,
+    embed: Embed | str | None = None,
+    config: str | Path | dict | None = None,
+) -> QualityReport:
     """Score a run directory from its manifest.json (phase from the manifest unless given).
 
     `embed="auto"` uses the run's own image encoder (see `run_embedder`) when there is one.
@@ -473,9 +586,16 @@ def score_output_dir(output_dir: str | Path, phase: int | str | None = None, *, 
     images = [_open(root, p) for p in paths]
     if name == "CHARACTER_SHEET":
         skeletons = [_open(root, p) for p in outputs.get("pose_skeletons") or []] or None
-        return score_character_sheet(images, _open(root, outputs.get("reference")), embed,
-                                     threshold=threshold, config=config, skeletons=skeletons)
+        return score_character_sheet(
+            images,
+            _open(root, outputs.get("reference")),
+            embed,
+            threshold=threshold,
+            config=config,
+            skeletons=skeletons,
+        )
     if name == "ANIMATION_LOOP":
-        return score_animation_loop(images, _open(root, outputs.get("reference")), embed,
-                                    threshold=threshold, config=config)
+        return score_animation_loop(
+            images, _open(root, outputs.get("reference")), embed, threshold=threshold, config=config
+        )
     return score_full_video(images, _open(root, outputs.get("source_image")), embed, threshold=threshold, config=config)

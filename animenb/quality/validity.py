@@ -13,6 +13,7 @@ blur, an open seam, jitter, a scene cut, ...), built from the same seed and size
 Used by tests/test_quality_gates.py (every decision asserted), bench/gate_accuracy.py (rates) and
 notebooks/07_gate_calibration.ipynb (distributions and threshold sweeps to re-tune quality.yaml).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -64,6 +65,7 @@ def _soft(images: list[Image.Image], size: int) -> list[Image.Image]:
 
 # ----------------------------------------------------------------------------- phase 1: character sheets
 
+
 def _poses(seed: int, size: int, character: tuple | None = None) -> list[Image.Image]:
     return S.character_poses(8, size, *(character or _character(seed)), seed=seed)
 
@@ -96,6 +98,7 @@ SHEET_MODES: dict[str, Callable[[int, int], Inputs]] = {
 
 # ----------------------------------------------------------------------------- phase 2: loops
 
+
 def _loop(seed: int, size: int, character: tuple | None = None) -> list[Image.Image]:
     return S.motion_frames(LOOP_FRAMES, size, character or _character(seed), MOTIONS[seed % len(MOTIONS)])
 
@@ -120,9 +123,11 @@ LOOP_MODES: dict[str, Callable[[int, int], Inputs]] = {
     "good_grain": lambda seed, size: _loop_inputs(_grain(_loop(seed, size), seed), seed, size),
     "good_soft": lambda seed, size: _loop_inputs(_soft(_loop(seed, size), size), seed, size),
     "good_gentle": lambda seed, size: _loop_inputs(
-        S.motion_frames(LOOP_FRAMES, size, _character(seed), MOTIONS[seed % 3], amplitude=0.3), seed, size),
+        S.motion_frames(LOOP_FRAMES, size, _character(seed), MOTIONS[seed % 3], amplitude=0.3), seed, size
+    ),
     "open_seam": lambda seed, size: _loop_inputs(
-        S.motion_frames(LOOP_FRAMES, size, _character(seed), MOTIONS[seed % 3], cycle=0.75), seed, size),
+        S.motion_frames(LOOP_FRAMES, size, _character(seed), MOTIONS[seed % 3], cycle=0.75), seed, size
+    ),
     "drift": lambda seed, size: _loop_inputs(S.drifting(_loop(seed, size)), seed, size),
     "shuffled": lambda seed, size: _loop_inputs(S.shuffled(_loop(seed, size), seed), seed, size),
     "flicker": lambda seed, size: _loop_inputs(S.with_flicker(_loop(seed, size)), seed, size),
@@ -135,11 +140,13 @@ LOOP_MODES: dict[str, Callable[[int, int], Inputs]] = {
     "blurred": lambda seed, size: _loop_inputs(S.blurred(_loop(seed, size), _blur_radius(size)), seed, size),
     "noisy": lambda seed, size: _loop_inputs(S.with_noise(_loop(seed, size), 45, seed), seed, size),
     "character_switch": lambda seed, size: _loop_inputs(
-        _switched(_loop(seed, size), _loop(seed, size, _other(seed))), seed, size),
+        _switched(_loop(seed, size), _loop(seed, size, _other(seed))), seed, size
+    ),
 }
 
 
 # ----------------------------------------------------------------------------- phase 3: videos
+
 
 def _video(seed: int, size: int, character: tuple | None = None) -> list[Image.Image]:
     return S.motion_frames(VIDEO_FRAMES, size, character or _character(seed), MOTIONS[seed % len(MOTIONS)], cycle=0.5)
@@ -154,8 +161,9 @@ VIDEO_MODES: dict[str, Callable[[int, int], Inputs]] = {
     "good_grain": lambda seed, size: _video_inputs(_grain(_video(seed, size), seed), seed, size),
     "good_soft": lambda seed, size: _video_inputs(_soft(_video(seed, size), size), seed, size),
     "frozen": lambda seed, size: _video_inputs(S.frozen(_video(seed, size)), seed, size),
-    "scene_cut": lambda seed, size: _video_inputs(_switched(_video(seed, size), _video(seed + 1, size, _other(seed))),
-                                                  seed, size),
+    "scene_cut": lambda seed, size: _video_inputs(
+        _switched(_video(seed, size), _video(seed + 1, size, _other(seed))), seed, size
+    ),
     "fade_to_black": lambda seed, size: _video_inputs(S.faded_to_black(_video(seed, size)), seed, size),
     "blurred": lambda seed, size: _video_inputs(S.blurred(_video(seed, size), _blur_radius(size)), seed, size),
     "noisy": lambda seed, size: _video_inputs(S.with_noise(_video(seed, size), 45, seed), seed, size),
@@ -163,16 +171,23 @@ VIDEO_MODES: dict[str, Callable[[int, int], Inputs]] = {
     "flicker": lambda seed, size: _video_inputs(S.with_flicker(_video(seed, size)), seed, size),
     "jitter": lambda seed, size: _video_inputs(S.jittered(VIDEO_FRAMES, size, _character(seed), seed), seed, size),
     "stutter": lambda seed, size: _video_inputs(S.stuttered(_video(seed, size)), seed, size),
-    "source_mismatch": lambda seed, size: {"frames": _video(seed, size, _other(seed)),
-                                           "source_image": _video(seed, size)[0]},
+    "source_mismatch": lambda seed, size: {
+        "frames": _video(seed, size, _other(seed)),
+        "source_image": _video(seed, size)[0],
+    },
     "wrong_aspect": lambda seed, size: _video_inputs(S.squashed(_video(seed, size)), seed, size),
 }
 
 MODES: dict[str, dict[str, Callable[[int, int], Inputs]]] = {
-    "CHARACTER_SHEET": SHEET_MODES, "ANIMATION_LOOP": LOOP_MODES, "FULL_VIDEO": VIDEO_MODES}
-SCORERS = {"CHARACTER_SHEET": lambda i, **kw: score_character_sheet(i["poses"], i["reference"], **kw),
-           "ANIMATION_LOOP": lambda i, **kw: score_animation_loop(i["frames"], i["reference"], **kw),
-           "FULL_VIDEO": lambda i, **kw: score_full_video(i["frames"], i["source_image"], **kw)}
+    "CHARACTER_SHEET": SHEET_MODES,
+    "ANIMATION_LOOP": LOOP_MODES,
+    "FULL_VIDEO": VIDEO_MODES,
+}
+SCORERS = {
+    "CHARACTER_SHEET": lambda i, **kw: score_character_sheet(i["poses"], i["reference"], **kw),
+    "ANIMATION_LOOP": lambda i, **kw: score_animation_loop(i["frames"], i["reference"], **kw),
+    "FULL_VIDEO": lambda i, **kw: score_full_video(i["frames"], i["source_image"], **kw),
+}
 
 
 # ----------------------------------------------------------------------------- families and splits
@@ -187,6 +202,7 @@ class Family:
     """One way of drawing outputs. `split` says what it is for: calibration families are the only ones
     floors and thresholds may be fitted on (animenb.quality.calibration); held-out families differ in
     generator (style, background, scale, motion, kind of sheet) and only report."""
+
     split: str
     description: str
     modes: dict
@@ -196,28 +212,63 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "drawn": Family(CALIBRATION, "round-headed characters on a plain background, circle/sway/bob motion, 64-512 px",
-                    MODES, GOOD_VARIANTS, VARIANTS),
-    "scenes": Family(CALIBRATION, "walking figures (line art or flat) over sky gradients and textured walls",
-                     F.modes(F.SceneDrawer(F.Style(("gradient", "wall"))))),
-    "street": Family(HELD_OUT, "large line-art figures on busy streets, the camera panning with them",
-                     F.modes(F.SceneDrawer(F.Style(("street",), outline=True, scale=1.3, loop_pan=0.5, pan=0.3, travel=0.0)))),
-    "dusk_slow": Family(HELD_OUT, "flat-colour figures at dusk moving slowly (a quarter of a stride per video), "
-                        "expression sheets", F.modes(F.SceneDrawer(F.Style(("dusk",), outline=False, swing=0.35, travel=0.06,
-                                                             cycles=0.25, sheet="expressions")))),
-    "camera": Family(HELD_OUT, "small figures standing still while the camera pans and zooms, sheets whose poses "
-                     "differ by arms, tilt and facing", F.modes(F.SceneDrawer(F.Style(("street", "wall", "dusk"), scale=0.6,
-                                                                    loop_pan=0.5, travel=0.0, pan=0.4, zoom=1.3,
-                                                                    swing=0.5, sheet="subtle")))),
-    "supertux": Family(HELD_OUT, "real hand-drawn game characters (SuperTux sprites: their own walk cycles and "
-                       "action frames) over painted level backgrounds; tests/art/install.sh fetches them",
-                       F.modes(R.SpriteDrawer()), available=R.available),
+    "drawn": Family(
+        CALIBRATION,
+        "round-headed characters on a plain background, circle/sway/bob motion, 64-512 px",
+        MODES,
+        GOOD_VARIANTS,
+        VARIANTS,
+    ),
+    "scenes": Family(
+        CALIBRATION,
+        "walking figures (line art or flat) over sky gradients and textured walls",
+        F.modes(F.SceneDrawer(F.Style(("gradient", "wall")))),
+    ),
+    "street": Family(
+        HELD_OUT,
+        "large line-art figures on busy streets, the camera panning with them",
+        F.modes(F.SceneDrawer(F.Style(("street",), outline=True, scale=1.3, loop_pan=0.5, pan=0.3, travel=0.0))),
+    ),
+    "dusk_slow": Family(
+        HELD_OUT,
+        "flat-colour figures at dusk moving slowly (a quarter of a stride per video), expression sheets",
+        F.modes(
+            F.SceneDrawer(F.Style(("dusk",), outline=False, swing=0.35, travel=0.06, cycles=0.25, sheet="expressions"))
+        ),
+    ),
+    "camera": Family(
+        HELD_OUT,
+        "small figures standing still while the camera pans and zooms, sheets whose poses "
+        "differ by arms, tilt and facing",
+        F.modes(
+            F.SceneDrawer(
+                F.Style(
+                    ("street", "wall", "dusk"),
+                    scale=0.6,
+                    loop_pan=0.5,
+                    travel=0.0,
+                    pan=0.4,
+                    zoom=1.3,
+                    swing=0.5,
+                    sheet="subtle",
+                )
+            )
+        ),
+    ),
+    "supertux": Family(
+        HELD_OUT,
+        "real hand-drawn game characters (SuperTux sprites: their own walk cycles and "
+        "action frames) over painted level backgrounds; tests/art/install.sh fetches them",
+        F.modes(R.SpriteDrawer()),
+        available=R.available,
+    ),
 }
 
 
 @dataclass(frozen=True)
 class Case:
     """One drawn output: `mode` is "good" or the name of a failure mode; good ones must pass."""
+
     phase: str
     mode: str
     seed: int
@@ -246,8 +297,12 @@ class Case:
 
 def family_cases(name: str) -> tuple[Case, ...]:
     family = FAMILIES[name]
-    return tuple(Case(phase, mode, seed, size, name) for phase, modes in family.modes.items() for mode in modes
-                 for seed, size in (family.good_variants if mode == GOOD else family.variants))
+    return tuple(
+        Case(phase, mode, seed, size, name)
+        for phase, modes in family.modes.items()
+        for mode in modes
+        for seed, size in (family.good_variants if mode == GOOD else family.variants)
+    )
 
 
 SUITE: tuple[Case, ...] = family_cases("drawn")  # the original suite, every decision asserted by the tests
@@ -256,8 +311,9 @@ CALIBRATION_CASES = tuple(c for c in CASES if c.split == CALIBRATION)
 HELD_OUT_CASES = tuple(c for c in CASES if c.split == HELD_OUT)
 
 
-def run_suite(cases: Iterable[Case] = SUITE, config: str | Path | dict | None = None,
-              threshold: float | None = None) -> list[dict]:
+def run_suite(
+    cases: Iterable[Case] = SUITE, config: str | Path | dict | None = None, threshold: float | None = None
+) -> list[dict]:
     """Score every case; one row per case with the decision, the score, whether every critical floor
     held (`critical_passed`: with it a threshold sweep needs no rescoring) and every metric."""
     rows = []
@@ -273,12 +329,25 @@ def decision_row(case: Case, report: QualityReport, critical_ok: bool | None = N
     three-way verdict, `correct` whether it is the expected pass / fail (a review is neither)."""
     if critical_ok is None:
         critical_ok = all(report.metrics[k] >= floor for k, floor in report.critical.items())
-    return {"family": case.family, "split": case.split, "phase": case.phase, "mode": case.mode, "seed": case.seed,
-            "size": case.size, "expected_pass": case.expected_pass, "verdict": report.verdict,
-            "passed": report.verdict == PASS, "score": report.score, "threshold": report.threshold,
-            "critical_passed": critical_ok, "correct": report.verdict == (PASS if case.expected_pass else FAIL),
-            "failures": list(report.failures), "review_reasons": list(report.review_reasons),
-            **{f"metric.{k}": v for k, v in report.metrics.items()}}
+    return {
+        "family": case.family,
+        "split": case.split,
+        "phase": case.phase,
+        "mode": case.mode,
+        "seed": case.seed,
+        "size": case.size,
+        "expected_pass": case.expected_pass,
+        "verdict": report.verdict,
+        "passed": report.verdict == PASS,
+        "score": report.score,
+        "threshold": report.threshold,
+        "critical_passed": critical_ok,
+        "correct": report.verdict == (PASS if case.expected_pass else FAIL),
+        "failures": list(report.failures),
+        "review_reasons": list(report.review_reasons),
+        **{f"metric.{k}": v for k, v in report.metrics.items()},
+        **{f"second.{k}": v for k, v in report.second_opinions.items()},
+    }
 
 
 def sweep(rows: Iterable[dict], thresholds: Iterable[float], critical: bool = True) -> list[dict]:
@@ -290,9 +359,16 @@ def sweep(rows: Iterable[dict], thresholds: Iterable[float], critical: bool = Tr
         decided = [{**r, "passed": r["score"] >= t and (r["critical_passed"] or not critical)} for r in rows]
         decided = [{**r, "verdict": PASS if r["passed"] else FAIL} for r in decided]
         for phase, c in confusion(decided).items():
-            out.append({"phase": phase, "threshold": round(float(t), 4), "critical_floors": critical,
-                        "accuracy": c["accuracy"], "false_accept_rate": c["false_accept_rate"],
-                        "false_reject_rate": c["false_reject_rate"]})
+            out.append(
+                {
+                    "phase": phase,
+                    "threshold": round(float(t), 4),
+                    "critical_floors": critical,
+                    "accuracy": c["accuracy"],
+                    "false_accept_rate": c["false_accept_rate"],
+                    "false_reject_rate": c["false_reject_rate"],
+                }
+            )
     return out
 
 
@@ -305,8 +381,17 @@ def confusion(rows: Iterable[dict]) -> dict[str, dict[str, float]]:
     for row in rows:
         verdict = row.get("verdict") or (PASS if row["passed"] else FAIL)
         for key in (row["phase"], "all"):
-            c = out.setdefault(key, {"true_accept": 0, "false_reject": 0, "true_reject": 0, "false_accept": 0,
-                                     "review_good": 0, "review_bad": 0})
+            c = out.setdefault(
+                key,
+                {
+                    "true_accept": 0,
+                    "false_reject": 0,
+                    "true_reject": 0,
+                    "false_accept": 0,
+                    "review_good": 0,
+                    "review_bad": 0,
+                },
+            )
             if verdict == REVIEW:
                 c["review_good" if row["expected_pass"] else "review_bad"] += 1
             elif row["expected_pass"]:

@@ -12,6 +12,7 @@ its executor is idle, priority jobs first) and hands each to its kind's driver:
 A driver sees the runner only through `JobHost` (what it may use of it) and never imports the runner, so
 the modules read top to bottom: runner -> drivers -> events / store.
 """
+
 from __future__ import annotations
 
 import abc
@@ -38,28 +39,38 @@ def running_jobs(store: JobStoreBase) -> list[JobRecord]:
 class JobHost(Protocol):
     """What a driver may use of the runner: its store, bus and settings, submitting child jobs, cancelling
     and announcing the end of a job. Settings are read when used, so a change applies to the next job."""
+
     store: JobStoreBase
     bus: EventBus
     outputs_dir: Path
-    progress_interval: float       # seconds between progress writes to the store
-    cancel_grace: float            # seconds between a cancel's interrupts
-    models: str                    # the model profile every job runs with
+    progress_interval: float  # seconds between progress writes to the store
+    cancel_grace: float  # seconds between a cancel's interrupts
+    models: str  # the model profile every job runs with
     backend: str | None
     comfyui_url: str | None
     notebook_for: Callable[[JobRecord], Path]
-    notebooks_dir: Path            # the phase notebooks and the reports (a sweep's comparison notebook)
+    notebooks_dir: Path  # the phase notebooks and the reports (a sweep's comparison notebook)
     quality: bool  # phase jobs are scored (animenb.quality.job_step)
     quality_threshold: float | None
     warm: bool
     execution_timeout: float | None
-    job_timeout: float | None      # seconds a phase job may run, its scoring included (None: no limit)
-    public_paths: PathScrubber     # what a stored error or a saved notebook may show of the paths
+    job_timeout: float | None  # seconds a phase job may run, its scoring included (None: no limit)
+    public_paths: PathScrubber  # what a stored error or a saved notebook may show of the paths
 
     @property
     def stopping(self) -> bool: ...
 
-    async def submit_child(self, request: dict[str, Any], *, phase: int | None, owner: str, visibility: str,
-                           parent_id: str, extra: dict[str, Any], priority: bool = False) -> JobRecord:
+    async def submit_child(
+        self,
+        request: dict[str, Any],
+        *,
+        phase: int | None,
+        owner: str,
+        visibility: str,
+        parent_id: str,
+        extra: dict[str, Any],
+        priority: bool = False,
+    ) -> JobRecord:
         """Store a parent's queued child phase job off the event loop, retried until the store takes it;
         `priority` lets it start before the jobs already queued (an orchestration's next attempt)."""
 
@@ -91,6 +102,7 @@ class JobDriver(abc.ABC):
     `describe()` for the status bodies and /health; `stop()` when the runner stops (a job still running
     stays `running` in the store: the next start's `recover()` decides).
     """
+
     kind: ClassVar[str]
     uses_slot: ClassVar[bool] = True
 
@@ -155,5 +167,8 @@ def output_files(out_dir: Path) -> list[str]:
     """Relative paths of the files a job wrote (hidden files excluded)."""
     if not out_dir.is_dir():
         return []
-    return sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out_dir).parts))
+    return sorted(
+        p.relative_to(out_dir).as_posix()
+        for p in out_dir.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out_dir).parts)
+    )

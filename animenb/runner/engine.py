@@ -39,6 +39,7 @@ its own ``import papermill`` re-enters it through the entry point before the cla
 exist; the module-level ``__getattr__`` builds them on demand from the (by then
 defined) ``NBClientEngine``, whichever import comes first.
 """
+
 from __future__ import annotations
 
 import ast
@@ -50,8 +51,14 @@ from animenb.progress import PROGRESS_MIME
 log = logging.getLogger(__name__)
 
 # WarmKernelEngine and AnimenbNotebookClient are built on first use by the module `__getattr__` (docstring).
-__all__ = ["ENGINE_NAME", "WarmKernelEngine", "AnimenbNotebookClient",  # noqa: F822
-           "JobCancelled", "PROGRESS_MIME", "BOUNDARY_MIME"]
+__all__ = [
+    "ENGINE_NAME",
+    "WarmKernelEngine",  # noqa: F822
+    "AnimenbNotebookClient",  # noqa: F822
+    "JobCancelled",
+    "PROGRESS_MIME",
+    "BOUNDARY_MIME",
+]
 
 ENGINE_NAME = "animenb"
 EXTRA_CELL_TAG = "animenb-job-step"
@@ -73,8 +80,12 @@ def _parses(source: str) -> bool:
 
 
 def _joinable(cell) -> bool:
-    return (cell.cell_type == "code" and bool(cell.source.strip()) and "raises-exception" not in _tags(cell)
-            and _parses(cell.source))
+    return (
+        cell.cell_type == "code"
+        and bool(cell.source.strip())
+        and "raises-exception" not in _tags(cell)
+        and _parses(cell.source)
+    )
 
 
 def joined_source(sources: list[str], last_is_cell: bool) -> str:
@@ -95,8 +106,12 @@ def joined_runs(cells) -> dict[int, tuple[int, ...]]:
     runs: dict[int, tuple[int, ...]] = {}
     for index in range(len(cells) - 1):
         first, second = cells[index], cells[index + 1]
-        if not ("parameters" in _tags(first) and "injected-parameters" in _tags(second)
-                and _joinable(first) and _joinable(second)):
+        if not (
+            "parameters" in _tags(first)
+            and "injected-parameters" in _tags(second)
+            and _joinable(first)
+            and _joinable(second)
+        ):
             continue
         run: tuple[int, ...] = (index, index + 1)
         if index + 2 < len(cells) and _joinable(cells[index + 2]):
@@ -170,8 +185,7 @@ def _define() -> None:
                         else:
                             self._execute_joined(run)
                     except CellExecutionError as ex:
-                        self.nb_man.cell_exception(self.nb.cells[self._current], cell_index=self._current,
-                                                   exception=ex)
+                        self.nb_man.cell_exception(self.nb.cells[self._current], cell_index=self._current, exception=ex)
                         break
                     finally:
                         self.nb_man.cell_complete(self.nb.cells[self._current], cell_index=self._current)
@@ -217,8 +231,14 @@ def _define() -> None:
                 out = super().output(outs, msg, display_id, cell_index)
                 # The kernel flushes stdout on a timer, so one print can arrive in pieces: join a piece to
                 # the stream before it, as a frontend shows them. The piece is returned for papermill's log.
-                if (out is not None and out.output_type == "stream" and len(outs) > 1 and outs[-1] is out
-                        and outs[-2].get("output_type") == "stream" and outs[-2].get("name") == out.name):
+                if (
+                    out is not None
+                    and out.output_type == "stream"
+                    and len(outs) > 1
+                    and outs[-1] is out
+                    and outs[-2].get("output_type") == "stream"
+                    and outs[-2].get("name") == out.name
+                ):
                     outs.pop()
                     outs[-1].text += out.text
                 return out
@@ -234,21 +254,46 @@ def _define() -> None:
             """NBClientEngine that runs on a warm kernel when one is passed (see module docstring)."""
 
             @classmethod
-            def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True, log_output=False,
-                                 autosave_cell_every=30, extra_cells=(), **kwargs):
+            def execute_notebook(
+                cls,
+                nb,
+                kernel_name,
+                output_path=None,
+                progress_bar=True,
+                log_output=False,
+                autosave_cell_every=30,
+                extra_cells=(),
+                **kwargs,
+            ):
                 from nbformat.v4 import new_code_cell
 
                 for source in extra_cells or ():
                     nb.cells.append(new_code_cell(source, metadata={"tags": [EXTRA_CELL_TAG]}))
-                return super().execute_notebook(nb, kernel_name, output_path=output_path, progress_bar=progress_bar,
-                                                log_output=log_output, autosave_cell_every=autosave_cell_every,
-                                                **kwargs)
+                return super().execute_notebook(
+                    nb,
+                    kernel_name,
+                    output_path=output_path,
+                    progress_bar=progress_bar,
+                    log_output=log_output,
+                    autosave_cell_every=autosave_cell_every,
+                    **kwargs,
+                )
 
             @classmethod
-            def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None,
-                                         stderr_file=None, start_timeout=60, execution_timeout=None,
-                                         warm_kernel=None, progress_callback=None, cancel_event=None,
-                                         **kwargs):
+            def execute_managed_notebook(
+                cls,
+                nb_man,
+                kernel_name,
+                log_output=False,
+                stdout_file=None,
+                stderr_file=None,
+                start_timeout=60,
+                execution_timeout=None,
+                warm_kernel=None,
+                progress_callback=None,
+                cancel_event=None,
+                **kwargs,
+            ):
                 kwargs = remove_args(["input_path"], **kwargs)
                 safe_kwargs = remove_args(["timeout", "startup_timeout"], **kwargs)
                 final_kwargs = merge_kwargs(
@@ -265,9 +310,9 @@ def _define() -> None:
                 )
                 if warm_kernel is None:
                     return AnimenbNotebookClient(nb_man, **final_kwargs).execute()
-                client = AnimenbNotebookClient(nb_man, km=warm_kernel.km,
-                                               language_info=getattr(warm_kernel, "language_info", None),
-                                               **final_kwargs)
+                client = AnimenbNotebookClient(
+                    nb_man, km=warm_kernel.km, language_info=getattr(warm_kernel, "language_info", None), **final_kwargs
+                )
                 client.kc = warm_kernel.kc  # skips start_new_kernel_client: no new channels, no ready wait
                 nb = client.execute(cleanup_kc=False)
                 if getattr(warm_kernel, "language_info", None) is None and nb.metadata.get("language_info"):
@@ -281,8 +326,14 @@ def _define() -> None:
 
 
 def _log_progress(event: dict) -> None:
-    log.info("progress %s [%s] %s/%s %.1f%%", event.get("phase"), event.get("stage"), event.get("step"),
-             event.get("total_steps"), float(event.get("percent") or 0))
+    log.info(
+        "progress %s [%s] %s/%s %.1f%%",
+        event.get("phase"),
+        event.get("stage"),
+        event.get("step"),
+        event.get("total_steps"),
+        float(event.get("percent") or 0),
+    )
 
 
 def __getattr__(name: str):

@@ -8,6 +8,7 @@ publish order, so a client can resume with `after=seq`) and a wall-clock `time`.
 The bus is used from the server's event loop only (the runner hops threads with
 `loop.call_soon_threadsafe`); a subscriber whose callback raises is dropped.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,6 +46,7 @@ class JobEvent:
 @dataclass(kw_only=True)
 class JobStateEvent(JobEvent):
     """The job's current state (the `/generation/{id}/status` body), sent first on connect."""
+
     event: ClassVar[str] = "state"
     state: dict[str, Any]
 
@@ -67,6 +69,7 @@ class JobStartedEvent(JobEvent):
 @dataclass(kw_only=True)
 class JobProgressEvent(JobEvent):
     """One step of the notebook's progress: percent in [0, 100], ETA from the measured step rate."""
+
     event: ClassVar[str] = "progress"
     percent: float
     step: int
@@ -76,47 +79,74 @@ class JobProgressEvent(JobEvent):
     stage_count: int | None = None
     eta_seconds: float | None = None
     elapsed_seconds: float | None = None
-    kernel_time: float | None = None   # when the notebook published it (kernel clock)
+    kernel_time: float | None = None  # when the notebook published it (kernel clock)
     preview: str | None = None
-    part: str = "generation"           # generation | quality | chain (animenb.progress.PROGRESS_PARTS)
+    part: str = "generation"  # generation | quality | chain (animenb.progress.PROGRESS_PARTS)
 
     @classmethod
-    def build(cls, job_id: str, payload: dict[str, Any], *, floor: float = 0.0,
-              part: str | None = None) -> "JobProgressEvent":
+    def build(
+        cls, job_id: str, payload: dict[str, Any], *, floor: float = 0.0, part: str | None = None
+    ) -> "JobProgressEvent":
         """From a `PROGRESS_MIME` payload; percent never drops below `floor` (monotonic per job).
         `part` (what progresses) overrides the payload's, which defaults to "generation"."""
+
         def num(key, kind=float):
             try:
                 return None if payload.get(key) is None else kind(payload[key])
             except (TypeError, ValueError):
                 return None
+
         percent = min(100.0, max(floor, num("percent") or 0.0))
-        return cls(job_id=job_id, percent=round(percent, 2), step=num("step", int) or 0,
-                   total_steps=num("total_steps", int) or 0, stage=str(payload.get("stage") or ""),
-                   stage_index=num("stage_index", int), stage_count=num("stage_count", int),
-                   eta_seconds=num("eta_seconds"), elapsed_seconds=num("elapsed_seconds"),
-                   kernel_time=num("time"),
-                   preview=payload.get("preview") if isinstance(payload.get("preview"), str) else None,
-                   part=part or (str(payload["part"]) if payload.get("part") in PROGRESS_PARTS else "generation"))
+        return cls(
+            job_id=job_id,
+            percent=round(percent, 2),
+            step=num("step", int) or 0,
+            total_steps=num("total_steps", int) or 0,
+            stage=str(payload.get("stage") or ""),
+            stage_index=num("stage_index", int),
+            stage_count=num("stage_count", int),
+            eta_seconds=num("eta_seconds"),
+            elapsed_seconds=num("elapsed_seconds"),
+            kernel_time=num("time"),
+            preview=payload.get("preview") if isinstance(payload.get("preview"), str) else None,
+            part=part or (str(payload["part"]) if payload.get("part") in PROGRESS_PARTS else "generation"),
+        )
 
     @classmethod
     def from_progress(cls, job_id: str, event: ProgressEvent) -> "JobProgressEvent":
         """A library `ProgressEvent` (e.g. a chain's) as job `job_id`'s progress event."""
-        return cls(job_id=job_id, percent=event.percent, step=event.step, total_steps=event.total_steps,
-                   stage=event.stage, stage_index=event.stage_index, stage_count=event.stage_count,
-                   eta_seconds=event.eta_seconds, elapsed_seconds=event.elapsed_seconds, preview=event.preview,
-                   part=event.part)
+        return cls(
+            job_id=job_id,
+            percent=event.percent,
+            step=event.step,
+            total_steps=event.total_steps,
+            stage=event.stage,
+            stage_index=event.stage_index,
+            stage_count=event.stage_count,
+            eta_seconds=event.eta_seconds,
+            elapsed_seconds=event.elapsed_seconds,
+            preview=event.preview,
+            part=event.part,
+        )
 
     def progress_dict(self) -> dict[str, Any]:
         """The `progress` object of the status body."""
-        return {"percent": self.percent, "stage": self.stage, "part": self.part, "step": self.step,
-                "total_steps": self.total_steps, "eta_seconds": self.eta_seconds,
-                "elapsed_seconds": self.elapsed_seconds, "updated_at": self.time}
+        return {
+            "percent": self.percent,
+            "stage": self.stage,
+            "part": self.part,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "eta_seconds": self.eta_seconds,
+            "elapsed_seconds": self.elapsed_seconds,
+            "updated_at": self.time,
+        }
 
 
 @dataclass(kw_only=True)
 class JobFinishedEvent(JobEvent):
     """The job is terminal: its status, error and files (relative paths). Build it with `build(job)`."""
+
     event: ClassVar[str] = "finished"
     terminal: ClassVar[bool] = True
     status: str
@@ -132,9 +162,15 @@ class JobFinishedEvent(JobEvent):
         """The one way to make it: from the terminal job's record (`duration`: seconds it ran here, if known)."""
         if not job.terminal:
             raise ValueError(f"`job` must be terminal, got job {job.id} {job.status.value}.")
-        return cls(job_id=job.id, seq=seq, status=job.status.value, error=job.error.as_dict() if job.error else None,
-                   outputs=list(job.outputs.files), duration_seconds=None if duration is None else round(duration, 3),
-                   record=job)
+        return cls(
+            job_id=job.id,
+            seq=seq,
+            status=job.status.value,
+            error=job.error.as_dict() if job.error else None,
+            outputs=list(job.outputs.files),
+            duration_seconds=None if duration is None else round(duration, 3),
+            record=job,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in wire_fields(self)}

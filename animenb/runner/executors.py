@@ -29,6 +29,7 @@ several are configured, take only ComfyUI-backend jobs; the others take the rest
 ones, one that already holds the job's models (`model_key`) wins, then one that holds nothing yet
 (so another slot's cache is not displaced), then the first.
 """
+
 from __future__ import annotations
 
 import abc
@@ -57,15 +58,16 @@ class SlotLost(RuntimeError):
 @dataclass
 class NotebookRun:
     """One notebook of a job, as a slot runs it."""
+
     job_id: str
     notebook: Path
-    output_name: str                      # saved as <out_dir>/<output_name>
-    out_dir: Path                         # the server's outputs/<job_id>/
-    parameters: dict[str, Any]            # papermill parameters (output_dir already the slot's job_dir)
-    on_progress: Callable[[dict], None]   # called on the event loop with each progress payload
+    output_name: str  # saved as <out_dir>/<output_name>
+    out_dir: Path  # the server's outputs/<job_id>/
+    parameters: dict[str, Any]  # papermill parameters (output_dir already the slot's job_dir)
+    on_progress: Callable[[dict], None]  # called on the event loop with each progress payload
     cancel_event: threading.Event = field(default_factory=threading.Event)
     execution_timeout: float | None = None
-    extra_cells: tuple[str, ...] = ()     # code cells run after the notebook's own (the engine's `extra_cells`)
+    extra_cells: tuple[str, ...] = ()  # code cells run after the notebook's own (the engine's `extra_cells`)
     public_text: Callable[[str], str] | None = None  # the saved notebook's text as readers may see it
 
 
@@ -80,8 +82,9 @@ def job_backend(job: JobRecord, default: str | None) -> str:
     return str(job.parameters.get("backend") or default or "diffusers")
 
 
-async def start_until_up(start: Callable[[], Any], *, given_up: Callable[[], bool], what: str,
-                         retry_seconds: float = 5.0) -> bool:
+async def start_until_up(
+    start: Callable[[], Any], *, given_up: Callable[[], bool], what: str, retry_seconds: float = 5.0
+) -> bool:
     """Await `start()` until it succeeds (True), retrying every `retry_seconds` after logging the error,
     or until `given_up()` (False): how a slot comes up, and how a lost one is replaced."""
     while not given_up():
@@ -98,16 +101,17 @@ async def start_until_up(start: Callable[[], Any], *, given_up: Callable[[], boo
 
 class Slot(abc.ABC):
     """One place where one job at a time runs (module docstring)."""
+
     device: str
-    comfyui_url: str | None = None   # the ComfyUI server this slot's ComfyUI jobs use (None: the server's)
-    comfyui_only: bool = False       # the slot of one of several ComfyUI URLs: takes only ComfyUI jobs
-    saves_public_notebook = False    # whether the notebook it saves already went through `run.public_text`
+    comfyui_url: str | None = None  # the ComfyUI server this slot's ComfyUI jobs use (None: the server's)
+    comfyui_only: bool = False  # the slot of one of several ComfyUI URLs: takes only ComfyUI jobs
+    saves_public_notebook = False  # whether the notebook it saves already went through `run.public_text`
 
     def __init__(self, *, warm: bool = True):
-        self.warm = warm               # reset the kernel between jobs (False: restart it before each)
-        self.busy = False              # a job holds the slot (reserved by the runner)
+        self.warm = warm  # reset the kernel between jobs (False: restart it before each)
+        self.busy = False  # a job holds the slot (reserved by the runner)
         self.jobs_run = 0
-        self.loaded: list[str] = []    # model keys of the jobs that ran here, most recent last
+        self.loaded: list[str] = []  # model keys of the jobs that ran here, most recent last
 
     @property
     @abc.abstractmethod
@@ -148,18 +152,33 @@ class Slot(abc.ABC):
     async def close(self) -> None: ...
 
     def describe(self) -> dict:
-        info = {"device": self.device, "ready": self.ready, "busy": self.busy, "jobs_run": self.jobs_run,
-                "loaded": list(self.loaded)}
+        info = {
+            "device": self.device,
+            "ready": self.ready,
+            "busy": self.busy,
+            "jobs_run": self.jobs_run,
+            "loaded": list(self.loaded),
+        }
         if self.comfyui_url:
             info["comfyui_url"] = self.comfyui_url
         return info
 
 
-def run_on_kernel(kernel: WarmKernel, notebook: str, output: Path, parameters: dict[str, Any], *, warm: bool,
-                  on_progress: Callable[[dict], None], cancel_event: threading.Event,
-                  execution_timeout: float | None, extra_cells: tuple[str, ...], label: str,
-                  replace_dead: Callable[[], bool] = lambda: True,
-                  public_text: Callable[[str], str] | None = None) -> None:
+def run_on_kernel(
+    kernel: WarmKernel,
+    notebook: str,
+    output: Path,
+    parameters: dict[str, Any],
+    *,
+    warm: bool,
+    on_progress: Callable[[dict], None],
+    cancel_event: threading.Event,
+    execution_timeout: float | None,
+    extra_cells: tuple[str, ...],
+    label: str,
+    replace_dead: Callable[[], bool] = lambda: True,
+    public_text: Callable[[str], str] | None = None,
+) -> None:
     """On `kernel`'s own thread: reset it (or, cold, restart it) and run `notebook` with the animenb engine
     (`animenb.runner.engine`), saved to `output` once it ends, through `public_text` when given
     (`animenb.runner.job_notebook`). A kernel that died is replaced before the error goes on (unless
@@ -173,13 +192,21 @@ def run_on_kernel(kernel: WarmKernel, notebook: str, output: Path, parameters: d
     kernel.busy = True
     try:
         if warm:
-            kernel.ensure_clean()   # usually already reset right after the previous job
+            kernel.ensure_clean()  # usually already reset right after the previous job
         else:
             kernel.restart()
         kernel.clean = False
-        execute_notebook(notebook, output, parameters, public_text=public_text, warm_kernel=kernel,
-                         progress_callback=on_progress, cancel_event=cancel_event,
-                         execution_timeout=execution_timeout, extra_cells=extra_cells)
+        execute_notebook(
+            notebook,
+            output,
+            parameters,
+            public_text=public_text,
+            warm_kernel=kernel,
+            progress_callback=on_progress,
+            cancel_event=cancel_event,
+            execution_timeout=execution_timeout,
+            extra_cells=extra_cells,
+        )
     except DeadKernelError:
         if not replace_dead():
             raise
@@ -199,8 +226,9 @@ class LocalSlot(Slot):
 
     saves_public_notebook = True
 
-    def __init__(self, kernel: WarmKernel, *, warm: bool = True, comfyui_url: str | None = None,
-                 comfyui_only: bool = False):
+    def __init__(
+        self, kernel: WarmKernel, *, warm: bool = True, comfyui_url: str | None = None, comfyui_only: bool = False
+    ):
         super().__init__(warm=warm)
         self.kernel = kernel
         self.device = kernel.device
@@ -221,14 +249,24 @@ class LocalSlot(Slot):
 
     def _execute(self, run: NotebookRun, loop: asyncio.AbstractEventLoop) -> None:
         """Kernel thread: run one notebook of the job on this slot's kernel."""
+
         def on_progress(payload: dict) -> None:
             loop.call_soon_threadsafe(run.on_progress, payload)
 
-        run_on_kernel(self.kernel, str(run.notebook), run.out_dir / run.output_name, run.parameters,
-                      warm=self.warm, on_progress=on_progress, cancel_event=run.cancel_event,
-                      execution_timeout=run.execution_timeout, extra_cells=run.extra_cells,
-                      replace_dead=lambda: not self.stopping, label=f"job {run.job_id}: kernel {self.kernel.device}",
-                      public_text=run.public_text)
+        run_on_kernel(
+            self.kernel,
+            str(run.notebook),
+            run.out_dir / run.output_name,
+            run.parameters,
+            warm=self.warm,
+            on_progress=on_progress,
+            cancel_event=run.cancel_event,
+            execution_timeout=run.execution_timeout,
+            extra_cells=run.extra_cells,
+            replace_dead=lambda: not self.stopping,
+            label=f"job {run.job_id}: kernel {self.kernel.device}",
+            public_text=run.public_text,
+        )
 
     async def interrupt(self) -> bool:
         return await self.kernel.interrupt()
@@ -251,6 +289,7 @@ class LocalSlot(Slot):
 
 class Executor(abc.ABC):
     """A set of slots and how they start and stop."""
+
     kind: str
 
     def __init__(self):
@@ -270,10 +309,17 @@ class Executor(abc.ABC):
 class LocalExecutor(Executor):
     """Warm kernels in this process: one per device (`KernelPool`), plus one per ComfyUI URL when several
     are given (`comfyui_only`: generation happens in ComfyUI, so these kernels need no device)."""
+
     kind = "local"
 
-    def __init__(self, kernels: KernelPool, *, warm: bool = True, comfyui_urls: list[str] | None = None,
-                 kernel_kwargs: dict | None = None):
+    def __init__(
+        self,
+        kernels: KernelPool,
+        *,
+        warm: bool = True,
+        comfyui_urls: list[str] | None = None,
+        kernel_kwargs: dict | None = None,
+    ):
         super().__init__()
         self.kernels = kernels
         self.slots = [LocalSlot(k, warm=warm) for k in kernels]
@@ -295,8 +341,9 @@ def eligible(slot: Slot, job: JobRecord, backend: str | None, several_comfyui: b
     return slot.comfyui_only == (job_backend(job, backend) == "comfyui")
 
 
-def place(job: JobRecord, idle: list[Slot], *, models: str, backend: str | None,
-          several_comfyui: bool) -> tuple[Slot | None, bool]:
+def place(
+    job: JobRecord, idle: list[Slot], *, models: str, backend: str | None, several_comfyui: bool
+) -> tuple[Slot | None, bool]:
     """(the idle slot for `job` or None, whether it already held the job's models) (module docstring)."""
     candidates = [s for s in idle if eligible(s, job, backend, several_comfyui)]
     if not candidates:

@@ -7,6 +7,7 @@ could fetch it with them. Here the same steps (load, parameterize, record the pa
 run on the engine, mark the cell that failed) end in one save: the text, passed through `public_text`,
 goes to a temporary file that replaces the output in one step, whatever way the run ended.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,9 +21,15 @@ from .engine import ENGINE_NAME
 log = logging.getLogger(__name__)
 
 
-def execute_notebook(input_path: str | Path, output_path: str | Path, parameters: dict[str, Any] | None = None, *,
-                     public_text: Callable[[str], str] | None = None, kernel_name: str | None = None,
-                     **engine_kwargs: Any):
+def execute_notebook(
+    input_path: str | Path,
+    output_path: str | Path,
+    parameters: dict[str, Any] | None = None,
+    *,
+    public_text: Callable[[str], str] | None = None,
+    kernel_name: str | None = None,
+    **engine_kwargs: Any,
+):
     """As `papermill.execute_notebook(input_path, output_path, parameters, engine_name="animenb",
     progress_bar=False, ...)`, but saved once when the run ends (module docstring). Raises what papermill
     raises (`PapermillExecutionError` for a cell that failed) after the save."""
@@ -41,8 +48,14 @@ def execute_notebook(input_path: str | Path, output_path: str | Path, parameters
         # The engine runs `nb` in place, so it holds every output however the run ends; papermill's
         # error check marks the failed cell in it too (and skips its own save: no path).
         nb = papermill_engines.execute_notebook_with_engine(
-            ENGINE_NAME, nb, input_path=input_path, output_path=None, kernel_name=kernel_name, progress_bar=False,
-            **engine_kwargs)
+            ENGINE_NAME,
+            nb,
+            input_path=input_path,
+            output_path=None,
+            kernel_name=kernel_name,
+            progress_bar=False,
+            **engine_kwargs,
+        )
         raise_for_execution_errors(nb, None)
     except BaseException:
         try:

@@ -20,6 +20,7 @@ reset fails, e.g. because a cancel's interrupt landed inside an import or a mode
 `KernelPool` holds one warm kernel per device: `cuda:N` kernels see only their GPU
 (`CUDA_VISIBLE_DEVICES=N`); on a CPU-only machine there is one `cpu` kernel.
 """
+
 from __future__ import annotations
 
 import logging
@@ -110,8 +111,10 @@ del __animenb_interrupt_guard__
 """
 # ipykernel sleeps 0.5 ms after each execution for the flushes above (its own comment calls it a
 # work-around); the client waits for "idle" anyway.
-KERNEL_ARGUMENTS = ["--HistoryManager.enabled=False",  # no history database writes from a long-lived kernel
-                    "--IPythonKernel._execute_sleep=0"]
+KERNEL_ARGUMENTS = [
+    "--HistoryManager.enabled=False",  # no history database writes from a long-lived kernel
+    "--IPythonKernel._execute_sleep=0",
+]
 # Run silently before every job: names added by the previous job go, the output cache is emptied. A kernel an
 # interrupt left unsafe (INTERRUPT_GUARD_CODE) fails it, and `reset` replaces the kernel.
 RESET_CODE = """\
@@ -150,8 +153,15 @@ def detect_devices() -> list[str]:
 class WarmKernel:
     """One ipykernel kept running between jobs (see module docstring)."""
 
-    def __init__(self, device: str = "cpu", *, kernel_name: str = "python3", env: dict | None = None,
-                 cwd: str | Path | None = None, startup_timeout: float = 60.0):
+    def __init__(
+        self,
+        device: str = "cpu",
+        *,
+        kernel_name: str = "python3",
+        env: dict | None = None,
+        cwd: str | Path | None = None,
+        startup_timeout: float = 60.0,
+    ):
         self.device = device
         self.kernel_name = kernel_name
         self.env = dict(env or {})
@@ -161,11 +171,11 @@ class WarmKernel:
         self.km = None
         self.kc = None
         self.starts = 0
-        self.replaced = 0           # restarts because a reset failed (module docstring)
+        self.replaced = 0  # restarts because a reset failed (module docstring)
         self.started_at: float | None = None
         self.busy = False
-        self.clean = False          # True after a reset, until the next job starts on the kernel
-        self.language_info = None   # cached by the engine after the first job (see engine.py)
+        self.clean = False  # True after a reset, until the next job starts on the kernel
+        self.language_info = None  # cached by the engine after the first job (see engine.py)
         self._lock = threading.Lock()
 
     # -- state, any thread ------------------------------------------------------------
@@ -182,9 +192,15 @@ class WarmKernel:
         return None if process is None else process.pid
 
     def describe(self) -> dict:
-        return {"device": self.device, "ready": self.ready, "busy": self.busy, "pid": self.pid(),
-                "starts": self.starts, "replaced": self.replaced,
-                "uptime_seconds": None if self.started_at is None else round(time.time() - self.started_at, 1)}
+        return {
+            "device": self.device,
+            "ready": self.ready,
+            "busy": self.busy,
+            "pid": self.pid(),
+            "starts": self.starts,
+            "replaced": self.replaced,
+            "uptime_seconds": None if self.started_at is None else round(time.time() - self.started_at, 1),
+        }
 
     async def interrupt(self) -> bool:
         """Send the kernel an interrupt (SIGINT); safe from the server's event loop."""
@@ -296,14 +312,16 @@ class WarmKernel:
             raise KernelError(f"kernel for {self.device} did not start: {exc}") from exc
         kc.allow_stdin = False
         self.km, self.kc = km, kc
-        await self._arun_silent(QUIET_FLUSH_CODE + ONE_TRANSFORM_CODE + INTERRUPT_GUARD_CODE + BASELINE_CODE,
-                                self.startup_timeout)
+        await self._arun_silent(
+            QUIET_FLUSH_CODE + ONE_TRANSFORM_CODE + INTERRUPT_GUARD_CODE + BASELINE_CODE, self.startup_timeout
+        )
         self.language_info = None
         self.clean = True
         self.starts += 1
         self.started_at = time.time()
-        log.info("warm kernel %s started (pid %s) in %.0f ms", self.device, self.pid(),
-                 1000 * (time.perf_counter() - t0))
+        log.info(
+            "warm kernel %s started (pid %s) in %.0f ms", self.device, self.pid(), 1000 * (time.perf_counter() - t0)
+        )
 
     async def _ashutdown(self) -> None:
         kc, km = self.kc, self.km

@@ -38,6 +38,7 @@ from its finished children listed in orchestration.json (their seeds are determi
 resumed chain runs exactly the attempts that were missing). After `MAX_RESUMES` re-queues a
 parent becomes `lost` instead, so a chain that crashes the server cannot loop forever.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -48,8 +49,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from animenb.chain import (CHAIN, MAX_RETRIES, RECORD_KIND, RECORD_NAME, Attempt, AttemptOutcome, ChainRun,
-                           final_files, parent_quality, read_record)
+from animenb.chain import (
+    CHAIN,
+    MAX_RETRIES,
+    RECORD_KIND,
+    RECORD_NAME,
+    Attempt,
+    AttemptOutcome,
+    ChainRun,
+    final_files,
+    parent_quality,
+    read_record,
+)
 from animenb.manifest import MANIFEST_NAME
 from animenb.phases.catalog import get_phase
 from animenb.progress import ProgressEvent
@@ -86,10 +97,18 @@ def child_row(job: JobRecord) -> dict:
     """One line of the parent's `children` list."""
     info = child_info(job) or {}
     quality = job.outputs.quality or {}
-    return {"job_id": job.id, "phase": job.phase, "phase_name": info.get("phase"), "attempt": info.get("attempt"),
-            "seed": job.parameters.get("seed"), "status": job.status.value, "score": quality.get("score"),
-            "threshold": quality.get("threshold", job.extra.get("quality_threshold")), "passed": quality.get("passed"),
-            "error": job.error.as_dict() if job.error else None}
+    return {
+        "job_id": job.id,
+        "phase": job.phase,
+        "phase_name": info.get("phase"),
+        "attempt": info.get("attempt"),
+        "seed": job.parameters.get("seed"),
+        "status": job.status.value,
+        "score": quality.get("score"),
+        "threshold": quality.get("threshold", job.extra.get("quality_threshold")),
+        "passed": quality.get("passed"),
+        "error": job.error.as_dict() if job.error else None,
+    }
 
 
 class Orchestrator:
@@ -103,12 +122,18 @@ class Orchestrator:
         self.on_finish = on_finish
         params = dict(parent.parameters)
         common = {k: params[k] for k in COMMON_FIELDS if params.get(k) is not None}
-        self.chain = ChainRun(runner.outputs_dir / parent.id, params, seed=int(params.get("seed") or 0),
-                              max_retries=int(params.get("max_retries", MAX_RETRIES.default)),
-                              thresholds=params.get("thresholds"), phase_options={link.phase: common for link in CHAIN},
-                              job_id=parent.id, publish=self._publish,
-                              advisory=bool(params.get("advisory_gates")),
-                              on_review=params.get("on_review", "continue"))
+        self.chain = ChainRun(
+            runner.outputs_dir / parent.id,
+            params,
+            seed=int(params.get("seed") or 0),
+            max_retries=int(params.get("max_retries", MAX_RETRIES.default)),
+            thresholds=params.get("thresholds"),
+            phase_options={link.phase: common for link in CHAIN},
+            job_id=parent.id,
+            publish=self._publish,
+            advisory=bool(params.get("advisory_gates")),
+            on_review=params.get("on_review", "continue"),
+        )
         self.out_dir = self.chain.root
         self.current_child: str | None = None
         self.cancel_requested = False
@@ -134,16 +159,19 @@ class Orchestrator:
     # -- the chain ------------------------------------------------------------------------
     async def _run(self) -> None:
         runner, parent, chain = self.runner, self.parent, self.chain
-        runner.bus.publish(JobStartedEvent(job_id=parent.id, phase=None, device="orchestrator",
-                                           attempt=parent.attempts))
+        runner.bus.publish(
+            JobStartedEvent(job_id=parent.id, phase=None, device="orchestrator", attempt=parent.attempts)
+        )
         status, error, reason = JobStatus.FAILED, None, ""
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._resume()
             while (attempt := chain.next_attempt("queued")) is not None:
                 if self.cancel_requested:
-                    raise _Stop(JobStatus.CANCELLED, JobError("Cancelled", "Cancelled before "
-                                                              f"{attempt.phase} attempt {attempt.number} started."))
+                    raise _Stop(
+                        JobStatus.CANCELLED,
+                        JobError("Cancelled", f"Cancelled before {attempt.phase} attempt {attempt.number} started."),
+                    )
                 child = await self._submit_child(attempt)
                 self._save_record()  # the child is on record before it runs
                 outcome = self._outcome(await self._wait_child(child))
@@ -187,13 +215,22 @@ class Orchestrator:
         self._save_record()
 
     async def _submit_child(self, attempt: Attempt) -> JobRecord:
-        values = {k: v for k, v in attempt.parameters.items()
-                  if v is not None or k not in ("width", "height")}  # None: the notebook's own default
-        extra = {"orchestration": {"parent_id": self.parent.id, "phase": attempt.phase, "attempt": attempt.number},
-                 "quality_threshold": attempt.threshold}
-        child = await self.runner.submit_child(values, phase=get_phase(attempt.phase).id, owner=self.parent.owner,
-                                               visibility=self.parent.visibility, parent_id=self.parent.id,
-                                               extra=extra, priority=True)
+        values = {
+            k: v for k, v in attempt.parameters.items() if v is not None or k not in ("width", "height")
+        }  # None: the notebook's own default
+        extra = {
+            "orchestration": {"parent_id": self.parent.id, "phase": attempt.phase, "attempt": attempt.number},
+            "quality_threshold": attempt.threshold,
+        }
+        child = await self.runner.submit_child(
+            values,
+            phase=get_phase(attempt.phase).id,
+            owner=self.parent.owner,
+            visibility=self.parent.visibility,
+            parent_id=self.parent.id,
+            extra=extra,
+            priority=True,
+        )
         self.chain.record.add_child(child.id)
         self.current_child = child.id
         return child
@@ -232,15 +269,23 @@ class Orchestrator:
             if job.status is JobStatus.CANCELLED or self.cancel_requested:
                 raise _Stop(JobStatus.CANCELLED, JobError("Cancelled", f"Cancelled during {where}."))
             message = job.error.message if job.error else job.status.value
-            raise _Stop(JobStatus.FAILED, JobError(job.error.type if job.error else "ChildFailed",
-                                                   f"{where} {job.status.value}: {message}"))
+            raise _Stop(
+                JobStatus.FAILED,
+                JobError(job.error.type if job.error else "ChildFailed", f"{where} {job.status.value}: {message}"),
+            )
         quality = job.outputs.quality or {}
         phase, _ = child_attempt(job)
         return AttemptOutcome(
-            self.runner.outputs_dir / job.id, quality.get("score"),
-            quality.get("threshold", self.chain.thresholds.get(phase)), bool(quality.get("passed")),
-            metrics=dict(quality.get("metrics") or {}), job_id=job.id, error=quality.get("error"),
-            failures=list(quality.get("failures") or []), verdict=quality.get("verdict"))
+            self.runner.outputs_dir / job.id,
+            quality.get("score"),
+            quality.get("threshold", self.chain.thresholds.get(phase)),
+            bool(quality.get("passed")),
+            metrics=dict(quality.get("metrics") or {}),
+            job_id=job.id,
+            error=quality.get("error"),
+            failures=list(quality.get("failures") or []),
+            verdict=quality.get("verdict"),
+        )
 
     # -- progress -----------------------------------------------------------------------
     def _publish(self, event: ProgressEvent, milestone: bool) -> None:
@@ -254,8 +299,11 @@ class Orchestrator:
     def progress_dict(self) -> dict:
         progress = self.chain.progress
         event = progress.last_event
-        data: dict[str, Any] = (JobProgressEvent.from_progress(self.parent.id, event).progress_dict() if event
-                                else {"percent": progress.percent})
+        data: dict[str, Any] = (
+            JobProgressEvent.from_progress(self.parent.id, event).progress_dict()
+            if event
+            else {"percent": progress.percent}
+        )
         data.update(phase=progress.phase.name, attempt=progress.attempt, current_child=self.current_child)
         return data
 
@@ -296,23 +344,45 @@ class Orchestrator:
                 status = JobStatus.FAILED
                 reason = self.runner.public_paths.scrub(f"could not write the orchestration's {MANIFEST_NAME}: {exc}")
                 error = JobError(type(exc).__name__, reason)
-        outputs = JobOutputs(files=output_files(self.out_dir), manifest=MANIFEST_NAME if listed else None,
-                             listed=listed, seed=chain.parameters.get("seed"), record=RECORD_NAME,
-                             children=self.children,
-                             reason=reason, quality=parent_quality(chain.attempts, status is JobStatus.SUCCEEDED))
+        outputs = JobOutputs(
+            files=output_files(self.out_dir),
+            manifest=MANIFEST_NAME if listed else None,
+            listed=listed,
+            seed=chain.parameters.get("seed"),
+            record=RECORD_NAME,
+            children=self.children,
+            reason=reason,
+            quality=parent_quality(chain.attempts, status is JobStatus.SUCCEEDED),
+        )
         progress = self.progress_dict()
         stage = "done" if status is JobStatus.SUCCEEDED else status.value
         progress.update(stage=f"{stage}: {reason}" if reason else stage, current_child=None)
-        await end_parent(runner, parent.id, status, error=error, outputs=outputs, progress=progress,
-                         on_finish=self.on_finish, duration=time.perf_counter() - chain.started)
+        await end_parent(
+            runner,
+            parent.id,
+            status,
+            error=error,
+            outputs=outputs,
+            progress=progress,
+            on_finish=self.on_finish,
+            duration=time.perf_counter() - chain.started,
+        )
 
     def children_summary(self) -> list[dict]:
         return children_summary(self.runner.store, self.children)
 
 
-async def end_parent(host: JobHost, parent_id: str, status: JobStatus, *, error: JobError | None,
-                     outputs: JobOutputs, progress: dict, on_finish: Callable[[str], None] | None,
-                     duration: float) -> JobRecord:
+async def end_parent(
+    host: JobHost,
+    parent_id: str,
+    status: JobStatus,
+    *,
+    error: JobError | None,
+    outputs: JobOutputs,
+    progress: dict,
+    on_finish: Callable[[str], None] | None,
+    duration: float,
+) -> JobRecord:
     """A parent job (an orchestration, a sweep) made terminal: stored (100 % when it succeeded) like a phase
     job's end (`record_end`: off the event loop, retried until the store takes it), `on_finish` told, then its
     finished event published."""
@@ -366,13 +436,29 @@ def recover_orchestrations(runner: JobHost) -> list[JobRecord]:
                 continue
             try:
                 if child.status is JobStatus.RUNNING:
-                    changed.append(store.transition(child.id, JobStatus.LOST, error=JobError(
-                        "Lost", f"The server stopped while this job ran for orchestration {parent.id}; "
-                                "the orchestration runs this attempt again.")))
+                    changed.append(
+                        store.transition(
+                            child.id,
+                            JobStatus.LOST,
+                            error=JobError(
+                                "Lost",
+                                f"The server stopped while this job ran for orchestration {parent.id}; "
+                                "the orchestration runs this attempt again.",
+                            ),
+                        )
+                    )
                 elif child.status is JobStatus.QUEUED:
-                    changed.append(store.transition(child.id, JobStatus.CANCELLED, error=JobError(
-                        "Cancelled", f"The server stopped before this job ran for orchestration {parent.id}; "
-                                     "the orchestration runs this attempt again.")))
+                    changed.append(
+                        store.transition(
+                            child.id,
+                            JobStatus.CANCELLED,
+                            error=JobError(
+                                "Cancelled",
+                                f"The server stopped before this job ran for orchestration {parent.id}; "
+                                "the orchestration runs this attempt again.",
+                            ),
+                        )
+                    )
             except InvalidTransitionError:
                 pass
         changed += requeue_parent(store, parent, "orchestration", "children")
@@ -390,9 +476,17 @@ def requeue_parent(store, parent: JobRecord, what: str, kept: str) -> list[JobRe
     try:
         if parent.requeues < MAX_RESUMES:
             return [store.transition(parent.id, JobStatus.QUEUED)]
-        return [store.transition(parent.id, JobStatus.LOST, error=JobError(
-            "Lost", f"The server stopped while this {what} ran, {parent.requeues + 1} times; "
-                    f"not resumed again. Finished {kept} are kept."))]
+        return [
+            store.transition(
+                parent.id,
+                JobStatus.LOST,
+                error=JobError(
+                    "Lost",
+                    f"The server stopped while this {what} ran, {parent.requeues + 1} times; "
+                    f"not resumed again. Finished {kept} are kept.",
+                ),
+            )
+        ]
     except InvalidTransitionError:
         return []
 
@@ -400,6 +494,7 @@ def requeue_parent(store, parent: JobRecord, what: str, kept: str) -> list[JobRe
 class OrchestrationDriver(JobDriver):
     """Job kind "orchestration": each claimed parent gets an `Orchestrator` task on the event loop and the
     runner goes straight back to the queue (a parent never holds a slot while its children run)."""
+
     kind = ORCHESTRATION_KIND
     uses_slot = False
 

@@ -6,6 +6,7 @@ parameters cell raw: a tuple, Path or numpy scalar can become code. So every nam
 a Python identifier (not a keyword, not private) and every value exactly a str, int,
 float (finite), bool, None, or a list / str-keyed dict of those.
 """
+
 from __future__ import annotations
 
 import keyword
@@ -39,8 +40,9 @@ def _plain(value: Any, where: str, depth: int = 0) -> Any:
                 raise ParameterError(f"`{where}` keys must be strings, got {key!r}.")
             out[key] = _plain(v, f"{where}.{key}", depth + 1)
         return out
-    raise ParameterError(f"`{where}` must be a plain JSON value (str, int, float, bool, None, list, dict), "
-                         f"got {kind.__name__}.")
+    raise ParameterError(
+        f"`{where}` must be a plain JSON value (str, int, float, bool, None, list, dict), got {kind.__name__}."
+    )
 
 
 def check_name(name: Any) -> str:
@@ -54,8 +56,14 @@ def to_papermill(values: Mapping[str, Any]) -> dict[str, Any]:
     return {check_name(name): _plain(value, name) for name, value in values.items()}
 
 
-def phase_parameters(request: Mapping[str, Any], *, output_dir: str | Path, models: str,
-                     backend: str | None = None, comfyui_url: str | None = None) -> dict[str, Any]:
+def phase_parameters(
+    request: Mapping[str, Any],
+    *,
+    output_dir: str | Path,
+    models: str,
+    backend: str | None = None,
+    comfyui_url: str | None = None,
+) -> dict[str, Any]:
     """The parameters of a phase notebook: the validated request fields plus where and with what to run.
 
     The request's own `backend` wins over the server default; the ComfyUI backend gets the

@@ -30,6 +30,7 @@ the store at most `1 / progress_interval` times a second, so `/status` shows it 
 papermill and nbclient are imported where a notebook runs, not at import: they cost about a second, and
 `animenb.runner` is imported by every `animenb` command.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -58,9 +59,11 @@ NOTEBOOK_NAME = "notebook.ipynb"
 def quality_cell(output_dir: Path, phase: int, threshold: float | None) -> str:
     """The cell appended to a phase job's notebook to score it (`animenb.quality.job_step.score_job`); literals
     only, so it depends on nothing the notebook defines."""
-    return ("# Added by the job runner: the quality gate's decision on this run (figures: notebooks/04_quality.ipynb)\n"
-            "from animenb.quality.job_step import score_job\n"
-            f"score_job({str(output_dir)!r}, phase={int(phase)!r}, threshold={threshold!r})")
+    return (
+        "# Added by the job runner: the quality gate's decision on this run (figures: notebooks/04_quality.ipynb)\n"
+        "from animenb.quality.job_step import score_job\n"
+        f"score_job({str(output_dir)!r}, phase={int(phase)!r}, threshold={threshold!r})"
+    )
 
 
 class MissingOutputError(RuntimeError):
@@ -86,12 +89,14 @@ def default_notebook_for(notebooks_dir: Path) -> Callable[[JobRecord], Path]:
         if job.phase is None:
             raise ValueError(f"job {job.id} has no phase: no phase notebook runs it")
         return notebooks_dir / get_phase(job.phase).notebook
+
     return resolve
 
 
 class PhaseJobDriver(JobDriver):
     """Runs phase jobs (module docstring); the runner's settings (models, notebooks, quality, warm,
     cancel_grace, execution_timeout) are read from the host when a job starts."""
+
     kind = PHASE_KIND
 
     def __init__(self, host):
@@ -122,8 +127,14 @@ class PhaseJobDriver(JobDriver):
                 outputs = self._collect_outputs(self.host.outputs_dir / job.id)
             except (MissingOutputError, OSError, ValueError):  # nothing, partial, or a half-written manifest
                 continue
-            settled.append(self.host.store.transition(job.id, JobStatus.SUCCEEDED, outputs=outputs,
-                                                      progress={**job.progress, "percent": 100.0, "stage": "done"}))
+            settled.append(
+                self.host.store.transition(
+                    job.id,
+                    JobStatus.SUCCEEDED,
+                    outputs=outputs,
+                    progress={**job.progress, "percent": 100.0, "stage": "done"},
+                )
+            )
         return settled
 
     async def start(self, job: JobRecord, slot: Slot | None) -> None:
@@ -172,14 +183,17 @@ class PhaseJobDriver(JobDriver):
         self.running[job.id] = ctx
         if self.host.job_timeout:
             ctx.timeout_handle = loop.call_later(self.host.job_timeout, self._time_out, ctx)
-        self.host.bus.publish(JobStartedEvent(job_id=job.id, phase=job.phase, device=slot.device,
-                                              attempt=job.attempts))
+        self.host.bus.publish(JobStartedEvent(job_id=job.id, phase=job.phase, device=slot.device, attempt=job.attempts))
         t0 = time.perf_counter()
         status, error, outputs = JobStatus.SUCCEEDED, None, None
         try:
-            params = phase_parameters(job.parameters, output_dir=slot.job_dir(job.id, out_dir),
-                                      models=self.host.models, backend=self.host.backend,
-                                      comfyui_url=slot.comfyui_url or self.host.comfyui_url)
+            params = phase_parameters(
+                job.parameters,
+                output_dir=slot.job_dir(job.id, out_dir),
+                models=self.host.models,
+                backend=self.host.backend,
+                comfyui_url=slot.comfyui_url or self.host.comfyui_url,
+            )
             notebook = Path(self.host.notebook_for(job))
             run = self._notebook_run(ctx, notebook, NOTEBOOK_NAME, out_dir, params)
             if self.quality_applies(job, notebook) and job.phase is not None:
@@ -216,19 +230,31 @@ class PhaseJobDriver(JobDriver):
             final = await self.host.record_end(job.id, status, error=error, outputs=outputs, progress=progress)
         finally:
             self.running.pop(job.id, None)
-        slot.after_job(job.id, warm=self.host.warm and not self.host.stopping,
-                       key=model_key(job, self.host.models), succeeded=final.status is JobStatus.SUCCEEDED)
+        slot.after_job(
+            job.id,
+            warm=self.host.warm and not self.host.stopping,
+            key=model_key(job, self.host.models),
+            succeeded=final.status is JobStatus.SUCCEEDED,
+        )
         if final.status is JobStatus.QUEUED:
             self.host.requeued(final)
         else:
             self.host.finished(final, duration=time.perf_counter() - t0)
 
-    def _notebook_run(self, ctx: RunningJob, notebook: Path, output_name: str, out_dir: Path,
-                      params: dict) -> NotebookRun:
-        return NotebookRun(job_id=ctx.job.id, notebook=notebook, output_name=output_name, out_dir=out_dir,
-                           parameters=params, on_progress=lambda payload: self._on_progress(ctx, payload),
-                           cancel_event=ctx.cancel_event, execution_timeout=self.host.execution_timeout,
-                           public_text=self.host.public_paths.scrub)
+    def _notebook_run(
+        self, ctx: RunningJob, notebook: Path, output_name: str, out_dir: Path, params: dict
+    ) -> NotebookRun:
+        return NotebookRun(
+            job_id=ctx.job.id,
+            notebook=notebook,
+            output_name=output_name,
+            out_dir=out_dir,
+            parameters=params,
+            on_progress=lambda payload: self._on_progress(ctx, payload),
+            cancel_event=ctx.cancel_event,
+            execution_timeout=self.host.execution_timeout,
+            public_text=self.host.public_paths.scrub,
+        )
 
     def _slot_lost(self, job: JobRecord, out_dir: Path, exc: SlotLost) -> tuple[JobStatus, JobError | None]:
         """A job whose kernel's process (a Ray actor, its node) died: re-queued once if it wrote nothing,
@@ -273,9 +299,16 @@ class PhaseJobDriver(JobDriver):
         missing = [p for p in listed if not p or not (out_dir / p).is_file()]
         if missing:
             raise MissingOutputError(f"{MANIFEST_NAME} lists files that are not there: {', '.join(map(str, missing))}")
-        return JobOutputs.from_dict({"files": output_files(out_dir), "manifest": MANIFEST_NAME,
-                                     "notebook": NOTEBOOK_NAME, "listed": manifest.get("files"),
-                                     "seed": manifest.get("seed"), "quality": manifest.get("quality")})
+        return JobOutputs.from_dict(
+            {
+                "files": output_files(out_dir),
+                "manifest": MANIFEST_NAME,
+                "notebook": NOTEBOOK_NAME,
+                "listed": manifest.get("files"),
+                "seed": manifest.get("seed"),
+                "quality": manifest.get("quality"),
+            }
+        )
 
     # -- quality: a cell appended to the phase notebook (animenb.quality.job_step) -----------------
     def quality_applies(self, job: JobRecord, notebook: Path | None = None) -> bool:
@@ -303,16 +336,21 @@ class PhaseJobDriver(JobDriver):
         from papermill.exceptions import PapermillExecutionError
 
         if ctx.timed_out:
-            return JobStatus.FAILED, JobError("Timeout", f"The job ran longer than this server allows "
-                                                         f"({self.host.job_timeout:g} s); its kernel was interrupted.")
+            return JobStatus.FAILED, JobError(
+                "Timeout",
+                f"The job ran longer than this server allows "
+                f"({self.host.job_timeout:g} s); its kernel was interrupted.",
+            )
         if ctx.cancel_event.is_set():
             return JobStatus.CANCELLED, JobError("Cancelled", "Cancelled while running (kernel interrupted).")
         if isinstance(exc, DeadKernelError):
             return JobStatus.FAILED, JobError(
-                "KernelDied", "The kernel running this job died (killed, out of memory, a crash in native code "
-                              "or os._exit); it has been restarted and later jobs are unaffected.")
+                "KernelDied",
+                "The kernel running this job died (killed, out of memory, a crash in native code "
+                "or os._exit); it has been restarted and later jobs are unaffected.",
+            )
         if isinstance(exc, PapermillExecutionError):
-            return JobStatus.FAILED, JobError(exc.ename or "ExecutionError",
-                                              f"{exc.ename}: {exc.evalue} (notebook cell {exc.cell_index})")
+            return JobStatus.FAILED, JobError(
+                exc.ename or "ExecutionError", f"{exc.ename}: {exc.evalue} (notebook cell {exc.cell_index})"
+            )
         return JobStatus.FAILED, JobError(type(exc).__name__, str(exc) or type(exc).__name__)
-

@@ -6,6 +6,7 @@ paths there tell a caller where the server keeps its files, its checkout and its
 `outputs/`, the checkout to nothing, so `animenb/phases/...`); the absolute text stays in
 the server log, written by the runner before it scrubs.
 """
+
 from __future__ import annotations
 
 import sys

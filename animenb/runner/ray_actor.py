@@ -15,6 +15,7 @@ Outputs go to a scratch folder per actor in the node's temp dir (returned with e
 or changed since the job's previous notebook) unless the server's outputs folder is shared; a new
 actor deletes the scratch folders of actors on its node whose process is gone.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,7 +51,7 @@ def sweep_dead_scratch(temp_dir: Path) -> list[Path]:
     removed = []
     for path in temp_dir.iterdir() if temp_dir.is_dir() else []:
         prefix = next((p for p in sorted(SCRATCH_PREFIXES, key=len, reverse=True) if path.name.startswith(p)), None)
-        pid = path.name[len(prefix):] if prefix else ""
+        pid = path.name[len(prefix) :] if prefix else ""
         if not pid.isdigit() or not path.is_dir():
             continue
         try:
@@ -89,12 +90,19 @@ class KernelActor:
         import ray
 
         ctx = ray.get_runtime_context()
-        return {"pid": os.getpid(), "kernel_pid": self.kernel.pid(), "node_ip": ray.util.get_node_ip_address(),
-                "node_id": ctx.get_node_id(), "actor_id": ctx.get_actor_id(),
-                "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "ready": self.kernel.ready,
-                "outputs_root": str(self.outputs_root), "shared_outputs": self.shared,
-                "swept_scratch": self.swept,
-                "roots": {"checkout": str(CHECKOUT), "python": sys.prefix}}
+        return {
+            "pid": os.getpid(),
+            "kernel_pid": self.kernel.pid(),
+            "node_ip": ray.util.get_node_ip_address(),
+            "node_id": ctx.get_node_id(),
+            "actor_id": ctx.get_actor_id(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "ready": self.kernel.ready,
+            "outputs_root": str(self.outputs_root),
+            "shared_outputs": self.shared,
+            "swept_scratch": self.swept,
+            "roots": {"checkout": str(CHECKOUT), "python": sys.prefix},
+        }
 
     def start(self) -> dict:
         # Ray's worker threads block SIGINT, and a child inherits its thread's signal mask: unblock it on
@@ -104,8 +112,17 @@ class KernelActor:
         return self.describe()
 
     # -- a job's notebooks ------------------------------------------------------------------
-    def run(self, job_id: str, notebook_path: str, notebook_text: str, output_name: str, parameters: dict,
-            execution_timeout: float | None, cancelled: bool, extra_cells: tuple[str, ...] = ()) -> dict:
+    def run(
+        self,
+        job_id: str,
+        notebook_path: str,
+        notebook_text: str,
+        output_name: str,
+        parameters: dict,
+        execution_timeout: float | None,
+        cancelled: bool,
+        extra_cells: tuple[str, ...] = (),
+    ) -> dict:
         """Run one notebook of `job_id`; returns {"error": None or a description, "files": {path: bytes}}."""
         state = self.jobs.setdefault(job_id, _JobState())
         if cancelled:
@@ -115,8 +132,9 @@ class KernelActor:
         notebook = self._notebook(notebook_path, notebook_text)
         error = None
         try:
-            self.kernel.thread.submit(self._execute, state, notebook, out_dir / output_name, parameters,
-                                        execution_timeout, tuple(extra_cells)).result()
+            self.kernel.thread.submit(
+                self._execute, state, notebook, out_dir / output_name, parameters, execution_timeout, tuple(extra_cells)
+            ).result()
         except Exception as exc:
             error = describe_error(exc)
         files = {} if self.shared else self._changed_files(state, out_dir)
@@ -136,16 +154,32 @@ class KernelActor:
         copy.write_text(text, encoding="utf-8")
         return str(copy)
 
-    def _execute(self, state: _JobState, notebook: str, output: Path, parameters: dict,
-                 execution_timeout: float | None, extra_cells: tuple[str, ...]) -> None:
+    def _execute(
+        self,
+        state: _JobState,
+        notebook: str,
+        output: Path,
+        parameters: dict,
+        execution_timeout: float | None,
+        extra_cells: tuple[str, ...],
+    ) -> None:
         def on_progress(payload: dict) -> None:
             with state.changed:
                 state.events.append(payload)
                 state.changed.notify_all()
 
-        run_on_kernel(self.kernel, notebook, output, parameters, warm=self.warm, on_progress=on_progress,
-                      cancel_event=state.cancel_event, execution_timeout=execution_timeout,
-                      extra_cells=extra_cells, label=f"the kernel of {self.label}")
+        run_on_kernel(
+            self.kernel,
+            notebook,
+            output,
+            parameters,
+            warm=self.warm,
+            on_progress=on_progress,
+            cancel_event=state.cancel_event,
+            execution_timeout=execution_timeout,
+            extra_cells=extra_cells,
+            label=f"the kernel of {self.label}",
+        )
 
     def _changed_files(self, state: _JobState, out_dir: Path) -> dict[str, bytes]:
         files = {}
@@ -198,8 +232,15 @@ def describe_error(exc: BaseException) -> dict:
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(exc, PapermillExecutionError):
-        return {"kind": "execution", "cell_index": exc.cell_index, "exec_count": exc.exec_count,
-                "source": exc.source, "ename": exc.ename, "evalue": exc.evalue, "traceback": exc.traceback}
+        return {
+            "kind": "execution",
+            "cell_index": exc.cell_index,
+            "exec_count": exc.exec_count,
+            "source": exc.source,
+            "ename": exc.ename,
+            "evalue": exc.evalue,
+            "traceback": exc.traceback,
+        }
     if isinstance(exc, DeadKernelError):
         return {"kind": "dead_kernel", "message": str(exc)}
     return {"kind": "other", "name": type(exc).__name__, "message": str(exc)}

@@ -36,6 +36,7 @@ included (docs/cluster.md).
 Ray is an optional extra (`pip install -e '.[ray]'`): it is imported only here, when the executor
 starts.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,14 +55,26 @@ from .executors import Executor, JobCancelledBeforeStart, NotebookRun, Slot, Slo
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT = 180.0   # seconds for an actor to be placed and its kernel to start
-POLL_SECONDS = 1.0      # how long one progress call waits for new events
-NODES_REFRESH = 2.0     # seconds between two reads of the cluster's node list (for /health)
+START_TIMEOUT = 180.0  # seconds for an actor to be placed and its kernel to start
+POLL_SECONDS = 1.0  # how long one progress call waits for new events
+NODES_REFRESH = 2.0  # seconds between two reads of the cluster's node list (for /health)
 # Environment the server passes on to actors' kernels (a remote node does not inherit the server's).
-FORWARDED_ENV = ("ANIMENB_THREADS", "TRANSFORMERS_VERBOSITY", "HF_HUB_OFFLINE", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                 # where weights are and may be fetched from (animenb.model_files, huggingface_hub)
-                 "HF_HOME", "HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "ANIMENB_CHECKPOINTS", "ANIMENB_VAES",
-                 "ANIMENB_LORAS", "ANIMENB_EMBEDDINGS")
+FORWARDED_ENV = (
+    "ANIMENB_THREADS",
+    "TRANSFORMERS_VERBOSITY",
+    "HF_HUB_OFFLINE",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    # where weights are and may be fetched from (animenb.model_files, huggingface_hub)
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_TOKEN",
+    "HF_ENDPOINT",
+    "ANIMENB_CHECKPOINTS",
+    "ANIMENB_VAES",
+    "ANIMENB_LORAS",
+    "ANIMENB_EMBEDDINGS",
+)
 
 
 def _raise_error(error: dict) -> None:
@@ -70,8 +83,14 @@ def _raise_error(error: dict) -> None:
     from papermill.exceptions import PapermillExecutionError
 
     if error["kind"] == "execution":
-        raise PapermillExecutionError(error["cell_index"], error["exec_count"], error["source"], error["ename"],
-                                      error["evalue"], error["traceback"])
+        raise PapermillExecutionError(
+            error["cell_index"],
+            error["exec_count"],
+            error["source"],
+            error["ename"],
+            error["evalue"],
+            error["traceback"],
+        )
     if error["kind"] == "dead_kernel":
         raise DeadKernelError(error["message"])
     if error.get("name") == "JobCancelledBeforeStart":
@@ -82,8 +101,15 @@ def _raise_error(error: dict) -> None:
 class RaySlot(Slot):
     """The server's handle on one `KernelActor` (module docstring); replaces its actor when it dies."""
 
-    def __init__(self, executor: "RayExecutor", index: int, *, resources: dict, comfyui_url: str | None = None,
-                 comfyui_only: bool = False):
+    def __init__(
+        self,
+        executor: "RayExecutor",
+        index: int,
+        *,
+        resources: dict,
+        comfyui_url: str | None = None,
+        comfyui_only: bool = False,
+    ):
         super().__init__(warm=executor.warm)
         self.executor = executor
         self.index = index
@@ -107,8 +133,9 @@ class RaySlot(Slot):
         import ray
 
         cls = self.executor.actor_class()
-        actor = cls.options(**self.resources).remote(env=self.executor.env, warm=self.warm,
-                                                     shared_outputs=self.executor.shared_outputs, label=self.device)
+        actor = cls.options(**self.resources).remote(
+            env=self.executor.env, warm=self.warm, shared_outputs=self.executor.shared_outputs, label=self.device
+        )
         try:
             info = await asyncio.wait_for(actor.start.remote(), START_TIMEOUT)
         except BaseException:
@@ -116,8 +143,13 @@ class RaySlot(Slot):
             raise
         self.actor, self.info = actor, info
         self.loaded = []  # a new actor's model cache is empty
-        log.info("Ray actor %s started on node %s (pid %s, GPUs %s)", self.device, info["node_ip"], info["pid"],
-                 ",".join(info["gpu_ids"]) or "none")
+        log.info(
+            "Ray actor %s started on node %s (pid %s, GPUs %s)",
+            self.device,
+            info["node_ip"],
+            info["pid"],
+            ",".join(info["gpu_ids"]) or "none",
+        )
 
     def job_dir(self, job_id: str, out_dir: Path) -> Path:
         if self.info is None or self.info["shared_outputs"]:
@@ -132,8 +164,16 @@ class RaySlot(Slot):
             raise SlotLost(f"the Ray actor of {self.device} is not running ({self.last_loss or 'starting'})")
         self.current_job = run.job_id
         text = await asyncio.get_running_loop().run_in_executor(None, run.notebook.read_text, "utf-8")
-        ref = actor.run.remote(run.job_id, str(run.notebook), text, run.output_name, run.parameters,
-                               run.execution_timeout, run.cancel_event.is_set(), run.extra_cells)
+        ref = actor.run.remote(
+            run.job_id,
+            str(run.notebook),
+            text,
+            run.output_name,
+            run.parameters,
+            run.execution_timeout,
+            run.cancel_event.is_set(),
+            run.extra_cells,
+        )
         seen = [0]
         pump = asyncio.get_running_loop().create_task(self._pump(actor, run, seen))
         try:
@@ -141,8 +181,9 @@ class RaySlot(Slot):
         except ray.exceptions.RayActorError as exc:  # the actor's process or its node died
             pump.cancel()
             reason = self._lost(actor, exc)
-            raise SlotLost(f"The Ray actor running this job ({self.device} on node {info['node_ip']}) died: "
-                           f"{reason}") from None
+            raise SlotLost(
+                f"The Ray actor running this job ({self.device} on node {info['node_ip']}) died: {reason}"
+            ) from None
         pump.cancel()
         try:  # events the pump had not fetched yet (the notebook's last ones)
             for payload in await actor.progress.remote(run.job_id, seen[0], 0):
@@ -243,10 +284,19 @@ class RaySlot(Slot):
     def describe(self) -> dict:
         info = super().describe()
         facts = self.info or {}
-        info.update({"job_id": self.current_job if self.busy else None,
-                     "node_ip": facts.get("node_ip"), "node_id": facts.get("node_id"), "pid": facts.get("pid"),
-                     "kernel_pid": facts.get("kernel_pid"), "gpu_ids": facts.get("gpu_ids"),
-                     "resources": self.resources, "replacements": self.replacements, "last_loss": self.last_loss})
+        info.update(
+            {
+                "job_id": self.current_job if self.busy else None,
+                "node_ip": facts.get("node_ip"),
+                "node_id": facts.get("node_id"),
+                "pid": facts.get("pid"),
+                "kernel_pid": facts.get("kernel_pid"),
+                "gpu_ids": facts.get("gpu_ids"),
+                "resources": self.resources,
+                "replacements": self.replacements,
+                "last_loss": self.last_loss,
+            }
+        )
         return info
 
 
@@ -254,10 +304,20 @@ class RayExecutor(Executor):
     """Slots on a Ray cluster (module docstring). `address`: None starts a local cluster, "auto" joins the
     one on this machine, HOST:PORT joins that one. `slots`: the number of actors (default one per GPU of
     the cluster, or 1 without GPUs)."""
+
     kind = "ray"
 
-    def __init__(self, *, env: dict, warm: bool = True, outputs_dir: Path, address: str | None = None,
-                 slots: int | None = None, shared_outputs: bool = False, comfyui_urls: list[str] | None = None):
+    def __init__(
+        self,
+        *,
+        env: dict,
+        warm: bool = True,
+        outputs_dir: Path,
+        address: str | None = None,
+        slots: int | None = None,
+        shared_outputs: bool = False,
+        comfyui_urls: list[str] | None = None,
+    ):
         super().__init__()
         if slots is not None and slots < 1:
             raise ValueError(f"`slots` must be at least 1, got {slots}.")
@@ -291,8 +351,14 @@ class RayExecutor(Executor):
         loop = asyncio.get_running_loop()
         if not ray.is_initialized():
             t0 = time.perf_counter()
-            connect = functools.partial(ray.init, address=self.address, include_dashboard=False,
-                                        log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
+            connect = functools.partial(
+                ray.init,
+                address=self.address,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                configure_logging=False,
+            )
             if self.address is None:
                 # A local cluster's processes die with the *thread* that started them (PR_SET_PDEATHSIG):
                 # this one, which lives as long as the server. Joining a running cluster starts nothing here,
@@ -311,8 +377,10 @@ class RayExecutor(Executor):
             count, resources = self.requested_slots or 1, {"num_cpus": 1}
         self.slots = [RaySlot(self, i, resources=resources) for i in range(count)]
         if len(self.comfyui_urls) > 1:  # ComfyUI does the work: these actors only drive it
-            self.slots += [RaySlot(self, i, resources={"num_cpus": 0}, comfyui_url=url, comfyui_only=True)
-                           for i, url in enumerate(self.comfyui_urls)]
+            self.slots += [
+                RaySlot(self, i, resources={"num_cpus": 0}, comfyui_url=url, comfyui_only=True)
+                for i, url in enumerate(self.comfyui_urls)
+            ]
 
     async def _refresh_nodes(self) -> None:
         import ray
@@ -341,8 +409,11 @@ class RayExecutor(Executor):
     def describe(self) -> dict:
         """The executor for /health and /admin/stats: every node Ray knows (alive or gone, as of the last
         refresh), its resources and the slots whose actor runs there."""
-        info: dict[str, Any] = {"kind": self.kind, "address": self.address or "local",
-                "outputs": "shared filesystem" if self.shared_outputs else "returned through the object store"}
+        info: dict[str, Any] = {
+            "kind": self.kind,
+            "address": self.address or "local",
+            "outputs": "shared filesystem" if self.shared_outputs else "returned through the object store",
+        }
         if self._nodes_error is not None:
             info["cluster_error"] = self._nodes_error
         if self._nodes is None:
@@ -352,10 +423,22 @@ class RayExecutor(Executor):
             node = (getattr(slot, "info", None) or {}).get("node_id")
             if node:
                 on_node.setdefault(node, []).append(slot.device)
-        nodes = [{"node_id": n.get("NodeID"), "ip": n.get("NodeManagerAddress"), "alive": bool(n.get("Alive")),
-                  "gpus": n.get("Resources", {}).get("GPU", 0), "cpus": n.get("Resources", {}).get("CPU", 0),
-                  "slots": on_node.get(str(n.get("NodeID")), [])} for n in self._nodes]
+        nodes = [
+            {
+                "node_id": n.get("NodeID"),
+                "ip": n.get("NodeManagerAddress"),
+                "alive": bool(n.get("Alive")),
+                "gpus": n.get("Resources", {}).get("GPU", 0),
+                "cpus": n.get("Resources", {}).get("CPU", 0),
+                "slots": on_node.get(str(n.get("NodeID")), []),
+            }
+            for n in self._nodes
+        ]
         alive = [n for n in nodes if n["alive"]]
-        info["cluster"] = {"nodes": alive, "gone": [n for n in nodes if not n["alive"]],
-                           "gpus": sum(n["gpus"] for n in alive), "cpus": sum(n["cpus"] for n in alive)}
+        info["cluster"] = {
+            "nodes": alive,
+            "gone": [n for n in nodes if not n["alive"]],
+            "gpus": sum(n["gpus"] for n in alive),
+            "cpus": sum(n["cpus"] for n in alive),
+        }
         return info

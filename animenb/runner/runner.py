@@ -16,6 +16,7 @@ The runner owns what every kind shares: submitting (a queued job, committed, the
 woken), cancelling a queued job, the terminal event of every job (`finished`), the restart policy order
 (each driver's `recover()`, then the store's) and stopping. Drivers see it as their `JobHost`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,15 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
 from animenb import config
-from animenb.store import (InvalidTransitionError, JobError, JobNotFoundError, JobRecord, JobStatus, JobStoreBase,
-                           StoreUnavailable)
+from animenb.store import (
+    InvalidTransitionError,
+    JobError,
+    JobNotFoundError,
+    JobRecord,
+    JobStatus,
+    JobStoreBase,
+    StoreUnavailable,
+)
 from animenb.store.jobs_sqlite import worker_name
 from animenb.store.sqlite_database import wait_briefly
 
@@ -68,17 +76,31 @@ def turn_of(job: JobRecord) -> str:
 
 
 class JobRunner:
-    def __init__(self, store: JobStoreBase, bus: EventBus | None = None, *, outputs_dir: str | Path | None = None,
-                 kernels: KernelPool | None = None, devices: list[str] | None = None, models: str | None = None,
-                 backend: str | None = None, comfyui_url: str | None = None,
-                 comfyui_urls: list[str] | None = None, executor: str | Executor = "local",
-                 executor_options: dict | None = None,
-                 notebooks_dir: str | Path | None = None,
-                 notebook_for: Callable[[JobRecord], Path] | None = None,
-                 quality: bool = True, quality_threshold: float | None = None,
-                 warm: bool = True, progress_interval: float = 0.25, cancel_grace: float = 1.0,
-                 execution_timeout: float | None = None, kernel_env: dict | None = None,
-                 job_timeout: float | None = None):
+    def __init__(
+        self,
+        store: JobStoreBase,
+        bus: EventBus | None = None,
+        *,
+        outputs_dir: str | Path | None = None,
+        kernels: KernelPool | None = None,
+        devices: list[str] | None = None,
+        models: str | None = None,
+        backend: str | None = None,
+        comfyui_url: str | None = None,
+        comfyui_urls: list[str] | None = None,
+        executor: str | Executor = "local",
+        executor_options: dict | None = None,
+        notebooks_dir: str | Path | None = None,
+        notebook_for: Callable[[JobRecord], Path] | None = None,
+        quality: bool = True,
+        quality_threshold: float | None = None,
+        warm: bool = True,
+        progress_interval: float = 0.25,
+        cancel_grace: float = 1.0,
+        execution_timeout: float | None = None,
+        kernel_env: dict | None = None,
+        job_timeout: float | None = None,
+    ):
         self.store = store
         self.bus = bus or EventBus()
         self.outputs_dir = Path(outputs_dir or config.outputs_dir()).resolve()
@@ -101,17 +123,29 @@ class JobRunner:
             self.executor = executor
         elif executor == "local":
             kernel_kwargs = dict(env=env, cwd=config.repo_root())
-            self.executor = LocalExecutor(kernels or KernelPool(devices, **kernel_kwargs), warm=warm,
-                                          comfyui_urls=self.comfyui_urls, kernel_kwargs=kernel_kwargs)
+            self.executor = LocalExecutor(
+                kernels or KernelPool(devices, **kernel_kwargs),
+                warm=warm,
+                comfyui_urls=self.comfyui_urls,
+                kernel_kwargs=kernel_kwargs,
+            )
         elif executor == "ray":
             from .ray_executor import RayExecutor  # the optional `ray` extra, imported only here
 
-            self.executor = RayExecutor(env=env, warm=warm, outputs_dir=self.outputs_dir,
-                                        comfyui_urls=self.comfyui_urls, **(executor_options or {}))
+            self.executor = RayExecutor(
+                env=env,
+                warm=warm,
+                outputs_dir=self.outputs_dir,
+                comfyui_urls=self.comfyui_urls,
+                **(executor_options or {}),
+            )
         else:
             raise ValueError(f"`executor` must be 'local', 'ray' or an Executor, got {executor!r}.")
-        self.public_paths = PathScrubber(outputs_dir=self.outputs_dir, notebooks_dir=self.notebooks_dir,
-                                         home=Path(env.get("ANIMENB_HOME") or config.home_dir()))
+        self.public_paths = PathScrubber(
+            outputs_dir=self.outputs_dir,
+            notebooks_dir=self.notebooks_dir,
+            home=Path(env.get("ANIMENB_HOME") or config.home_dir()),
+        )
         self.drivers: dict[str, JobDriver] = {kind: job_drivers.get(kind)(self) for kind in job_drivers}
         self._priority: collections.deque[str] = collections.deque()  # child jobs, claimed before the queue
         self._turns: dict[str, int] = {}  # caller (`turn_of`) -> when its last job was claimed
@@ -126,8 +160,9 @@ class JobRunner:
         self._store_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="animenb-store-writer")
         # Request-path writes (submit, cancel, claim, progress) run here (`write`): the event loop never waits
         # for the database, and each write waits at most BRIEF_WAIT s for it (then StoreUnavailable: a fast 503).
-        self._request_writer = ThreadPoolExecutor(max_workers=REQUEST_WRITERS, initializer=wait_briefly,
-                                                  thread_name_prefix="animenb-request-writer")
+        self._request_writer = ThreadPoolExecutor(
+            max_workers=REQUEST_WRITERS, initializer=wait_briefly, thread_name_prefix="animenb-request-writer"
+        )
         self._unrecorded: set[str] = set()
         self._stopping = False
         # The dispatcher's supervision (`_supervise_dispatcher`), for /health.
@@ -162,8 +197,9 @@ class JobRunner:
             if job.terminal:
                 self.finished(job)
         await self.executor.prepare()
-        self._background = [asyncio.create_task(self._start_slot(s), name=f"animenb-start-{s.device}")
-                         for s in self.slots]
+        self._background = [
+            asyncio.create_task(self._start_slot(s), name=f"animenb-start-{s.device}") for s in self.slots
+        ]
         self._background.append(asyncio.create_task(self._supervise_dispatcher(), name="animenb-dispatcher"))
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
@@ -196,61 +232,114 @@ class JobRunner:
         return any(f != NOTEBOOK_NAME for f in output_files(self.outputs_dir / job.id))
 
     # -- API used by the server and the drivers ------------------------------------------------
-    def submit(self, request: dict[str, Any], *, phase: int | None, owner: str = "anonymous",
-               visibility: str = "public", parent_id: str | None = None, kind: str = "phase",
-               extra: dict[str, Any] | None = None, priority: bool = False) -> JobRecord:
+    def submit(
+        self,
+        request: dict[str, Any],
+        *,
+        phase: int | None,
+        owner: str = "anonymous",
+        visibility: str = "public",
+        parent_id: str | None = None,
+        kind: str = "phase",
+        extra: dict[str, Any] | None = None,
+        priority: bool = False,
+    ) -> JobRecord:
         """Store a queued job (committed on return) and wake the dispatcher.
 
         `kind` names the job's driver (`job_drivers`); `priority` (orchestration children) lets the job
         start before the jobs already queued.
         """
         job_drivers.get(kind)  # an unknown kind is refused before anything is stored
-        job = self.store.create(phase=phase, parameters=request, owner=owner, visibility=visibility,
-                                parent_id=parent_id, kind=kind, extra=extra)
+        job = self.store.create(
+            phase=phase,
+            parameters=request,
+            owner=owner,
+            visibility=visibility,
+            parent_id=parent_id,
+            kind=kind,
+            extra=extra,
+        )
         self._announce_queued(job, priority)
         return job
 
-    async def submit_request(self, request: dict[str, Any], *, phase: int | None, owner: str, visibility: str,
-                             kind: str, extra: dict[str, Any] | None) -> JobRecord:
+    async def submit_request(
+        self,
+        request: dict[str, Any],
+        *,
+        phase: int | None,
+        owner: str,
+        visibility: str,
+        kind: str,
+        extra: dict[str, Any] | None,
+    ) -> JobRecord:
         """A request's `submit`: the store write runs off the event loop (`write`)."""
         job_drivers.get(kind)
-        job = await self.write(self.store.create, phase=phase, parameters=request, owner=owner,
-                               visibility=visibility, kind=kind, extra=extra)
+        job = await self.write(
+            self.store.create,
+            phase=phase,
+            parameters=request,
+            owner=owner,
+            visibility=visibility,
+            kind=kind,
+            extra=extra,
+        )
         self._announce_queued(job, False)
         return job
 
-    async def submit_child(self, request: dict[str, Any], *, phase: int | None, owner: str, visibility: str,
-                           parent_id: str, extra: dict[str, Any], priority: bool = False) -> JobRecord:
+    async def submit_child(
+        self,
+        request: dict[str, Any],
+        *,
+        phase: int | None,
+        owner: str,
+        visibility: str,
+        parent_id: str,
+        extra: dict[str, Any],
+        priority: bool = False,
+    ) -> JobRecord:
         """A parent driver's `submit` (an orchestration's attempt, a sweep's cell): stored off the event loop
         like a request's (`write`) and retried until the store takes it, so a database another process holds
         locked delays the parent, never fails it nor stalls the loop. Gives up only when the runner stops."""
         job = await self._until_stored(
             f"job {parent_id}: submitting a child",
-            lambda: self.write(self.store.create, phase=phase, parameters=request, owner=owner,
-                               visibility=visibility, parent_id=parent_id, kind=PHASE_KIND, extra=extra))
+            lambda: self.write(
+                self.store.create,
+                phase=phase,
+                parameters=request,
+                owner=owner,
+                visibility=visibility,
+                parent_id=parent_id,
+                kind=PHASE_KIND,
+                extra=extra,
+            ),
+        )
         self._announce_queued(job, priority)
         return job
 
     def _announce_queued(self, job: JobRecord, priority: bool) -> None:
         if priority:
             self._priority.append(job.id)
-        self.bus.publish(JobQueuedEvent(job_id=job.id, phase=job.phase,
-                                        queue_position=self.store.queue_position(job.id)))
+        self.bus.publish(
+            JobQueuedEvent(job_id=job.id, phase=job.phase, queue_position=self.store.queue_position(job.id))
+        )
         self._wake.set()
 
     async def write(self, fn: Callable[..., Any], /, *args, **kwargs) -> Any:
         """`fn(*args, **kwargs)`, a request-path store write, run on a request writer thread; it waits at most
         BRIEF_WAIT s for the database, then raises StoreUnavailable."""
         return await asyncio.get_running_loop().run_in_executor(
-            self._request_writer, functools.partial(fn, *args, **kwargs))
+            self._request_writer, functools.partial(fn, *args, **kwargs)
+        )
 
     def store_progress(self, job_id: str, progress: dict) -> None:
         """Store a running job's progress off the event loop, best effort: progress also reaches listeners as
         events, and the next write (or the job's end) stores it."""
+
         def done(future) -> None:
             if not future.cancelled() and isinstance(future.exception(), StoreUnavailable):
                 return
             future.result()  # any other error surfaces in the log
+
         try:
             self._request_writer.submit(self.store.update_progress, job_id, progress).add_done_callback(done)
         except RuntimeError:  # the runner stopped: nothing more is written
@@ -261,8 +350,13 @@ class JobRunner:
         job = self.store.get(job_id)
         if job.status is JobStatus.QUEUED:
             try:
-                job = await self.write(self.store.transition, job_id, JobStatus.CANCELLED, expected=[JobStatus.QUEUED],
-                                       error=JobError("Cancelled", "Cancelled before it started."))
+                job = await self.write(
+                    self.store.transition,
+                    job_id,
+                    JobStatus.CANCELLED,
+                    expected=[JobStatus.QUEUED],
+                    error=JobError("Cancelled", "Cancelled before it started."),
+                )
                 self.finished(job)
                 return job
             except InvalidTransitionError:
@@ -290,7 +384,8 @@ class JobRunner:
         try:
             return await self._until_stored(
                 f"job {job_id}: recording its end ({status.value})",
-                lambda: loop.run_in_executor(self._store_writer, self._transition_or_get, job_id, status, fields))
+                lambda: loop.run_in_executor(self._store_writer, self._transition_or_get, job_id, status, fields),
+            )
         finally:
             self._unrecorded.discard(job_id)
 
@@ -321,8 +416,9 @@ class JobRunner:
 
     def requeued(self, job: JobRecord) -> None:
         """`job` is queued again (its process died before it wrote anything): announce it, wake the dispatcher."""
-        self.bus.publish(JobQueuedEvent(job_id=job.id, phase=job.phase,
-                                        queue_position=self.store.queue_position(job.id)))
+        self.bus.publish(
+            JobQueuedEvent(job_id=job.id, phase=job.phase, queue_position=self.store.queue_position(job.id))
+        )
         self._wake.set()
 
     def live_progress(self, job_id: str) -> dict | None:
@@ -348,9 +444,16 @@ class JobRunner:
         supervision) and `unrecorded_ends` (jobs that ended whose end the store has not taken yet)."""
         slots = [{k: v for k, v in s.describe().items() if k not in ADMIN_ONLY_SLOT_FIELDS} for s in self.slots]
         stalled = time.time() - self.started_at > stall_after and not any(s["ready"] for s in slots)
-        return {"warm": self.warm, "kernels": slots, "generating": self.generating(), "scored": self.quality,
-                "stalled": stalled, "executor": self.describe_executor(), "dispatcher": dict(self.dispatcher),
-                "unrecorded_ends": len(self._unrecorded)}
+        return {
+            "warm": self.warm,
+            "kernels": slots,
+            "generating": self.generating(),
+            "scored": self.quality,
+            "stalled": stalled,
+            "executor": self.describe_executor(),
+            "dispatcher": dict(self.dispatcher),
+            "unrecorded_ends": len(self._unrecorded),
+        }
 
     def describe_executor(self) -> dict:
         """The executor (kind; for Ray the cluster) and how placement went."""
@@ -361,8 +464,13 @@ class JobRunner:
 
     def describe(self) -> dict:
         drivers = {kind: driver.describe() for kind, driver in self.drivers.items()}
-        return {"warm": self.warm, "kernels": [s.describe() for s in self.slots], "drivers": drivers,
-                "models": self.models, "backend": self.backend}
+        return {
+            "warm": self.warm,
+            "kernels": [s.describe() for s in self.slots],
+            "drivers": drivers,
+            "models": self.models,
+            "backend": self.backend,
+        }
 
     # -- dispatching -------------------------------------------------------------------------
     async def _start_slot(self, slot: Slot) -> None:
@@ -401,13 +509,19 @@ class JobRunner:
             driver = self.drivers.get(job.kind)
             slot, hit = None, False
             if driver is not None and driver.uses_slot:
-                slot, hit = place(job, idle, models=self.models, backend=self.backend,
-                                  several_comfyui=len(self.comfyui_urls) > 1)
+                slot, hit = place(
+                    job, idle, models=self.models, backend=self.backend, several_comfyui=len(self.comfyui_urls) > 1
+                )
                 if slot is None:
                     continue  # e.g. a ComfyUI job while only diffusers slots are idle
             try:
-                job = await self.write(self.store.transition, job.id, JobStatus.RUNNING, expected=[JobStatus.QUEUED],
-                                       worker=worker_name(slot.device if slot else (idle[0].device)))
+                job = await self.write(
+                    self.store.transition,
+                    job.id,
+                    JobStatus.RUNNING,
+                    expected=[JobStatus.QUEUED],
+                    worker=worker_name(slot.device if slot else (idle[0].device)),
+                )
             except (InvalidTransitionError, JobNotFoundError):
                 return True  # cancelled meanwhile: look again
             if job.id in self._priority:
@@ -439,8 +553,12 @@ class JobRunner:
                     log.warning("dispatcher: %s; restarting in %.1f s", exc, pause)
                 else:
                     log.exception("dispatcher crashed; restarting in %.1f s", pause)
-                self.dispatcher.update(restarts=self.dispatcher["restarts"] + 1, failing=True,
-                                       last_error=f"{type(exc).__name__}: {exc}", last_error_at=time.time())
+                self.dispatcher.update(
+                    restarts=self.dispatcher["restarts"] + 1,
+                    failing=True,
+                    last_error=f"{type(exc).__name__}: {exc}",
+                    last_error_at=time.time(),
+                )
                 await asyncio.sleep(pause)
 
     async def _dispatch(self) -> None:
@@ -460,8 +578,15 @@ class JobRunner:
     async def _run(self, job: JobRecord, driver: JobDriver | None, slot: Slot | None) -> None:
         try:
             if driver is None:  # a kind this version does not know (an older or newer database)
-                self.finished(await self.record_end(job.id, JobStatus.FAILED, error=JobError(
-                    "UnknownJobKind", f"No driver for job kind {job.kind!r}; known: {', '.join(self.drivers)}.")))
+                self.finished(
+                    await self.record_end(
+                        job.id,
+                        JobStatus.FAILED,
+                        error=JobError(
+                            "UnknownJobKind", f"No driver for job kind {job.kind!r}; known: {', '.join(self.drivers)}."
+                        ),
+                    )
+                )
                 return
             await driver.start(job, slot)
         except asyncio.CancelledError:

@@ -20,6 +20,7 @@ Restart (`recover_sweeps`, before the store's `recover()`): a parent left `runni
 store's own policy settles. When the parent runs again it reads sweep.json: cells whose child finished are
 kept, a child still queued or running is waited for, and a cell whose child was lost is submitted again.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,15 @@ import time
 from animenb.manifest import MANIFEST_NAME
 from animenb.store import JobError, JobNotFoundError, JobOutputs, JobRecord, JobStatus
 from animenb.sweeps.plan import SweepPlan, plan_from_dict
-from animenb.sweeps.report import (RECORD_NAME, SWEEP_KIND, cell_row, read_record, run_report, write_record,
-                                  write_results)
+from animenb.sweeps.report import (
+    RECORD_NAME,
+    SWEEP_KIND,
+    cell_row,
+    read_record,
+    run_report,
+    write_record,
+    write_results,
+)
 
 from .drivers import JobHost, output_files
 from .events import JobFinishedEvent, JobProgressEvent, JobStartedEvent
@@ -108,14 +116,21 @@ class SweepRun:
                 self.child_ids[index] = child_id
         kept = sum(1 for c in self.child_ids if c is not None)
         if kept:
-            log.info("sweep %s resumes with %d of %d cells already submitted", self.parent.id, kept,
-                     len(self.child_ids))
+            log.info(
+                "sweep %s resumes with %d of %d cells already submitted", self.parent.id, kept, len(self.child_ids)
+            )
 
     async def _submit(self, index: int) -> None:
         parent = self.parent
         extra = {"sweep": {"parent_id": parent.id, "cell": index, "values": self.plan.cells[index]}}
-        child = await self.host.submit_child(self.plan.values(index), phase=self.plan.phase, owner=parent.owner,
-                                             visibility=parent.visibility, parent_id=parent.id, extra=extra)
+        child = await self.host.submit_child(
+            self.plan.values(index),
+            phase=self.plan.phase,
+            owner=parent.owner,
+            visibility=parent.visibility,
+            parent_id=parent.id,
+            extra=extra,
+        )
         self.child_ids[index] = child.id
 
     async def _wait_all(self) -> None:
@@ -161,9 +176,16 @@ class SweepRun:
             percent = max(percent, self._last.percent)
         elapsed = time.perf_counter() - self._started
         eta = elapsed * (100.0 - percent) / percent if percent > 0 else None
-        event = JobProgressEvent(job_id=self.parent.id, percent=percent, step=done, total_steps=total,
-                                 stage=f"{done}/{total} cells done", eta_seconds=eta, elapsed_seconds=elapsed,
-                                 part="chain")
+        event = JobProgressEvent(
+            job_id=self.parent.id,
+            percent=percent,
+            step=done,
+            total_steps=total,
+            stage=f"{done}/{total} cells done",
+            eta_seconds=eta,
+            elapsed_seconds=elapsed,
+            part="chain",
+        )
         self._last = event
         self.host.bus.publish(event)
         now = time.monotonic()
@@ -187,8 +209,12 @@ class SweepRun:
     def _record_cells(self) -> list[dict]:
         cells = []
         for index, child in enumerate(self._children()):
-            entry = {"index": index, "values": self.plan.cells[index], "job_id": self.child_ids[index],
-                     "status": child.status.value if child else None}
+            entry = {
+                "index": index,
+                "values": self.plan.cells[index],
+                "job_id": self.child_ids[index],
+                "status": child.status.value if child else None,
+            }
             if child is not None:
                 entry["run_dir"] = f"../{child.id}"
                 if child.finished_at and child.started_at:
@@ -213,8 +239,11 @@ class SweepRun:
             done = f"{len(ok)} of {len(children)} cells done"
             return JobStatus.CANCELLED, JobError("Cancelled", f"Cancelled with {done}."), f"cancelled: {done}"
         if not ok:
-            return (JobStatus.FAILED, JobError("SweepFailed", f"No cell succeeded: {listed}."),
-                    f"no cell succeeded: {listed}")
+            return (
+                JobStatus.FAILED,
+                JobError("SweepFailed", f"No cell succeeded: {listed}."),
+                f"no cell succeeded: {listed}",
+            )
         reason = f"{len(ok)} of {len(children)} cells succeeded" + (f"; {listed}" if not_ok else "")
         return JobStatus.SUCCEEDED, None, reason
 
@@ -224,23 +253,47 @@ class SweepRun:
         listed: list[dict] = []
         if status is not JobStatus.CANCELLED:
             try:
-                rows = [cell_row(self.plan, i, host.outputs_dir / c if c else None, status=entry["status"], job_id=c,
-                                 error=entry.get("error"), seconds=entry.get("seconds"))
-                        for i, (c, entry) in enumerate(zip(self.child_ids, self._record_cells()))]
-                listed = write_results(self.out_dir, self.plan, rows, status=status.value, reason=reason,
-                                       job_id=parent.id)
+                rows = [
+                    cell_row(
+                        self.plan,
+                        i,
+                        host.outputs_dir / c if c else None,
+                        status=entry["status"],
+                        job_id=c,
+                        error=entry.get("error"),
+                        seconds=entry.get("seconds"),
+                    )
+                    for i, (c, entry) in enumerate(zip(self.child_ids, self._record_cells()))
+                ]
+                listed = write_results(
+                    self.out_dir, self.plan, rows, status=status.value, reason=reason, job_id=parent.id
+                )
                 await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: run_report(self.out_dir, host.notebooks_dir, public_text=host.public_paths.scrub))
+                    None, lambda: run_report(self.out_dir, host.notebooks_dir, public_text=host.public_paths.scrub)
+                )
             except Exception as exc:  # the cells stand; the report's failure is said in the reason
                 log.exception("sweep %s: the report failed", parent.id)
                 reason += f"; the report failed: {host.public_paths.scrub(str(exc))[:300]}"
-        outputs = JobOutputs(files=output_files(self.out_dir), manifest=MANIFEST_NAME if listed else None,
-                             listed=listed, seed=self.plan.parameters.get("seed"), record=RECORD_NAME,
-                             children=[c for c in self.child_ids if c], reason=reason)
+        outputs = JobOutputs(
+            files=output_files(self.out_dir),
+            manifest=MANIFEST_NAME if listed else None,
+            listed=listed,
+            seed=self.plan.parameters.get("seed"),
+            record=RECORD_NAME,
+            children=[c for c in self.child_ids if c],
+            reason=reason,
+        )
         stage = "done" if status is JobStatus.SUCCEEDED else status.value
-        await end_parent(host, parent.id, status, error=error, outputs=outputs,
-                         progress={**self.progress_dict(), "stage": f"{stage}: {reason}"}, on_finish=self.on_finish,
-                         duration=time.perf_counter() - self._started)
+        await end_parent(
+            host,
+            parent.id,
+            status,
+            error=error,
+            outputs=outputs,
+            progress={**self.progress_dict(), "stage": f"{stage}: {reason}"},
+            on_finish=self.on_finish,
+            duration=time.perf_counter() - self._started,
+        )
 
     def children_summary(self) -> list[dict]:
         return children_rows(self.host.store, [c for c in self.child_ids if c])
@@ -272,6 +325,7 @@ class SweepDriver(OrchestrationDriver):
     """Job kind "sweep": each claimed parent gets a `SweepRun` task; it holds no slot. Cancel, live progress
     and stop are the orchestration driver's (a `SweepRun` drives its parent as an `Orchestrator` does:
     `cancel()`, `task`, `progress_dict()`)."""
+
     kind = SWEEP_KIND
 
     def recover(self) -> list[JobRecord]:
@@ -282,9 +336,16 @@ class SweepDriver(OrchestrationDriver):
             run = SweepRun(self.host, job, on_finish=self._forget)
         except Exception as exc:  # a stored recipe this version refuses: the parent fails, never stays running
             log.exception("sweep %s: cannot start", job.id)
-            await end_parent(self.host, job.id, JobStatus.FAILED, error=JobError(
-                type(exc).__name__, self.host.public_paths.scrub(str(exc)) or type(exc).__name__),
-                outputs=JobOutputs(), progress={}, on_finish=None, duration=0.0)
+            await end_parent(
+                self.host,
+                job.id,
+                JobStatus.FAILED,
+                error=JobError(type(exc).__name__, self.host.public_paths.scrub(str(exc)) or type(exc).__name__),
+                outputs=JobOutputs(),
+                progress={},
+                on_finish=None,
+                duration=0.0,
+            )
             return
         self.orchestrations[job.id] = run
         run.start()
@@ -296,6 +357,7 @@ class SweepDriver(OrchestrationDriver):
         live = self.orchestrations.get(job.id)
         if live is not None:
             return live.children_summary()
-        ids = job.outputs.children or [c.get("job_id") for c in (read_record(self.host.outputs_dir / job.id) or {})
-                                       .get("cells", [])]
+        ids = job.outputs.children or [
+            c.get("job_id") for c in (read_record(self.host.outputs_dir / job.id) or {}).get("cells", [])
+        ]
         return children_rows(self.host.store, [i for i in ids if isinstance(i, str)])

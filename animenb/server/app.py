@@ -18,6 +18,7 @@ Settings read by handlers: `animenb` (the service). Defaults set here:
 `websocket_ping_interval` 20 s (tornado's default is off), `websocket_ping_timeout` 20 s,
 `websocket_max_message_size` 64 KiB (clients only listen), `serve_traceback` False.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,9 +55,9 @@ from .limits import HttpLimits, JobLimits, WebSocketCounter, make_http_server
 from .openapi import openapi_handlers
 from .orchestrate_validation import validate_orchestrate
 from .pages import page_handlers  # the gallery page at / and /gallery
-from .reviews import review_handlers, review_store
 from .redaction import install_log_redaction
 from .requests import Caller, JobRequest
+from .reviews import review_handlers, review_store
 from .stats import admin_stats, typical_duration
 from .sweeps import sweep_handlers
 from .thumbnails import SingleFlight, make_thumbnail
@@ -74,36 +75,43 @@ STORE_NAME = "jobs.sqlite"
 class ServerConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    models: str | None = None          # profile name or YAML path; None: $ANIMENB_MODELS or "tiny"
-    home: str | Path | None = None     # store, thumbnails; None: $ANIMENB_HOME or ~/.cache/animenb
+    models: str | None = None  # profile name or YAML path; None: $ANIMENB_MODELS or "tiny"
+    home: str | Path | None = None  # store, thumbnails; None: $ANIMENB_HOME or ~/.cache/animenb
     outputs: str | Path | None = None  # outputs/<job_id>/; None: $ANIMENB_OUTPUTS or ./outputs
-    backend: str | None = None         # "diffusers" (default in the notebooks) or "comfyui"
+    backend: str | None = None  # "diffusers" (default in the notebooks) or "comfyui"
     comfyui_url: str | None = None
     comfyui_urls: tuple[str, ...] = ()  # several ComfyUI servers, one slot each (comfyui_url: the first)
-    executor: str = "local"            # "local" (warm kernels here) or "ray" (actors on a Ray cluster)
-    ray_address: str | None = None     # None: start a local Ray cluster; "auto" or HOST:PORT: join one
-    ray_slots: int | None = None       # Ray actors (default one per cluster GPU, or 1 without GPUs)
-    ray_shared_outputs: bool = False   # actors write outputs in place (the outputs folder is shared)
-    devices: list[str] | None = None   # None: one warm kernel per GPU, or one "cpu"
-    warm: bool = True                  # False: a fresh kernel per job (benchmarks)
+    executor: str = "local"  # "local" (warm kernels here) or "ray" (actors on a Ray cluster)
+    ray_address: str | None = None  # None: start a local Ray cluster; "auto" or HOST:PORT: join one
+    ray_slots: int | None = None  # Ray actors (default one per cluster GPU, or 1 without GPUs)
+    ray_shared_outputs: bool = False  # actors write outputs in place (the outputs folder is shared)
+    devices: list[str] | None = None  # None: one warm kernel per GPU, or one "cpu"
+    warm: bool = True  # False: a fresh kernel per job (benchmarks)
     notebook_for: Callable[[JobRecord], Path] | None = None  # tests: which notebook runs a job
     quality: bool = True  # score every phase job (the quality gate) in its own kernel
     cancel_grace: float = 1.0
-    kernel_env: dict | None = None     # extra environment of the kernels, e.g. {"OMP_NUM_THREADS": "1"}
+    kernel_env: dict | None = None  # extra environment of the kernels, e.g. {"OMP_NUM_THREADS": "1"}
     notebooks_dir: str | Path | None = None  # phase notebooks (None: the checkout's notebooks/)
-    max_queue: int = 512               # queued jobs in all; beyond it POST /generate answers 429 + Retry-After
-    max_queued_per_user: int = 64      # queued jobs per owner ("anonymous" callers share one allowance)
+    max_queue: int = 512  # queued jobs in all; beyond it POST /generate answers 429 + Retry-After
+    max_queued_per_user: int = 64  # queued jobs per owner ("anonymous" callers share one allowance)
     http_limits: HttpLimits = HttpLimits()  # body size/time, idle sockets, WebSockets per address
-    job_limits: JobLimits = JobLimits()     # job cost by role, job timeout
+    job_limits: JobLimits = JobLimits()  # job cost by role, job timeout
     allow_origins: tuple[str, ...] = ()  # web origins besides the server's own that may POST/DELETE (CSRF)
 
     def resolved(self) -> "ServerConfig":
         home = Path(self.home or config.home_dir()).expanduser().resolve()
         outputs = Path(self.outputs or config.outputs_dir()).expanduser().resolve()
         urls = tuple(self.comfyui_urls) or ((self.comfyui_url,) if self.comfyui_url else ())
-        return ServerConfig(**{**self.__dict__, "home": home, "outputs": outputs,
-                               "models": self.models or config.default_profile(), "comfyui_urls": urls,
-                               "comfyui_url": self.comfyui_url or (urls[0] if urls else None)})
+        return ServerConfig(
+            **{
+                **self.__dict__,
+                "home": home,
+                "outputs": outputs,
+                "models": self.models or config.default_profile(),
+                "comfyui_urls": urls,
+                "comfyui_url": self.comfyui_url or (urls[0] if urls else None),
+            }
+        )
 
 
 def model_label(profile: str) -> dict:
@@ -113,8 +121,13 @@ def model_label(profile: str) -> dict:
         from animenb.profiles import load_profile
 
         loaded = load_profile(profile)
-        info.update(profile=loaded.name, label=loaded.label, tiny=loaded.is_tiny, default_size=loaded.default_size,
-                    svd_size=list(loaded.native_size("svd")))
+        info.update(
+            profile=loaded.name,
+            label=loaded.label,
+            tiny=loaded.is_tiny,
+            default_size=loaded.default_size,
+            svd_size=list(loaded.native_size("svd")),
+        )
     except Exception as exc:  # unknown profile: say so rather than fail health
         info["error"] = str(exc)
     if info["tiny"]:
@@ -158,14 +171,24 @@ class AnimeService:
         self.bus = EventBus()
         kernel_env = {"ANIMENB_HOME": str(self.home), **(self.config.kernel_env or {})}
         self.runner = JobRunner(
-            self.store, self.bus, outputs_dir=self.outputs_dir, devices=self.config.devices, models=self.config.models,
-            backend=self.config.backend, comfyui_url=self.config.comfyui_url,
-            comfyui_urls=list(self.config.comfyui_urls), executor=self.config.executor,
-            executor_options=self._executor_options(), notebook_for=self.config.notebook_for,
-            quality=self.config.quality, warm=self.config.warm,
+            self.store,
+            self.bus,
+            outputs_dir=self.outputs_dir,
+            devices=self.config.devices,
+            models=self.config.models,
+            backend=self.config.backend,
+            comfyui_url=self.config.comfyui_url,
+            comfyui_urls=list(self.config.comfyui_urls),
+            executor=self.config.executor,
+            executor_options=self._executor_options(),
+            notebook_for=self.config.notebook_for,
+            quality=self.config.quality,
+            warm=self.config.warm,
             notebooks_dir=self.config.notebooks_dir,
-            cancel_grace=self.config.cancel_grace, kernel_env=kernel_env,
-            job_timeout=self.config.job_limits.timeout_seconds)
+            cancel_grace=self.config.cancel_grace,
+            kernel_env=kernel_env,
+            job_timeout=self.config.job_limits.timeout_seconds,
+        )
         self.models = model_label(models)
         self.default_size = self.models.get("default_size", 512)  # what a job without width/height costs
         self.svd_size = tuple(self.models.get("svd_size", (self.default_size, self.default_size)))  # phase 3's
@@ -206,31 +229,49 @@ class AnimeService:
         queue_position = self.store.queue_position(job.id) if job.status is JobStatus.QUEUED else None
         # only a finished output can be reviewed (POST /review), so no other job needs the query
         reviews = review_store(self).list(job.id) if job.status is JobStatus.SUCCEEDED else None
-        return views.job_status(job, live_progress=self.runner.live_progress(job.id), queue_position=queue_position,
-                                children=self.runner.children(job), reviews=reviews, ws_base=ws_base)
+        return views.job_status(
+            job,
+            live_progress=self.runner.live_progress(job.id),
+            queue_position=queue_position,
+            children=self.runner.children(job),
+            reviews=reviews,
+            ws_base=ws_base,
+        )
 
     def jobs(self, *, status: list[str] | None, limit: int, cursor: str | None, scope: dict, caller: Caller) -> dict:
         """GET /jobs: one page of the jobs in `scope` (store.list filters), newest first, as status bodies."""
         jobs, next_cursor = self.store.list(status=status, limit=limit, cursor=cursor, **scope)
-        return {"jobs": [self.status(j, caller.ws_base) for j in jobs],
-                "count": self.store.count(status=status, **scope),
-                "user": caller.name, "limit": limit, "next_cursor": next_cursor}
+        return {
+            "jobs": [self.status(j, caller.ws_base) for j in jobs],
+            "count": self.store.count(status=status, **scope),
+            "user": caller.name,
+            "limit": limit,
+            "next_cursor": next_cursor,
+        }
 
     def gallery(self, *, phase: int | None, limit: int, cursor: str | None) -> dict:
         # A parent's card (a sweep's grid, a chain's finals) stands for its children, so they are left out.
         query = dict(status="succeeded", visibility="public", phase=phase, top_level=True)
         jobs, next_cursor = self.store.list(**query, limit=limit, cursor=cursor)
-        return {"message": "Public gallery", "gallery": [views.gallery_item(j) for j in jobs],
-                "count": self.store.count(**query), "limit": limit, "next_cursor": next_cursor}
+        return {
+            "message": "Public gallery",
+            "gallery": [views.gallery_item(j) for j in jobs],
+            "count": self.store.count(**query),
+            "limit": limit,
+            "next_cursor": next_cursor,
+        }
 
     def phases(self) -> dict:
         return {**views.phases_body(self.runner.notebooks_dir), "limits": self.limits()}
 
     def limits(self) -> dict:
         """What one caller may ask (GET /phases and /health show it): job cost by role, job timeout, HTTP."""
-        return {**self.config.job_limits.as_dict(), "profile_default_size": self.default_size,
-                "profile_svd_size": list(self.svd_size),
-                "http": self.config.http_limits.as_dict()}
+        return {
+            **self.config.job_limits.as_dict(),
+            "profile_default_size": self.default_size,
+            "profile_svd_size": list(self.svd_size),
+            "http": self.config.http_limits.as_dict(),
+        }
 
     async def health(self) -> dict:
         """GET /health: components, job counts and what this server offers; "degraded" names what is down."""
@@ -252,12 +293,22 @@ class AnimeService:
         if "error" in self.models:
             degraded["models"] = self.models["error"]
         body = views.health_body(
-            service=SERVICE_NAME, version=API_VERSION, uptime_seconds=time.time() - self.started_at,
-            counts=self.store.counts_by_status(), comfyui=comfyui, gpu=await self.gpu.info(), runner=runner,
-            models=self.models, backend=self.config.backend or "diffusers", degraded=degraded)
+            service=SERVICE_NAME,
+            version=API_VERSION,
+            uptime_seconds=time.time() - self.started_at,
+            counts=self.store.counts_by_status(),
+            comfyui=comfyui,
+            gpu=await self.gpu.info(),
+            runner=runner,
+            models=self.models,
+            backend=self.config.backend or "diffusers",
+            degraded=degraded,
+        )
         body["components"]["store"] = store
-        body["components"]["dispatcher"] = {"status": "degraded" if runner["dispatcher"]["failing"] else "healthy",
-                                            **runner["dispatcher"]}
+        body["components"]["dispatcher"] = {
+            "status": "degraded" if runner["dispatcher"]["failing"] else "healthy",
+            **runner["dispatcher"],
+        }
         body["limits"] = self.limits()
         from animenb.quality.config import active_config_path  # lazily: animenb.quality loads OpenCV
 
@@ -277,21 +328,37 @@ class AnimeService:
         """POST /generate: validate the body, choose the job's visibility, admit it. Returns the job and
         the 202 reply."""
         phase, values, visibility = validate_generate(
-            data, self.outputs_dir, lambda job_id: self.readable_job(job_id, caller.identity) is not None,
-            self.config.backend)
+            data,
+            self.outputs_dir,
+            lambda job_id: self.readable_job(job_id, caller.identity) is not None,
+            self.config.backend,
+        )
         if values.get("backend") == "comfyui" and not self.config.comfyui_url:
-            raise APIError(422, "comfyui_not_configured", "`backend` comfyui needs a ComfyUI server: start animenb "
-                           "serve with --comfyui-url URL.", "backend")
+            raise APIError(
+                422,
+                "comfyui_not_configured",
+                "`backend` comfyui needs a ComfyUI server: start animenb serve with --comfyui-url URL.",
+                "backend",
+            )
         if "visibility" not in data and caller.identity is not None:
             visibility = "private"  # a token's jobs are its own unless it says "public"
         if visibility == "private" and caller.identity is None:
-            raise APIError(401, "auth_required", "A private job needs a token (only its owner could see it).",
-                           "visibility")
+            raise APIError(
+                401, "auth_required", "A private job needs a token (only its owner could see it).", "visibility"
+            )
         cancel_token, extra = new_cancel_token() if caller.identity is None else (None, {})
-        job = await self.admit(JobRequest(kind="phase", phase=phase, parameters=values, owner=caller.name,
-                                    visibility=visibility, extra={**extra, TURN_KEY: caller.turn},
-                                    exempt_from_user_limit=caller.is_admin,
-                                    role=caller.role))
+        job = await self.admit(
+            JobRequest(
+                kind="phase",
+                phase=phase,
+                parameters=values,
+                owner=caller.name,
+                visibility=visibility,
+                extra={**extra, TURN_KEY: caller.turn},
+                exempt_from_user_limit=caller.is_admin,
+                role=caller.role,
+            )
+        )
         reply = {**self._accepted(job, caller), "phase": phase}
         if cancel_token is not None:  # an anonymous job: whoever holds this may cancel it
             reply["cancel_token"] = cancel_token
@@ -301,17 +368,38 @@ class AnimeService:
         """POST /orchestrate (the caller is an admin): validate the body, admit the parent job. Returns the
         job and the 202 reply."""
         if not self.runner.quality:
-            raise APIError(409, "quality_disabled", "Orchestration gates every phase on its quality score, and this "
-                                                    "server does not score jobs (`serve --no-quality`).")
+            raise APIError(
+                409,
+                "quality_disabled",
+                "Orchestration gates every phase on its quality score, and this "
+                "server does not score jobs (`serve --no-quality`).",
+            )
         values, visibility = validate_orchestrate(
-            data, self.outputs_dir, self.runner.models,
-            lambda job_id: self.readable_job(job_id, caller.identity) is not None)
+            data,
+            self.outputs_dir,
+            self.runner.models,
+            lambda job_id: self.readable_job(job_id, caller.identity) is not None,
+        )
         if visibility is None:  # like /generate: a token's jobs are its own unless it says "public"
             visibility = "private" if caller.identity is not None else "public"
-        job = await self.admit(JobRequest(kind=ORCHESTRATION_KIND, phase=None, parameters=values, owner=caller.name,
-                                    visibility=visibility, exempt_from_user_limit=True, role=caller.role))
-        return job, {**self._accepted(job, caller), "kind": ORCHESTRATION_KIND, "max_retries": values["max_retries"],
-                     "thresholds": values["thresholds"], "seed": values["seed"]}
+        job = await self.admit(
+            JobRequest(
+                kind=ORCHESTRATION_KIND,
+                phase=None,
+                parameters=values,
+                owner=caller.name,
+                visibility=visibility,
+                exempt_from_user_limit=True,
+                role=caller.role,
+            )
+        )
+        return job, {
+            **self._accepted(job, caller),
+            "kind": ORCHESTRATION_KIND,
+            "max_retries": values["max_retries"],
+            "thresholds": values["thresholds"],
+            "seed": values["seed"],
+        }
 
     async def admit(self, request: JobRequest) -> JobRecord:
         """The one place a job is admitted: 422 `job_too_costly` past its role's cost cap
@@ -326,9 +414,14 @@ class AnimeService:
             raise StoreUnavailable("other requests' writes are waiting for the database") from None
         try:
             self.check_queue_room(request)
-            return await self.runner.submit_request(request.parameters, phase=request.phase, kind=request.kind,
-                                                    owner=request.owner, visibility=request.visibility,
-                                                    extra=request.extra)
+            return await self.runner.submit_request(
+                request.parameters,
+                phase=request.phase,
+                kind=request.kind,
+                owner=request.owner,
+                visibility=request.visibility,
+                extra=request.extra,
+            )
         finally:
             self._admitting.release()
 
@@ -336,19 +429,29 @@ class AnimeService:
         """429 + Retry-After when the queue (or the owner's share of it) has no room for `request`."""
         cfg, store = self.config, self.store
         queued = store.count(status=JobStatus.QUEUED) + request.children
-        user_full = (not request.exempt_from_user_limit and cfg.max_queued_per_user is not None
-                     and store.count(status=JobStatus.QUEUED, owner=request.owner) + request.children
-                     >= cfg.max_queued_per_user)
+        user_full = (
+            not request.exempt_from_user_limit
+            and cfg.max_queued_per_user is not None
+            and store.count(status=JobStatus.QUEUED, owner=request.owner) + request.children >= cfg.max_queued_per_user
+        )
         if queued >= cfg.max_queue or user_full:
             kernels = max(1, len(self.runner.slots))
             wait = typical_duration(store) * (min(queued, cfg.max_queue) if not user_full else 1) / kernels
             retry = str(max(1, min(600, math.ceil(wait))))
             if user_full:
-                raise APIError(429, "too_many_queued", f"`{request.owner}` already has {cfg.max_queued_per_user} "
-                               f"queued jobs (the per-user limit); retry after {retry} s.",
-                               headers={"Retry-After": retry})
-            raise APIError(429, "queue_full", f"The queue is full ({cfg.max_queue} jobs); retry after {retry} s.",
-                           headers={"Retry-After": retry})
+                raise APIError(
+                    429,
+                    "too_many_queued",
+                    f"`{request.owner}` already has {cfg.max_queued_per_user} "
+                    f"queued jobs (the per-user limit); retry after {retry} s.",
+                    headers={"Retry-After": retry},
+                )
+            raise APIError(
+                429,
+                "queue_full",
+                f"The queue is full ({cfg.max_queue} jobs); retry after {retry} s.",
+                headers={"Retry-After": retry},
+            )
 
     @property
     def render_sizes(self) -> dict:
@@ -370,19 +473,32 @@ class AnimeService:
             p = request.parameters
             width, height = render_size(phase, p, **self.render_sizes)
             size = f"{width} x {height} px"
-            what = (f"{size} x {p.get('steps')} steps x {images_per_step(phase, p)} images, "
-                    f"{frames_handled(phase, p)} frames"
-                    if request.kind == "phase" else f"{size}, {p.get('steps')} steps, the whole chain"
-                    if request.kind == ORCHESTRATION_KIND else f"{request.children} cells together")
+            what = (
+                f"{size} x {p.get('steps')} steps x {images_per_step(phase, p)} images, "
+                f"{frames_handled(phase, p)} frames"
+                if request.kind == "phase"
+                else f"{size}, {p.get('steps')} steps, the whole chain"
+                if request.kind == ORCHESTRATION_KIND
+                else f"{request.children} cells together"
+            )
             hint = ", or send a token" if request.role == "anonymous" else ""
-            raise APIError(422, "job_too_costly", f"This job costs {cost:,.0f} megapixel-steps ({what}); "
-                           f"{request.role} callers may queue at most {cap:,.0f}. Ask for fewer pixels, steps or "
-                           f"frames{hint}.")
+            raise APIError(
+                422,
+                "job_too_costly",
+                f"This job costs {cost:,.0f} megapixel-steps ({what}); "
+                f"{request.role} callers may queue at most {cap:,.0f}. Ask for fewer pixels, steps or "
+                f"frames{hint}.",
+            )
         return cost
 
     def _accepted(self, job: JobRecord, caller: Caller) -> dict:
-        return {"job_id": job.id, "status": job.status.value, "status_url": views.status_url(job.id),
-                "ws_url": views.ws_url(job.id, caller.ws_base), "queue_position": self.store.queue_position(job.id)}
+        return {
+            "job_id": job.id,
+            "status": job.status.value,
+            "status_url": views.status_url(job.id),
+            "ws_url": views.ws_url(job.id, caller.ws_base),
+            "queue_position": self.store.queue_position(job.id),
+        }
 
     async def cancel(self, job: JobRecord, caller: Caller, cancel_token: str | None = None) -> dict:
         """DELETE /generation/{id}: 403 unless the caller may cancel it (an anonymous job: with the
@@ -390,14 +506,23 @@ class AnimeService:
         (running) and its status body returned."""
         if not can_cancel(caller.identity, job, cancel_token):
             if job.owner == ANONYMOUS:
-                raise APIError(403, "forbidden", f"Job {job.id} is anonymous: cancelling it needs the `cancel_token` "
-                                                 f"its 202 returned (X-Cancel-Token header) or an admin token.",
-                               "cancel_token")
-            raise APIError(403, "forbidden", f"Job {job.id} belongs to `{job.owner}`; only its owner or an admin "
-                                             f"may cancel it.", "job_id")
+                raise APIError(
+                    403,
+                    "forbidden",
+                    f"Job {job.id} is anonymous: cancelling it needs the `cancel_token` "
+                    f"its 202 returned (X-Cancel-Token header) or an admin token.",
+                    "cancel_token",
+                )
+            raise APIError(
+                403,
+                "forbidden",
+                f"Job {job.id} belongs to `{job.owner}`; only its owner or an admin may cancel it.",
+                "job_id",
+            )
         if job.terminal:
-            raise APIError(409, "job_finished", f"Job {job.id} already finished ({job.status.value}); nothing to "
-                                                f"cancel.", "job_id")
+            raise APIError(
+                409, "job_finished", f"Job {job.id} already finished ({job.status.value}); nothing to cancel.", "job_id"
+            )
         return self.status(await self.runner.cancel(job.id), caller.ws_base)
 
     async def thumbnail(self, job: JobRecord, rel: str) -> bytes:
@@ -412,8 +537,9 @@ class AnimeService:
         target = self.thumbnails_dir / job.id / f"{rel}.png"
         if not target.is_file() or target.stat().st_mtime < source.stat().st_mtime:
             try:
-                await self._thumbnails.run(target, lambda: asyncio.get_running_loop().run_in_executor(
-                    None, make_thumbnail, source, target))
+                await self._thumbnails.run(
+                    target, lambda: asyncio.get_running_loop().run_in_executor(None, make_thumbnail, source, target)
+                )
             except Exception:
                 log.exception("thumbnail of %s failed", source)  # details (paths) stay in the server log
                 raise APIError(422, "thumbnail_failed", f"Could not make a thumbnail of {rel}.", "file") from None
@@ -427,8 +553,11 @@ class AnimeService:
     async def collect_garbage(self, older_than: float, *, dry_run: bool) -> dict:
         """POST /admin/gc: animenb.retention on this server's store, outputs and thumbnails (off the loop)."""
         report = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: collect_garbage(self.store, self.outputs_dir, older_than=older_than,
-                                          thumbnails_dir=self.thumbnails_dir, dry_run=dry_run))
+            None,
+            lambda: collect_garbage(
+                self.store, self.outputs_dir, older_than=older_than, thumbnails_dir=self.thumbnails_dir, dry_run=dry_run
+            ),
+        )
         return report.as_dict()
 
     # -- components ----------------------------------------------------------------------------------
@@ -461,9 +590,13 @@ class AnimeService:
 
 
 def make_app(service: AnimeService, **settings: Any) -> tornado.web.Application:
-    defaults = {"websocket_ping_interval": 20, "websocket_ping_timeout": 20,
-                "websocket_max_message_size": 64 * 1024, "serve_traceback": False,
-                "default_handler_class": NotFoundHandler}
+    defaults = {
+        "websocket_ping_interval": 20,
+        "websocket_ping_timeout": 20,
+        "websocket_max_message_size": 64 * 1024,
+        "serve_traceback": False,
+        "default_handler_class": NotFoundHandler,
+    }
     install_log_redaction()
     handlers = default_handlers + review_handlers + sweep_handlers + openapi_handlers + page_handlers
     app = tornado.web.Application(handlers, animenb=service, **{**defaults, **settings})
@@ -471,8 +604,9 @@ def make_app(service: AnimeService, **settings: Any) -> tornado.web.Application:
     return app
 
 
-async def serve(cfg: ServerConfig, *, ready: Callable[[AnimeService], None] | None = None,
-                stop_event: asyncio.Event | None = None) -> None:
+async def serve(
+    cfg: ServerConfig, *, ready: Callable[[AnimeService], None] | None = None, stop_event: asyncio.Event | None = None
+) -> None:
     """Run until `stop_event` is set (or forever); stops kernels cleanly."""
     service = AnimeService(cfg)
     app = make_app(service)

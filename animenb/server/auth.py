@@ -42,6 +42,7 @@ Reusable API for other handlers (e.g. ``POST /api/anime/orchestrate``, admin onl
 ``WWW-Authenticate: Bearer``) or 403 (token without the role), rendered by the handlers'
 JSON `write_error`. ``role="user"`` accepts any valid token (admins included).
 """
+
 from __future__ import annotations
 
 import functools
@@ -62,6 +63,7 @@ WWW_AUTHENTICATE = 'Bearer realm="animenb"'
 @dataclass(frozen=True)
 class Identity:
     """An authenticated caller (anonymous callers have no Identity: `current_user` is None)."""
+
     name: str
     role: str
     token_id: str | None = None
@@ -77,8 +79,13 @@ def bearer_token(request, *, allow_query: bool = False) -> str | None:
     if header is not None:
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
-            raise APIError(401, "invalid_token", "The Authorization header must be `Bearer <token>`.",
-                           "Authorization", headers={"WWW-Authenticate": WWW_AUTHENTICATE})
+            raise APIError(
+                401,
+                "invalid_token",
+                "The Authorization header must be `Bearer <token>`.",
+                "Authorization",
+                headers={"WWW-Authenticate": WWW_AUTHENTICATE},
+            )
         return value.strip()
     if allow_query:
         values = request.query_arguments.get("token")
@@ -94,8 +101,13 @@ def identify(settings: dict, request, *, allow_query: bool = False) -> Identity 
         return None
     record = settings["animenb"].tokens.authenticate(token)
     if record is None:
-        raise APIError(401, "invalid_token", "The bearer token is unknown or has been revoked.", "Authorization",
-                       headers={"WWW-Authenticate": f'{WWW_AUTHENTICATE}, error="invalid_token"'})
+        raise APIError(
+            401,
+            "invalid_token",
+            "The bearer token is unknown or has been revoked.",
+            "Authorization",
+            headers={"WWW-Authenticate": f'{WWW_AUTHENTICATE}, error="invalid_token"'},
+        )
     return Identity(name=record.name, role=record.role, token_id=record.id)
 
 
@@ -156,22 +168,34 @@ def require_role(handler, role: str = "admin") -> Identity:
     """The caller's Identity if it has `role` ("admin", or "user" = any valid token); else APIError 401/403."""
     identity = handler.current_user
     if identity is None:
-        raise APIError(401, "auth_required", "This endpoint needs `Authorization: Bearer <token>`.", "Authorization",
-                       headers={"WWW-Authenticate": WWW_AUTHENTICATE})
+        raise APIError(
+            401,
+            "auth_required",
+            "This endpoint needs `Authorization: Bearer <token>`.",
+            "Authorization",
+            headers={"WWW-Authenticate": WWW_AUTHENTICATE},
+        )
     if role == "admin" and not identity.is_admin:
-        raise APIError(403, "forbidden", f"This endpoint is for admins; token `{identity.name}` has role "
-                                         f"`{identity.role}`.", "Authorization")
+        raise APIError(
+            403,
+            "forbidden",
+            f"This endpoint is for admins; token `{identity.name}` has role `{identity.role}`.",
+            "Authorization",
+        )
     return identity
 
 
 def role_required(role: str = "admin") -> Callable:
     """Method decorator: `require_role(self, role)` before the method runs (sync or async)."""
+
     def decorate(method: Callable) -> Callable:
         @functools.wraps(method)
         def wrapper(self, *args: Any, **kwargs: Any):
             require_role(self, role)
             return method(self, *args, **kwargs)
+
         return wrapper
+
     return decorate
 
 

@@ -19,6 +19,7 @@ address, `localhost` or a loopback address, or the host of an `--allow-origin`; 
 address (0.0.0.0, ::) any IP address too. A name that reaches the server some other way (a LAN name, a
 proxy's public name) is given with `--allow-origin http://NAME:PORT`.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -69,8 +70,13 @@ def host_allowed(host_header: str, listen_host: str, allowed_origins: tuple[str,
 def check_host(request, listen_host: str, allowed_origins: tuple[str, ...] | list[str] = ()) -> None:
     """Raise APIError 421 unless the request's `Host` names this server (module docstring)."""
     if not host_allowed(request.host, listen_host, allowed_origins):
-        raise APIError(421, "host_not_allowed", f"This server does not answer to host {request.host[:100]!r}; "
-                                                f"start it with --allow-origin http://HOST:PORT to allow it.", "Host")
+        raise APIError(
+            421,
+            "host_not_allowed",
+            f"This server does not answer to host {request.host[:100]!r}; "
+            f"start it with --allow-origin http://HOST:PORT to allow it.",
+            "Host",
+        )
 
 
 def is_json_media(content_type: str | None) -> bool:
@@ -84,9 +90,19 @@ def check_csrf(request, allowed_origins: tuple[str, ...] | list[str] = ()) -> No
         return
     origin = request.headers.get("Origin")
     if origin is not None and not origin_allowed(origin, request, allowed_origins):
-        raise APIError(403, "cross_origin", f"Requests from origin {origin[:100]!r} are not allowed; start the "
-                                            f"server with --allow-origin ORIGIN to allow a web app there.", "Origin")
+        raise APIError(
+            403,
+            "cross_origin",
+            f"Requests from origin {origin[:100]!r} are not allowed; start the "
+            f"server with --allow-origin ORIGIN to allow a web app there.",
+            "Origin",
+        )
     if request.method in WITH_BODY and not is_json_media(request.headers.get("Content-Type")):
         got = request.headers.get("Content-Type")
-        raise APIError(415, "unsupported_media_type", "The request body must be JSON (Content-Type: "
-                       f"application/json), got {got[:100] if got else 'no Content-Type'}.", "Content-Type")
+        raise APIError(
+            415,
+            "unsupported_media_type",
+            "The request body must be JSON (Content-Type: "
+            f"application/json), got {got[:100] if got else 'no Content-Type'}.",
+            "Content-Type",
+        )

@@ -4,6 +4,7 @@ Each handler parses its request, makes one call to the service (`animenb.server.
 writes the answer. Every error is JSON, `{"error": {"code", "message", "field"}}`, from one
 `write_error`; tracebacks go to the log, never to clients. Who may see what: `animenb.server.auth`.
 """
+
 from __future__ import annotations
 
 import errno
@@ -39,11 +40,18 @@ def storage_error(exc: BaseException | None) -> APIError | None:
     """The answer to a write that could not happen: 507 when the disk is full (nothing was written), 503 +
     Retry-After while the database is locked; None for any other error."""
     if isinstance(exc, StoreUnavailable) and exc.full or isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return APIError(507, "insufficient_storage", "The server's disk is full; nothing was written. "
-                                                     "Retry once an operator has freed space.")
+        return APIError(
+            507,
+            "insufficient_storage",
+            "The server's disk is full; nothing was written. Retry once an operator has freed space.",
+        )
     if isinstance(exc, StoreUnavailable):
-        return APIError(503, "store_unavailable", f"The job store cannot write now ({exc.reason}); nothing was "
-                        f"written. Retry after {STORE_RETRY_AFTER} s.", headers={"Retry-After": STORE_RETRY_AFTER})
+        return APIError(
+            503,
+            "store_unavailable",
+            f"The job store cannot write now ({exc.reason}); nothing was written. Retry after {STORE_RETRY_AFTER} s.",
+            headers={"Retry-After": STORE_RETRY_AFTER},
+        )
     return None
 
 
@@ -64,8 +72,11 @@ class JSONErrorMixin(HandlerMixin):
             message = exc.log_message % exc.args if exc.log_message and exc.args else (exc.log_message or self._reason)
             error = {"code": self._reason.lower().replace(" ", "_"), "message": message, "field": None}
         else:
-            error = {"code": "internal_error", "message": "Internal server error (details are in the server log).",
-                     "field": None}
+            error = {
+                "code": "internal_error",
+                "message": "Internal server error (details are in the server log).",
+                "field": None,
+            }
         self.clear_header("Content-Disposition")
         for name, value in getattr(exc, "headers", {}).items():  # Retry-After, WWW-Authenticate
             self.set_header(name, value)
@@ -117,8 +128,9 @@ class BaseHandler(LimitedBodyMixin, JSONErrorMixin, AuthMixin, tornado.web.Reque
         valid = [s.value for s in JobStatus]
         for s in statuses:
             if s not in valid:
-                raise APIError(422, "invalid_value", f"`status` must be one of {', '.join(valid)}, got {s!r}.",
-                               "status")
+                raise APIError(
+                    422, "invalid_value", f"`status` must be one of {', '.join(valid)}, got {s!r}.", "status"
+                )
         return statuses
 
 
@@ -151,8 +163,11 @@ class JobsHandler(BaseHandler):
     def get(self) -> None:
         limit = parse_limit(self.get_query_argument("limit", None))
         cursor = parse_cursor(self.get_query_argument("cursor", None))
-        self.write_json(self.service.jobs(status=self.status_filter(), limit=limit, cursor=cursor, scope=self.scope(),
-                                          caller=self.caller()))
+        self.write_json(
+            self.service.jobs(
+                status=self.status_filter(), limit=limit, cursor=cursor, scope=self.scope(), caller=self.caller()
+            )
+        )
 
 
 class GalleryHandler(BaseHandler):
@@ -206,8 +221,12 @@ class GenerationHandler(StatusHandler):
 
 def _safe_relative(path: str) -> bool:
     parts = path.split("/")
-    return (bool(path) and "\\" not in path and not any(ord(c) < 32 for c in path)
-            and all(p and not p.startswith(".") for p in parts))
+    return (
+        bool(path)
+        and "\\" not in path
+        and not any(ord(c) < 32 for c in path)
+        and all(p and not p.startswith(".") for p in parts)
+    )
 
 
 class OutputHandler(JSONErrorMixin, AuthMixin, tornado.web.StaticFileHandler):
@@ -281,7 +300,7 @@ class AdminGcHandler(BaseHandler):
         if unknown:
             raise invalid(unknown[0], f"Unknown field `{unknown[0]}`; accepted: older_than, dry_run.", "unknown_field")
         if "older_than" not in data:
-            raise invalid("older_than", "`older_than` is required, e.g. \"7d\".", "missing_field")
+            raise invalid("older_than", '`older_than` is required, e.g. "7d".', "missing_field")
         if type(data["older_than"]) not in (str, int, float):
             raise invalid("older_than", f"`older_than` must be a string like 7d, got {data['older_than']!r}.")
         try:

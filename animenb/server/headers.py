@@ -4,6 +4,7 @@ An output transform rather than `set_default_headers` in one base class: the sta
 handler, the pages, the WebSocket handshake's refusals and tornado's own error pages all
 pass through the application's transforms.
 """
+
 from __future__ import annotations
 
 import tornado.web

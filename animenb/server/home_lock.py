@@ -6,6 +6,7 @@ start with `HomeInUseError`, naming the holder's pid. The lock is `fcntl.flock` 
 file: the kernel drops it when the holder exits, however it exits (kill -9 included), so a
 stale lock file never blocks a restart.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -31,8 +32,10 @@ class HomeLock:
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise HomeInUseError(f"another animenb serve (pid {holder}) is using the home {self.path.parent}; stop "
-                                 f"it first, or give this server another --home.") from None
+            raise HomeInUseError(
+                f"another animenb serve (pid {holder}) is using the home {self.path.parent}; stop "
+                f"it first, or give this server another --home."
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

@@ -13,6 +13,7 @@
 
     server = make_http_server(app, HttpLimits())      # what `serve` and the tests listen with
 """
+
 from __future__ import annotations
 
 import collections
@@ -30,9 +31,9 @@ from .validation import MAX_BODY_BYTES, APIError
 @dataclass(frozen=True)
 class HttpLimits:
     max_body_bytes: int = MAX_BODY_BYTES  # every endpoint's body, JSON or not
-    body_timeout: float = 10.0            # seconds to send a whole body once the headers are in
-    idle_timeout: float = 30.0            # seconds to send a request's headers (and idle keep-alive)
-    max_websockets_per_client: int = 64   # open job WebSockets per client address
+    body_timeout: float = 10.0  # seconds to send a whole body once the headers are in
+    idle_timeout: float = 30.0  # seconds to send a request's headers (and idle keep-alive)
+    max_websockets_per_client: int = 64  # open job WebSockets per client address
 
     def __post_init__(self):
         for name in ("max_body_bytes", "body_timeout", "idle_timeout", "max_websockets_per_client"):
@@ -53,6 +54,7 @@ class JobLimits:
     how long it may run. A default 512 px job of any phase costs 32-111, phase 3 at SVD-XT's native
     1024x576 246 (anonymous callers may queue either); 2048 px x 150 steps x 64 frames costs about
     40,000. None: no limit."""
+
     anonymous: float | None = 300.0
     user: float | None = 1500.0
     admin: float | None = 15000.0
@@ -70,15 +72,25 @@ class JobLimits:
         return getattr(self, role)
 
     def as_dict(self) -> dict:
-        return {"job_cost": {"unit": UNIT, "formula": FORMULA,
-                             "max_by_role": {role: self.max_cost(role) for role in ROLES}},
-                "job_timeout_seconds": self.timeout_seconds}
+        return {
+            "job_cost": {
+                "unit": UNIT,
+                "formula": FORMULA,
+                "max_by_role": {role: self.max_cost(role) for role in ROLES},
+            },
+            "job_timeout_seconds": self.timeout_seconds,
+        }
 
 
 def make_http_server(app, limits: HttpLimits, **kwargs) -> HTTPServer:
     """The HTTPServer for `app` with `limits` applied (`kwargs`: other HTTPServer arguments)."""
-    return HTTPServer(app, max_body_size=limits.max_body_bytes, body_timeout=limits.body_timeout,
-                      idle_connection_timeout=limits.idle_timeout, **kwargs)
+    return HTTPServer(
+        app,
+        max_body_size=limits.max_body_bytes,
+        body_timeout=limits.body_timeout,
+        idle_connection_timeout=limits.idle_timeout,
+        **kwargs,
+    )
 
 
 def too_large() -> APIError:

@@ -4,6 +4,7 @@ For the type checker a mixin is a tornado `RequestHandler` (what it is always mi
 `self.request`, `self.set_header`, ...); at run time it is a plain `object`, so each handler's method
 order stays its own bases'.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -4,6 +4,7 @@ Names, file names, sizes and hashes (SHA-256 and A1111's short hash), never abso
 first listing hashes every file (seconds per GB); it runs off the event loop and later listings
 reuse the hashes of files that have not changed.
 """
+
 from __future__ import annotations
 
 import tornado.ioloop

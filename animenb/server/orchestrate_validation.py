@@ -12,6 +12,7 @@ the chain through whatever the gates say), `threshold` (one gate for every phase
 `max_retries` and the gates follow the chain's own spec (`animenb.chain.MAX_RETRIES`, `THRESHOLD`), as the
 in-process `orchestrate()` and the OpenAPI document do.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -23,16 +24,25 @@ from animenb.runner.orchestration import COMMON_FIELDS
 from .validation import FIELDS, check_param, invalid, resolve_output_ref
 
 CHAIN_FIELDS = ("prompt", "seed", "steps", "width", "height") + COMMON_FIELDS
-ACCEPTED = CHAIN_FIELDS + ("reference_image", "max_retries", "advisory_gates", "on_review", "threshold",
-                            "thresholds", "models", "visibility")
+ACCEPTED = CHAIN_FIELDS + (
+    "reference_image",
+    "max_retries",
+    "advisory_gates",
+    "on_review",
+    "threshold",
+    "thresholds",
+    "models",
+    "visibility",
+)
 
 
 def validate_orchestrate(data: dict, outputs_dir, server_models: str, readable) -> tuple[dict, str | None]:
     """Returns (the parent's parameters, visibility if given)."""
     unknown = sorted(set(data) - set(ACCEPTED))
     if unknown:
-        raise invalid(unknown[0], f"Unknown field `{unknown[0]}`; accepted: {', '.join(ACCEPTED)}.",
-                      code="unknown_field")
+        raise invalid(
+            unknown[0], f"Unknown field `{unknown[0]}`; accepted: {', '.join(ACCEPTED)}.", code="unknown_field"
+        )
     if "prompt" not in data:
         raise invalid("prompt", "`prompt` is required.", code="missing_field")
     values: dict = {}
@@ -63,8 +73,9 @@ def validate_orchestrate(data: dict, outputs_dir, server_models: str, readable) 
     values["on_review"] = on_review
     models = data.get("models")
     if models is not None and models != server_models:
-        raise invalid("models", f"`models` must be this server's profile {server_models!r} (or left out), "
-                                f"got {models!r}.")
+        raise invalid(
+            "models", f"`models` must be this server's profile {server_models!r} (or left out), got {models!r}."
+        )
     visibility = data.get("visibility")
     if visibility is not None and visibility not in ("public", "private"):
         raise invalid("visibility", f"`visibility` must be one of public, private, got {visibility!r}.")
@@ -78,8 +89,9 @@ def _thresholds(data: dict) -> dict[str, float | None]:
     field = "threshold" if "threshold" in data else "thresholds"
     given = data.get(field)
     if field == "thresholds" and given is not None and not isinstance(given, dict):
-        raise invalid(field, f"`{field}` must be an object {{phase id or name: number or null}}, "
-                             f"got {type(given).__name__}.")
+        raise invalid(
+            field, f"`{field}` must be an object {{phase id or name: number or null}}, got {type(given).__name__}."
+        )
     if field == "threshold" and isinstance(given, dict):
         raise invalid(field, f"`{field}` must be a number or null, got object; per phase: `thresholds`.")
     try:

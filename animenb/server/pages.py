@@ -5,6 +5,7 @@ Plain HTML/CSS/JS, no build step. The page reads the JSON API (/api/anime/galler
 only (prompts are user text), and the Content-Security-Policy below forbids inline script,
 so an injected tag could not run even if one got through.
 """
+
 from __future__ import annotations
 
 import importlib.resources
@@ -16,8 +17,10 @@ from .mixins import HandlerMixin
 
 # Package data (pyproject's package-data); a wheel installs it as plain files.
 STATIC_DIR = Path(str(importlib.resources.files("animenb.server") / "static"))
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
-       "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
+    "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 class _Hardened(HandlerMixin):

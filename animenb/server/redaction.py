@@ -5,6 +5,7 @@ record, whichever logger made it (tornado.access logging a failed WebSocket hand
 URL, tornado.general, ours), reaches handlers with its secrets replaced by `<redacted>`.
 A filter on one logger would miss records of its children; a factory sees them all.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,10 +15,10 @@ from animenb.store.tokens_base import TOKEN_PREFIX
 
 REDACTED = "<redacted>"
 _SECRET_PATTERNS = (
-    re.compile(r"(?i)((?:^|[?&;\s])[a-z_]*token=)[^&\s\"'#]+"),     # ?token=..., &cancel_token=...
+    re.compile(r"(?i)((?:^|[?&;\s])[a-z_]*token=)[^&\s\"'#]+"),  # ?token=..., &cancel_token=...
     # Authorization: Bearer ...; a placeholder such as `Bearer <token>` in a message is not a secret.
     re.compile(r"(?i)(bearer\s+)(?!<[a-z_-]+>)[^\s\"'`,;]+"),
-    re.compile(rf"(){re.escape(TOKEN_PREFIX)}[A-Za-z0-9_\-]+"),     # a bare animenb token anywhere
+    re.compile(rf"(){re.escape(TOKEN_PREFIX)}[A-Za-z0-9_\-]+"),  # a bare animenb token anywhere
 )
 _installed = False
 

@@ -1,4 +1,5 @@
 """What handlers pass to the service: who asks (`Caller`) and a job asking to be queued (`JobRequest`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from .limits import client_key
 class Caller:
     """Who makes a request, as its handler found out: the identity (None: anonymous), the base of the
     WebSocket URLs in replies (`ws://host` or `wss://host`, from the request) and the client's address."""
+
     identity: Identity | None = None
     ws_base: str = ""
     address: str = ""  # the client's address (request.remote_ip)
@@ -35,19 +37,20 @@ class Caller:
 
     @property
     def role(self) -> str:
-        """"anonymous", "user" or "admin": what limits the caller's jobs (`JobLimits`)."""
+        """ "anonymous", "user" or "admin": what limits the caller's jobs (`JobLimits`)."""
         return self.identity.role if self.identity is not None else "anonymous"
 
 
 @dataclass(frozen=True)
 class JobRequest:
     """A validated job asking to be queued (what `AnimeService.admit` decides on)."""
-    kind: str                      # a runner job kind: "phase", "orchestration" or "sweep"
+
+    kind: str  # a runner job kind: "phase", "orchestration" or "sweep"
     phase: int | None
     parameters: dict[str, Any] = field(repr=False)
     owner: str = ANONYMOUS
     visibility: str = "public"
-    extra: dict[str, Any] | None = None   # the job's `extra` (e.g. an anonymous job's cancel-token hash)
+    extra: dict[str, Any] | None = None  # the job's `extra` (e.g. an anonymous job's cancel-token hash)
     exempt_from_user_limit: bool = False  # admins' jobs do not count against the per-user limit
-    role: str = "anonymous"               # the caller's role: its cap on the job's cost (JobLimits)
-    children: int = 0                     # jobs it queues at once besides itself (a sweep's cells): they count too
+    role: str = "anonymous"  # the caller's role: its cap on the job's cost (JobLimits)
+    children: int = 0  # jobs it queues at once besides itself (a sweep's cells): they count too

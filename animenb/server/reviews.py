@@ -1,5 +1,6 @@
 """Reviewers' verdicts over HTTP: POST /api/anime/generation/{id}/review {"verdict": "good"|"bad", "note"}
 (user or admin token; one verdict per reviewer, the latest wins) and GET /api/anime/reviews[?job_id=]."""
+
 from __future__ import annotations
 
 from animenb.store.jobs_common import JobStatus
@@ -22,8 +23,12 @@ class ReviewHandler(BaseHandler):
         identity = require_role(self, "user")
         job = self.get_job(job_id)
         if job.status is not JobStatus.SUCCEEDED:
-            raise APIError(409, "not_finished", f"Only a finished output can be reviewed; job {job_id} is "
-                                                f"{job.status.value}.", "job_id")
+            raise APIError(
+                409,
+                "not_finished",
+                f"Only a finished output can be reviewed; job {job_id} is {job.status.value}.",
+                "job_id",
+            )
         data = parse_json_body(self.request.body, self.request.headers.get("Content-Type"))
         try:
             verdict, note = check_review(data.get("verdict"), data.get("note"))

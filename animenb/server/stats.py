@@ -18,6 +18,7 @@
   directory's size is walked in a thread at most every `DISK_WALK_SECONDS` (a year of outputs
   takes a while), and shown with its age.
 """
+
 from __future__ import annotations
 
 import ast
@@ -45,7 +46,8 @@ KERNEL_EXPRESSION = (
     "'cuda': (lambda t: {'allocated_bytes': t.cuda.memory_allocated(), 'reserved_bytes': t.cuda.memory_reserved(), "
     "'max_allocated_bytes': t.cuda.max_memory_allocated()} if t is not None and t.cuda.is_available() "
     "and t.cuda.is_initialized() else None)(sys.modules.get('torch'))}, default=str))"
-    "(__import__('sys'), __import__('json'))")
+    "(__import__('sys'), __import__('json'))"
+)
 
 _kernel_cache: dict[int, dict] = {}  # id(kernel) -> last answer
 _disk_walks: dict[str, dict] = {}  # outputs dir -> {"outputs_bytes", "output_dirs", "as_of"}
@@ -103,13 +105,22 @@ def job_figures(store) -> dict:
                 pass
         r = lambda v: None if v is None else round(v, 3)  # noqa: E731
         per_phase[key] = {
-            "name": name, "succeeded": len(e["durations"]), "failed": e["failed"],
+            "name": name,
+            "succeeded": len(e["durations"]),
+            "failed": e["failed"],
             "duration_seconds": {"p50": r(percentile(e["durations"], 50)), "p95": r(percentile(e["durations"], 95))},
             "steps_per_second": {"p50": r(percentile(e["rates"], 50)), "p95": r(percentile(e["rates"], 95))},
-            "quality": {"scored": e["scored"], "passed": e["passed"],
-                        "pass_rate": round(e["passed"] / e["scored"], 3) if e["scored"] else None}}
-    return {"window": len(finished), "phases": per_phase,
-            "quality": {"scored": scored, "passed": passed, "pass_rate": round(passed / scored, 3) if scored else None}}
+            "quality": {
+                "scored": e["scored"],
+                "passed": e["passed"],
+                "pass_rate": round(e["passed"] / e["scored"], 3) if e["scored"] else None,
+            },
+        }
+    return {
+        "window": len(finished),
+        "phases": per_phase,
+        "quality": {"scored": scored, "passed": passed, "pass_rate": round(passed / scored, 3) if scored else None},
+    }
 
 
 def typical_duration(store, default: float = 5.0) -> float:
@@ -127,8 +138,9 @@ def _ask_kernel(kernel) -> dict:
         kc = kernel.kc
         if kc is None:
             raise RuntimeError("kernel is not running")
-        msg_id = kc.execute("", silent=True, store_history=False, allow_stdin=False,
-                            user_expressions={"stats": KERNEL_EXPRESSION})
+        msg_id = kc.execute(
+            "", silent=True, store_history=False, allow_stdin=False, user_expressions={"stats": KERNEL_EXPRESSION}
+        )
         deadline = time.monotonic() + KERNEL_QUERY_TIMEOUT
         while time.monotonic() < deadline:
             try:
@@ -169,17 +181,22 @@ async def slot_figures(runner) -> list[dict]:
         cached = _kernel_cache.get(id(kernel))
         if kernel.ready and not kernel.busy:
             try:
-                answer = await asyncio.wait_for(loop.run_in_executor(kernel.thread, _ask_kernel, kernel),
-                                                KERNEL_QUERY_TIMEOUT + 0.5)
+                answer = await asyncio.wait_for(
+                    loop.run_in_executor(kernel.thread, _ask_kernel, kernel), KERNEL_QUERY_TIMEOUT + 0.5
+                )
                 cached = _kernel_cache[id(kernel)] = {**answer, "as_of": time.time()}
             except Exception as exc:
                 info["model_cache_error"] = str(exc) or type(exc).__name__
         if cached:
             models = cached.get("models") or []
-            info["model_cache"] = {"pipelines": models, "count": len(models),
-                                   "bytes": sum(int(m.get("bytes") or 0) for m in models),
-                                   "cuda": cached.get("cuda"), "torch_loaded": cached.get("torch_loaded"),
-                                   "age_seconds": round(time.time() - cached["as_of"], 1)}
+            info["model_cache"] = {
+                "pipelines": models,
+                "count": len(models),
+                "bytes": sum(int(m.get("bytes") or 0) for m in models),
+                "cuda": cached.get("cuda"),
+                "torch_loaded": cached.get("torch_loaded"),
+                "age_seconds": round(time.time() - cached["as_of"], 1),
+            }
         else:
             info["model_cache"] = None  # busy since start-up: asked again when it is idle
         out.append(info)
@@ -231,16 +248,18 @@ async def outputs_size(outputs_dir: Path) -> dict:
         _disk_walking.add(key)  # before the task runs: one walk at a time
         asyncio.ensure_future(walk())
     last = _disk_walks[key]
-    return {"outputs_bytes": last["outputs_bytes"], "output_dirs": last["output_dirs"],
-            "outputs_age_seconds": round(time.time() - last["as_of"], 1)}
+    return {
+        "outputs_bytes": last["outputs_bytes"],
+        "output_dirs": last["output_dirs"],
+        "outputs_age_seconds": round(time.time() - last["as_of"], 1),
+    }
 
 
 def disk_figures(outputs_dir: Path, store_path: str) -> dict:
     usage = shutil.disk_usage(outputs_dir)
     info = {"outputs_dir": str(outputs_dir), "free_bytes": usage.free, "total_bytes": usage.total}
     if store_path and store_path != ":memory:":
-        info["store_bytes"] = sum(os.path.getsize(p) for p in (store_path, store_path + "-wal")
-                                  if os.path.exists(p))
+        info["store_bytes"] = sum(os.path.getsize(p) for p in (store_path, store_path + "-wal") if os.path.exists(p))
     return info
 
 
@@ -256,8 +275,12 @@ async def admin_stats(service) -> dict:
     slots = await slot_figures(runner)
     return {
         "uptime_seconds": round(time.time() - service.started_at, 1),
-        "queue": {"length": counts["queued"], "running": counts["running"],
-                  "max_queue": service.config.max_queue, "max_queued_per_user": service.config.max_queued_per_user},
+        "queue": {
+            "length": counts["queued"],
+            "running": counts["running"],
+            "max_queue": service.config.max_queue,
+            "max_queued_per_user": service.config.max_queued_per_user,
+        },
         "jobs": {"by_status": counts, "total": sum(counts.values())},
         "phases": figures["phases"],
         "quality": figures["quality"],
@@ -265,11 +288,17 @@ async def admin_stats(service) -> dict:
         "recent": recent,
         "gpu": gpu,
         "host": host_figures(),
-        "kernels": {"warm": runner.warm, "ready": sum(s["ready"] for s in slots), "total": len(slots),
-                    "devices": slots},
+        "kernels": {
+            "warm": runner.warm,
+            "ready": sum(s["ready"] for s in slots),
+            "total": len(slots),
+            "devices": slots,
+        },
         "executor": runner.describe_executor(),
-        "models": {"profile": service.models, "cache": [m for s in slots for m in
-                                                         ((s.get("model_cache") or {}).get("pipelines") or [])],
-                   "cache_bytes": sum((s.get("model_cache") or {}).get("bytes", 0) for s in slots)},
+        "models": {
+            "profile": service.models,
+            "cache": [m for s in slots for m in ((s.get("model_cache") or {}).get("pipelines") or [])],
+            "cache_bytes": sum((s.get("model_cache") or {}).get("bytes", 0) for s in slots),
+        },
         "disk": disk,
     }

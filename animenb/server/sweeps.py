@@ -11,6 +11,7 @@ A sweep queues many jobs, so it needs a token. It is admitted like any job (`Ani
 of every cell together against the caller's cap, and its cells against the caller's queued-jobs allowance.
 The 202 reply adds `kind` "sweep", `cells` and `cost`.
 """
+
 from __future__ import annotations
 
 from animenb.store.tokens_base import ANONYMOUS
@@ -33,7 +34,7 @@ def validate_sweep(data: dict, outputs_dir, readable, backend: str | None = None
     if unknown:
         raise invalid(unknown[0], f"Unknown field `{unknown[0]}`; accepted: {', '.join(ACCEPTED)}.", "unknown_field")
     if "axes" not in data:
-        raise invalid("axes", "`axes` is required, e.g. {\"steps\": \"8-24:8\", \"seed\": [1, 2]}.", "missing_field")
+        raise invalid("axes", '`axes` is required, e.g. {"steps": "8-24:8", "seed": [1, 2]}.', "missing_field")
     shared = data.get("parameters", {})
     if not isinstance(shared, dict):
         raise invalid("parameters", f"`parameters` must be an object, got {type(shared).__name__}.")
@@ -72,21 +73,47 @@ async def submit_sweep(service, data: dict, caller: Caller) -> dict:
     """Validate, admit the parent job (its cost: every cell; its cells count against the caller's queued
     jobs), and return the 202 reply."""
     plan, visibility = validate_sweep(
-        data, service.outputs_dir, lambda job_id: service.readable_job(job_id, caller.identity) is not None,
-        service.config.backend)
+        data,
+        service.outputs_dir,
+        lambda job_id: service.readable_job(job_id, caller.identity) is not None,
+        service.config.backend,
+    )
     if plan.parameters.get("backend") == "comfyui" and not service.config.comfyui_url:
-        raise APIError(422, "comfyui_not_configured", "`backend` comfyui needs a ComfyUI server: start animenb serve "
-                       "with --comfyui-url URL.", "parameters.backend")
+        raise APIError(
+            422,
+            "comfyui_not_configured",
+            "`backend` comfyui needs a ComfyUI server: start animenb serve with --comfyui-url URL.",
+            "parameters.backend",
+        )
     if "visibility" not in data:
         visibility = "private"  # a token's jobs are its own unless it says "public"
     parameters = {**plan.parameters, "sweep": plan.as_dict()}
-    job = await service.admit(JobRequest(kind=SWEEP_KIND, phase=plan.phase, parameters=parameters, owner=caller.name,
-                                   visibility=visibility, exempt_from_user_limit=caller.is_admin, role=caller.role,
-                                   children=len(plan.cells)))
-    return {"job_id": job.id, "status": job.status.value, "kind": SWEEP_KIND, "phase": plan.phase,
-            "cells": len(plan.cells), "axes": plan.axes, "mode": plan.mode, "seed": plan.parameters.get("seed"),
-            "cost": round(plan.cost(**service.render_sizes), 3), "status_url": views.status_url(job.id),
-            "ws_url": views.ws_url(job.id, caller.ws_base), "queue_position": service.store.queue_position(job.id)}
+    job = await service.admit(
+        JobRequest(
+            kind=SWEEP_KIND,
+            phase=plan.phase,
+            parameters=parameters,
+            owner=caller.name,
+            visibility=visibility,
+            exempt_from_user_limit=caller.is_admin,
+            role=caller.role,
+            children=len(plan.cells),
+        )
+    )
+    return {
+        "job_id": job.id,
+        "status": job.status.value,
+        "kind": SWEEP_KIND,
+        "phase": plan.phase,
+        "cells": len(plan.cells),
+        "axes": plan.axes,
+        "mode": plan.mode,
+        "seed": plan.parameters.get("seed"),
+        "cost": round(plan.cost(**service.render_sizes), 3),
+        "status_url": views.status_url(job.id),
+        "ws_url": views.ws_url(job.id, caller.ws_base),
+        "queue_position": service.store.queue_position(job.id),
+    }
 
 
 class SweepsHandler(BaseHandler):
@@ -114,9 +141,14 @@ class SweepsHandler(BaseHandler):
                 break
         more = len(sweeps) > limit
         caller = self.caller()
-        self.write_json({"sweeps": [service.status(j, caller.ws_base) for j in sweeps[:limit]],
-                         "user": identity.name if identity else ANONYMOUS, "limit": limit,
-                         "next_cursor": str(sweeps[limit - 1].seq) if more else None})
+        self.write_json(
+            {
+                "sweeps": [service.status(j, caller.ws_base) for j in sweeps[:limit]],
+                "user": identity.name if identity else ANONYMOUS,
+                "limit": limit,
+                "next_cursor": str(sweeps[limit - 1].seq) if more else None,
+            }
+        )
 
 
 sweep_handlers = [(r"/api/anime/sweeps/?", SweepsHandler)]

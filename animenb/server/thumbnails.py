@@ -3,6 +3,7 @@
 Made once per file however many requests ask at the same time (`SingleFlight`: one ffmpeg for 20
 concurrent first requests), each written atomically (`animenb.atomic`).
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -6,6 +6,7 @@ so a job the API accepts does not fail those checks in its kernel. Every bad inp
 `animenb.runner.parameters` (plain JSON types). Messages name the field and echo the bad
 value, like diffusers' `check_inputs`.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,16 @@ OUTPUT_REF_RE = re.compile(r"^(?:/api/anime/outputs/)?(?P<job_id>[0-9a-f]{32})(?
 class APIError(HTTPError):
     """An HTTPError with a machine-readable code and the offending field."""
 
-    def __init__(self, status_code: int, code: str, message: str, field: str | None = None, *,
-                 headers: dict[str, str] | None = None, **kwargs):
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **kwargs,
+    ):
         super().__init__(status_code, "%s", message, **kwargs)
         self.code, self.message, self.field = code, message, field
         self.headers = dict(headers or {})  # e.g. Retry-After, WWW-Authenticate (set by write_error)
@@ -65,6 +74,7 @@ def check_param(param: Param, value: Any) -> Any:
 @dataclass(frozen=True)
 class Field:
     """A request field shared by every phase (POST /orchestrate passes these to each phase)."""
+
     check: Callable[[str, Any], Any]
     default: Callable[[], Any] | None = None
 
@@ -75,8 +85,10 @@ def _shared_field(name: str, default: Callable[[], Any] | None = None) -> Field:
 
 
 # Defaults here only where every phase agrees (each phase's own defaults apply otherwise).
-FIELDS: dict[str, Field] = {name: _shared_field(name) for name in (
-    "prompt", "negative_prompt", "width", "height", "guidance_scale", "scheduler", "backend")}
+FIELDS: dict[str, Field] = {
+    name: _shared_field(name)
+    for name in ("prompt", "negative_prompt", "width", "height", "guidance_scale", "scheduler", "backend")
+}
 FIELDS["steps"] = _shared_field("steps", default=lambda: CHARACTER_SHEET.defaults["steps"])
 FIELDS["seed"] = _shared_field("seed", default=lambda: secrets.randbelow(2**32))
 META_FIELDS = ("phase", "visibility")
@@ -97,13 +109,20 @@ def check_content_type(content_type: str | None) -> None:
     """A body must be declared JSON: application/json (or *+json). Without a Content-Type, a form
     or text/plain a web page on another site could send (see animenb.server.csrf) is 415 too."""
     if not content_type:
-        raise APIError(415, "unsupported_media_type", "The request body must be JSON: send "
-                       "`Content-Type: application/json`.", "Content-Type")
+        raise APIError(
+            415,
+            "unsupported_media_type",
+            "The request body must be JSON: send `Content-Type: application/json`.",
+            "Content-Type",
+        )
     media = content_type.split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
-        raise APIError(415, "unsupported_media_type",
-                       f"The request body must be JSON (Content-Type: application/json), got {media!r}.",
-                       "Content-Type")
+        raise APIError(
+            415,
+            "unsupported_media_type",
+            f"The request body must be JSON (Content-Type: application/json), got {media!r}.",
+            "Content-Type",
+        )
 
 
 def parse_json_body(body: bytes, content_type: str | None = None) -> dict:
@@ -132,8 +151,11 @@ def resolve_output_ref(field: str, value: Any, outputs_dir: Path, readable: Read
     -> an absolute path inside the outputs directory. A job the caller may not read is answered
     like a job without outputs, so private jobs can't be reused (or probed) by others."""
     if type(value) is not str or not (m := OUTPUT_REF_RE.match(value)):
-        raise invalid(field, f"`{field}` must name a previous job's output as `<job_id>`, `<job_id>/<file>` or "
-                             f"its /api/anime/outputs/ URL, got {value!r}.")
+        raise invalid(
+            field,
+            f"`{field}` must name a previous job's output as `<job_id>`, `<job_id>/<file>` or "
+            f"its /api/anime/outputs/ URL, got {value!r}.",
+        )
     if not readable(m["job_id"]):
         raise invalid(field, f"`{field}`: job {m['job_id']} has no finished outputs.")
     root = (outputs_dir / m["job_id"]).resolve()
@@ -147,8 +169,9 @@ def resolve_output_ref(field: str, value: Any, outputs_dir: Path, readable: Read
     return str(target)
 
 
-def validate_generate(data: dict, outputs_dir: Path, readable: Readable,
-                      backend: str | None = None) -> tuple[int, dict[str, Any], str]:
+def validate_generate(
+    data: dict, outputs_dir: Path, readable: Readable, backend: str | None = None
+) -> tuple[int, dict[str, Any], str]:
     """Returns (phase id, values for the notebook, visibility). The phase's spec decides what is
     valid, so nothing accepted here fails its checks later in the kernel; the phase's defaults are
     filled in (and a seed drawn) so the job records what it ran with. `backend` is the server's own,
@@ -162,8 +185,11 @@ def validate_generate(data: dict, outputs_dir: Path, readable: Readable,
         raise invalid("phase", str(exc)) from None
     unknown = sorted(set(data) - set(API_FIELDS) - set(META_FIELDS))
     if unknown:
-        raise invalid(unknown[0], f"Unknown field `{unknown[0]}`; accepted: {', '.join(API_FIELDS + META_FIELDS)}.",
-                      code="unknown_field")
+        raise invalid(
+            unknown[0],
+            f"Unknown field `{unknown[0]}`; accepted: {', '.join(API_FIELDS + META_FIELDS)}.",
+            code="unknown_field",
+        )
     accepted = {p.name: p for p in spec.api_params}
     for name in data:
         if name not in accepted and name not in META_FIELDS:

@@ -1,4 +1,5 @@
 """JSON bodies of the API, built from store records (handlers stay thin)."""
+
 from __future__ import annotations
 
 from pathlib import PurePosixPath
@@ -43,8 +44,13 @@ def phase_name(phase: int | None) -> str | None:
 def _progress(job: JobRecord, live: dict | None) -> dict:
     base = {"percent": 0.0, "stage": job.status.value, "step": 0, "total_steps": None, "eta_seconds": None}
     stored = live or job.progress or {}
-    base.update({k: stored[k] for k in ("percent", "stage", "part", "step", "total_steps", "eta_seconds",
-                                        "elapsed_seconds", "updated_at") if k in stored})
+    base.update(
+        {
+            k: stored[k]
+            for k in ("percent", "stage", "part", "step", "total_steps", "eta_seconds", "elapsed_seconds", "updated_at")
+            if k in stored
+        }
+    )
     if job.status is JobStatus.SUCCEEDED:
         base.update(percent=100.0, eta_seconds=0.0)
     if job.terminal and job.started_at is not None and job.finished_at is not None:
@@ -61,8 +67,15 @@ def _quality(job: JobRecord) -> dict | None:
     return {k: quality.get(k) for k in shown if k in quality}
 
 
-def job_status(job: JobRecord, *, live_progress: dict | None = None, queue_position: int | None = None,
-               children: list[dict] | None = None, reviews: list[dict] | None = None, ws_base: str = "") -> dict:
+def job_status(
+    job: JobRecord,
+    *,
+    live_progress: dict | None = None,
+    queue_position: int | None = None,
+    children: list[dict] | None = None,
+    reviews: list[dict] | None = None,
+    ws_base: str = "",
+) -> dict:
     """The status body of a job (`AnimeService.status` gathers the arguments). `reviews` are the reviewers'
     verdicts on it (as GET /reviews lists them; none for an unfinished job). `children` (an orchestration
     parent's child rows) adds `children`, the chain's `reason` and `attempts_by_phase`."""
@@ -94,8 +107,9 @@ def job_status(job: JobRecord, *, live_progress: dict | None = None, queue_posit
         "ws_url": ws_url(job.id, ws_base),
     }
     if children is not None:
-        body.update(children=children, reason=job.outputs.reason,
-                    attempts_by_phase=(job.outputs.quality or {}).get("phases"))
+        body.update(
+            children=children, reason=job.outputs.reason, attempts_by_phase=(job.outputs.quality or {}).get("phases")
+        )
     return body
 
 
@@ -104,8 +118,11 @@ def primary_output(job: JobRecord) -> tuple[str | None, str | None]:
     listed = [f for f in job.outputs.listed if f.get("path")]
     media = [f for f in listed if PurePosixPath(f["path"]).suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
     if not media:
-        media = [{"path": p, "kind": ""} for p in job.outputs.files
-                 if PurePosixPath(p).suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+        media = [
+            {"path": p, "kind": ""}
+            for p in job.outputs.files
+            if PurePosixPath(p).suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+        ]
     if not media:
         return None, None
     rank = {kind: i for i, kind in enumerate(PRIMARY_KINDS)}
@@ -121,17 +138,28 @@ def gallery_item(job: JobRecord) -> dict:
     files = []
     for path in job.outputs.files:
         entry = listed.get(path, {})
-        files.append({"path": path, "url": output_url(job.id, path), "kind": entry.get("kind"),
-                      "media_type": entry.get("media_type"), "bytes": entry.get("bytes")})
+        files.append(
+            {
+                "path": path,
+                "url": output_url(job.id, path),
+                "kind": entry.get("kind"),
+                "media_type": entry.get("media_type"),
+                "bytes": entry.get("bytes"),
+            }
+        )
     return {
-        "job_id": job.id, "phase": job.phase, "phase_name": phase_name(job.phase),
+        "job_id": job.id,
+        "phase": job.phase,
+        "phase_name": phase_name(job.phase),
         "prompt": job.parameters.get("prompt"),
         "seed": job.parameters.get("seed") if job.outputs.seed is None else job.outputs.seed,
-        "created_at": iso(job.created_at), "finished_at": iso(job.finished_at),
+        "created_at": iso(job.created_at),
+        "finished_at": iso(job.finished_at),
         "url": output_url(job.id, primary) if primary else None,
         "thumbnail_url": thumbnail_url(job.id, thumb) if thumb else None,
         "notebook_url": output_url(job.id, "notebook.ipynb"),
-        "quality": _quality(job), "files": files,
+        "quality": _quality(job),
+        "files": files,
     }
 
 
@@ -139,28 +167,47 @@ def phases_body(notebooks_dir) -> dict:
     phases = []
     for phase in PHASES:
         spec = phase_spec(phase.id)  # what POST /generate accepts for this phase, from the one spec
-        phases.append({**phase.as_dict(), "notebook": phase.notebook,
-                       "available": (notebooks_dir / phase.notebook).is_file(),
-                       "parameters_file": f"parameters/{phase.parameters_file}",
-                       "request_fields": [p.as_dict() for p in spec.api_params],
-                       "rules": [r.as_dict() for r in spec.rules]})
+        phases.append(
+            {
+                **phase.as_dict(),
+                "notebook": phase.notebook,
+                "available": (notebooks_dir / phase.notebook).is_file(),
+                "parameters_file": f"parameters/{phase.parameters_file}",
+                "request_fields": [p.as_dict() for p in spec.api_params],
+                "rules": [r.as_dict() for r in spec.rules],
+            }
+        )
     return {"phases": phases, "workflow": WORKFLOW, "quality_gates": QUALITY_GATES, "quality_threshold": DEFAULT_GATE}
 
 
 def features(scored: bool) -> list[str]:
     """Only what exists in this process (`scored`: phase jobs get a quality score)."""
-    found = ["Real-time job status tracking", "WebSocket progress updates",
-             "Structured file organization (outputs/<job_id>/ with manifest.json and the executed notebook)",
-             "GPU resource management (one warm kernel and one job at a time per device)",
-             "Error handling and recovery (durable SQLite queue, dead-kernel restart, restart recovery)",
-             "Performance optimization (15 steps by default, warm kernels with a model cache)"]
+    found = [
+        "Real-time job status tracking",
+        "WebSocket progress updates",
+        "Structured file organization (outputs/<job_id>/ with manifest.json and the executed notebook)",
+        "GPU resource management (one warm kernel and one job at a time per device)",
+        "Error handling and recovery (durable SQLite queue, dead-kernel restart, restart recovery)",
+        "Performance optimization (15 steps by default, warm kernels with a model cache)",
+    ]
     if scored:
         found.insert(4, "Character consistency checking (quality scoring after every phase)")
     return found
 
 
-def health_body(*, service: str, version: str, uptime_seconds: float, counts: dict[str, int], comfyui: dict,
-                gpu: dict, runner: dict, models: dict, backend: str, degraded: dict[str, str]) -> dict:
+def health_body(
+    *,
+    service: str,
+    version: str,
+    uptime_seconds: float,
+    counts: dict[str, int],
+    comfyui: dict,
+    gpu: dict,
+    runner: dict,
+    models: dict,
+    backend: str,
+    degraded: dict[str, str],
+) -> dict:
     """GET /health from the facts `AnimeService.health` gathered (`runner`: `JobRunner.health()`;
     `degraded`: component -> why). `version` is the API's, `animenb_version` the package's."""
     kernels = runner["kernels"]
@@ -173,13 +220,21 @@ def health_body(*, service: str, version: str, uptime_seconds: float, counts: di
         "components": {
             "comfyui": comfyui,
             "gpu": {**gpu, "active_generation": runner["generating"]},
-            "jobs": {"active_count": counts["queued"] + counts["running"],
-                     "total_tracked": sum(counts.values()), "queued": counts["queued"],
-                     "running": counts["running"], "by_status": counts},
+            "jobs": {
+                "active_count": counts["queued"] + counts["running"],
+                "total_tracked": sum(counts.values()),
+                "queued": counts["queued"],
+                "running": counts["running"],
+                "by_status": counts,
+            },
             "models": models,
             "backend": backend,
-            "kernels": {"warm": runner["warm"], "ready": sum(k["ready"] for k in kernels), "total": len(kernels),
-                        "devices": kernels},
+            "kernels": {
+                "warm": runner["warm"],
+                "ready": sum(k["ready"] for k in kernels),
+                "total": len(kernels),
+                "devices": kernels,
+            },
             "executor": runner["executor"],
         },
         "degraded_components": list(degraded),

@@ -17,6 +17,7 @@ A private job needs its owner's (or an admin's) token, as `Authorization: Bearer
 or `?token=<token>`; without it the job is "not found" (4404). A bad or revoked token
 closes with 4401 (see animenb.server.auth).
 """
+
 from __future__ import annotations
 
 import json
@@ -109,14 +110,19 @@ class JobSocketHandler(WebSocketHandler):
     async def get(self, *args, **kwargs) -> None:
         config, counter = self.service.config, self.service.websockets
         if not host_allowed(self.request.host, config.host, config.allow_origins):  # DNS rebinding (csrf.py)
-            self._refuse(421, "host_not_allowed", "Host", f"This server does not answer to host "
-                                                          f"{self.request.host[:100]!r}.")
+            self._refuse(
+                421, "host_not_allowed", "Host", f"This server does not answer to host {self.request.host[:100]!r}."
+            )
             return
         # Past the per-client cap the handshake is refused before the upgrade (429 JSON).
         if counter.full(self.request.remote_ip):
             self.set_header("Retry-After", "5")
-            self._refuse(429, "too_many_websockets", None,
-                         f"At most {counter.cap} job WebSockets may be open from one address at once.")
+            self._refuse(
+                429,
+                "too_many_websockets",
+                None,
+                f"At most {counter.cap} job WebSockets may be open from one address at once.",
+            )
             return
         await super().get(*args, **kwargs)
 
@@ -154,8 +160,9 @@ class JobSocketHandler(WebSocketHandler):
         for event in bus.history(job_id, after) if after else ():
             if not event.terminal:
                 self.write_message(self._dump(event))
-        snapshot = JobStateEvent(job_id=job_id, state=self.service.status(job, self.ws_base()),
-                                 seq=bus.last_seq(job_id))
+        snapshot = JobStateEvent(
+            job_id=job_id, state=self.service.status(job, self.ws_base()), seq=bus.last_seq(job_id)
+        )
         self.write_message(self._dump(snapshot))
         if job.terminal:
             ran = None if job.started_at is None or job.finished_at is None else job.finished_at - job.started_at
@@ -196,4 +203,4 @@ def close_reason(reason: str) -> str:
     data = reason.encode("utf-8")
     if len(data) <= MAX_CLOSE_REASON_BYTES:
         return reason
-    return data[:MAX_CLOSE_REASON_BYTES - 3].decode("utf-8", "ignore") + "..."
+    return data[: MAX_CLOSE_REASON_BYTES - 3].decode("utf-8", "ignore") + "..."

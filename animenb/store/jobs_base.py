@@ -8,6 +8,7 @@ Contract every implementation keeps:
 - `recover()` runs once at start-up, before any job is claimed, for jobs a dead process left
   `running` (policy in `jobs_sqlite`'s docstring); nothing is ever marked succeeded there.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -19,9 +20,18 @@ from .jobs_common import JobError, JobOutputs, JobRecord, JobStatus
 
 class JobStoreBase(ABC):
     @abstractmethod
-    def create(self, *, phase: int | None, parameters: dict[str, Any], kind: str = "phase",
-               owner: str = "anonymous", visibility: str = "public", parent_id: str | None = None,
-               job_id: str | None = None, extra: dict[str, Any] | None = None) -> JobRecord:
+    def create(
+        self,
+        *,
+        phase: int | None,
+        parameters: dict[str, Any],
+        kind: str = "phase",
+        owner: str = "anonymous",
+        visibility: str = "public",
+        parent_id: str | None = None,
+        job_id: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> JobRecord:
         """Insert a queued job and commit; returns the stored record."""
 
     @abstractmethod
@@ -29,15 +39,30 @@ class JobStoreBase(ABC):
         """The job, or `JobNotFoundError`."""
 
     @abstractmethod
-    def list(self, *, status: str | Iterable[str] | None = None, owner: str | None = None,
-             visibility: str | None = None, phase: int | None = None, top_level: bool = False, limit: int = 50,
-             cursor: str | None = None) -> tuple[list[JobRecord], str | None]:
+    def list(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        owner: str | None = None,
+        visibility: str | None = None,
+        phase: int | None = None,
+        top_level: bool = False,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[JobRecord], str | None]:
         """Newest first. Returns (page, next_cursor); pass next_cursor back for the next page.
         `top_level`: only jobs without a parent (a sweep's cells and a chain's steps left out)."""
 
     @abstractmethod
-    def count(self, *, status: str | Iterable[str] | None = None, owner: str | None = None,
-              visibility: str | None = None, phase: int | None = None, top_level: bool = False) -> int:
+    def count(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        owner: str | None = None,
+        visibility: str | None = None,
+        phase: int | None = None,
+        top_level: bool = False,
+    ) -> int:
         """How many jobs match."""
 
     @abstractmethod
@@ -66,9 +91,17 @@ class JobStoreBase(ABC):
         return self.next_queued(limit)
 
     @abstractmethod
-    def transition(self, job_id: str, status: JobStatus | str, *, error: JobError | None = None,
-                   outputs: JobOutputs | None = None, progress: dict[str, Any] | None = None,
-                   expected: Iterable[JobStatus | str] | None = None, worker: str | None = None) -> JobRecord:
+    def transition(
+        self,
+        job_id: str,
+        status: JobStatus | str,
+        *,
+        error: JobError | None = None,
+        outputs: JobOutputs | None = None,
+        progress: dict[str, Any] | None = None,
+        expected: Iterable[JobStatus | str] | None = None,
+        worker: str | None = None,
+    ) -> JobRecord:
         """Change the status (guarded: `InvalidTransitionError` out of terminal states or, when
         `expected` is given, out of any state not in it). `worker`: who claimed it (to running)."""
 

@@ -1,4 +1,5 @@
 """Job records, states and errors shared by every job store implementation."""
+
 from __future__ import annotations
 
 import enum
@@ -25,8 +26,9 @@ ACTIVE_STATES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 # Allowed transitions; terminal states have none (checked inside the writing transaction).
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED, JobStatus.LOST}),
-    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.LOST,
-                                  JobStatus.QUEUED}),  # QUEUED: re-queued after a crash (see recover())
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.LOST, JobStatus.QUEUED}
+    ),  # QUEUED: re-queued after a crash (see recover())
 }
 
 
@@ -87,6 +89,7 @@ class JobOutputs:
     notebook); an orchestration parent `record` (its orchestration.json), `children` (child job ids)
     and `reason` (why the chain ended).
     """
+
     files: list[str] = field(default_factory=list)
     manifest: str | None = None
     listed: list[dict[str, Any]] = field(default_factory=list)
@@ -113,33 +116,39 @@ class JobOutputs:
             value = data.get(key)
             return value if isinstance(value, kind) and not isinstance(value, bool) else None
 
-        return cls(files=[f for f in of("files", list) or [] if isinstance(f, str)],
-                   manifest=of("manifest", str),
-                   listed=[f for f in of("listed", list) or [] if isinstance(f, dict)],
-                   seed=of("seed", int), quality=of("quality", dict), notebook=of("notebook", str),
-                   record=of("record", str), children=[c for c in of("children", list) or [] if isinstance(c, str)],
-                   reason=of("reason", str))
+        return cls(
+            files=[f for f in of("files", list) or [] if isinstance(f, str)],
+            manifest=of("manifest", str),
+            listed=[f for f in of("listed", list) or [] if isinstance(f, dict)],
+            seed=of("seed", int),
+            quality=of("quality", dict),
+            notebook=of("notebook", str),
+            record=of("record", str),
+            children=[c for c in of("children", list) or [] if isinstance(c, str)],
+            reason=of("reason", str),
+        )
 
 
 @dataclass(frozen=True)
 class JobRecord:
     """One job row. Times are epoch seconds (`iso()` formats them)."""
+
     id: str
-    seq: int                       # insertion order: newest first = highest seq; cursors are seqs
-    kind: str                      # "phase" (orchestrations later)
+    seq: int  # insertion order: newest first = highest seq; cursors are seqs
+    kind: str  # "phase" (orchestrations later)
     phase: int | None
     status: JobStatus
-    status_sequence: int           # bumped by every status change
+    status_sequence: int  # bumped by every status change
     parameters: dict[str, Any]
     progress: dict[str, Any]
     outputs: JobOutputs
     error: JobError | None
     owner: str
-    visibility: str                # "public" | "private"
+    visibility: str  # "public" | "private"
     parent_id: str | None
-    attempts: int                  # times the job was started
-    requeues: int                  # times it was re-queued after a crash
-    worker: str | None             # "host:pid/device" of the process that ran it
+    attempts: int  # times the job was started
+    requeues: int  # times it was re-queued after a crash
+    worker: str | None  # "host:pid/device" of the process that ran it
     created_at: float
     started_at: float | None
     finished_at: float | None

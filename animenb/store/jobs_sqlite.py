@@ -14,6 +14,7 @@ Scale: every listing is one index range per status read newest first (`list_quer
 from the trigger-kept `job_counts` table (migrations 3 and 5), and recovery reads only the running jobs, so
 none of them grows with the history; tests/test_store_scale.py checks the plans at 200k jobs.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -26,8 +27,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .jobs_base import JobStoreBase
-from .jobs_common import (TERMINAL_STATES, TRANSITIONS, InvalidTransitionError, JobError, JobNotFoundError,
-                          JobOutputs, JobRecord, JobStatus)
+from .jobs_common import (
+    TERMINAL_STATES,
+    TRANSITIONS,
+    InvalidTransitionError,
+    JobError,
+    JobNotFoundError,
+    JobOutputs,
+    JobRecord,
+    JobStatus,
+)
 from .migrations import Migrator
 from .sqlite_database import SqliteDatabase
 
@@ -98,14 +107,28 @@ class SqliteJobStore(JobStoreBase):
     def _record(row) -> JobRecord:
         error = JobError(row["error_type"], row["error_message"] or "") if row["error_type"] else None
         return JobRecord(
-            id=row["id"], seq=row["seq"], kind=row["kind"], phase=row["phase"], status=JobStatus(row["status"]),
-            status_sequence=row["status_sequence"], parameters=json.loads(row["parameters"]),
-            progress=json.loads(row["progress"]), outputs=JobOutputs.from_dict(json.loads(row["outputs"])),
+            id=row["id"],
+            seq=row["seq"],
+            kind=row["kind"],
+            phase=row["phase"],
+            status=JobStatus(row["status"]),
+            status_sequence=row["status_sequence"],
+            parameters=json.loads(row["parameters"]),
+            progress=json.loads(row["progress"]),
+            outputs=JobOutputs.from_dict(json.loads(row["outputs"])),
             error=error,
-            owner=row["owner"], visibility=row["visibility"], parent_id=row["parent_id"],
-            attempts=row["attempts"], requeues=row["requeues"], worker=row["worker"],
-            created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
-            updated_at=row["updated_at"], extra=json.loads(row["extra"]))
+            owner=row["owner"],
+            visibility=row["visibility"],
+            parent_id=row["parent_id"],
+            attempts=row["attempts"],
+            requeues=row["requeues"],
+            worker=row["worker"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            updated_at=row["updated_at"],
+            extra=json.loads(row["extra"]),
+        )
 
     @staticmethod
     def _statuses(status) -> list[str] | None:
@@ -115,8 +138,9 @@ class SqliteJobStore(JobStoreBase):
         return list(dict.fromkeys(JobStatus(s).value for s in statuses))
 
     @classmethod
-    def _where(cls, status=None, owner=None, visibility=None, phase=None, top_level=False, *,
-               table="jobs") -> tuple[list[str], list[Any]]:
+    def _where(
+        cls, status=None, owner=None, visibility=None, phase=None, top_level=False, *, table="jobs"
+    ) -> tuple[list[str], list[Any]]:
         """Filters shared by `jobs` and `job_counts` (the same column names, but for `top_level`)."""
         clauses: list[str] = []
         args: list[Any] = []
@@ -153,8 +177,18 @@ class SqliteJobStore(JobStoreBase):
         return self._record(row)
 
     # -- interface -------------------------------------------------------------------
-    def create(self, *, phase, parameters, kind="phase", owner="anonymous", visibility="public", parent_id=None,
-               job_id=None, extra=None) -> JobRecord:
+    def create(
+        self,
+        *,
+        phase,
+        parameters,
+        kind="phase",
+        owner="anonymous",
+        visibility="public",
+        parent_id=None,
+        job_id=None,
+        extra=None,
+    ) -> JobRecord:
         job_id = job_id or uuid.uuid4().hex
         now = time.time()
         with self.db.transaction() as cur:
@@ -164,16 +198,17 @@ class SqliteJobStore(JobStoreBase):
                                   parent_id, extra, created_at, updated_at)
                 VALUES (?, ?, ?, 'queued', 1, ?, ?, ?, ?, ?, ?, ?)
                 """,
-                (job_id, kind, phase, _dumps(parameters), owner, visibility, parent_id, _dumps(extra or {}),
-                 now, now))
+                (job_id, kind, phase, _dumps(parameters), owner, visibility, parent_id, _dumps(extra or {}), now, now),
+            )
             return self._get(cur, job_id)
 
     def get(self, job_id: str) -> JobRecord:
         with self.db.read() as cur:
             return self._get(cur, job_id)
 
-    def list_queries(self, *, status=None, owner=None, visibility=None, phase=None, top_level=False, limit=50,
-                     cursor=None) -> list[tuple[str, list[Any]]]:
+    def list_queries(
+        self, *, status=None, owner=None, visibility=None, phase=None, top_level=False, limit=50, cursor=None
+    ) -> list[tuple[str, list[Any]]]:
         """The SQL `list()` runs: one (query, args) per status (tests EXPLAIN these)."""
         limit = max(1, min(int(limit), MAX_PAGE))
         before = self._cursor(cursor)
@@ -190,8 +225,15 @@ class SqliteJobStore(JobStoreBase):
 
     def list(self, *, status=None, owner=None, visibility=None, phase=None, top_level=False, limit=50, cursor=None):
         limit = max(1, min(int(limit), MAX_PAGE))
-        queries = self.list_queries(status=status, owner=owner, visibility=visibility, phase=phase,
-                                    top_level=top_level, limit=limit, cursor=cursor)
+        queries = self.list_queries(
+            status=status,
+            owner=owner,
+            visibility=visibility,
+            phase=phase,
+            top_level=top_level,
+            limit=limit,
+            cursor=cursor,
+        )
         with self.db.read() as cur:
             rows = [row for sql, args in queries for row in cur.execute(sql, args).fetchall()]
         rows.sort(key=lambda row: row["seq"], reverse=True)
@@ -199,14 +241,16 @@ class SqliteJobStore(JobStoreBase):
         next_cursor = str(records[-1].seq) if len(rows) > limit else None
         return records, next_cursor
 
-    def count_query(self, *, status=None, owner=None, visibility=None, phase=None,
-                    top_level=False) -> tuple[str, builtins.list[Any]]:
+    def count_query(
+        self, *, status=None, owner=None, visibility=None, phase=None, top_level=False
+    ) -> tuple[str, builtins.list[Any]]:
         clauses, args = self._where(status, owner, visibility, phase, top_level, table="job_counts")
         return COUNT_QUERY.format(where=f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
 
     def count(self, *, status=None, owner=None, visibility=None, phase=None, top_level=False) -> int:
-        sql, args = self.count_query(status=status, owner=owner, visibility=visibility, phase=phase,
-                                     top_level=top_level)
+        sql, args = self.count_query(
+            status=status, owner=owner, visibility=visibility, phase=phase, top_level=top_level
+        )
         with self.db.read() as cur:
             return cur.execute(sql, args).fetchone()[0]
 
@@ -235,7 +279,9 @@ class SqliteJobStore(JobStoreBase):
                 UPDATE jobs SET status = 'running', status_sequence = status_sequence + 1, attempts = attempts + 1,
                                 worker = ?, started_at = ?, updated_at = ?, progress = '{}'
                 WHERE id = ? AND status = 'queued'
-                """, (worker, now, now, row["id"]))
+                """,
+                (worker, now, now, row["id"]),
+            )
             return self._get(cur, row["id"])
 
     def next_queued(self, limit: int = 16) -> builtins.list[JobRecord]:
@@ -246,8 +292,9 @@ class SqliteJobStore(JobStoreBase):
         with self.db.read() as cur:
             return [self._record(row) for row in cur.execute(QUEUED_HEADS_QUERY, (int(limit),)).fetchall()]
 
-    def transition(self, job_id, status, *, error=None, outputs=None, progress=None, expected=None,
-                   worker=None) -> JobRecord:
+    def transition(
+        self, job_id, status, *, error=None, outputs=None, progress=None, expected=None, worker=None
+    ) -> JobRecord:
         status = JobStatus(status)
         now = time.time()
         # Only a terminal state or a re-queue must survive power loss (sqlite_database's docstring).
@@ -288,8 +335,10 @@ class SqliteJobStore(JobStoreBase):
 
     def update_progress(self, job_id: str, progress: dict) -> bool:
         with self.db.transaction(durable=False) as cur:
-            cur.execute("UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ? AND status = 'running'",
-                        (_dumps(progress), time.time(), job_id))
+            cur.execute(
+                "UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ? AND status = 'running'",
+                (_dumps(progress), time.time(), job_id),
+            )
             return cur.rowcount == 1
 
     def queue_position(self, job_id: str) -> int | None:
@@ -308,9 +357,17 @@ class SqliteJobStore(JobStoreBase):
                     changed.append(self.transition(job.id, JobStatus.QUEUED))
                 else:
                     why = "it had already been re-queued once" if job.requeues else "it had written output files"
-                    changed.append(self.transition(job.id, JobStatus.LOST, error=JobError(
-                        "Lost", f"The server stopped while this job was running; "
-                                f"not re-run because {why}. Partial files, if any, are kept.")))
+                    changed.append(
+                        self.transition(
+                            job.id,
+                            JobStatus.LOST,
+                            error=JobError(
+                                "Lost",
+                                f"The server stopped while this job was running; "
+                                f"not re-run because {why}. Partial files, if any, are kept.",
+                            ),
+                        )
+                    )
         return changed
 
     def delete_finished(self, before: float, *, limit: int = 1000, dry_run: bool = False) -> builtins.list[JobRecord]:
@@ -325,20 +382,44 @@ class SqliteJobStore(JobStoreBase):
             jobs = [self._record(r) for r in cur.execute(GC_CANDIDATES_QUERY, (before, int(limit))).fetchall()]
             if jobs and not dry_run:
                 ids = [j.id for j in jobs]
-                cur.execute(f"""--sql
-                    DELETE FROM jobs WHERE id IN ({','.join('?' * len(ids))})
+                cur.execute(
+                    f"""--sql
+                    DELETE FROM jobs WHERE id IN ({",".join("?" * len(ids))})
                       AND status IN ('succeeded', 'failed', 'cancelled', 'lost')
-                    """, ids)
+                    """,
+                    ids,
+                )
         return jobs
 
     def import_records(self, records: Iterable[JobRecord]) -> int:
         """Insert whole records as they are (a history moved from another store, a benchmark's), in one
         transaction and in the given order, which becomes their `seq` order. Returns how many."""
-        rows = ((r.id, r.kind, r.phase, JobStatus(r.status).value, r.status_sequence, _dumps(r.parameters),
-                 _dumps(r.progress), _dumps(vars(r.outputs)), r.error.type if r.error else None,
-                 r.error.message if r.error else None, r.owner, r.visibility, r.parent_id, r.attempts, r.requeues,
-                 r.worker, _dumps(r.extra), r.created_at, r.started_at, r.finished_at, r.updated_at)
-                for r in records)
+        rows = (
+            (
+                r.id,
+                r.kind,
+                r.phase,
+                JobStatus(r.status).value,
+                r.status_sequence,
+                _dumps(r.parameters),
+                _dumps(r.progress),
+                _dumps(vars(r.outputs)),
+                r.error.type if r.error else None,
+                r.error.message if r.error else None,
+                r.owner,
+                r.visibility,
+                r.parent_id,
+                r.attempts,
+                r.requeues,
+                r.worker,
+                _dumps(r.extra),
+                r.created_at,
+                r.started_at,
+                r.finished_at,
+                r.updated_at,
+            )
+            for r in records
+        )
         with self.db.transaction() as cur, self.db.cache_size(IMPORT_CACHE_KIB):
             cur.executemany(
                 """--sql
@@ -346,7 +427,9 @@ class SqliteJobStore(JobStoreBase):
                                   error_message, owner, visibility, parent_id, attempts, requeues, worker, extra,
                                   created_at, started_at, finished_at, updated_at)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, rows)
+                """,
+                rows,
+            )
             return cur.rowcount  # executemany sums the rows it inserted (trigger writes not included)
 
     def close(self) -> None:

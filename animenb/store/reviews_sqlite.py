@@ -3,6 +3,7 @@
 A person says whether an output is good or bad; one verdict per reviewer and job, the latest wins. The
 gates are calibrated from them (`animenb calibrate`, animenb.quality.calibration).
 """
+
 from __future__ import annotations
 
 import time
@@ -39,7 +40,9 @@ class SqliteReviewStore:
                 INSERT INTO reviews (job_id, reviewer, verdict, note, created_at) VALUES (?, ?, ?, ?, ?)
                 ON CONFLICT (job_id, reviewer) DO UPDATE SET verdict = excluded.verdict, note = excluded.note,
                     created_at = excluded.created_at
-                """, (job_id, reviewer, verdict, note, time.time()))
+                """,
+                (job_id, reviewer, verdict, note, time.time()),
+            )
             row = cur.execute("SELECT * FROM reviews WHERE job_id = ? AND reviewer = ?", (job_id, reviewer)).fetchone()
         return dict(row)
 
@@ -49,6 +52,7 @@ class SqliteReviewStore:
             if job_id is None:
                 rows = cur.execute("SELECT * FROM reviews ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
             else:
-                rows = cur.execute("SELECT * FROM reviews WHERE job_id = ? ORDER BY created_at DESC LIMIT ?",
-                                   (job_id, limit)).fetchall()
+                rows = cur.execute(
+                    "SELECT * FROM reviews WHERE job_id = ? ORDER BY created_at DESC LIMIT ?", (job_id, limit)
+                ).fetchall()
         return [dict(r) for r in rows]

@@ -20,6 +20,7 @@ process and for the database's: the request answers 503 fast and the event loop 
 made on the event loop's thread waits at most `BRIEF_WAIT` s too. Other threads (the job-end writer) wait
 the full busy timeout.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -69,8 +70,7 @@ class SqliteDatabase:
         self.fault: dict | None = None  # {"reason", "since"} while writes fail (module docstring)
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                               timeout=BUSY_TIMEOUT_MS / 1000)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys = ON")

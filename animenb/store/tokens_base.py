@@ -4,6 +4,7 @@ A token is `anb_<id>_<secret>`: the id (public, 8 hex digits) names the row, the
 (32 random bytes, url-safe base64) is shown once by `create()` and stored only as its
 sha256. A secret of 256 random bits needs no slow hash: nothing can be guessed from it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,15 @@ class TokenRecord:
         return self.role == "admin"
 
     def as_dict(self) -> dict:
-        return {"id": self.id, "name": self.name, "role": self.role, "created_at": self.created_at,
-                "revoked_at": self.revoked_at, "last_used_at": self.last_used_at, "active": self.active}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "role": self.role,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+            "last_used_at": self.last_used_at,
+            "active": self.active,
+        }
 
 
 def hash_secret(token: str) -> str:

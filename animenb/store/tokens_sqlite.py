@@ -3,6 +3,7 @@
 Lookups go by the sha256 of the presented token (a unique index), so a revoked token
 stops working on the next request, in every process using the database.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -27,8 +28,14 @@ class SqliteTokenStore(TokenStoreBase):
 
     @staticmethod
     def _record(row) -> TokenRecord:
-        return TokenRecord(id=row["id"], name=row["name"], role=row["role"], created_at=row["created_at"],
-                           revoked_at=row["revoked_at"], last_used_at=row["last_used_at"])
+        return TokenRecord(
+            id=row["id"],
+            name=row["name"],
+            role=row["role"],
+            created_at=row["created_at"],
+            revoked_at=row["revoked_at"],
+            last_used_at=row["last_used_at"],
+        )
 
     def create(self, name: str, role: str = "user") -> tuple[TokenRecord, str]:
         check_name(name)
@@ -40,19 +47,23 @@ class SqliteTokenStore(TokenStoreBase):
                 cur.execute(
                     """--sql
                     INSERT INTO tokens (id, name, role, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)
-                    """, (token_id, name, role, hash_secret(token), time.time()))
+                    """,
+                    (token_id, name, role, hash_secret(token), time.time()),
+                )
                 row = cur.execute("SELECT * FROM tokens WHERE id = ?", (token_id,)).fetchone()
         except sqlite3.IntegrityError:
-            raise TokenError(f"`{name}` already has a live token; revoke it first (`animenb token revoke {name}`).") \
-                from None
+            raise TokenError(
+                f"`{name}` already has a live token; revoke it first (`animenb token revoke {name}`)."
+            ) from None
         return self._record(row), token
 
     def authenticate(self, token: str) -> TokenRecord | None:
         if type(token) is not str or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
         with self.db.read() as cur:
-            row = cur.execute("SELECT * FROM tokens WHERE secret_hash = ? AND revoked_at IS NULL",
-                              (hash_secret(token),)).fetchone()
+            row = cur.execute(
+                "SELECT * FROM tokens WHERE secret_hash = ? AND revoked_at IS NULL", (hash_secret(token),)
+            ).fetchone()
         if row is None:
             return None
         now = time.time()
@@ -66,8 +77,9 @@ class SqliteTokenStore(TokenStoreBase):
 
     def revoke(self, name_or_id: str) -> TokenRecord:
         with self.db.transaction() as cur:
-            row = cur.execute("SELECT * FROM tokens WHERE (name = ? OR id = ?) AND revoked_at IS NULL",
-                              (name_or_id, name_or_id)).fetchone()
+            row = cur.execute(
+                "SELECT * FROM tokens WHERE (name = ? OR id = ?) AND revoked_at IS NULL", (name_or_id, name_or_id)
+            ).fetchone()
             if row is None:
                 raise TokenError(f"No live token named or with id {name_or_id!r}.")
             cur.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", (time.time(), row["id"]))

@@ -5,6 +5,7 @@ another (in this process, or as phase notebooks on one warm kernel: `notebooks`,
 `report` writes and reads its results, `grid` draws the grid image. On a server, a sweep is one parent job
 with a child job per cell (`animenb.runner.sweep_jobs`, POST /api/anime/sweeps).
 """
+
 from .plan import MAX_AXES, MAX_CELLS, SweepError, SweepPlan, build_plan
 from .report import load_results
 

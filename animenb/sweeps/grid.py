@@ -11,6 +11,7 @@ test can check them:
 The PNG carries the sweep's recipe in its PNG info: A1111's `parameters` text with `Script: X/Y/Z plot`
 and the X/Y/Z types and values, and the whole recipe as JSON (chunk `sweep`).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,19 +35,23 @@ class GridLayout:
     columns: int
     rows: int
     cell: int = 192
-    label_width: int = 0      # 0 without a Y axis
+    label_width: int = 0  # 0 without a Y axis
     header_height: int = 28
     caption_height: int = 22
-    title_height: int = 0     # a Z page's title
+    title_height: int = 0  # a Z page's title
 
     @property
     def size(self) -> tuple[int, int]:
-        return (self.label_width + self.columns * self.cell,
-                self.title_height + self.header_height + self.rows * (self.cell + self.caption_height))
+        return (
+            self.label_width + self.columns * self.cell,
+            self.title_height + self.header_height + self.rows * (self.cell + self.caption_height),
+        )
 
     def cell_origin(self, column: int, row: int) -> tuple[int, int]:
-        return (self.label_width + column * self.cell,
-                self.title_height + self.header_height + row * (self.cell + self.caption_height))
+        return (
+            self.label_width + column * self.cell,
+            self.title_height + self.header_height + row * (self.cell + self.caption_height),
+        )
 
 
 def axis_label(name: str, value: Any) -> str:
@@ -86,8 +91,15 @@ def _text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, width: int,
     draw.text(xy, text, fill=fill, font=font, anchor="mm")
 
 
-def grid_pages(axes: dict[str, list], cells: Sequence[dict], results: Sequence[dict],
-               images: Sequence[Image.Image | None], *, mode: str = "grid", cell: int = 192) -> list[Image.Image]:
+def grid_pages(
+    axes: dict[str, list],
+    cells: Sequence[dict],
+    results: Sequence[dict],
+    images: Sequence[Image.Image | None],
+    *,
+    mode: str = "grid",
+    cell: int = 192,
+) -> list[Image.Image]:
     """One image per Z value (one in all without a Z axis, or in "zip" mode: the cells in one row).
 
     `cells[i]` are cell i's axis values, `results[i]` its row of the sweep's table (quality_score, verdict,
@@ -101,9 +113,13 @@ def grid_pages(axes: dict[str, list], cells: Sequence[dict], results: Sequence[d
         y_values = axes[names[1]] if len(names) > 1 else [None]
         z_values = axes[names[2]] if len(names) > 2 else [None]
         x_labels = [axis_label(names[0], v) for v in x_values]
-    layout = GridLayout(columns=len(x_values), rows=len(y_values), cell=cell,
-                        label_width=cell * 2 // 3 if y_values != [None] else 0,
-                        title_height=26 if z_values != [None] else 0)
+    layout = GridLayout(
+        columns=len(x_values),
+        rows=len(y_values),
+        cell=cell,
+        label_width=cell * 2 // 3 if y_values != [None] else 0,
+        title_height=26 if z_values != [None] else 0,
+    )
     pages = []
     for z, z_value in enumerate(z_values):
         page = Image.new("RGB", layout.size, BACKGROUND)
@@ -122,9 +138,15 @@ def grid_pages(axes: dict[str, list], cells: Sequence[dict], results: Sequence[d
                 x, y = layout.cell_origin(column, row)
                 page.paste(_fit(images[index], cell), (x, y))
                 result = results[index]
-                _text(draw, (x + cell // 2, y + cell + layout.caption_height // 2), caption(result), cell,
-                      fill=VERDICT_INK.get(result.get("verdict") or "", INK) if result.get("status") == "succeeded"
-                      else VERDICT_INK["fail"])
+                _text(
+                    draw,
+                    (x + cell // 2, y + cell + layout.caption_height // 2),
+                    caption(result),
+                    cell,
+                    fill=VERDICT_INK.get(result.get("verdict") or "", INK)
+                    if result.get("status") == "succeeded"
+                    else VERDICT_INK["fail"],
+                )
         pages.append(page)
     return pages
 
@@ -133,9 +155,13 @@ def recipe_text_fields(recipe: dict) -> dict:
     """The fields of a grid's A1111 `parameters` text: the shared parameters in A1111's names,
     `Script: X/Y/Z plot` and each axis's type and values."""
     shared = recipe.get("parameters", {})
-    params: dict[str, Any] = {"prompt": shared.get("prompt", ""), "negative_prompt": shared.get("negative_prompt", ""),
-                              "steps": shared.get("steps"), "cfg_scale": shared.get("guidance_scale"),
-                              "seed": shared.get("seed")}
+    params: dict[str, Any] = {
+        "prompt": shared.get("prompt", ""),
+        "negative_prompt": shared.get("negative_prompt", ""),
+        "steps": shared.get("steps"),
+        "cfg_scale": shared.get("guidance_scale"),
+        "seed": shared.get("seed"),
+    }
     if shared.get("scheduler") in A1111_SAMPLERS:
         params["sampler"] = shared["scheduler"]
     if shared.get("width") and shared.get("height"):

@@ -9,6 +9,7 @@ generation only. `animenb.sweep(...)` in a notebook and the notebooks' demos use
     df = run_sweep(1, {"prompt": "anime girl", "seed": 3, "width": 64, "height": 64},
                    {"steps": [2, 4], "guidance_scale": [5, 7]}, out_dir="outputs/my-sweep", models="tiny")
 """
+
 from __future__ import annotations
 
 import time
@@ -31,10 +32,17 @@ def default_sweep_dir() -> Path:
     return config.outputs_dir() / f"sweep-{time.strftime('%Y%m%dT%H%M%S')}"
 
 
-def run_plan(plan: SweepPlan, out_dir: str | Path, *, models: str | None = None, score: bool = True,
-             threshold: float | None = None, on_cell: Callable[[int, dict], None] | None = None,
-             run_cell: Callable[[int, dict, Path], dict | None] | None = None,
-             stop_on: tuple[type[BaseException], ...] = ()) -> Path:
+def run_plan(
+    plan: SweepPlan,
+    out_dir: str | Path,
+    *,
+    models: str | None = None,
+    score: bool = True,
+    threshold: float | None = None,
+    on_cell: Callable[[int, dict], None] | None = None,
+    run_cell: Callable[[int, dict, Path], dict | None] | None = None,
+    stop_on: tuple[type[BaseException], ...] = (),
+) -> Path:
     """Run every cell of `plan` into `out_dir`; `on_cell(index, row)` after each. A cell that raises is
     recorded as failed and the sweep goes on, except for a KeyboardInterrupt or a `stop_on` exception (a
     cancel): the record then says `cancelled` (the finished cells kept) and the exception goes on.
@@ -61,8 +69,12 @@ def run_plan(plan: SweepPlan, out_dir: str | Path, *, models: str | None = None,
     for index in range(len(plan.cells)):
         run_dir = out_dir / CELLS_DIR / f"{index:03d}"
         values = dict(plan.values(index))
-        entry: dict[str, Any] = {"index": index, "values": plan.cells[index], "job_id": None,
-                                 "run_dir": f"{CELLS_DIR}/{index:03d}"}
+        entry: dict[str, Any] = {
+            "index": index,
+            "values": plan.cells[index],
+            "job_id": None,
+            "run_dir": f"{CELLS_DIR}/{index:03d}",
+        }
         started = time.perf_counter()
         try:
             entry.update(run_cell(index, values, run_dir) or {})
@@ -70,20 +82,25 @@ def run_plan(plan: SweepPlan, out_dir: str | Path, *, models: str | None = None,
         except stopping:
             done = sum(1 for e in entries if e["status"] == "succeeded")
             entry["status"] = "cancelled"
-            write_record(out_dir, plan, entries + [entry] + [{"index": i, "values": plan.cells[i]}
-                                                             for i in range(index + 1, len(plan.cells))],
-                         status="cancelled", reason=f"cancelled during cell {index}; {done} of "
-                                                    f"{len(plan.cells)} cells succeeded")
+            write_record(
+                out_dir,
+                plan,
+                entries + [entry] + [{"index": i, "values": plan.cells[i]} for i in range(index + 1, len(plan.cells))],
+                status="cancelled",
+                reason=f"cancelled during cell {index}; {done} of {len(plan.cells)} cells succeeded",
+            )
             raise
         except Exception as exc:  # the cell fails; the sweep goes on
             traceback.print_exc()
             entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         entry["seconds"] = round(time.perf_counter() - started, 3)
         entries.append(entry)
-        rows.append(cell_row(plan, index, run_dir, status=entry["status"], error=entry.get("error"),
-                             seconds=entry["seconds"]))
-        write_record(out_dir, plan, entries + [{"index": i, "values": plan.cells[i]}
-                                               for i in range(index + 1, len(plan.cells))])
+        rows.append(
+            cell_row(plan, index, run_dir, status=entry["status"], error=entry.get("error"), seconds=entry["seconds"])
+        )
+        write_record(
+            out_dir, plan, entries + [{"index": i, "values": plan.cells[i]} for i in range(index + 1, len(plan.cells))]
+        )
         if on_cell is not None:
             on_cell(index, rows[-1])
     done = sum(1 for e in entries if e["status"] == "succeeded")
@@ -118,9 +135,19 @@ class CellsBar:
         self.bar.close()
 
 
-def run_sweep(phase: int | str, parameters: Mapping[str, Any], axes: Mapping[str, Any], *, mode: str = "grid",
-              out_dir: str | Path | None = None, models: str | None = None, score: bool = True,
-              threshold: float | None = None, progress: bool = True, kernel: SweepKernel | None = None):
+def run_sweep(
+    phase: int | str,
+    parameters: Mapping[str, Any],
+    axes: Mapping[str, Any],
+    *,
+    mode: str = "grid",
+    out_dir: str | Path | None = None,
+    models: str | None = None,
+    score: bool = True,
+    threshold: float | None = None,
+    progress: bool = True,
+    kernel: SweepKernel | None = None,
+):
     """Validate, run every cell (module docstring) and return the sweep's DataFrame (`df.attrs["sweep_dir"]`
     says where the grid and record are). `progress`: a tqdm bar over the cells. `kernel`: each cell is its
     phase notebook executed on this warm kernel; None: the phase function in this process."""
@@ -134,11 +161,23 @@ def run_sweep(phase: int | str, parameters: Mapping[str, Any], axes: Mapping[str
     bar = CellsBar(plan) if progress else None
     run_cell = None
     if kernel is not None:
-        run_cell = kernel.cell_runner(plan.phase, models=models, score=score, threshold=threshold,
-                                      on_progress=bar.cell_progress if bar is not None else None)
+        run_cell = kernel.cell_runner(
+            plan.phase,
+            models=models,
+            score=score,
+            threshold=threshold,
+            on_progress=bar.cell_progress if bar is not None else None,
+        )
     try:
-        run_plan(plan, out_dir, models=models, score=score, threshold=threshold, run_cell=run_cell,
-                 on_cell=bar.cell_done if bar is not None else None)
+        run_plan(
+            plan,
+            out_dir,
+            models=models,
+            score=score,
+            threshold=threshold,
+            run_cell=run_cell,
+            on_cell=bar.cell_done if bar is not None else None,
+        )
     finally:
         if bar is not None:
             bar.close()

@@ -19,6 +19,7 @@ kernel already holds the models (the explorer's too), which a second kernel woul
         run_plan(plan, out_dir, run_cell=kernel.cell_runner(plan.phase, models="tiny"))
         kernel.run_report(out_dir)
 """
+
 from __future__ import annotations
 
 import threading
@@ -62,8 +63,15 @@ class SweepKernel:
         self.stopping = True
         self.pool.close()
 
-    def execute(self, notebook: Path, output: Path, parameters: dict[str, Any], *, extra_cells: Sequence[str] = (),
-                on_progress: Callable[[dict], None] | None = None) -> None:
+    def execute(
+        self,
+        notebook: Path,
+        output: Path,
+        parameters: dict[str, Any],
+        *,
+        extra_cells: Sequence[str] = (),
+        on_progress: Callable[[dict], None] | None = None,
+    ) -> None:
         """Run `notebook` into `output` on the warm kernel (started first when it is not running), with the animenb
         engine; CellFailed when one of its cells raises, KeyboardInterrupt once a Ctrl-C has stopped it."""
         from papermill.exceptions import PapermillExecutionError
@@ -72,10 +80,19 @@ class SweepKernel:
             raise RuntimeError("the sweep's kernel is closed")
         output.parent.mkdir(parents=True, exist_ok=True)
         future = self.kernel.thread.submit(
-            run_on_kernel, self.kernel, str(notebook), output, parameters, warm=True,
-            on_progress=on_progress or (lambda event: None), cancel_event=self.cancel_event, execution_timeout=None,
-            extra_cells=tuple(extra_cells), label=f"{output}: kernel {KERNEL_NAME}",
-            replace_dead=lambda: not self.stopping)
+            run_on_kernel,
+            self.kernel,
+            str(notebook),
+            output,
+            parameters,
+            warm=True,
+            on_progress=on_progress or (lambda event: None),
+            cancel_event=self.cancel_event,
+            execution_timeout=None,
+            extra_cells=tuple(extra_cells),
+            label=f"{output}: kernel {KERNEL_NAME}",
+            replace_dead=lambda: not self.stopping,
+        )
         try:
             future.result()
         except KeyboardInterrupt:
@@ -83,8 +100,9 @@ class SweepKernel:
             raise
         except PapermillExecutionError as exc:
             first = str(exc.evalue).splitlines()[0] if exc.evalue else ""
-            raise CellFailed(f"{notebook.name} failed in cell {exc.exec_count}: {exc.ename}: {first}  (see {output})") \
-                from None
+            raise CellFailed(
+                f"{notebook.name} failed in cell {exc.exec_count}: {exc.ename}: {first}  (see {output})"
+            ) from None
         finally:
             if not self.stopping:  # as a server's slot does: reset now, while the sweep records the cell
                 self.kernel.thread.submit(self.kernel.reset_after_job)
@@ -108,9 +126,15 @@ class SweepKernel:
             except Exception:  # the interrupted notebook's own error: it has ended
                 return
 
-    def cell_runner(self, phase: int | str, *, models: str | None = None, score: bool = True,
-                    threshold: float | None = None,
-                    on_progress: Callable[[int, dict], None] | None = None) -> Callable[[int, dict, Path], dict]:
+    def cell_runner(
+        self,
+        phase: int | str,
+        *,
+        models: str | None = None,
+        score: bool = True,
+        threshold: float | None = None,
+        on_progress: Callable[[int, dict], None] | None = None,
+    ) -> Callable[[int, dict, Path], dict]:
         """A `run_cell` for `run_plan`: cell `index` executes `phase`'s notebook into its run folder, scored by the
         gate's cell when `score`; `on_progress(index, event)` with the notebook's progress. It returns the
         kernel's pid, which the sweep's record keeps for each cell (one pid: one kernel ran them all)."""
@@ -118,8 +142,12 @@ class SweepKernel:
         notebook = config.notebooks_dir() / spec.notebook
 
         def run_cell(index: int, values: dict, run_dir: Path) -> dict:
-            parameters = phase_parameters(values, output_dir=run_dir, models=models or config.default_profile(),
-                                          comfyui_url=values.get("comfyui_url"))
+            parameters = phase_parameters(
+                values,
+                output_dir=run_dir,
+                models=models or config.default_profile(),
+                comfyui_url=values.get("comfyui_url"),
+            )
             extra = (quality_cell(run_dir, spec.id, threshold),) if score else ()
             progress = (lambda event: on_progress(index, event)) if on_progress is not None else None
             self.execute(notebook, run_dir / NOTEBOOK_NAME, parameters, extra_cells=extra, on_progress=progress)

@@ -18,6 +18,7 @@ runs; a `SweepError` names the field: `axes.<name>` for an axis, the parameter's
     plan.cells[0]    # {"steps": 8, "guidance_scale": 5.0}
     plan.values(0)   # the whole parameters of cell 0
 """
+
 from __future__ import annotations
 
 import itertools
@@ -29,14 +30,16 @@ from typing import Any, Mapping
 from animenb.phases.cost import job_cost
 from animenb.phases.spec import Param, SpecError, phase_spec
 
-MAX_AXES = 3       # X, Y and Z, as in A1111
-MAX_CELLS = 64     # one sweep's cells at most (each is a job)
+MAX_AXES = 3  # X, Y and Z, as in A1111
+MAX_CELLS = 64  # one sweep's cells at most (each is a job)
 MODES = ("grid", "zip")
 MAX_RANGE_VALUES = 1000  # a range is expanded before the cell cap applies: bound the expansion itself
 
-_RANGE = re.compile(r"^\s*(?P<start>[-+]?\d+(?:\.\d+)?)\s*-\s*(?P<stop>[-+]?\d+(?:\.\d+)?)\s*"
-                    r"(?::\s*(?P<step>\d+(?:\.\d+)?)|\(\s*\+\s*(?P<plus>\d+(?:\.\d+)?)\s*\)"
-                    r"|\[\s*(?P<count>\d+)\s*\])?\s*$")
+_RANGE = re.compile(
+    r"^\s*(?P<start>[-+]?\d+(?:\.\d+)?)\s*-\s*(?P<stop>[-+]?\d+(?:\.\d+)?)\s*"
+    r"(?::\s*(?P<step>\d+(?:\.\d+)?)|\(\s*\+\s*(?P<plus>\d+(?:\.\d+)?)\s*\)"
+    r"|\[\s*(?P<count>\d+)\s*\])?\s*$"
+)
 
 
 class SweepError(SpecError):
@@ -60,12 +63,13 @@ def parse_axis(name: str, raw: Any, param: Param) -> list:
             try:
                 values = [_number(v, param) for v in values]
             except ValueError:
-                raise SweepError(where, f"`{where}` must be numbers, a list or a range like 8-40:8, got {raw!r}.") \
-                    from None
+                raise SweepError(
+                    where, f"`{where}` must be numbers, a list or a range like 8-40:8, got {raw!r}."
+                ) from None
     elif isinstance(raw, list):
         values = list(raw)
     else:
-        raise SweepError(where, f"`{where}` must be a list of values or a string like \"8-40:8\", got {raw!r}.")
+        raise SweepError(where, f'`{where}` must be a list of values or a string like "8-40:8", got {raw!r}.')
     if not values:
         raise SweepError(where, f"`{where}` must have at least one value.")
     checked = []
@@ -109,6 +113,7 @@ def _expand_range(where: str, match: re.Match, param: Param) -> list:
 class SweepPlan:
     """Validated: `phase` id, `parameters` shared by every cell, `axes` {name: values} in X, Y, Z order,
     `mode`, and `cells` (one {axis: value} per job, in run order)."""
+
     phase: int
     parameters: dict[str, Any]
     axes: dict[str, list]
@@ -121,8 +126,10 @@ class SweepPlan:
 
     def cost(self, *, default_size: int, svd_size: tuple[int, int] | None = None) -> float:
         """Megapixel-steps of every cell (`animenb.phases.cost.job_cost`), summed."""
-        return sum(job_cost(self.phase, self.values(i), default_size=default_size, svd_size=svd_size)
-                   for i in range(len(self.cells)))
+        return sum(
+            job_cost(self.phase, self.values(i), default_size=default_size, svd_size=svd_size)
+            for i in range(len(self.cells))
+        )
 
     def shape(self) -> tuple[int, ...]:
         """Values per axis (grid) or (cells,) (zip)."""
@@ -130,8 +137,12 @@ class SweepPlan:
 
     def as_dict(self) -> dict:
         """The recipe: what a parent job stores and `plan_from_dict` reads back."""
-        return {"phase": self.phase, "parameters": dict(self.parameters),
-                "axes": {k: list(v) for k, v in self.axes.items()}, "mode": self.mode}
+        return {
+            "phase": self.phase,
+            "parameters": dict(self.parameters),
+            "axes": {k: list(v) for k, v in self.axes.items()},
+            "mode": self.mode,
+        }
 
 
 def combine(axes: Mapping[str, list], mode: str) -> list[dict[str, Any]]:
@@ -142,24 +153,34 @@ def combine(axes: Mapping[str, list], mode: str) -> list[dict[str, Any]]:
     return [dict(zip(names, reversed(row))) for row in itertools.product(*reversed(list(axes.values())))]
 
 
-def build_plan(phase: int | str, parameters: Mapping[str, Any], axes: Mapping[str, Any], mode: str = "grid", *,
-               max_cells: int = MAX_CELLS) -> SweepPlan:
+def build_plan(
+    phase: int | str,
+    parameters: Mapping[str, Any],
+    axes: Mapping[str, Any],
+    mode: str = "grid",
+    *,
+    max_cells: int = MAX_CELLS,
+) -> SweepPlan:
     """Validate and expand a sweep (module docstring). `parameters` are the values every cell shares; a
     name may not be both a parameter and an axis."""
     spec = phase_spec(phase)
     if mode not in MODES:
         raise SweepError("mode", f"`mode` must be one of {', '.join(MODES)}, got {mode!r}.")
     if not isinstance(axes, Mapping) or not axes:
-        raise SweepError("axes", f"`axes` must be an object {{parameter: values}} with 1 to {MAX_AXES} axes, "
-                                 f"got {axes!r}.")
+        raise SweepError(
+            "axes", f"`axes` must be an object {{parameter: values}} with 1 to {MAX_AXES} axes, got {axes!r}."
+        )
     if len(axes) > MAX_AXES:
         raise SweepError("axes", f"`axes` may name at most {MAX_AXES} parameters (X, Y, Z), got {len(axes)}.")
     sweepable = {p.name: p for p in spec.api_params if not p.image_ref}
     parsed: dict[str, list] = {}
     for name, raw in axes.items():
         if name not in sweepable:
-            raise SweepError(f"axes.{name}", f"`axes.{name}`: phase {spec.phase} has no parameter {name!r} to sweep; "
-                                             f"sweepable: {', '.join(sweepable)}.")
+            raise SweepError(
+                f"axes.{name}",
+                f"`axes.{name}`: phase {spec.phase} has no parameter {name!r} to sweep; "
+                f"sweepable: {', '.join(sweepable)}.",
+            )
         if name in parameters:
             raise SweepError(f"axes.{name}", f"`{name}` is both an axis and a parameter: give it in one place.")
         parsed[name] = parse_axis(name, raw, sweepable[name])
@@ -181,5 +202,10 @@ def build_plan(phase: int | str, parameters: Mapping[str, Any], axes: Mapping[st
 
 def plan_from_dict(data: Mapping[str, Any]) -> SweepPlan:
     """The plan a parent job stored (`SweepPlan.as_dict`), expanded again (the same cells, in the same order)."""
-    return build_plan(data["phase"], data["parameters"], data["axes"], data.get("mode", "grid"),
-                      max_cells=max(MAX_CELLS, math.prod(len(v) for v in data["axes"].values())))
+    return build_plan(
+        data["phase"],
+        data["parameters"],
+        data["axes"],
+        data.get("mode", "grid"),
+        max_cells=max(MAX_CELLS, math.prod(len(v) for v in data["axes"].values())),
+    )

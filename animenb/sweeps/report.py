@@ -8,6 +8,7 @@ own (a job's outputs/<job_id>/, or <sweep>/cells/<k>/ locally), as any phase run
 
     df = load_results("outputs/<sweep_id>")   # the DataFrame of every cell
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,16 @@ def verdict(quality: dict | None) -> str | None:
     return "pass" if quality.get("passed") else "fail"
 
 
-def cell_row(plan: SweepPlan, index: int, run_dir: Path | None, *, status: str | None = None,
-             job_id: str | None = None, error: str | None = None, seconds: float | None = None) -> dict:
+def cell_row(
+    plan: SweepPlan,
+    index: int,
+    run_dir: Path | None,
+    *,
+    status: str | None = None,
+    job_id: str | None = None,
+    error: str | None = None,
+    seconds: float | None = None,
+) -> dict:
     """One row of the sweep's table: the cell's axis values first, then its run's columns
     (`animenb.runs.row_from_manifest`), its gate verdict and every metric (`metric_<name>`)."""
     row: dict[str, Any] = {"cell": index, **plan.cells[index]}
@@ -51,13 +60,19 @@ def cell_row(plan: SweepPlan, index: int, run_dir: Path | None, *, status: str |
         manifest = read_manifest(run_dir)
         row.update({k: v for k, v in row_from_manifest(manifest, run_dir).items() if k not in row})
     quality = (manifest or {}).get("quality") or {}
-    row.update(job_id=job_id, status=status or ("succeeded" if manifest else "missing"),
-               verdict=verdict(quality), error=error, output_dir=str(run_dir) if run_dir else None)
+    row.update(
+        job_id=job_id,
+        status=status or ("succeeded" if manifest else "missing"),
+        verdict=verdict(quality),
+        error=error,
+        output_dir=str(run_dir) if run_dir else None,
+    )
     row.setdefault("seed", plan.values(index).get("seed"))
     for column in ("quality_score", "duration_seconds"):  # every table has them, a cell without a run too
         row.setdefault(column, math.nan)
-    if seconds is not None and not (isinstance(row.get("duration_seconds"), float)
-                                    and math.isfinite(row["duration_seconds"])):
+    if seconds is not None and not (
+        isinstance(row.get("duration_seconds"), float) and math.isfinite(row["duration_seconds"])
+    ):
         row["duration_seconds"] = seconds
     for name, value in (quality.get("metrics") or {}).items():
         row[f"metric_{name}"] = value
@@ -94,23 +109,48 @@ def read_record(out_dir: Path) -> dict | None:
         return None
 
 
-def write_results(out_dir: Path, plan: SweepPlan, rows: Sequence[dict], *, status: str, reason: str = "",
-                  job_id: str | None = None, cell: int = 192) -> list[dict]:
+def write_results(
+    out_dir: Path,
+    plan: SweepPlan,
+    rows: Sequence[dict],
+    *,
+    status: str,
+    reason: str = "",
+    job_id: str | None = None,
+    cell: int = 192,
+) -> list[dict]:
     """The grid image(s) and the sweep's manifest.json; returns the manifest's file entries."""
     out_dir = Path(out_dir)
     run_dirs = [Path(r["output_dir"]) if r.get("output_dir") else None for r in rows]
     pages = grid_pages(plan.axes, plan.cells, rows, [cell_image(d) for d in run_dirs], mode=plan.mode, cell=cell)
     grids = save_grid(pages, out_dir, plan.as_dict())
     files = [file_entry(out_dir, p, "grid") for p in grids] + [file_entry(out_dir, out_dir / RECORD_NAME, "record")]
-    scores = [r["quality_score"] for r in rows if isinstance(r.get("quality_score"), float)
-              and math.isfinite(r["quality_score"])]
-    write_manifest(out_dir, {
-        "kind": SWEEP_KIND, "created_at": utc_now(), "phase": "SWEEP", "job_id": job_id, "status": status,
-        "reason": reason, "parameters": plan.parameters, "seed": plan.parameters.get("seed"), "sweep": plan.as_dict(),
-        "cells": len(rows), "swept_phase": plan.phase,
-        "quality": {"best_score": max(scores) if scores else None,
-                    "passed_cells": sum(1 for r in rows if r.get("verdict") == "pass")},
-        "files": files})
+    scores = [
+        r["quality_score"]
+        for r in rows
+        if isinstance(r.get("quality_score"), float) and math.isfinite(r["quality_score"])
+    ]
+    write_manifest(
+        out_dir,
+        {
+            "kind": SWEEP_KIND,
+            "created_at": utc_now(),
+            "phase": "SWEEP",
+            "job_id": job_id,
+            "status": status,
+            "reason": reason,
+            "parameters": plan.parameters,
+            "seed": plan.parameters.get("seed"),
+            "sweep": plan.as_dict(),
+            "cells": len(rows),
+            "swept_phase": plan.phase,
+            "quality": {
+                "best_score": max(scores) if scores else None,
+                "passed_cells": sum(1 for r in rows if r.get("verdict") == "pass"),
+            },
+            "files": files,
+        },
+    )
     return files
 
 
@@ -130,8 +170,17 @@ def load_results(sweep_dir: str | Path):
         run_dir = Path(entry["run_dir"]) if entry.get("run_dir") else None
         if run_dir is not None and not run_dir.is_absolute():
             run_dir = (sweep_dir / run_dir).resolve()
-        rows.append(cell_row(plan, entry["index"], run_dir, status=entry.get("status"), job_id=entry.get("job_id"),
-                             error=entry.get("error"), seconds=entry.get("seconds")))
+        rows.append(
+            cell_row(
+                plan,
+                entry["index"],
+                run_dir,
+                status=entry.get("status"),
+                job_id=entry.get("job_id"),
+                error=entry.get("error"),
+                seconds=entry.get("seconds"),
+            )
+        )
     return pd.DataFrame(rows)
 
 
@@ -142,8 +191,13 @@ def run_report(sweep_dir: Path, notebooks_dir: Path, *, public_text=None) -> Pat
 
     target = Path(sweep_dir) / REPORT_NAME
     try:
-        papermill.execute_notebook(str(Path(notebooks_dir) / REPORT_NOTEBOOK), str(target),
-                                   parameters={"sweep_dir": str(sweep_dir)}, progress_bar=False, kernel_name="python3")
+        papermill.execute_notebook(
+            str(Path(notebooks_dir) / REPORT_NOTEBOOK),
+            str(target),
+            parameters={"sweep_dir": str(sweep_dir)},
+            progress_bar=False,
+            kernel_name="python3",
+        )
     finally:
         if public_text is not None and target.is_file():
             target.write_text(public_text(target.read_text(encoding="utf-8")), encoding="utf-8")

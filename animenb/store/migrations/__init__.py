@@ -6,6 +6,7 @@ A migration never commits: the migrator runs all pending ones in one transaction
 records `PRAGMA user_version`, and backs the database file up first
 (`<db>.v<from>.bak`) when it already holds data.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """Schema 1: the jobs table."""
+
 from __future__ import annotations
 
 import sqlite3

@@ -1,4 +1,5 @@
 """Schema 2: API tokens (only sha256 hashes of the secrets are stored) and an index for retention."""
+
 from __future__ import annotations
 
 import sqlite3

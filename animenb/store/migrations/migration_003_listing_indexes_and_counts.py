@@ -10,6 +10,7 @@
   finish time and count by status from the index alone.
 The backfill is one pass over the existing rows, at upgrade time only.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -56,16 +57,18 @@ class Migration3Callback:
             SELECT status, visibility, IFNULL(phase, -1), owner, COUNT(*) FROM jobs GROUP BY 1, 2, 3, 4
             """
         )
-        cursor.execute("CREATE TRIGGER IF NOT EXISTS jobs_count_insert AFTER INSERT ON jobs "
-                       f"BEGIN {_bump('NEW', '1')} END")
-        cursor.execute("CREATE TRIGGER IF NOT EXISTS jobs_count_delete AFTER DELETE ON jobs "
-                       f"BEGIN {_bump('OLD', '-1')} END")
+        cursor.execute(
+            f"CREATE TRIGGER IF NOT EXISTS jobs_count_insert AFTER INSERT ON jobs BEGIN {_bump('NEW', '1')} END"
+        )
+        cursor.execute(
+            f"CREATE TRIGGER IF NOT EXISTS jobs_count_delete AFTER DELETE ON jobs BEGIN {_bump('OLD', '-1')} END"
+        )
         cursor.execute(
             f"""--sql
             CREATE TRIGGER IF NOT EXISTS jobs_count_update AFTER UPDATE OF status, visibility, phase, owner ON jobs
             WHEN OLD.status IS NOT NEW.status OR OLD.visibility IS NOT NEW.visibility
                  OR OLD.phase IS NOT NEW.phase OR OLD.owner IS NOT NEW.owner
-            BEGIN {_bump('OLD', '-1')} {_bump('NEW', '1')} END
+            BEGIN {_bump("OLD", "-1")} {_bump("NEW", "1")} END
             """
         )
 

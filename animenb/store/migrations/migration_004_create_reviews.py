@@ -1,4 +1,5 @@
 """Schema 4: reviewers' verdicts on finished outputs (one per reviewer and job; the latest wins)."""
+
 from __future__ import annotations
 
 import sqlite3

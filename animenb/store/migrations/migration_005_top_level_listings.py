@@ -7,6 +7,7 @@ them, so the gallery lists `parent_id IS NULL` only.
 - `job_counts` gains `top_level` in its key (rebuilt, with its triggers), so the gallery's count
   still reads a few counter rows.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -64,7 +65,7 @@ class Migration5Callback:
             WHEN OLD.status IS NOT NEW.status OR OLD.visibility IS NOT NEW.visibility
                  OR OLD.phase IS NOT NEW.phase OR OLD.owner IS NOT NEW.owner
                  OR (OLD.parent_id IS NULL) IS NOT (NEW.parent_id IS NULL)
-            BEGIN {_bump('OLD', '-1')} {_bump('NEW', '1')} END
+            BEGIN {_bump("OLD", "-1")} {_bump("NEW", "1")} END
             """
         )
 
