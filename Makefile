@@ -42,6 +42,11 @@ serve: setup
 
 # One torch thread per process: tests run a server, kernels and pytest side by side on 2 cores.
 TEST_ENV := TRANSFORMERS_VERBOSITY=error ANIMENB_THREADS=1
+# Test processes (pytest-xdist): most tests wait on kernels, servers and subprocesses, so two processes
+# on 2 cores finish the suite in about half the time. Each test file runs whole in one process (its
+# module fixtures start once); the two Ray files take turns (tests/raycluster.py). TEST_WORKERS=0 runs
+# everything in this process.
+TEST_WORKERS ?= 2
 
 # Notebooks committed WITH reference outputs, checked cell by cell (strict nbval) on the fixed runs
 # folder tests/fixtures/runs; the others only have to run (--nbval-lax). To add one: list it here,
@@ -50,7 +55,7 @@ STRICT_NOTEBOOKS := notebooks/04_quality.ipynb notebooks/05_compare_runs.ipynb
 STRICT_ENV := ANIMENB_OUTPUTS=$(CURDIR)/tests/fixtures/runs
 
 test: lint setup lab-setup
-	$(TEST_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider
+	$(TEST_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=15
 	out=$$(mktemp -d) && $(TEST_ENV) ANIMENB_OUTPUTS=$$out $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax notebooks $(addprefix --ignore=,$(STRICT_NOTEBOOKS)); rc=$$?; rm -rf $$out; exit $$rc
 	$(TEST_ENV) $(STRICT_ENV) $(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg $(STRICT_NOTEBOOKS)
 

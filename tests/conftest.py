@@ -10,3 +10,4 @@ from serverkit import live_server
 def start_live_server():
     """`async with start_live_server(tmp_path, **ServerConfig fields) as srv:` a started server."""
     return live_server
+

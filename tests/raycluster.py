@@ -5,6 +5,8 @@ bench/ray_dispatch.py.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import secrets
 import signal
@@ -18,6 +20,18 @@ OBJECT_STORE_BYTES = 200 * 1024 * 1024
 # Two nodes on one machine must not share these (each defaults to a fixed port or a port file).
 PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
               "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
+
+
+@contextlib.contextmanager
+def one_ray_cluster_at_a_time():
+    """Held while a test module's Ray cluster lives: `make test` runs test files on two processes, and two
+    clusters on one small machine compete for its ports, memory and CPUs (the other module waits)."""
+    with open("/tmp/animenb-tests-ray.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def token_env(root: Path) -> dict[str, str]:

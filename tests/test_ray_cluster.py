@@ -22,7 +22,7 @@ import pytest_asyncio
 from tornado.httpclient import AsyncHTTPClient
 
 from animenb.phases.catalog import get_phase
-from raycluster import RAY, RayNode, free_port, token_env
+from raycluster import RAY, RayNode, free_port, one_ray_cluster_at_a_time, token_env
 
 REPO = Path(__file__).resolve().parent.parent
 API = "/api/anime"
@@ -125,6 +125,12 @@ async def cluster(tmp_path_factory):
         if _in_ci():
             pytest.fail(f"Ray is not installed (pip install -e '.[ray]'): no {RAY}", pytrace=False)
         pytest.skip("Ray is not installed")
+    with one_ray_cluster_at_a_time():
+        async for both in _two_node_cluster(tmp_path_factory):
+            yield both
+
+
+async def _two_node_cluster(tmp_path_factory):
     root = Path(f"/tmp/anr-{os.getpid()}")  # short: Ray's socket paths must fit in 107 bytes
     root.mkdir(exist_ok=True)
     cluster = Cluster(root)

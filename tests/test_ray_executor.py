@@ -24,6 +24,7 @@ import pytest_asyncio
 
 from tests.comfyui.fixtures import (HERE as COMFYUI_HERE, _start_or_fail, comfyui_install,  # noqa: F401
                                     comfyui_packs_server, write_stub_pack_models)
+from raycluster import one_ray_cluster_at_a_time
 from tests.serverkit import call, submit, wait_status
 
 RAY_START_TIMEOUT = 180.0
@@ -61,15 +62,16 @@ def ray_cluster():
         stop.wait()
         ray.shutdown()
 
-    owner = threading.Thread(target=own_the_cluster, name="ray-cluster-owner", daemon=True)
-    owner.start()
-    if not up.wait(RAY_START_TIMEOUT) or error:
+    with one_ray_cluster_at_a_time():
+        owner = threading.Thread(target=own_the_cluster, name="ray-cluster-owner", daemon=True)
+        owner.start()
+        if not up.wait(RAY_START_TIMEOUT) or error:
+            stop.set()
+            why = f"{type(error[0]).__name__}: {error[0]}" if error else f"not up within {RAY_START_TIMEOUT:.0f} s"
+            pytest.fail(f"the local Ray cluster did not start: {why}", pytrace=False)
+        yield ray
         stop.set()
-        why = f"{type(error[0]).__name__}: {error[0]}" if error else f"not up within {RAY_START_TIMEOUT:.0f} s"
-        pytest.fail(f"the local Ray cluster did not start: {why}", pytrace=False)
-    yield ray
-    stop.set()
-    owner.join(60)
+        owner.join(60)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

@@ -107,7 +107,7 @@ def _write(target: str, build, note: str) -> None:
     started = time.perf_counter()
     state = build()
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = target + ".tmp"
+    tmp = f"{target}.{os.getpid()}.tmp"  # two test processes may build it at once
     save_file(state, tmp, metadata={"animenb": note})
     os.replace(tmp, target)
     print(f"wrote {target} ({len(state)} tensors, {os.path.getsize(target) / 1e6:.0f} MB) "
