@@ -219,11 +219,16 @@ async def save(page, lab: JupyterLab, notebook: str, timeout_s: float = 30) -> d
     await page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^File$")).click()
     await page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Save Notebook$")).click()
     deadline = time.monotonic() + timeout_s
-    while (lab.root / notebook).stat().st_mtime_ns == before:
+    while True:
+        # The new mtime can show before the write is complete: the file may still be empty or cut short.
+        if (lab.root / notebook).stat().st_mtime_ns != before:
+            try:
+                return lab.saved(notebook)
+            except json.JSONDecodeError:
+                pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"{notebook} was not saved within {timeout_s}s")
         await page.wait_for_timeout(200)
-    return lab.saved(notebook)
 
 
 def errors_in(notebook: dict) -> list[str]:
