@@ -72,12 +72,18 @@ def test_a_2x2_sweep_here_executes_a_notebook_per_cell_on_one_kernel(tmp_path, c
     assert "4/4" in captured.err and "steps=2 guidance_scale=7.0: " in captured.err, captured.err
 
 
+def ctrl_c_enabled():
+    """In the child: SIGINT as a terminal delivers it. A suite started in the background (`make test &`)
+    runs with SIGINT ignored, which children inherit, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_mid_sweep_keeps_the_finished_cells_and_exits_non_zero(tmp_path):
     out = tmp_path / "sweep"
     # Cell 1 (150 steps x 8 poses) runs long enough to be interrupted mid-generation.
     proc = subprocess.Popen([sys.executable, "-m", "animenb.cli", "sweep", "1", *BASE, "--axis", "steps=1,150",
                              "--axis", "guidance_scale=5,7", "--output-dir", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_enabled)
     err: list[str] = []  # the reader thread alone reads stderr (a second reader would take part of it)
     reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
     reader.start()
