@@ -43,7 +43,7 @@ serve: setup
 # One torch thread per process: tests run a server, kernels and pytest side by side on 2 cores.
 TEST_ENV := TRANSFORMERS_VERBOSITY=error ANIMENB_THREADS=1
 # Test processes (pytest-xdist): most tests wait on kernels, servers and subprocesses, so two processes
-# on 2 cores finish the suite in about half the time. Each test file runs whole in one process (its
+# on 2 cores finish the suite in about 40% less time. Each test file runs whole in one process (its
 # module fixtures start once); the two Ray files take turns (tests/raycluster.py). TEST_WORKERS=0 runs
 # everything in this process.
 TEST_WORKERS ?= 2
@@ -65,8 +65,8 @@ reference-notebooks: setup
 	    [nbformat.write(nbclient.execute(nbformat.read(p, 4), cwd=os.path.dirname(p), record_timing=False), p) \
 	     for p in sys.argv[1:]]' $(STRICT_NOTEBOOKS)
 
-# ruff (lint, import order, format check) and mypy on animenb/ (settings in pyproject.toml), from the tools venv: neither needs the runtime
-# dependencies. .pre-commit-config.yaml runs the same versions.
+# ruff (lint, import order, format check) and mypy on animenb/ (settings in pyproject.toml), from the
+# tools venv: neither needs the runtime dependencies. .pre-commit-config.yaml runs the same versions.
 LINT_TOOLS := ruff==0.17.6 mypy==2.4.1
 lint:
 	test -x .venv-tools/bin/mypy || { $(PY) -m venv .venv-tools && .venv-tools/bin/pip install --quiet $(LINT_TOOLS); }

@@ -12,7 +12,6 @@ def start_live_server():
     return live_server
 
 
-
 # Test files that take minutes run first: `make test` shares the files out to two processes (pytest-xdist,
 # `--dist loadfile`), and a long file that starts last keeps one process busy while the other idles.
 LONG_FILES = ("test_wheel_install.py", "test_quality_gates.py", "test_faults.py", "test_ray_cluster.py",
